@@ -1,0 +1,95 @@
+"""The adapter contract: a verified query in, a dataset document (or an `AdapterError`) out.
+
+Invariant: `ProviderAdapter.fetch()` lets only `AdapterError` escape, whatever the provider does (hangs, resets,
+answers HTML, answers JSON of the wrong shape). Subclasses write `_fetch`; the base applies the timeout and maps
+transport failures. The broker validates the returned document against the dataset schema afterwards; an adapter
+does not need to, but it must never invent values the provider did not send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import aiohttp
+
+from adapters.identity import Subject
+
+
+class AdapterError(Exception):
+    """Base of every failure an adapter may report. `slug` names the problem type; messages go to server logs."""
+
+    slug: ClassVar[str] = "provider-error"
+
+
+class ProviderUnavailable(AdapterError):
+    """Connection refused or reset, 5xx, or the circuit breaker is open."""
+
+    slug = "provider-unavailable"
+
+
+class ProviderTimeout(AdapterError):
+    slug = "provider-timeout"
+
+
+class SubjectNotFound(AdapterError):
+    """The provider does not know this person."""
+
+    slug = "subject-not-found"
+
+
+class IdentityAmbiguous(AdapterError):
+    """The provider matched several people to this identity."""
+
+    slug = "identity-ambiguous"
+
+
+class ProviderAnswerMalformed(AdapterError):
+    """Not JSON, or JSON the adapter cannot map."""
+
+    slug = "provider-answer-malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterQuery:
+    """What the broker asks an adapter, after signature, habilitation and legal basis are checked."""
+
+    dataset: str
+    version: int
+    subject: Subject
+    fields: frozenset[str]
+    request_id: str
+
+
+class ProviderAdapter(ABC):
+    """One provider endpoint family. Built once per app with the app's shared `ClientSession`."""
+
+    def __init__(self, *, name: str, datasets: Mapping[str, int], session: aiohttp.ClientSession,
+                 timeout: float = 5.0) -> None:
+        self.name = name
+        # dataset id -> the schema version this adapter produces
+        self.datasets = dict(datasets)
+        self.session = session
+        self.timeout = timeout
+
+    async def fetch(self, query: AdapterQuery) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._fetch(query)
+        except AdapterError:
+            raise
+        except TimeoutError as exc:
+            raise ProviderTimeout(f"{self.name}: no answer within {self.timeout}s") from exc
+        except aiohttp.ClientResponseError as exc:
+            raise ProviderUnavailable(f"{self.name}: HTTP {exc.status}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ProviderUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderAnswerMalformed(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+
+    @abstractmethod
+    async def _fetch(self, query: AdapterQuery) -> dict[str, Any]:
+        """Call the provider and map its answer to the dataset document."""

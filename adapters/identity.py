@@ -1,0 +1,171 @@
+"""Who a request is about: a FranceConnect pivot identity or a provider-specific identifier.
+
+Invariant: a `PivotIdentity` is always well-formed (formats checked at construction), so adapters and the
+subject-key hash never see a malformed identity.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+_COG_COMMUNE = re.compile(r"^[0-9][0-9AB][0-9]{3}$")
+_COG_COUNTRY = re.compile(r"^99[0-9]{3}$")
+FRANCE = "99100"
+
+
+class SubjectError(ValueError):
+    """The subject of a request is missing or malformed. The message is safe to show the caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class PivotIdentity:
+    """FranceConnect pivot identity (claims of the same names).
+
+    `birthdate` is YYYY-MM-DD; FranceConnect sends YYYY-MM-00 or YYYY-00-00 when the day or month is unknown,
+    which we keep as given. `birthplace` is the INSEE COG code of the commune, empty when born abroad.
+    """
+
+    family_name: str
+    given_name: str
+    birthdate: str
+    gender: str
+    birthplace: str
+    birthcountry: str
+
+    def __post_init__(self) -> None:
+        if not self.family_name.strip():
+            raise SubjectError("family_name is empty")
+        if not self.given_name.strip():
+            raise SubjectError("given_name is empty")
+        if self.gender not in ("male", "female"):
+            raise SubjectError("gender must be 'male' or 'female'")
+        m = re.fullmatch(r"([0-9]{4})-([0-9]{2})-([0-9]{2})", self.birthdate)
+        if m is None:
+            raise SubjectError("birthdate must be YYYY-MM-DD")
+        year, month, day = (int(g) for g in m.groups())
+        if month == 0 and day != 0:
+            raise SubjectError("birthdate with an unknown month must have an unknown day")
+        if month and day:
+            try:
+                date(year, month, day)
+            except ValueError:
+                raise SubjectError("birthdate is not a calendar date") from None
+        elif month > 12:
+            raise SubjectError("birthdate month is out of range")
+        if not _COG_COUNTRY.match(self.birthcountry):
+            raise SubjectError("birthcountry must be a 5-digit COG country code starting with 99")
+        if self.birthcountry == FRANCE:
+            if not _COG_COMMUNE.match(self.birthplace):
+                raise SubjectError("birthplace must be a 5-character COG commune code when born in France")
+        elif self.birthplace:
+            raise SubjectError("birthplace must be empty when born abroad")
+
+    @classmethod
+    def from_json(cls, raw: Any) -> PivotIdentity:
+        if not isinstance(raw, Mapping):
+            raise SubjectError("pivot_identity must be an object")
+        fields = ("family_name", "given_name", "birthdate", "gender", "birthplace", "birthcountry")
+        unknown = set(raw) - set(fields)
+        if unknown:
+            raise SubjectError(f"pivot_identity has unknown members: {', '.join(sorted(unknown))}")
+        values: dict[str, str] = {}
+        for name in fields:
+            value = raw.get(name, "" if name == "birthplace" else None)
+            if not isinstance(value, str):
+                raise SubjectError(f"pivot_identity.{name} must be a string")
+            values[name] = value
+        return cls(**values)
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "family_name": self.family_name,
+            "given_name": self.given_name,
+            "birthdate": self.birthdate,
+            "gender": self.gender,
+            "birthplace": self.birthplace,
+            "birthcountry": self.birthcountry,
+        }
+
+    @property
+    def given_names(self) -> tuple[str, ...]:
+        """FranceConnect sends all first names in one space-separated claim."""
+        return tuple(self.given_name.split())
+
+    def normalised(self) -> tuple[str, str, str, str, str, str]:
+        """The identity as upstream matching sees it; equal tuples mean the same person to a provider."""
+        return (
+            normalise_name(self.family_name),
+            " ".join(normalise_name(n) for n in self.given_names),
+            self.birthdate,
+            self.gender,
+            self.birthplace,
+            self.birthcountry,
+        )
+
+
+def normalise_name(name: str) -> str:
+    """Upper case, accents removed, hyphens and apostrophes as spaces, runs of spaces collapsed.
+
+    This is how INSEE's RNIPP and the CNAF/CNOUS matching compare names: "Lefèvre-D'Arc" matches "LEFEVRE D ARC".
+    """
+    decomposed = unicodedata.normalize("NFKD", name)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    stripped = stripped.replace("Œ", "OE").replace("œ", "oe").replace("Æ", "AE").replace("æ", "ae")
+    cleaned = re.sub(r"[-'’‐‑ʼ`\s]+", " ", stripped)
+    return cleaned.strip().upper()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderIdentifier:
+    """A provider-specific identifier, e.g. scheme 'ine' (student number) or 'france_travail' (identifiant)."""
+
+    scheme: str
+    value: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", self.scheme):
+            raise SubjectError("identifier.scheme must be a lower-case word")
+        if not self.value or len(self.value) > 128 or not self.value.isprintable():
+            raise SubjectError("identifier.value must be 1 to 128 printable characters")
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Exactly one of `pivot` and `identifier` is set."""
+
+    pivot: PivotIdentity | None = None
+    identifier: ProviderIdentifier | None = None
+
+    def __post_init__(self) -> None:
+        if (self.pivot is None) == (self.identifier is None):
+            raise SubjectError("subject needs exactly one of pivot_identity and identifier")
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Subject:
+        if not isinstance(raw, Mapping):
+            raise SubjectError("subject must be an object")
+        unknown = set(raw) - {"pivot_identity", "identifier"}
+        if unknown:
+            raise SubjectError(f"subject has unknown members: {', '.join(sorted(unknown))}")
+        if "pivot_identity" in raw and "identifier" in raw:
+            raise SubjectError("subject needs exactly one of pivot_identity and identifier")
+        if "pivot_identity" in raw:
+            return cls(pivot=PivotIdentity.from_json(raw["pivot_identity"]))
+        ident = raw.get("identifier")
+        if not isinstance(ident, Mapping) or set(ident) != {"scheme", "value"}:
+            raise SubjectError("subject needs pivot_identity or identifier {scheme, value}")
+        if not isinstance(ident["scheme"], str) or not isinstance(ident["value"], str):
+            raise SubjectError("identifier.scheme and identifier.value must be strings")
+        return cls(identifier=ProviderIdentifier(ident["scheme"], ident["value"]))
+
+    def canonical(self) -> str:
+        """A stable text form of the normalised subject, input to the keyed subject hash."""
+        if self.pivot is not None:
+            return "pivot\x1f" + "\x1f".join(self.pivot.normalised())
+        assert self.identifier is not None
+        return f"id\x1f{self.identifier.scheme}\x1f{self.identifier.value}"

@@ -1,0 +1,1 @@
+"""Consent, legal bases and objections."""
