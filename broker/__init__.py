@@ -1,0 +1,1 @@
+"""DLNUF broker: the HTTP service and the exchange pipeline."""

@@ -1,0 +1,142 @@
+"""PostgreSQL access: named SQL queries, numbered migrations, the pool, and the embedded server.
+
+SQL lives in `broker/sql/*.sql` as `-- name: <query>` blocks with `$n` parameters, never built from strings.
+Migrations are `broker/sql/migrations/NNNN_<what>.sql`, applied in order, each in its own transaction, under an
+advisory lock so several broker processes starting at once apply each exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_BLOCK = re.compile(r"^--\s*name:\s*(?P<name>[a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_MIGRATION = re.compile(r"^(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql$")
+_MIGRATION_LOCK = 0x444C4E5546  # "DLNUF": an arbitrary constant shared by every broker process
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or the statement failed for a reason outside the request's control."""
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    parts = _BLOCK.split(text)
+    queries: dict[str, str] = {}
+    # split() yields [preamble, name1, body1, name2, body2, ...]
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} defined twice")
+        queries[name] = body.strip().rstrip(";")
+    return queries
+
+
+@cache
+def queries(package: str = "broker", file: str = "queries.sql") -> dict[str, str]:
+    text = resources.files(package).joinpath("sql", file).read_text("utf-8")
+    return parse_queries(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("broker").joinpath("sql", "migrations").iterdir():
+        m = _MIGRATION.match(entry.name)
+        if m:
+            found.append(Migration(int(m["version"]), m["name"], entry.read_text("utf-8")))
+    found.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration numbers: {versions}")
+    return found
+
+
+async def migrate(conn: asyncpg.Connection) -> list[Migration]:
+    """Apply pending migrations; return those applied."""
+    applied: list[Migration] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for mig in migrations():
+            if mig.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(mig.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", mig.version, mig.name
+                )
+            log.info("migration applied", version=mig.version, name=mig.name)
+            applied.append(mig)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+        # a statement stuck on a dead server must fail fast into a 503, not hang a request
+        command_timeout=10,
+    )
+    return pool
+
+
+class EmbeddedPostgres:
+    """A real PostgreSQL 16 from the `pgserver` wheel, in a data directory of ours.
+
+    Several broker processes pointing at the same directory share one server; the last one out stops it.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless for us
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self._server: Any = pgserver.get_server(data_dir, cleanup_mode="stop")
+        self.data_dir = data_dir
+
+    def dsn(self, database: str = "postgres") -> str:
+        uri: str = self._server.get_uri(database)
+        return uri
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+
+def describe(dsn: str) -> str:
+    """The DSN without its password, for logs."""
+    return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", dsn)

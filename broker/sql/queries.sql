@@ -1,0 +1,85 @@
+-- Named queries of the broker. Parameters are always $n.
+
+-- name: registry_version
+SELECT version FROM registry_state;
+
+-- name: registry_lock
+SELECT version, digest FROM registry_state FOR UPDATE;
+
+-- name: registry_bump
+UPDATE registry_state SET version = version + 1, digest = $1, applied_at = now() RETURNING version;
+
+-- name: registry_notify
+SELECT pg_notify('dlnuf_registry', $1);
+
+-- name: organisations_all
+SELECT siret, name, roles FROM organisations ORDER BY siret;
+
+-- name: organisation_upsert
+INSERT INTO organisations (siret, name, roles) VALUES ($1, $2, $3)
+ON CONFLICT (siret) DO UPDATE SET name = EXCLUDED.name, roles = EXCLUDED.roles, updated_at = now();
+
+-- name: organisation_delete
+DELETE FROM organisations WHERE siret = $1;
+
+-- name: keys_all
+SELECT kid, siret, alg, jwk, not_before, not_after FROM organisation_keys ORDER BY kid;
+
+-- name: key_upsert
+INSERT INTO organisation_keys (kid, siret, alg, jwk, not_before, not_after) VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (kid) DO UPDATE SET siret = EXCLUDED.siret, alg = EXCLUDED.alg, jwk = EXCLUDED.jwk,
+    not_before = EXCLUDED.not_before, not_after = EXCLUDED.not_after;
+
+-- name: key_delete
+DELETE FROM organisation_keys WHERE kid = $1;
+
+-- name: adapters_all
+SELECT id, provider, kind, datasets, options FROM adapters ORDER BY id;
+
+-- name: adapter_upsert
+INSERT INTO adapters (id, provider, kind, datasets, options) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE SET provider = EXCLUDED.provider, kind = EXCLUDED.kind,
+    datasets = EXCLUDED.datasets, options = EXCLUDED.options;
+
+-- name: adapter_delete
+DELETE FROM adapters WHERE id = $1;
+
+-- name: habilitations_all
+SELECT id, consumer, dataset, purposes, fields, recipients, legal_basis_type, legal_basis_title,
+       legal_basis_url, retention
+FROM habilitations ORDER BY id;
+
+-- name: habilitation_upsert
+INSERT INTO habilitations (id, consumer, dataset, purposes, fields, recipients, legal_basis_type,
+                           legal_basis_title, legal_basis_url, retention)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (id) DO UPDATE SET consumer = EXCLUDED.consumer, dataset = EXCLUDED.dataset,
+    purposes = EXCLUDED.purposes, fields = EXCLUDED.fields, recipients = EXCLUDED.recipients,
+    legal_basis_type = EXCLUDED.legal_basis_type, legal_basis_title = EXCLUDED.legal_basis_title,
+    legal_basis_url = EXCLUDED.legal_basis_url, retention = EXCLUDED.retention;
+
+-- name: habilitation_delete
+DELETE FROM habilitations WHERE id = $1;
+
+-- name: nonce_claim
+INSERT INTO seen_nonces (kid, nonce, expires_at) VALUES ($1, $2, $3)
+ON CONFLICT (kid, nonce) DO NOTHING RETURNING true;
+
+-- name: nonce_purge
+DELETE FROM seen_nonces WHERE expires_at < now();
+
+-- name: access_log_insert
+INSERT INTO access_log (id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient,
+                        habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url,
+                        fields_requested, fields_released, outcome, problem_type, http_status, latency_ms,
+                        payload_sha256, subject_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21);
+
+-- name: access_log_recent
+SELECT * FROM access_log ORDER BY logged_at DESC, id LIMIT $1;
+
+-- name: objection_exists
+SELECT EXISTS (
+    SELECT 1 FROM objections
+    WHERE subject_key = $1 AND (consumer IS NULL OR consumer = $2) AND (dataset IS NULL OR dataset = $3)
+);
