@@ -53,6 +53,17 @@ class ProviderAnswerMalformed(AdapterError):
     slug = "provider-answer-malformed"
 
 
+class ProviderRejectedQuery(AdapterError):
+    """The provider cannot take this query as asked, and asking again will not help.
+
+    Either the adapter knows beforehand (a pivot identity sent to an identifier-only endpoint, an unknown birth
+    day where the provider requires a full date, no recipient SIRET) or the provider refused the parameters
+    (HTTP 400 or 422 other than an ambiguity). Distinct from `ProviderUnavailable` so nobody retries it.
+    """
+
+    slug = "provider-rejected-query"
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterQuery:
     """What the broker asks an adapter, after signature, habilitation and legal basis are checked."""
@@ -62,6 +73,8 @@ class AdapterQuery:
     subject: Subject
     fields: frozenset[str]
     request_id: str
+    # SIRET of the administration the data is for; API Particulier requires it on every call.
+    recipient: str = ""
 
 
 class ProviderAdapter(ABC):

@@ -28,6 +28,10 @@ class PivotIdentity:
 
     `birthdate` is YYYY-MM-DD; FranceConnect sends YYYY-MM-00 or YYYY-00-00 when the day or month is unknown,
     which we keep as given. `birthplace` is the INSEE COG code of the commune, empty when born abroad.
+
+    `preferred_name` (FranceConnect claim of that name: the usage name, e.g. a spouse's name) is optional and is
+    not part of the pivot identity: it never enters `normalised()`, so it does not change the subject key. It is
+    carried because providers accept it as a hint (API Particulier's `nomUsage`).
     """
 
     family_name: str
@@ -36,6 +40,7 @@ class PivotIdentity:
     gender: str
     birthplace: str
     birthcountry: str
+    preferred_name: str = ""
 
     def __post_init__(self) -> None:
         if not self.family_name.strip():
@@ -70,7 +75,7 @@ class PivotIdentity:
         if not isinstance(raw, Mapping):
             raise SubjectError("pivot_identity must be an object")
         fields = ("family_name", "given_name", "birthdate", "gender", "birthplace", "birthcountry")
-        unknown = set(raw) - set(fields)
+        unknown = set(raw) - {*fields, "preferred_name"}
         if unknown:
             raise SubjectError(f"pivot_identity has unknown members: {', '.join(sorted(unknown))}")
         values: dict[str, str] = {}
@@ -79,10 +84,13 @@ class PivotIdentity:
             if not isinstance(value, str):
                 raise SubjectError(f"pivot_identity.{name} must be a string")
             values[name] = value
-        return cls(**values)
+        preferred = raw.get("preferred_name", "")
+        if not isinstance(preferred, str):
+            raise SubjectError("pivot_identity.preferred_name must be a string")
+        return cls(**values, preferred_name=preferred)
 
     def to_json(self) -> dict[str, str]:
-        return {
+        out = {
             "family_name": self.family_name,
             "given_name": self.given_name,
             "birthdate": self.birthdate,
@@ -90,6 +98,9 @@ class PivotIdentity:
             "birthplace": self.birthplace,
             "birthcountry": self.birthcountry,
         }
+        if self.preferred_name:
+            out["preferred_name"] = self.preferred_name
+        return out
 
     @property
     def given_names(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -48,3 +49,48 @@ def latest(dataset: str) -> int:
     if not versions:
         raise UnknownDataset(dataset)
     return versions[-1]
+
+
+def project(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
+    """`value` with every object member the schema does not declare dropped, recursively; nothing else changed.
+
+    Providers add fields over time and dataset schemas say `additionalProperties: false`, so an adapter whose
+    dataset mirrors the provider's shape projects the answer instead of copying it: new upstream fields are not
+    released, and values are never coerced, so a wrong type still fails validation afterwards. Follows local
+    `$ref`s (`#/$defs/...`) and `anyOf`/`oneOf` branches that are objects or arrays.
+    """
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    if isinstance(value, dict):
+        props = _declared(schema, root, "properties")
+        if props is None:
+            return value
+        return {k: project(v, props[k], root) for k, v in value.items() if k in props}
+    if isinstance(value, list):
+        items = _declared(schema, root, "items")
+        if items is None:
+            return value
+        return [project(v, items, root) for v in value]
+    return value
+
+
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            raise ValueError(f"only local $ref are supported, not {ref!r}")
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        schema = target
+    return schema
+
+
+def _declared(schema: Mapping[str, Any], root: Mapping[str, Any], keyword: str) -> Any:
+    if keyword in schema:
+        return schema[keyword]
+    for branch in (*schema.get("anyOf", ()), *schema.get("oneOf", ())):
+        found = _declared(_resolve(branch, root), root, keyword)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,228 @@
+"""Adapter for API Particulier v3 (https://particulier.api.gouv.fr), the State's gateway to CAF/MSA, MESR, Cnous,
+France Travail and RNCPS data.
+
+Invariants:
+
+* the request carries the bearer token, the consumer's SIRET as `recipient`, and only the identity parameters
+  the endpoint's published OpenAPI lists; an unknown birth day or month is omitted, never guessed;
+* the answer's `data` is projected onto the dataset schema (fields upstream adds later are not released) and
+  otherwise passed through unchanged, so a wrong type is caught by the broker's schema validation;
+* error messages name the endpoint and the upstream error code, never the query string: it holds the
+  person's identity, and these messages go to server logs.
+
+Upstream errors (`{"errors": [{"code", "title", "detail", ...}]}`) map to `AdapterError` leaves:
+
+=====================================  =========================================================
+upstream                               adapter error
+=====================================  =========================================================
+404                                    SubjectNotFound
+422 code 00391 (several people match)  IdentityAmbiguous
+400, other 422                         ProviderRejectedQuery (bad or insufficient parameters)
+504 code xx002 (provider timed out)    ProviderTimeout
+401, 403, 409 (same request already    ProviderUnavailable
+in flight, code 00015), 429, 5xx
+200 that is not a JSON `{"data": {}}`  ProviderAnswerMalformed
+=====================================  =========================================================
+
+Upstream's 409 is not an identity conflict: it means an identical request with the same token is still being
+processed, a transient condition, hence `ProviderUnavailable`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+import schemas
+from adapters.base import (
+    AdapterQuery,
+    IdentityAmbiguous,
+    ProviderAdapter,
+    ProviderAnswerMalformed,
+    ProviderRejectedQuery,
+    ProviderTimeout,
+    ProviderUnavailable,
+    SubjectNotFound,
+)
+from adapters.identity import FRANCE, PivotIdentity, normalise_name
+
+# Generous for the largest answer (a household with many children) and small enough not to buffer a runaway body.
+MAX_ANSWER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class CivilStyle:
+    """How an `/identite` endpoint takes the civil status, from the published OpenAPI."""
+
+    max_first_names: int
+    # MESR and Cnous mark year, month and day as required: a partial birth date cannot be sent.
+    full_date: bool
+    # DSS endpoints take the birth country and the usage name; MESR and Cnous take neither.
+    country_and_usage_name: bool
+
+
+DSS = CivilStyle(max_first_names=3, full_date=False, country_and_usage_name=True)
+MESRI = CivilStyle(max_first_names=1, full_date=True, country_and_usage_name=False)
+CNOUS = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a dataset lives: an `/identite` path for pivot identities, and paths per identifier scheme."""
+
+    identity_path: str | None
+    style: CivilStyle | None
+    # identifier scheme -> (path, query parameter)
+    identifiers: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
+ROUTES: Mapping[str, Route] = {
+    "quotient_familial": Route("/v3/dss/quotient_familial/identite", DSS),
+    "complementaire_sante_solidaire": Route("/v3/dss/complementaire_sante_solidaire/identite", DSS),
+    "revenu_solidarite_active": Route("/v3/dss/revenu_solidarite_active/identite", DSS),
+    "prime_activite": Route("/v3/dss/prime_activite/identite", DSS),
+    "statut_etudiant": Route("/v3/mesri/statut_etudiant/identite", MESRI,
+                             {"ine": ("/v3/mesri/statut_etudiant/ine", "ine")}),
+    "etudiant_boursier": Route("/v3/cnous/etudiant_boursier/identite", CNOUS,
+                               {"ine": ("/v3/cnous/etudiant_boursier/ine", "ine")}),
+    "statut_demandeur_emploi": Route(None, None,
+                                     {"france_travail": ("/v3/france_travail/statut/identifiant",
+                                                         "identifiant")}),
+}
+SUPPORTED_DATASETS = frozenset(ROUTES)
+
+
+def civil_status_params(pivot: PivotIdentity, style: CivilStyle) -> list[tuple[str, str]]:
+    """The query parameters for a pivot identity, in API Particulier's names.
+
+    FranceConnect's space-separated `given_name` becomes repeated `prenoms[]` (a compound first name keeps its
+    hyphen); a 00 day or month is left out; the birth commune is sent only for people born in France.
+    Raises `ProviderRejectedQuery` when the endpoint needs what the identity lacks (a full birth date).
+    """
+    year, month, day = pivot.birthdate.split("-")
+    if style.full_date and (month == "00" or day == "00"):
+        raise ProviderRejectedQuery("this endpoint requires a full birth date; the identity's day or month is "
+                                    "unknown")
+    params = [("nomNaissance", pivot.family_name)]
+    if (style.country_and_usage_name and pivot.preferred_name
+            and normalise_name(pivot.preferred_name) != normalise_name(pivot.family_name)):
+        # Upstream: "le nom d'usage n'est jamais identique au nom de famille".
+        params.append(("nomUsage", pivot.preferred_name))
+    params += [("prenoms[]", name) for name in pivot.given_names[: style.max_first_names]]
+    params.append(("anneeDateNaissance", str(int(year))))
+    if month != "00":
+        params.append(("moisDateNaissance", str(int(month))))
+        if day != "00":
+            params.append(("jourDateNaissance", str(int(day))))
+    params.append(("sexeEtatCivil", "M" if pivot.gender == "male" else "F"))
+    if style.country_and_usage_name:
+        params.append(("codeCogInseePaysNaissance", pivot.birthcountry))
+    if pivot.birthcountry == FRANCE:
+        params.append(("codeCogInseeCommuneNaissance", pivot.birthplace))
+    return params
+
+
+def request_for(query: AdapterQuery) -> tuple[str, list[tuple[str, str]]]:
+    """Path and query parameters for `query`; raises `ProviderRejectedQuery` when it cannot be expressed."""
+    route = ROUTES.get(query.dataset)
+    if route is None:
+        raise ProviderRejectedQuery(f"API Particulier does not serve dataset {query.dataset!r}")
+    if not query.recipient:
+        raise ProviderRejectedQuery("API Particulier requires the recipient's SIRET on every call")
+    recipient = [("recipient", query.recipient)]
+    subject = query.subject
+    if subject.pivot is not None:
+        if route.identity_path is None or route.style is None:
+            raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by pivot identity, only by "
+                                        f"identifier ({', '.join(sorted(route.identifiers))})")
+        return route.identity_path, recipient + civil_status_params(subject.pivot, route.style)
+    assert subject.identifier is not None
+    target = route.identifiers.get(subject.identifier.scheme)
+    if target is None:
+        raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by identifier scheme "
+                                    f"{subject.identifier.scheme!r}")
+    path, param = target
+    return path, [*recipient, (param, subject.identifier.value)]
+
+
+def to_dataset(dataset: str, version: int, answer: Any) -> dict[str, Any]:
+    """The dataset document for an upstream 200 body: its `data`, keeping only what the schema declares."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("data"), dict):
+        raise ProviderAnswerMalformed("answer is not a JSON object with a 'data' object")
+    document: dict[str, Any] = schemas.project(answer["data"], schemas.load(dataset, version))
+    return document
+
+
+def _first_error(body: bytes) -> tuple[str, str]:
+    """Code and title of the first upstream error, or empty strings when the body is not the error shape."""
+    try:
+        parsed = json.loads(body)
+        first = parsed["errors"][0]
+        return str(first.get("code", "")), str(first.get("title", ""))
+    except (ValueError, LookupError, TypeError, AttributeError):
+        return "", ""
+
+
+def raise_for_status(endpoint: str, status: int, body: bytes) -> None:
+    """Map a non-200 upstream status (and its error code) to the `AdapterError` leaf; see the module table."""
+    if status == 200:
+        return
+    code, title = _first_error(body)
+    what = f"{endpoint}: HTTP {status} {code} {title}".rstrip()
+    if status == 404:
+        raise SubjectNotFound(what)
+    if status == 422 and code == "00391":
+        raise IdentityAmbiguous(what)
+    if status in (400, 422):
+        raise ProviderRejectedQuery(what)
+    if status == 504 and len(code) == 5 and code.endswith("002") and not code.startswith("00"):
+        raise ProviderTimeout(what)
+    raise ProviderUnavailable(what)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ProviderAnswerMalformed(f"answer larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class ApiParticulierAdapter(ProviderAdapter):
+    """API Particulier v3 for the datasets in `ROUTES`. `token` is the bearer token (a JWT upstream)."""
+
+    def __init__(self, *, name: str, datasets: Mapping[str, int], session: aiohttp.ClientSession,
+                 base_url: str, token: str, timeout: float = 5.0) -> None:
+        unsupported = set(datasets) - SUPPORTED_DATASETS
+        if unsupported:
+            raise ValueError(f"API Particulier does not serve {', '.join(sorted(unsupported))}")
+        if not token:
+            raise ValueError("API Particulier needs a bearer token")
+        super().__init__(name=name, datasets=datasets, session=session, timeout=timeout)
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+
+    async def _fetch(self, query: AdapterQuery) -> dict[str, Any]:
+        version = self.datasets.get(query.dataset)
+        if version != query.version:
+            raise ProviderRejectedQuery(f"{self.name} serves {query.dataset} v{version}, not v{query.version}")
+        path, params = request_for(query)
+        endpoint = f"{self.name} {path}"
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        async with self.session.get(self.base_url + path, params=params, headers=headers,
+                                    allow_redirects=False) as response:
+            body = await _read_capped(response)
+            status = response.status
+        raise_for_status(endpoint, status, body)
+        try:
+            answer = json.loads(body)
+        except ValueError as exc:
+            raise ProviderAnswerMalformed(f"{endpoint}: answer is not JSON") from exc
+        return to_dataset(query.dataset, query.version, answer)

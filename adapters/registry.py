@@ -1,0 +1,134 @@
+"""How the broker builds adapters from the registry's declarative configuration.
+
+An adapter entry in the registry names a `kind` and a table of options. `check_options` validates them when
+the registry is loaded (so a bad file fails before anything starts), `build_adapter` builds the adapter at
+startup. Secrets never live in the registry file: options name the environment variable that holds them, and
+only `build_adapter` reads the environment.
+
+Kind ``api_particulier`` (`adapters.api_particulier.ApiParticulierAdapter`):
+
+``base_url``   (string, required) ``https://particulier.api.gouv.fr`` in production,
+               ``https://staging.particulier.api.gouv.fr`` for upstream's staging, or a sandbox's URL.
+``token_env``  (string, required) name of the environment variable holding the bearer token,
+               e.g. ``DLNUF_API_PARTICULIER_TOKEN``.
+``timeout``    (number of seconds, optional, default 5, at most 60) whole-call budget per query.
+``datasets``   (list of dataset ids, required, non-empty) the datasets this adapter serves, among
+               quotient_familial, complementaire_sante_solidaire, revenu_solidarite_active, prime_activite,
+               statut_etudiant, etudiant_boursier, statut_demandeur_emploi. Each is served at the latest
+               version in the schema catalogue.
+
+Every error is an `AdapterConfigError` whose message starts with the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+import schemas
+from adapters import api_particulier
+from adapters.base import ProviderAdapter
+
+
+class AdapterConfigError(ValueError):
+    """An adapter's registry options are wrong. The message names the key."""
+
+
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+MAX_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    required: frozenset[str]
+    optional: frozenset[str]
+    datasets: frozenset[str]
+    build: Callable[[str, Mapping[str, Any], aiohttp.ClientSession, Mapping[str, str]], ProviderAdapter]
+
+
+def _build_api_particulier(name: str, options: Mapping[str, Any], session: aiohttp.ClientSession,
+                           environ: Mapping[str, str]) -> ProviderAdapter:
+    return api_particulier.ApiParticulierAdapter(
+        name=name,
+        datasets={d: schemas.latest(d) for d in options["datasets"]},
+        session=session,
+        base_url=options["base_url"],
+        token=_secret(options["token_env"], environ),
+        timeout=float(options.get("timeout", DEFAULT_TIMEOUT)),
+    )
+
+
+KINDS: Mapping[str, _Kind] = {
+    "api_particulier": _Kind(
+        required=frozenset({"base_url", "token_env", "datasets"}),
+        optional=frozenset({"timeout"}),
+        datasets=api_particulier.SUPPORTED_DATASETS,
+        build=_build_api_particulier,
+    ),
+}
+
+
+def _secret(var: str, environ: Mapping[str, str]) -> str:
+    value = environ.get(var, "")
+    if not value:
+        raise AdapterConfigError(f"token_env: environment variable {var} is not set or empty")
+    return value
+
+
+def _check_url(value: Any) -> None:
+    if not isinstance(value, str):
+        raise AdapterConfigError("base_url: must be a string")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AdapterConfigError(f"base_url: {value!r} is not an http(s) URL with a host")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise AdapterConfigError("base_url: must not carry a query, a fragment or credentials")
+
+
+def check_options(kind: str, options: Mapping[str, Any]) -> None:
+    """Raise `AdapterConfigError` naming the first bad key; return None when the options are usable."""
+    spec = KINDS.get(kind)
+    if spec is None:
+        raise AdapterConfigError(f"kind: unknown adapter kind {kind!r} (known: {', '.join(sorted(KINDS))})")
+    for key in sorted(options):
+        if key in ("token", "secret", "password", "api_key"):
+            raise AdapterConfigError(f"{key}: secrets never live in the registry; name an environment "
+                                     "variable with token_env")
+        if key not in spec.required | spec.optional:
+            raise AdapterConfigError(f"{key}: unknown option for kind {kind!r}")
+    for key in sorted(spec.required - set(options)):
+        raise AdapterConfigError(f"{key}: required for kind {kind!r}")
+
+    _check_url(options["base_url"])
+    token_env = options["token_env"]
+    if not isinstance(token_env, str) or not _ENV_NAME.match(token_env):
+        raise AdapterConfigError("token_env: must be an environment variable name (A-Z, 0-9, _)")
+    timeout = options.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT:
+        raise AdapterConfigError(f"timeout: must be a number of seconds in ]0, {MAX_TIMEOUT:g}]")
+    datasets = options["datasets"]
+    if not isinstance(datasets, list | tuple) or not datasets or not all(isinstance(d, str) for d in datasets):
+        raise AdapterConfigError("datasets: must be a non-empty list of dataset ids")
+    if len(set(datasets)) != len(datasets):
+        raise AdapterConfigError("datasets: lists a dataset twice")
+    catalogue = schemas.catalogue()
+    for d in datasets:
+        if d not in spec.datasets:
+            raise AdapterConfigError(f"datasets: kind {kind!r} cannot serve {d!r} "
+                                     f"(it serves {', '.join(sorted(spec.datasets))})")
+        if d not in catalogue:
+            raise AdapterConfigError(f"datasets: {d!r} is not in the schema catalogue")
+
+
+def build_adapter(kind: str, name: str, options: Mapping[str, Any], session: aiohttp.ClientSession, *,
+                  environ: Mapping[str, str] | None = None) -> ProviderAdapter:
+    """Check the options, read the secret from the environment (`environ`, default `os.environ`), build."""
+    check_options(kind, options)
+    return KINDS[kind].build(name, options, session, os.environ if environ is None else environ)

@@ -1,0 +1,315 @@
+"""A sandbox speaking API Particulier v3 (https://particulier.api.gouv.fr), on the synthetic citizens.
+
+It answers the real paths with the real query parameters, the real bearer-token check and the real error shape
+(`{"errors": [{"code", "title", "detail", "source", "meta"}]}`, codes taken from the published OpenAPI), so the
+production adapter is tested against it unchanged. Deliberate differences from upstream, all documented:
+
+* identity ambiguity always answers 422 with code 00391 (upstream documents that code for service civique;
+  the DSS and MESR endpoints do not say how they report it);
+* a fault citizen answers 503 (``unavailable``), which upstream itself reports as 504/xx001;
+* only `codeCogInseeCommuneNaissance` designates the birth commune; the `nomCommuneNaissance` triplet is
+  refused with 422/00366 rather than resolved;
+* the quotient familial has one month per household; `annee`/`mois` for another month answer 404;
+* `recipient` is required but its SIRET is not checked against any directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+
+from adapters.sandbox import DEFAULT_SLOW_DELAY, Citizen, CivilQuery, Directory, directory, serve
+
+TOKEN = web.AppKey("token", str)
+DIRECTORY = web.AppKey("directory", Directory)
+SLOW_DELAY = web.AppKey("slow_delay", float)
+
+Render = Callable[[Citizen, Directory, web.Request], dict[str, Any] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class CivilRules:
+    """What an `/identite` endpoint requires, per the published OpenAPI."""
+
+    max_first_names: int
+    full_date: bool
+    sex_required: bool
+    # DSS endpoints take (and require) the birth country, and take `nomUsage`; MESR and Cnous take neither.
+    country: bool
+
+
+DSS = CivilRules(max_first_names=3, full_date=False, sex_required=True, country=True)
+MESRI = CivilRules(max_first_names=1, full_date=True, sex_required=True, country=False)
+CNOUS = CivilRules(max_first_names=3, full_date=True, sex_required=False, country=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    path: str
+    lookup: Literal["identite", "ine", "identifiant"]
+    provider: str
+    # Upstream error codes are <provider prefix><3 digits>: 001 unavailable, 002 timed out, 003 not found.
+    prefix: str
+    not_found_title: str
+    not_found_detail: str
+    render: Render
+    civil: CivilRules | None = None
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+def _upper_first_name(c: Citizen) -> str:
+    return c.pivot.given_names[0].upper()
+
+
+def _quotient_familial(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+    if c.household is None:
+        return None
+    data = dict(d.households[c.household])
+    qf = data["quotient_familial"]
+    for param in ("annee", "mois"):
+        asked = request.query.get(param)
+        if asked is not None and asked != str(qf[param]):
+            return None
+    return data
+
+
+def _statut_etudiant(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+    rec = c.records.get("statut_etudiant")
+    if rec is None:
+        return None
+    return {
+        "admissions": rec["admissions"],
+        "identite": {"nom_naissance": c.pivot.family_name.upper(), "prenom": _upper_first_name(c),
+                     "date_naissance": c.pivot.birthdate},
+    }
+
+
+def _etudiant_boursier(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+    rec = c.records.get("etudiant_boursier")
+    if rec is None:
+        return None
+    return {
+        **rec,
+        "identite": {"nom": c.pivot.family_name.upper(), "prenoms": [n.upper() for n in c.pivot.given_names],
+                     "date_naissance": c.pivot.birthdate, "nom_commune_naissance": c.birthplace_label,
+                     "sexe": c.sex},
+    }
+
+
+def _france_travail(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+    rec = c.records.get("france_travail_record")
+    if rec is None or c.france_travail is None:
+        return None
+    return {
+        "identifiant": c.france_travail,
+        "identite": {"civilite": "M." if c.sex == "M" else "MME", "nom_naissance": c.pivot.family_name.upper(),
+                     "nom_usage": c.pivot.preferred_name.upper() or None, "prenom": _upper_first_name(c),
+                     "sexe": "Masculin" if c.sex == "M" else "Féminin", "date_naissance": c.pivot.birthdate},
+        **rec,
+    }
+
+
+def _record(name: str) -> Render:
+    def render(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+        rec = c.records.get(name)
+        return dict(rec) if rec is not None else None
+
+    return render
+
+
+_DSS_NOT_FOUND = ("35", "Allocataire non référencé", "L'allocataire n'est pas référencé auprès des caisses éligibles")
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("/v3/dss/quotient_familial/identite", "identite", "CNAF & MSA", *_DSS_NOT_FOUND,
+             render=_quotient_familial, civil=DSS),
+    Endpoint("/v3/dss/complementaire_sante_solidaire/identite", "identite", "RNCPS", "40",
+             "Dossier allocataire absent RNCPS", "Le dossier allocataire n'a pas été trouvé auprès du RNCPS.",
+             render=_record("complementaire_sante_solidaire"), civil=DSS),
+    Endpoint("/v3/dss/revenu_solidarite_active/identite", "identite", "CNAF & MSA", *_DSS_NOT_FOUND,
+             render=_record("revenu_solidarite_active"), civil=DSS),
+    Endpoint("/v3/dss/prime_activite/identite", "identite", "CNAF & MSA", *_DSS_NOT_FOUND,
+             render=_record("prime_activite"), civil=DSS),
+    Endpoint("/v3/mesri/statut_etudiant/identite", "identite", "MESRI", "25", "Entité non trouvée",
+             "Aucun étudiant n'a pu être trouvé avec les critères de recherche fournis.",
+             render=_statut_etudiant, civil=MESRI),
+    Endpoint("/v3/mesri/statut_etudiant/ine", "ine", "MESRI", "25", "Entité non trouvée",
+             "Aucun étudiant n'a pu être trouvé avec les critères de recherche fournis.",
+             render=_statut_etudiant),
+    Endpoint("/v3/cnous/etudiant_boursier/identite", "identite", "CNOUS", "26", "Entité non trouvée",
+             "Aucun étudiant boursier n'a pu être trouvé avec les critères de recherche fournis.",
+             render=_etudiant_boursier, civil=CNOUS),
+    Endpoint("/v3/cnous/etudiant_boursier/ine", "ine", "CNOUS", "26", "Entité non trouvée",
+             "Aucun étudiant boursier n'a pu être trouvé avec les critères de recherche fournis. Veuillez "
+             "vérifier que l'identifiant correspond au périmètre couvert par l'API.",
+             render=_etudiant_boursier),
+    Endpoint("/v3/france_travail/statut/identifiant", "identifiant", "France Travail", "24", "Entité non trouvée",
+             "Aucune situation France Travail n'a pu être trouvée avec les critères de recherche fournis.",
+             render=_france_travail),
+)
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def error(status: int, code: str, title: str, detail: str, *, parameter: str | None = None,
+          meta: Mapping[str, Any] | None = None) -> web.Response:
+    body = {"errors": [{"code": code, "title": title, "detail": detail,
+                        "source": {"parameter": parameter} if parameter else None, "meta": dict(meta or {})}]}
+    return web.json_response(body, status=status)
+
+
+def _unauthorized() -> web.Response:
+    return error(401, "00101", "Interdit", "Votre token n'est pas valide ou n'est pas renseigné",
+                 parameter="token")
+
+
+def _unprocessable(detail: str = "Un ou plusieurs paramètres de civilité ne sont pas correctement formatés",
+                   code: str = "00366") -> web.Response:
+    return error(422, code, "Entité non traitable", detail)
+
+
+def _ambiguous() -> web.Response:
+    return _unprocessable("Les paramètres d'identité correspondent à plusieurs personnes. Nous ne pouvons pas "
+                          "fournir les informations pour cet individu.", code="00391")
+
+
+class _Refused(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+
+_COMMUNE = re.compile(r"^[0-9][0-9AB][0-9]{3}$")
+_COUNTRY = re.compile(r"^99[0-9]{3}$")
+_INE = re.compile(r"^[0-9a-zA-Z]{11}$")
+
+
+def _int(request: web.Request, name: str, low: int, high: int) -> int | None:
+    raw = request.query.get(name, "")
+    if raw == "":
+        return None
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise _Refused(_unprocessable(f"Le paramètre {name} n'est pas correctement formaté"))
+    return int(raw)
+
+
+def civil_query(request: web.Request, rules: CivilRules) -> CivilQuery:
+    """The identity in the query string, checked as upstream checks it; raises `_Refused` with the 422."""
+    q = request.query
+    birth_name = q.get("nomNaissance", "").strip()
+    first_names = [n for n in q.getall("prenoms[]", []) if n.strip()]
+    if not birth_name or not first_names or len(first_names) > rules.max_first_names:
+        raise _Refused(_unprocessable())
+    year = _int(request, "anneeDateNaissance", 1800, 2999)
+    month = _int(request, "moisDateNaissance", 1, 12)
+    day = _int(request, "jourDateNaissance", 1, 31)
+    if rules.full_date and None in (year, month, day):
+        raise _Refused(_unprocessable())
+    sex = q.get("sexeEtatCivil") or None
+    if sex not in (None, "M", "F") or (rules.sex_required and sex is None):
+        raise _Refused(_unprocessable())
+    commune = q.get("codeCogInseeCommuneNaissance") or None
+    if commune is not None and not _COMMUNE.match(commune):
+        raise _Refused(_unprocessable())
+    if q.get("nomCommuneNaissance"):
+        raise _Refused(_unprocessable("Le bac à sable DLNUF ne gère que codeCogInseeCommuneNaissance"))
+    country: str | None = None
+    if rules.country:
+        country = q.get("codeCogInseePaysNaissance") or None
+        if country is None or not _COUNTRY.match(country):
+            raise _Refused(_unprocessable())
+        # Born in France needs the commune; born abroad must not send one.
+        if (country == "99100") != (commune is not None):
+            raise _Refused(_unprocessable())
+    return CivilQuery(birth_name=birth_name, first_names=first_names, year=year, month=month, day=day, sex=sex,
+                      birth_commune=commune, birth_country=country)
+
+
+# ---------------------------------------------------------------------------------------------- handlers
+
+
+def _authorized(request: web.Request) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return False
+    return hmac.compare_digest(presented.strip().encode(), request.app[TOKEN].encode())
+
+
+def _find(ep: Endpoint, request: web.Request, d: Directory) -> Citizen | None:
+    if ep.lookup == "ine":
+        ine = request.query.get("ine", "")
+        if not _INE.match(ine):
+            raise _Refused(_unprocessable("Le numéro d'INE n'est pas correctement formatté", code="00360"))
+        return d.by_ine(ine)
+    if ep.lookup == "identifiant":
+        identifiant = request.query.get("identifiant", "").strip()
+        if not identifiant:
+            raise _Refused(_unprocessable("L'identifiant est manquant", code="00380"))
+        return d.by_france_travail(identifiant)
+    assert ep.civil is not None
+    found = d.match(civil_query(request, ep.civil))
+    if len(found) > 1:
+        raise _Refused(_ambiguous())
+    return found[0] if found else None
+
+
+def _handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if not _authorized(request):
+            return _unauthorized()
+        if not request.query.get("recipient"):
+            return error(422, "00203", "Entité non traitable", "Le paramètre recipient est obligatoire",
+                         parameter="recipient")
+        d = request.app[DIRECTORY]
+        try:
+            citizen = _find(ep, request, d)
+        except _Refused as refused:
+            return refused.response
+        meta = {"provider": ep.provider}
+        if citizen is not None and citizen.fault == "unavailable":
+            return error(503, ep.prefix + "001", "Service non disponible",
+                         "Service du fournisseur de données temporairement indisponible ou en maintenance.",
+                         meta=meta)
+        if citizen is not None and citizen.fault == "upstream_timeout":
+            return error(504, ep.prefix + "002", "Intermédiaire hors-délai",
+                         "Temps d’attente d’une réponse du fournisseur de données écoulé.", meta=meta)
+        if citizen is not None and citizen.fault == "not_json":
+            return web.Response(status=200, content_type="text/html",
+                                text="<!DOCTYPE html><html><body><h1>Maintenance en cours</h1></body></html>")
+        if citizen is not None and citizen.fault == "slow":
+            await asyncio.sleep(request.app[SLOW_DELAY])
+        data = ep.render(citizen, d, request) if citizen is not None else None
+        if data is None:
+            return error(404, ep.prefix + "003", ep.not_found_title, ep.not_found_detail, meta=meta)
+        return web.json_response({"data": data, "links": {}, "meta": {}}, headers={"X-Response-Cached": "false"})
+
+    return handle
+
+
+def create_app(token: str, *, slow_delay: float = DEFAULT_SLOW_DELAY,
+               citizens: Directory | None = None) -> web.Application:
+    """The API Particulier sandbox. `token` is the only bearer accepted; `slow_delay` is the slow citizen's delay."""
+    if not token:
+        raise ValueError("the sandbox needs a non-empty token")
+    app = web.Application()
+    app[TOKEN] = token
+    app[DIRECTORY] = citizens if citizens is not None else directory()
+    app[SLOW_DELAY] = float(slow_delay)
+    for ep in ENDPOINTS:
+        app.router.add_get(ep.path, _handler(ep))
+    return app
+
+
+async def start_sandbox(token: str, *, host: str = "127.0.0.1", port: int = 0,
+                        slow_delay: float = DEFAULT_SLOW_DELAY) -> tuple[web.AppRunner, str]:
+    """Serve the sandbox on host:port (0: a free port). Returns the runner (await `runner.cleanup()`) and base URL."""
+    return await serve(create_app(token, slow_delay=slow_delay), host=host, port=port)

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import pytest
+
+import schemas
+
+DATASETS = {
+    "identite_pivot", "quotient_familial", "statut_etudiant", "etudiant_boursier", "statut_demandeur_emploi",
+    "complementaire_sante_solidaire", "revenu_solidarite_active", "prime_activite", "revenu_fiscal_reference",
+}
+ALL = [(d, v) for d, versions in schemas.catalogue().items() for v in versions]
+
+
+def validator(dataset: str, version: int) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schemas.load(dataset, version))
+
+
+def test_catalogue_has_every_dataset() -> None:
+    assert set(schemas.catalogue()) == DATASETS
+    assert all(schemas.latest(d) == 1 for d in DATASETS)
+
+
+def test_no_stray_json_files() -> None:
+    names = {e.name for e in resources.files("schemas").iterdir() if e.name.endswith(".json")}
+    assert names == {schemas.file_name(d, v) for d, v in ALL}
+
+
+@pytest.mark.parametrize(("dataset", "version"), ALL)
+def test_schema_is_valid_2020_12(dataset: str, version: int) -> None:
+    schema = schemas.load(dataset, version)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+@pytest.mark.parametrize(("dataset", "version"), ALL)
+def test_id_matches_file_name(dataset: str, version: int) -> None:
+    assert schemas.load(dataset, version)["$id"] == schemas.SCHEMA_BASE + f"{dataset}.v{version}.json"
+
+
+def _described(schema: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema that documents a member: the root, each property, each array's items if an object."""
+    if not isinstance(schema, dict):
+        return
+    for name, sub in schema.get("properties", {}).items():
+        yield f"{where}.{name}", sub
+        yield from _described(sub, f"{where}.{name}")
+    for key in ("items", "then", "else", "if"):
+        if key in schema:
+            yield from _described(schema[key], f"{where}[{key}]")
+    for name, sub in schema.get("$defs", {}).items():
+        yield from _described(sub, f"{where}$defs.{name}")
+
+
+@pytest.mark.parametrize(("dataset", "version"), ALL)
+def test_every_member_is_described_in_french_and_english(dataset: str, version: int) -> None:
+    schema = schemas.load(dataset, version)
+    members = [(dataset, schema), *_described(schema, dataset)]
+    # Conditional branches only narrow a property already described at the top.
+    members = [(w, s) for w, s in members if "[then]" not in w and "[else]" not in w and "[if]" not in w]
+    for where, sub in members:
+        assert sub.get("description"), f"{where} has no French description"
+        assert sub.get("x-description-en"), f"{where} has no English x-description-en"
+        assert sub["description"] != sub["x-description-en"], where
+
+
+@pytest.mark.parametrize(("dataset", "version"), ALL)
+def test_objects_reject_unknown_members(dataset: str, version: int) -> None:
+    schema = schemas.load(dataset, version)
+    objects = [(dataset, schema)] + [(w, s) for w, s in _described(schema, dataset) if "properties" in s]
+    objects += [(f"$defs.{n}", s) for n, s in schema.get("$defs", {}).items() if "properties" in s]
+    for where, sub in objects:
+        assert sub.get("additionalProperties") is False, where
+
+
+@pytest.mark.parametrize(("dataset", "version"), ALL)
+def test_examples_validate(dataset: str, version: int) -> None:
+    schema = schemas.load(dataset, version)
+    assert schema["examples"], "each schema carries at least one example"
+    for example in schema["examples"]:
+        validator(dataset, version).validate(example)
+
+
+def _example(dataset: str) -> dict[str, Any]:
+    doc: dict[str, Any] = copy.deepcopy(schemas.load(dataset, 1)["examples"][0])
+    return doc
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    target: Any = doc
+    *parents, last = path.split(".")
+    for p in parents:
+        target = target[int(p)] if isinstance(target, list) else target[p]
+    if value is _DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return doc
+
+
+_DELETE = object()
+
+INVALID = [
+    ("identite_pivot", "gender", "M"),
+    ("identite_pivot", "birthdate", "1979-13-02"),
+    ("identite_pivot", "birthdate", "02/07/1979"),
+    ("identite_pivot", "birthplace", ""),  # born in France without a commune
+    ("identite_pivot", "birthcountry", "100"),
+    ("identite_pivot", "nickname", "JB"),
+    ("quotient_familial", "quotient_familial.valeur", "1045"),
+    ("quotient_familial", "quotient_familial.fournisseur", "CAF"),
+    ("quotient_familial", "quotient_familial.mois", 13),
+    ("quotient_familial", "allocataires", []),
+    ("quotient_familial", "allocataires.0.sexe", "X"),
+    ("quotient_familial", "adresse.code_postal_ville", _DELETE),
+    ("quotient_familial", "adresse.iban", "FR76..."),
+    ("statut_etudiant", "admissions.0.est_inscrit", "oui"),
+    ("statut_etudiant", "admissions.0.etablissement_etudes.uai", "INCONNU"),
+    ("etudiant_boursier", "echelon_bourse.echelon", "9"),
+    ("etudiant_boursier", "periode_versement_bourse.date_rentree", "septembre"),
+    ("statut_demandeur_emploi", "inscription.categorie.code", 9),
+    ("statut_demandeur_emploi", "inscription.date_fin", "2024"),
+    ("complementaire_sante_solidaire", "est_beneficiaire", "oui"),
+    ("revenu_solidarite_active", "date_debut_droit", "01/05/2023"),
+    ("prime_activite", "avec_majoration", _DELETE),
+    ("revenu_fiscal_reference", "nombre_parts", 2.3),
+    ("revenu_fiscal_reference", "situation_famille", "Marié(e)s"),
+    ("revenu_fiscal_reference", "revenu_fiscal_reference", -1),
+]
+
+
+@pytest.mark.parametrize(("dataset", "path", "value"), INVALID)
+def test_invalid_documents_are_rejected(dataset: str, path: str, value: Any) -> None:
+    doc = _set(_example(dataset), path, value)
+    errors = list(validator(dataset, 1).iter_errors(doc))
+    assert errors, f"{dataset} accepted {path} = {value!r}"
+
+
+def test_born_abroad_must_not_name_a_commune() -> None:
+    doc = _example("identite_pivot")
+    v = validator("identite_pivot", 1)
+    v.validate({**doc, "birthcountry": "99350", "birthplace": ""})
+    with pytest.raises(jsonschema.ValidationError):
+        v.validate({**doc, "birthcountry": "99350", "birthplace": "69383"})
+
+
+def test_partial_birthdates_are_pivot_identities() -> None:
+    v = validator("identite_pivot", 1)
+    for birthdate in ("1962-00-00", "1970-04-00"):
+        v.validate({**_example("identite_pivot"), "birthdate": birthdate})
+    with pytest.raises(jsonschema.ValidationError):
+        v.validate({**_example("identite_pivot"), "birthdate": "1970-00-04"})
+
+
+def test_schema_files_are_utf8_json_with_french_text() -> None:
+    # Non-ASCII must be stored as such, so the French descriptions stay readable in review.
+    text = resources.files("schemas").joinpath("quotient_familial.v1.json").read_text("utf-8")
+    assert "\\u00e9" not in text and "é" in text
+    json.loads(text)
+
+
+# --------------------------------------------------------------------------------- projection
+
+
+def test_project_drops_undeclared_members_at_every_depth() -> None:
+    schema = schemas.load("quotient_familial", 1)
+    upstream = _example("quotient_familial")
+    upstream["nouveau_champ"] = 1
+    upstream["quotient_familial"]["nouveau"] = True
+    upstream["allocataires"][0]["numero_allocataire"] = "0000354"
+    upstream["adresse"]["coordonnees_gps"] = [45.7, 4.8]
+    projected = schemas.project(upstream, schema)
+    assert projected == _example("quotient_familial")
+
+
+def test_project_never_coerces() -> None:
+    schema = schemas.load("quotient_familial", 1)
+    upstream = _set(_example("quotient_familial"), "quotient_familial.valeur", "1045")
+    projected = schemas.project(upstream, schema)
+    assert projected["quotient_familial"]["valeur"] == "1045"
+    with pytest.raises(jsonschema.ValidationError):
+        validator("quotient_familial", 1).validate(projected)
+
+
+def test_project_follows_nullable_refs_and_keeps_nulls() -> None:
+    schema = schemas.load("statut_demandeur_emploi", 1)
+    doc = _example("statut_demandeur_emploi")
+    assert schemas.project(doc, schema) == doc
+    assert schemas.project(None, schema) is None
