@@ -130,7 +130,7 @@ def test_numbers(number: float, expected: str) -> None:
 ES_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?(e[+-][1-9][0-9]*)?")
 
 
-@settings(max_examples=2000)
+@settings(max_examples=2000, deadline=None)
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_any_double_reads_back_exactly_and_in_ecmascript_form(x: float) -> None:
     text = serialize_number(x)
@@ -214,7 +214,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(json_values)
 def test_canonical_form_is_a_fixed_point_of_parse_and_canonicalize(value: Any) -> None:
     out = canonicalize(value)
