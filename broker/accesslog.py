@@ -1,0 +1,74 @@
+"""The access log: one row per exchange attempt, refused ones included.
+
+Invariant: the pipeline commits an entry before any data leaves; `commit` either returns after COMMIT or raises
+`LogUnavailable`, and then the caller answers 503 with no data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from adapters.identity import Subject
+from broker import db
+from broker.errors import LogUnavailable
+from broker.registry import Habilitation
+
+log = structlog.get_logger(__name__)
+
+
+def subject_key(secret: bytes, subject: Subject) -> str:
+    """A keyed hash of the normalised subject: the same person gives the same key; without the secret it names
+    nobody (a plain hash of an identity could be reversed by trying every name and birth date)."""
+    return hmac.new(secret, subject.canonical().encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(slots=True)
+class LogEntry:
+    """Filled in step by step as the pipeline learns more, then committed once."""
+
+    request_id: str
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    logged_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    consumer: str | None = None
+    kid: str | None = None
+    dataset: str | None = None
+    dataset_version: int | None = None
+    purpose: str | None = None
+    recipient: str | None = None
+    habilitation: Habilitation | None = None
+    fields_requested: tuple[str, ...] = ()
+    fields_released: tuple[str, ...] = ()
+    outcome: str = "refused"
+    problem_type: str | None = None
+    http_status: int = 0
+    latency_ms: float = 0.0
+    payload_sha256: str | None = None
+    subject_key: str | None = None
+
+    def args(self) -> tuple[object, ...]:
+        hab = self.habilitation
+        return (
+            self.id, self.logged_at, self.request_id, self.consumer, self.kid, self.dataset, self.dataset_version,
+            self.purpose, self.recipient,
+            hab.id if hab else None,
+            hab.legal_basis.type if hab else None,
+            hab.legal_basis.title if hab else None,
+            hab.legal_basis.url if hab else None,
+            list(self.fields_requested), list(self.fields_released), self.outcome, self.problem_type,
+            self.http_status, self.latency_ms, self.payload_sha256, self.subject_key,
+        )
+
+
+async def commit(pool: asyncpg.Pool, entry: LogEntry) -> None:
+    try:
+        await pool.execute(db.queries()["access_log_insert"], *entry.args())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        log.error("access log commit failed", error=f"{type(exc).__name__}: {exc}", entry_id=str(entry.id))
+        raise LogUnavailable("access log commit failed") from exc

@@ -1,0 +1,164 @@
+"""The broker's aiohttp application: routes, middlewares, and the resources opened around it.
+
+Resources are opened in `cleanup_ctx` order (database, then state and its background tasks) and closed in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import orjson
+import structlog
+from aiohttp import web
+
+from broker import db, registry
+from broker.config import Config
+from broker.exchange import handle_exchange
+from broker.keys import load_or_create_broker_key
+from broker.metrics import Metrics
+from broker.middleware import request_id_middleware, signing_middleware
+from broker.openapi import openapi_document
+from broker.problems import problem_middleware
+from broker.state import STATE, AdapterSet, BrokerState, RegistryCache
+
+log = structlog.get_logger(__name__)
+
+CONFIG = web.AppKey("config", Config)
+DSN = web.AppKey("dsn", str)
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The subject-key secret: shared by every process of one broker, created once, never logged."""
+    if path.exists():
+        data = path.read_bytes()
+        if len(data) < 32:
+            raise RuntimeError(f"{path} must hold at least 32 bytes")
+        return data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = secrets.token_bytes(32)
+    with contextlib.suppress(FileExistsError), path.open("xb") as f:
+        path.chmod(0o600)
+        f.write(data)
+    return path.read_bytes()
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    embedded: db.EmbeddedPostgres | None = None
+    if config.database_url is None:
+        embedded = await asyncio.to_thread(db.EmbeddedPostgres, config.state_dir / "pgdata")
+        dsn = embedded.dsn()
+        log.info("embedded PostgreSQL started", data_dir=str(embedded.data_dir))
+    else:
+        dsn = config.database_url
+    app[DSN] = dsn
+    conn = await db.connect(dsn)
+    try:
+        await db.migrate(conn)
+        if config.registry_file is not None:
+            text = config.registry_file.read_text("utf-8")
+            report = await registry.apply(conn, registry.parse_registry(text, str(config.registry_file)))
+            log.info("registry applied", report=str(report))
+    finally:
+        await conn.close()
+    yield
+    if embedded is not None:
+        # other broker processes may share this server; pgserver stops it when the last one leaves
+        await asyncio.to_thread(embedded.stop)
+
+
+async def state_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    pool = await db.create_pool(app[DSN], min_size=config.pool_min, max_size=config.pool_max)
+    metrics = Metrics()
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
+        json_serialize=lambda o: orjson.dumps(o).decode(),
+    )
+    cache = RegistryCache(pool, poll=config.registry_poll)
+    adapters = AdapterSet(session, metrics)
+    cache.on_change(adapters.update)
+    cache.on_change(lambda r: metrics.registry_version.set(r.version))
+    await cache.refresh()
+    state = BrokerState(
+        config=config,
+        pool=pool,
+        registry=cache,
+        adapters=adapters,
+        signing_key=load_or_create_broker_key(config.signing_key_file),
+        subject_secret=load_or_create_secret(config.subject_key_file),
+        metrics=metrics,
+    )
+    app[STATE] = state
+    tasks = [asyncio.create_task(cache.watch()), asyncio.create_task(_purge_nonces(pool))]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await session.close()
+    await pool.close()
+
+
+async def _purge_nonces(pool: asyncpg.Pool) -> None:
+    while True:
+        await asyncio.sleep(30)
+        try:
+            await pool.execute(db.queries()["nonce_purge"])
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("nonce purge failed", error=str(exc))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2):
+            await state.pool.fetchval("SELECT 1")
+        checks["database"] = "ok"
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    checks["registry"] = f"version {state.registry.current.version}"
+    ready = checks["database"] == "ok"
+    return web.json_response({"status": "ready" if ready else "not ready", "checks": checks},
+                             status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def jwks(request: web.Request) -> web.Response:
+    key = request.app[STATE].signing_key
+    return web.json_response({"keys": [key.public_jwk()]}, headers={"Cache-Control": "max-age=300"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps(openapi_document()), content_type="application/json")
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[request_id_middleware, signing_middleware, problem_middleware],
+        client_max_size=config.max_body,
+    )
+    app[CONFIG] = config
+    app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(state_ctx)
+    app.router.add_post("/v1/exchanges", handle_exchange)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    return app

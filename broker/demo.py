@@ -1,0 +1,112 @@
+"""`python -m broker demo`: the broker, the API Particulier sandbox and a demo registry, on the embedded database.
+
+Everything is real: the sandbox is an HTTP server in the upstream format, the broker calls it over HTTP, and the
+printed command signs its request with a freshly generated consumer key registered in the demo registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import sys
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from aiohttp import web
+
+from adapters.sandbox.api_particulier import start_sandbox
+from broker.app import create_app
+from broker.config import Config
+from broker.keys import PrivateKey, generate_private_key, private_key_from_jwk
+
+TOKEN_ENV = "DLNUF_DEMO_API_PARTICULIER_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+CONSUMER_SIRET = "21750001600019"
+DEMO_SUBJECT = {"pivot_identity": {
+    "family_name": "Dupont", "given_name": "Marie Claire", "birthdate": "1985-03-14",
+    "gender": "female", "birthplace": "75114", "birthcountry": "99100",
+}}
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run the broker with sandbox providers and a demo registry")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--sandbox-port", type=int, default=0, help="API Particulier sandbox port (0: any free one)")
+
+
+def consumer_key(path: Path) -> PrivateKey:
+    if path.exists():
+        return private_key_from_jwk(json.loads(path.read_text("utf-8")))
+    key = generate_private_key("ed25519", kid="demo-commune-paris")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("x") as f:
+        path.chmod(0o600)
+        json.dump(key.to_jwk(), f, indent=2)
+    return key
+
+
+def _toml_inline(jwk: dict[str, Any]) -> str:
+    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in jwk.items() if k != "kid") + " }"
+
+
+def write_registry(path: Path, key: PrivateKey, sandbox_url: str) -> None:
+    template = Template(resources.files("broker").joinpath("demo_registry.toml.tmpl").read_text("utf-8"))
+    path.write_text(template.substitute(kid=key.kid, jwk=_toml_inline(key.public_jwk()), sandbox_url=sandbox_url,
+                                        token_env=TOKEN_ENV))
+
+
+def request_command(base_url: str, key_file: Path) -> str:
+    args = ["python", "-m", "broker", "request", "--url", base_url, "--key", str(key_file),
+            "--dataset", "quotient_familial", "--purpose", "tarification-restauration-scolaire",
+            "--recipient", CONSUMER_SIRET, "--fields", "quotient_familial,enfants",
+            "--subject", json.dumps(DEMO_SUBJECT, ensure_ascii=False)]
+    return shlex.join(args)
+
+
+async def _run(config: Config, sandbox_port: int) -> None:
+    demo_dir = config.state_dir / "demo"
+    key_file = demo_dir / "consumer-commune-paris.jwk"
+    key = consumer_key(key_file)
+    os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)
+    sandbox_runner, sandbox_url = await start_sandbox(os.environ[TOKEN_ENV], port=sandbox_port)
+    registry_file = demo_dir / "registry.toml"
+    write_registry(registry_file, key, sandbox_url)
+
+    runner = web.AppRunner(create_app(replace(config, registry_file=registry_file)), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    base_url = f"http://{config.host}:{config.port}"
+    print(f"""
+DLNUF demo is running.
+  broker            {base_url}   (OpenAPI: {base_url}/openapi.json, JWKS: {base_url}/.well-known/jwks.json)
+  API Particulier   {sandbox_url}   (sandbox, synthetic citizens)
+  database          embedded PostgreSQL in {config.state_dir / 'pgdata'}
+  registry          {registry_file}
+  consumer key      {key_file}   (Commune de Paris, kid {key.kid})
+
+Send a signed request for a citizen's quotient familial (from another terminal, in this directory):
+
+  {request_command(base_url, key_file)}
+
+Ctrl-C stops everything.
+""", file=sys.stderr, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await sandbox_runner.cleanup()
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run(config, args.sandbox_port))
+    return 0

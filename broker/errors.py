@@ -1,0 +1,51 @@
+"""Errors of the exchange, free of HTTP: `broker/problems.py` maps each to a problem type in one table.
+
+`public` errors carry a message safe for the caller (bad input); the others carry a reason for the server log and
+the access log only (signature, authorization), because telling an attacker which check failed helps them.
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Base of the broker's own refusals."""
+
+    public = False
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class InvalidRequest(BrokerError):
+    """The body is not the JSON the endpoint takes. The message says what to fix."""
+
+    public = True
+
+
+class InvalidSubject(InvalidRequest):
+    pass
+
+
+class UnknownDataset(InvalidRequest):
+    pass
+
+
+class BodyTooLarge(InvalidRequest):
+    pass
+
+
+class UnsupportedMediaType(InvalidRequest):
+    pass
+
+
+class NotAuthorized(BrokerError):
+    """No habilitation, or the purpose, a field or the recipient is outside it."""
+
+
+class InvalidProviderAnswer(BrokerError):
+    """The provider's answer does not validate against the dataset schema: it is never released."""
+
+
+class LogUnavailable(BrokerError):
+    """The access-log entry could not be committed, so nothing may be released."""

@@ -1,0 +1,172 @@
+"""The OpenAPI 3.1 description of every route, problem types included (served at /openapi.json)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import schemas
+from broker.problems import PROBLEM_BASE, all_problem_types
+
+_PIVOT = {
+    "type": "object",
+    "description": "FranceConnect pivot identity (claims of the same names).",
+    "required": ["family_name", "given_name", "birthdate", "gender", "birthcountry"],
+    "additionalProperties": False,
+    "properties": {
+        "family_name": {"type": "string", "minLength": 1, "description": "Nom de naissance."},
+        "given_name": {"type": "string", "minLength": 1, "description": "Prénoms, separated by spaces."},
+        "birthdate": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                      "description": "YYYY-MM-DD; 00 for an unknown day or month."},
+        "gender": {"type": "string", "enum": ["male", "female"]},
+        "birthplace": {"type": "string", "pattern": "^([0-9][0-9AB][0-9]{3})?$",
+                       "description": "INSEE COG commune code; empty when born abroad."},
+        "birthcountry": {"type": "string", "pattern": "^99[0-9]{3}$", "description": "COG country, France 99100."},
+        "preferred_name": {"type": "string", "description": "Nom d'usage (hint only)."},
+    },
+}
+
+_EXCHANGE_REQUEST = {
+    "type": "object",
+    "required": ["dataset", "purpose", "recipient", "fields", "subject"],
+    "additionalProperties": False,
+    "properties": {
+        "dataset": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$", "examples": ["quotient_familial"]},
+        "version": {"type": "integer", "minimum": 1, "description": "Dataset version; latest when omitted."},
+        "purpose": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$",
+                    "description": "One of the purposes of the consumer's habilitation."},
+        "recipient": {"type": "string", "pattern": "^[0-9]{14}(/[A-Za-z0-9_.-]{1,64})?$",
+                      "description": "SIRET of the consumer, or SIRET/sub-unit."},
+        "fields": {"type": "array", "minItems": 1, "maxItems": 64, "uniqueItems": True,
+                   "items": {"type": "string", "pattern": "^[a-z_][a-z0-9_]*(\\.[a-z_][a-z0-9_]*){0,7}$"},
+                   "description": "Dotted paths into the dataset document."},
+        "subject": {
+            "oneOf": [
+                {"type": "object", "required": ["pivot_identity"], "additionalProperties": False,
+                 "properties": {"pivot_identity": _PIVOT}},
+                {"type": "object", "required": ["identifier"], "additionalProperties": False,
+                 "properties": {"identifier": {
+                     "type": "object", "required": ["scheme", "value"], "additionalProperties": False,
+                     "properties": {"scheme": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
+                                    "value": {"type": "string", "minLength": 1, "maxLength": 128}}}}},
+            ],
+        },
+    },
+}
+
+_EXCHANGE_RESPONSE = {
+    "type": "object",
+    "required": ["request_id", "log_entry_id", "dataset", "version", "fields_released", "data_sha256", "data"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "log_entry_id": {"type": "string", "format": "uuid"},
+        "dataset": {"type": "string"},
+        "version": {"type": "integer"},
+        "fields_released": {"type": "array", "items": {"type": "string"}},
+        "data_sha256": {"type": "string", "description": "SHA-256 (hex) of the RFC 8785 canonical JSON of `data`, "
+                                                         "as recorded in the access log."},
+        "data": {"type": "object"},
+    },
+}
+
+_PROBLEM = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string", "format": "uri", "enum": [p.uri for p in all_problem_types()]},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "request_id": {"type": "string"},
+    },
+}
+
+_SIG_HEADERS = {
+    "Signature-Input": {"schema": {"type": "string"}, "description": "RFC 9421, by the broker's key."},
+    "Signature": {"schema": {"type": "string"}},
+    "Content-Digest": {"schema": {"type": "string"}, "description": "RFC 9530 sha-256 of the body."},
+}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "headers": _SIG_HEADERS,
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": description, "headers": _SIG_HEADERS,
+            "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    problems = "\n".join(f"- `{p.uri}` ({p.status}): {p.description}" for p in all_problem_types())
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "DLNUF broker",
+            "version": "0.1.0",
+            "description": (
+                "Dites-le-nous une fois: administrations exchange citizens' data through a broker that checks "
+                "every request's RFC 9421 signature and habilitation, validates providers' answers, logs every "
+                "attempt before releasing anything, and signs every response.\n\n"
+                "Every request to `/v1/exchanges` must be signed (RFC 9421) with `created`, `keyid` and `nonce`, "
+                "covering `@method`, `@target-uri` (or `@authority`, `@path`, `@query`) and `content-digest` "
+                "(RFC 9530). Every response is signed by the broker's key (`/.well-known/jwks.json`), covering "
+                "`@status`, `content-digest`, `content-type` and, for verified requests, the request's signature "
+                "(`\"signature\";req`).\n\nProblem types (RFC 9457):\n" + problems
+            ),
+            "license": {"name": "EUPL-1.2", "identifier": "EUPL-1.2"},
+        },
+        "components": {
+            "schemas": {"ExchangeRequest": _EXCHANGE_REQUEST, "ExchangeResponse": _EXCHANGE_RESPONSE,
+                        "Problem": _PROBLEM},
+            "securitySchemes": {"httpMessageSignature": {
+                "type": "apiKey", "in": "header", "name": "Signature",
+                "description": "RFC 9421 HTTP Message Signature with Signature-Input; keys in the registry."}},
+        },
+        "paths": {
+            "/v1/exchanges": {"post": {
+                "operationId": "exchange",
+                "summary": "Ask a provider's data about a citizen, through the broker",
+                "security": [{"httpMessageSignature": []}],
+                "parameters": [
+                    {"name": "Signature-Input", "in": "header", "required": True, "schema": {"type": "string"}},
+                    {"name": "Signature", "in": "header", "required": True, "schema": {"type": "string"}},
+                    {"name": "Content-Digest", "in": "header", "required": True, "schema": {"type": "string"}},
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ExchangeRequest"}}}},
+                "responses": {
+                    "200": _json("Released: the data, after its access-log entry was committed.",
+                                 {"$ref": "#/components/schemas/ExchangeResponse"}),
+                    "400": _problem("invalid-request or invalid-subject"),
+                    "401": _problem("signature-rejected"),
+                    "403": _problem("not-authorized or legal-basis-refused"),
+                    "404": _problem("unknown-dataset or subject-not-found"),
+                    "409": _problem("identity-ambiguous"),
+                    "413": _problem("body-too-large"),
+                    "415": _problem("unsupported-media-type"),
+                    "422": _problem("provider-rejected-query"),
+                    "502": _problem("provider-unavailable, provider-answer-malformed or provider-answer-invalid"),
+                    "503": _problem("log-unavailable or service-unavailable: nothing was released"),
+                    "504": _problem("provider-timeout"),
+                },
+            }},
+            "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness",
+                                 "responses": {"200": _json("Alive")}}},
+            "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness: database reachable",
+                                "responses": {"200": _json("Ready"), "503": _json("Not ready")}}},
+            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics (no personal data)",
+                                 "responses": {"200": {"description": "Prometheus text format", "headers": _SIG_HEADERS,
+                                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
+                                      "responses": {"200": _json("OpenAPI 3.1")}}},
+            "/.well-known/jwks.json": {"get": {
+                "operationId": "jwks", "summary": "The broker's public keys (response signatures)",
+                "responses": {"200": _json("JWK Set")}}},
+        },
+        "x-problem-base": PROBLEM_BASE,
+        "x-datasets": {k: list(v) for k, v in schemas.catalogue().items()},
+    }

@@ -1,0 +1,81 @@
+"""Builders for registry files and consumer keys used across tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.keys import PrivateKey, generate_private_key
+
+CONSUMER = "21750001600019"  # Commune de Paris (consumer)
+OTHER_CONSUMER = "21690123100011"  # Commune de Lyon (consumer)
+PROVIDER = "13002526500013"  # DINUM, operating API Particulier (provider)
+PURPOSE = "tarification-restauration-scolaire"
+QF_FIELDS = ("quotient_familial", "allocataires", "enfants", "adresse")
+SANDBOX_TOKEN = "sandbox-token-for-tests"
+TOKEN_ENV = "DLNUF_TEST_API_PARTICULIER_TOKEN"
+LEGAL_URL = "https://www.legifrance.gouv.fr/codes/article_lc/LEGIARTI000038611862"
+
+
+@dataclass
+class Consumer:
+    siret: str
+    key: PrivateKey
+
+
+def consumer(siret: str = CONSUMER, alg: str = "ed25519", kid: str | None = None) -> Consumer:
+    return Consumer(siret, generate_private_key(alg, kid=kid or f"{siret}-{alg}"))  # type: ignore[arg-type]
+
+
+def _inline(jwk: dict[str, object]) -> str:
+    return "{ " + ", ".join(f'{k} = "{v}"' for k, v in jwk.items() if k != "kid") + " }"
+
+
+def registry_toml(
+    consumers: list[Consumer],
+    *,
+    provider_url: str = "http://127.0.0.1:9/",
+    fields: tuple[str, ...] = QF_FIELDS,
+    basis: str = "information",
+    extra_key_lines: str = "",
+    timeout: float = 2.0,
+) -> str:
+    parts = [f"""
+[[organisations]]
+siret = "{PROVIDER}"
+name = "DINUM (API Particulier)"
+roles = ["provider"]
+"""]
+    for c in consumers:
+        parts.append(f"""
+[[organisations]]
+siret = "{c.siret}"
+name = "Commune {c.siret}"
+roles = ["consumer"]
+
+[[organisations.keys]]
+kid = "{c.key.kid}"
+jwk = {_inline(c.key.public_jwk())}
+{extra_key_lines}
+""")
+    parts.append(f"""
+[[adapters]]
+id = "api-particulier"
+provider = "{PROVIDER}"
+kind = "api_particulier"
+datasets = ["quotient_familial"]
+options = {{ base_url = "{provider_url}", token_env = "{TOKEN_ENV}", timeout = {timeout} }}
+""")
+    field_list = ", ".join(f'"{f}"' for f in fields)
+    for c in consumers:
+        parts.append(f"""
+[[habilitations]]
+id = "cantine-{c.siret}"
+consumer = "{c.siret}"
+dataset = "quotient_familial"
+purposes = ["{PURPOSE}"]
+fields = [{field_list}]
+recipients = ["{c.siret}", "{c.siret}/cantine"]
+retention = "P1Y"
+legal_basis = {{ type = "{basis}", title = "CRPA, article L114-8", url = "{LEGAL_URL}" }}
+""")
+    return "".join(parts)
