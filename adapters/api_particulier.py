@@ -47,11 +47,9 @@ from adapters.base import (
     ProviderTimeout,
     ProviderUnavailable,
     SubjectNotFound,
+    read_body,
 )
 from adapters.identity import FRANCE, PivotIdentity, normalise_name
-
-# Generous for the largest answer (a household with many children) and small enough not to buffer a runaway body.
-MAX_ANSWER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,17 +182,6 @@ def raise_for_status(endpoint: str, status: int, body: bytes) -> None:
     raise ProviderUnavailable(what)
 
 
-async def _read_capped(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise ProviderAnswerMalformed(f"answer larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class ApiParticulierAdapter(ProviderAdapter):
     """API Particulier v3 for the datasets in `ROUTES`. `token` is the bearer token (a JWT upstream)."""
 
@@ -210,15 +197,14 @@ class ApiParticulierAdapter(ProviderAdapter):
         self._token = token
 
     async def _fetch(self, query: AdapterQuery) -> dict[str, Any]:
-        version = self.datasets.get(query.dataset)
-        if version != query.version:
-            raise ProviderRejectedQuery(f"{self.name} serves {query.dataset} v{version}, not v{query.version}")
+        if self.datasets.get(query.dataset) != query.version:
+            raise ProviderRejectedQuery(f"{self.name} does not serve {query.dataset} v{query.version}")
         path, params = request_for(query)
         endpoint = f"{self.name} {path}"
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
         async with self.session.get(self.base_url + path, params=params, headers=headers,
                                     allow_redirects=False) as response:
-            body = await _read_capped(response)
+            body = await read_body(response)
             status = response.status
         raise_for_status(endpoint, status, body)
         try:

@@ -77,6 +77,22 @@ class AdapterQuery:
     recipient: str = ""
 
 
+# Generous for the largest dataset answer (a household with many children), small enough not to buffer a runaway.
+MAX_ANSWER_BYTES = 1 << 20
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """The response body, or `ProviderAnswerMalformed` as soon as it exceeds `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ProviderAnswerMalformed(f"answer larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class ProviderAdapter(ABC):
     """One provider endpoint family. Built once per app with the app's shared `ClientSession`."""
 

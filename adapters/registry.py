@@ -17,7 +17,18 @@ Kind ``api_particulier`` (`adapters.api_particulier.ApiParticulierAdapter`):
                statut_etudiant, etudiant_boursier, statut_demandeur_emploi. Each is served at the latest
                version in the schema catalogue.
 
-Every error is an `AdapterConfigError` whose message starts with the offending key.
+Kind ``http_json`` (`adapters.http_json.HttpJsonAdapter`, a provider described without code):
+
+``base_url``, ``timeout``, ``datasets``  as above; ``datasets`` may name any dataset of the catalogue.
+``token_env``  (string, optional) environment variable holding the provider's key; no key, no auth header.
+``auth_header`` (string, optional, default ``Authorization``) header carrying the key: ``Bearer <key>`` in
+               Authorization, the key verbatim in any other header (``X-Api-Key``...).
+``endpoints``  (table, required) one entry per dataset: ``pivot`` and/or ``identifiers`` lookups, ``fields``
+               (dataset member -> JSON pointer), ``statuses``; see `adapters.http_json` for the vocabulary
+               and a complete example.
+
+Every error is an `AdapterConfigError` whose message starts with the offending key (a dotted path inside
+``endpoints``).
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 import schemas
-from adapters import api_particulier
+from adapters import api_particulier, http_json
 from adapters.base import ProviderAdapter
 
 
@@ -41,6 +52,7 @@ class AdapterConfigError(ValueError):
 
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 MAX_TIMEOUT = 60.0
 DEFAULT_TIMEOUT = 5.0
 
@@ -49,18 +61,49 @@ DEFAULT_TIMEOUT = 5.0
 class _Kind:
     required: frozenset[str]
     optional: frozenset[str]
-    datasets: frozenset[str]
+    # None: any dataset of the catalogue.
+    datasets: frozenset[str] | None
     build: Callable[[str, Mapping[str, Any], aiohttp.ClientSession, Mapping[str, str]], ProviderAdapter]
+    check: Callable[[Mapping[str, Any]], None] | None = None
 
 
 def _build_api_particulier(name: str, options: Mapping[str, Any], session: aiohttp.ClientSession,
                            environ: Mapping[str, str]) -> ProviderAdapter:
     return api_particulier.ApiParticulierAdapter(
         name=name,
-        datasets={d: schemas.latest(d) for d in options["datasets"]},
+        datasets=_served(options),
         session=session,
         base_url=options["base_url"],
         token=_secret(options["token_env"], environ),
+        timeout=float(options.get("timeout", DEFAULT_TIMEOUT)),
+    )
+
+
+def _served(options: Mapping[str, Any]) -> dict[str, int]:
+    return {d: schemas.latest(d) for d in options["datasets"]}
+
+
+def _check_http_json(options: Mapping[str, Any]) -> None:
+    header = options.get("auth_header", "Authorization")
+    if not isinstance(header, str) or not _HEADER_NAME.match(header):
+        raise AdapterConfigError("auth_header: must be an HTTP header name")
+    try:
+        http_json.parse_endpoints(options["endpoints"], _served(options))
+    except ValueError as exc:
+        raise AdapterConfigError(str(exc)) from None
+
+
+def _build_http_json(name: str, options: Mapping[str, Any], session: aiohttp.ClientSession,
+                     environ: Mapping[str, str]) -> ProviderAdapter:
+    datasets = _served(options)
+    return http_json.HttpJsonAdapter(
+        name=name,
+        datasets=datasets,
+        session=session,
+        base_url=options["base_url"],
+        endpoints=http_json.parse_endpoints(options["endpoints"], datasets),
+        token=_secret(options["token_env"], environ) if "token_env" in options else "",
+        auth_header=options.get("auth_header", "Authorization"),
         timeout=float(options.get("timeout", DEFAULT_TIMEOUT)),
     )
 
@@ -71,6 +114,13 @@ KINDS: Mapping[str, _Kind] = {
         optional=frozenset({"timeout"}),
         datasets=api_particulier.SUPPORTED_DATASETS,
         build=_build_api_particulier,
+    ),
+    "http_json": _Kind(
+        required=frozenset({"base_url", "datasets", "endpoints"}),
+        optional=frozenset({"token_env", "auth_header", "timeout"}),
+        datasets=None,
+        build=_build_http_json,
+        check=_check_http_json,
     ),
 }
 
@@ -107,7 +157,7 @@ def check_options(kind: str, options: Mapping[str, Any]) -> None:
         raise AdapterConfigError(f"{key}: required for kind {kind!r}")
 
     _check_url(options["base_url"])
-    token_env = options["token_env"]
+    token_env = options.get("token_env", "TOKEN")
     if not isinstance(token_env, str) or not _ENV_NAME.match(token_env):
         raise AdapterConfigError("token_env: must be an environment variable name (A-Z, 0-9, _)")
     timeout = options.get("timeout", DEFAULT_TIMEOUT)
@@ -120,11 +170,13 @@ def check_options(kind: str, options: Mapping[str, Any]) -> None:
         raise AdapterConfigError("datasets: lists a dataset twice")
     catalogue = schemas.catalogue()
     for d in datasets:
-        if d not in spec.datasets:
+        if spec.datasets is not None and d not in spec.datasets:
             raise AdapterConfigError(f"datasets: kind {kind!r} cannot serve {d!r} "
                                      f"(it serves {', '.join(sorted(spec.datasets))})")
         if d not in catalogue:
             raise AdapterConfigError(f"datasets: {d!r} is not in the schema catalogue")
+    if spec.check is not None:
+        spec.check(options)
 
 
 def build_adapter(kind: str, name: str, options: Mapping[str, Any], session: aiohttp.ClientSession, *,

@@ -355,9 +355,13 @@ async def test_python_dash_m_serves_the_sandbox() -> None:
         line = (await asyncio.wait_for(proc.stderr.readline(), 10)).decode()
         m = re.search(r"on (http://\S+)", line)
         assert m, line
-        async with aiohttp.ClientSession() as session, session.get(
-                m[1] + QF, params=civil("dupont-marie-claire"), headers={"Authorization": f"Bearer {TOKEN}"}) as r:
-            assert r.status == 200
+        async with aiohttp.ClientSession() as session:
+            async with session.get(m[1] + QF, params=civil("dupont-marie-claire"),
+                                   headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                assert r.status == 200
+            async with session.get(m[1] + "/dgfip/v1/revenu-fiscal/spi/3012345678901",
+                                   headers={"X-Api-Key": TOKEN}) as r:
+                assert r.status == 200
     finally:
         proc.terminate()
         await proc.wait()

@@ -3,13 +3,13 @@
 The people live in `citizens.json` (deterministic, hand-written, no real person). Each citizen is stored once,
 in FranceConnect pivot-identity form, so a test can build the exact `PivotIdentity` a consumer would send; the
 provider-side records (CAF/MSA household, MESR admissions, Cnous grant, France Travail registration, benefit
-statuses) are attached to it. The servers (`api_particulier.py`, ...) match identities the way upstream does:
-names compared after `normalise_name` (case, accents, hyphens, apostrophes), the first names sent must be the
-first first names of the person (sending more narrows the match), an unknown birth day or month on either side
-matches only an unknown one, an omitted day or month matches any.
+statuses, DGFiP income-tax notices) are attached to it. The servers (`api_particulier.py`, `dgfip.py`) match
+identities the way upstream does: names compared after `normalise_name` (case, accents, hyphens, apostrophes),
+the first names sent must be the first first names of the person (sending more narrows the match), an unknown
+birth day or month on either side matches only an unknown one, an omitted day or month matches any.
 
-Fault-injection citizens, matched like anyone else and then misbehaving on every endpoint (identity, INE and
-France Travail identifier alike):
+Fault-injection citizens, matched like anyone else and then misbehaving on every endpoint of every sandbox
+(identity, INE, France Travail identifier and numéro fiscal alike):
 
 * ``unavailable``      -- answers 503 in the upstream error shape (provider down);
 * ``upstream_timeout`` -- answers 504 with the upstream "intermédiaire hors-délai" code;
@@ -41,7 +41,7 @@ DEFAULT_SLOW_DELAY = 10.0
 # Records a citizen may carry, by the key used in citizens.json.
 RECORDS = frozenset({
     "statut_etudiant", "etudiant_boursier", "france_travail_record", "complementaire_sante_solidaire",
-    "revenu_solidarite_active", "prime_activite",
+    "revenu_solidarite_active", "prime_activite", "dgfip_record",
 })
 
 
@@ -101,6 +101,10 @@ class Directory:
     def by_ine(self, ine: str) -> Citizen | None:
         wanted = ine.upper()
         return next((c for c in self.citizens if c.ine is not None and c.ine.upper() == wanted), None)
+
+    def by_spi(self, spi: str) -> Citizen | None:
+        """By numéro fiscal (SPI), the DGFiP's identifier of a taxpayer."""
+        return next((c for c in self.citizens if c.records.get("dgfip_record", {}).get("spi") == spi), None)
 
     def by_france_travail(self, identifiant: str) -> Citizen | None:
         wanted = identifiant.casefold()

@@ -1,7 +1,9 @@
 """`python -m adapters.sandbox`: serve the sandbox providers for demos and manual tests.
 
-The bearer token is read from an environment variable (default DLNUF_SANDBOX_TOKEN), never from the command
-line where `ps` would show it; when the variable is unset a random token is generated and printed once.
+Serves the API Particulier sandbox at the root (its paths start with /v3) and the DGFiP sandbox under /dgfip,
+with the same token (a bearer for the first, an X-Api-Key for the second). The token is read from an
+environment variable (default DLNUF_SANDBOX_TOKEN), never from the command line where `ps` would show it; when
+the variable is unset a random token is generated and printed once.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import os
 import secrets
 import sys
 
-from adapters.sandbox import DEFAULT_SLOW_DELAY
-from adapters.sandbox.api_particulier import start_sandbox
+from adapters.sandbox import DEFAULT_SLOW_DELAY, api_particulier, dgfip, serve
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,8 +30,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(host: str, port: int, token: str, slow_delay: float) -> None:
-    runner, url = await start_sandbox(token, host=host, port=port, slow_delay=slow_delay)
-    print(f"API Particulier sandbox on {url} (paths /v3/...)", file=sys.stderr, flush=True)
+    # One server for both: API Particulier's paths start with /v3, so the DGFiP sandbox fits under /dgfip.
+    app = api_particulier.create_app(token, slow_delay=slow_delay)
+    app.add_subapp("/dgfip", dgfip.create_app(token, slow_delay=slow_delay))
+    runner, url = await serve(app, host=host, port=port)
+    print(f"API Particulier sandbox on {url} (paths /v3/...), DGFiP sandbox on {url}/dgfip (header X-Api-Key)",
+          file=sys.stderr, flush=True)
     try:
         await asyncio.Event().wait()
     finally:

@@ -1,0 +1,312 @@
+"""Declarative adapter for JSON-over-HTTP providers: everything it does is in the registry's options.
+
+A provider with a plain JSON API needs no code: its adapter entry says where each dataset lives, which query
+parameters carry which part of the subject, which JSON pointer holds each dataset member, and what its error
+statuses mean. `parse_endpoints` turns the ``endpoints`` option into `Endpoint`s (raising `ValueError` with the
+option path of the bad key), `HttpJsonAdapter` runs them.
+
+Invariants: a parameter whose source is unknown for this subject (an unknown birth day, no usage name) is
+omitted, never filled in; an upstream value missing from a ``values`` table is `ProviderAnswerMalformed`, never
+passed on; the document is projected onto the dataset schema, so nothing the schema does not declare leaves.
+
+Example, for the DGFiP sandbox (`adapters.sandbox.dgfip`)::
+
+    [adapters.options]
+    base_url = "http://127.0.0.1:8090/dgfip"
+    token_env = "DLNUF_DGFIP_KEY"
+    auth_header = "X-Api-Key"
+    [adapters.options.endpoints.revenu_fiscal_reference]
+    pivot = { path = "/v1/revenu-fiscal", query = { nomNaissance = "family_name", prenoms = "given_name",
+              dateNaissance = "birthdate", sexe = "sex", codeLieuNaissance = "birthplace_or_country" } }
+    identifiers = { spi = { path = "/v1/revenu-fiscal/spi/{identifier}" } }
+    statuses = { "409" = "ambiguous" }
+    [adapters.options.endpoints.revenu_fiscal_reference.fields]
+    annee_revenus = "/anneeRevenus"
+    revenu_fiscal_reference = "/revenuFiscalReference"
+    nombre_parts = "/nombreParts"
+    situation_famille = { pointer = "/situationFamille", values = { C = "celibataire", M = "marie",
+                          O = "pacse", D = "divorce", V = "veuf" } }
+
+Parameter sources for a pivot identity: family_name, given_name (space-separated, as FranceConnect sends it),
+given_names (the parameter repeated once per first name), first_given_name, preferred_name, birthdate
+(YYYY-MM-DD with 00 for unknown parts), birth_year, birth_month, birth_day (omitted when unknown), gender
+(male/female), sex (M/F), birthplace (omitted when born abroad), birthcountry, birthplace_or_country; for an
+identifier: identifier. Always: recipient (omitted when empty) and ``const:<text>``. Status outcomes:
+not_found, ambiguous, rejected, unavailable, timeout; unlisted statuses default to 404 not_found, 400 and 422
+rejected, 504 timeout, anything else but 200 unavailable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+import schemas
+from adapters.base import (
+    AdapterError,
+    AdapterQuery,
+    IdentityAmbiguous,
+    ProviderAdapter,
+    ProviderAnswerMalformed,
+    ProviderRejectedQuery,
+    ProviderTimeout,
+    ProviderUnavailable,
+    SubjectNotFound,
+    read_body,
+)
+from adapters.identity import FRANCE, PivotIdentity
+
+
+def _part(index: int) -> Callable[[PivotIdentity], list[str]]:
+    def get(p: PivotIdentity) -> list[str]:
+        value = p.birthdate.split("-")[index]
+        return [] if value == "00" else [str(int(value))]
+
+    return get
+
+
+PIVOT_SOURCES: Mapping[str, Callable[[PivotIdentity], list[str]]] = {
+    "family_name": lambda p: [p.family_name],
+    "given_name": lambda p: [p.given_name],
+    "given_names": lambda p: list(p.given_names),
+    "first_given_name": lambda p: [p.given_names[0]],
+    "preferred_name": lambda p: [p.preferred_name] if p.preferred_name else [],
+    "birthdate": lambda p: [p.birthdate],
+    "birth_year": _part(0),
+    "birth_month": _part(1),
+    "birth_day": lambda p: _part(2)(p) if _part(1)(p) else [],
+    "gender": lambda p: [p.gender],
+    "sex": lambda p: ["M" if p.gender == "male" else "F"],
+    "birthplace": lambda p: [p.birthplace] if p.birthplace else [],
+    "birthcountry": lambda p: [p.birthcountry],
+    "birthplace_or_country": lambda p: [p.birthplace if p.birthcountry == FRANCE else p.birthcountry],
+}
+OUTCOMES: Mapping[str, type[AdapterError]] = {
+    "not_found": SubjectNotFound,
+    "ambiguous": IdentityAmbiguous,
+    "rejected": ProviderRejectedQuery,
+    "unavailable": ProviderUnavailable,
+    "timeout": ProviderTimeout,
+}
+DEFAULT_STATUSES: Mapping[int, str] = {404: "not_found", 400: "rejected", 422: "rejected", 504: "timeout"}
+_POINTER = re.compile(r"^(/([^~/]|~[01])*)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    path: str
+    # (query parameter, source), in the order they are sent
+    query: tuple[tuple[str, str], ...] = ()
+    # Providers that cannot search on a partial birth date: refuse before calling rather than send a guess.
+    full_birthdate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    pointer: str
+    values: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    fields: Mapping[str, Field]
+    pivot: Lookup | None = None
+    identifiers: Mapping[str, Lookup] = field(default_factory=dict)
+    statuses: Mapping[int, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- configuration
+
+
+def _table(raw: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: must be a table")
+    return raw
+
+
+def _only(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for key in sorted(set(raw) - allowed):
+        raise ValueError(f"{where}.{key}: unknown key")
+
+
+def _lookup(raw: Any, where: str, *, identifier: bool) -> Lookup:
+    raw = _table(raw, where)
+    _only(raw, {"path", "query", "full_birthdate"}, where)
+    path = raw.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"{where}.path: must be a string starting with /")
+    placeholders = re.findall(r"{([^}]*)}", path)
+    if placeholders not in ([], ["identifier"]) or (placeholders and not identifier):
+        raise ValueError(f"{where}.path: the only placeholder is {{identifier}}, in identifier lookups")
+    query = []
+    for param, source in _table(raw.get("query", {}), f"{where}.query").items():
+        if not isinstance(source, str):
+            raise ValueError(f"{where}.query.{param}: must be a source name")
+        known = source.startswith("const:") or source == "recipient" or (
+            source == "identifier" if identifier else source in PIVOT_SOURCES)
+        if not known:
+            raise ValueError(f"{where}.query.{param}: unknown source {source!r}")
+        query.append((param, source))
+    full = raw.get("full_birthdate", False)
+    if not isinstance(full, bool):
+        raise ValueError(f"{where}.full_birthdate: must be true or false")
+    return Lookup(path, tuple(query), full)
+
+
+def _field(raw: Any, where: str) -> Field:
+    if isinstance(raw, str):
+        raw = {"pointer": raw}
+    raw = _table(raw, where)
+    _only(raw, {"pointer", "values"}, where)
+    pointer = raw.get("pointer")
+    if not isinstance(pointer, str) or not _POINTER.match(pointer):
+        raise ValueError(f"{where}.pointer: must be a JSON pointer (RFC 6901) such as /a/b")
+    values = raw.get("values")
+    if values is not None:
+        values = dict(_table(values, f"{where}.values"))
+    return Field(pointer, values)
+
+
+def parse_endpoints(raw: Any, datasets: Mapping[str, int], where: str = "endpoints") -> dict[str, Endpoint]:
+    """The ``endpoints`` option, checked: one entry per served dataset, fields that are schema members."""
+    raw = _table(raw, where)
+    for dataset in sorted(set(datasets) ^ set(raw)):
+        raise ValueError(f"{where}.{dataset}: every served dataset needs exactly one endpoint entry")
+    out = {}
+    for dataset, entry in raw.items():
+        at = f"{where}.{dataset}"
+        entry = _table(entry, at)
+        _only(entry, {"pivot", "identifiers", "fields", "statuses"}, at)
+        pivot = _lookup(entry["pivot"], f"{at}.pivot", identifier=False) if "pivot" in entry else None
+        identifiers = {scheme: _lookup(v, f"{at}.identifiers.{scheme}", identifier=True)
+                       for scheme, v in _table(entry.get("identifiers", {}), f"{at}.identifiers").items()}
+        if pivot is None and not identifiers:
+            raise ValueError(f"{at}: needs a pivot lookup, identifier lookups, or both")
+        members = schemas.load(dataset, datasets[dataset])["properties"]
+        fields = {}
+        for name, spec in _table(entry.get("fields"), f"{at}.fields").items():
+            if name not in members:
+                raise ValueError(f"{at}.fields.{name}: not a member of {dataset} v{datasets[dataset]}")
+            fields[name] = _field(spec, f"{at}.fields.{name}")
+        statuses = {}
+        for status, outcome in _table(entry.get("statuses", {}), f"{at}.statuses").items():
+            if not str(status).isdigit() or not 100 <= int(status) <= 599 or int(status) == 200:
+                raise ValueError(f"{at}.statuses.{status}: must be an HTTP status other than 200")
+            if outcome not in OUTCOMES:
+                raise ValueError(f"{at}.statuses.{status}: outcome must be one of {', '.join(OUTCOMES)}")
+            statuses[int(status)] = outcome
+        out[dataset] = Endpoint(fields, pivot, identifiers, statuses)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- runtime
+
+
+def _values(source: str, query: AdapterQuery) -> list[str]:
+    if source.startswith("const:"):
+        return [source.removeprefix("const:")]
+    if source == "recipient":
+        return [query.recipient] if query.recipient else []
+    if source == "identifier":
+        assert query.subject.identifier is not None
+        return [query.subject.identifier.value]
+    assert query.subject.pivot is not None
+    return PIVOT_SOURCES[source](query.subject.pivot)
+
+
+def request_for(endpoint: Endpoint, query: AdapterQuery) -> tuple[Lookup, str, list[tuple[str, str]]]:
+    """The lookup used, the path and the query parameters; `ProviderRejectedQuery` if the subject does not fit."""
+    subject = query.subject
+    if subject.pivot is not None:
+        lookup = endpoint.pivot
+        if lookup is None:
+            raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by pivot identity")
+        if lookup.full_birthdate and "00" in subject.pivot.birthdate.split("-")[1:]:
+            raise ProviderRejectedQuery("this endpoint requires a full birth date; the identity's is partial")
+        path = lookup.path
+    else:
+        assert subject.identifier is not None
+        found = endpoint.identifiers.get(subject.identifier.scheme)
+        if found is None:
+            raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by {subject.identifier.scheme!r}")
+        lookup = found
+        path = lookup.path.replace("{identifier}", quote(subject.identifier.value, safe=""))
+    return lookup, path, [(param, v) for param, source in lookup.query for v in _values(source, query)]
+
+
+def _resolve(document: Any, pointer: str) -> tuple[bool, Any]:
+    target = document
+    for token in pointer.split("/")[1:]:
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(target, dict) and token in target:
+            target = target[token]
+        elif isinstance(target, list) and token.isdigit() and int(token) < len(target):
+            target = target[int(token)]
+        else:
+            return False, None
+    return True, target
+
+
+def to_dataset(endpoint: Endpoint, dataset: str, version: int, answer: Any) -> dict[str, Any]:
+    """The dataset document: each member read at its pointer (absent when upstream omits it), values translated."""
+    document: dict[str, Any] = {}
+    for name, rule in endpoint.fields.items():
+        present, value = _resolve(answer, rule.pointer)
+        if not present:
+            continue
+        if rule.values is not None:
+            key = value if isinstance(value, str) else json.dumps(value)
+            if key not in rule.values:
+                raise ProviderAnswerMalformed(f"{name}: upstream value {key[:40]!r} has no translation")
+            value = rule.values[key]
+        document[name] = value
+    projected: dict[str, Any] = schemas.project(document, schemas.load(dataset, version))
+    return projected
+
+
+def raise_for_status(endpoint: Endpoint, where: str, status: int) -> None:
+    if status == 200:
+        return
+    outcome = endpoint.statuses.get(status) or DEFAULT_STATUSES.get(status, "unavailable")
+    raise OUTCOMES[outcome](f"{where}: HTTP {status}")
+
+
+class HttpJsonAdapter(ProviderAdapter):
+    """A provider described by `Endpoint`s. `token` goes in `auth_header`: as ``Bearer <token>`` when that
+    header is Authorization, verbatim otherwise (API-key headers); no token, no header."""
+
+    def __init__(self, *, name: str, datasets: Mapping[str, int], session: aiohttp.ClientSession, base_url: str,
+                 endpoints: Mapping[str, Endpoint], token: str = "", auth_header: str = "Authorization",
+                 timeout: float = 5.0) -> None:
+        if set(endpoints) != set(datasets):
+            raise ValueError("every served dataset needs exactly one endpoint")
+        super().__init__(name=name, datasets=datasets, session=session, timeout=timeout)
+        self.base_url = base_url.rstrip("/")
+        self.endpoints = dict(endpoints)
+        self._headers = {"Accept": "application/json"}
+        if token:
+            self._headers[auth_header] = f"Bearer {token}" if auth_header.lower() == "authorization" else token
+
+    async def _fetch(self, query: AdapterQuery) -> dict[str, Any]:
+        if self.datasets.get(query.dataset) != query.version:
+            raise ProviderRejectedQuery(f"{self.name} does not serve {query.dataset} v{query.version}")
+        endpoint = self.endpoints[query.dataset]
+        lookup, path, params = request_for(endpoint, query)
+        # An identifier lookup's path holds the identifier: messages name the template, never the URL.
+        where = f"{self.name} {lookup.path}"
+        async with self.session.get(self.base_url + path, params=params, headers=self._headers,
+                                    allow_redirects=False) as response:
+            body = await read_body(response)
+            status = response.status
+        raise_for_status(endpoint, where, status)
+        try:
+            answer = json.loads(body)
+        except ValueError as exc:
+            raise ProviderAnswerMalformed(f"{where}: answer is not JSON") from exc
+        return to_dataset(endpoint, query.dataset, query.version, answer)
