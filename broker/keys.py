@@ -76,7 +76,7 @@ class PublicKey:
     kid: str
     alg: Algorithm
     owner: str  # organisation the key speaks for (SIRET for administrations)
-    key: PublicKeyObject = field(repr=False, compare=False)
+    key: PublicKeyObject = field(repr=False, hash=False)  # compared by value, but key objects are unhashable
     not_before: datetime | None = None
     not_after: datetime | None = None
 
@@ -119,13 +119,13 @@ class PublicKey:
         return jwk
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # private key objects compare by identity, so do these
 class PrivateKey:
     """A signing key with its key id: the broker's response key, or a consumer's key in the SDK."""
 
     kid: str
     alg: Algorithm
-    private_key: PrivateKeyObject = field(repr=False, compare=False)
+    private_key: PrivateKeyObject = field(repr=False)
 
     def __post_init__(self) -> None:
         if not self.kid:

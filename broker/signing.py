@@ -355,7 +355,7 @@ def _field_value(name: str, params: sf.Params, msg: _Message) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per request on the hot path, and never changed after
 class _Signature:
     """One label of Signature-Input with its Signature, checked for shape (not yet for policy or validity)."""
 
@@ -375,18 +375,20 @@ class _Signature:
 def _make_signature(label: str, inner: sf.Member, signature: bytes) -> _Signature:
     if not isinstance(inner, sf.InnerList):
         raise _malformed(f"Signature-Input {label!r} is not an inner list")
-    seen: set[tuple[str, frozenset[tuple[str, sf.BareItem]]]] = set()
+    seen: set[object] = set()
     ids = []
     for item in inner.items:
-        if not isinstance(item.value, str) or isinstance(item.value, sf.Token):
+        if type(item.value) is not str:  # a token is not a string
             raise _malformed(f"Signature-Input {label!r}: component identifiers are strings")
         if item.value == "@signature-params":
             raise _malformed("@signature-params cannot be a covered component")
-        identity = (item.value, frozenset(item.params.items()))
+        ident = sf.serialize_item(item)
+        # Parameters in another order make the same component: compare them as a set when there are several.
+        identity: object = ident if len(item.params) < 2 else (item.value, frozenset(item.params.items()))
         if identity in seen:
             raise _malformed(f"Signature-Input {label!r} covers {item.value!r} twice")
         seen.add(identity)
-        ids.append(sf.serialize_item(item))
+        ids.append(ident)
     params = inner.params
     ints: dict[str, int | None] = {}
     strings: dict[str, str | None] = {}
@@ -403,7 +405,8 @@ def _make_signature(label: str, inner: sf.Member, signature: bytes) -> _Signatur
         strings[p] = v
     return _Signature(
         label=label, components=inner.items, ids=tuple(ids), params=params,
-        params_value=sf.serialize_inner_list(inner), signature=signature,
+        # the inner list re-serialised, reusing the component identifiers just serialised
+        params_value="(" + " ".join(ids) + ")" + sf.serialize_params(params), signature=signature,
         created=ints["created"], expires=ints["expires"],
         keyid=strings["keyid"], nonce=strings["nonce"], alg=strings["alg"],
     )
@@ -565,7 +568,7 @@ def _to_datetime(ts: float) -> datetime:
 _GUARD: Final = object()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # identity: two verifications are two events
 class VerifiedRequest:
     """A request whose signature the broker verified; only `verify_request` can make one.
 

@@ -16,7 +16,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, cast
 
 
 class StructuredFieldError(ValueError):
@@ -309,7 +309,13 @@ def serialize_params(params: Params) -> str:
 
 
 def serialize_bare_item(value: BareItem) -> str:
-    # bool before int (bool is an int), Token before str (Token is a str).
+    # Exact types first (the hot path: strings and integers of Signature-Input), then subclasses, checking bool
+    # before int (bool is an int) and Token before str (Token is a str).
+    kind = type(value)
+    if kind is str:
+        return serialize_string(cast(str, value))
+    if kind is int and -_MAX_INTEGER <= cast(int, value) <= _MAX_INTEGER:
+        return str(value)
     if isinstance(value, bool):
         return "?1" if value else "?0"
     if isinstance(value, Token):

@@ -296,3 +296,12 @@ def test_broker_key_file_must_be_a_private_jwk(tmp_path: Path) -> None:
     path.write_text(json.dumps(ED))
     with pytest.raises(InvalidKey):
         keys.load_or_create_broker_key(path)
+
+
+def test_equality_semantics() -> None:
+    private = keys.generate_private_key()
+    assert private.public_key(owner="o") == private.public_key(owner="o")
+    assert hash(private.public_key(owner="o")) == hash(private.public_key(owner="o"))
+    impostor = keys.generate_private_key(kid=private.kid)
+    assert private.public_key(owner="o") != impostor.public_key(owner="o")  # same kid, other key material
+    assert private != keys.private_key_from_jwk(private.to_jwk())  # private keys: identity only

@@ -404,6 +404,7 @@ def test_duplicate_components_refused_but_parameters_distinguish() -> None:
     headers = [("X", "a=1")]
     assert base_refusal('"x" "x"', headers=headers) == "malformed"
     assert base_refusal('"x";key="a" "x";key="a"', headers=headers) == "malformed"
+    assert base_refusal('"x";sf;key="a" "x";key="a";sf', headers=headers) == "malformed"
     assert base_lines('"x" "x";key="a"', headers=headers) == ['"x": a=1', '"x";key="a": 1']
 
 
