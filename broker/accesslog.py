@@ -68,7 +68,7 @@ class LogEntry:
 
 async def commit(pool: asyncpg.Pool, entry: LogEntry) -> None:
     try:
-        await pool.execute(db.queries()["access_log_insert"], *entry.args())
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        await db.fetchval(pool, db.queries()["access_log_insert"], *entry.args())
+    except db.DB_ERRORS as exc:
         log.error("access log commit failed", error=f"{type(exc).__name__}: {exc}", entry_id=str(entry.id))
         raise LogUnavailable("access log commit failed") from exc

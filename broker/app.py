@@ -110,7 +110,7 @@ async def _purge_nonces(pool: asyncpg.Pool) -> None:
         await asyncio.sleep(30)
         try:
             await pool.execute(db.queries()["nonce_purge"])
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except db.DB_ERRORS as exc:
             log.warning("nonce purge failed", error=str(exc))
 
 
@@ -123,9 +123,9 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(2):
-            await state.pool.fetchval("SELECT 1")
+            await db.fetchval(state.pool, "SELECT 1")
         checks["database"] = "ok"
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except db.DB_ERRORS as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     checks["registry"] = f"version {state.registry.current.version}"
     ready = checks["database"] == "ok"

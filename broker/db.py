@@ -26,8 +26,26 @@ _MIGRATION = re.compile(r"^(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql$")
 _MIGRATION_LOCK = 0x444C4E5546  # "DLNUF": an arbitrary constant shared by every broker process
 
 
+# What a lost or refusing database raises through asyncpg: the server's errors, the client's view of a dropped
+# connection, and asyncpg's own state errors on a connection the server killed mid-statement.
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+)
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached or the statement failed for a reason outside the request's control."""
+
+
+async def fetchval(pool: asyncpg.Pool, sql: str, *args: object) -> Any:
+    """`pool.fetchval`, except that a connection the server dropped is thrown away instead of going back to the
+    pool: asyncpg can keep such a connection in a broken state, and every later request would fail on it."""
+    async with pool.acquire() as conn:
+        try:
+            return await conn.fetchval(sql, *args)
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError, OSError):
+            conn.terminate()
+            raise
 
 
 def parse_queries(text: str) -> dict[str, str]:
@@ -126,7 +144,7 @@ class EmbeddedPostgres:
             import pgserver
 
             data_dir.mkdir(parents=True, exist_ok=True)
-            self._server: Any = pgserver.get_server(data_dir, cleanup_mode="stop")
+            self._server: Any = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         self.data_dir = data_dir
 
     def dsn(self, database: str = "postgres") -> str:

@@ -30,7 +30,7 @@ from broker.validation import Validators
 
 log = structlog.get_logger(__name__)
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+_DB_ERRORS = db.DB_ERRORS
 
 
 class RegistryCache:
@@ -149,14 +149,14 @@ class BrokerState:
 
     async def claim_nonce(self, kid: str, nonce: str, expires_at: datetime) -> bool:
         try:
-            claimed = await self.pool.fetchval(db.queries()["nonce_claim"], kid, nonce, expires_at)
+            claimed = await db.fetchval(self.pool, db.queries()["nonce_claim"], kid, nonce, expires_at)
         except _DB_ERRORS as exc:
             raise DatabaseUnavailable(f"nonce claim failed: {type(exc).__name__}") from exc
         return claimed is not None
 
     async def has_objection(self, subject_key: str, consumer: str, dataset: str) -> bool:
         try:
-            found: bool = await self.pool.fetchval(db.queries()["objection_exists"], subject_key, consumer, dataset)
+            found: bool = await db.fetchval(self.pool, db.queries()["objection_exists"], subject_key, consumer, dataset)
         except _DB_ERRORS as exc:
             raise DatabaseUnavailable(f"objection lookup failed: {type(exc).__name__}") from exc
         return found
