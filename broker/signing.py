@@ -8,8 +8,9 @@ Invariants:
 - Every refusal is a `SignatureRejected` whose `reason` is a stable code (`REASONS`) with a detail for the server
   log. The HTTP layer shows the caller neither (one opaque 401): probing must teach an attacker nothing.
 - Several signatures on one request: the broker judges exactly one label, the first in Signature-Input order that
-  has a Signature member and meets the policy (covered components and parameters). Other labels are ignored, so a
-  sender can add signatures for other parties, and junk labels cost a parse but never a public-key operation.
+  has a Signature member and meets the policy (covered components and parameters). Other labels are not verified
+  (they must still be well-formed), so a sender can add signatures for other parties, and junk labels cost a parse
+  but never a public-key operation. A label that meets the policy but does not verify is not rescued by a later one.
 - The nonce is claimed last, after the signature verified, so unauthenticated traffic cannot fill the nonce store.
 
 The signature base is built per RFC 9421 §2.5 byte for byte, for every component RFC 9421 defines except trailers
