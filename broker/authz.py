@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from broker.derived import PREFIX
 from broker.errors import NotAuthorized
 from broker.registry import Habilitation, Registry
 
@@ -28,11 +29,26 @@ def field_covered(requested: str, allowed: Iterable[str]) -> bool:
 def verify_allowed(hab: Habilitation, *, purpose: str, fields: Iterable[str], recipient: str) -> None:
     if purpose not in hab.purposes:
         raise NotAuthorized("refused", reason=f"purpose {purpose!r} not in habilitation {hab.id}")
-    outside = [f for f in fields if not field_covered(f, hab.fields)]
+    outside = [f for f in fields if not (field_covered(f, hab.fields) if not f.startswith(PREFIX)
+                                         else hab.derived_rule(f) is not None)]
     if outside:
         raise NotAuthorized("refused", reason=f"fields {outside} not in habilitation {hab.id}")
     if recipient not in hab.recipients:
         raise NotAuthorized("refused", reason=f"recipient {recipient!r} not in habilitation {hab.id}")
+
+
+def release(hab: Habilitation, document: Mapping[str, Any], fields: Iterable[str]) -> dict[str, Any]:
+    """What leaves the broker: the requested raw paths, and the requested derived answers under `derived`."""
+    fields = list(fields)
+    out = select_fields(document, [f for f in fields if not f.startswith(PREFIX)])
+    derived = {}
+    for f in fields:
+        rule = hab.derived_rule(f) if f.startswith(PREFIX) else None
+        if rule is not None and (value := rule.compute(document)) is not None:
+            derived[rule.name] = value
+    if derived:
+        out["derived"] = derived
+    return out
 
 
 def select_fields(document: Mapping[str, Any], fields: Iterable[str]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ log = structlog.get_logger(__name__)
 
 _DATASET = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _PURPOSE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-_FIELD = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*){0,7}$")
+_FIELD = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*){0,7}$")  # derived answers: "derived.<name>"
 _RECIPIENT = re.compile(r"^[0-9]{14}(/[A-Za-z0-9_.-]{1,64})?$")
 VERIFIED = web.RequestKey("verified_request", signing.VerifiedRequest)
 
@@ -162,8 +162,8 @@ async def handle_exchange(request: web.Request) -> web.Response:
         # 6. Validate the whole answer against the dataset schema: an invalid answer is never released.
         state.validators.verify(ask.dataset, ask.version, document)
 
-        # 7. Keep only the authorised, requested fields.
-        data = authz.select_fields(document, ask.fields)
+        # 7. Keep only the authorised, requested fields (raw, or derived answers computed here from raw values).
+        data = authz.release(hab, document, ask.fields)
         released = tuple(f for f in ask.fields if _present(data, f))
         try:
             data_bytes = canonicalize(data)

@@ -21,6 +21,7 @@ import asyncpg
 import schemas
 from adapters import registry as adapter_registry
 from broker import db
+from broker.derived import DerivedRule, DerivedRuleError, parse_rule
 from broker.keys import InvalidKey, public_key_from_jwk
 
 _SIRET = re.compile(r"^[0-9]{14}$")
@@ -69,6 +70,10 @@ class Habilitation:
     recipients: tuple[str, ...]
     legal_basis: LegalBasis
     retention: str
+    derived: tuple[DerivedRule, ...] = ()
+
+    def derived_rule(self, field: str) -> DerivedRule | None:
+        return next((r for r in self.derived if r.field == field), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +308,9 @@ def parse_registry(text: str, source: str = "registry.toml") -> Registry:
             e.fail(f"a habilitation for {consumer} x {dataset} already exists")
         pairs.add((consumer, dataset))
         schema = schemas.load(dataset, schemas.latest(dataset))
-        fields = e.texts("fields")
+        # a habilitation granting only derived answers has no raw fields at all
+        fields = e.texts("fields") if "fields" in e.raw or not e.raw.get("derived") else ()
+        e.used.add("fields")
         for f in fields:
             if not _field_exists(schema, f):
                 e.fail(f"field {f!r} is not in dataset {dataset!r}")
@@ -321,8 +328,22 @@ def parse_registry(text: str, source: str = "registry.toml") -> Registry:
         if retention == "P":
             e.fail("'retention' must give a duration, e.g. P1Y")
         purposes = e.texts("purposes", _PURPOSE)
+        e.used.add("derived")
+        raw_derived = e.raw.get("derived", [])
+        if not isinstance(raw_derived, list):
+            e.fail("'derived' must be an array of tables ([[habilitations.derived]])")
+        derived: list[DerivedRule] = []
+        for raw_rule in raw_derived:
+            try:
+                rule = parse_rule(raw_rule, schema)
+            except DerivedRuleError as exc:
+                e.fail(f"derived: {exc}")
+            if any(r.name == rule.name for r in derived):
+                e.fail(f"derived: {rule.name!r} appears twice")
+            derived.append(rule)
         e.done()
-        habs[hid] = Habilitation(hid, consumer, dataset, purposes, fields, recipients, basis, retention)
+        habs[hid] = Habilitation(hid, consumer, dataset, purposes, fields, recipients, basis, retention,
+                                 tuple(derived))
     return Registry(
         organisations=tuple(orgs.values()),
         keys=tuple(keys.values()),
@@ -332,6 +353,14 @@ def parse_registry(text: str, source: str = "registry.toml") -> Registry:
 
 
 # -- database -----------------------------------------------------------------------------------------------------
+
+
+def _rule(raw: Mapping[str, Any]) -> DerivedRule:
+    """A rule as stored (already checked at apply time)."""
+    if "test" in raw:
+        return DerivedRule(raw["name"], raw["source"], op=raw["test"]["op"], value=raw["test"]["value"])
+    brackets = raw["brackets"]
+    return DerivedRule(raw["name"], raw["source"], bounds=tuple(brackets["bounds"]), labels=tuple(brackets["labels"]))
 
 
 async def load(conn: asyncpg.Connection | asyncpg.Pool) -> Registry:
@@ -346,7 +375,7 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool) -> Registry:
     habs = [Habilitation(r["id"], r["consumer"], r["dataset"], tuple(r["purposes"]), tuple(r["fields"]),
                          tuple(r["recipients"]),
                          LegalBasis(r["legal_basis_type"], r["legal_basis_title"], r["legal_basis_url"]),
-                         r["retention"])
+                         r["retention"], tuple(_rule(d) for d in r["derived"]))
             for r in await conn.fetch(q["habilitations_all"])]
     return Registry(tuple(orgs), tuple(keys), tuple(adapters), tuple(habs), version=version)
 
@@ -421,7 +450,7 @@ async def apply(conn: asyncpg.Connection, wanted: Registry) -> ApplyReport:
             if h.id in hab_c.added or h.id in hab_c.changed:
                 await conn.execute(q["habilitation_upsert"], h.id, h.consumer, h.dataset, list(h.purposes),
                                    list(h.fields), list(h.recipients), h.legal_basis.type, h.legal_basis.title,
-                                   h.legal_basis.url, h.retention)
+                                   h.legal_basis.url, h.retention, [r.to_json() for r in h.derived])
         for siret in org_c.removed:
             await conn.execute(q["organisation_delete"], siret)
         version: int = await conn.fetchval(q["registry_bump"], wanted.digest())

@@ -38,6 +38,7 @@ def registry_toml(
     basis: str = "information",
     extra_key_lines: str = "",
     timeout: float = 2.0,
+    habilitation_extra: str = "",
 ) -> str:
     parts = [f"""
 [[organisations]]
@@ -65,7 +66,7 @@ kind = "api_particulier"
 datasets = ["quotient_familial"]
 options = {{ base_url = "{provider_url}", token_env = "{TOKEN_ENV}", timeout = {timeout} }}
 """)
-    field_list = ", ".join(f'"{f}"' for f in fields)
+    field_line = "fields = [" + ", ".join(f'"{f}"' for f in fields) + "]" if fields else ""
     for c in consumers:
         parts.append(f"""
 [[habilitations]]
@@ -73,9 +74,10 @@ id = "cantine-{c.siret}"
 consumer = "{c.siret}"
 dataset = "quotient_familial"
 purposes = ["{PURPOSE}"]
-fields = [{field_list}]
+{field_line}
 recipients = ["{c.siret}", "{c.siret}/cantine"]
 retention = "P1Y"
 legal_basis = {{ type = "{basis}", title = "CRPA, article L114-8", url = "{LEGAL_URL}" }}
+{habilitation_extra}
 """)
     return "".join(parts)

@@ -46,17 +46,17 @@ DELETE FROM adapters WHERE id = $1;
 
 -- name: habilitations_all
 SELECT id, consumer, dataset, purposes, fields, recipients, legal_basis_type, legal_basis_title,
-       legal_basis_url, retention
+       legal_basis_url, retention, derived
 FROM habilitations ORDER BY id;
 
 -- name: habilitation_upsert
 INSERT INTO habilitations (id, consumer, dataset, purposes, fields, recipients, legal_basis_type,
-                           legal_basis_title, legal_basis_url, retention)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                           legal_basis_title, legal_basis_url, retention, derived)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (id) DO UPDATE SET consumer = EXCLUDED.consumer, dataset = EXCLUDED.dataset,
     purposes = EXCLUDED.purposes, fields = EXCLUDED.fields, recipients = EXCLUDED.recipients,
     legal_basis_type = EXCLUDED.legal_basis_type, legal_basis_title = EXCLUDED.legal_basis_title,
-    legal_basis_url = EXCLUDED.legal_basis_url, retention = EXCLUDED.retention;
+    legal_basis_url = EXCLUDED.legal_basis_url, retention = EXCLUDED.retention, derived = EXCLUDED.derived;
 
 -- name: habilitation_delete
 DELETE FROM habilitations WHERE id = $1;
