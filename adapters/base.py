@@ -1,14 +1,22 @@
 """The adapter contract: a verified query in, a dataset document (or an `AdapterError`) out.
 
 Invariant: `ProviderAdapter.fetch()` lets only `AdapterError` escape, whatever the provider does (hangs, resets,
-answers HTML, answers JSON of the wrong shape). Subclasses write `_fetch`; the base applies the timeout and maps
-transport failures. The broker validates the returned document against the dataset schema afterwards; an adapter
-does not need to, but it must never invent values the provider did not send.
+answers HTML, answers JSON of the wrong shape). Subclasses write `_fetch`; the base applies the timeout, the retry
+budget and the circuit breaker (adapters/resilience.py), and maps transport failures. The broker validates the
+returned document against the dataset schema afterwards; an adapter does not need to, but it must never invent
+values the provider did not send.
+
+Retries: a call is repeated only when the adapter's policy allows retries (its kind only makes idempotent GETs),
+the attempt failed in transport or with a 5xx, the retry budget has room, the breaker is still closed, and the
+pause fits in what is left of the one `timeout` that covers every attempt. A 4xx is an answer, never retried.
+Subclasses read bodies with `read_body`, which is how the base learns each attempt's method and status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +25,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from adapters.identity import Subject
+from adapters.resilience import BreakerState, CallPolicy, CircuitBreaker, Clock, Outcome, RetryBudget
 
 
 class AdapterError(Exception):
@@ -77,12 +86,41 @@ class AdapterQuery:
     recipient: str = ""
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """What `read_body` saw of the current attempt; None until a response arrived."""
+
+    method: str | None = None
+    status: int | None = None
+
+
+# Set by `fetch()` around each attempt; a context variable, so concurrent calls of one adapter do not mix.
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("adapter_attempt", default=None)
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """An adapter's resilience state, for `/metrics` and `/readyz`."""
+
+    breaker: BreakerState
+    # Since the adapter was built: attempts repeated, and calls refused at once by the open breaker.
+    retries: int
+    short_circuited: int
+
+
 # Generous for the largest dataset answer (a household with many children), small enough not to buffer a runaway.
 MAX_ANSWER_BYTES = 1 << 20
 
 
 async def read_body(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes:
-    """The response body, or `ProviderAnswerMalformed` as soon as it exceeds `limit` bytes."""
+    """The response body, or `ProviderAnswerMalformed` as soon as it exceeds `limit` bytes.
+
+    Also tells `ProviderAdapter.fetch()` the attempt's method and status, which decide whether it may be retried.
+    """
+    attempt = _ATTEMPT.get()
+    if attempt is not None:
+        attempt.method, attempt.status = response.method, response.status
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(64 * 1024):
@@ -94,7 +132,11 @@ async def read_body(response: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BY
 
 
 class ProviderAdapter(ABC):
-    """One provider endpoint family. Built once per app with the app's shared `ClientSession`."""
+    """One provider endpoint family. Built once per app with the app's shared `ClientSession`.
+
+    The default policy retries nothing (the base cannot know a subclass's calls are idempotent) and has the
+    default breaker; `adapters.registry.build_adapter` sets the registry's policy with `use_policy`.
+    """
 
     def __init__(self, *, name: str, datasets: Mapping[str, int], session: aiohttp.ClientSession,
                  timeout: float = 5.0) -> None:
@@ -103,22 +145,110 @@ class ProviderAdapter(ABC):
         self.datasets = dict(datasets)
         self.session = session
         self.timeout = timeout
+        self.use_policy(CallPolicy())
+
+    def use_policy(self, policy: CallPolicy, *, clock: Clock = time.monotonic) -> None:
+        """Set the retry and breaker policy; starts from a closed breaker and an empty budget."""
+        self.policy = policy
+        self.breaker = CircuitBreaker(policy, clock)
+        self._budget = RetryBudget(policy, clock)
+        self._retries = 0
+        self._short_circuited = 0
+
+    def health(self) -> Health:
+        return Health(self.breaker.state, self._retries, self._short_circuited)
 
     async def fetch(self, query: AdapterQuery) -> dict[str, Any]:
+        probe = self.breaker.admit()
+        if probe is None:
+            self._short_circuited += 1
+            raise ProviderUnavailable(f"{self.name}: circuit breaker open, provider not called")
+        self._budget.record_call()
+        # What the breaker learns in `finally` if no attempt outcome was recorded: nothing when our caller
+        # cancels us, a failure when the deadline ends an attempt.
+        pending, attempting = Outcome.NEUTRAL, False
         try:
-            async with asyncio.timeout(self.timeout):
-                return await self._fetch(query)
-        except AdapterError:
-            raise
+            async with asyncio.timeout(self.timeout) as deadline:
+                for retry in range(self.policy.retries + 1):
+                    attempting = True
+                    result = await self._attempt(query)
+                    attempting = False
+                    if not isinstance(result, _Failure):
+                        pending = Outcome.SUCCESS
+                        return result
+                    if not (result.retryable and retry < self.policy.retries and not probe):
+                        pending = result.outcome
+                        raise result.error
+                    # Count this failure now: if it is the one that opens the breaker, there is no retry.
+                    self.breaker.record(result.outcome)
+                    pause = self.policy.backoff_delay(retry)
+                    # A pause that does not fit before the deadline would only turn this error into a timeout.
+                    fits = pause < (deadline.when() or 0.0) - asyncio.get_running_loop().time()
+                    if not fits or self.breaker.state is not BreakerState.CLOSED or not self._budget.try_spend():
+                        raise result.error
+                    self._retries += 1
+                    await asyncio.sleep(pause)
+                raise AssertionError("unreachable: the last attempt returns or raises")
         except TimeoutError as exc:
+            if attempting:
+                pending = Outcome.FAILURE
             raise ProviderTimeout(f"{self.name}: no answer within {self.timeout}s") from exc
+        finally:
+            self.breaker.record(pending, probe=probe)
+
+    async def _attempt(self, query: AdapterQuery) -> dict[str, Any] | _Failure:
+        """One call of `_fetch`: the document, or the failure mapped to an `AdapterError` and classified."""
+        attempt = _Attempt()
+        token = _ATTEMPT.set(attempt)
+        try:
+            return await self._fetch(query)
+        except AdapterError as exc:
+            return _Failure.of(exc, attempt)
+        except TimeoutError as exc:
+            # raised inside the attempt (aiohttp's own socket timeouts); our deadline surfaces in `fetch()`
+            return _Failure.of(_caused(ProviderTimeout(f"{self.name}: {type(exc).__name__}"), exc), attempt,
+                               transport=True)
         except aiohttp.ClientResponseError as exc:
-            raise ProviderUnavailable(f"{self.name}: HTTP {exc.status}") from exc
+            attempt.status = exc.status
+            return _Failure.of(_caused(ProviderUnavailable(f"{self.name}: HTTP {exc.status}"), exc), attempt)
         except (aiohttp.ClientError, OSError) as exc:
-            raise ProviderUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            return _Failure.of(_caused(ProviderUnavailable(f"{self.name}: {type(exc).__name__}: {exc}"), exc),
+                               attempt, transport=True)
         except (ValueError, KeyError, TypeError) as exc:
-            raise ProviderAnswerMalformed(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            return _Failure.of(_caused(ProviderAnswerMalformed(f"{self.name}: {type(exc).__name__}: {exc}"), exc),
+                               attempt)
+        finally:
+            _ATTEMPT.reset(token)
 
     @abstractmethod
     async def _fetch(self, query: AdapterQuery) -> dict[str, Any]:
         """Call the provider and map its answer to the dataset document."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    error: AdapterError
+    # May the same call be tried again (transport failure or 5xx, on an idempotent method)?
+    retryable: bool
+    # What the attempt tells the breaker about the provider's health.
+    outcome: Outcome
+
+    @classmethod
+    def of(cls, error: AdapterError, attempt: _Attempt, *, transport: bool = False) -> _Failure:
+        if isinstance(error, ProviderAnswerMalformed):
+            return cls(error, False, Outcome.FAILURE)
+        if isinstance(error, ProviderUnavailable | ProviderTimeout):
+            # With no response seen, the policy's `retries` already says the adapter's calls are idempotent.
+            idempotent = attempt.method is None or attempt.method in _IDEMPOTENT_METHODS
+            server_error = attempt.status is not None and attempt.status >= 500
+            return cls(error, idempotent and (transport or server_error), Outcome.FAILURE)
+        # Not found, ambiguous, rejected: an answer, so the provider is alive. The same errors raised by the
+        # adapter before any response (a query it cannot express) say nothing, and must not close a half-open
+        # breaker.
+        return cls(error, False, Outcome.NEUTRAL if attempt.status is None else Outcome.SUCCESS)
+
+
+def _caused(error: AdapterError, cause: BaseException) -> AdapterError:
+    """`error` chained to `cause`, as `raise error from cause` would, for when it is raised later."""
+    error.__cause__ = cause
+    return error

@@ -27,6 +27,20 @@ Kind ``http_json`` (`adapters.http_json.HttpJsonAdapter`, a provider described w
                (dataset member -> JSON pointer), ``statuses``; see `adapters.http_json` for the vocabulary
                and a complete example.
 
+Every kind also takes these options, how it treats a failing provider (`adapters.resilience`):
+
+``retries``          (integer, optional, default 2, at most 5) repeats of one call after a transport failure or a
+                     5xx; never after a 4xx. All repeats share the one ``timeout``, and together they may add at
+                     most a fifth of the calls of the last 30 s (plus 10), so a dying provider is not hammered.
+                     0 disables retries.
+``breaker_failures`` (integer, optional, default 5, 1 to 1000) consecutive failed attempts (transport failure,
+                     timeout, 5xx, 401/403/429, malformed answer) that open the circuit breaker; it also opens
+                     when half of at least 20 attempts in the last 30 s failed. While open, calls fail at once
+                     with ``provider-unavailable`` and the provider is not called.
+``breaker_cooldown`` (number of seconds, optional, default 30, at most 3600) how long the breaker stays open
+                     before it lets one probe call through; the probe's success closes it, its failure opens it
+                     for another cool-down.
+
 Every error is an `AdapterConfigError` whose message starts with the offending key (a dotted path inside
 ``endpoints``).
 """
@@ -45,6 +59,7 @@ import aiohttp
 import schemas
 from adapters import api_particulier, http_json
 from adapters.base import ProviderAdapter
+from adapters.resilience import CallPolicy
 
 
 class AdapterConfigError(ValueError):
@@ -55,6 +70,11 @@ _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 MAX_TIMEOUT = 60.0
 DEFAULT_TIMEOUT = 5.0
+DEFAULT_RETRIES, MAX_RETRIES = 2, 5
+DEFAULT_BREAKER_FAILURES, MAX_BREAKER_FAILURES = 5, 1000
+DEFAULT_BREAKER_COOLDOWN, MAX_BREAKER_COOLDOWN = 30.0, 3600.0
+# Options every kind takes, on top of its own.
+COMMON_OPTIONS = frozenset({"timeout", "retries", "breaker_failures", "breaker_cooldown"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +85,8 @@ class _Kind:
     datasets: frozenset[str] | None
     build: Callable[[str, Mapping[str, Any], aiohttp.ClientSession, Mapping[str, str]], ProviderAdapter]
     check: Callable[[Mapping[str, Any]], None] | None = None
+    # Only kinds whose every request is idempotent (GET) may retry; a kind that POSTs must say False.
+    idempotent: bool = False
 
 
 def _build_api_particulier(name: str, options: Mapping[str, Any], session: aiohttp.ClientSession,
@@ -111,16 +133,18 @@ def _build_http_json(name: str, options: Mapping[str, Any], session: aiohttp.Cli
 KINDS: Mapping[str, _Kind] = {
     "api_particulier": _Kind(
         required=frozenset({"base_url", "token_env", "datasets"}),
-        optional=frozenset({"timeout"}),
+        optional=COMMON_OPTIONS,
         datasets=api_particulier.SUPPORTED_DATASETS,
         build=_build_api_particulier,
+        idempotent=True,
     ),
     "http_json": _Kind(
         required=frozenset({"base_url", "datasets", "endpoints"}),
-        optional=frozenset({"token_env", "auth_header", "timeout"}),
+        optional=COMMON_OPTIONS | {"token_env", "auth_header"},
         datasets=None,
         build=_build_http_json,
         check=_check_http_json,
+        idempotent=True,
     ),
 }
 
@@ -140,6 +164,33 @@ def _check_url(value: Any) -> None:
         raise AdapterConfigError(f"base_url: {value!r} is not an http(s) URL with a host")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise AdapterConfigError("base_url: must not carry a query, a fragment or credentials")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_policy(kind: str, options: Mapping[str, Any]) -> None:
+    retries = options.get("retries", DEFAULT_RETRIES if KINDS[kind].idempotent else 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= MAX_RETRIES:
+        raise AdapterConfigError(f"retries: must be an integer from 0 to {MAX_RETRIES}")
+    if retries and not KINDS[kind].idempotent:
+        raise AdapterConfigError(f"retries: kind {kind!r} makes non-idempotent calls, which are never retried")
+    failures = options.get("breaker_failures", DEFAULT_BREAKER_FAILURES)
+    if not isinstance(failures, int) or isinstance(failures, bool) or not 1 <= failures <= MAX_BREAKER_FAILURES:
+        raise AdapterConfigError(f"breaker_failures: must be an integer from 1 to {MAX_BREAKER_FAILURES}")
+    cooldown = options.get("breaker_cooldown", DEFAULT_BREAKER_COOLDOWN)
+    if not _is_number(cooldown) or not 0 < cooldown <= MAX_BREAKER_COOLDOWN:
+        raise AdapterConfigError(f"breaker_cooldown: must be a number of seconds in ]0, {MAX_BREAKER_COOLDOWN:g}]")
+
+
+def call_policy(kind: str, options: Mapping[str, Any]) -> CallPolicy:
+    """The retry and breaker policy the (checked) options ask for."""
+    return CallPolicy(
+        retries=int(options.get("retries", DEFAULT_RETRIES)) if KINDS[kind].idempotent else 0,
+        breaker_failures=int(options.get("breaker_failures", DEFAULT_BREAKER_FAILURES)),
+        breaker_cooldown=float(options.get("breaker_cooldown", DEFAULT_BREAKER_COOLDOWN)),
+    )
 
 
 def check_options(kind: str, options: Mapping[str, Any]) -> None:
@@ -163,6 +214,7 @@ def check_options(kind: str, options: Mapping[str, Any]) -> None:
     timeout = options.get("timeout", DEFAULT_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT:
         raise AdapterConfigError(f"timeout: must be a number of seconds in ]0, {MAX_TIMEOUT:g}]")
+    _check_policy(kind, options)
     datasets = options["datasets"]
     if not isinstance(datasets, list | tuple) or not datasets or not all(isinstance(d, str) for d in datasets):
         raise AdapterConfigError("datasets: must be a non-empty list of dataset ids")
@@ -183,4 +235,6 @@ def build_adapter(kind: str, name: str, options: Mapping[str, Any], session: aio
                   environ: Mapping[str, str] | None = None) -> ProviderAdapter:
     """Check the options, read the secret from the environment (`environ`, default `os.environ`), build."""
     check_options(kind, options)
-    return KINDS[kind].build(name, options, session, os.environ if environ is None else environ)
+    adapter = KINDS[kind].build(name, options, session, os.environ if environ is None else environ)
+    adapter.use_policy(call_policy(kind, options))
+    return adapter

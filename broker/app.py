@@ -128,9 +128,10 @@ async def readyz(request: web.Request) -> web.Response:
     except db.DB_ERRORS as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     checks["registry"] = f"version {state.registry.current.version}"
+    checks["providers"], providers = state.adapters.readiness()
     ready = checks["database"] == "ok"
-    return web.json_response({"status": "ready" if ready else "not ready", "checks": checks},
-                             status=200 if ready else 503)
+    return web.json_response({"status": "ready" if ready else "not ready", "checks": checks,
+                              "providers": providers}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from adapters.base import Health
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Integration lag is bounded by the integration interval (1 s by default) plus one round; the promise is 60 s.
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
@@ -18,6 +26,21 @@ class Metrics:
                                        ["adapter", "kind"], registry=self.registry)
         self.registry_version = Gauge("dlnuf_registry_version", "Registry version this process serves.",
                                       registry=self.registry)
+        self.tlog_lag = Histogram("dlnuf_tlog_integration_lag_seconds", "Time from an access-log commit to its "
+                                  "integration into the transparency log (entries this process integrated).",
+                                  buckets=LAG_BUCKETS, registry=self.registry)
+        self.tlog_pending_age = Gauge("dlnuf_tlog_oldest_pending_seconds", "Age of the oldest access-log entry "
+                                      "not yet integrated, 0 when none (as seen by this process's last round).",
+                                      registry=self.registry)
+        self.tlog_size = Gauge("dlnuf_tlog_tree_size", "Entries in the transparency log (last size seen).",
+                               registry=self.registry)
+        self.outbox = Counter("dlnuf_outbox_deliveries", "Notification webhook deliveries by result (delivered, "
+                              "failed, gave_up).", ["result"], registry=self.registry)
+
+    def watch_adapters(self, health: Callable[[], Mapping[str, Health]]) -> None:
+        """Export each adapter's breaker and retry counts, read from `health()` at every scrape, so an adapter
+        removed from the registry disappears from the metrics with it."""
+        self.registry.register(_AdapterCollector(health))
 
     def exchange(self, dataset: str, outcome: str, seconds: float) -> None:
         self.exchanges.labels(dataset, outcome).inc()
@@ -25,3 +48,31 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _AdapterCollector(Collector):
+    def __init__(self, health: Callable[[], Mapping[str, Health]]) -> None:
+        self._health = health
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily("dlnuf_provider_breaker_state", "Circuit breaker of each adapter: 0 closed, "
+                              "1 half-open (a probe may pass), 2 open (calls fail at once).", labels=["adapter"]),
+            CounterMetricFamily("dlnuf_provider_retries", "Provider calls repeated after a transport failure or "
+                                "a 5xx, since the adapter was built.", labels=["adapter"]),
+            CounterMetricFamily("dlnuf_provider_short_circuited", "Calls refused without calling the provider "
+                                "because its breaker was open, since the adapter was built.", labels=["adapter"]),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only: registration must not call `health()` before the adapters exist.
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        state, retries, short = self._families()
+        for name, h in sorted(self._health().items()):
+            state.add_metric([name], int(h.breaker))
+            retries.add_metric([name], h.retries)
+            short.add_metric([name], h.short_circuited)
+        yield from (state, retries, short)

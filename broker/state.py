@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from adapters import registry as adapter_registry
-from adapters.base import ProviderAdapter
+from adapters.base import Health, ProviderAdapter
 from broker import db
 from broker.config import Config
 from broker.db import DatabaseUnavailable
@@ -102,6 +102,7 @@ class AdapterSet:
         self.metrics = metrics
         self._by_id: dict[str, tuple[AdapterEntry, ProviderAdapter]] = {}
         self._by_dataset: dict[str, ProviderAdapter] = {}
+        metrics.watch_adapters(self.health)
 
     def update(self, registry: Registry) -> None:
         by_id: dict[str, tuple[AdapterEntry, ProviderAdapter]] = {}
@@ -131,6 +132,16 @@ class AdapterSet:
 
     def all(self) -> list[ProviderAdapter]:
         return [a for _, a in self._by_id.values()]
+
+    def health(self) -> dict[str, Health]:
+        return {entry_id: adapter.health() for entry_id, (_, adapter) in self._by_id.items()}
+
+    def readiness(self) -> tuple[str, dict[str, str]]:
+        """A one-line summary and each adapter's breaker state, for `/readyz`. A provider's open breaker does not
+        make the broker unready: it still serves the other providers' datasets, and says which one is cut off."""
+        states = {name: h.breaker.label for name, h in sorted(self.health().items())}
+        tripped = [name for name, state in states.items() if state != "closed"]
+        return ("ok" if not tripped else "breaker not closed: " + ", ".join(tripped)), states
 
 
 @dataclass(slots=True)
