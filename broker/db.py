@@ -48,6 +48,16 @@ async def fetchval(pool: asyncpg.Pool, sql: str, *args: object) -> Any:
             raise
 
 
+async def fetchrow(pool: asyncpg.Pool, sql: str, *args: object) -> Any:
+    """`pool.fetchrow`, throwing away a connection the server dropped (see `fetchval`)."""
+    async with pool.acquire() as conn:
+        try:
+            return await conn.fetchrow(sql, *args)
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError, OSError):
+            conn.terminate()
+            raise
+
+
 def parse_queries(text: str) -> dict[str, str]:
     parts = _BLOCK.split(text)
     queries: dict[str, str] = {}

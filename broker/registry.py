@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import tomllib
+from urllib.parse import urlsplit
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -41,6 +42,8 @@ class Organisation:
     siret: str
     name: str
     roles: tuple[str, ...]
+    redirect_uris: tuple[str, ...] = ()
+    """OAuth redirect URIs of a consumer using the consent flow, compared exactly (no pattern, no prefix)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +240,14 @@ def parse_registry(text: str, source: str = "registry.toml") -> Registry:
         roles = e.texts("roles")
         if not set(roles) <= {"consumer", "provider"}:
             e.fail("'roles' may contain only 'consumer' and 'provider'")
-        orgs[siret] = Organisation(siret, e.text("name"), tuple(sorted(roles)))
+        redirect_uris = e.texts("redirect_uris", default=[]) if e.raw.get("redirect_uris") else ()
+        e.used.add("redirect_uris")
+        for uri in redirect_uris:
+            parts = urlsplit(uri)
+            local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+            if not (parts.scheme == "https" or local) or not parts.hostname or parts.fragment:
+                e.fail(f"redirect URI {uri!r} must be https (or http on loopback) without a fragment")
+        orgs[siret] = Organisation(siret, e.text("name"), tuple(sorted(roles)), redirect_uris)
         e.used.add("keys")
         raw_keys = e.raw.get("keys", [])
         if not isinstance(raw_keys, list):
@@ -367,7 +377,8 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool) -> Registry:
     """The registry as the database holds it now."""
     q = db.queries()
     version = await conn.fetchval(q["registry_version"])
-    orgs = [Organisation(r["siret"], r["name"], tuple(r["roles"])) for r in await conn.fetch(q["organisations_all"])]
+    orgs = [Organisation(r["siret"], r["name"], tuple(r["roles"]), tuple(r["redirect_uris"]))
+            for r in await conn.fetch(q["organisations_all"])]
     keys = [KeyEntry(r["kid"], r["siret"], r["alg"], dict(r["jwk"]), r["not_before"], r["not_after"])
             for r in await conn.fetch(q["keys_all"])]
     adapters = [AdapterEntry(r["id"], r["provider"], r["kind"], tuple(r["datasets"]), dict(r["options"]))
@@ -439,7 +450,7 @@ async def apply(conn: asyncpg.Connection, wanted: Registry) -> ApplyReport:
             await conn.execute(q["key_delete"], kid)
         for o in wanted.organisations:
             if o.siret in org_c.added or o.siret in org_c.changed:
-                await conn.execute(q["organisation_upsert"], o.siret, o.name, list(o.roles))
+                await conn.execute(q["organisation_upsert"], o.siret, o.name, list(o.roles), list(o.redirect_uris))
         for k in wanted.keys:
             if k.kid in key_c.added or k.kid in key_c.changed:
                 await conn.execute(q["key_upsert"], k.kid, k.siret, k.alg, k.jwk, k.not_before, k.not_after)

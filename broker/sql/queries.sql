@@ -13,11 +13,12 @@ UPDATE registry_state SET version = version + 1, digest = $1, applied_at = now()
 SELECT pg_notify('dlnuf_registry', $1);
 
 -- name: organisations_all
-SELECT siret, name, roles FROM organisations ORDER BY siret;
+SELECT siret, name, roles, redirect_uris FROM organisations ORDER BY siret;
 
 -- name: organisation_upsert
-INSERT INTO organisations (siret, name, roles) VALUES ($1, $2, $3)
-ON CONFLICT (siret) DO UPDATE SET name = EXCLUDED.name, roles = EXCLUDED.roles, updated_at = now();
+INSERT INTO organisations (siret, name, roles, redirect_uris) VALUES ($1, $2, $3, $4)
+ON CONFLICT (siret) DO UPDATE SET name = EXCLUDED.name, roles = EXCLUDED.roles, redirect_uris = EXCLUDED.redirect_uris,
+    updated_at = now();
 
 -- name: organisation_delete
 DELETE FROM organisations WHERE siret = $1;

@@ -1,0 +1,69 @@
+"""Sealing personal data at rest: AES-256-GCM under a key the broker keeps beside its other secrets.
+
+What is sealed is what the broker must be able to use again later on the citizen's behalf (the pivot identity
+behind a periodic consent or a citizen session) but that must not sit readable in the database or its backups.
+The associated data names what a ciphertext is for, so one sealed value cannot be replayed as another kind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from adapters.identity import PivotIdentity
+
+_NONCE = 12
+_VERSION = b"\x01"
+
+
+class SealError(ValueError):
+    """A sealed value does not open with this key and purpose."""
+
+
+class Sealer:
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("the sealing key must be 32 bytes")
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Sealer:
+        """Load the key, creating it (mode 0600) on first use; every broker process shares the same file."""
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = None
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(fd, secrets.token_bytes(32))
+            except FileExistsError:
+                pass  # another process created it first: use theirs
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        return cls(path.read_bytes())
+
+    def seal(self, plaintext: bytes, purpose: str) -> bytes:
+        nonce = secrets.token_bytes(_NONCE)
+        return _VERSION + nonce + self._aead.encrypt(nonce, plaintext, purpose.encode())
+
+    def open(self, sealed: bytes, purpose: str) -> bytes:
+        if len(sealed) < 1 + _NONCE + 16 or sealed[:1] != _VERSION:
+            raise SealError("not a sealed value")
+        try:
+            return self._aead.decrypt(sealed[1:1 + _NONCE], sealed[1 + _NONCE:], purpose.encode())
+        except InvalidTag:
+            raise SealError("sealed value does not open with this key and purpose") from None
+
+    def seal_identity(self, identity: PivotIdentity, purpose: str) -> bytes:
+        import orjson
+
+        return self.seal(orjson.dumps(identity.to_json()), purpose)
+
+    def open_identity(self, sealed: bytes, purpose: str) -> PivotIdentity:
+        import orjson
+
+        return PivotIdentity.from_json(orjson.loads(self.open(sealed, purpose)))
