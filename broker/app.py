@@ -17,7 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from broker import db, registry
+from broker import catalogue, db, registry
 from broker.config import Config
 from broker.exchange import handle_exchange
 from broker.keys import load_or_create_broker_key
@@ -162,4 +162,6 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/v1/catalogue", catalogue.get_catalogue)
+    app.router.add_get(catalogue.SCHEMA_ROUTE, catalogue.get_schema)
     return app

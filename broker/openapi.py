@@ -82,6 +82,59 @@ _PROBLEM = {
     },
 }
 
+_BILINGUAL = {"type": "object", "properties": {"fr": {"type": ["string", "null"]}, "en": {"type": ["string", "null"]}}}
+
+_CATALOGUE = {
+    "type": "object",
+    "required": ["registry_version", "datasets"],
+    "properties": {
+        "registry_version": {"type": "integer"},
+        "datasets": {"type": "array", "items": {
+            "type": "object",
+            "required": ["dataset", "latest_version", "versions", "providers", "legal_bases"],
+            "properties": {
+                "dataset": {"type": "string", "examples": ["quotient_familial"]},
+                "latest_version": {"type": "integer"},
+                "versions": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["version", "schema", "$id", "title", "description", "fields"],
+                    "properties": {
+                        "version": {"type": "integer"},
+                        "schema": {"type": "string", "description": "Path of the JSON Schema on this broker."},
+                        "$id": {"type": "string", "format": "uri"},
+                        "title": {"type": ["string", "null"]},
+                        "description": _BILINGUAL,
+                        "fields": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["path", "type", "required", "requestable", "description"],
+                            "properties": {
+                                "path": {"type": "string", "description": "Dotted path; `[]` marks array items."},
+                                "type": {"type": "array", "items": {"type": "string"}},
+                                "required": {"type": "boolean"},
+                                "requestable": {"type": "boolean", "description": "Whether the path can be named "
+                                                "in `fields` (members inside arrays cannot)."},
+                                "description": _BILINGUAL,
+                                "enum": {"type": "array"},
+                            },
+                        }},
+                    },
+                }},
+                "providers": {"type": "array", "items": {"type": "object", "properties": {
+                    "organisation": {"type": "object", "properties": {"siret": {"type": "string"},
+                                                                      "name": {"type": ["string", "null"]}}},
+                    "adapter": {"type": "string"},
+                    "kind": {"type": "string"},
+                }}},
+                "legal_bases": {"type": "array", "description": "Distinct legal bases of the habilitations "
+                                "for this dataset (no consumer is named).", "items": {
+                                    "type": "object", "properties": {"type": {"type": "string"},
+                                                                     "title": {"type": "string"},
+                                                                     "url": {"type": "string"}}}},
+            },
+        }},
+    },
+}
+
 _SIG_HEADERS = {
     "Signature-Input": {"schema": {"type": "string"}, "description": "RFC 9421, by the broker's key."},
     "Signature": {"schema": {"type": "string"}},
@@ -121,7 +174,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": {"ExchangeRequest": _EXCHANGE_REQUEST, "ExchangeResponse": _EXCHANGE_RESPONSE,
-                        "Problem": _PROBLEM},
+                        "Problem": _PROBLEM, "Catalogue": _CATALOGUE},
             "securitySchemes": {"httpMessageSignature": {
                 "type": "apiKey", "in": "header", "name": "Signature",
                 "description": "RFC 9421 HTTP Message Signature with Signature-Input; keys in the registry."}},
@@ -156,7 +209,28 @@ def openapi_document() -> dict[str, Any]:
             }},
             "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness",
                                  "responses": {"200": _json("Alive")}}},
-            "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness: database reachable",
+            "/v1/catalogue": {"get": {
+                "operationId": "catalogue",
+                "summary": "Datasets, versions, fields, providers and the legal bases they can be requested under",
+                "responses": {"200": _json("The catalogue (public, no consumer named).",
+                                           {"$ref": "#/components/schemas/Catalogue"})},
+            }},
+            "/v1/schemas/{dataset}.v{version}.json": {"get": {
+                "operationId": "datasetSchema",
+                "summary": "A dataset version's JSON Schema (2020-12)",
+                "parameters": [
+                    {"name": "dataset", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"}},
+                    {"name": "version", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}},
+                ],
+                "responses": {
+                    "200": {"description": "The schema file as published", "headers": _SIG_HEADERS,
+                            "content": {"application/schema+json": {"schema": {"type": "object"}}}},
+                    "404": _problem("unknown-dataset"),
+                },
+            }},
+            "/readyz": {"get": {"operationId": "readyz",
+                                "summary": "Readiness: database reachable; each provider's circuit breaker state",
                                 "responses": {"200": _json("Ready"), "503": _json("Not ready")}}},
             "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics (no personal data)",
                                  "responses": {"200": {"description": "Prometheus text format", "headers": _SIG_HEADERS,
