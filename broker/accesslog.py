@@ -1,7 +1,9 @@
 """The access log: one row per exchange attempt, refused ones included.
 
 Invariant: the pipeline commits an entry before any data leaves; `commit` either returns after COMMIT or raises
-`LogUnavailable`, and then the caller answers 503 with no data.
+`LogUnavailable`, and then the caller answers 503 with no data. A released entry's notification outbox row is
+committed in the same transaction, so a citizen is never told of an exchange that was not logged, nor not told of
+one that was.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ def subject_key(secret: bytes, subject: Subject) -> str:
     """A keyed hash of the normalised subject: the same person gives the same key; without the secret it names
     nobody (a plain hash of an identity could be reversed by trying every name and birth date)."""
     return hmac.new(secret, subject.canonical().encode(), hashlib.sha256).hexdigest()
+
+
+# The columns `args()` fills, in its order: also the fields of the entry's transparency-log leaf.
+COLUMNS = (
+    "id", "logged_at", "request_id", "consumer", "kid", "dataset", "dataset_version", "purpose", "recipient",
+    "habilitation_id", "legal_basis_type", "legal_basis_title", "legal_basis_url", "fields_requested",
+    "fields_released", "outcome", "problem_type", "http_status", "latency_ms", "payload_sha256", "subject_key",
+)
 
 
 @dataclass(slots=True)
@@ -65,10 +75,29 @@ class LogEntry:
             self.http_status, self.latency_ms, self.payload_sha256, self.subject_key,
         )
 
+    def row(self) -> dict[str, object]:
+        """The row as committed, by column name."""
+        return dict(zip(COLUMNS, self.args(), strict=True))
+
+
+async def _commit_released(pool: asyncpg.Pool, entry: LogEntry) -> None:
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                await conn.execute(db.queries()["access_log_insert"], *entry.args())
+                await conn.execute(db.queries("broker", "tlog.sql")["outbox_insert"], entry.id)
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError, OSError):
+            # as in db.fetchval: a connection the server dropped must not go back to the pool
+            conn.terminate()
+            raise
+
 
 async def commit(pool: asyncpg.Pool, entry: LogEntry) -> None:
     try:
-        await db.fetchval(pool, db.queries()["access_log_insert"], *entry.args())
+        if entry.outcome == "released":
+            await _commit_released(pool, entry)
+        else:
+            await db.fetchval(pool, db.queries()["access_log_insert"], *entry.args())
     except db.DB_ERRORS as exc:
         log.error("access log commit failed", error=f"{type(exc).__name__}: {exc}", entry_id=str(entry.id))
         raise LogUnavailable("access log commit failed") from exc
