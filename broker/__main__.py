@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from broker import cli_request, db, demo, registry
+from broker import cli_log, cli_request, db, demo, registry
 from broker.config import Config, ConfigError, load_config
 from broker.logs import configure
 
@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("--out", type=Path, help="write the private JWK here (mode 0600)")
 
     cli_request.add_parser(sub)
+    cli_log.add_parser(sub)
     demo.add_parser(sub)
 
     args = parser.parse_args(argv)
@@ -142,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _keys_generate(args.alg, args.kid, args.out)
     if command == "request":
         return cli_request.run(args)
+    if command == "log":
+        return cli_log.run(args, config)
     if command == "demo":
         return demo.run(args, config)
     parser.error("unknown command")

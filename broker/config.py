@@ -7,9 +7,11 @@ message naming the variable, never later in a request.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -29,6 +31,8 @@ class Config:
     """External base URL (scheme://host[:port]) used to rebuild @target-uri behind a proxy; None: from the request."""
     signing_key_file: Path
     subject_key_file: Path
+    identity_key_file: Path
+    """AES-256 key sealing the pivot identities the broker keeps (behind consents and citizen sessions)."""
     registry_file: Path | None
     """Applied at start when set (the demo uses it); production applies with `registry apply`."""
     max_skew: float
@@ -38,6 +42,28 @@ class Config:
     pool_max: int
     registry_poll: float
     """Seconds between registry version checks, in case a NOTIFY was missed during a reconnect."""
+    log_origin: str
+    """The transparency log's name: first line of its checkpoints, and name of its note key."""
+    log_key_file: Path
+    """The log's Ed25519 note signer key (Go `note` format), created beside the broker key if absent."""
+    log_interval: float
+    """Seconds between integration rounds of each broker process: the expected integration lag."""
+    log_max_merge_delay: float
+    """Seconds within which the broker promises (signed, in every 200 answer) to integrate an entry."""
+    log_batch: int
+    log_retention: str
+    """ISO 8601 duration kept for entries whose habilitation is unknown (refused before) or gone."""
+    log_auditors: frozenset[str]
+    """SIRETs allowed to read log entries (signed requests); empty: nobody."""
+    journal_clients: frozenset[str]
+    """SIRETs allowed to read a citizen's journal on their behalf (signed requests); empty: nobody."""
+    notify_webhook: str | None
+    """Where released exchanges are POSTed for citizen notification; None: the outbox only accumulates."""
+    outbox_max_attempts: int
+    outbox_backoff: float
+    """Seconds before the first retry; doubled at each failure up to `outbox_max_backoff`."""
+    outbox_max_backoff: float
+    outbox_timeout: float
 
     @property
     def embedded(self) -> bool:
@@ -70,6 +96,20 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float, high: 
     return value
 
 
+_DURATION = re.compile(r"^P(?=[0-9])(?:[0-9]+Y)?(?:[0-9]+M)?(?:[0-9]+W)?(?:[0-9]+D)?$")
+# A signed-note key name: printable ASCII without spaces or plus signs (the log's key is named after its origin).
+_ORIGIN = re.compile(r"^[!-*,-~]{1,200}$")
+_SIRET = re.compile(r"^[0-9]{14}$")
+
+
+def _sirets(env: Mapping[str, str], name: str) -> frozenset[str]:
+    values = frozenset(v.strip() for v in (env.get(name) or "").split(",") if v.strip())
+    bad = sorted(v for v in values if not _SIRET.match(v))
+    if bad:
+        raise ConfigError(f"{name} must be comma-separated SIRETs, got {', '.join(bad)}")
+    return values
+
+
 def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Config:
     """Read `DLNUF_*` and `DATABASE_URL`; keyword overrides (from the command line) win."""
     env = os.environ if env is None else env
@@ -84,6 +124,16 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     if log_format not in ("console", "json"):
         raise ConfigError("DLNUF_LOG_FORMAT must be 'console' or 'json'")
     registry = env.get("DLNUF_REGISTRY_FILE")
+    default_origin = f"{urlsplit(public_url).netloc}/log" if public_url else "dlnuf.localhost/log"
+    log_origin = env.get("DLNUF_LOG_ORIGIN") or default_origin
+    if not _ORIGIN.match(log_origin):
+        raise ConfigError("DLNUF_LOG_ORIGIN must be printable ASCII without spaces or '+', e.g. dlnuf.example.fr/log")
+    log_retention = env.get("DLNUF_LOG_RETENTION") or "P1Y"
+    if not _DURATION.match(log_retention):
+        raise ConfigError(f"DLNUF_LOG_RETENTION must be an ISO 8601 duration like P1Y or P6M, got {log_retention!r}")
+    notify_webhook = env.get("DLNUF_NOTIFY_WEBHOOK") or None
+    if notify_webhook is not None and not notify_webhook.startswith(("http://", "https://")):
+        raise ConfigError("DLNUF_NOTIFY_WEBHOOK must start with http:// or https://")
     values: dict[str, object] = dict(
         database_url=database_url,
         state_dir=state_dir,
@@ -92,6 +142,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         public_url=public_url,
         signing_key_file=Path(env.get("DLNUF_SIGNING_KEY") or state_dir / "broker-signing-key.jwk"),
         subject_key_file=Path(env.get("DLNUF_SUBJECT_KEY") or state_dir / "subject-key"),
+        identity_key_file=Path(env.get("DLNUF_IDENTITY_KEY") or state_dir / "identity-key"),
         registry_file=Path(registry) if registry else None,
         max_skew=_float(env, "DLNUF_MAX_SKEW", 60.0, 1.0, 3600.0),
         max_body=_int(env, "DLNUF_MAX_BODY", 64 * 1024, 1024, 16 * 1024 * 1024),
@@ -99,6 +150,19 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         pool_min=_int(env, "DLNUF_POOL_MIN", 2, 1, 100),
         pool_max=_int(env, "DLNUF_POOL_MAX", 10, 1, 200),
         registry_poll=_float(env, "DLNUF_REGISTRY_POLL", 5.0, 0.1, 3600.0),
+        log_origin=log_origin,
+        log_key_file=Path(env.get("DLNUF_LOG_KEY") or state_dir / "log-note-key"),
+        log_interval=_float(env, "DLNUF_LOG_INTERVAL", 1.0, 0.01, 60.0),
+        log_max_merge_delay=_float(env, "DLNUF_LOG_MMD", 60.0, 1.0, 86400.0),
+        log_batch=_int(env, "DLNUF_LOG_BATCH", 1000, 1, 100_000),
+        log_retention=log_retention,
+        log_auditors=_sirets(env, "DLNUF_LOG_AUDITORS"),
+        journal_clients=_sirets(env, "DLNUF_JOURNAL_CLIENTS"),
+        notify_webhook=notify_webhook,
+        outbox_max_attempts=_int(env, "DLNUF_OUTBOX_MAX_ATTEMPTS", 20, 1, 1000),
+        outbox_backoff=_float(env, "DLNUF_OUTBOX_BACKOFF", 1.0, 0.01, 3600.0),
+        outbox_max_backoff=_float(env, "DLNUF_OUTBOX_MAX_BACKOFF", 900.0, 0.01, 86400.0),
+        outbox_timeout=_float(env, "DLNUF_OUTBOX_TIMEOUT", 10.0, 0.1, 300.0),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - set(Config.__dataclass_fields__)
@@ -107,4 +171,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     config = Config(**values)  # type: ignore[arg-type]
     if config.pool_min > config.pool_max:
         raise ConfigError("DLNUF_POOL_MIN must not exceed DLNUF_POOL_MAX")
+    # The promise must leave room for a few integration rounds, or every slow round would break it.
+    if config.log_max_merge_delay < 5 * config.log_interval:
+        raise ConfigError("DLNUF_LOG_MMD must be at least 5 times DLNUF_LOG_INTERVAL")
+    if config.outbox_max_backoff < config.outbox_backoff:
+        raise ConfigError("DLNUF_OUTBOX_MAX_BACKOFF must not be below DLNUF_OUTBOX_BACKOFF")
     return config
