@@ -1,7 +1,9 @@
-"""`python -m broker demo`: the broker, the API Particulier sandbox and a demo registry, on the embedded database.
+"""`python -m broker demo`: the broker, both sandbox providers and a demo registry, on the embedded database.
 
-Everything is real: the sandbox is an HTTP server in the upstream format, the broker calls it over HTTP, and the
-printed command signs its request with a freshly generated consumer key registered in the demo registry.
+Everything is real: the sandboxes are HTTP servers in their upstream formats (API Particulier, reached by the
+`api_particulier` adapter; a DGFiP-style provider, reached by a declarative `http_json` adapter), the broker calls
+them over HTTP, and the printed commands sign their requests with a freshly generated consumer key registered in
+the demo registry.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.sandbox import dgfip
 from adapters.sandbox.api_particulier import start_sandbox
 from broker.app import create_app
 from broker.config import Config
 from broker.keys import PrivateKey, generate_private_key, private_key_from_jwk
 
 TOKEN_ENV = "DLNUF_DEMO_API_PARTICULIER_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+DGFIP_KEY_ENV = "DLNUF_DEMO_DGFIP_KEY"
 CONSUMER_SIRET = "21750001600019"
 DEMO_SUBJECT = {"pivot_identity": {
     "family_name": "Dupont", "given_name": "Marie Claire", "birthdate": "1985-03-14",
@@ -40,6 +44,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--sandbox-port", type=int, default=0, help="API Particulier sandbox port (0: any free one)")
+    p.add_argument("--dgfip-port", type=int, default=0, help="DGFiP sandbox port (0: any free one)")
 
 
 def consumer_key(path: Path) -> PrivateKey:
@@ -57,28 +62,32 @@ def _toml_inline(jwk: dict[str, Any]) -> str:
     return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in jwk.items() if k != "kid") + " }"
 
 
-def write_registry(path: Path, key: PrivateKey, sandbox_url: str) -> None:
+def write_registry(path: Path, key: PrivateKey, sandbox_url: str, dgfip_url: str) -> None:
     template = Template(resources.files("broker").joinpath("demo_registry.toml.tmpl").read_text("utf-8"))
     path.write_text(template.substitute(kid=key.kid, jwk=_toml_inline(key.public_jwk()), sandbox_url=sandbox_url,
-                                        token_env=TOKEN_ENV))
+                                        token_env=TOKEN_ENV, dgfip_url=dgfip_url, dgfip_key_env=DGFIP_KEY_ENV))
 
 
-def request_command(base_url: str, key_file: Path) -> str:
+def request_command(base_url: str, key_file: Path, *, dataset: str = "quotient_familial",
+                    purpose: str = "tarification-restauration-scolaire",
+                    fields: str = "quotient_familial,enfants") -> str:
     args = ["python", "-m", "broker", "request", "--url", base_url, "--key", str(key_file),
-            "--dataset", "quotient_familial", "--purpose", "tarification-restauration-scolaire",
-            "--recipient", CONSUMER_SIRET, "--fields", "quotient_familial,enfants",
+            "--dataset", dataset, "--purpose", purpose,
+            "--recipient", CONSUMER_SIRET, "--fields", fields,
             "--subject", json.dumps(DEMO_SUBJECT, ensure_ascii=False)]
     return shlex.join(args)
 
 
-async def _run(config: Config, sandbox_port: int) -> None:
+async def _run(config: Config, sandbox_port: int, dgfip_port: int) -> None:
     demo_dir = config.state_dir / "demo"
     key_file = demo_dir / "consumer-commune-paris.jwk"
     key = consumer_key(key_file)
     os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)
+    os.environ[DGFIP_KEY_ENV] = secrets.token_urlsafe(24)
     sandbox_runner, sandbox_url = await start_sandbox(os.environ[TOKEN_ENV], port=sandbox_port)
+    dgfip_runner, dgfip_url = await dgfip.start_sandbox(os.environ[DGFIP_KEY_ENV], port=dgfip_port)
     registry_file = demo_dir / "registry.toml"
-    write_registry(registry_file, key, sandbox_url)
+    write_registry(registry_file, key, sandbox_url, dgfip_url)
 
     runner = web.AppRunner(create_app(replace(config, registry_file=registry_file)), access_log=None)
     await runner.setup()
@@ -89,6 +98,7 @@ async def _run(config: Config, sandbox_port: int) -> None:
 DLNUF demo is running.
   broker            {base_url}   (OpenAPI: {base_url}/openapi.json, JWKS: {base_url}/.well-known/jwks.json)
   API Particulier   {sandbox_url}   (sandbox, synthetic citizens)
+  DGFiP             {dgfip_url}   (sandbox, revenu fiscal de référence, via a declarative http_json adapter)
   database          embedded PostgreSQL in {config.state_dir / 'pgdata'}
   registry          {registry_file}
   consumer key      {key_file}   (Commune de Paris, kid {key.kid})
@@ -97,6 +107,13 @@ Send a signed request for a citizen's quotient familial (from another terminal, 
 
   {request_command(base_url, key_file)}
 
+and for her revenu fiscal de référence, from the DGFiP sandbox:
+
+  {request_command(base_url, key_file, dataset="revenu_fiscal_reference", purpose="tarification-sociale",
+                   fields="revenu_fiscal_reference,nombre_parts,annee_revenus")}
+
+Catalogue of what can be asked: {base_url}/v1/catalogue
+
 Ctrl-C stops everything.
 """, file=sys.stderr, flush=True)
     try:
@@ -104,9 +121,10 @@ Ctrl-C stops everything.
     finally:
         await runner.cleanup()
         await sandbox_runner.cleanup()
+        await dgfip_runner.cleanup()
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(config, args.sandbox_port))
+        asyncio.run(_run(config, args.sandbox_port, args.dgfip_port))
     return 0
