@@ -1,6 +1,7 @@
 """The broker's aiohttp application: routes, middlewares, and the resources opened around it.
 
-Resources are opened in `cleanup_ctx` order (database, then state and its background tasks) and closed in reverse.
+Resources are opened in `cleanup_ctx` order (database, then state and its background tasks, then the transparency
+log's integrator and notification outbox) and closed in reverse.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from broker import catalogue, db, registry
+from broker import catalogue, db, registry, tlog_routes
 from broker.config import Config
 from broker.exchange import handle_exchange
 from broker.keys import load_or_create_broker_key
@@ -156,12 +157,14 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(state_ctx)
+    app.cleanup_ctx.append(tlog_routes.tlog_ctx)
     app.router.add_post("/v1/exchanges", handle_exchange)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/.well-known/jwks.json", jwks)
+    tlog_routes.add_routes(app.router)
     app.router.add_get("/v1/catalogue", catalogue.get_catalogue)
     app.router.add_get(catalogue.SCHEMA_ROUTE, catalogue.get_schema)
     return app

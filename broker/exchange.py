@@ -37,6 +37,7 @@ from broker.errors import (
 from broker.jcs import CanonicalizationError, canonicalize
 from broker.problems import REQUEST_ID, detail_for, problem_for, problem_response
 from broker.state import STATE, BrokerState
+from broker.tlog import TLOG
 from consent.basis import BasisRefused, verify_basis
 
 log = structlog.get_logger(__name__)
@@ -171,7 +172,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
             # e.g. an integer beyond 2**53 that JSON readers would silently round: not releasable as is
             raise InvalidProviderAnswer("provider answer invalid", reason=f"not canonicalizable: {exc}") from None
         payload_sha256 = hashlib.sha256(data_bytes).hexdigest()
-        body_out = orjson.dumps({
+        answer: dict[str, Any] = {
             "request_id": entry.request_id,
             "log_entry_id": str(entry.id),
             "dataset": ask.dataset,
@@ -179,13 +180,15 @@ async def handle_exchange(request: web.Request) -> web.Response:
             "fields_released": released,
             "data_sha256": payload_sha256,
             "data": orjson.Fragment(data_bytes),
-        })
+        }
 
         # 8. Commit the access-log entry; only then may the data leave.
         entry.outcome, entry.http_status = "released", 200
         entry.fields_released, entry.payload_sha256 = released, payload_sha256
         entry.latency_ms = (time.perf_counter() - started) * 1000
         await accesslog.commit(state.pool, entry)
+        # The consumer's receipt: the entry as committed and the log's signed promise to include it (like a CT SCT).
+        answer["log"] = request.app[TLOG].receipt(entry)
     except (BrokerError, AdapterError, BasisRefused, signing.SignatureRejected, DatabaseUnavailable) as exc:
         return await _refuse(state, entry, exc, started)
 
@@ -193,7 +196,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
     log.info("exchange released", dataset=ask.dataset, consumer=entry.consumer, fields=released)
     # 9. and 10. The response is signed by the signing middleware on its way out, covering this request's
     # signature, then returned.
-    return web.Response(status=200, body=body_out, content_type="application/json")
+    return web.Response(status=200, body=orjson.dumps(answer), content_type="application/json")
 
 
 async def _refuse(state: BrokerState, entry: accesslog.LogEntry, exc: Exception,

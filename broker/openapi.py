@@ -66,6 +66,38 @@ _EXCHANGE_RESPONSE = {
         "data_sha256": {"type": "string", "description": "SHA-256 (hex) of the RFC 8785 canonical JSON of `data`, "
                                                          "as recorded in the access log."},
         "data": {"type": "object"},
+        "log": {"$ref": "#/components/schemas/LogReceipt"},
+    },
+}
+
+_B64_HASH = {"type": "string", "contentEncoding": "base64", "description": "32-byte SHA-256 hash, base64."}
+_PROOF = {"type": "array", "items": _B64_HASH}
+_LOG_RECEIPT = {
+    "type": "object",
+    "description": "The committed access-log entry and the log's signed promise to include it within the maximum "
+                   "merge delay (docs/transparency-log.md says how to verify it).",
+    "required": ["entry", "leaf_hash", "inclusion_promise"],
+    "properties": {
+        "entry": {"type": "object", "description": "The leaf's JSON: RFC 8785 JCS of it, RFC 9162 leaf-hashed, is "
+                                                   "`leaf_hash`."},
+        "leaf_hash": _B64_HASH,
+        "inclusion_promise": {"type": "string", "description": "C2SP signed note, dlnuf.org/inclusion-promise/v1: "
+                                                              "format, origin, entry id, leaf hash, logged_at, "
+                                                              "max merge delay (s)."},
+    },
+}
+_JOURNAL_REQUEST = {
+    "type": "object",
+    "required": ["subject"],
+    "additionalProperties": False,
+    "properties": {
+        "subject": _EXCHANGE_REQUEST["properties"]["subject"],  # type: ignore[index]
+        "since": {"type": "string", "description": "YYYY-MM-DD or RFC 3339 date-time with offset (inclusive)."},
+        "until": {"type": "string", "description": "YYYY-MM-DD or RFC 3339 date-time with offset (exclusive)."},
+        "consumer": {"type": "string", "pattern": "^[0-9]{14}$"},
+        "dataset": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
+        "format": {"type": "string", "enum": ["json", "csv"], "default": "json"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500},
     },
 }
 
@@ -152,6 +184,86 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
             "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
+def _query(name: str, description: str, *, required: bool = True, minimum: int = 0) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": {"type": "integer", "minimum": minimum, "maximum": 2**63 - 1}}
+
+
+def _note(description: str) -> dict[str, Any]:
+    return {"description": description, "headers": _SIG_HEADERS,
+            "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+def _log_paths() -> dict[str, Any]:
+    """The transparency log (broker/tlog_routes.py): public proofs and checkpoints, signed entries and journal."""
+    signed: dict[str, Any] = {"security": [{"httpMessageSignature": []}]}
+    refused = {"401": _problem("signature-rejected"), "403": _problem("not-authorized")}
+    return {
+        "/v1/log": {"get": {
+            "operationId": "logInfo", "summary": "The log's origin, note verifier key and maximum merge delay",
+            "responses": {"200": _json("Log description", {"type": "object", "properties": {
+                "origin": {"type": "string"}, "verifier_key": {"type": "string"},
+                "max_merge_delay": {"type": "integer"}, "tree_size": {"type": "integer"},
+                "inclusion_promise_format": {"type": "string"}}})}}},
+        "/v1/log/checkpoint": {"get": {
+            "operationId": "latestCheckpoint", "summary": "The latest signed checkpoint (C2SP tlog-checkpoint)",
+            "responses": {"200": _note("Signed note"), "404": _problem("not-found")}}},
+        "/v1/log/checkpoints": {"get": {
+            "operationId": "listCheckpoints", "summary": "Every signed checkpoint from a size on, smallest first",
+            "parameters": [_query("start", "smallest size", required=False),
+                           _query("limit", "at most 1000", required=False, minimum=1)],
+            "responses": {"200": _json("Checkpoints", {"type": "object", "properties": {"checkpoints": {
+                "type": "array", "items": {"type": "object", "properties": {
+                    "size": {"type": "integer"}, "note": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"}}}}}}),
+                "400": _problem("invalid-request")}}},
+        "/v1/log/checkpoints/{size}": {"get": {
+            "operationId": "checkpointAt", "summary": "The signed checkpoint of one tree size",
+            "parameters": [{"name": "size", "in": "path", "required": True,
+                            "schema": {"type": "integer", "minimum": 0}}],
+            "responses": {"200": _note("Signed note"), "400": _problem("invalid-request"),
+                          "404": _problem("not-found")}}},
+        "/v1/log/proof/inclusion": {"get": {
+            "operationId": "inclusionProof", "summary": "RFC 9162 inclusion proof of a leaf in a published tree",
+            "parameters": [_query("index", "leaf index"), _query("tree_size", "tree size", minimum=1)],
+            "responses": {"200": _json("Proof, bottom up", {"type": "object", "properties": {
+                "index": {"type": "integer"}, "tree_size": {"type": "integer"}, "inclusion_proof": _PROOF}}),
+                "400": _problem("invalid-request")}}},
+        "/v1/log/proof/consistency": {"get": {
+            "operationId": "consistencyProof", "summary": "RFC 9162 consistency proof between two published trees",
+            "parameters": [_query("first", "older size", minimum=1), _query("second", "newer size", minimum=1)],
+            "responses": {"200": _json("Proof", {"type": "object", "properties": {
+                "first": {"type": "integer"}, "second": {"type": "integer"}, "consistency_proof": _PROOF}}),
+                "400": _problem("invalid-request")}}},
+        "/v1/log/entries": {"get": {
+            "operationId": "logEntries", **signed,
+            "summary": "Entries [start, end) with their stored leaf hashes, for auditors (DLNUF_LOG_AUDITORS)",
+            "parameters": [_query("start", "first index"), _query("end", "index after the last (at most 1000)")],
+            "responses": {"200": _json("Entries; a pruned entry has `entry` null and its tombstone in `pruned`"),
+                          "400": _problem("invalid-request"), **refused}}},
+        "/v1/log/entries/{entry_id}/proof": {"get": {
+            "operationId": "entryProof", "summary": "An entry's inclusion proof, with the signed checkpoint",
+            "parameters": [{"name": "entry_id", "in": "path", "required": True,
+                            "schema": {"type": "string", "format": "uuid"}},
+                           _query("tree_size", "default: the latest checkpoint's", required=False, minimum=1)],
+            "responses": {"200": _json("Proof", {"type": "object", "properties": {
+                "entry_id": {"type": "string"}, "index": {"type": "integer"}, "tree_size": {"type": "integer"},
+                "leaf_hash": _B64_HASH, "inclusion_proof": _PROOF, "checkpoint": {"type": ["string", "null"]}}}),
+                "400": _problem("invalid-request"),
+                "404": _problem("not-found: unknown entry, or not integrated yet (retry after the merge delay)")}}},
+        "/v1/journal": {"post": {
+            "operationId": "citizenJournal", **signed,
+            "summary": "A citizen's entries with a proof each and the checkpoint, for DLNUF_JOURNAL_CLIENTS",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/JournalRequest"}}}},
+            "responses": {
+                "200": {"description": "JSON, or CSV with `format: csv`", "headers": _SIG_HEADERS, "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/csv": {"schema": {"type": "string"}}}},
+                "400": _problem("invalid-request or invalid-subject"), **refused}}},
+    }
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     problems = "\n".join(f"- `{p.uri}` ({p.status}): {p.description}" for p in all_problem_types())
@@ -174,7 +286,8 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": {"ExchangeRequest": _EXCHANGE_REQUEST, "ExchangeResponse": _EXCHANGE_RESPONSE,
-                        "Problem": _PROBLEM, "Catalogue": _CATALOGUE},
+                        "Problem": _PROBLEM, "Catalogue": _CATALOGUE, "LogReceipt": _LOG_RECEIPT,
+                        "JournalRequest": _JOURNAL_REQUEST},
             "securitySchemes": {"httpMessageSignature": {
                 "type": "apiKey", "in": "header", "name": "Signature",
                 "description": "RFC 9421 HTTP Message Signature with Signature-Input; keys in the registry."}},
@@ -240,6 +353,7 @@ def openapi_document() -> dict[str, Any]:
             "/.well-known/jwks.json": {"get": {
                 "operationId": "jwks", "summary": "The broker's public keys (response signatures)",
                 "responses": {"200": _json("JWK Set")}}},
+            **_log_paths(),
         },
         "x-problem-base": PROBLEM_BASE,
         "x-datasets": {k: list(v) for k, v in schemas.catalogue().items()},
