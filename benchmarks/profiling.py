@@ -1,0 +1,276 @@
+"""Where the broker's CPU goes: a py-spy profile folded into pipeline steps, and the database round trips.
+
+py-spy samples the broker's Python stacks from outside (`--nonblocking`: the broker is never paused) and counts
+only samples where the thread is running, so a sample's share is a share of the broker's CPU time. Each sample
+is charged to ONE step: the deepest frame on its stack that a rule in `STEPS` recognises (so Ed25519 inside
+response signing counts as Ed25519, the rest of response signing as response signing). Work done in callbacks of
+the event loop (asyncpg's and aiohttp's protocol parsing, resolving futures) has no coroutine on its stack; rules
+on the protocol modules catch it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+_SEND = r"(_SelectorSocketTransport\.write|_SelectorSocketTransport\.writelines|sock_sendall) "
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    frame: re.Pattern[str]
+    within: re.Pattern[str] | None = None  # an ancestor frame must match too
+
+
+def _step(name: str, frame: str, within: str | None = None) -> Step:
+    return Step(name, re.compile(frame), re.compile(within) if within else None)
+
+
+# Features whose whole cost, whatever they call, is charged to them: any frame of the stack decides.
+WHOLE: list[tuple[str, re.Pattern[str]]] = [(name, re.compile(rx)) for name, rx in [
+    ("transparency log: inclusion promise (JCS, leaf hash, Ed25519 note)",
+     r"TransparencyLog\.(receipt|promise) \(broker/"),
+    ("transparency log: background integration (Merkle tree, checkpoint)",
+     r"TransparencyLog\.(run|drain|integrate|observe) \(broker/"),
+    ("other background tasks (nonce purge, registry watch, outbox)", r"(_purge_nonces|RegistryCache\.watch|[Oo]utbox)"),
+]]
+
+# Then tried on the deepest frame first, then its caller, and so on; at each frame the first matching rule wins.
+# A frame reads "function (package/module.py:line)".
+_RESET = r"Connection\.reset \(asyncpg/"
+STEPS: list[Step] = [
+    _step("asyncpg pool release: reset query round trip", _SEND, _RESET),
+    _step("socket send to PostgreSQL (kernel, loopback TCP)", _SEND, r"\(asyncpg/"),
+    _step("socket send to the provider (kernel, loopback TCP)", _SEND, r"\((aiohttp/client|adapters/)"),
+    _step("socket send of the answer (kernel, loopback TCP)", _SEND, r"\(aiohttp/(web_|http_writer)"),
+    _step("socket send, other (kernel)", _SEND),
+    _step("Ed25519 verify (consumer's signature)", r"PublicKey\.verify \(broker/keys\.py"),
+    _step("Ed25519 sign (broker's answer)", r"(sign_message|PrivateKey\.sign) \(broker/keys\.py"),
+    _step("RFC 9421 request: parse, policy, base, digest", r"\(broker/(signing|structured_fields)\.py",
+          r"verify_request \("),
+    _step("RFC 9421 answer signing: base, serialise", r"\(broker/(signing|structured_fields)\.py"),
+    _step("JSON Schema validation of the answer", r"\((broker/validation\.py|jsonschema/|referencing/|rpds/)"),
+    _step("JCS canonicalisation", r"\(broker/jcs\.py"),
+    _step("asyncpg pool release: reset query round trip", _RESET),
+    _step("asyncpg: nonce claim, access log, pool (client side)",
+          r"(\((asyncpg/|broker/accesslog\.py|broker/db\.py)|claim_nonce \()"),
+    _step("aiohttp client: the provider call", r"\((aiohttp|yarl|multidict)/", r"\((aiohttp/client|adapters/)"),
+    _step("logging (structlog, one JSON line per exchange)", r"\((structlog|logging|json)/"),
+    _step("metrics (prometheus_client)", r"\(prometheus_client/"),
+    _step("adapter: query, answer mapping, resilience", r"\((adapters|schemas)/"),
+    _step("pipeline: parse, authz, subject key, middlewares", r"\((broker/(?!__main__)|consent/)"),
+    _step("aiohttp server: parse, route, write", r"\(aiohttp/"),
+    _step("event loop: callbacks in C (DB protocol, tasks), epoll", r"\((asyncio/|selectors\.py|<frozen)"),
+]
+
+# Steps rolled up into the cost families a change would address.
+FAMILIES: list[tuple[str, re.Pattern[str]]] = [(name, re.compile(rx)) for name, rx in [
+    ("transparency log: promise per exchange, background integration", r"transparency log"),
+    ("database: nonce claim + access log (asyncpg, sends, pool reset)", r"(PostgreSQL|asyncpg)"),
+    ("signatures: Ed25519 and RFC 9421, both ways", r"(Ed25519|RFC 9421)"),
+    ("HTTP in and out of the broker (aiohttp server, answer send)", r"(aiohttp server|of the answer)"),
+    ("provider call (aiohttp client, adapter, request send)", r"(provider|adapter)"),
+    ("JSON: JCS, schema validation", r"(JCS|JSON Schema)"),
+    ("pipeline, middlewares, logging, metrics", r"(pipeline|logging|metrics)"),
+    ("event loop, background tasks and the rest", r""),
+]]
+OTHER = "other"
+
+
+class PySpy:
+    """`py-spy record` on one process, started when the load is ready, for a fixed time."""
+
+    def __init__(self, executable: str, pid: int, output: Path, *, seconds: float, rate: int = 250) -> None:
+        # --nonblocking: never pause the broker (--native would need that, and distorts far more)
+        self.argv = [executable, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
+                     "--rate", str(rate), "--format", "raw", "--output", str(output), "--nonblocking"]
+        self.output = output
+        self.process: subprocess.Popen[bytes] | None = None
+        self.error = ""
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+        time.sleep(0.3)  # attaching takes a moment; the load starts right after
+
+    def finish(self, timeout: float = 60.0) -> str | None:
+        """The raw (collapsed stacks) output, or None with `error` set."""
+        if self.process is None:
+            self.error = "not started"
+            return None
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate(timeout=5)
+        if self.process.returncode != 0 or not self.output.exists():
+            self.error = out.decode(errors="replace").strip()[-500:] or f"exit status {self.process.returncode}"
+            return None
+        return self.output.read_text("utf-8", "replace")
+
+
+@dataclass
+class Profile:
+    samples: int
+    by_step: Counter[tuple[str, bool]]  # (step, sampled inside a socket send) -> samples
+
+
+_LINE = re.compile(r"^(?P<stack>.*) (?P<count>[0-9]+)$")
+_SEND_RX = re.compile(_SEND)
+
+
+def classify(frames: list[str]) -> str:
+    for name, rx in WHOLE:
+        if any(rx.search(f) for f in frames):
+            return name
+    for depth in range(len(frames) - 1, -1, -1):
+        frame = frames[depth]
+        for step in STEPS:
+            if step.frame.search(frame) and (
+                    step.within is None or any(step.within.search(f) for f in frames[:depth])):
+                return step.name
+    return OTHER
+
+
+def fold(raw: str) -> Profile:
+    by_step: Counter[tuple[str, bool]] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        m = _LINE.match(line)
+        if m is None:
+            continue
+        count = int(m["count"])
+        frames = [f for f in m["stack"].split(";") if f and not f.startswith(("process ", "thread "))]
+        in_send = bool(frames) and _SEND_RX.search(frames[-1]) is not None
+        by_step[(classify(frames), in_send)] += count
+        total += count
+    return Profile(total, by_step)
+
+
+@dataclass(frozen=True)
+class BrokerCpu:
+    """The broker's measured CPU per exchange (from /proc), to turn sample shares into microseconds."""
+
+    user_us: float
+    kernel_us: float
+    waited_us: float  # runnable, waiting for a CPU
+    pg_us: float  # PostgreSQL backends, per exchange
+    exchanges: int
+
+
+def costs(p: Profile, cpu: BrokerCpu) -> list[tuple[str, float, float]]:
+    """(step, share of samples, CPU us per exchange), most expensive first.
+
+    py-spy counts a sample whenever the thread is not idle, also while it is runnable but preempted; on two
+    shared cores that happens mostly inside send(), whose wake-up of the peer (PostgreSQL, the stub, the client)
+    hands it the CPU. So samples taken inside send() share the broker's kernel CPU, and the others its user CPU.
+    """
+    send = sum(n for (_, in_send), n in p.by_step.items() if in_send) or 1
+    rest = sum(n for (_, in_send), n in p.by_step.items() if not in_send) or 1
+    rows: dict[str, list[float]] = {}
+    for (name, in_send), n in p.by_step.items():
+        row = rows.setdefault(name, [0.0, 0.0])
+        row[0] += n / max(1, p.samples)
+        row[1] += n / send * cpu.kernel_us if in_send else n / rest * cpu.user_us
+    return sorted(((name, share, us) for name, (share, us) in rows.items()), key=lambda r: -r[2])
+
+
+def render(p: Profile, cpu: BrokerCpu) -> str:
+    rows = costs(p, cpu)
+    grouped = families(rows)
+    width = max([len(name) for name, _, _ in rows] + [len(name) for name, _ in grouped] + [32])
+    lines = [f"Broker profile: py-spy, {p.samples} samples over {cpu.exchanges:,} exchanges under closed-loop load. "
+             f"Per exchange the broker used {cpu.user_us + cpu.kernel_us:,.0f} us of CPU",
+             f"({cpu.user_us:,.0f} user + {cpu.kernel_us:,.0f} kernel, from /proc), waited {cpu.waited_us:,.0f} us "
+             f"for a CPU (runnable, preempted), and PostgreSQL's backends used {cpu.pg_us:,.0f} us.",
+             "'samples' = share of py-spy samples (running or runnable); 'CPU us' = the user CPU spread over the "
+             "samples outside send(), the kernel CPU over those inside it.",
+             f"{'step (deepest recognised frame)':{width}s} {'samples':>7s} {'CPU us':>7s}",
+             f"{'-' * width} {'-' * 7} {'-' * 7}"]
+    lines += [f"{name:{width}s} {share:7.1%} {us:7.0f}" for name, share, us in rows]
+    total = sum(us for _, _, us in rows) or 1.0
+    lines += ["", "The same, by family of cost:", f"{'family':{width}s} {'CPU us':>7s} {'share':>7s}",
+              f"{'-' * width} {'-' * 7} {'-' * 7}"]
+    lines += [f"{family:{width}s} {us:7.0f} {us / total:7.0%}" for family, us in grouped]
+    return "\n".join(lines)
+
+
+def families(rows: list[tuple[str, float, float]]) -> list[tuple[str, float]]:
+    totals: dict[str, float] = {}
+    for name, _, us in rows:
+        family = next(f for f, rx in FAMILIES if rx.search(name))
+        totals[family] = totals.get(family, 0.0) + us
+    return sorted(totals.items(), key=lambda kv: -kv[1])
+
+
+def headline(p: Profile, cpu: BrokerCpu) -> str:
+    return "the broker's CPU per exchange goes to " + "; ".join(
+        f"{family} {us:.0f} us" for family, us in families(costs(p, cpu))) + "."
+
+
+# ---------------------------------------------------------------------------------------------- database probes
+
+
+async def _probe(dsn: str, n: int) -> dict[str, tuple[float, float]]:
+    """The broker's own statements through the broker's own functions, and bare for comparison, interleaved so
+    that the shared server's moods hit every variant alike."""
+    from broker import accesslog, db
+
+    q = db.queries()
+    timings: dict[str, list[float]] = {}
+
+    async def timed(name: str, call: Awaitable[object]) -> None:
+        start = time.perf_counter()
+        await call
+        timings.setdefault(name, []).append(1000 * (time.perf_counter() - start))
+
+    expires = datetime.now(UTC) + timedelta(seconds=60)
+    pool = await db.create_pool(dsn, min_size=1, max_size=1)
+    bare = await db.connect(dsn)
+    async_commit = await db.connect(dsn)
+    try:
+        await async_commit.execute("SET synchronous_commit = off")  # this probe connection only
+        for _ in range(n):
+            await timed("nonce claim, as the broker does it (pool, own commit)",
+                        db.fetchval(pool, q["nonce_claim"], "bench-probe", uuid.uuid4().hex, expires))
+            entry = accesslog.LogEntry(request_id=f"bench-probe-{uuid.uuid4()}", outcome="released",
+                                       http_status=200, payload_sha256="0" * 64, dataset="quotient_familial")
+            await timed("access log of a release, as the broker does it", accesslog.commit(pool, entry))
+            await timed("SELECT 1 through the pool (acquire, query, reset on release)",
+                        db.fetchval(pool, "SELECT 1"))
+            await timed("SELECT 1 on a bare connection (the round-trip floor)", bare.fetchval("SELECT 1"))
+            await timed("nonce claim on a bare connection (no pool reset)",
+                        bare.fetchval(q["nonce_claim"], "bench-probe", uuid.uuid4().hex, expires))
+            await timed("nonce claim, bare, synchronous_commit=off (no WAL flush wait)",
+                        async_commit.fetchval(q["nonce_claim"], "bench-probe", uuid.uuid4().hex, expires))
+    finally:
+        await async_commit.close()
+        await bare.close()
+        await pool.close()
+    result = {}
+    for name, values in timings.items():
+        values.sort()
+        result[name] = (statistics.median(values), values[min(len(values) - 1, int(0.99 * len(values)))])
+    return result
+
+
+def probe_database(dsn: str, n: int) -> dict[str, tuple[float, float]]:
+    """p50 and p99 in ms per statement; empty (with a note) if the probe cannot run against this code."""
+    if not dsn:
+        return {}
+    try:
+        return asyncio.run(asyncio.wait_for(_probe(dsn, n), timeout=60))
+    except Exception as exc:  # the broker's code moves under this benchmark: report, do not crash the run
+        print(f"  database probe failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return {}

@@ -1,0 +1,225 @@
+"""The printed report: tables of one run's figures, and what stands between them and the targets.
+
+Every figure is the median over the repetitions of a cell; ratios and differences are taken within each
+repetition (both sides measured seconds apart on the same machine), then their median.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import profiling
+from runner import TARGET_RATE, Results, Stats, median
+from stack import Settings, Stack, source_state
+
+TARGET_ADDED_P99_MS = 5.0
+TARGETS = ("broker", "stub", "nginx")
+LABELS = {"broker": "broker (full pipeline)", "stub": "stub direct", "nginx": "nginx -> stub",
+          "trivial": "trivial server"}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned first column, right-aligned figures."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+
+    def render(row: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+
+    return "\n".join([render(headers), "  ".join("-" * w for w in widths), *(render(r) for r in rows)])
+
+
+def _cpu(stats: Sequence[Stats], groups: Sequence[str]) -> list[str]:
+    return [f"{median([st.cpu_ms(g) for st in stats]):.3f}" for g in groups]
+
+
+def _groups(stack: Stack) -> list[str]:
+    return ["broker", "postgres", "stub", *(["nginx"] if stack.nginx else []), "loadgen"]
+
+
+def report(stack: Stack, s: Settings, r: Results) -> str:
+    groups = _groups(stack)
+    out = [
+        "=" * 120,
+        f"DLNUF exchange benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, Python "
+        f"{sys.version.split()[0]}, code {source_state()}",
+        f"brokers: {s.brokers} process(es); load generator: {s.loadgen_procs} process(es); database: "
+        f"{'embedded PostgreSQL' if s.embedded else 'fresh database on ' + s.admin_url.rsplit('@', 1)[-1]}; "
+        f"legal basis: {s.basis}",
+        f"smoke test: {r.smoke}",
+        f"machine before the run: {r.noise_before:.2f} of {os.cpu_count()} cores busy with other people's work, "
+        f"load average {os.getloadavg()[0]:.2f} at the end",
+        "Figures: medians of the repetitions. 'CPU x' = ms of CPU that process group spent per request (user + "
+        "kernel);",
+        "'others' = cores busy with processes that are not ours during the cell (the machine's noise).",
+        "",
+        _ceiling(s, r),
+        "",
+        _closed(s, r, groups),
+        "",
+        _open(s, r, groups),
+    ]
+    if r.profile is not None and r.profile_stats is not None:
+        out += ["", profiling.render(r.profile, broker_cpu(r.profile_stats))]
+    if r.db:
+        out += ["", "Database statements on an exchange's path, timed from a separate connection while idle",
+                table(["statement", "p50 ms", "p99 ms"],
+                      [[name, f"{p50:.3f}", f"{p99:.3f}"] for name, (p50, p99) in r.db.items()])]
+    out += ["", obstacles(stack, s, r), "=" * 120]
+    return "\n".join(out)
+
+
+def broker_cpu(st: Stats) -> profiling.BrokerCpu:
+    """The brokers' CPU per exchange during the profile (py-spy watches broker #1; with several, alike)."""
+    per = 1e6 / max(1, st.handled)
+    kernel = st.cpu.kernel.get("broker", 0.0)
+    return profiling.BrokerCpu(user_us=(st.cpu.by_group.get("broker", 0.0) - kernel) * per, kernel_us=kernel * per,
+                               waited_us=st.cpu.waited.get("broker", 0.0) * per,
+                               pg_us=st.cpu.by_group.get("postgres", 0.0) * per, exchanges=st.handled)
+
+
+def _ceiling(s: Settings, r: Results) -> str:
+    rows = [["signing alone (sign_request + HTTP framing)", f"{r.sign_rate:,.0f}", "", "", ""]]
+    for name, label in (("presigned", "send pre-signed requests, closed loop c=32"),
+                        ("inline", "sign inline + send, closed loop c=32")):
+        st = r.ceiling[name]
+        rows.append([label, f"{st.rate:,.0f}", f"{st.p50:.2f}", f"{st.p99:.2f}", f"{st.cpu_ms('loadgen'):.3f}"])
+    st = r.ceiling["open"]
+    rows.append([f"open loop at {s.rate:,.0f}/s (the latency floor of the measurement)", f"{st.rate:,.0f}",
+                 f"{st.p50:.2f}", f"{st.p99:.2f}", f"{st.cpu_ms('loadgen'):.3f}"])
+    return ("Load generator ceiling: one process, broker-shaped signed POSTs, against a trivial loopback server\n"
+            + table(["", "req/s", "p50 ms", "p99 ms", "CPU loadgen"], rows))
+
+
+def _closed(s: Settings, r: Results, groups: Sequence[str]) -> str:
+    rows = []
+    for target in TARGETS:
+        for level in s.levels:
+            stats = r.closed.get((target, level))
+            if stats:
+                rows.append([LABELS[target], str(level), f"{median([st.rate for st in stats]):,.0f}",
+                             f"{median([st.p50 for st in stats]):.2f}", f"{median([st.p99 for st in stats]):.2f}",
+                             str(sum(st.errors for st in stats)), *_cpu(stats, groups),
+                             f"{median([st.wait_ms('broker') for st in stats]):.3f}" if target == "broker" else "",
+                             f"{median([st.others for st in stats]):.2f}"])
+    lines = [f"Closed loop: {s.reps} x {s.duration:g} s per cell after {s.warmup:g} s of warm-up",
+             table(["target", "conc", "req/s", "p50 ms", "p99 ms", "errors", *[f"CPU {g}" for g in groups],
+                    "wait broker", "others"], rows),
+             "('wait broker' = ms per exchange the broker was runnable but waiting for a CPU)",
+             "throughput ratios, per repetition then median:"]
+    for level in s.levels:
+        parts = []
+        for a, b in (("broker", "stub"), ("broker", "nginx"), ("nginx", "stub")):
+            pairs = list(zip(r.closed.get((a, level), []), r.closed.get((b, level), []), strict=False))
+            if pairs:
+                parts.append(f"{a}/{b} {median([x.rate / y.rate for x, y in pairs if y.rate]):.2f}")
+        lines.append(f"  c={level}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def _open(s: Settings, r: Results, groups: Sequence[str]) -> str:
+    rows = []
+    for (target, rate), stats in sorted(r.open.items(), key=lambda kv: (-kv[0][1], TARGETS.index(kv[0][0]))):
+        rows.append([LABELS[target], f"{rate:,.0f}", f"{median([st.rate for st in stats]):,.0f}",
+                     f"{median([st.p50 for st in stats]):.2f}", f"{median([st.p90 for st in stats]):.2f}",
+                     f"{median([st.p99 for st in stats]):.2f}", f"{median([st.max for st in stats]):.2f}",
+                     str(sum(st.errors for st in stats)), str(sum(st.dropped for st in stats)),
+                     *_cpu(stats, groups)])
+    lines = [f"Open loop: {s.reps} x {s.open_duration:g} s per cell; latency from each request's scheduled send "
+             "time; 'unsent' = given up, the server being too far behind",
+             table(["target", "rate/s", "achieved/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "unsent",
+                    *[f"CPU {g}" for g in groups]], rows)]
+    for rate in sorted({rate for _, rate in r.open}, reverse=True):
+        for name, (p50s, p99s) in added_latency(r, rate).items():
+            lines.append(f"at {rate:,.0f}/s, {name} adds over the direct stub: p50 {median(p50s):+.2f} ms, p99 "
+                         f"{median(p99s):+.2f} ms (p99 per repetition: {', '.join(f'{x:+.2f}' for x in p99s)})")
+    return "\n".join(lines)
+
+
+def added_latency(r: Results, rate: float) -> dict[str, tuple[list[float], list[float]]]:
+    """Per repetition, target minus direct stub, at p50 and p99."""
+    added = {}
+    stub = r.open.get(("stub", rate), [])
+    for name in ("broker", "nginx"):
+        pairs = list(zip(r.open.get((name, rate), []), stub, strict=False))
+        if pairs:
+            added[name] = ([b.p50 - st.p50 for b, st in pairs], [b.p99 - st.p99 for b, st in pairs])
+    return added
+
+
+def obstacles(stack: Stack, s: Settings, r: Results) -> str:
+    """What stands in the way of the targets, in this run's own figures."""
+    lines = ["What stands in the way of the targets (3,000 exchanges/s on 2 cores; p99 added <= 5 ms at 1,000/s)"]
+    level, rate = max(((lv, median([st.rate for st in r.closed.get(("broker", lv), [])])) for lv in s.levels),
+                      key=lambda x: x[1])
+    stats = r.closed.get(("broker", level), [])
+    if not stats:
+        return "\n".join(lines)
+    cpu = {g: median([st.cpu_ms(g) for st in stats]) for g in ("broker", "postgres", "stub", "loadgen")}
+    kernel = median([st.cpu.kernel.get("broker", 0.0) / max(1e-9, st.cpu.by_group.get("broker", 0.0))
+                     for st in stats])
+    cores = os.cpu_count() or 1
+    total = sum(cpu.values())
+    budget = 1000 * cores / TARGET_RATE
+    lines += [
+        f"* Throughput: at best {rate:,.0f} exchanges/s (c={level}), {rate / TARGET_RATE:.0%} of {TARGET_RATE:,.0f}.",
+        f"  - The broker spends {cpu['broker']:.2f} ms of CPU per exchange ({kernel:.0%} of it in the kernel, "
+        f"mostly loopback TCP sends), in {s.brokers} process(es) with one event loop each: "
+        f"{1000 / cpu['broker']:,.0f}/s per fully used core at best; it used "
+        f"{median([st.cores('broker') for st in stats]):.2f} cores here.",
+        f"  - The whole machine spends {total:.2f} ms of CPU per exchange: broker {cpu['broker']:.2f}, PostgreSQL "
+        f"{cpu['postgres']:.2f}, provider stub {cpu['stub']:.2f}, load generator {cpu['loadgen']:.2f}. On "
+        f"{cores} cores that caps the rate at {1000 * cores / total:,.0f}/s; {TARGET_RATE:,.0f}/s needs "
+        f"<= {budget:.2f} ms in total, i.e. a {total / budget:.1f}x cut, and the stub and PostgreSQL alone "
+        f"take {cpu['stub'] + cpu['postgres']:.2f} ms of it.",
+    ]
+    stub_stats = r.closed.get(("stub", level), [])
+    if stub_stats:
+        lines.append(f"  - Without the broker, the stub answers {median([st.rate for st in stub_stats]):,.0f}/s "
+                     f"at c={level} on the same machine: the stub is not what limits the broker's rate.")
+    wait = median([st.wait_ms("broker") for st in stats])
+    lines.append(f"  - Sharing {cores} cores with PostgreSQL, the stub, the load generator (and other people's work, "
+                 f"{median([st.others for st in stats]):.2f} cores here), the broker waited {wait:.2f} ms per "
+                 "exchange for a CPU while runnable.")
+    b1, s1 = r.closed.get(("broker", 1), []), r.closed.get(("stub", 1), [])
+    if b1 and s1:
+        b50, s50 = median([st.p50 for st in b1]), median([st.p50 for st in s1])
+        detail = ""
+        flush = [r.db.get(k) for k in ("nonce claim on a bare connection (no pool reset)",
+                                        "nonce claim, bare, synchronous_commit=off (no WAL flush wait)")]
+        if flush[0] is not None and flush[1] is not None:
+            detail = (f": two commits each waiting for a WAL flush (about {flush[0][0] - flush[1][0]:.2f} ms each "
+                      "by the probe below), the other database round trips, the call to the stub, and the broker's own "
+                      "CPU")
+        lines.append(f"* Latency with nothing queued (c=1): an exchange takes {b50:.2f} ms at p50, the stub alone "
+                     f"{s50:.2f} ms; the broker adds {b50 - s50:.2f} ms{detail}.")
+    for rate_open in sorted({rt for _, rt in r.open}, reverse=True):
+        added = added_latency(r, rate_open).get("broker")
+        broker_open = r.open.get(("broker", rate_open), [])
+        if not added or not broker_open:
+            continue
+        p99 = median(added[1])
+        achieved = median([st.rate for st in broker_open])
+        verdict = "within" if p99 <= TARGET_ADDED_P99_MS else "over"
+        broker_cores = median([st.cores("broker") for st in broker_open])
+        why = ""
+        if achieved < 0.97 * rate_open:
+            why = (": its one event loop is saturated" if broker_cores > 0.9 else
+                   f": the machine is saturated (broker {broker_cores:.2f}, PostgreSQL "
+                   f"{median([st.cores('postgres') for st in broker_open]):.2f}, stub "
+                   f"{median([st.cores('stub') for st in broker_open]):.2f}, others "
+                   f"{median([st.others for st in broker_open]):.2f} cores)")
+            why += "; requests queue, and the added latency is that queue"
+        lines.append(f"* Latency at {rate_open:,.0f}/s: the broker adds {p99:+.2f} ms at p99 over the direct stub, "
+                     f"{verdict} the {TARGET_ADDED_P99_MS:.0f} ms target; it completed {achieved:,.0f}/s{why}.")
+    commits = [v[0] for k, v in r.db.items() if "as the broker" in k]
+    if commits:
+        lines.append("  - Each exchange makes its database round trips in series: "
+                     + "; ".join(f"{k.split(' (')[0]} {v[0]:.2f} ms" for k, v in r.db.items() if "as the broker" in k)
+                     + " at p50 on an idle server (each commit waits for its WAL flush).")
+    if r.profile is not None and r.profile_stats is not None:
+        lines.append("* Profile: " + profiling.headline(r.profile, broker_cpu(r.profile_stats)))
+    return "\n".join(lines)

@@ -1,0 +1,332 @@
+"""What a benchmark run starts: provider stub, nginx, database, registry, broker(s), trivial server.
+
+Every process listens on 127.0.0.1 only. Everything started is registered in the caller's `ExitStack` before the
+next start (see `procs`), so a failure half-way still stops what was started and drops the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import loadgen
+import orjson
+import procs
+from loadgen import Endpoint, RequestMaker, SignedExchange
+
+import schemas
+from adapters.api_particulier import request_for
+from adapters.base import AdapterQuery
+from adapters.identity import Subject
+from broker.demo import CONSUMER_SIRET, DEMO_SUBJECT
+from broker.keys import PrivateKey, generate_private_key
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+HOST = "127.0.0.1"
+PROVIDER_SIRET = "13002526500013"
+PURPOSE = "tarification-restauration-scolaire"
+FIELDS = ["quotient_familial", "enfants"]
+TOKEN_ENV = "DLNUF_BENCH_API_PARTICULIER_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+LEGAL_URL = "https://www.legifrance.gouv.fr/codes/article_lc/LEGIARTI000038611862"
+
+
+@dataclass(frozen=True)
+class Settings:
+    levels: tuple[int, ...]
+    reps: int
+    warmup: float
+    duration: float
+    rate: float
+    open_duration: float
+    open_connections: int
+    loadgen_procs: int
+    brokers: int
+    basis: str
+    embedded: bool
+    admin_url: str
+    nginx: str | None
+    pyspy: str | None
+    profile_seconds: float
+    keep_workdir: bool
+    request_timeout: float = 10.0
+
+
+# ---------------------------------------------------------------------------------------------- files for the run
+
+
+def registry_toml(key: PrivateKey, stub_url: str, basis: str) -> str:
+    jwk = ", ".join(f"{k} = {json.dumps(v)}" for k, v in key.public_jwk().items() if k != "kid")
+    return f"""# Written by benchmarks/exchange.py for one run.
+[[organisations]]
+siret = "{PROVIDER_SIRET}"
+name = "DINUM (API Particulier sandbox)"
+roles = ["provider"]
+
+[[organisations]]
+siret = "{CONSUMER_SIRET}"
+name = "Commune (benchmark consumer)"
+roles = ["consumer"]
+
+[[organisations.keys]]
+kid = "{key.kid}"
+jwk = {{ {jwk} }}
+
+[[adapters]]
+id = "api-particulier-bench"
+provider = "{PROVIDER_SIRET}"
+kind = "api_particulier"
+datasets = ["quotient_familial"]
+options = {{ base_url = "{stub_url}", token_env = "{TOKEN_ENV}", timeout = 5 }}
+
+[[habilitations]]
+id = "bench-quotient-familial"
+consumer = "{CONSUMER_SIRET}"
+dataset = "quotient_familial"
+purposes = ["{PURPOSE}"]
+fields = ["quotient_familial", "allocataires", "enfants", "adresse"]
+recipients = ["{CONSUMER_SIRET}"]
+retention = "P1Y"
+legal_basis = {{ type = "{basis}", title = "CRPA, article L114-8", url = "{LEGAL_URL}" }}
+"""
+
+
+def nginx_conf(workdir: Path, port: int, upstream_port: int) -> str:
+    d = workdir
+    return f"""# Written by benchmarks/exchange.py: a plain reverse proxy, the reference cost of one HTTP hop.
+daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    upstream sandbox {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://sandbox;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def exchange_body() -> bytes:
+    return orjson.dumps({"dataset": "quotient_familial", "purpose": PURPOSE, "recipient": CONSUMER_SIRET,
+                         "fields": FIELDS, "subject": DEMO_SUBJECT})
+
+
+def stub_path_query() -> str:
+    """The path and query the broker's adapter sends the provider for this exchange (the adapter's function)."""
+    query = AdapterQuery(dataset="quotient_familial", version=schemas.latest("quotient_familial"),
+                         subject=Subject.from_json(DEMO_SUBJECT), fields=frozenset(FIELDS), request_id="bench",
+                         recipient=CONSUMER_SIRET)
+    path, params = request_for(query)
+    return f"{path}?{urllib.parse.urlencode(params)}"
+
+
+def source_state() -> str:
+    """Which code is measured: the commit, and whether the working tree differs (others edit it concurrently)."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "broker", "adapters",
+                                "consent", "schemas"], capture_output=True, text=True, timeout=10,
+                               check=True).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return head + (f" + {len(dirty)} uncommitted file(s) in broker/ adapters/ consent/ schemas/" if dirty else "")
+
+
+# ---------------------------------------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    key: PrivateKey
+    token: str
+    stub: procs.Service
+    stub_port: int
+    brokers: list[procs.Service]
+    broker_ports: list[int]
+    db_dsn: str  # for the probes and pg_stat_activity
+    db_name: str
+    embedded: bool
+    nginx: procs.Service | None = None
+    nginx_port: int = 0
+    trivial_port: int = 0
+    trivial_pid: int = 0
+
+    def makers(self, target: str) -> tuple[list[RequestMaker], list[Endpoint]]:
+        """What the load generator sends to `target`: signed exchanges (broker; and the trivial server, to
+        measure the generator with the same work), or the adapter's own GET (stub, nginx)."""
+        if target == "broker":
+            endpoints = [Endpoint(HOST, p) for p in self.broker_ports]
+            return [SignedExchange(e, exchange_body(), self.key.to_jwk()) for e in endpoints], endpoints
+        if target == "trivial":
+            endpoint = Endpoint(HOST, self.trivial_port)
+            return [SignedExchange(endpoint, exchange_body(), self.key.to_jwk())], [endpoint]
+        endpoint = Endpoint(HOST, self.stub_port if target == "stub" else self.nginx_port)
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        return [loadgen.get_request(endpoint, stub_path_query(), headers)], [endpoint]
+
+    def broker_pids(self) -> list[int]:
+        return [pid for b in self.brokers for pid in b.pids()]
+
+    def postgres_pids(self) -> list[int]:
+        """The server processes doing the broker's database work: the embedded server entirely, or the
+        backends connected to the run's database."""
+        if self.embedded:
+            pgdata = self.workdir / "state" / "pgdata"
+            try:
+                postmaster = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+            except (OSError, ValueError, IndexError):
+                return []
+            return [postmaster, *procs.descendants(postmaster)]
+        return procs.backend_pids(self.db_dsn, self.db_name)
+
+
+def build(es: contextlib.ExitStack, s: Settings) -> Stack:
+    workdir = Path(tempfile.mkdtemp(prefix="dlnuf-bench-"))
+    if s.keep_workdir:
+        es.callback(print, f"kept {workdir} (logs, registry, nginx.conf, py-spy output)", file=sys.stderr)
+    else:
+        es.callback(shutil.rmtree, workdir, ignore_errors=True)
+    print(f"work directory {workdir}", file=sys.stderr)
+    key = generate_private_key("ed25519", kid=f"bench-{secrets.token_hex(4)}")
+    token = secrets.token_urlsafe(24)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DLNUF_") and k != "DATABASE_URL"}
+    env["PYTHONPATH"] = str(ROOT)
+
+    # 1. The provider stub: the API Particulier sandbox, in the upstream format the adapter speaks.
+    stub_port = procs.free_port()
+    stub = procs.start(es, "provider stub", [PYTHON, "-m", "adapters.sandbox", "--host", HOST, "--port",
+                                             str(stub_port)],
+                       env={**env, "DLNUF_SANDBOX_TOKEN": token}, log=workdir / "stub.log", cwd=ROOT)
+    procs.wait_http(stub, f"http://{HOST}:{stub_port}/", ok=lambda st: st == 404)
+
+    # 2. nginx in front of the same stub.
+    nginx, nginx_port = None, 0
+    if s.nginx is not None:
+        ngdir = workdir / "nginx"
+        ngdir.mkdir()
+        nginx_port = procs.free_port()
+        conf = ngdir / "nginx.conf"
+        conf.write_text(nginx_conf(ngdir, nginx_port, stub_port))
+        common = ["-p", str(ngdir), "-e", str(ngdir / "error.log"), "-c", str(conf)]
+        test = subprocess.run([s.nginx, "-t", "-q", *common], capture_output=True, text=True, timeout=30,
+                              check=False)
+        if test.returncode != 0:
+            raise procs.SetupError(f"nginx refuses the generated configuration {conf}:\n{test.stderr}")
+        nginx = procs.start(es, "nginx", [s.nginx, *common], env=env, log=ngdir / "stdout.log")
+        procs.wait_http(nginx, f"http://{HOST}:{nginx_port}/", ok=lambda st: st == 404)
+
+    # 3. The database and the registry.
+    db_name = f"dlnuf_bench_{os.getpid()}_{secrets.token_hex(3)}"
+    state_dir = workdir / "state"
+    broker_env = {**env, "DLNUF_STATE_DIR": str(state_dir), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: token}
+    if s.embedded:
+        db_name = "postgres"
+        es.callback(procs.stop_embedded, state_dir / "pgdata")  # runs after the brokers stop
+    else:
+        broker_env["DATABASE_URL"] = procs.create_database(es, s.admin_url, db_name)
+        print(f"database {db_name} created", file=sys.stderr)
+    registry_file = workdir / "registry.toml"
+    registry_file.write_text(registry_toml(key, f"http://{HOST}:{stub_port}", s.basis))
+    broker_env["DLNUF_REGISTRY_FILE"] = str(registry_file)
+
+    # 4. The broker(s), one after the other: the first creates the signing key and applies the registry.
+    brokers, ports = [], []
+    for i in range(s.brokers):
+        port = procs.free_port()
+        broker = procs.start(es, f"broker #{i + 1}", [PYTHON, "-m", "broker", "serve", "--host", HOST, "--port",
+                                                      str(port)],
+                             env=broker_env, log=workdir / f"broker-{i + 1}.log", cwd=ROOT)
+        procs.wait_http(broker, f"http://{HOST}:{port}/readyz", ok=lambda st: st == 200, timeout=120)
+        brokers.append(broker)
+        ports.append(port)
+    dsn = broker_env.get("DATABASE_URL") or procs.embedded_dsn(state_dir / "pgdata") or ""
+    stack = Stack(workdir, key, token, stub, stub_port, brokers, ports, dsn, db_name, s.embedded, nginx,
+                  nginx_port)
+
+    # 5. The trivial server, for the load generator's ceiling.
+    stack.trivial_port = procs.free_port()
+    trivial = multiprocessing.get_context("spawn").Process(
+        target=loadgen.serve_trivial, args=(stack.trivial_port,), daemon=True, name="trivial-server")
+    trivial.start()
+    es.callback(stop_mp, trivial)
+    stack.trivial_pid = trivial.pid or 0
+    _wait_port(stack.trivial_port)
+    return stack
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise procs.SetupError(f"nothing listens on {HOST}:{port} after {timeout:.0f}s")
+
+
+def stop_mp(process: multiprocessing.process.BaseProcess) -> None:
+    if process.is_alive():
+        process.terminate()
+        process.join(5)
+    if process.is_alive():
+        process.kill()
+        process.join(2)
+
+
+def smoke_test(stack: Stack) -> str:
+    """One exchange through the SDK (the answer's signature verified against the broker's JWKS), and one call of
+    the stub directly and through nginx: what the load then repeats works, and answers data."""
+    import aiohttp
+
+    from broker.client import BrokerClient
+
+    async def run() -> str:
+        async with BrokerClient(f"http://{HOST}:{stack.broker_ports[0]}", key=stack.key) as client:
+            answer = await client.exchange(dataset="quotient_familial", purpose=PURPOSE, recipient=CONSUMER_SIRET,
+                                           fields=FIELDS, subject=DEMO_SUBJECT)
+        if not answer.data.get("quotient_familial"):
+            raise procs.SetupError(f"the broker answered without the data: {answer.raw}")
+        headers = {"Authorization": f"Bearer {stack.token}", "Accept": "application/json"}
+        async with aiohttp.ClientSession() as session:
+            for port in [stack.stub_port] + ([stack.nginx_port] if stack.nginx else []):
+                async with session.get(f"http://{HOST}:{port}{stub_path_query()}", headers=headers) as resp:
+                    doc = await resp.json()
+                    if resp.status != 200 or "quotient_familial" not in doc.get("data", {}):
+                        raise procs.SetupError(f"the stub on port {port} answered {resp.status}: {doc}")
+        return f"one exchange released {', '.join(answer.fields_released)}, its answer signature verified"
+
+    return asyncio.run(run())
