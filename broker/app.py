@@ -27,6 +27,8 @@ from broker.middleware import request_id_middleware, signing_middleware
 from broker.openapi import openapi_document
 from broker.problems import problem_middleware
 from broker.state import STATE, AdapterSet, BrokerState, RegistryCache
+from consent import login_routes
+from consent.sealing import Sealer
 
 log = structlog.get_logger(__name__)
 
@@ -149,6 +151,16 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(openapi_document()), content_type="application/json")
 
 
+async def citizen_login_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Citizen login (OpenID Connect, `consent.login_routes`) on the broker's pool and HTTP session."""
+    config, state = app[CONFIG], app[STATE]
+    assert config.citizen_login is not None
+    async with login_routes.running(app, config.citizen_login, pool=state.pool, http=state.adapters.session,
+                                    subject_secret=state.subject_secret,
+                                    sealer=Sealer.from_file(config.identity_key_file)):
+        yield
+
+
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[request_id_middleware, signing_middleware, problem_middleware],
@@ -157,6 +169,9 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(state_ctx)
+    if config.citizen_login is not None:
+        app.cleanup_ctx.append(citizen_login_ctx)
+        login_routes.add_routes(app.router)
     app.cleanup_ctx.append(tlog_routes.tlog_ctx)
     app.router.add_post("/v1/exchanges", handle_exchange)
     app.router.add_get("/healthz", healthz)

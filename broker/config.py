@@ -64,6 +64,8 @@ class Config:
     """Seconds before the first retry; doubled at each failure up to `outbox_max_backoff`."""
     outbox_max_backoff: float
     outbox_timeout: float
+    citizen_login: CitizenLoginConfig | None = None
+    """OpenID Connect login of citizens (FranceConnect); None: not configured, the /citizen/ routes do not exist."""
 
     @property
     def embedded(self) -> bool:
@@ -110,6 +112,75 @@ def _sirets(env: Mapping[str, str], name: str) -> frozenset[str]:
     return values
 
 
+CALLBACK_PATH = "/citizen/callback"
+LOGGED_OUT_PATH = "/citizen/logged-out"
+
+
+@dataclass(frozen=True, slots=True)
+class CitizenLoginConfig:
+    """Citizen login through an OpenID Provider (FranceConnect, or the sandbox OP). A value that exists is complete."""
+
+    issuer: str
+    """The OP's issuer URL; discovery is at `{issuer}/.well-known/openid-configuration`."""
+    client_id: str
+    client_secret_env: str
+    """Name of the environment variable holding the client secret: the secret itself never sits in a `Config`."""
+    redirect_uri: str
+    """This broker's callback as the browser reaches it (registered at the OP): `https://…/citizen/callback`."""
+    post_logout_redirect_uri: str
+    """Where the OP sends the browser back after its logout (registered at the OP too)."""
+    session_lifetime: float
+    """Seconds a citizen session lives after login (absolute, not renewed by activity)."""
+    cookie_secure: bool
+    """Secure flag of the session cookie: on when the broker is served over TLS."""
+
+    def __post_init__(self) -> None:
+        if not self.issuer.startswith(("https://", "http://")) or self.issuer.endswith("/"):
+            raise ConfigError("DLNUF_OIDC_ISSUER must be an http(s) URL without a trailing slash")
+        if not self.client_id:
+            raise ConfigError("DLNUF_OIDC_CLIENT_ID must not be empty")
+        for name, uri, path in (("DLNUF_OIDC_REDIRECT_URI", self.redirect_uri, CALLBACK_PATH),
+                                ("DLNUF_OIDC_POST_LOGOUT_REDIRECT_URI", self.post_logout_redirect_uri, "")):
+            if not uri.startswith(("https://", "http://")) or not uri.endswith(path) or "?" in uri or "#" in uri:
+                raise ConfigError(f"{name} must be an http(s) URL ending in {path or 'a path'}, got {uri!r}")
+        if not 60 <= self.session_lifetime <= 86400:
+            raise ConfigError("DLNUF_CITIZEN_SESSION_LIFETIME must be between 60 and 86400 seconds")
+        # a session cookie without Secure on a TLS site would also travel in clear to any http:// URL of the host
+        if self.redirect_uri.startswith("https://") and not self.cookie_secure:
+            raise ConfigError("DLNUF_COOKIE_SECURE cannot be false when DLNUF_OIDC_REDIRECT_URI is https://")
+
+
+_OIDC_VARS = ("DLNUF_OIDC_ISSUER", "DLNUF_OIDC_CLIENT_ID", "DLNUF_OIDC_CLIENT_SECRET_ENV", "DLNUF_OIDC_REDIRECT_URI",
+              "DLNUF_OIDC_POST_LOGOUT_REDIRECT_URI", "DLNUF_CITIZEN_SESSION_LIFETIME", "DLNUF_COOKIE_SECURE")
+
+
+def _citizen_login(env: Mapping[str, str], public_url: str | None) -> CitizenLoginConfig | None:
+    """None when no DLNUF_OIDC_* variable is set; a complete configuration, or a ConfigError naming what is missing."""
+    if not any(env.get(name) for name in _OIDC_VARS):
+        return None
+    issuer, client_id = env.get("DLNUF_OIDC_ISSUER") or "", env.get("DLNUF_OIDC_CLIENT_ID") or ""
+    for name, value in (("DLNUF_OIDC_ISSUER", issuer), ("DLNUF_OIDC_CLIENT_ID", client_id)):
+        if not value:
+            raise ConfigError(f"citizen login is half-configured: {name} is missing")
+    secret_env = env.get("DLNUF_OIDC_CLIENT_SECRET_ENV") or "DLNUF_OIDC_CLIENT_SECRET"
+    if not env.get(secret_env):
+        raise ConfigError(f"citizen login needs the client secret in {secret_env} (named by "
+                          "DLNUF_OIDC_CLIENT_SECRET_ENV), which is not set")
+    redirect_uri = env.get("DLNUF_OIDC_REDIRECT_URI") or (public_url + CALLBACK_PATH if public_url else "")
+    if not redirect_uri:
+        raise ConfigError("citizen login needs DLNUF_OIDC_REDIRECT_URI (or DLNUF_PUBLIC_URL to derive it from)")
+    secure = (env.get("DLNUF_COOKIE_SECURE") or ("true" if redirect_uri.startswith("https://") else "false")).lower()
+    if secure not in ("true", "false"):
+        raise ConfigError("DLNUF_COOKIE_SECURE must be true or false")
+    return CitizenLoginConfig(
+        issuer=issuer.rstrip("/"), client_id=client_id, client_secret_env=secret_env, redirect_uri=redirect_uri,
+        post_logout_redirect_uri=(env.get("DLNUF_OIDC_POST_LOGOUT_REDIRECT_URI")
+                                  or redirect_uri.removesuffix(CALLBACK_PATH) + LOGGED_OUT_PATH),
+        session_lifetime=_float(env, "DLNUF_CITIZEN_SESSION_LIFETIME", 1800.0, 60.0, 86400.0),
+        cookie_secure=secure == "true",
+    )
+
+
 def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Config:
     """Read `DLNUF_*` and `DATABASE_URL`; keyword overrides (from the command line) win."""
     env = os.environ if env is None else env
@@ -135,6 +206,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     if notify_webhook is not None and not notify_webhook.startswith(("http://", "https://")):
         raise ConfigError("DLNUF_NOTIFY_WEBHOOK must start with http:// or https://")
     values: dict[str, object] = dict(
+        citizen_login=_citizen_login(env, public_url),
         database_url=database_url,
         state_dir=state_dir,
         host=env.get("DLNUF_HOST") or "127.0.0.1",

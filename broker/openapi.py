@@ -264,6 +264,68 @@ def _log_paths() -> dict[str, Any]:
     }
 
 
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "headers": _SIG_HEADERS,
+            "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _redirect(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "headers": {**_SIG_HEADERS, "Location": {"schema": {"type": "string"}, "description": "Where to go."}}}
+
+
+def _citizen_login_paths() -> dict[str, Any]:
+    """Citizen login (OpenID Connect, FranceConnect): browser routes, present when DLNUF_OIDC_* is configured.
+    Refusals are French HTML pages that do not say which check failed."""
+    query = {"in": "query", "required": False, "schema": {"type": "string"}}
+    return {
+        "/citizen/login": {"get": {
+            "operationId": "citizenLogin", "tags": ["citizen login"],
+            "summary": "Log a citizen in with FranceConnect, then come back to `next`",
+            "parameters": [{"name": "next", **query, "description": "A local path (with its query) to come back "
+                            "to, e.g. `/oauth/authorize?...` URL-encoded; anything else lands on `/citizen/`."}],
+            "responses": {
+                "302": _redirect("To the OP's authorization endpoint (state, nonce, PKCE S256, acr_values=eidas1), "
+                                 "with a short-lived sealed login cookie; or straight to `next` when logged in."),
+                "502": _html("The OP could not be reached."),
+            },
+        }},
+        "/citizen/callback": {"get": {
+            "operationId": "citizenCallback", "tags": ["citizen login"],
+            "summary": "The OP's redirect back: checks the state, redeems the code, verifies the id_token",
+            "parameters": [{"name": name, **query} for name in ("code", "state", "error", "error_description")],
+            "responses": {
+                "302": _redirect("Logged in: to `next`, with the `dlnuf_session` cookie (HttpOnly, SameSite=Lax, "
+                                 "Secure over TLS)."),
+                "400": _html("Cancelled, state not from this browser or expired, or code already used."),
+                "502": _html("The OP failed, or its id_token or userinfo did not verify."),
+            },
+        }},
+        "/citizen/logout": {"post": {
+            "operationId": "citizenLogout", "tags": ["citizen login"],
+            "summary": "End the citizen's session here and at the OP",
+            "requestBody": {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "properties": {"csrf": {"type": "string"}}}}}},
+            "parameters": [{"name": "X-CSRF-Token", "in": "header", "required": False,
+                            "schema": {"type": "string"}, "description": "Or the form field `csrf`."}],
+            "responses": {
+                "303": _redirect("To the OP's end_session_endpoint, which comes back to `/citizen/logged-out`."),
+                "403": _html("The session's CSRF token is missing or wrong: nothing happened."),
+            },
+        }},
+        "/citizen/logged-out": {"get": {
+            "operationId": "citizenLoggedOut", "tags": ["citizen login"], "summary": "Where the OP logout returns",
+            "parameters": [{"name": "state", **query}],
+            "responses": {"200": _html("The citizen is logged out.")},
+        }},
+        "/citizen/": {"get": {
+            "operationId": "citizenAccount", "tags": ["citizen login"],
+            "summary": "Who is logged in, and the logout button",
+            "responses": {"200": _html("The account page."), "302": _redirect("Not logged in: to the login.")},
+        }},
+    }
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     problems = "\n".join(f"- `{p.uri}` ({p.status}): {p.description}" for p in all_problem_types())
@@ -354,6 +416,7 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "jwks", "summary": "The broker's public keys (response signatures)",
                 "responses": {"200": _json("JWK Set")}}},
             **_log_paths(),
+            **_citizen_login_paths(),
         },
         "x-problem-base": PROBLEM_BASE,
         "x-datasets": {k: list(v) for k, v in schemas.catalogue().items()},

@@ -1,0 +1,383 @@
+"""OpenID Connect relying party for the citizen login, FranceConnect-compatible.
+
+`OidcClient.authorization_request()` gives the URL to send the browser to, with a fresh ``state``, ``nonce`` and
+PKCE S256 verifier that the caller keeps with the browser; `OidcClient.finish()` takes the code back and returns a
+`LoginResult` only once every check below passed, in this order:
+
+1. the code is exchanged at the token endpoint (client_secret_post, the PKCE verifier, the same redirect URI);
+2. the id_token's signature verifies against the OP's JWKS (fetched and cached, fetched again once when the kid is
+   unknown, for key rotation), with an algorithm from `ALGORITHMS` that the key is for: never ``none``, never HS*;
+3. its claims verify (`verify_id_token_claims`): ``iss``, ``aud`` (and ``azp``), ``exp``, ``iat``, ``nonce``, ``acr``;
+4. userinfo is fetched with the access token (JSON, or a JWT verified like step 2 as FranceConnect v2 answers) and
+   must be about the same ``sub`` (OpenID Connect Core §5.3.2);
+5. the pivot identity is built from the claims (`adapters.identity.PivotIdentity` checks every format).
+
+Discovery is cached for `METADATA_TTL` seconds and must name exactly the configured issuer.
+
+Errors: one base, `LoginError`; the OP misbehaving or unreachable gives `ProviderError` (transport, error
+answers) or `CodeRejected` (the token endpoint refused the code: replayed, expired); untrusted data failing a check
+gives `InvalidIdToken` or `InvalidUserinfo`; the citizen cancelling gives `LoginDenied`; the browser coming back
+with another login's state gives `StateMismatch`. Messages are for the server log only: they may say which check
+failed, which a citizen or an attacker has no use for.
+
+Invariant: a `LoginResult` only exists for an id_token whose signature and claims verified, together with userinfo
+about the same subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import jwt
+import orjson
+
+from adapters.identity import PivotIdentity, SubjectError
+
+SCOPES = ("openid", "given_name", "family_name", "birthdate", "gender", "birthplace", "birthcountry",
+          "preferred_name", "email")
+ACR_VALUES = "eidas1"
+ACCEPTED_ACR = frozenset({"eidas1", "eidas2", "eidas3"})
+"""We ask for eidas1, the floor; an OP may authenticate more strongly."""
+ALGORITHMS = frozenset({"ES256", "RS256"})
+"""What FranceConnect signs with. Symmetric algorithms would let anyone holding the client secret forge tokens."""
+MAX_SKEW = 60.0
+"""Seconds of clock difference with the OP tolerated on ``exp`` and ``iat``."""
+MAX_ID_TOKEN_AGE = 600.0
+"""An id_token issued longer ago than this is refused even if unexpired: it was just issued, or it is replayed."""
+METADATA_TTL = 3600.0
+TIMEOUT = 10.0
+
+
+class LoginError(Exception):
+    """The login did not complete. The message is for the server log, never for the citizen."""
+
+
+class ProviderError(LoginError):
+    """The OP could not be reached, or answered an error or something malformed."""
+
+
+class CodeRejected(ProviderError):
+    """The token endpoint refused the code: already used, expired, or not ours."""
+
+
+class LoginDenied(LoginError):
+    """The OP sent the citizen back with an error (``access_denied`` when they cancelled)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(f"the OP answered error={error}")
+        self.error = error
+
+
+class StateMismatch(LoginError):
+    """The callback's state is not the one this browser started a login with (or that login expired)."""
+
+
+class InvalidIdToken(LoginError):
+    """The id_token's signature, algorithm or claims did not verify."""
+
+
+class InvalidUserinfo(LoginError):
+    """Userinfo did not verify, is about another subject, or lacks a well-formed pivot identity."""
+
+
+def verify_state(expected: str, received: str) -> None:
+    """Return None when the callback's state is the one the login started with; raise `StateMismatch` otherwise."""
+    if not expected or not hmac.compare_digest(expected.encode(), received.encode()):
+        raise StateMismatch("state differs from the one this login started with")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderMetadata:
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    userinfo_endpoint: str
+    jwks_uri: str
+    end_session_endpoint: str | None
+
+    @classmethod
+    def from_json(cls, raw: Any, *, issuer: str) -> ProviderMetadata:
+        if not isinstance(raw, Mapping):
+            raise ProviderError("discovery document is not an object")
+        # OpenID Connect Discovery §4.3: the issuer in the document must be exactly the one we asked
+        if raw.get("issuer") != issuer:
+            raise ProviderError(f"discovery names issuer {raw.get('issuer')!r}, expected {issuer!r}")
+        return cls(issuer=issuer, authorization_endpoint=_endpoint(raw, "authorization_endpoint"),
+                   token_endpoint=_endpoint(raw, "token_endpoint"),
+                   userinfo_endpoint=_endpoint(raw, "userinfo_endpoint"), jwks_uri=_endpoint(raw, "jwks_uri"),
+                   end_session_endpoint=(_endpoint(raw, "end_session_endpoint")
+                                         if raw.get("end_session_endpoint") is not None else None))
+
+
+def _endpoint(raw: Mapping[str, Any], name: str) -> str:
+    value = raw.get(name)
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
+        raise ProviderError(f"discovery: {name} is missing or not an http(s) URL")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRequest:
+    """Where to send the browser, and what to keep with it until the callback (secret: never in a URL of ours)."""
+
+    url: str
+    state: str
+    nonce: str = field(repr=False)
+    code_verifier: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    identity: PivotIdentity = field(repr=False)
+    issuer: str
+    sub: str
+    """The OP's pairwise identifier of the citizen for our client."""
+    acr: str
+    id_token: str = field(repr=False)
+    """Kept as the ``id_token_hint`` of the OP logout."""
+    email: str | None = field(default=None, repr=False)
+
+
+def pkce_challenge(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def _with_query(url: str, params: Mapping[str, str]) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="&".join(q for q in (parts.query, urlencode(params)) if q)))
+
+
+def _seconds(claims: Mapping[str, Any], name: str) -> float:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidIdToken(f"{name} is missing or not a number")
+    return float(value)
+
+
+def verify_id_token_claims(claims: Mapping[str, Any], *, issuer: str, client_id: str, nonce: str,
+                           now: datetime) -> None:
+    """Return None when the (signature-verified) claims are for us, now, and this login; raise `InvalidIdToken`."""
+    # 1. issued by our OP, for our client (OpenID Connect Core §3.1.3.7, points 2 to 5)
+    if claims.get("iss") != issuer:
+        raise InvalidIdToken(f"iss is {claims.get('iss')!r}, expected {issuer!r}")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    if client_id not in audiences:
+        raise InvalidIdToken(f"aud {aud!r} does not name our client")
+    if len(audiences) > 1 and claims.get("azp") != client_id:
+        raise InvalidIdToken("several audiences and azp is not our client")
+    # 2. fresh: not expired, not issued in the future, not issued long ago (a replay of an old token)
+    t = now.timestamp()
+    if _seconds(claims, "exp") + MAX_SKEW <= t:
+        raise InvalidIdToken("expired")
+    iat = _seconds(claims, "iat")
+    if iat > t + MAX_SKEW:
+        raise InvalidIdToken("issued in the future")
+    if t - iat > MAX_ID_TOKEN_AGE:
+        raise InvalidIdToken("issued too long ago")
+    # 3. for this login: the nonce we sent with this browser's authorization request
+    got = claims.get("nonce")
+    if not isinstance(got, str) or not nonce or not hmac.compare_digest(got.encode(), nonce.encode()):
+        raise InvalidIdToken("nonce differs from the one this login sent")
+    # 4. authenticated at least at the level we asked, and about someone
+    if claims.get("acr") not in ACCEPTED_ACR:
+        raise InvalidIdToken(f"acr {claims.get('acr')!r} is not one of {sorted(ACCEPTED_ACR)}")
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise InvalidIdToken("sub is missing")
+
+
+class _UnknownKey(Exception):
+    pass
+
+
+def decode_signed(token: str, keys: Mapping[str, Mapping[str, Any]], *, issuer: str, audience: str,
+                  error: type[LoginError]) -> dict[str, Any]:
+    """Verify a JWS against the OP's keys (by kid) and return its claims; `iss` and `aud` are checked here too.
+    Raises `error` for anything wrong, except an unknown kid, which raises `_UnknownKey` so the caller may fetch
+    the JWKS again (the OP may have rotated its key)."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise error(f"not a JWS: {exc}") from None
+    alg = header.get("alg")
+    # the algorithm comes from our allow-list, checked before any key is looked at: "none" and HS* never pass
+    if alg not in ALGORITHMS:
+        raise error(f"algorithm {alg!r} is not allowed")
+    kid = header.get("kid")
+    if kid is None and len(keys) == 1:
+        kid = next(iter(keys))
+    if not isinstance(kid, str) or kid not in keys:
+        raise _UnknownKey(f"unknown kid {kid!r}")
+    jwk = dict(keys[kid])
+    if jwk.get("alg", alg) != alg:
+        raise error(f"key {kid} is for {jwk.get('alg')}, the token says {alg}")
+    try:
+        # PyJWK refuses a key of the wrong type for the algorithm (an EC key for RS256)
+        key = jwt.PyJWK(jwk, algorithm=alg)
+        claims: dict[str, Any] = jwt.decode(
+            token, key, algorithms=[alg], audience=audience, issuer=issuer,
+            # times are checked by the caller against its injectable clock
+            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False, "require": ["iss", "aud"]},
+        )
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise error(f"{type(exc).__name__}: {exc}") from None
+    return claims
+
+
+def pivot_identity(claims: Mapping[str, Any]) -> PivotIdentity:
+    """The pivot identity in FranceConnect's claims; FranceConnect sends birthplace "" for people born abroad."""
+    raw: dict[str, Any] = {name: claims.get(name) for name in
+                           ("family_name", "given_name", "birthdate", "gender", "birthcountry")}
+    raw["birthplace"] = claims.get("birthplace") or ""
+    raw["preferred_name"] = claims.get("preferred_name") or ""
+    try:
+        return PivotIdentity.from_json(raw)
+    except SubjectError as exc:
+        raise InvalidUserinfo(f"pivot identity: {exc}") from None
+
+
+class OidcClient:
+    """One OpenID Provider, one registered client. Shares the application's `aiohttp.ClientSession`."""
+
+    def __init__(self, http: aiohttp.ClientSession, *, issuer: str, client_id: str, client_secret: str,
+                 redirect_uri: str, timeout: float = TIMEOUT, metadata_ttl: float = METADATA_TTL) -> None:
+        self.http = http
+        self.issuer = issuer
+        self.client_id = client_id
+        self._secret = client_secret
+        self.redirect_uri = redirect_uri
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._metadata_ttl = metadata_ttl
+        self._metadata: ProviderMetadata | None = None
+        self._metadata_at = 0.0
+        self._keys: dict[str, dict[str, Any]] | None = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"OidcClient(issuer={self.issuer!r}, client_id={self.client_id!r})"
+
+    # --------------------------------------------------------------------------------------- transport
+
+    async def _json(self, method: str, url: str, *, what: str, **kwargs: Any) -> tuple[int, str, Any]:
+        """(status, content type, body): JSON decoded, or text for application/jwt. Only `ProviderError` escapes."""
+        try:
+            async with self.http.request(method, url, timeout=self._timeout, allow_redirects=False,
+                                         **kwargs) as resp:
+                body = await resp.read()
+                ctype = resp.content_type
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ProviderError(f"{what}: {type(exc).__name__}: {exc}") from None
+        if ctype == "application/jwt":
+            return status, ctype, body.decode("ascii", "replace").strip()
+        try:
+            return status, ctype, orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ProviderError(f"{what}: HTTP {status}, not JSON ({ctype})") from None
+
+    async def metadata(self) -> ProviderMetadata:
+        """The discovery document, cached for `metadata_ttl` seconds."""
+        async with self._lock:
+            if self._metadata is None or time.monotonic() - self._metadata_at > self._metadata_ttl:
+                status, _, raw = await self._json("GET", self.issuer + "/.well-known/openid-configuration",
+                                                  what="discovery")
+                if status != 200:
+                    raise ProviderError(f"discovery: HTTP {status}")
+                self._metadata = ProviderMetadata.from_json(raw, issuer=self.issuer)
+                self._metadata_at = time.monotonic()
+                self._keys = None  # the jwks_uri may have changed with the document
+            return self._metadata
+
+    async def _fetch_keys(self, meta: ProviderMetadata) -> dict[str, dict[str, Any]]:
+        status, _, raw = await self._json("GET", meta.jwks_uri, what="jwks")
+        if status != 200 or not isinstance(raw, Mapping) or not isinstance(raw.get("keys"), list):
+            raise ProviderError(f"jwks: HTTP {status}, not a JWK set")
+        keys = {k["kid"]: k for k in raw["keys"]
+                if isinstance(k, dict) and isinstance(k.get("kid"), str) and k.get("use", "sig") == "sig"
+                and k.get("kty") in ("EC", "RSA")}
+        self._keys = keys
+        return keys
+
+    async def _verify_signed(self, token: str, *, error: type[LoginError]) -> dict[str, Any]:
+        meta = await self.metadata()
+        keys = self._keys if self._keys is not None else await self._fetch_keys(meta)
+        try:
+            return decode_signed(token, keys, issuer=meta.issuer, audience=self.client_id, error=error)
+        except _UnknownKey:
+            pass
+        # the OP may have rotated its key since we cached the set: fetch it once more, then give up
+        try:
+            return decode_signed(token, await self._fetch_keys(meta), issuer=meta.issuer, audience=self.client_id,
+                                 error=error)
+        except _UnknownKey as exc:
+            raise error(str(exc)) from None
+
+    # --------------------------------------------------------------------------------------- the flow
+
+    async def authorization_request(self) -> AuthorizationRequest:
+        meta = await self.metadata()
+        state, nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(48)
+        url = _with_query(meta.authorization_endpoint, {
+            "response_type": "code", "client_id": self.client_id, "redirect_uri": self.redirect_uri,
+            "scope": " ".join(SCOPES), "state": state, "nonce": nonce, "acr_values": ACR_VALUES,
+            "code_challenge": pkce_challenge(verifier), "code_challenge_method": "S256",
+        })
+        return AuthorizationRequest(url=url, state=state, nonce=nonce, code_verifier=verifier)
+
+    async def finish(self, *, code: str, code_verifier: str, nonce: str, now: datetime | None = None) -> LoginResult:
+        """Exchange the code and verify everything (see the module docstring); raise a `LoginError` leaf."""
+        now = now or datetime.now(UTC)
+        meta = await self.metadata()
+        # 1. the code, for the token endpoint, with our secret (client_secret_post) and the PKCE verifier
+        status, _, tokens = await self._json("POST", meta.token_endpoint, what="token", data={
+            "grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri,
+            "client_id": self.client_id, "client_secret": self._secret, "code_verifier": code_verifier,
+        })
+        if status == 400 and isinstance(tokens, Mapping) and tokens.get("error") == "invalid_grant":
+            raise CodeRejected(f"token endpoint: invalid_grant ({tokens.get('error_description')})")
+        if status != 200 or not isinstance(tokens, Mapping):
+            error = tokens.get("error") if isinstance(tokens, Mapping) else None
+            raise ProviderError(f"token endpoint: HTTP {status} {error or ''}".strip())
+        id_token, access_token = tokens.get("id_token"), tokens.get("access_token")
+        if not isinstance(id_token, str) or not isinstance(access_token, str) or \
+                str(tokens.get("token_type", "")).lower() != "bearer":
+            raise ProviderError("token endpoint: no id_token, no access_token or not a Bearer token")
+        # 2. and 3. the id_token: signature, then claims
+        claims = await self._verify_signed(id_token, error=InvalidIdToken)
+        verify_id_token_claims(claims, issuer=meta.issuer, client_id=self.client_id, nonce=nonce, now=now)
+        # 4. userinfo, about the same subject
+        status, ctype, info = await self._json("GET", meta.userinfo_endpoint, what="userinfo",
+                                               headers={"Authorization": f"Bearer {access_token}"})
+        if status != 200:
+            raise ProviderError(f"userinfo: HTTP {status}")
+        if ctype == "application/jwt":
+            info = await self._verify_signed(info, error=InvalidUserinfo)
+        if not isinstance(info, Mapping):
+            raise InvalidUserinfo("userinfo is not an object")
+        if info.get("sub") != claims["sub"]:
+            raise InvalidUserinfo("userinfo is about another sub than the id_token")
+        # 5. the pivot identity
+        email = info.get("email")
+        return LoginResult(identity=pivot_identity(info), issuer=meta.issuer, sub=claims["sub"], acr=claims["acr"],
+                           id_token=id_token, email=email if isinstance(email, str) and email else None)
+
+    async def end_session_url(self, *, id_token_hint: str, post_logout_redirect_uri: str, state: str) -> str | None:
+        """Where to send the browser to end the OP's session too; None when the OP has no end_session_endpoint."""
+        meta = await self.metadata()
+        if meta.end_session_endpoint is None:
+            return None
+        return _with_query(meta.end_session_endpoint, {
+            "id_token_hint": id_token_hint, "post_logout_redirect_uri": post_logout_redirect_uri, "state": state,
+        })
