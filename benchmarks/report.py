@@ -187,15 +187,24 @@ def obstacles(stack: Stack, s: Settings, r: Results) -> str:
     b1, s1 = r.closed.get(("broker", 1), []), r.closed.get(("stub", 1), [])
     if b1 and s1:
         b50, s50 = median([st.p50 for st in b1]), median([st.p50 for st in s1])
-        detail = ""
+        own, waited = median([st.cpu_ms("broker") for st in b1]), median([st.wait_ms("broker") for st in b1])
+        lines.append(f"* Latency with nothing queued (c=1): an exchange takes {b50:.2f} ms at p50, the stub alone "
+                     f"{s50:.2f} ms. Nothing overlaps at c=1, so roughly: {own:.2f} ms of the broker's own CPU + "
+                     f"{waited:.2f} ms waiting for a CPU")
+        statements = [v[0] for k, v in r.db.items() if "as the broker does it" in k]
+        if statements:
+            lines[-1] += (f" + {sum(statements):.2f} ms in its database statements (nonce claim, access log; "
+                          "probe p50 below)")
+        lines[-1] += f" + {s50:.2f} ms for the stub = {own + waited + sum(statements) + s50:.2f} ms."
         flush = [r.db.get(k) for k in ("nonce claim on a bare connection (no pool reset)",
                                         "nonce claim, bare, synchronous_commit=off (no WAL flush wait)")]
-        if flush[0] is not None and flush[1] is not None:
-            detail = (f": two commits each waiting for a WAL flush (about {flush[0][0] - flush[1][0]:.2f} ms each "
-                      "by the probe below), the other database round trips, the call to the stub, and the broker's own "
-                      "CPU")
-        lines.append(f"* Latency with nothing queued (c=1): an exchange takes {b50:.2f} ms at p50, the stub alone "
-                     f"{s50:.2f} ms; the broker adds {b50 - s50:.2f} ms{detail}.")
+        pooled, bare = (r.db.get("SELECT 1 through the pool (acquire, query, reset on release)"),
+                        r.db.get("SELECT 1 on a bare connection (the round-trip floor)"))
+        if flush[0] and flush[1] and pooled and bare:
+            lines.append(f"  - In the database part: each of the two commits waits for its WAL flush (about "
+                         f"{flush[0][0] - flush[1][0]:.2f} ms by the probe), and each pool acquire costs an extra "
+                         f"round trip for asyncpg's reset query on release (SELECT 1: {pooled[0]:.2f} ms pooled, "
+                         f"{bare[0]:.2f} ms bare).")
     for rate_open in sorted({rt for _, rt in r.open}, reverse=True):
         added = added_latency(r, rate_open).get("broker")
         broker_open = r.open.get(("broker", rate_open), [])
@@ -215,11 +224,6 @@ def obstacles(stack: Stack, s: Settings, r: Results) -> str:
             why += "; requests queue, and the added latency is that queue"
         lines.append(f"* Latency at {rate_open:,.0f}/s: the broker adds {p99:+.2f} ms at p99 over the direct stub, "
                      f"{verdict} the {TARGET_ADDED_P99_MS:.0f} ms target; it completed {achieved:,.0f}/s{why}.")
-    commits = [v[0] for k, v in r.db.items() if "as the broker" in k]
-    if commits:
-        lines.append("  - Each exchange makes its database round trips in series: "
-                     + "; ".join(f"{k.split(' (')[0]} {v[0]:.2f} ms" for k, v in r.db.items() if "as the broker" in k)
-                     + " at p50 on an idle server (each commit waits for its WAL flush).")
     if r.profile is not None and r.profile_stats is not None:
         lines.append("* Profile: " + profiling.headline(r.profile, broker_cpu(r.profile_stats)))
     return "\n".join(lines)
