@@ -3,7 +3,8 @@
 Everything is real: the sandboxes are HTTP servers in their upstream formats (API Particulier, reached by the
 `api_particulier` adapter; a DGFiP-style provider, reached by a declarative `http_json` adapter), the broker calls
 them over HTTP, and the printed commands sign their requests with a freshly generated consumer key registered in
-the demo registry.
+the demo registry. Citizens log in at /citizen/login through the sandbox FranceConnect OP (a real OpenID Provider
+whose users are the synthetic citizens), unless DLNUF_OIDC_* names another one.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ from aiohttp import web
 
 from adapters.sandbox import dgfip
 from adapters.sandbox.api_particulier import start_sandbox
+from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
 from broker.app import create_app
-from broker.config import Config
+from broker.config import CALLBACK_PATH, LOGGED_OUT_PATH, CitizenLoginConfig, Config
 from broker.keys import PrivateKey, generate_private_key, private_key_from_jwk
 
 TOKEN_ENV = "DLNUF_DEMO_API_PARTICULIER_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 DGFIP_KEY_ENV = "DLNUF_DEMO_DGFIP_KEY"
+OIDC_SECRET_ENV = "DLNUF_DEMO_OIDC_CLIENT_SECRET"  # noqa: S105 - the name of a variable, not a secret
+OIDC_CLIENT_ID = "dlnuf-demo"
 CONSUMER_SIRET = "21750001600019"
 DEMO_SUBJECT = {"pivot_identity": {
     "family_name": "Dupont", "given_name": "Marie Claire", "birthdate": "1985-03-14",
@@ -45,6 +49,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--sandbox-port", type=int, default=0, help="API Particulier sandbox port (0: any free one)")
     p.add_argument("--dgfip-port", type=int, default=0, help="DGFiP sandbox port (0: any free one)")
+    p.add_argument("--franceconnect-port", type=int, default=0,
+                   help="sandbox FranceConnect OP port (0: any free one)")
 
 
 def consumer_key(path: Path) -> PrivateKey:
@@ -78,7 +84,7 @@ def request_command(base_url: str, key_file: Path, *, dataset: str = "quotient_f
     return shlex.join(args)
 
 
-async def _run(config: Config, sandbox_port: int, dgfip_port: int) -> None:
+async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect_port: int) -> None:
     demo_dir = config.state_dir / "demo"
     key_file = demo_dir / "consumer-commune-paris.jwk"
     key = consumer_key(key_file)
@@ -88,17 +94,31 @@ async def _run(config: Config, sandbox_port: int, dgfip_port: int) -> None:
     dgfip_runner, dgfip_url = await dgfip.start_sandbox(os.environ[DGFIP_KEY_ENV], port=dgfip_port)
     registry_file = demo_dir / "registry.toml"
     write_registry(registry_file, key, sandbox_url, dgfip_url)
+    base_url = f"http://{config.host}:{config.port}"
+    login, fc_runner = config.citizen_login, None
+    if login is None:
+        # a FranceConnect configured in DLNUF_OIDC_* wins; otherwise the sandbox OP, with a fresh client secret
+        os.environ[OIDC_SECRET_ENV] = secrets.token_urlsafe(32)
+        client = ClientConfig(os.environ[OIDC_SECRET_ENV], [base_url + CALLBACK_PATH], [base_url + LOGGED_OUT_PATH],
+                              name="DLNUF (démonstration)")
+        fc_runner, fc_url = await start_franceconnect({OIDC_CLIENT_ID: client}, port=franceconnect_port)
+        login = CitizenLoginConfig(issuer=fc_url, client_id=OIDC_CLIENT_ID, client_secret_env=OIDC_SECRET_ENV,
+                                   redirect_uri=base_url + CALLBACK_PATH,
+                                   post_logout_redirect_uri=base_url + LOGGED_OUT_PATH, session_lifetime=1800.0,
+                                   cookie_secure=False)
+    op_note = "sandbox FranceConnect, synthetic citizens" if fc_runner else "from DLNUF_OIDC_ISSUER"
 
-    runner = web.AppRunner(create_app(replace(config, registry_file=registry_file)), access_log=None)
+    app = create_app(replace(config, registry_file=registry_file, citizen_login=login))
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
-    base_url = f"http://{config.host}:{config.port}"
     print(f"""
 DLNUF demo is running.
   broker            {base_url}   (OpenAPI: {base_url}/openapi.json, JWKS: {base_url}/.well-known/jwks.json)
   API Particulier   {sandbox_url}   (sandbox, synthetic citizens)
   DGFiP             {dgfip_url}   (sandbox, revenu fiscal de référence, via a declarative http_json adapter)
+  citizen login     {base_url}/citizen/login   (OpenID Provider {login.issuer}: {op_note})
   database          embedded PostgreSQL in {config.state_dir / 'pgdata'}
   registry          {registry_file}
   consumer key      {key_file}   (Commune de Paris, kid {key.kid})
@@ -122,9 +142,11 @@ Ctrl-C stops everything.
         await runner.cleanup()
         await sandbox_runner.cleanup()
         await dgfip_runner.cleanup()
+        if fc_runner is not None:
+            await fc_runner.cleanup()
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(config, args.sandbox_port, args.dgfip_port))
+        asyncio.run(_run(config, args.sandbox_port, args.dgfip_port, args.franceconnect_port))
     return 0

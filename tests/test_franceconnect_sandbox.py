@@ -3,21 +3,26 @@ signed id_tokens, userinfo, end of session, and the test-only misbehaviour switc
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import os
+import re
 import secrets
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import aiohttp
 import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from adapters.sandbox import directory
+from adapters.sandbox import directory, serve
 from adapters.sandbox.franceconnect import (
     PROVIDER,
     ClientConfig,
@@ -237,12 +242,8 @@ async def test_started_op_pins_its_issuer_and_serves_under_a_prefix() -> None:
     # mounted under a prefix, the derived issuer carries it, as FranceConnect's /api/v2 does
     root = web.Application()
     root.add_subapp("/franceconnect", create_app(CLIENTS))
-    from adapters.sandbox import serve
-
     runner, url = await serve(root)
     try:
-        import aiohttp
-
         async with aiohttp.ClientSession() as http, \
                 http.get(url + "/franceconnect/.well-known/openid-configuration") as resp:
             meta = await resp.json()
@@ -583,3 +584,26 @@ async def test_each_misbehaviour_does_what_it_says(op: Client, clock: Clock) -> 
     async with op.get("/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"}) as resp:
         info = await resp.json()
     assert info["sub"] != (await verify(op, body["id_token"]))["sub"]
+
+
+async def test_python_dash_m_serves_the_op_under_franceconnect() -> None:
+    env = {**os.environ, "DLNUF_SANDBOX_TOKEN": "t", "DLNUF_SANDBOX_FC_SECRET": SECRET}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "adapters.sandbox", "--port", "0", "--fc-client-id", CLIENT_ID,
+        "--fc-redirect-uri", REDIRECT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        line = (await asyncio.wait_for(proc.stderr.readline(), 10)).decode()
+        m = re.search(r"FranceConnect sandbox issuer (http://\S+)", line)
+        assert m, line
+        async with aiohttp.ClientSession() as http:
+            async with http.get(m[1] + "/.well-known/openid-configuration") as resp:
+                meta = await resp.json()
+            assert meta["issuer"] == m[1]
+            async with http.get(meta["authorization_endpoint"], params=auth_params()) as resp:
+                assert resp.status == 200
+                [form] = parse_forms(await resp.text())
+            assert form.action == "/franceconnect/authorize"
+    finally:
+        proc.terminate()
+        await proc.wait()
