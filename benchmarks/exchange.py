@@ -181,9 +181,9 @@ def measure(bench: Bench, s: Settings, r: Results) -> None:
             progress(f"  py-spy failed, no profile: {recorder.error}")
 
     progress("\n== database statements (the broker's own, from a separate connection, load stopped)")
-    r.db = profiling.probe_database(bench.stack.db_dsn, 300)
-    for name, (p50, p99) in r.db.items():
-        progress(f"  {name:62s} p50 {p50:6.3f} ms  p99 {p99:6.3f} ms")
+    r.db = profiling.probe_database(bench.stack.db_dsn, report.PROBES)
+    for name, pr in r.db.items():
+        progress(f"  {name:62s} p50 {pr.p50:6.3f} ms  p99 {pr.p99:6.3f} ms  PostgreSQL CPU {pr.pg_cpu_us:5.0f} us")
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -222,50 +222,82 @@ def headline(p: Profile, cpu: BrokerCpu) -> str:
 # ---------------------------------------------------------------------------------------------- database probes
 
 
-async def _probe(dsn: str, n: int) -> dict[str, tuple[float, float]]:
-    """The broker's own statements through the broker's own functions, and bare for comparison, interleaved so
-    that the shared server's moods hit every variant alike."""
+@dataclass(frozen=True)
+class Probe:
+    p50: float  # ms
+    p99: float  # ms
+    pg_cpu_us: float  # CPU of the PostgreSQL backend per statement (nan when its /proc is not readable)
+
+
+NONCE_POOL = "nonce claim, as the broker does it (pool, own commit)"
+LOG_POOL = "access log of a release, as the broker does it"
+SELECT_POOL = "SELECT 1 through the pool (acquire, query, reset on release)"
+SELECT_BARE = "SELECT 1 on a bare connection (the round-trip floor)"
+NONCE_BARE = "nonce claim on a bare connection (no pool reset)"
+NONCE_ASYNC = "nonce claim, bare, synchronous_commit=off (no WAL flush wait)"
+
+
+async def _probe(dsn: str, n: int) -> dict[str, Probe]:
+    """The broker's own statements through the broker's own functions, and bare for comparison: interleaved so
+    that the shared server's moods hit every variant alike, each variant on its own connection so that its
+    backend's CPU is its own."""
     from broker import accesslog, db
 
     q = db.queries()
-    timings: dict[str, list[float]] = {}
-
-    async def timed(name: str, call: Awaitable[object]) -> None:
-        start = time.perf_counter()
-        await call
-        timings.setdefault(name, []).append(1000 * (time.perf_counter() - start))
-
     expires = datetime.now(UTC) + timedelta(seconds=60)
-    pool = await db.create_pool(dsn, min_size=1, max_size=1)
-    bare = await db.connect(dsn)
-    async_commit = await db.connect(dsn)
+
+    def nonce() -> str:
+        return uuid.uuid4().hex
+
+    def released() -> accesslog.LogEntry:
+        return accesslog.LogEntry(request_id=f"bench-probe-{uuid.uuid4()}", outcome="released", http_status=200,
+                                  payload_sha256="0" * 64, dataset="quotient_familial")
+
+    pools = {name: await db.create_pool(dsn, min_size=1, max_size=1) for name in (NONCE_POOL, LOG_POOL, SELECT_POOL)}
+    conns = {name: await db.connect(dsn) for name in (SELECT_BARE, NONCE_BARE, NONCE_ASYNC)}
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        NONCE_POOL: lambda: db.fetchval(pools[NONCE_POOL], q["nonce_claim"], "bench-probe", nonce(), expires),
+        LOG_POOL: lambda: accesslog.commit(pools[LOG_POOL], released()),
+        SELECT_POOL: lambda: db.fetchval(pools[SELECT_POOL], "SELECT 1"),
+        SELECT_BARE: lambda: conns[SELECT_BARE].fetchval("SELECT 1"),
+        NONCE_BARE: lambda: conns[NONCE_BARE].fetchval(q["nonce_claim"], "bench-probe", nonce(), expires),
+        NONCE_ASYNC: lambda: conns[NONCE_ASYNC].fetchval(q["nonce_claim"], "bench-probe", nonce(), expires),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in calls}
     try:
-        await async_commit.execute("SET synchronous_commit = off")  # this probe connection only
+        await conns[NONCE_ASYNC].execute("SET synchronous_commit = off")  # this probe connection only
+        backends = {name: await db.fetchval(pool, "SELECT pg_backend_pid()") for name, pool in pools.items()}
+        backends |= {name: await conn.fetchval("SELECT pg_backend_pid()") for name, conn in conns.items()}
+        before = {name: _cpu(pid) for name, pid in backends.items()}
         for _ in range(n):
-            await timed("nonce claim, as the broker does it (pool, own commit)",
-                        db.fetchval(pool, q["nonce_claim"], "bench-probe", uuid.uuid4().hex, expires))
-            entry = accesslog.LogEntry(request_id=f"bench-probe-{uuid.uuid4()}", outcome="released",
-                                       http_status=200, payload_sha256="0" * 64, dataset="quotient_familial")
-            await timed("access log of a release, as the broker does it", accesslog.commit(pool, entry))
-            await timed("SELECT 1 through the pool (acquire, query, reset on release)",
-                        db.fetchval(pool, "SELECT 1"))
-            await timed("SELECT 1 on a bare connection (the round-trip floor)", bare.fetchval("SELECT 1"))
-            await timed("nonce claim on a bare connection (no pool reset)",
-                        bare.fetchval(q["nonce_claim"], "bench-probe", uuid.uuid4().hex, expires))
-            await timed("nonce claim, bare, synchronous_commit=off (no WAL flush wait)",
-                        async_commit.fetchval(q["nonce_claim"], "bench-probe", uuid.uuid4().hex, expires))
+            for name, call in calls.items():
+                start = time.perf_counter()
+                await call()
+                timings[name].append(1000 * (time.perf_counter() - start))
+        after = {name: _cpu(pid) for name, pid in backends.items()}
     finally:
-        await async_commit.close()
-        await bare.close()
-        await pool.close()
+        for conn in conns.values():
+            await conn.close()
+        for pool in pools.values():
+            await pool.close()
     result = {}
     for name, values in timings.items():
         values.sort()
-        result[name] = (statistics.median(values), values[min(len(values) - 1, int(0.99 * len(values)))])
+        b, a = before[name], after[name]
+        cpu = float("nan") if b is None or a is None else 1e6 * (a - b) / n
+        result[name] = Probe(statistics.median(values), values[min(len(values) - 1, int(0.99 * len(values)))], cpu)
     return result
 
 
-def probe_database(dsn: str, n: int) -> dict[str, tuple[float, float]]:
+def _cpu(pid: int) -> float | None:
+    """Seconds on a CPU (nanosecond resolution, from schedstat: clock ticks are too coarse for 300 statements)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def probe_database(dsn: str, n: int) -> dict[str, Probe]:
     """p50 and p99 in ms per statement; empty (with a note) if the probe cannot run against this code."""
     if not dsn:
         return {}

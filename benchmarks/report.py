@@ -16,6 +16,7 @@ from runner import TARGET_RATE, Results, Stats, median
 from stack import Settings, Stack, source_state
 
 TARGET_ADDED_P99_MS = 5.0
+PROBES = 300
 TARGETS = ("broker", "stub", "nginx")
 LABELS = {"broker": "broker (full pipeline)", "stub": "stub direct", "nginx": "nginx -> stub",
           "trivial": "trivial server"}
@@ -65,9 +66,10 @@ def report(stack: Stack, s: Settings, r: Results) -> str:
     if r.profile is not None and r.profile_stats is not None:
         out += ["", profiling.render(r.profile, broker_cpu(r.profile_stats))]
     if r.db:
-        out += ["", "Database statements on an exchange's path, timed from a separate connection while idle",
-                table(["statement", "p50 ms", "p99 ms"],
-                      [[name, f"{p50:.3f}", f"{p99:.3f}"] for name, (p50, p99) in r.db.items()])]
+        out += ["", f"Database statements on an exchange's path, {PROBES} of each, interleaved, from the benchmark "
+                "once the load stopped; 'PG CPU' = the backend's CPU per statement",
+                table(["statement", "p50 ms", "p99 ms", "PG CPU us"],
+                      [[name, f"{pr.p50:.3f}", f"{pr.p99:.3f}", f"{pr.pg_cpu_us:.0f}"] for name, pr in r.db.items()])]
     out += ["", obstacles(stack, s, r), "=" * 120]
     return "\n".join(out)
 
@@ -191,20 +193,19 @@ def obstacles(stack: Stack, s: Settings, r: Results) -> str:
         lines.append(f"* Latency with nothing queued (c=1): an exchange takes {b50:.2f} ms at p50, the stub alone "
                      f"{s50:.2f} ms. Nothing overlaps at c=1, so roughly: {own:.2f} ms of the broker's own CPU + "
                      f"{waited:.2f} ms waiting for a CPU")
-        statements = [v[0] for k, v in r.db.items() if "as the broker does it" in k]
+        statements = [v.p50 for k, v in r.db.items() if "as the broker does it" in k]
         if statements:
             lines[-1] += (f" + {sum(statements):.2f} ms in its database statements (nonce claim, access log; "
                           "probe p50 below)")
         lines[-1] += f" + {s50:.2f} ms for the stub = {own + waited + sum(statements) + s50:.2f} ms."
-        flush = [r.db.get(k) for k in ("nonce claim on a bare connection (no pool reset)",
-                                        "nonce claim, bare, synchronous_commit=off (no WAL flush wait)")]
-        pooled, bare = (r.db.get("SELECT 1 through the pool (acquire, query, reset on release)"),
-                        r.db.get("SELECT 1 on a bare connection (the round-trip floor)"))
-        if flush[0] and flush[1] and pooled and bare:
+        flushed, unflushed = r.db.get(profiling.NONCE_BARE), r.db.get(profiling.NONCE_ASYNC)
+        pooled, bare = r.db.get(profiling.SELECT_POOL), r.db.get(profiling.SELECT_BARE)
+        if flushed and unflushed and pooled and bare:
             lines.append(f"  - In the database part: each of the two commits waits for its WAL flush (about "
-                         f"{flush[0][0] - flush[1][0]:.2f} ms by the probe), and each pool acquire costs an extra "
-                         f"round trip for asyncpg's reset query on release (SELECT 1: {pooled[0]:.2f} ms pooled, "
-                         f"{bare[0]:.2f} ms bare).")
+                         f"{flushed.p50 - unflushed.p50:.2f} ms by the probe), and each pool acquire costs an extra "
+                         f"round trip for asyncpg's reset query on release (SELECT 1: {pooled.p50:.2f} ms and "
+                         f"{pooled.pg_cpu_us:.0f} us of PostgreSQL CPU pooled, {bare.p50:.2f} ms and "
+                         f"{bare.pg_cpu_us:.0f} us bare).")
     for rate_open in sorted({rt for _, rt in r.open}, reverse=True):
         added = added_latency(r, rate_open).get("broker")
         broker_open = r.open.get(("broker", rate_open), [])

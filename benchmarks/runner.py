@@ -70,7 +70,7 @@ class Results:
     sustainable_rate: float = 0.0
     profile: profiling.Profile | None = None
     profile_stats: Stats | None = None
-    db: dict[str, tuple[float, float]] = field(default_factory=dict)
+    db: dict[str, profiling.Probe] = field(default_factory=dict)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
