@@ -380,8 +380,12 @@ class TransparencyLog:
 
     async def run(self, interval: float) -> None:
         """The integrator of this process: a round every `interval` seconds, draining backlogs at once."""
+        started = False
         while True:
             try:
+                if not started:  # the database may have been down when the process started
+                    await self.ensure_checkpoint()
+                    started = True
                 await self.drain()
                 await self.observe()
             except asyncio.CancelledError:

@@ -30,6 +30,7 @@ from broker.exchange import VERIFIED, target_uri
 from broker.problems import HTTP_PROBLEMS, REQUEST_ID, problem_for, problem_response
 from broker.state import STATE
 from broker.tlog import (
+    PROMISE_FORMAT,
     TLOG,
     BeyondTree,
     Journal,
@@ -120,8 +121,8 @@ async def log_info(request: web.Request) -> web.Response:
         "verifier_key": tlog.signer.verifier.vkey(),
         "max_merge_delay": tlog.max_merge_delay,
         "tree_size": 0 if latest is None else latest.size,
-        "inclusion_promise_format": "dlnuf.org/inclusion-promise/v1",
-    }, dumps=lambda o: orjson.dumps(o).decode())
+        "inclusion_promise_format": PROMISE_FORMAT,
+    })
 
 
 @_answering_problems
