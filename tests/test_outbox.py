@@ -158,3 +158,33 @@ async def test_no_webhook_no_worker_rows_wait(database_url: str, aiohttp_client:
     [row] = await outbox_rows(database_url)
     assert row["attempts"] == 0 and row["delivered_at"] is None
 
+
+
+async def test_a_worker_that_died_mid_delivery_only_delays_the_notification(
+        database_url: str, aiohttp_server: Any) -> None:
+    from broker import accesslog, db
+    from broker.keys import generate_private_key
+    from tests.test_tlog import log_entry
+
+    hook = Webhook(failures=0)
+    app = web.Application()
+    app.router.add_post("/notify", hook.handle)
+    server = await aiohttp_server(app)
+    pool = await db.create_pool(database_url, min_size=1, max_size=2)
+    outbox = Outbox(pool, str(server.make_url("/notify")), signing_key=generate_private_key(), max_attempts=5,
+                    backoff=0.05, max_backoff=0.1, timeout=1.0)
+    try:
+        await accesslog.commit(pool, log_entry(1))
+        # a worker leases the notification (0.2 s), then dies before posting it
+        [leased] = await pool.fetch(db.queries("broker", "tlog.sql")["outbox_claim"], 10, 0.2)
+        assert await outbox.deliver_due() == 0  # leased: not sent twice meanwhile
+        for _ in range(100):
+            if await outbox.deliver_due():
+                break
+            await asyncio.sleep(0.05)
+        assert len(hook.calls) == 1 and json.loads(hook.calls[0][1])["notification_id"] == str(leased["id"])
+        [row] = await outbox_rows(database_url)
+        assert row["attempts"] == 2 and row["delivered_at"] is not None
+    finally:
+        await outbox.close()
+        await pool.close()

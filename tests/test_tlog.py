@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import accesslog, checkpoint, db, merkle
 from broker.accesslog import LogEntry
+from broker.config import ConfigError, load_config
 from broker.registry import Habilitation, LegalBasis
 from broker.tlog import (
     ENTRY_VERSION,
@@ -365,3 +366,29 @@ async def test_write_nodes_refuses_to_rewrite_a_node(pool: asyncpg.Pool) -> None
         await write_nodes(conn, result.nodes)
         with pytest.raises(asyncpg.UniqueViolationError):
             await write_nodes(conn, result.nodes[:1])
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"DLNUF_LOG_ORIGIN": "my log"}, "DLNUF_LOG_ORIGIN"),
+    ({"DLNUF_LOG_ORIGIN": "a+b/log"}, "DLNUF_LOG_ORIGIN"),
+    ({"DLNUF_LOG_RETENTION": "1 year"}, "DLNUF_LOG_RETENTION"),
+    ({"DLNUF_LOG_RETENTION": "P"}, "DLNUF_LOG_RETENTION"),
+    ({"DLNUF_NOTIFY_WEBHOOK": "ftp://x"}, "DLNUF_NOTIFY_WEBHOOK"),
+    ({"DLNUF_LOG_AUDITORS": "21750001600019,paris"}, "DLNUF_LOG_AUDITORS"),
+    ({"DLNUF_JOURNAL_CLIENTS": "123"}, "DLNUF_JOURNAL_CLIENTS"),
+    ({"DLNUF_LOG_INTERVAL": "5", "DLNUF_LOG_MMD": "10"}, "DLNUF_LOG_MMD"),
+    ({"DLNUF_LOG_BATCH": "0"}, "DLNUF_LOG_BATCH"),
+    ({"DLNUF_OUTBOX_BACKOFF": "10", "DLNUF_OUTBOX_MAX_BACKOFF": "5"}, "DLNUF_OUTBOX_MAX_BACKOFF"),
+])
+def test_log_settings_fail_loudly(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(env=env)
+
+
+def test_log_settings_defaults() -> None:
+    config = load_config(env={"DLNUF_PUBLIC_URL": "https://dlnuf.example.gouv.fr/",
+                              "DLNUF_LOG_AUDITORS": " 11000201100044 , 21750001600019"})
+    assert config.log_origin == "dlnuf.example.gouv.fr/log"
+    assert config.log_auditors == {"11000201100044", "21750001600019"} and config.journal_clients == frozenset()
+    assert (config.log_interval, config.log_max_merge_delay, config.log_retention) == (1.0, 60.0, "P1Y")
+    assert config.notify_webhook is None and config.log_key_file.name == "log-note-key"

@@ -10,11 +10,14 @@ import csv
 import hashlib
 import io
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -26,6 +29,7 @@ from broker.tlog_verify import HttpSource, verify_entry_proof, verify_log, verif
 from tests.broker_harness import Answer, Harness, broker_config, exchange_body, pivot, start_broker
 from tests.factories import CONSUMER, SANDBOX_TOKEN, TOKEN_ENV, Consumer, consumer, registry_toml
 
+ROOT = Path(__file__).resolve().parents[1]
 AUDITOR = "11000201100044"  # Cour des comptes
 PORTAL = "13002526500013"  # the citizen portal's operator
 PROBLEM = "https://dlnuf.org/problems/"
@@ -273,3 +277,38 @@ async def test_citizen_journal_json_and_csv(broker: Harness, portal: Consumer, a
                 {"consumer": "paris"}, {"colour": "blue"}, {"subject": {}}):
         answer = await journal(broker, portal, **bad)
         assert answer.status == 400 and answer.json["type"].startswith(PROBLEM + "invalid-"), bad
+
+
+async def test_log_verify_command_over_http_names_a_tampered_row(
+        broker: Harness, auditor: Consumer, tmp_path: Path) -> None:
+    for _ in range(3):
+        assert (await broker.exchange()).status == 200
+    for _ in range(200):
+        if (await get(broker, "/v1/log/checkpoint")).body.decode().split("\n")[1] == "3":
+            break
+        await asyncio.sleep(0.05)
+    vkey = (await get(broker, "/v1/log")).json["verifier_key"]
+    key_file = tmp_path / "auditor.jwk"
+    key_file.write_text(json.dumps(auditor.key.to_jwk()))
+
+    async def verify_command() -> tuple[int, str, str]:
+        env = {**os.environ, "DLNUF_STATE_DIR": str(tmp_path / "cli-state")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "broker", "log", "verify", "--url", broker.url("/"), "--key", str(key_file),
+            "--vkey", vkey, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    code, out, err = await verify_command()
+    assert code == 0, err
+    assert "3 of 3 entries" in out and "OK" in out
+
+    conn = await asyncpg.connect(broker.database_url)
+    try:
+        victim = await conn.fetchval("SELECT id FROM access_log WHERE log_index = 1")
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute("UPDATE access_log SET fields_released = '{}' WHERE log_index = 1")
+    finally:
+        await conn.close()
+    code, out, _ = await verify_command()
+    assert code == 1 and f"modified index 1 entry {victim}" in out
