@@ -18,7 +18,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from broker import catalogue, db, registry, tlog_routes
+from broker import catalogue, citizen_api, db, oauth, pages, registry, tlog_routes
 from broker.config import Config
 from broker.exchange import handle_exchange
 from broker.keys import load_or_create_broker_key
@@ -97,6 +97,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         signing_key=load_or_create_broker_key(config.signing_key_file),
         subject_secret=load_or_create_secret(config.subject_key_file),
         metrics=metrics,
+        sealer=Sealer.from_file(config.identity_key_file),
     )
     app[STATE] = state
     tasks = [asyncio.create_task(cache.watch()), asyncio.create_task(_purge_nonces(pool))]
@@ -156,8 +157,7 @@ async def citizen_login_ctx(app: web.Application) -> AsyncIterator[None]:
     config, state = app[CONFIG], app[STATE]
     assert config.citizen_login is not None
     async with login_routes.running(app, config.citizen_login, pool=state.pool, http=state.adapters.session,
-                                    subject_secret=state.subject_secret,
-                                    sealer=Sealer.from_file(config.identity_key_file)):
+                                    subject_secret=state.subject_secret, sealer=state.sealer):
         yield
 
 
@@ -170,8 +170,11 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(state_ctx)
     if config.citizen_login is not None:
+        # the consent flow and the citizen API need a citizen login: without one they are not offered at all
         app.cleanup_ctx.append(citizen_login_ctx)
         login_routes.add_routes(app.router)
+        oauth.add_routes(app)
+        citizen_api.add_routes(app)
     app.cleanup_ctx.append(tlog_routes.tlog_ctx)
     app.router.add_post("/v1/exchanges", handle_exchange)
     app.router.add_get("/healthz", healthz)
@@ -182,4 +185,5 @@ def create_app(config: Config) -> web.Application:
     tlog_routes.add_routes(app.router)
     app.router.add_get("/v1/catalogue", catalogue.get_catalogue)
     app.router.add_get(catalogue.SCHEMA_ROUTE, catalogue.get_schema)
+    pages.add_static_routes(app)
     return app

@@ -49,3 +49,11 @@ class InvalidProviderAnswer(BrokerError):
 
 class LogUnavailable(BrokerError):
     """The access-log entry could not be committed, so nothing may be released."""
+
+
+class LoginRequired(BrokerError):
+    """A citizen route without a citizen session."""
+
+
+class CsrfFailed(BrokerError):
+    """A state-changing citizen call without the session's CSRF token."""

@@ -23,6 +23,7 @@ import schemas
 from adapters.base import AdapterError, AdapterQuery
 from adapters.identity import Subject, SubjectError
 from broker import accesslog, authz, signing
+from broker.consent_gate import bearer_token, consent_from_token, verify_consent_covers
 from broker.db import DatabaseUnavailable
 from broker.errors import (
     BodyTooLarge,
@@ -39,6 +40,9 @@ from broker.problems import REQUEST_ID, detail_for, problem_for, problem_respons
 from broker.state import STATE, BrokerState
 from broker.tlog import TLOG
 from consent.basis import BasisRefused, verify_basis
+from consent.records import use as use_consent
+from consent.sealing import CONSENT_SEAL
+from consent.tokens import InvalidToken
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +51,8 @@ _PURPOSE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 _FIELD = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*){0,7}$")  # derived answers: "derived.<name>"
 _RECIPIENT = re.compile(r"^[0-9]{14}(/[A-Za-z0-9_.-]{1,64})?$")
 VERIFIED = web.RequestKey("verified_request", signing.VerifiedRequest)
+# Everything a step may raise on purpose; each maps to a problem type in broker/problems.py.
+REFUSALS = (BrokerError, AdapterError, BasisRefused, InvalidToken, signing.SignatureRejected, DatabaseUnavailable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +64,11 @@ class ExchangeRequest:
     purpose: str
     recipient: str
     fields: tuple[str, ...]
-    subject: Subject
+    subject: Subject | None
+    """None when an access token stands for a consent: the broker then takes the citizen from the consent."""
 
     @classmethod
-    def parse(cls, body: bytes) -> ExchangeRequest:
+    def parse(cls, body: bytes, *, with_token: bool = False) -> ExchangeRequest:
         try:
             raw = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -90,12 +97,17 @@ class ExchangeRequest:
                 raise InvalidRequest(f"fields: {f!r} is not a field path like 'quotient_familial.valeur'")
         if len(set(fields)) != len(fields):
             raise InvalidRequest("fields has duplicates")
-        if "subject" not in raw:
+        subject: Subject | None = None
+        if with_token:
+            if "subject" in raw:
+                raise InvalidSubject("with an access token the consent names the citizen: send no subject")
+        elif "subject" not in raw:
             raise InvalidSubject("subject is missing")
-        try:
-            subject = Subject.from_json(raw["subject"])
-        except SubjectError as exc:
-            raise InvalidSubject(str(exc)) from None
+        else:
+            try:
+                subject = Subject.from_json(raw["subject"])
+            except SubjectError as exc:
+                raise InvalidSubject(str(exc)) from None
         return cls(dataset, version, _member(raw, "purpose", _PURPOSE), _member(raw, "recipient", _RECIPIENT),
                    tuple(fields), subject)
 
@@ -109,6 +121,11 @@ def _member(raw: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
+def issuer(request: web.Request, public_url: str | None) -> str:
+    """The broker's own base URL, as tokens name it (`iss`, `aud`)."""
+    return public_url or str(request.url.origin())
+
+
 def target_uri(request: web.Request, public_url: str | None) -> str:
     """The URI the consumer signed: behind a proxy, the configured public base plus the path and query."""
     if public_url:
@@ -119,6 +136,7 @@ def target_uri(request: web.Request, public_url: str | None) -> str:
 async def handle_exchange(request: web.Request) -> web.Response:
     state = request.app[STATE]
     started = time.perf_counter()
+    now = datetime.now(UTC)
     entry = accesslog.LogEntry(request_id=request[REQUEST_ID])
     try:
         body = await _read_body(request, state.config.max_body)
@@ -131,32 +149,47 @@ async def handle_exchange(request: web.Request) -> web.Response:
             body=body,
             lookup_key=state.lookup_key,
             claim_nonce=state.claim_nonce,
-            now=datetime.now(UTC),
+            now=now,
             max_skew=state.config.max_skew,
         )
         request[VERIFIED] = verified
         entry.consumer, entry.kid = verified.key.owner, verified.key.kid
 
         # 2. Read what is asked (shape only; permission comes next).
-        ask = ExchangeRequest.parse(body)
+        token = bearer_token(request)
+        ask = ExchangeRequest.parse(body, with_token=token is not None)
         entry.dataset, entry.dataset_version, entry.purpose = ask.dataset, ask.version, ask.purpose
         entry.recipient, entry.fields_requested = ask.recipient, ask.fields
-        entry.subject_key = accesslog.subject_key(state.subject_secret, ask.subject)
+        if ask.subject is not None:
+            entry.subject_key = accesslog.subject_key(state.subject_secret, ask.subject)
 
         # 3. Load the habilitation of this consumer for this dataset.
         registry = state.registry.current
         hab = authz.find_habilitation(registry, verified.key.owner, ask.dataset)
         entry.habilitation = hab
 
-        # 4. Check purpose, fields and recipient against it, then its legal basis for this subject.
+        # 4. Check purpose, fields and recipient against it, then its legal basis for this subject: a consent
+        #    (presented as a key-bound access token) for a consent basis, no objection for a proactive one.
         authz.verify_allowed(hab, purpose=ask.purpose, fields=ask.fields, recipient=ask.recipient)
+        consent = None
+        subject = ask.subject
+        if hab.legal_basis.type == "consent":
+            consent = await consent_from_token(state, verified, token, now=now,
+                                               issuer=issuer(request, state.config.public_url))
+            entry.subject_key = consent.subject_key  # a refusal from here on is logged against this citizen
+            verify_consent_covers(consent, verified, dataset=ask.dataset, purpose=ask.purpose,
+                                  recipient=ask.recipient, fields=ask.fields, now=now)
+            subject = Subject(pivot=state.sealer.open_identity(consent.identity_ciphertext, CONSENT_SEAL))
+        elif token is not None:
+            raise InvalidRequest("an access token is only for habilitations whose legal basis is consent")
+        assert subject is not None and entry.subject_key is not None
         await verify_basis(hab.legal_basis.type, subject_key=entry.subject_key, consumer=hab.consumer,
-                           dataset=ask.dataset, has_objection=state.has_objection, consent_token=None)
+                           dataset=ask.dataset, has_objection=state.has_objection, consent_present=consent is not None)
 
         # 5. Call the provider through its adapter (only AdapterError escapes).
         adapter = state.adapters.for_dataset(ask.dataset)
         document = await adapter.fetch(AdapterQuery(
-            dataset=ask.dataset, version=ask.version, subject=ask.subject, fields=frozenset(ask.fields),
+            dataset=ask.dataset, version=ask.version, subject=subject, fields=frozenset(ask.fields),
             request_id=entry.request_id, recipient=ask.recipient,
         ))
 
@@ -182,14 +215,17 @@ async def handle_exchange(request: web.Request) -> web.Response:
             "data": orjson.Fragment(data_bytes),
         }
 
-        # 8. Commit the access-log entry; only then may the data leave.
+        # 8. Count the consent's use (atomic: revoked, expired or used up in the meantime refuses here), then
+        #    commit the access-log entry; only then may the data leave.
+        if consent is not None:
+            await use_consent(state.pool, consent, now)
         entry.outcome, entry.http_status = "released", 200
         entry.fields_released, entry.payload_sha256 = released, payload_sha256
         entry.latency_ms = (time.perf_counter() - started) * 1000
         await accesslog.commit(state.pool, entry)
         # The consumer's receipt: the entry as committed and the log's signed promise to include it (like a CT SCT).
         answer["log"] = request.app[TLOG].receipt(entry)
-    except (BrokerError, AdapterError, BasisRefused, signing.SignatureRejected, DatabaseUnavailable) as exc:
+    except REFUSALS as exc:
         return await _refuse(state, entry, exc, started)
 
     state.metrics.exchange(ask.dataset, "released", time.perf_counter() - started)

@@ -326,6 +326,92 @@ def _citizen_login_paths() -> dict[str, Any]:
     }
 
 
+def _consent_paths() -> dict[str, Any]:
+    """The consent flow (OAuth 2.0 + PKCE + RFC 9396 + RFC 7523) and the citizen's JSON API, present with citizen
+    login."""
+    query = {"in": "query", "required": False, "schema": {"type": "string"}}
+    oauth_error = {"description": "RFC 6749 error", "headers": _SIG_HEADERS, "content": {"application/json": {
+        "schema": {"type": "object", "required": ["error"], "properties": {
+            "error": {"type": "string"}, "error_description": {"type": "string"}}}}}}
+    csrf = [{"name": "X-CSRF-Token", "in": "header", "required": True, "schema": {"type": "string"}}]
+    citizen = {"401": _problem("citizen-login-required"), "404": _problem("not-found: not this citizen's")}
+    consent_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
+    return {
+        "/oauth/authorize": {"get": {
+            "operationId": "oauthAuthorize", "tags": ["consent"],
+            "summary": "Start a consent: code flow, PKCE S256 only, authorization_details of type dlnuf_exchange",
+            "parameters": [{"name": n, **query} for n in (
+                "response_type", "client_id", "redirect_uri", "state", "code_challenge", "code_challenge_method",
+                "authorization_details")],
+            "responses": {
+                "302": _redirect("To the consent screen; or back to the client with an OAuth error "
+                                 "(invalid_request, unsupported_response_type, invalid_authorization_details)."),
+                "400": _html("Unknown client or unregistered redirect URI: an error page, never a redirect."),
+            }}},
+        "/oauth/consent/{id}": {
+            "get": {"operationId": "consentScreen", "tags": ["consent"],
+                    "summary": "The consent screen: who, what, why, basis, duration, and a preview of the values",
+                    "parameters": consent_id,
+                    "responses": {"200": _html("The consent screen."), "302": _redirect("To the citizen login."),
+                                  "404": _html("Unknown, expired or already decided.")}},
+            "post": {"operationId": "consentDecision", "tags": ["consent"],
+                     "summary": "The citizen's decision (accept with the fields kept ticked, or refuse)",
+                     "parameters": consent_id,
+                     "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+                         "schema": {"type": "object", "properties": {
+                             "csrf": {"type": "string"}, "decision": {"enum": ["accept", "refuse"]},
+                             "fields": {"type": "array", "items": {"type": "string"}}}}}}},
+                     "responses": {"302": _redirect("Back to the client with `code` or `error=access_denied`."),
+                                   "403": _html("CSRF check failed."), "404": _html("Expired or decided."),
+                                   "409": _html("Already decided.")}}},
+        "/oauth/token": {"post": {
+            "operationId": "oauthToken", "tags": ["consent"],
+            "summary": "Code or refresh token -> access token (RFC 9068) bound to the consent and the client's key",
+            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "required": ["grant_type", "client_assertion_type", "client_assertion"],
+                "properties": {n: {"type": "string"} for n in (
+                    "grant_type", "code", "redirect_uri", "code_verifier", "refresh_token", "client_id",
+                    "client_assertion_type", "client_assertion")}}}}},
+            "responses": {"200": _json("access_token, token_type, expires_in, authorization_details, "
+                                       "refresh_token (periodic consents)"),
+                          "400": oauth_error, "401": oauth_error}}},
+        "/citizen/api/consents": {"get": {
+            "operationId": "myConsents", "tags": ["citizen"], "summary": "My consents, every state",
+            "responses": {"200": _json("consents"), **citizen}}},
+        "/citizen/api/consents/{id}": {"get": {
+            "operationId": "myConsent", "tags": ["citizen"], "summary": "One consent with its events",
+            "parameters": consent_id, "responses": {"200": _json("consent"), **citizen}}},
+        "/citizen/api/consents/{id}/revoke": {"post": {
+            "operationId": "revokeConsent", "tags": ["citizen"],
+            "summary": "Revoke: effective for the next exchange, on every broker process",
+            "parameters": consent_id + csrf,
+            "responses": {"200": _json("revoked"), "409": _json("not active"), "403": _problem("csrf-failed"),
+                          **citizen}}},
+        "/citizen/api/consents/{id}/receipt": {"get": {
+            "operationId": "consentReceipt", "tags": ["citizen"],
+            "summary": "The signed consent receipt (JWS, verify with /.well-known/jwks.json)",
+            "parameters": consent_id,
+            "responses": {"200": {"description": "compact JWS", "headers": _SIG_HEADERS,
+                                  "content": {"application/jwt": {"schema": {"type": "string"}}}}, **citizen}}},
+        "/citizen/api/objections": {
+            "get": {"operationId": "myObjections", "tags": ["citizen"],
+                    "summary": "My objections, and the proactive exchanges I can object to",
+                    "responses": {"200": _json("objections, proactive_exchanges"), **citizen}},
+            "post": {"operationId": "object", "tags": ["citizen"], "summary": "Object (to a consumer, a dataset)",
+                     "parameters": csrf,
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "type": "object", "properties": {"consumer": {"type": "string"},
+                                                          "dataset": {"type": "string"}}}}}},
+                     "responses": {"201": _json("created"), "200": _json("already there"),
+                                   "400": _problem("invalid-request"), "403": _problem("csrf-failed"),
+                                   **citizen}}},
+        "/citizen/api/objections/{id}": {"delete": {
+            "operationId": "withdrawObjection", "tags": ["citizen"], "summary": "Withdraw an objection",
+            "parameters": consent_id + csrf,
+            "responses": {"200": _json("deleted"), "403": _problem("csrf-failed"), **citizen}}},
+    }
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     problems = "\n".join(f"- `{p.uri}` ({p.status}): {p.description}" for p in all_problem_types())
@@ -417,6 +503,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json("JWK Set")}}},
             **_log_paths(),
             **_citizen_login_paths(),
+            **_consent_paths(),
         },
         "x-problem-base": PROBLEM_BASE,
         "x-datasets": {k: list(v) for k, v in schemas.catalogue().items()},

@@ -19,6 +19,7 @@ from broker import errors
 from broker.db import DatabaseUnavailable
 from broker.signing import SignatureRejected
 from consent.basis import BasisRefused
+from consent.tokens import InvalidToken
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,13 @@ PROBLEMS: list[tuple[type[BaseException], ProblemType]] = [
     (SignatureRejected, _p("signature-rejected", 401, "Signature rejected",
                            "The request is not signed, or its RFC 9421 signature, Content-Digest, key, freshness "
                            "or nonce did not verify. The reason is in the broker's log, not in the answer.")),
+    (InvalidToken, _p("invalid-token", 401, "Invalid access token",
+                      "The access token is not the broker's, expired, not covered by the request signature, or "
+                      "presented with another key than the one it is bound to. The reason is in the broker's log.")),
+    (errors.LoginRequired, _p("citizen-login-required", 401, "Login required",
+                              "This route is for a logged-in citizen (FranceConnect): log in at /citizen/login.")),
+    (errors.CsrfFailed, _p("csrf-failed", 403, "CSRF check failed",
+                           "A state-changing call needs the session's CSRF token in X-CSRF-Token.")),
     (errors.UnknownDataset, _p("unknown-dataset", 404, "Unknown dataset",
                                "The dataset or version is not in the catalogue.")),
     (errors.BodyTooLarge, _p("body-too-large", 413, "Body too large", "The body exceeds the broker's limit.")),

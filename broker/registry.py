@@ -11,11 +11,11 @@ import hashlib
 import json
 import re
 import tomllib
-from urllib.parse import urlsplit
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import asyncpg
 

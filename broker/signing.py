@@ -20,6 +20,7 @@ The signature base is built per RFC 9421 §2.5 byte for byte, for every componen
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -127,6 +128,7 @@ _C_TARGET_URI: Final = sf.Item("@target-uri")
 _C_STATUS: Final = sf.Item("@status")
 _C_CONTENT_DIGEST: Final = sf.Item("content-digest")
 _C_CONTENT_TYPE: Final = sf.Item("content-type")
+_C_AUTHORIZATION: Final = sf.Item("authorization")
 _ID_METHOD: Final = '"@method"'
 _ID_TARGET_URI: Final = '"@target-uri"'
 _ID_TARGET_PARTS: Final = ('"@authority"', '"@path"', '"@query"')
@@ -599,6 +601,10 @@ class VerifiedRequest:
     def organisation(self) -> str:
         return self.key.owner
 
+    def covers(self, component: str) -> bool:
+        """Whether the verified signature covered this component (e.g. "authorization"), without parameters."""
+        return f'"{component}"' in _covered_ids(self.signature_params)
+
     @property
     def kid(self) -> str:
         return self.key.kid
@@ -659,6 +665,14 @@ async def verify_request(
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _covered_ids(signature_params: str) -> frozenset[str]:
+    # the @signature-params value is an inner list: parse it as the only member of a dictionary
+    inner = sf.parse_dictionary("x=" + signature_params)["x"]
+    assert isinstance(inner, sf.InnerList)
+    return frozenset(sf.serialize_item(c) for c in inner.items)
+
+
 def _signing_key(private_key: PrivateKey | PrivateKeyObject, kid: str | None, alg: str | None
                  ) -> tuple[PrivateKeyObject, str, str]:
     if isinstance(private_key, PrivateKey):
@@ -702,7 +716,8 @@ def sign_request(
     label: str = "sig1",
 ) -> dict[str, str]:
     """The headers to set on a request so the broker accepts it: Content-Digest (when there is a body),
-    Signature-Input and Signature, covering @method, @target-uri, content-digest and content-type (if set).
+    Signature-Input and Signature, covering @method, @target-uri, content-digest, content-type and
+    authorization (each if set: an access token is then bound to this signed request).
 
     `url` is the absolute URI exactly as it will be sent. `kid` is needed only with a bare key object. The
     returned fields replace any of the same name. Raises `ValueError` for arguments that cannot be signed.
@@ -719,6 +734,8 @@ def sign_request(
         components.append(_C_CONTENT_DIGEST)
     if _field_lines(headers, "content-type"):
         components.append(_C_CONTENT_TYPE)
+    if _field_lines(headers, "authorization"):
+        components.append(_C_AUTHORIZATION)
     params: sf.Params = {
         "created": int(time.time()) if created is None else int(_aware_timestamp(created)),
         "keyid": kid,

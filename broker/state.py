@@ -27,6 +27,7 @@ from broker.keys import PrivateKey, PublicKey, public_key_from_jwk
 from broker.metrics import Metrics
 from broker.registry import AdapterEntry, Registry, load
 from broker.validation import Validators
+from consent.sealing import Sealer
 
 log = structlog.get_logger(__name__)
 
@@ -153,6 +154,7 @@ class BrokerState:
     signing_key: PrivateKey
     subject_secret: bytes
     metrics: Metrics
+    sealer: Sealer
     validators: Validators = field(default_factory=Validators)
 
     def lookup_key(self, kid: str) -> PublicKey | None:

@@ -29,7 +29,7 @@ ObjectionLookup = Callable[[str, str, str], Awaitable[bool]]
 
 
 async def verify_basis(basis: str, *, subject_key: str, consumer: str, dataset: str,
-                       has_objection: ObjectionLookup, consent_token: str | None) -> None:
+                       has_objection: ObjectionLookup, consent_present: bool) -> None:
     if basis == "information":
         return
     if basis == "proactive":
@@ -37,7 +37,8 @@ async def verify_basis(basis: str, *, subject_key: str, consumer: str, dataset: 
             raise ObjectionOnFile(f"objection on file for {consumer} x {dataset}")
         return
     if basis == "consent":
-        # The consent flow (OAuth + RAR, consent records) is not built yet: without it no consent can exist,
-        # so a consent-based habilitation refuses every exchange rather than pretending.
-        raise ConsentMissing("no consent presented" if consent_token is None else "consent tokens not supported yet")
+        # the consent itself (live, bound, covering the request) is verified by the caller, who has the records
+        if not consent_present:
+            raise ConsentMissing("no consent presented")
+        return
     raise BasisRefused(f"unknown legal basis {basis!r}")

@@ -48,7 +48,8 @@ from aiohttp import web
 
 from broker import db
 from broker.config import LOGGED_OUT_PATH, CitizenLoginConfig, ConfigError
-from broker.problems import REQUEST_ID, Handler, ProblemType, problem_response
+from broker.errors import CsrfFailed, LoginRequired
+from broker.problems import REQUEST_ID, Handler, problem_for, problem_response
 from consent import oidc
 from consent.sealing import Sealer, SealError
 from consent.sessions import (
@@ -87,11 +88,8 @@ _LOGIN_SEAL = "dlnuf/citizen-login/v1:"
 OIDC = web.AppKey("citizen_oidc", oidc.OidcClient)
 LOGIN_CONFIG = web.AppKey("citizen_login_config", CitizenLoginConfig)
 
-# Until the broker's problem table has them: the same slugs as `broker.errors.LoginRequired` and `CsrfFailed`.
-LOGIN_REQUIRED = ProblemType("citizen-login-required", 401, "Login required",
-                             "This route is for a logged-in citizen (FranceConnect): log in at /citizen/login.")
-CSRF_FAILED = ProblemType("csrf-failed", 403, "CSRF check failed",
-                          "A state-changing call needs the session's CSRF token in X-CSRF-Token.")
+LOGIN_REQUIRED = problem_for(LoginRequired("no citizen session"))
+CSRF_FAILED = problem_for(CsrfFailed("bad or missing CSRF token"))
 
 
 # ------------------------------------------------------------------------------------------------ wiring

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from adapters.identity import PivotIdentity
 
+CONSENT_SEAL = "dlnuf/consent-identity/v1"
+SESSION_SEAL = "dlnuf/session-identity/v1"
 _NONCE = 12
 _VERSION = b"\x01"
 

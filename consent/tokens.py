@@ -8,7 +8,7 @@ a request signed (RFC 9421) by that very key. A token copied out of a consumer's
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,7 +83,7 @@ class AccessToken:
 
 
 def issue_access_token(*, signing_key: PrivateKey, issuer: str, consent_id: uuid.UUID, client_id: str, jkt: str,
-                       authorization_details: list[Mapping[str, Any]], now: datetime,
+                       authorization_details: Sequence[Mapping[str, Any]], now: datetime,
                        ttl: timedelta = ACCESS_TOKEN_TTL) -> tuple[str, int]:
     claims = {
         "iss": issuer, "aud": issuer, "sub": f"urn:dlnuf:consent:{consent_id}", "client_id": client_id,

@@ -39,6 +39,7 @@ def registry_toml(
     extra_key_lines: str = "",
     timeout: float = 2.0,
     habilitation_extra: str = "",
+    redirect_uri: str | None = None,
 ) -> str:
     parts = [f"""
 [[organisations]]
@@ -52,6 +53,7 @@ roles = ["provider"]
 siret = "{c.siret}"
 name = "Commune {c.siret}"
 roles = ["consumer"]
+{f'redirect_uris = ["{redirect_uri}"]' if redirect_uri else ""}
 
 [[organisations.keys]]
 kid = "{c.key.kid}"

@@ -154,15 +154,16 @@ async def test_wrong_key_unknown_kid_and_alg_mismatch_are_refused(broker: Harnes
 
 
 @pytest.mark.parametrize(
-    "sign_args",
-    [
-        {"created": datetime.now(UTC) - timedelta(seconds=120)},
-        {"created": datetime.now(UTC) + timedelta(seconds=120)},
-        {"created": datetime.now(UTC) - timedelta(seconds=30), "expires": datetime.now(UTC) - timedelta(seconds=1)},
-    ],
+    ("created", "expires"),
+    [(-120, None), (120, None), (-30, -1)],
     ids=["too-old", "in-the-future", "expired"],
 )
-async def test_stale_or_expired_signature_is_refused(broker: Harness, sign_args: dict[str, Any]) -> None:
+async def test_stale_or_expired_signature_is_refused(broker: Harness, created: int, expires: int | None) -> None:
+    # offsets, not datetimes, in the parameters: they are computed at collection, long before the test runs
+    now = datetime.now(UTC)
+    sign_args: dict[str, Any] = {"created": now + timedelta(seconds=created)}
+    if expires is not None:
+        sign_args["expires"] = now + timedelta(seconds=expires)
     raw = _body()
     await assert_refused(broker, await broker.send(raw, broker.signed_headers(raw, **sign_args)),
                          "signature-rejected", 401)

@@ -85,7 +85,7 @@ class _FormParser(HTMLParser):
             self.forms.append(Form(action=a.get("action", ""), method=a.get("method", "get").lower()))
         elif tag == "input" and self.forms:
             form = self.forms[-1]
-            if a.get("type") == "radio":
+            if a.get("type") in ("radio", "checkbox"):
                 form.choices.setdefault(a["name"], []).append(a["value"])
             elif a.get("type") in ("hidden", "text", None, ""):
                 form.fields[a["name"]] = a.get("value", "")

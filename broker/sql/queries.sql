@@ -84,3 +84,13 @@ SELECT EXISTS (
     SELECT 1 FROM objections
     WHERE subject_key = $1 AND (consumer IS NULL OR consumer = $2) AND (dataset IS NULL OR dataset = $3)
 );
+
+-- name: objections_of_subject
+SELECT id, consumer, dataset, created_at FROM objections WHERE subject_key = $1 ORDER BY created_at;
+
+-- name: objection_insert
+INSERT INTO objections (id, subject_key, consumer, dataset) VALUES ($1, $2, $3, $4)
+ON CONFLICT (subject_key, consumer, dataset) DO NOTHING RETURNING id, consumer, dataset, created_at;
+
+-- name: objection_delete
+DELETE FROM objections WHERE id = $1 AND subject_key = $2 RETURNING id;

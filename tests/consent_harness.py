@@ -1,0 +1,139 @@
+"""A consent-flow stack for tests: the API Particulier sandbox, the sandbox FranceConnect OP, a broker with citizen
+login, consumers with consent-based habilitations, and a scripted browser that follows real redirects."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from adapters.sandbox.api_particulier import start_sandbox
+from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
+from broker.app import create_app
+from broker.client import BrokerClient
+from broker.config import CitizenLoginConfig
+from tests.broker_harness import broker_config
+from tests.factories import SANDBOX_TOKEN, TOKEN_ENV, Consumer, consumer, registry_toml
+from tests.test_franceconnect_sandbox import parse_forms, pick_citizen
+
+OIDC_CLIENT = "dlnuf-broker"
+OIDC_SECRET = "secret-du-broker-pour-les-tests-de-consentement"
+OIDC_SECRET_ENV = "DLNUF_TEST_OIDC_CLIENT_SECRET"
+CALLBACK = "http://127.0.0.1:9/demarche/retour"  # never contacted: the browser stops at the consumer's door
+LYON = "21690123100011"
+PARIS = "21750001600019"
+
+
+@dataclass
+class Arrival:
+    """Where the browser was sent back to the consumer, with the query it carried."""
+
+    url: str
+    params: dict[str, str]
+
+
+@dataclass
+class ConsentStack:
+    broker: str
+    issuer: str
+    app: web.Application
+    database_url: str
+    lyon: Consumer
+    paris: Consumer
+    login: CitizenLoginConfig
+
+    def browser(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+    def client(self, who: Consumer | None = None) -> BrokerClient:
+        c = who or self.lyon
+        return BrokerClient(self.broker, key=c.key, client_id=c.siret)
+
+    async def walk(self, browser: aiohttp.ClientSession, url: str, *, citizen: str = "dupont-marie-claire",
+                   decision: str = "accept", untick: tuple[str, ...] = ()) -> Arrival:
+        """Follow redirects as a browser does; log in at the OP and answer the consent screen when met; stop at
+        the consumer's redirect URI."""
+        method, data = "GET", None
+        for _ in range(20):
+            async with browser.request(method, url, data=data, allow_redirects=False) as resp:
+                body = await resp.text()
+                status, location = resp.status, resp.headers.get("Location")
+                here = resp.url
+            method, data = "GET", None
+            if status in (302, 303):
+                assert location is not None
+                url = str(here.join(URL(location)))
+                if url.startswith(CALLBACK):
+                    return Arrival(url, {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()})
+                continue
+            assert status == 200, f"{status} at {here}: {body[:500]}"
+            if str(here).startswith(self.issuer + "/authorize"):
+                action, form = pick_citizen(body, citizen)
+                method, url, data = "POST", str(here.join(URL(action))), form
+                continue
+            if "/oauth/consent/" in str(here):
+                [form] = [f for f in parse_forms(body) if f.method == "post"]
+                fields = [v for v in form.choices.get("fields", []) if v not in untick]
+                method, url = "POST", str(here.join(URL(form.action)))
+                data = aiohttp.FormData([("csrf", form.fields["csrf"]), ("decision", decision),
+                                         *[("fields", f) for f in fields]])
+                continue
+            raise AssertionError(f"unexpected page {here}: {body[:300]}")
+        raise AssertionError("too many redirects")
+
+    async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+
+StartConsentStack = Callable[..., Awaitable[ConsentStack]]
+
+CONSENT_HABILITATIONS = ""
+
+
+@pytest.fixture
+async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              ) -> AsyncIterator[StartConsentStack]:
+    monkeypatch.setenv(TOKEN_ENV, SANDBOX_TOKEN)
+    monkeypatch.setenv(OIDC_SECRET_ENV, OIDC_SECRET)
+    runners: list[web.AppRunner] = []
+
+    async def start(*, basis: str = "consent") -> ConsentStack:
+        sandbox_runner, sandbox_url = await start_sandbox(SANDBOX_TOKEN, slow_delay=2.0)
+        runners.append(sandbox_runner)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        broker = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        clients = {OIDC_CLIENT: ClientConfig(OIDC_SECRET, [broker + "/citizen/callback"],
+                                             [broker + "/citizen/logged-out"], name="DLNUF")}
+        op_runner, issuer = await start_franceconnect(clients, host="127.0.0.2")
+        runners.append(op_runner)
+        login = CitizenLoginConfig(issuer=issuer, client_id=OIDC_CLIENT, client_secret_env=OIDC_SECRET_ENV,
+                                   redirect_uri=broker + "/citizen/callback",
+                                   post_logout_redirect_uri=broker + "/citizen/logged-out", session_lifetime=1800.0,
+                                   cookie_secure=False)
+        lyon, paris = consumer(LYON), consumer(PARIS)
+        text = registry_toml([lyon, paris], provider_url=sandbox_url, basis=basis, redirect_uri=CALLBACK)
+        config = broker_config(tmp_path, database_url, text, citizen_login=login)
+        app = create_app(config)
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
+        await runner.setup()
+        runners.append(runner)
+        await web.SockSite(runner, sock).start()
+        return ConsentStack(broker, issuer, app, database_url, lyon, paris, login)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
