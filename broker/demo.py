@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shlex
+import socket
 import sys
 from dataclasses import replace
 from importlib import resources
@@ -31,12 +32,14 @@ from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
 from broker.app import create_app
 from broker.config import CALLBACK_PATH, LOGGED_OUT_PATH, CitizenLoginConfig, Config
 from broker.keys import PrivateKey, generate_private_key, private_key_from_jwk
+from examples.cantine import app as cantine
 
 TOKEN_ENV = "DLNUF_DEMO_API_PARTICULIER_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 DGFIP_KEY_ENV = "DLNUF_DEMO_DGFIP_KEY"
 OIDC_SECRET_ENV = "DLNUF_DEMO_OIDC_CLIENT_SECRET"  # noqa: S105 - the name of a variable, not a secret
 OIDC_CLIENT_ID = "dlnuf-demo"
 CONSUMER_SIRET = "21750001600019"
+CANTINE_SIRET = "21690123100011"
 DEMO_SUBJECT = {"pivot_identity": {
     "family_name": "Dupont", "given_name": "Marie Claire", "birthdate": "1985-03-14",
     "gender": "female", "birthplace": "75114", "birthcountry": "99100",
@@ -51,12 +54,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--dgfip-port", type=int, default=0, help="DGFiP sandbox port (0: any free one)")
     p.add_argument("--franceconnect-port", type=int, default=0,
                    help="sandbox FranceConnect OP port (0: any free one)")
+    p.add_argument("--demarche-port", type=int, default=8081,
+                   help="the sample démarche's port (restauration scolaire; 0: any free one)")
 
 
-def consumer_key(path: Path) -> PrivateKey:
+def consumer_key(path: Path, kid: str = "demo-commune-paris") -> PrivateKey:
     if path.exists():
         return private_key_from_jwk(json.loads(path.read_text("utf-8")))
-    key = generate_private_key("ed25519", kid="demo-commune-paris")
+    key = generate_private_key("ed25519", kid=kid)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("x") as f:
         path.chmod(0o600)
@@ -68,10 +73,13 @@ def _toml_inline(jwk: dict[str, Any]) -> str:
     return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in jwk.items() if k != "kid") + " }"
 
 
-def write_registry(path: Path, key: PrivateKey, sandbox_url: str, dgfip_url: str) -> None:
+def write_registry(path: Path, key: PrivateKey, sandbox_url: str, dgfip_url: str, *, cantine_key: PrivateKey,
+                   cantine_url: str) -> None:
     template = Template(resources.files("broker").joinpath("demo_registry.toml.tmpl").read_text("utf-8"))
     path.write_text(template.substitute(kid=key.kid, jwk=_toml_inline(key.public_jwk()), sandbox_url=sandbox_url,
-                                        token_env=TOKEN_ENV, dgfip_url=dgfip_url, dgfip_key_env=DGFIP_KEY_ENV))
+                                        token_env=TOKEN_ENV, dgfip_url=dgfip_url, dgfip_key_env=DGFIP_KEY_ENV,
+                                        cantine_kid=cantine_key.kid, cantine_jwk=_toml_inline(cantine_key.public_jwk()),
+                                        cantine_url=cantine_url))
 
 
 def request_command(base_url: str, key_file: Path, *, dataset: str = "quotient_familial",
@@ -84,7 +92,8 @@ def request_command(base_url: str, key_file: Path, *, dataset: str = "quotient_f
     return shlex.join(args)
 
 
-async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect_port: int) -> None:
+async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect_port: int,
+               cantine_port: int) -> None:
     demo_dir = config.state_dir / "demo"
     key_file = demo_dir / "consumer-commune-paris.jwk"
     key = consumer_key(key_file)
@@ -92,8 +101,13 @@ async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect
     os.environ[DGFIP_KEY_ENV] = secrets.token_urlsafe(24)
     sandbox_runner, sandbox_url = await start_sandbox(os.environ[TOKEN_ENV], port=sandbox_port)
     dgfip_runner, dgfip_url = await dgfip.start_sandbox(os.environ[DGFIP_KEY_ENV], port=dgfip_port)
+    # the démarche's address goes in the registry (its OAuth redirect URI): bind its socket first
+    cantine_key = consumer_key(demo_dir / "consumer-ville-lyon-cantine.jwk", kid="demo-ville-lyon-cantine")
+    cantine_sock = socket.socket()
+    cantine_sock.bind((config.host, cantine_port))
+    cantine_url = f"http://{config.host}:{cantine_sock.getsockname()[1]}"
     registry_file = demo_dir / "registry.toml"
-    write_registry(registry_file, key, sandbox_url, dgfip_url)
+    write_registry(registry_file, key, sandbox_url, dgfip_url, cantine_key=cantine_key, cantine_url=cantine_url)
     base_url = f"http://{config.host}:{config.port}"
     login, fc_runner = config.citizen_login, None
     if login is None:
@@ -113,6 +127,10 @@ async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
+    cantine_runner = web.AppRunner(cantine.create_app(broker_url=base_url, key=cantine_key, siret=CANTINE_SIRET,
+                                                      base_url=cantine_url), access_log=None)
+    await cantine_runner.setup()
+    await web.SockSite(cantine_runner, cantine_sock).start()
     print(f"""
 DLNUF demo is running.
   broker            {base_url}   (OpenAPI: {base_url}/openapi.json, JWKS: {base_url}/.well-known/jwks.json)
@@ -134,11 +152,18 @@ and for her revenu fiscal de référence, from the DGFiP sandbox:
 
 Catalogue of what can be asked: {base_url}/v1/catalogue
 
+A démarche that pre-fills its form with the parent's consent (« Remplir avec mes données »):
+
+  {cantine_url}/   (Ville de Lyon, inscription à la restauration scolaire; log in as any synthetic citizen)
+
+and what a citizen sees of it all: {base_url}/citizen/
+
 Ctrl-C stops everything.
 """, file=sys.stderr, flush=True)
     try:
         await asyncio.Event().wait()
     finally:
+        await cantine_runner.cleanup()
         await runner.cleanup()
         await sandbox_runner.cleanup()
         await dgfip_runner.cleanup()
@@ -148,5 +173,5 @@ Ctrl-C stops everything.
 
 def run(args: argparse.Namespace, config: Config) -> int:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(config, args.sandbox_port, args.dgfip_port, args.franceconnect_port))
+        asyncio.run(_run(config, args.sandbox_port, args.dgfip_port, args.franceconnect_port, args.demarche_port))
     return 0

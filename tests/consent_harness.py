@@ -59,7 +59,7 @@ class ConsentStack:
         return BrokerClient(self.broker, key=c.key, client_id=c.siret)
 
     async def walk(self, browser: aiohttp.ClientSession, url: str, *, citizen: str = "dupont-marie-claire",
-                   decision: str = "accept", untick: tuple[str, ...] = ()) -> Arrival:
+                   decision: str = "accept", untick: tuple[str, ...] = (), stop_at: str = CALLBACK) -> Arrival:
         """Follow redirects as a browser does; log in at the OP and answer the consent screen when met; stop at
         the consumer's redirect URI."""
         method, data = "GET", None
@@ -72,7 +72,7 @@ class ConsentStack:
             if status in (302, 303):
                 assert location is not None
                 url = str(here.join(URL(location)))
-                if url.startswith(CALLBACK):
+                if url.startswith(stop_at):
                     return Arrival(url, {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()})
                 continue
             assert status == 200, f"{status} at {here}: {body[:500]}"
@@ -110,7 +110,7 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv(OIDC_SECRET_ENV, OIDC_SECRET)
     runners: list[web.AppRunner] = []
 
-    async def start(*, basis: str = "consent") -> ConsentStack:
+    async def start(*, basis: str = "consent", redirect_uri: str = CALLBACK) -> ConsentStack:
         sandbox_runner, sandbox_url = await start_sandbox(SANDBOX_TOKEN, slow_delay=2.0)
         runners.append(sandbox_runner)
         sock = socket.socket()
@@ -125,7 +125,7 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
                                    post_logout_redirect_uri=broker + "/citizen/logged-out", session_lifetime=1800.0,
                                    cookie_secure=False)
         lyon, paris = consumer(LYON), consumer(PARIS)
-        text = registry_toml([lyon, paris], provider_url=sandbox_url, basis=basis, redirect_uri=CALLBACK)
+        text = registry_toml([lyon, paris], provider_url=sandbox_url, basis=basis, redirect_uri=redirect_uri)
         config = broker_config(tmp_path, database_url, text, citizen_login=login)
         app = create_app(config)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
