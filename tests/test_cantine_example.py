@@ -23,7 +23,7 @@ def test_price_bracket(qf: int, bracket: str) -> None:
 
 
 async def _demarche(stack: ConsentStack, sock: socket.socket) -> web.AppRunner:
-    url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     runner = web.AppRunner(create_app(broker_url=stack.broker, key=stack.lyon.key, siret=LYON, base_url=url))
     await runner.setup()
     await web.SockSite(runner, sock).start()
@@ -41,14 +41,15 @@ async def _go(stack: ConsentStack, browser: aiohttp.ClientSession, base: str, de
 async def test_prefilled_with_consent_and_empty_without(start_consent_stack: StartConsentStack) -> None:  # noqa: F811
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    base = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     stack = await start_consent_stack(redirect_uri=base + "/retour")
     runner = await _demarche(stack, sock)
     try:
         async with stack.browser() as browser:
             async with browser.get(base + "/") as resp:
                 empty = await resp.text()
-            assert "Remplir avec mes données" in empty and 'name="quotient_familial" inputmode="numeric" value=""' in empty
+            assert "Remplir avec mes données" in empty
+            assert 'name="quotient_familial" inputmode="numeric" value=""' in empty
 
             html = await _go(stack, browser, base, "accept")
             assert "pré-rempli" in html
