@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +29,7 @@ from broker.openapi import openapi_document
 from broker.problems import problem_middleware
 from broker.state import STATE, AdapterSet, BrokerState, RegistryCache
 from consent import login_routes
+from consent import records as consent_records
 from consent.sealing import Sealer
 
 log = structlog.get_logger(__name__)
@@ -100,7 +102,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         sealer=Sealer.from_file(config.identity_key_file),
     )
     app[STATE] = state
-    tasks = [asyncio.create_task(cache.watch()), asyncio.create_task(_purge_nonces(pool))]
+    tasks = [asyncio.create_task(cache.watch()), asyncio.create_task(_housekeeping(pool))]
     yield
     for task in tasks:
         task.cancel()
@@ -109,13 +111,16 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
-async def _purge_nonces(pool: asyncpg.Pool) -> None:
+async def _housekeeping(pool: asyncpg.Pool, every: float = 30.0) -> None:
+    """Forget nonces past their window, and mark consents past their expiry as expired (with the event the
+    citizen's record shows); an expired consent is refused anyway, this only keeps the records truthful."""
     while True:
-        await asyncio.sleep(30)
+        await asyncio.sleep(every)
         try:
             await pool.execute(db.queries()["nonce_purge"])
+            await consent_records.expire_due(pool, datetime.now(UTC))
         except db.DB_ERRORS as exc:
-            log.warning("nonce purge failed", error=str(exc))
+            log.warning("housekeeping failed", error=str(exc))
 
 
 async def healthz(request: web.Request) -> web.Response:

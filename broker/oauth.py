@@ -230,15 +230,16 @@ async def consent_decision(request: web.Request, citizen: CitizenSession) -> web
     accepted = form.get("decision") == "accept" and bool(ticked & set(details.fields))
     granted = tuple(f for f in details.fields if f in ticked) if accepted else ()
     refused = tuple(f for f in details.fields if f not in granted)
-    consent = await records.create(
-        state.pool, subject_key=citizen.subject_key,
-        identity_ciphertext=state.sealer.seal_identity(citizen.identity, CONSENT_SEAL),
-        controller=org.siret, controller_name=org.name, recipient=details.recipient, habilitation_id=hab.id,
-        dataset=details.dataset, dataset_version=schemas.latest(details.dataset), provider=adapter_entry.provider,
-        purpose=details.purpose, fields=granted, fields_refused=refused, legal_basis_title=hab.legal_basis.title,
-        legal_basis_url=hab.legal_basis.url, accepted=accepted, frequency=details.frequency, now=now,
-        expires_at=now + timedelta(days=details.duration_days),
-    )
+    async with state.pool.acquire() as conn, conn.transaction():  # the record and its first event, together
+        consent = await records.create(
+            conn, subject_key=citizen.subject_key,
+            identity_ciphertext=state.sealer.seal_identity(citizen.identity, CONSENT_SEAL),
+            controller=org.siret, controller_name=org.name, recipient=details.recipient, habilitation_id=hab.id,
+            dataset=details.dataset, dataset_version=schemas.latest(details.dataset), provider=adapter_entry.provider,
+            purpose=details.purpose, fields=granted, fields_refused=refused, legal_basis_title=hab.legal_basis.title,
+            legal_basis_url=hab.legal_basis.url, accepted=accepted, frequency=details.frequency, now=now,
+            expires_at=now + timedelta(days=details.duration_days),
+        )
     log.info("consent decided", consent_id=str(consent.id), accepted=accepted, client_id=org.siret,
              dataset=details.dataset, fields=granted)
     if not accepted:

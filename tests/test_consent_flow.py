@@ -239,6 +239,13 @@ async def test_revocation_expiry_and_refresh(stack: ConsentStack) -> None:
                 await client.exchange(dataset="quotient_familial", purpose=PURPOSE, recipient=LYON,
                                       fields=["quotient_familial"], access_token=token2.access_token)
         assert expired.value.type == PROBLEM + "legal-basis-refused"
+        # the housekeeping sweep then makes the record say so, with the event's timestamp
+        from consent import records
+
+        await records.expire_due(stack.app[STATE].pool, datetime.now(UTC))
+        rows = await stack.sql("SELECT c.state, e.event FROM consents c JOIN consent_events e ON e.consent_id = c.id "
+                               "WHERE e.event = 'expired'")
+        assert [(r["state"], r["event"]) for r in rows] == [("expired", "expired")]
 
 
 async def _csrf(stack: ConsentStack, browser: aiohttp.ClientSession) -> str:
