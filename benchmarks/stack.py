@@ -31,13 +31,15 @@ import schemas
 from adapters.api_particulier import request_for
 from adapters.base import AdapterQuery
 from adapters.identity import Subject
-from broker.demo import CONSUMER_SIRET, DEMO_SUBJECT
+from adapters.sandbox import directory
 from broker.keys import PrivateKey, generate_private_key
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 HOST = "127.0.0.1"
 PROVIDER_SIRET = "13002526500013"
+CONSUMER_SIRET = "21750001600019"  # Commune de Paris, the consumer of the demo and the tests
+CITIZEN = "dupont-marie-claire"  # a sandbox citizen whose household has a quotient familial
 PURPOSE = "tarification-restauration-scolaire"
 FIELDS = ["quotient_familial", "enfants"]
 TOKEN_ENV = "DLNUF_BENCH_API_PARTICULIER_TOKEN"  # noqa: S105 - the name of a variable, not a secret
@@ -139,15 +141,20 @@ http {{
 """
 
 
+def subject() -> dict[str, object]:
+    """The citizen every exchange asks about, as the consumer sends it: the sandbox's own pivot identity."""
+    return {"pivot_identity": directory().citizen(CITIZEN).pivot.to_json()}
+
+
 def exchange_body() -> bytes:
     return orjson.dumps({"dataset": "quotient_familial", "purpose": PURPOSE, "recipient": CONSUMER_SIRET,
-                         "fields": FIELDS, "subject": DEMO_SUBJECT})
+                         "fields": FIELDS, "subject": subject()})
 
 
 def stub_path_query() -> str:
     """The path and query the broker's adapter sends the provider for this exchange (the adapter's function)."""
     query = AdapterQuery(dataset="quotient_familial", version=schemas.latest("quotient_familial"),
-                         subject=Subject.from_json(DEMO_SUBJECT), fields=frozenset(FIELDS), request_id="bench",
+                         subject=Subject.from_json(subject()), fields=frozenset(FIELDS), request_id="bench",
                          recipient=CONSUMER_SIRET)
     path, params = request_for(query)
     return f"{path}?{urllib.parse.urlencode(params)}"
@@ -317,7 +324,7 @@ def smoke_test(stack: Stack) -> str:
     async def run() -> str:
         async with BrokerClient(f"http://{HOST}:{stack.broker_ports[0]}", key=stack.key) as client:
             answer = await client.exchange(dataset="quotient_familial", purpose=PURPOSE, recipient=CONSUMER_SIRET,
-                                           fields=FIELDS, subject=DEMO_SUBJECT)
+                                           fields=FIELDS, subject=subject())
         if not answer.data.get("quotient_familial"):
             raise procs.SetupError(f"the broker answered without the data: {answer.raw}")
         headers = {"Authorization": f"Bearer {stack.token}", "Accept": "application/json"}
