@@ -42,7 +42,7 @@ WHOLE: list[tuple[str, re.Pattern[str]]] = [(name, re.compile(rx)) for name, rx 
     ("transparency log: inclusion promise (JCS, leaf hash, Ed25519 note)",
      r"TransparencyLog\.(receipt|promise) \(broker/"),
     ("transparency log: background integration (Merkle tree, checkpoint)",
-     r"TransparencyLog\.(run|drain|integrate|observe) \(broker/"),
+     r"TransparencyLog\.(run|drain|integrate|observe)[ .]"),
     ("other background tasks (nonce purge, registry watch, outbox)", r"(_purge_nonces|RegistryCache\.watch|[Oo]utbox)"),
 ]]
 
