@@ -252,6 +252,9 @@ async def _refuse(state: BrokerState, entry: accesslog.LogEntry, exc: Exception,
             # a refusal carries no data, but an unlogged one must say so: 503, as any unlogged exchange
             problem, exc = problem_for(log_exc), log_exc
     state.metrics.exchange(entry.dataset or "-", problem.slug, time.perf_counter() - started)
+    if isinstance(exc, AdapterError):
+        adapter = state.registry.current.adapter_for(entry.dataset or "")
+        state.metrics.provider_errors.labels(adapter.id if adapter else "-", exc.slug).inc()
     return problem_response(problem, detail=detail_for(exc), request_id=entry.request_id)
 
 

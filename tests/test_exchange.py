@@ -235,6 +235,11 @@ async def test_body_too_large(broker: Harness) -> None:
 async def test_provider_faults_release_nothing(broker: Harness, citizen: str, slug: str, status: int) -> None:
     row = await assert_refused(broker, await broker.exchange(exchange_body(pivot(citizen))), slug, status)
     assert row["outcome"] == ("failed" if status >= 500 else "refused")
+    async with broker.client.get("/metrics") as resp:
+        metrics = await resp.text()
+    if slug.startswith("provider-") and slug != "provider-answer-invalid":
+        assert f'dlnuf_provider_errors_total{{adapter="api-particulier",kind="{slug}"}} 1.0' in metrics
+    assert "dupont" not in metrics.lower() and "lenteur" not in metrics.lower()  # no personal data
 
 
 async def test_ambiguous_identity(broker: Harness) -> None:
