@@ -195,8 +195,12 @@ async def test_proof_routes(broker: Harness) -> None:
         assert answer.status == status, (path, answer.body)
         assert answer.headers["Content-Type"].startswith("application/problem+json")
 
-    metrics = (await get(broker, "/metrics")).body.decode()
-    assert "dlnuf_tlog_integration_lag_seconds_count" in metrics and "dlnuf_tlog_tree_size 4.0" in metrics
+    for _ in range(100):  # the gauges are set just after the round's commit, which the test may see first
+        metrics = (await get(broker, "/metrics")).body.decode()
+        if "dlnuf_tlog_tree_size 4.0" in metrics:
+            break
+        await asyncio.sleep(0.05)
+    assert "dlnuf_tlog_integration_lag_seconds_count 4.0" in metrics and "dlnuf_tlog_tree_size 4.0" in metrics
 
 
 async def test_entries_are_for_auditors_only(broker: Harness, auditor: Consumer, portal: Consumer) -> None:
