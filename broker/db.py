@@ -132,9 +132,17 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Pool connections carry no session state in this code base (no SET, no session advisory lock, no cursor
+    outside a transaction; the one LISTEN is removed before release), so asyncpg's default reset query
+    (unlock all, CLOSE ALL, UNLISTEN *, RESET ALL) on every release is a round trip for nothing: measured here it
+    tripled the cost of a pooled `SELECT 1` (338 vs 111 us, median of 3 x 5 x 1000 queries, same run), and the
+    exchange pipeline releases twice per exchange. asyncpg still rolls back an open transaction on release."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset,
         # a statement stuck on a dead server must fail fast into a 503, not hang a request
         command_timeout=10,
     )
