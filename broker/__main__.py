@@ -92,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--registry", type=Path, help="apply this registry file at start")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="broker processes sharing the port (SO_REUSEPORT) and the database; one per core")
 
     sub.add_parser("migrate", help="apply database migrations")
 
@@ -127,6 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "serve":
         from broker.app import create_app
 
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        if args.workers > 1:
+            from broker.workers import serve_workers
+
+            return serve_workers(config, args.workers)
         web.run_app(create_app(config), host=config.host, port=config.port, access_log=None,
                     print=lambda s: print(s, file=sys.stderr))
         return 0
