@@ -123,10 +123,17 @@ async def test_registry_apply_command_refuses_it_and_changes_nothing(database_ur
 def test_demo_registry_is_valid_with_both_providers(tmp_path: Path) -> None:
     path = tmp_path / "registry.toml"
     key = generate_private_key("ed25519", kid="demo-commune-paris")
-    demo.write_registry(path, key, "http://127.0.0.1:1", "http://127.0.0.1:2")
+    cantine = generate_private_key("ed25519", kid="demo-ville-lyon-cantine")
+    demo.write_registry(path, key, "http://127.0.0.1:1", "http://127.0.0.1:2", cantine_key=cantine,
+                        cantine_url="http://127.0.0.1:3")
     reg = registry.parse_registry(path.read_text(), str(path))
     assert {a.kind for a in reg.adapters} == {"api_particulier", "http_json"}
     assert reg.habilitation(demo.CONSUMER_SIRET, "revenu_fiscal_reference") is not None
+    # the sample démarche's consent-based habilitation and its exact redirect URI
+    lyon = reg.habilitation(demo.CANTINE_SIRET, "quotient_familial")
+    assert lyon is not None and lyon.legal_basis.type == "consent"
+    org = reg.organisation(demo.CANTINE_SIRET)
+    assert org is not None and org.redirect_uris == ("http://127.0.0.1:3/retour",)
 
 
 # ------------------------------------------------------------------------------------------ docs/adapters.md
