@@ -261,7 +261,7 @@ def _oauth_error(status: int, error: str, description: str, headers: Mapping[str
                              headers={"Cache-Control": "no-store", **(headers or {})})
 
 
-def _page(title: str, body: str, *, status: int = 200) -> web.Response:
+def _page(title: str, body: str, *, status: int = 200, form_target: str | None = None) -> web.Response:
     text = f"""<!doctype html>
 <html lang="fr">
 <head>
@@ -279,7 +279,9 @@ def _page(title: str, body: str, *, status: int = 200) -> web.Response:
 """
     return web.Response(text=text, content_type="text/html", charset="utf-8", status=status, headers={
         "Cache-Control": "no-store",
-        "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        # browsers apply form-action to a form's redirects too: the picker's answer is a 302 to the client
+        "Content-Security-Policy": f"default-src 'none'; form-action 'self'{' ' + form_target if form_target else ''}; "
+                                   "frame-ancestors 'none'; base-uri 'none'",
         "X-Content-Type-Options": "nosniff",
     })
 
@@ -433,7 +435,8 @@ Ce fournisseur d'identité de test ne connaît que des personnes fictives : choi
 <button type="submit" name="decision" value="cancel" formnovalidate>Annuler et revenir au service</button>
 </p>
 </form>"""
-    return _page("Se connecter", body)
+    back = urlsplit(parsed.redirect_uri)
+    return _page("Se connecter", body, form_target=f"{back.scheme}://{back.netloc}")
 
 
 async def authorize_decision(request: web.Request) -> web.Response:
