@@ -258,16 +258,17 @@ def _journal_request(body: bytes) -> tuple[Subject, JournalFilter, str]:
     return subject, wanted, fmt
 
 
-_CSV_COLUMNS = ("logged_at", "consumer", "consumer_name", "dataset", "dataset_version", "purpose", "recipient",
+CSV_COLUMNS = ("logged_at", "consumer", "consumer_name", "dataset", "dataset_version", "purpose", "recipient",
                 "fields_requested", "fields_released", "legal_basis_type", "legal_basis_title", "legal_basis_url",
                 "outcome", "problem_type", "payload_sha256", "id", "log_index", "tree_size", "leaf_hash",
                 "inclusion_proof")
 
 
-def _journal_csv(journal: Journal, names: Mapping[str, str]) -> str:
+def journal_csv(journal: Journal, names: Mapping[str, str]) -> str:
+    """A journal as RFC 4180 CSV, one line per entry (lists space-separated): also the citizen portal's export."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
-    writer.writerow(_CSV_COLUMNS)
+    writer.writerow(CSV_COLUMNS)
     for e in journal.entries:
         values: dict[str, Any] = dict(e.entry)
         values.update(
@@ -277,8 +278,22 @@ def _journal_csv(journal: Journal, names: Mapping[str, str]) -> str:
             fields_requested=" ".join(str(f) for f in values["fields_requested"]),
             fields_released=" ".join(str(f) for f in values["fields_released"]),
         )
-        writer.writerow(["" if values.get(c) is None else values[c] for c in _CSV_COLUMNS])
+        writer.writerow(["" if values.get(c) is None else values[c] for c in CSV_COLUMNS])
     return out.getvalue()
+
+
+def journal_document(journal: Journal, names: Mapping[str, str], origin: str) -> dict[str, Any]:
+    """A journal as JSON, each entry with what verifies it against the checkpoint: also the portal's export."""
+    return {
+        "origin": origin,
+        "checkpoint": journal.checkpoint.note,
+        "tree_size": journal.checkpoint.size,
+        "truncated": journal.truncated,
+        "entries": [{
+            "entry": e.entry, "consumer_name": names.get(str(e.entry["consumer"])), "leaf_hash": b64(e.leaf_hash),
+            "index": e.index, "inclusion_proof": None if e.proof is None else _proof_json(e.proof),
+        } for e in journal.entries],
+    }
 
 
 @_answering_problems
@@ -292,18 +307,10 @@ async def journal(request: web.Request) -> web.Response:
     registry = state.registry.current
     names = {o.siret: o.name for o in registry.organisations}
     if fmt == "csv":
-        return web.Response(text=_journal_csv(found, names), content_type="text/csv", charset="utf-8",
+        return web.Response(text=journal_csv(found, names), content_type="text/csv", charset="utf-8",
                             headers={"Content-Disposition": 'attachment; filename="journal.csv"'})
-    return web.Response(content_type="application/json", body=orjson.dumps({
-        "origin": request.app[TLOG].origin,
-        "checkpoint": found.checkpoint.note,
-        "tree_size": found.checkpoint.size,
-        "truncated": found.truncated,
-        "entries": [{
-            "entry": e.entry, "consumer_name": names.get(str(e.entry["consumer"])), "leaf_hash": b64(e.leaf_hash),
-            "index": e.index, "inclusion_proof": None if e.proof is None else _proof_json(e.proof),
-        } for e in found.entries],
-    }))
+    return web.Response(content_type="application/json",
+                        body=orjson.dumps(journal_document(found, names, request.app[TLOG].origin)))
 
 
 # -- Wiring -----------------------------------------------------------------------------------------------------
