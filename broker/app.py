@@ -19,7 +19,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from broker import catalogue, citizen_api, db, oauth, pages, registry, tlog_routes
+from broker import catalogue, citizen_api, db, oauth, pages, portal, registry, tlog_routes
 from broker.config import Config
 from broker.exchange import handle_exchange
 from broker.keys import load_or_create_broker_key
@@ -180,6 +180,7 @@ def create_app(config: Config) -> web.Application:
         login_routes.add_routes(app.router)
         oauth.add_routes(app)
         citizen_api.add_routes(app)
+        portal.add_routes(app.router)
     app.cleanup_ctx.append(tlog_routes.tlog_ctx)
     app.router.add_post("/v1/exchanges", handle_exchange)
     app.router.add_get("/healthz", healthz)

@@ -318,11 +318,58 @@ def _citizen_login_paths() -> dict[str, Any]:
             "parameters": [{"name": "state", **query}],
             "responses": {"200": _html("The citizen is logged out.")},
         }},
-        "/citizen/": {"get": {
-            "operationId": "citizenAccount", "tags": ["citizen login"],
-            "summary": "Who is logged in, and the logout button",
-            "responses": {"200": _html("The account page."), "302": _redirect("Not logged in: to the login.")},
-        }},
+    }
+
+
+def _portal_paths() -> dict[str, Any]:
+    """"Mes données", the citizen portal (`broker.portal`): HTML pages, present with citizen login. Without a session
+    every page redirects to the login; every POST needs the session's CSRF token (form field `csrf`)."""
+    login = _redirect("Not logged in: to the login, which comes back here.")
+    query = {"in": "query", "required": False, "schema": {"type": "string"}}
+    filters = [{"name": "du", **query, "description": "First day (YYYY-MM-DD, Paris time), included."},
+               {"name": "au", **query, "description": "Last day (YYYY-MM-DD, Paris time), included."},
+               {"name": "administration", **query, "description": "Consumer SIRET."},
+               {"name": "donnees", **query, "description": "Dataset id."}]
+    item = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
+    form = {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+        "type": "object", "required": ["csrf"], "properties": {"csrf": {"type": "string"}}}}}}
+    changed = {"303": _redirect("Done: back to the list, which says so."), "302": login,
+               "403": _html("The session's CSRF token is missing or wrong: nothing happened."),
+               "404": _html("Unknown, or another citizen's.")}
+
+    def page(operation: str, summary: str, **extra: Any) -> dict[str, Any]:
+        return {"get": {"operationId": operation, "tags": ["citizen portal"], "summary": summary, **extra,
+                        "responses": {"200": _html(summary), "302": login}}}
+
+    def export(operation: str, media: str) -> dict[str, Any]:
+        return {"get": {"operationId": operation, "tags": ["citizen portal"], "parameters": filters,
+                        "summary": f"The journal as a {media} download, with the same filters",
+                        "responses": {"200": {"description": "An attachment.", "content": {media: {}}},
+                                      "302": login}}}
+
+    return {
+        "/citizen/": page("portalHome", "The portal's home: who is logged in, until when, where to go"),
+        "/citizen/journal": page("portalJournal", "Every access to the citizen's data, newest first, with the "
+                                 "materials to verify each entry in the browser", parameters=filters),
+        "/citizen/journal.csv": export("portalJournalCsv", "text/csv"),
+        "/citizen/journal.json": export("portalJournalJson", "application/json"),
+        "/citizen/consentements": page("portalConsents", "The citizen's consents by state"),
+        "/citizen/consentements/{id}/retrait": {
+            **page("portalRevokeConfirm", "Confirm the revocation of a consent", parameters=item),
+            "post": {"operationId": "portalRevoke", "tags": ["citizen portal"], "summary": "Revoke a consent",
+                     "parameters": item, "requestBody": form, "responses": changed}},
+        "/citizen/oppositions": {
+            **page("portalObjections", "The proactive exchanges the citizen may object to, and their objections"),
+            "post": {"operationId": "portalObject", "tags": ["citizen portal"],
+                     "summary": "Object to a proactive exchange (consumer and dataset of a proactive habilitation)",
+                     "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+                         "type": "object", "required": ["csrf", "consumer", "dataset"], "properties": {
+                             "csrf": {"type": "string"}, "consumer": {"type": "string"},
+                             "dataset": {"type": "string"}}}}}},
+                     "responses": changed}},
+        "/citizen/oppositions/{id}/retrait": {"post": {
+            "operationId": "portalWithdrawObjection", "tags": ["citizen portal"], "summary": "Withdraw an objection",
+            "parameters": item, "requestBody": form, "responses": changed}},
     }
 
 
@@ -504,6 +551,7 @@ def openapi_document() -> dict[str, Any]:
             **_log_paths(),
             **_citizen_login_paths(),
             **_consent_paths(),
+            **_portal_paths(),
         },
         "x-problem-base": PROBLEM_BASE,
         "x-datasets": {k: list(v) for k, v in schemas.catalogue().items()},

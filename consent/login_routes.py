@@ -8,7 +8,8 @@
   then 302 to ``next``.
 * ``POST /citizen/logout``: CSRF-checked (form field ``csrf`` or header ``X-CSRF-Token``); deletes the session, then
   303 to the OP's end_session_endpoint, which comes back to ``/citizen/logged-out``.
-* ``GET /citizen/logged-out``: says so. ``GET /citizen/``: who is logged in, and the logout button.
+* ``GET /citizen/logged-out``: says so. ``GET /citizen/`` (where a login lands by default) is the citizen portal's
+  home, `broker.portal`.
 
 The login state (state, nonce, PKCE verifier, next, expiry) lives in a short-lived cookie sealed with AES-256-GCM,
 not in the database: a login started by anyone on the Internet then writes nothing on the server (the same reason
@@ -100,7 +101,6 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(CALLBACK_PATH, callback)
     router.add_post(LOGOUT_PATH, logout)
     router.add_get(LOGGED_OUT_PATH, logged_out)
-    router.add_get(ACCOUNT_PATH, account)
 
 
 @asynccontextmanager
@@ -364,17 +364,3 @@ def citizen_required(*, html_page: bool) -> Callable[[CitizenHandler], Handler]:
         return guarded
 
     return decorate
-
-
-@citizen_required(html_page=True)
-async def account(request: web.Request, session: CitizenSession) -> web.Response:
-    who = f"{session.identity.given_name} {session.identity.family_name.upper()}"
-    until = session.expires_at.astimezone(UTC).strftime("%H:%M UTC")
-    body = f"""<h1>Mon compte</h1>
-<p>Vous êtes connecté·e avec FranceConnect en tant que <strong>{html.escape(who)}</strong>.</p>
-<p>Votre session se termine à {html.escape(until)}.</p>
-<form method="post" action="{html.escape(LOGOUT_PATH)}">
-<input type="hidden" name="{CSRF_FIELD}" value="{html.escape(session.csrf_token)}">
-<button type="submit">Se déconnecter</button>
-</form>"""
-    return _page(request, "Mon compte", body)
