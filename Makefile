@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.package-lock.json
+CHROMIUM ?= /usr/bin/chromium
+APT := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean assets browser screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,15 +16,34 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The DSFR (served with the citizen pages) and axe-core (browser tests only), exactly as package-lock.json says.
+# The pages work without them, unstyled: for the demo, a missing npm or a failed install is reported, not fatal.
+$(NODE_STAMP): package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund; \
+	else echo "npm not found: the pages are served without the DSFR styles (install Node.js and npm)" >&2; fi
+
+assets:
+	-@$(MAKE) --no-print-directory $(NODE_STAMP)
+
+# The browser tests need Debian's Chromium and axe-core; CI runs as root on a fresh clone, so install what is missing.
+browser: $(STAMP)
+	@command -v npm >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq npm; }
+	@$(MAKE) --no-print-directory $(NODE_STAMP)
+	@test -x $(CHROMIUM) || { $(APT) update -qq && $(APT) install -y -qq chromium; }
+
+demo: $(STAMP) assets
 	$(BIN)/python -m broker demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+test: lint browser
 	$(BIN)/pytest -q
+
+# docs/journal.png and docs/consent-screen.png, taken by the browser test of a citizen's path
+screenshots: browser
+	DLNUF_UPDATE_DOCS=1 $(BIN)/pytest -q tests/browser/test_portal.py -k test_a_citizen_from_login_to_export
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/exchange.py $(BENCH_ARGS)

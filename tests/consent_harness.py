@@ -4,7 +4,7 @@ login, consumers with consent-based habilitations, and a scripted browser that f
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ class ConsentStack:
     lyon: Consumer
     paris: Consumer
     login: CitizenLoginConfig
+    callback: str = CALLBACK
+    """The consumers' registered redirect URI."""
 
     def browser(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
@@ -110,7 +112,10 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv(OIDC_SECRET_ENV, OIDC_SECRET)
     runners: list[web.AppRunner] = []
 
-    async def start(*, basis: str = "consent", redirect_uri: str = CALLBACK) -> ConsentStack:
+    async def start(*, basis: str = "consent", redirect_uri: str = CALLBACK, bases: Mapping[str, str] | None = None,
+                    names: Mapping[str, str] | None = None) -> ConsentStack:
+        """`basis` for both consumers' habilitations, or `bases[siret]` for those it names; `redirect_uri` is
+        registered for both; `names` names the consumers in the registry (else "Commune <siret>")."""
         sandbox_runner, sandbox_url = await start_sandbox(SANDBOX_TOKEN, slow_delay=2.0)
         runners.append(sandbox_runner)
         sock = socket.socket()
@@ -125,14 +130,15 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
                                    post_logout_redirect_uri=broker + "/citizen/logged-out", session_lifetime=1800.0,
                                    cookie_secure=False)
         lyon, paris = consumer(LYON), consumer(PARIS)
-        text = registry_toml([lyon, paris], provider_url=sandbox_url, basis=basis, redirect_uri=redirect_uri)
+        text = registry_toml([lyon, paris], provider_url=sandbox_url, basis=basis, bases=bases, names=names,
+                             redirect_uri=redirect_uri)
         config = broker_config(tmp_path, database_url, text, citizen_login=login)
         app = create_app(config)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
         await runner.setup()
         runners.append(runner)
         await web.SockSite(runner, sock).start()
-        return ConsentStack(broker, issuer, app, database_url, lyon, paris, login)
+        return ConsentStack(broker, issuer, app, database_url, lyon, paris, login, redirect_uri)
 
     yield start
     for runner in reversed(runners):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from broker.keys import PrivateKey, generate_private_key
@@ -40,7 +41,12 @@ def registry_toml(
     timeout: float = 2.0,
     habilitation_extra: str = "",
     redirect_uri: str | None = None,
+    bases: Mapping[str, str] | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> str:
+    """A registry with the API Particulier provider and one quotient_familial habilitation per consumer, on
+    `basis`, or on `bases[siret]` for the consumers it names; consumers are called `names[siret]`, or "Commune
+    <siret>"."""
     parts = [f"""
 [[organisations]]
 siret = "{PROVIDER}"
@@ -51,7 +57,7 @@ roles = ["provider"]
         parts.append(f"""
 [[organisations]]
 siret = "{c.siret}"
-name = "Commune {c.siret}"
+name = "{(names or {}).get(c.siret, f"Commune {c.siret}")}"
 roles = ["consumer"]
 {f'redirect_uris = ["{redirect_uri}"]' if redirect_uri else ""}
 
@@ -79,7 +85,7 @@ purposes = ["{PURPOSE}"]
 {field_line}
 recipients = ["{c.siret}", "{c.siret}/cantine"]
 retention = "P1Y"
-legal_basis = {{ type = "{basis}", title = "CRPA, article L114-8", url = "{LEGAL_URL}" }}
+legal_basis = {{ type = "{(bases or {}).get(c.siret, basis)}", title = "CRPA, article L114-8", url = "{LEGAL_URL}" }}
 {habilitation_extra}
 """)
     return "".join(parts)
