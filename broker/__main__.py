@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from aiohttp import web
@@ -17,17 +17,8 @@ from broker.config import Config, ConfigError, load_config
 from broker.logs import configure
 
 
-@asynccontextmanager
-async def _database(config: Config) -> AsyncIterator[str]:
-    """The configured database, or the embedded one (started for the command, stopped after)."""
-    if config.database_url is not None:
-        yield config.database_url
-        return
-    embedded = await asyncio.to_thread(db.EmbeddedPostgres, config.state_dir / "pgdata")
-    try:
-        yield embedded.dsn()
-    finally:
-        await asyncio.to_thread(embedded.stop)
+def _database(config: Config) -> AbstractAsyncContextManager[str]:
+    return db.database_dsn(config.database_url, config.state_dir)
 
 
 async def _migrate(config: Config) -> int:

@@ -7,7 +7,6 @@ log's integrator and notification outbox) and closed in reverse.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from broker.metrics import Metrics
 from broker.middleware import request_id_middleware, signing_middleware
 from broker.openapi import openapi_document
 from broker.problems import problem_middleware
+from broker.secretfile import create_once
 from broker.state import STATE, AdapterSet, BrokerState, RegistryCache
 from consent import login_routes
 from consent import records as consent_records
@@ -40,17 +40,10 @@ DSN = web.AppKey("dsn", str)
 
 def load_or_create_secret(path: Path) -> bytes:
     """The subject-key secret: shared by every process of one broker, created once, never logged."""
-    if path.exists():
-        data = path.read_bytes()
-        if len(data) < 32:
-            raise RuntimeError(f"{path} must hold at least 32 bytes")
-        return data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = secrets.token_bytes(32)
-    with contextlib.suppress(FileExistsError), path.open("xb") as f:
-        path.chmod(0o600)
-        f.write(data)
-    return path.read_bytes()
+    data = create_once(path, lambda: secrets.token_bytes(32))
+    if len(data) < 32:
+        raise RuntimeError(f"{path} must hold at least 32 bytes")
+    return data
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -10,8 +10,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -72,17 +71,9 @@ class ProgressBar:
         self.stream.flush()
 
 
-@asynccontextmanager
-async def _database(url: str | None, config: Config) -> AsyncIterator[str]:
+def _database(url: str | None, config: Config) -> AbstractAsyncContextManager[str]:
     """The database given, the configured one, or the embedded one (started for the command, stopped after)."""
-    if url or config.database_url:
-        yield url or config.database_url or ""
-        return
-    embedded = await asyncio.to_thread(db.EmbeddedPostgres, config.state_dir / "pgdata")
-    try:
-        yield embedded.dsn()
-    finally:
-        await asyncio.to_thread(embedded.stop)
+    return db.database_dsn(url or config.database_url, config.state_dir)
 
 
 def _trusted(args: argparse.Namespace) -> list[NoteVerifier]:

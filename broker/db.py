@@ -7,9 +7,12 @@ advisory lock so several broker processes starting at once apply each exactly on
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import warnings
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -171,6 +174,20 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         self._server.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def database_dsn(database_url: str | None, state_dir: Path) -> AsyncIterator[str]:
+    """For commands (migrate, registry apply, log verify...): the database given, or the embedded one under
+    `state_dir`, started for the command and stopped after."""
+    if database_url:
+        yield database_url
+        return
+    embedded = await asyncio.to_thread(EmbeddedPostgres, state_dir / "pgdata")
+    try:
+        yield embedded.dsn()
+    finally:
+        await asyncio.to_thread(embedded.stop)
 
 
 def describe(dsn: str) -> str:

@@ -11,12 +11,9 @@ for historical keys); they become `not_before` / `not_after`, and the key is val
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from broker.secretfile import create_once
 
 Algorithm: TypeAlias = Literal["ed25519", "ecdsa-p256-sha256"]
 ED25519: Final = "ed25519"
@@ -280,25 +279,15 @@ def private_key_from_jwk(jwk: Mapping[str, object]) -> PrivateKey:
 def load_or_create_broker_key(path: Path) -> BrokerKey:
     """The broker's response-signing key from its private JWK file, generated (Ed25519, mode 0600) if absent.
 
-    Several broker processes may start at once: the new key is written to a temporary file and linked into
-    place, so a process either creates the file whole or reads the one another process created.
+    Several broker processes may start at once: `broker.secretfile.create_once` makes one of them win whole.
     """
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        jwk = generate_private_jwk(ED25519)
-        fd, tmp = tempfile.mkstemp(prefix=".broker-key-", dir=path.parent)  # mkstemp creates it 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(jwk, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            with contextlib.suppress(FileExistsError):  # another process won the race: use its key
-                os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
     try:
-        jwk = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
+        raw = create_once(path, lambda: json.dumps(generate_private_jwk(ED25519), indent=2).encode())
+    except OSError as exc:
+        raise InvalidKey(f"{path}: cannot create or read the broker key: {exc}") from None
+    try:
+        jwk = json.loads(raw)
+    except ValueError as exc:
         raise InvalidKey(f"{path}: cannot read the broker key: {exc}") from None
     if not isinstance(jwk, dict):
         raise InvalidKey(f"{path}: the broker key must be a JWK object")

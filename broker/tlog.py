@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import math
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -44,6 +41,7 @@ from broker import checkpoint, db, merkle
 from broker.accesslog import COLUMNS, LogEntry
 from broker.jcs import JsonValue, canonicalize
 from broker.metrics import Metrics
+from broker.secretfile import create_once
 
 log = structlog.get_logger(__name__)
 
@@ -141,22 +139,11 @@ def load_or_create_note_key(path: Path, origin: str) -> NoteSigner:
 
     A dedicated key, not the broker's response key: one key per message format, so no note can ever be read as
     an HTTP signature base or the reverse, and the log key can be rotated or kept offline on its own. Several
-    processes may start at once: the key is written aside and linked into place, so one file wins whole.
+    processes may start at once: `broker.secretfile.create_once` makes one of them win whole.
     """
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".log-note-key-", dir=path.parent)  # mkstemp creates it 0600
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(checkpoint.signer_key(origin, Ed25519PrivateKey.generate()) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            with contextlib.suppress(FileExistsError):  # another process won the race: use its key
-                os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
     try:
-        name, key = checkpoint.parse_signer_key(path.read_text("ascii").strip())
+        raw = create_once(path, lambda: f"{checkpoint.signer_key(origin, Ed25519PrivateKey.generate())}\n".encode())
+        name, key = checkpoint.parse_signer_key(raw.decode("ascii").strip())
     except (OSError, UnicodeDecodeError, checkpoint.CheckpointError) as exc:
         raise NoteKeyError(f"{path}: not a readable note signer key ({type(exc).__name__})") from None
     if name != origin:

@@ -7,7 +7,6 @@ The associated data names what a ciphertext is for, so one sealed value cannot b
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from adapters.identity import PivotIdentity
+from broker.secretfile import create_once
 
 CONSENT_SEAL = "dlnuf/consent-identity/v1"
 SESSION_SEAL = "dlnuf/session-identity/v1"
@@ -35,18 +35,7 @@ class Sealer:
     @classmethod
     def from_file(cls, path: Path) -> Sealer:
         """Load the key, creating it (mode 0600) on first use; every broker process shares the same file."""
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = None
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                os.write(fd, secrets.token_bytes(32))
-            except FileExistsError:
-                pass  # another process created it first: use theirs
-            finally:
-                if fd is not None:
-                    os.close(fd)
-        return cls(path.read_bytes())
+        return cls(create_once(path, lambda: secrets.token_bytes(32)))
 
     def seal(self, plaintext: bytes, purpose: str) -> bytes:
         nonce = secrets.token_bytes(_NONCE)
