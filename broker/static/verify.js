@@ -97,6 +97,7 @@
   /* RFC 9162 §2.1.3.2: the root the proof leads to from `leaf` at `index` in a tree of `size` leaves. */
   async function rootFromInclusionProof(leaf, index, size, proof) {
     if (!(index >= 0n && index < size)) throw new VerifyError("proof", "l'entrée n'est pas une feuille de cet arbre.");
+    if (leaf.length !== 32) throw new VerifyError("proof", "l'empreinte de l'entrée n'a pas la bonne taille.");
     let fn = index;
     let sn = size - 1n;
     let r = leaf;
@@ -154,8 +155,10 @@
       if (rest.length || !b64) throw new VerifyError("checkpoint", "une ligne de signature est mal formée.");
       if (name !== verifier.name) continue; // another key's signature (a witness): not ours to judge
       const raw = fromBase64(b64, "Une signature");
-      if (raw.length !== 68 || !equal(raw.slice(0, 4), verifier.keyId)) continue;
-      const ok = await crypto.subtle.verify("Ed25519", verifier.key, raw.slice(4), utf8.encode(text));
+      if (raw.length < 5) throw new VerifyError("checkpoint", "une ligne de signature est mal formée.");
+      if (!equal(raw.slice(0, 4), verifier.keyId)) continue; // same name, another key: a rotated one, not ours
+      const ok = raw.length === 68 &&
+        await crypto.subtle.verify("Ed25519", verifier.key, raw.slice(4), utf8.encode(text));
       if (!ok) throw new VerifyError("signature", "la signature du point de contrôle est invalide : il n'a pas été signé par la clé du journal.");
       verified = true;
     }

@@ -58,12 +58,12 @@ AssertAccessible = Callable[[Page, str], Awaitable[None]]
 """`assert_accessible(page, name)`: axe-core finds no serious or critical violation on the page."""
 
 
-async def screenshot(page: Page, name: str) -> Path:
-    """A screenshot for the documentation: always into test-artifacts/, and into docs/ with DLNUF_UPDATE_DOCS=1."""
+async def screenshot(page: Page, name: str, *, docs: bool = False) -> Path:
+    """A screenshot into test-artifacts/, to look at; with `docs`, also into docs/ when DLNUF_UPDATE_DOCS=1."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
     await page.screenshot(path=path, full_page=True)
-    if UPDATE_DOCS:
+    if docs and UPDATE_DOCS:
         shutil.copyfile(path, DOCS / name)
     return path
 

@@ -56,7 +56,7 @@ async def test_a_citizen_from_login_to_export(stack: ConsentStack, demarche: Dem
     async def look(screen: Page) -> None:
         await expect(screen.get_by_role("heading", level=1)).to_contain_text("Partager vos données")
         await assert_accessible(screen, "consent screen")
-        await screenshot(screen, "consent-screen.png")
+        await screenshot(screen, "consent-screen.png", docs=True)
 
     token = await consent_in_browser(page, stack, demarche, on_screen=look)
     assert (await lyon_exchange(stack, token)).data["quotient_familial"]["valeur"] == 582
@@ -69,6 +69,7 @@ async def test_a_citizen_from_login_to_export(stack: ConsentStack, demarche: Dem
     await expect(page.get_by_role("heading", level=1)).to_have_text("Mes données")
     assert "Marie Claire DUPONT" in await page.inner_text("body")
     await assert_accessible(page, "portal home")
+    await screenshot(page, "portal-home.png")
     await page.get_by_role("link", name="Journal des accès", exact=True).first.click()
     await page.wait_for_url(stack.broker + "/citizen/journal")
     rows = await journal_rows(page)
@@ -83,7 +84,7 @@ async def test_a_citizen_from_login_to_export(stack: ConsentStack, demarche: Dem
     for n in (1, 2, 3):
         assert (await verify_row(page, n)).startswith(IN_LOG)
     await assert_accessible(page, "journal, verified")
-    await screenshot(page, "journal.png")
+    await screenshot(page, "journal.png", docs=True)
 
     # 4. she revokes Lyon's consent, after a confirmation page; Lyon's next exchange is refused
     await page.get_by_role("link", name="Mes consentements").first.click()
@@ -92,10 +93,12 @@ async def test_a_citizen_from_login_to_export(stack: ConsentStack, demarche: Dem
     await page.get_by_role("link", name=re.compile("Retirer ce consentement")).click()
     await expect(page.get_by_role("heading", level=1)).to_contain_text("Retirer votre consentement")
     await assert_accessible(page, "revocation confirmation")
+    await screenshot(page, "portal-revoke.png")
     await page.get_by_role("button", name="Oui, retirer mon consentement").click()
     await expect(page.locator(".fr-alert--success")).to_contain_text("Consentement retiré")
     await expect(page.get_by_role("heading", name="Retirés (1)")).to_be_visible()
     await assert_accessible(page, "consents, after revocation")
+    await screenshot(page, "portal-consents.png")
     assert await refused(lyon_exchange(stack, token)) == REFUSED
 
     # her signed receipt downloads, and verifies with the broker's public key (as anyone can)
@@ -108,6 +111,7 @@ async def test_a_citizen_from_login_to_export(stack: ConsentStack, demarche: Dem
     await page.get_by_role("button", name=re.compile("M'opposer")).click()
     await expect(page.locator(".fr-alert--success")).to_contain_text("Votre opposition est enregistrée")
     await assert_accessible(page, "objections, after objecting")
+    await screenshot(page, "portal-objections.png")
     assert await refused(paris_exchange(stack)) == REFUSED
 
     # 6. both refusals are in her journal, on top, and verify too
