@@ -23,9 +23,19 @@ Kind ``http_json`` (`adapters.http_json.HttpJsonAdapter`, a provider described w
 ``token_env``  (string, optional) environment variable holding the provider's key; no key, no auth header.
 ``auth_header`` (string, optional, default ``Authorization``) header carrying the key: ``Bearer <key>`` in
                Authorization, the key verbatim in any other header (``X-Api-Key``...).
-``endpoints``  (table, required) one entry per dataset: ``pivot`` and/or ``identifiers`` lookups, ``fields``
-               (dataset member -> JSON pointer), ``statuses``; see `adapters.http_json` for the vocabulary
-               and a complete example.
+``endpoints``  (table, required) one entry per dataset: ``pivot`` and/or ``identifiers`` lookups (each a GET
+               with query parameters, or a POST with a JSON ``body``), ``fields`` (dataset member -> JSON
+               pointer), ``statuses``; see `adapters.http_json` for the vocabulary and complete examples.
+``client_cert_file``, ``client_key_file`` (absolute paths, optional, together) the PEM certificate and the
+               unencrypted PEM private key the broker presents to the provider (mutual TLS). The registry names
+               the files, never their content; they are read by ``registry apply`` (which refuses a missing,
+               unreadable or non-PEM file) and by each broker when it builds the adapter (which refuses a key
+               that does not match the certificate). https ``base_url`` only.
+``ca_file``    (absolute path, optional) PEM certificate(s) of the provider's CA, trusted instead of the system's
+               store for this provider only. https ``base_url`` only.
+
+An ``http_json`` entry with a POST lookup not marked ``idempotent = true`` is never retried: its ``retries``
+defaults to 0, and any other value is refused naming the lookup.
 
 Every kind also takes these options, how it treats a failing provider (`adapters.resilience`):
 
@@ -85,8 +95,10 @@ class _Kind:
     datasets: frozenset[str] | None
     build: Callable[[str, Mapping[str, Any], aiohttp.ClientSession, Mapping[str, str]], ProviderAdapter]
     check: Callable[[Mapping[str, Any]], None] | None = None
-    # Only kinds whose every request is idempotent (GET) may retry; a kind that POSTs must say False.
+    # Only kinds whose every request is idempotent (GET) may retry; a kind that POSTs must say False...
     idempotent: bool = False
+    # ...or, when an entry's options choose its methods, name the option path of a call that must not be repeated.
+    unsafe_route: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
 def _build_api_particulier(name: str, options: Mapping[str, Any], session: aiohttp.ClientSession,
@@ -105,19 +117,36 @@ def _served(options: Mapping[str, Any]) -> dict[str, int]:
     return {d: schemas.latest(d) for d in options["datasets"]}
 
 
+def _tls_files(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: options[key] for key in http_json.TLS_FILES if key in options}
+
+
 def _check_http_json(options: Mapping[str, Any]) -> None:
     header = options.get("auth_header", "Authorization")
     if not isinstance(header, str) or not _HEADER_NAME.match(header):
         raise AdapterConfigError("auth_header: must be an HTTP header name")
     try:
         http_json.parse_endpoints(options["endpoints"], _served(options))
+        http_json.check_tls_files(options["base_url"], _tls_files(options))
     except ValueError as exc:
         raise AdapterConfigError(str(exc)) from None
+
+
+def _http_json_unsafe_route(options: Mapping[str, Any]) -> str | None:
+    routes = http_json.unsafe_routes(http_json.parse_endpoints(options["endpoints"], _served(options)))
+    return routes[0] if routes else None
 
 
 def _build_http_json(name: str, options: Mapping[str, Any], session: aiohttp.ClientSession,
                      environ: Mapping[str, str]) -> ProviderAdapter:
     datasets = _served(options)
+    files = _tls_files(options)
+    try:
+        # Built once here, for every request of this adapter: a key that does not match its certificate is
+        # found now, not at the first citizen's request.
+        context = http_json.tls_context(files) if files else None
+    except ValueError as exc:
+        raise AdapterConfigError(str(exc)) from None
     return http_json.HttpJsonAdapter(
         name=name,
         datasets=datasets,
@@ -127,6 +156,7 @@ def _build_http_json(name: str, options: Mapping[str, Any], session: aiohttp.Cli
         token=_secret(options["token_env"], environ) if "token_env" in options else "",
         auth_header=options.get("auth_header", "Authorization"),
         timeout=float(options.get("timeout", DEFAULT_TIMEOUT)),
+        ssl_context=context,
     )
 
 
@@ -140,11 +170,12 @@ KINDS: Mapping[str, _Kind] = {
     ),
     "http_json": _Kind(
         required=frozenset({"base_url", "datasets", "endpoints"}),
-        optional=COMMON_OPTIONS | {"token_env", "auth_header"},
+        optional=COMMON_OPTIONS | {"token_env", "auth_header"} | set(http_json.TLS_FILES),
         datasets=None,
         build=_build_http_json,
         check=_check_http_json,
         idempotent=True,
+        unsafe_route=_http_json_unsafe_route,
     ),
 }
 
@@ -170,12 +201,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _not_idempotent(kind: str, options: Mapping[str, Any]) -> str | None:
+    """Why this adapter's calls must never be repeated; None when every one of them may be."""
+    spec = KINDS[kind]
+    if not spec.idempotent:
+        return f"kind {kind!r} makes non-idempotent calls, which are never retried"
+    route = spec.unsafe_route(options) if spec.unsafe_route is not None else None
+    if route is not None:
+        return f"{route} is a POST without idempotent = true, and such calls are never retried"
+    return None
+
+
 def _check_policy(kind: str, options: Mapping[str, Any]) -> None:
-    retries = options.get("retries", DEFAULT_RETRIES if KINDS[kind].idempotent else 0)
+    reason = _not_idempotent(kind, options)
+    retries = options.get("retries", DEFAULT_RETRIES if reason is None else 0)
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= MAX_RETRIES:
         raise AdapterConfigError(f"retries: must be an integer from 0 to {MAX_RETRIES}")
-    if retries and not KINDS[kind].idempotent:
-        raise AdapterConfigError(f"retries: kind {kind!r} makes non-idempotent calls, which are never retried")
+    if retries and reason is not None:
+        raise AdapterConfigError(f"retries: {reason}")
     failures = options.get("breaker_failures", DEFAULT_BREAKER_FAILURES)
     if not isinstance(failures, int) or isinstance(failures, bool) or not 1 <= failures <= MAX_BREAKER_FAILURES:
         raise AdapterConfigError(f"breaker_failures: must be an integer from 1 to {MAX_BREAKER_FAILURES}")
@@ -187,7 +230,7 @@ def _check_policy(kind: str, options: Mapping[str, Any]) -> None:
 def call_policy(kind: str, options: Mapping[str, Any]) -> CallPolicy:
     """The retry and breaker policy the (checked) options ask for."""
     return CallPolicy(
-        retries=int(options.get("retries", DEFAULT_RETRIES)) if KINDS[kind].idempotent else 0,
+        retries=int(options.get("retries", DEFAULT_RETRIES)) if _not_idempotent(kind, options) is None else 0,
         breaker_failures=int(options.get("breaker_failures", DEFAULT_BREAKER_FAILURES)),
         breaker_cooldown=float(options.get("breaker_cooldown", DEFAULT_BREAKER_COOLDOWN)),
     )
@@ -214,7 +257,6 @@ def check_options(kind: str, options: Mapping[str, Any]) -> None:
     timeout = options.get("timeout", DEFAULT_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT:
         raise AdapterConfigError(f"timeout: must be a number of seconds in ]0, {MAX_TIMEOUT:g}]")
-    _check_policy(kind, options)
     datasets = options["datasets"]
     if not isinstance(datasets, list | tuple) or not datasets or not all(isinstance(d, str) for d in datasets):
         raise AdapterConfigError("datasets: must be a non-empty list of dataset ids")
@@ -229,6 +271,8 @@ def check_options(kind: str, options: Mapping[str, Any]) -> None:
             raise AdapterConfigError(f"datasets: {d!r} is not in the schema catalogue")
     if spec.check is not None:
         spec.check(options)
+    # After the kind's own checks: whether a retry is allowed may depend on options they have just validated.
+    _check_policy(kind, options)
 
 
 def build_adapter(kind: str, name: str, options: Mapping[str, Any], session: aiohttp.ClientSession, *,

@@ -52,6 +52,13 @@ nombre_parts = "/nombreParts"
 situation_famille = { pointer = "/situationFamille", values = { C = "celibataire", M = "marie", O = "pacse", D = "divorce", V = "veuf" } }
 """  # noqa: E501
 
+# The same provider's POST search: the civil status in a JSON body, first names as an array.
+POST_PIVOT: dict[str, Any] = {
+    "method": "POST", "path": "/v1/revenu-fiscal/recherche", "idempotent": True,
+    "body": {"contribuable": {"nomNaissance": "family_name", "prenoms": "given_names", "dateNaissance": "birthdate",
+                              "sexe": "sex", "codeLieuNaissance": "birthplace_or_country"}},
+}
+
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 Build = Callable[..., ProviderAdapter]
 
@@ -233,6 +240,138 @@ async def test_sources_fill_parameters_and_omit_unknowns(aiohttp_server: ServerF
     assert second.raw_path == "/spi/30%2F12/avis"
 
 
+# ------------------------------------------------------------------------------------------ POST lookups
+
+
+def posting(pivot_lookup: dict[str, Any] = POST_PIVOT) -> dict[str, Any]:
+    """The documented endpoints, with the pivot lookup replaced."""
+    endpoints: dict[str, Any] = options("http://unused")["endpoints"]
+    endpoints[DATASET]["pivot"] = pivot_lookup
+    return endpoints
+
+
+@pytest.mark.parametrize(("citizen_id", "expected"), [
+    ("dupont-marie-claire", 9800),
+    ("lefevre-d-arc-helene", 21900),
+    ("el-amrani-fatima-zahra", 7200),
+])
+async def test_post_lookup_against_the_sandbox(build: Build, citizen_id: str, expected: int) -> None:
+    document = valid(await build(endpoints=posting()).fetch(query(pivot(citizen_id))))
+    assert document["revenu_fiscal_reference"] == expected
+
+
+async def test_post_lookup_outcomes(build: Build) -> None:
+    adapter = build(endpoints=posting())
+    with pytest.raises(IdentityAmbiguous):
+        await adapter.fetch(query(pivot("martin-jean-pierre", given_name="Jean")))
+    with pytest.raises(SubjectNotFound):
+        await adapter.fetch(query(pivot("roche-bernard")))
+    with pytest.raises(ProviderUnavailable, match="POST /v1/revenu-fiscal/recherche: HTTP 503"):
+        await adapter.fetch(query(pivot("panne-indisponible")))
+    # the identifier lookup of the same entry is still a GET
+    document = await adapter.fetch(query(Subject(identifier=ProviderIdentifier("spi", "3123456789012"))))
+    assert document["nombre_parts"] == 2.5
+    # a body the provider refuses: no sexe, so the sandbox answers 400
+    lookup = {**POST_PIVOT, "body": {"contribuable": {"nomNaissance": "family_name", "prenoms": "given_names",
+                                                      "dateNaissance": "birthdate"}}}
+    with pytest.raises(ProviderRejectedQuery, match="HTTP 400"):
+        await build(endpoints=posting(lookup)).fetch(query(pivot("dupont-marie-claire")))
+
+
+async def test_body_sources_nesting_and_omissions(aiohttp_server: ServerFactory,
+                                                  session: aiohttp.ClientSession) -> None:
+    seen: list[tuple[str, str, str, Any]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path_qs, request.content_type,
+                     await request.json() if request.can_read_body else None))
+        return web.json_response({"rfr": 1})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    server = await aiohttp_server(app)
+    endpoints = {DATASET: {
+        "pivot": {"method": "POST", "path": "/p", "query": {"v": "const:2"}, "body": {
+            "nom": "family_name", "prenoms": "given_names", "premier": "first_given_name",
+            "usage": "preferred_name", "canal": "const:web", "pour": "recipient",
+            "naissance": {"annee": "birth_year", "mois": "birth_month", "jour": "birth_day",
+                          "lieu": {"commune": "birthplace", "pays": "birthcountry"}},
+            # every member unknown for this person: the object is left out too
+            "inconnu": {"commune": "birthplace", "jour": "birth_day"},
+        }},
+        "identifiers": {
+            "spi": {"method": "POST", "path": "/spi/{identifier}", "body": {"demande.spi": "identifier"}},
+            "fip": {"method": "POST", "path": "/fip"},
+        },
+        "fields": {"revenu_fiscal_reference": "/rfr"},
+    }}
+    adapter = registry.build_adapter("http_json", "t", {"base_url": str(server.make_url("")), "datasets": [DATASET],
+                                                        "endpoints": endpoints}, session)
+    assert await adapter.fetch(query(pivot("benali-ahmed", given_name="Ahmed Karim"))) == {
+        "revenu_fiscal_reference": 1}
+    await adapter.fetch(query(Subject(identifier=ProviderIdentifier("spi", "30/12"))))
+    await adapter.fetch(query(Subject(identifier=ProviderIdentifier("fip", "x"))))
+    first, second, third = seen
+    assert first == ("POST", "/p?v=2", "application/json", {
+        "nom": "Benali", "prenoms": ["Ahmed", "Karim"], "premier": "Ahmed", "canal": "web", "pour": "21750001600019",
+        "naissance": {"annee": "1970", "mois": "4", "lieu": {"pays": "99352"}},
+    })
+    # a quoted TOML key with a dot is one member name, not a path
+    assert second == ("POST", "/spi/30%2F12", "application/json", {"demande.spi": "30/12"})
+    assert third[:2] == ("POST", "/fip") and third[3] is None
+
+
+@pytest.mark.parametrize(("idempotent", "hits"), [(False, 1), (True, 2)])
+async def test_post_is_repeated_after_a_transport_failure_only_when_idempotent(
+        aiohttp_server: ServerFactory, session: aiohttp.ClientSession, idempotent: bool, hits: int) -> None:
+    seen: list[web.Request] = []
+
+    async def drop_first(request: web.Request) -> web.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            # The provider received the call and dies before answering: did it act on it? Only an idempotent
+            # call may be sent again.
+            assert request.transport is not None
+            request.transport.close()
+        return web.json_response({"revenuFiscalReference": 1})
+
+    app = web.Application()
+    app.router.add_post("/p", drop_first)
+    server = await aiohttp_server(app)
+    endpoints = {DATASET: {"pivot": {"method": "POST", "path": "/p", "idempotent": idempotent},
+                           "fields": {"revenu_fiscal_reference": "/revenuFiscalReference"}}}
+    adapter = registry.build_adapter("http_json", "t", {"base_url": str(server.make_url("")), "datasets": [DATASET],
+                                                        "endpoints": endpoints}, session)
+    assert adapter.policy.retries == (2 if idempotent else 0)
+    if idempotent:
+        assert await adapter.fetch(query(pivot("dupont-marie-claire"))) == {"revenu_fiscal_reference": 1}
+    else:
+        with pytest.raises(ProviderUnavailable):
+            await adapter.fetch(query(pivot("dupont-marie-claire")))
+    assert len(seen) == hits
+
+
+async def test_a_5xx_answer_to_a_post_is_never_repeated(aiohttp_server: ServerFactory,
+                                                        session: aiohttp.ClientSession) -> None:
+    # adapters/base.py repeats a 5xx answer only for GET and HEAD, whatever the entry says.
+    hits: list[int] = []
+
+    async def fail(request: web.Request) -> web.Response:
+        hits.append(1)
+        return web.json_response({"code": "INDISPONIBLE"}, status=503)
+
+    app = web.Application()
+    app.router.add_post("/p", fail)
+    server = await aiohttp_server(app)
+    endpoints = {DATASET: {"pivot": {"method": "POST", "path": "/p", "idempotent": True},
+                           "fields": {"revenu_fiscal_reference": "/revenuFiscalReference"}}}
+    adapter = registry.build_adapter("http_json", "t", {"base_url": str(server.make_url("")), "datasets": [DATASET],
+                                                        "endpoints": endpoints}, session)
+    with pytest.raises(ProviderUnavailable, match="HTTP 503"):
+        await adapter.fetch(query(pivot("dupont-marie-claire")))
+    assert len(hits) == 1
+
+
 # ------------------------------------------------------------------------------------------ configuration
 
 
@@ -258,6 +397,26 @@ def test_the_documented_example_is_valid() -> None:
     (lambda o: o["endpoints"][DATASET]["statuses"].update({"200": "not_found"}),
      "endpoints.revenu_fiscal_reference.statuses.200:"),
     (lambda o: o["endpoints"][DATASET].update(cache=True), "endpoints.revenu_fiscal_reference.cache:"),
+    (lambda o: o["endpoints"][DATASET]["pivot"].update(method="PUT"),
+     "endpoints.revenu_fiscal_reference.pivot.method:"),
+    (lambda o: o["endpoints"][DATASET]["pivot"].update(method="post"),
+     "endpoints.revenu_fiscal_reference.pivot.method:"),
+    (lambda o: o["endpoints"][DATASET]["pivot"].update(body={"nom": "family_name"}),
+     "endpoints.revenu_fiscal_reference.pivot.body: only a POST"),
+    (lambda o: o["endpoints"][DATASET]["pivot"].update(idempotent=True),
+     "endpoints.revenu_fiscal_reference.pivot.idempotent: a GET lookup"),
+    (lambda o: o["endpoints"].update(posting({**POST_PIVOT, "idempotent": "yes"})),
+     "endpoints.revenu_fiscal_reference.pivot.idempotent: must be true or false"),
+    (lambda o: o["endpoints"].update(posting({**POST_PIVOT, "body": {"a": {"b": "shoe_size"}}})),
+     "endpoints.revenu_fiscal_reference.pivot.body.a.b: unknown source 'shoe_size'"),
+    (lambda o: o["endpoints"].update(posting({**POST_PIVOT, "body": {"a": "identifier"}})),
+     "endpoints.revenu_fiscal_reference.pivot.body.a: unknown source 'identifier'"),
+    (lambda o: o["endpoints"].update(posting({**POST_PIVOT, "body": {"annee": 2023}})),
+     "endpoints.revenu_fiscal_reference.pivot.body.annee: must be a source name"),
+    (lambda o: o["endpoints"].update(posting({**POST_PIVOT, "body": ["family_name"]})),
+     "endpoints.revenu_fiscal_reference.pivot.body: must be a table"),
+    (lambda o: (o["endpoints"].update(posting({**POST_PIVOT, "idempotent": False})), o.update(retries=1)),
+     "retries: endpoints.revenu_fiscal_reference.pivot is a POST without idempotent = true"),
 ])
 def test_bad_configuration_names_the_key(mutate: Callable[[dict[str, Any]], Any], key: str) -> None:
     o = options("https://dgfip.example")
@@ -265,6 +424,19 @@ def test_bad_configuration_names_the_key(mutate: Callable[[dict[str, Any]], Any]
     with pytest.raises(registry.AdapterConfigError) as info:
         registry.check_options("http_json", o)
     assert str(info.value).startswith(key), str(info.value)
+
+
+def test_post_retries_follow_idempotence(session: aiohttp.ClientSession) -> None:
+    def policy(lookup: dict[str, Any], **change: Any) -> int:
+        o = options("https://dgfip.example", endpoints=posting(lookup), **change)
+        return registry.build_adapter("http_json", "dgfip", o, session, environ={KEY_ENV: KEY}).policy.retries
+
+    assert policy(POST_PIVOT) == 2
+    assert policy(POST_PIVOT, retries=4) == 4
+    unsafe = {k: v for k, v in POST_PIVOT.items() if k != "idempotent"}
+    assert policy(unsafe) == 0
+    # one unsafe lookup is enough: the policy is the adapter's, and its GET lookups lose their retries too
+    assert policy(unsafe, retries=0) == 0
 
 
 def test_missing_key_variable_is_reported_at_build(session: aiohttp.ClientSession) -> None:
@@ -305,4 +477,23 @@ async def test_sandbox_contract(aiohttp_server: ServerFactory, session: aiohttp.
     async with session.get(url, params={**params, "dateNaissance": "1985-00-00"}, headers=headers) as r:
         assert r.status == 404  # an explicit 00 matches only an unknown month
     async with session.get(f"{url}/spi/123", headers=headers) as r:
+        assert r.status == 400
+
+
+async def test_sandbox_post_contract(aiohttp_server: ServerFactory, session: aiohttp.ClientSession) -> None:
+    server = await aiohttp_server(create_app(KEY))
+    url = str(server.make_url("/v1/revenu-fiscal/recherche"))
+    who = {"nomNaissance": "Dupont", "prenoms": ["Marie", "Claire"], "dateNaissance": "1985-03-14", "sexe": "F",
+           "codeLieuNaissance": "75114"}
+    async with session.post(url, json={"contribuable": who}) as r:
+        assert (r.status, (await r.json())["code"]) == (401, "NON_AUTORISE")
+    headers = {"X-Api-Key": KEY}
+    async with session.post(url, json={"contribuable": who, "anneeRevenus": "2022"}, headers=headers) as r:
+        assert r.status == 200
+        assert (await r.json())["revenuFiscalReference"] == 9100
+    for bad in ({"contribuable": {**who, "prenoms": "Marie Claire"}}, {"contribuable": {**who, "sexe": None}},
+                {"who": who}, [who], {"contribuable": who, "anneeRevenus": 2022}):
+        async with session.post(url, json=bad, headers=headers) as r:
+            assert (r.status, (await r.json())["code"]) == (400, "PARAMETRE_INVALIDE"), bad
+    async with session.post(url, data="nomNaissance=Dupont", headers=headers) as r:
         assert r.status == 400

@@ -92,6 +92,27 @@ def test_the_valid_entry_parses() -> None:
     (lambda t: t.replace("retries = 1", "retries = 9"), "retries: must be an integer from 0 to 5"),
     (lambda t: t.replace("retries = 1", "breaker_cooldown = -1"), "breaker_cooldown: must be a number"),
     (lambda t: t.replace("retries = 1", "verb = \"POST\""), "verb: unknown option for kind 'http_json'"),
+    # mutual TLS: files are read at apply time, and only for an https provider
+    (lambda t: t.replace("retries = 1", 'client_cert_file = "/nonexistent/dgfip.pem"\n'
+                                        'client_key_file = "/nonexistent/dgfip.key"'),
+     "client_cert_file: cannot read /nonexistent/dgfip.pem: No such file or directory"),
+    (lambda t: t.replace("retries = 1", 'client_cert_file = "/nonexistent/dgfip.pem"'),
+     "client_key_file: required with client_cert_file"),
+    (lambda t: t.replace("retries = 1", 'ca_file = "certs/dgfip-ca.pem"'), "ca_file: must be an absolute file path"),
+    (lambda t: t.replace("https://impots.example", "http://impots.example").replace(
+        "retries = 1", 'ca_file = "/nonexistent/dgfip-ca.pem"'),
+     "ca_file: client certificates and a provider CA need an https base_url"),
+    # POST lookups
+    (lambda t: t.replace('pivot = { path = "/v1/revenu-fiscal",',
+                         'pivot = { method = "PUT", path = "/v1/revenu-fiscal",'),
+     "endpoints.revenu_fiscal_reference.pivot.method: must be GET or POST"),
+    (lambda t: t.replace('pivot = { path = "/v1/revenu-fiscal", query',
+                         'pivot = { method = "POST", path = "/v1/revenu-fiscal", body'),
+     "retries: endpoints.revenu_fiscal_reference.pivot is a POST without idempotent = true"),
+    (lambda t: t.replace('pivot = { path = "/v1/revenu-fiscal", query = { nomNaissance = "family_name"',
+                         'pivot = { method = "POST", idempotent = true, path = "/v1/revenu-fiscal", '
+                         'body = { nom.naissance = "birth_name"'),
+     "endpoints.revenu_fiscal_reference.pivot.body.nom.naissance: unknown source 'birth_name'"),
 ])
 def test_invalid_http_json_entry_is_refused_naming_its_line(change: Callable[[str], str], message: str) -> None:
     text = registry_text(change)

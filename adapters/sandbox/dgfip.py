@@ -8,7 +8,11 @@ Particulier. Its contract:
 ``GET /v1/revenu-fiscal`` with ``nomNaissance``, ``prenoms`` (space-separated), ``dateNaissance``
 (AAAA-MM-JJ, 00 for an unknown day or month), ``sexe`` (M/F), ``codeLieuNaissance`` (COG commune code, or COG
 country code when born abroad) and optional ``anneeRevenus``; ``GET /v1/revenu-fiscal/spi/{spi}`` with
-optional ``anneeRevenus``. The key goes in the ``X-Api-Key`` header.
+optional ``anneeRevenus``; ``POST /v1/revenu-fiscal/recherche`` with the same civil status as a JSON body,
+``{"contribuable": {"nomNaissance", "prenoms": [...], "dateNaissance", "sexe", "codeLieuNaissance"},
+"anneeRevenus"?}`` (``prenoms`` an array of first names, ``anneeRevenus`` a string). The key goes in the
+``X-Api-Key`` header. Served over TLS with a client-certificate requirement, it plays a provider that also
+asks for mutual TLS (tests/test_http_json_mtls.py).
 
 ``200`` ``{"spi", "anneeRevenus", "anneeImpots", "revenuFiscalReference", "nombreParts", "situationFamille",
 "nombrePersonnesCharge"}`` (latest income year unless ``anneeRevenus`` says otherwise); errors are
@@ -53,18 +57,20 @@ def _invalid(message: str) -> _Refused:
 
 def civil_query(request: web.Request) -> CivilQuery:
     q = request.query
-    birth_name = q.get("nomNaissance", "").strip()
-    first_names = q.get("prenoms", "").split()
+    return _civil(q.get("nomNaissance", ""), q.get("prenoms", "").split(), q.get("dateNaissance", ""),
+                  q.get("sexe"), q.get("codeLieuNaissance", ""))
+
+
+def _civil(birth_name: str, first_names: list[str], date: str, sex: str | None, lieu: str) -> CivilQuery:
+    birth_name = birth_name.strip()
     if not birth_name or not first_names:
         raise _invalid("nomNaissance et prenoms sont obligatoires")
-    m = _DATE.match(q.get("dateNaissance", ""))
+    m = _DATE.match(date)
     if m is None:
         raise _invalid("dateNaissance doit être au format AAAA-MM-JJ")
     year, month, day = (int(g) for g in m.groups())
-    sex = q.get("sexe")
     if sex not in ("M", "F"):
         raise _invalid("sexe doit valoir M ou F")
-    lieu = q.get("codeLieuNaissance", "")
     if not _LIEU.match(lieu):
         raise _invalid("codeLieuNaissance doit être un code COG de commune ou de pays")
     abroad = lieu.startswith("99")
@@ -73,11 +79,10 @@ def civil_query(request: web.Request) -> CivilQuery:
                       birth_commune=None if abroad else lieu, birth_country=lieu if abroad else "99100")
 
 
-def _notice(c: Citizen, request: web.Request) -> dict[str, Any] | None:
+def _notice(c: Citizen, year: str | None) -> dict[str, Any] | None:
     record = c.records.get("dgfip_record")
     if record is None or not record["avis"]:
         return None
-    year = request.query.get("anneeRevenus")
     notices = [a for a in record["avis"] if year is None or str(a["anneeRevenus"]) == year]
     if not notices:
         return None
@@ -90,11 +95,11 @@ def _authorized(request: web.Request) -> bool:
     return bool(presented) and hmac.compare_digest(presented.encode(), request.app[TOKEN].encode())
 
 
-async def _answer(request: web.Request, find: Callable[[web.Request], Citizen | None]) -> web.StreamResponse:
+async def _answer(request: web.Request, find: Callable[[web.Request], Citizen | None],
+                  year: Any = None) -> web.StreamResponse:
     if not _authorized(request):
         return error(401, "NON_AUTORISE", "Clé d'API absente ou invalide")
-    year = request.query.get("anneeRevenus")
-    if year is not None and not (year.isdigit() and len(year) == 4):
+    if year is not None and not (isinstance(year, str) and year.isdigit() and len(year) == 4):
         return error(400, "PARAMETRE_INVALIDE", "anneeRevenus doit être une année")
     try:
         citizen = find(request)
@@ -108,20 +113,47 @@ async def _answer(request: web.Request, find: Callable[[web.Request], Citizen | 
         return web.Response(status=200, content_type="text/html", text="<html><body>Maintenance</body></html>")
     if citizen is not None and citizen.fault == "slow":
         await asyncio.sleep(request.app[SLOW_DELAY])
-    notice = _notice(citizen, request) if citizen is not None else None
+    notice = _notice(citizen, year) if citizen is not None else None
     if notice is None:
         return error(404, "NON_TROUVE", "Aucun avis d'impôt pour ces critères")
     return web.json_response(notice)
 
 
-async def by_civil_status(request: web.Request) -> web.StreamResponse:
-    def find(req: web.Request) -> Citizen | None:
-        found = req.app[DIRECTORY].match(civil_query(req))
-        if len(found) > 1:
-            raise _Refused(error(409, "IDENTITE_AMBIGUE", "Plusieurs contribuables correspondent à cet état civil"))
-        return found[0] if found else None
+def _one(request: web.Request, query: CivilQuery) -> Citizen | None:
+    found = request.app[DIRECTORY].match(query)
+    if len(found) > 1:
+        raise _Refused(error(409, "IDENTITE_AMBIGUE", "Plusieurs contribuables correspondent à cet état civil"))
+    return found[0] if found else None
 
-    return await _answer(request, find)
+
+async def by_civil_status(request: web.Request) -> web.StreamResponse:
+    return await _answer(request, lambda req: _one(req, civil_query(req)), request.query.get("anneeRevenus"))
+
+
+async def by_civil_status_posted(request: web.Request) -> web.StreamResponse:
+    if not _authorized(request):
+        return error(401, "NON_AUTORISE", "Clé d'API absente ou invalide")
+    if request.content_type != "application/json":
+        return error(400, "PARAMETRE_INVALIDE", "le corps doit être du JSON (application/json)")
+    try:
+        body = await request.json()
+    except ValueError:
+        return error(400, "PARAMETRE_INVALIDE", "le corps n'est pas du JSON valide")
+    who = body.get("contribuable") if isinstance(body, dict) else None
+    if not isinstance(who, dict):
+        return error(400, "PARAMETRE_INVALIDE", "le corps doit contenir l'objet contribuable")
+
+    def find(req: web.Request) -> Citizen | None:
+        names = who.get("prenoms")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _invalid("prenoms doit être un tableau de prénoms")
+        # A missing or non-string member reads as "", which `_civil` refuses like an empty query parameter.
+        text = {k: v if isinstance(v := who.get(k), str) else "" for k in
+                ("nomNaissance", "dateNaissance", "sexe", "codeLieuNaissance")}
+        return _one(req, _civil(text["nomNaissance"], names, text["dateNaissance"], text["sexe"],
+                                text["codeLieuNaissance"]))
+
+    return await _answer(request, find, body.get("anneeRevenus"))
 
 
 async def by_spi(request: web.Request) -> web.StreamResponse:
@@ -131,7 +163,7 @@ async def by_spi(request: web.Request) -> web.StreamResponse:
             raise _invalid("le numéro fiscal compte 13 chiffres")
         return req.app[DIRECTORY].by_spi(spi)
 
-    return await _answer(request, find)
+    return await _answer(request, find, request.query.get("anneeRevenus"))
 
 
 def create_app(token: str, *, slow_delay: float = DEFAULT_SLOW_DELAY,
@@ -144,6 +176,7 @@ def create_app(token: str, *, slow_delay: float = DEFAULT_SLOW_DELAY,
     app[DIRECTORY] = citizens if citizens is not None else directory()
     app[SLOW_DELAY] = float(slow_delay)
     app.router.add_get("/v1/revenu-fiscal", by_civil_status)
+    app.router.add_post("/v1/revenu-fiscal/recherche", by_civil_status_posted)
     app.router.add_get("/v1/revenu-fiscal/spi/{spi}", by_spi)
     return app
 
