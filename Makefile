@@ -29,7 +29,7 @@ assets:
 browser: $(STAMP)
 	@command -v npm >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq npm; }
 	@$(MAKE) --no-print-directory $(NODE_STAMP)
-	@test -x $(CHROMIUM) || { $(APT) update -qq && $(APT) install -y -qq chromium; }
+	@test -x $(CHROMIUM) || { $(APT) update -qq && $(APT) install -y -qq chromium chromium-l10n; }
 
 demo: $(STAMP) assets
 	$(BIN)/python -m broker demo

@@ -4,6 +4,7 @@ through `broker.client.BrokerClient`."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -125,8 +126,13 @@ async def refused(exchange: Any) -> str:
 
 
 async def integrate(stack: ConsentStack) -> None:
-    """Sequence every committed access-log row into the public log now, rather than waiting for the integrator."""
-    await stack.app[TLOG].drain()
+    """Sequence every committed access-log row into the public log now, rather than waiting for the integrator.
+    A round of the broker's own integrator may hold the log (a drain then does nothing): wait for it to commit."""
+    while True:
+        await stack.app[TLOG].drain()
+        if not await stack.sql("SELECT 1 FROM access_log WHERE log_index IS NULL LIMIT 1"):
+            return
+        await asyncio.sleep(0.05)
 
 
 async def verify_row(page: Page, row: int) -> str:

@@ -27,8 +27,10 @@ from tests.consent_harness import LYON, PARIS, ConsentStack, StartConsentStack, 
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 CHROMIUM = os.environ.get("DLNUF_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--lang=fr-FR"]  # the browser's own language: French date inputs, as a French citizen sees them
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FRENCH = {"LANG": "fr_FR.UTF-8", "LANGUAGE": "fr", "LC_ALL": "fr_FR.UTF-8"}
+"""The browser's own language, as a French citizen's: date fields read jj/mm/aaaa (with Debian's chromium-l10n;
+without it, Chromium falls back to English)."""
 
 
 @pytest.hookimpl(wrapper=True)
@@ -83,7 +85,7 @@ def chromium() -> str:
 @pytest.fixture
 async def browser(chromium: str) -> AsyncIterator[Browser]:
     async with async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        launched = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS, env={**os.environ, **FRENCH})
         yield launched
         await launched.close()
 

@@ -48,6 +48,7 @@ async def test_one_citizen_never_sees_nor_touches_anothers_data(stack: ConsentSt
     await paris_exchange(stack, MARIE)
     await marie.goto(stack.broker + "/citizen/oppositions")
     await marie.get_by_role("button", name=re.compile("M'opposer")).click()
+    await expect(marie.get_by_text("Votre opposition est enregistrée")).to_be_visible()
     [consent] = await stack.sql("SELECT id FROM consents")
     [objection] = await stack.sql("SELECT id FROM objections")
     marie_entries = {str(r["id"]) for r in await stack.sql("SELECT id FROM access_log")}
