@@ -11,6 +11,7 @@ from playwright.async_api import Page, expect
 from tests.browser.citizen import (
     JEAN,
     MARIE,
+    AssertAccessible,
     Demarche,
     OpenPage,
     consent_in_browser,
@@ -40,7 +41,8 @@ async def consent_state(stack: ConsentStack) -> str:
 
 
 async def test_one_citizen_never_sees_nor_touches_anothers_data(stack: ConsentStack, demarche: Demarche,
-                                                                open_page: OpenPage) -> None:
+                                                                open_page: OpenPage,
+                                                                assert_accessible: AssertAccessible) -> None:
     # Marie: a consent to Lyon, an exchange under it, a proactive exchange of Paris, an objection
     marie = (await open_page()).page
     token = await consent_in_browser(marie, stack, demarche, citizen=MARIE)
@@ -79,6 +81,7 @@ async def test_one_citizen_never_sees_nor_touches_anothers_data(stack: ConsentSt
     response = await jean.goto(revoke)
     assert response is not None and response.status == 404
     await expect(jean.get_by_role("heading", level=1)).to_have_text("Page introuvable")
+    await assert_accessible(jean, "not found")
     await jean.goto(stack.broker + "/citizen/")
     jean_csrf = await csrf_of(jean)
     assert await jean.evaluate(POST_FORM, [revoke, {"csrf": jean_csrf}]) == 404
@@ -95,7 +98,8 @@ async def test_one_citizen_never_sees_nor_touches_anothers_data(stack: ConsentSt
     assert all(e in html for e in marie_entries) and jean_entry not in html
 
 
-async def test_session_cookie_csrf_and_expiry(stack: ConsentStack, demarche: Demarche, open_page: OpenPage) -> None:
+async def test_session_cookie_csrf_and_expiry(stack: ConsentStack, demarche: Demarche, open_page: OpenPage,
+                                             assert_accessible: AssertAccessible) -> None:
     tab = await open_page()
     page = tab.page
     await consent_in_browser(page, stack, demarche)
@@ -107,10 +111,15 @@ async def test_session_cookie_csrf_and_expiry(stack: ConsentStack, demarche: Dem
     await page.goto(stack.broker + "/citizen/consentements")
     await page.get_by_role("link", name=re.compile("Retirer ce consentement")).click()
     url = page.url
-    # a form without the token, or with another one, changes nothing
+    # a form without the token, or with another one, changes nothing, and says so
     assert await page.evaluate(POST_FORM, [url, {}]) == 403
     assert await page.evaluate(POST_FORM, [url, {"csrf": "x" * 43}]) == 403
+    await page.locator("input[name=csrf]").last.evaluate("input => { input.value = 'x'.repeat(43); }")
+    await page.get_by_role("button", name="Oui, retirer mon consentement").click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Action refusée")
+    await assert_accessible(page, "CSRF refusal")
     assert await consent_state(stack) == "active"
+    await page.goto(url)
 
     # the session ends while the confirmation page is open: confirming sends her to log in, and changes nothing
     await stack.sql("UPDATE citizen_sessions SET created_at = now() - interval '1 hour', "
