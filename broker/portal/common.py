@@ -26,9 +26,9 @@ NAV = (
 )
 
 LEGAL_BASES = {
-    "information": ("Information", "Échange obligatoire pour la démarche : vous en êtes informé·e."),
-    "proactive": ("Démarche proactive", "Échange pour détecter vos droits : vous pouvez vous y opposer."),
-    "consent": ("Consentement", "Échange que vous avez accepté."),
+    "information": "Information",  # CRPA L114-8 I: mandatory for the démarche, the citizen is informed
+    "proactive": "Démarche proactive",  # L114-8 II: to detect entitlements, the citizen may object
+    "consent": "Consentement",
 }
 OUTCOMES = {
     "released": ("Données transmises", "success"),

@@ -139,11 +139,11 @@ def _row(e: JournalEntry, registry: Registry) -> dict[str, Any]:
         "recipient": "vous seul·e" if recipient == CITIZEN_RECIPIENT else (
             recipient if recipient and recipient != consumer else None),
         "dataset_title": dataset_title(ds, v),
-        "fields": [field_label(ds, str(f), v) for f in fields or ()],  # type: ignore[union-attr]
+        "fields": [field_label(ds, str(f), v) for f in fields] if isinstance(fields, list) else [],
         "fields_released": released,
         "purpose": purpose_label(str(entry.get("purpose") or "")),
-        "basis": LEGAL_BASES.get(basis, ("Non déterminée", "La demande a été refusée avant d'être rattachée à "
-                                                           "une habilitation.")),
+        # no basis: refused before any habilitation matched
+        "basis": LEGAL_BASES.get(basis, "Non déterminée"),
         "basis_title": entry.get("legal_basis_title"),
         "basis_url": entry.get("legal_basis_url"),
         "outcome": OUTCOMES.get(str(entry.get("outcome")), (str(entry.get("outcome")), "info")),
