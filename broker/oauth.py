@@ -138,9 +138,11 @@ async def _preview(state: BrokerState, request: web.Request, hab: Habilitation, 
                    citizen: CitizenSession) -> tuple[dict[str, Any] | None, str | None]:
     """Fetch the citizen's actual values so they see what they would share. The fetch is logged like any access,
     as released to the citizen themselves."""
-    entry = accesslog.LogEntry(request_id=request[REQUEST_ID], dataset=details.dataset, purpose="apercu-consentement",
-                               recipient="citoyen", fields_requested=details.fields, habilitation=hab,
-                               subject_key=citizen.subject_key)
+    # logged under the administration that asked (so the citizen's journal and its filter find it), released to
+    # the citizen alone
+    entry = accesslog.LogEntry(request_id=request[REQUEST_ID], consumer=hab.consumer, dataset=details.dataset,
+                               purpose="apercu-consentement", recipient="citoyen", fields_requested=details.fields,
+                               habilitation=hab, subject_key=citizen.subject_key)
     version = schemas.latest(details.dataset)
     entry.dataset_version = version
     try:

@@ -62,6 +62,7 @@ async def test_consent_then_one_exchange_of_exactly_what_was_agreed(stack: Conse
     assert [(r["purpose"], r["outcome"]) for r in rows] == [
         ("apercu-consentement", "released"), (PURPOSE, "released"), (PURPOSE, "refused")]
     assert len({r["subject_key"] for r in rows}) == 1
+    assert {r["consumer"] for r in rows} == {LYON}  # the preview is logged under the administration that asked
 
 
 async def test_unticked_field_is_refused(stack: ConsentStack) -> None:
