@@ -810,17 +810,3 @@ def test_sealed_login_cookie_is_opaque() -> None:
     assert login_routes._open_login(sealer, auth.state, value, 0.0)["next"] == "/suite"
     with pytest.raises(oidc.StateMismatch):
         login_routes._open_login(sealer, auth.state, value, login_routes.LOGIN_TTL)
-
-
-async def test_session_queries_prepare_against_the_schema(database_url: str) -> None:
-    from broker import db
-
-    conn = await db.connect(database_url)
-    try:
-        for name, sql in db.queries("consent", "sessions.sql").items():
-            try:
-                await conn.prepare(sql)
-            except asyncpg.PostgresError as exc:  # pragma: no cover - the message is the point
-                raise AssertionError(f"query {name}: {exc}") from exc
-    finally:
-        await conn.close()

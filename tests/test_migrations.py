@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from broker import db
 
@@ -51,20 +52,31 @@ async def test_migrate_twice_applies_nothing(database_url: str) -> None:
     assert versions == [m.version for m in db.migrations()]
 
 
-async def test_every_named_query_prepares_against_the_schema(database_url: str) -> None:
+QUERY_FILES = [("broker", "queries.sql"), ("broker", "tlog.sql"), ("consent", "consents.sql"),
+               ("consent", "sessions.sql")]
+
+
+def test_every_query_file_is_checked() -> None:
+    from importlib import resources
+
+    shipped = {(pkg, f.name) for pkg in ("broker", "consent") for f in resources.files(pkg).joinpath("sql").iterdir()
+               if f.name.endswith(".sql")}
+    assert shipped == set(QUERY_FILES)
+
+
+@pytest.mark.parametrize(("package", "file"), QUERY_FILES)
+async def test_every_named_query_prepares_against_the_schema(database_url: str, package: str, file: str) -> None:
     conn = await db.connect(database_url)
     try:
-        for name, sql in db.queries().items():
+        for name, sql in db.queries(package, file).items():
             try:
                 await conn.prepare(sql)
             except asyncpg.PostgresError as exc:  # pragma: no cover - the message is the point
-                raise AssertionError(f"query {name}: {exc}") from exc
+                raise AssertionError(f"{file}: query {name}: {exc}") from exc
     finally:
         await conn.close()
 
 
 def test_query_file_rejects_duplicate_names() -> None:
-    import pytest
-
     with pytest.raises(ValueError, match="twice"):
         db.parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")

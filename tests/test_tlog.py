@@ -93,18 +93,6 @@ async def indices(pool: asyncpg.Pool) -> list[int | None]:
     return [r["log_index"] for r in await pool.fetch("SELECT log_index FROM access_log ORDER BY seq")]
 
 
-async def test_named_queries_prepare_against_the_schema(database_url: str) -> None:
-    conn = await db.connect(database_url)
-    try:
-        for name, sql in db.queries("broker", "tlog.sql").items():
-            try:
-                await conn.prepare(sql)
-            except asyncpg.PostgresError as exc:  # pragma: no cover - the message is the point
-                raise AssertionError(f"query {name}: {exc}") from exc
-    finally:
-        await conn.close()
-
-
 async def test_a_new_log_publishes_the_empty_tree(tlog: TransparencyLog) -> None:
     latest = await tlog.latest_checkpoint()
     assert latest is not None and latest.size == 0
