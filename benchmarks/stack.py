@@ -65,6 +65,8 @@ class Settings:
     profile_seconds: float
     keep_workdir: bool
     request_timeout: float = 10.0
+    broker_env: tuple[tuple[str, str], ...] = ()
+    """Extra DLNUF_* settings for the broker processes (e.g. DLNUF_EVENT_LOOP=uvloop), for A/B runs."""
 
 
 # ---------------------------------------------------------------------------------------------- files for the run
@@ -267,6 +269,7 @@ def build(es: contextlib.ExitStack, s: Settings) -> Stack:
     else:
         broker_env["DATABASE_URL"] = procs.create_database(es, s.admin_url, db_name)
         print(f"database {db_name} created", file=sys.stderr)
+    broker_env.update(dict(s.broker_env))
     registry_file = workdir / "registry.toml"
     registry_file.write_text(registry_toml(key, f"http://{HOST}:{stub_port}", s.basis))
     broker_env["DLNUF_REGISTRY_FILE"] = str(registry_file)

@@ -122,10 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.workers < 1:
             parser.error("--workers must be at least 1")
-        if args.workers > 1:
-            from broker.workers import serve_workers
+        from broker.workers import serve_workers, use_event_loop
 
+        if args.workers > 1:
             return serve_workers(config, args.workers)
+        use_event_loop(config.event_loop)
         web.run_app(create_app(config), host=config.host, port=config.port, access_log=None,
                     print=lambda s: print(s, file=sys.stderr))
         return 0

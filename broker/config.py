@@ -38,6 +38,8 @@ class Config:
     max_skew: float
     max_body: int
     log_format: str
+    event_loop: str
+    """"asyncio" or "uvloop" (the libuv-based loop, when installed)."""
     pool_min: int
     pool_max: int
     registry_poll: float
@@ -191,6 +193,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     public_url = (env.get("DLNUF_PUBLIC_URL") or "").rstrip("/") or None
     if public_url is not None and not public_url.startswith(("http://", "https://")):
         raise ConfigError("DLNUF_PUBLIC_URL must start with http:// or https://")
+    event_loop = env.get("DLNUF_EVENT_LOOP") or "asyncio"
+    if event_loop not in ("asyncio", "uvloop"):
+        raise ConfigError("DLNUF_EVENT_LOOP must be 'asyncio' or 'uvloop'")
     log_format = env.get("DLNUF_LOG_FORMAT") or "console"
     if log_format not in ("console", "json"):
         raise ConfigError("DLNUF_LOG_FORMAT must be 'console' or 'json'")
@@ -219,6 +224,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         max_skew=_float(env, "DLNUF_MAX_SKEW", 60.0, 1.0, 3600.0),
         max_body=_int(env, "DLNUF_MAX_BODY", 64 * 1024, 1024, 16 * 1024 * 1024),
         log_format=log_format,
+        event_loop=event_loop,
         pool_min=_int(env, "DLNUF_POOL_MIN", 2, 1, 100),
         pool_max=_int(env, "DLNUF_POOL_MAX", 10, 1, 200),
         registry_poll=_float(env, "DLNUF_REGISTRY_POLL", 5.0, 0.1, 3600.0),

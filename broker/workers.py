@@ -25,8 +25,19 @@ from broker.logs import configure
 log = structlog.get_logger(__name__)
 
 
+def use_event_loop(name: str) -> None:
+    """Select the event loop before aiohttp creates one; a missing uvloop fails loudly rather than silently."""
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise SystemExit("DLNUF_EVENT_LOOP=uvloop but uvloop is not installed (pip install uvloop)") from None
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def _worker(config: Config) -> None:
     configure(config.log_format)
+    use_event_loop(config.event_loop)
     from broker.app import create_app
 
     web.run_app(create_app(config), host=config.host, port=config.port, reuse_port=True, access_log=None,

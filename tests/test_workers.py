@@ -53,3 +53,19 @@ async def test_two_workers_share_the_port_and_stop_together(database_url: str, a
     assert not alive, [w.pid for w in alive]
     text = (tmp_path / "broker.log").read_text()
     assert "Traceback" not in text, text[-3000:]
+
+
+def test_event_loop_setting_fails_loudly() -> None:
+    import importlib.util
+
+    import pytest
+
+    from broker.config import ConfigError, load_config
+    from broker.workers import use_event_loop
+
+    with pytest.raises(ConfigError, match="DLNUF_EVENT_LOOP"):
+        load_config(env={"DLNUF_EVENT_LOOP": "tokio"})
+    assert load_config(env={}).event_loop == "asyncio"
+    if importlib.util.find_spec("uvloop") is None:
+        with pytest.raises(SystemExit, match="uvloop is not installed"):
+            use_event_loop("uvloop")
