@@ -37,6 +37,7 @@ demo: $(STAMP) assets
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint browser
 	$(BIN)/pytest -q

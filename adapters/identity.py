@@ -6,6 +6,8 @@ subject-key hash never see a malformed identity.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -180,3 +182,10 @@ class Subject:
             return "pivot\x1f" + "\x1f".join(self.pivot.normalised())
         assert self.identifier is not None
         return f"id\x1f{self.identifier.scheme}\x1f{self.identifier.value}"
+
+
+def subject_key(secret: bytes, subject: Subject) -> str:
+    """A keyed hash of the normalised subject: the same person gives the same key; without the secret it names
+    nobody (a plain hash of an identity could be reversed by trying every name and birth date). The key of a
+    subject's access-log entries, consents and journal."""
+    return hmac.new(secret, subject.canonical().encode(), hashlib.sha256).hexdigest()

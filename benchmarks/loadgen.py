@@ -73,8 +73,8 @@ class SignedExchange:
         return f"http://{self.endpoint.host}:{self.endpoint.port}/v1/exchanges"
 
     def make_one(self) -> bytes:
-        from broker.keys import private_key_from_jwk
-        from broker.signing import sign_request
+        from broker.signing.keys import private_key_from_jwk
+        from broker.signing.messages import sign_request
 
         key = _KEYS.get(self.private_jwk["kid"])
         if key is None:

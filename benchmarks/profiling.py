@@ -55,21 +55,21 @@ STEPS: list[Step] = [
     _step("socket send to the provider (kernel, loopback TCP)", _SEND, r"\((aiohttp/client|adapters/)"),
     _step("socket send of the answer (kernel, loopback TCP)", _SEND, r"\(aiohttp/(web_|http_writer)"),
     _step("socket send, other (kernel)", _SEND),
-    _step("Ed25519 verify (consumer's signature)", r"PublicKey\.verify \(broker/keys\.py"),
-    _step("Ed25519 sign (broker's answer)", r"(sign_message|PrivateKey\.sign) \(broker/keys\.py"),
-    _step("RFC 9421 request: parse, policy, base, digest", r"\(broker/(signing|structured_fields)\.py",
+    _step("Ed25519 verify (consumer's signature)", r"PublicKey\.verify \(broker/signing/keys\.py"),
+    _step("Ed25519 sign (broker's answer)", r"(sign_message|PrivateKey\.sign) \(broker/signing/keys\.py"),
+    _step("RFC 9421 request: parse, policy, base, digest", r"\(broker/signing/(messages|structured_fields)\.py",
           r"verify_request \("),
-    _step("RFC 9421 answer signing: base, serialise", r"\(broker/(signing|structured_fields)\.py"),
-    _step("JSON Schema validation of the answer", r"\((broker/validation\.py|jsonschema/|referencing/|rpds/)"),
-    _step("JCS canonicalisation", r"\(broker/jcs\.py"),
+    _step("RFC 9421 answer signing: base, serialise", r"\(broker/signing/(messages|structured_fields)\.py"),
+    _step("JSON Schema validation of the answer", r"\((schemas/validation\.py|jsonschema/|referencing/|rpds/)"),
+    _step("JCS canonicalisation", r"\(broker/tlog/jcs\.py"),
     _step("asyncpg pool release: reset query round trip", _RESET),
     _step("asyncpg: nonce claim, access log, pool (client side)",
-          r"(\((asyncpg/|broker/accesslog\.py|broker/db\.py)|claim_nonce \()"),
+          r"(\((asyncpg/|broker/tlog/accesslog\.py|broker/storage/db\.py)|claim_nonce \()"),
     _step("aiohttp client: the provider call", r"\((aiohttp|yarl|multidict)/", r"\((aiohttp/client|adapters/)"),
     _step("logging (structlog, one JSON line per exchange)", r"\((structlog|logging|json)/"),
     _step("metrics (prometheus_client)", r"\(prometheus_client/"),
     _step("adapter: query, answer mapping, resilience", r"\((adapters|schemas)/"),
-    _step("pipeline: parse, authz, subject key, middlewares", r"\((broker/(?!__main__)|consent/)"),
+    _step("pipeline: parse, authz, subject key, middlewares", r"\((broker/(?!__main__|cli/)|consent/)"),
     _step("aiohttp server: parse, route, write", r"\(aiohttp/"),
     _step("event loop: callbacks in C (DB protocol, tasks), epoll", r"\((asyncio/|selectors\.py|<frozen)"),
 ]
@@ -241,7 +241,8 @@ async def _probe(dsn: str, n: int) -> dict[str, Probe]:
     """The broker's own statements through the broker's own functions, and bare for comparison: interleaved so
     that the shared server's moods hit every variant alike, each variant on its own connection so that its
     backend's CPU is its own."""
-    from broker import accesslog, db
+    from broker.storage import db
+    from broker.tlog import accesslog
 
     q = db.queries()
     expires = datetime.now(UTC) + timedelta(seconds=60)

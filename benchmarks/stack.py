@@ -32,7 +32,7 @@ from adapters.api_particulier import request_for
 from adapters.base import AdapterQuery
 from adapters.identity import Subject
 from adapters.sandbox import directory
-from broker.keys import PrivateKey, generate_private_key
+from broker.signing.keys import PrivateKey, generate_private_key
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -322,7 +322,7 @@ def smoke_test(stack: Stack) -> str:
     the stub directly and through nginx: what the load then repeats works, and answers data."""
     import aiohttp
 
-    from broker.client import BrokerClient
+    from broker.consumer.client import BrokerClient
 
     async def run() -> str:
         async with BrokerClient(f"http://{HOST}:{stack.broker_ports[0]}", key=stack.key) as client:

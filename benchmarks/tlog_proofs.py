@@ -31,10 +31,11 @@ import uuid
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker import accesslog, checkpoint, db, merkle
-from broker.metrics import Metrics
-from broker.tlog import NoteSigner, PgNodeStore, TransparencyLog, write_nodes
-from broker.tlog_verify import DatabaseSource, verify_log
+from broker.observability.metrics import Metrics
+from broker.storage import db
+from broker.tlog import accesslog, checkpoint, merkle
+from broker.tlog.log import NoteSigner, PgNodeStore, TransparencyLog, write_nodes
+from broker.tlog.verify import DatabaseSource, verify_log
 
 ORIGIN = "bench.dlnuf.test/log"
 

@@ -11,7 +11,7 @@ variant of each (the broker's refusal path: find the first error and its path) w
 * ``jsonschema-rs``    Draft202012Validator (Rust), without and with format validation.
 
 Before timing, it checks that every library agrees with the broker's expectations on the repository's cases:
-every schema example is valid, every document of tests/test_schemas.py's INVALID list is rejected, plus a few
+every schema example is valid, every document of tests/schemas/test_schemas.py's INVALID list is rejected, plus a few
 edge cases; disagreements are printed, because a fast validator that accepts a bad document is no candidate.
 Needs the optional libraries (`.venv/bin/pip install fastjsonschema jsonschema-rs`); a missing one is skipped.
 Prints median ns per validation; no assertion on time anywhere.
@@ -34,9 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jsonschema
 
 import schemas
-from broker.errors import InvalidProviderAnswer
-from broker.validation import Validators
-from tests.test_schemas import _DELETE, INVALID, _set
+from schemas.validation import InvalidDocument, Validators
+from tests.schemas.test_schemas import _DELETE, INVALID, _set
 
 DOCUMENTS = ("quotient_familial", "statut_demandeur_emploi")
 BAD = {"quotient_familial": ("quotient_familial.valeur", "1045"),
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     def refused(dataset: str, doc: Any) -> None:
         try:
             broker.verify(dataset, 1, doc)
-        except InvalidProviderAnswer:
+        except InvalidDocument:
             return
         raise AssertionError("accepted")
 

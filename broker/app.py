@@ -18,17 +18,22 @@ import orjson
 import structlog
 from aiohttp import web
 
-from broker import catalogue, citizen_api, db, oauth, pages, portal, registry, tlog_routes
+from broker import registry
+from broker.citizen import api as citizen_api
+from broker.citizen import login as login_routes
+from broker.citizen import oauth, pages, portal
 from broker.config import Config
-from broker.exchange import handle_exchange
-from broker.keys import load_or_create_broker_key
-from broker.metrics import Metrics
-from broker.middleware import request_id_middleware, signing_middleware
-from broker.openapi import openapi_document
-from broker.problems import problem_middleware
-from broker.secretfile import create_once
-from broker.state import STATE, AdapterSet, BrokerState, RegistryCache
-from consent import login_routes
+from broker.exchange import catalogue
+from broker.exchange.pipeline import handle_exchange
+from broker.observability.metrics import Metrics
+from broker.service.middleware import request_id_middleware, signing_middleware
+from broker.service.openapi import openapi_document
+from broker.service.problems import problem_middleware
+from broker.service.state import STATE, AdapterSet, BrokerState, RegistryCache
+from broker.signing.keys import load_or_create_broker_key
+from broker.storage import db
+from broker.storage.secretfile import create_once
+from broker.tlog import routes as tlog_routes
 from consent import records as consent_records
 from consent.sealing import Sealer
 
@@ -151,7 +156,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def citizen_login_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Citizen login (OpenID Connect, `consent.login_routes`) on the broker's pool and HTTP session."""
+    """Citizen login (OpenID Connect, `broker.citizen.login`) on the broker's pool and HTTP session."""
     config, state = app[CONFIG], app[STATE]
     assert config.citizen_login is not None
     async with login_routes.running(app, config.citizen_login, pool=state.pool, http=state.adapters.session,

@@ -1,4 +1,4 @@
-"""Errors of the exchange, free of HTTP: `broker/problems.py` maps each to a problem type in one table.
+"""Errors of the exchange, free of HTTP: `broker/service/problems.py` maps each to a problem type in one table.
 
 `public` errors carry a message safe for the caller (bad input); the others carry a reason for the server log and
 the access log only (signature, authorization), because telling an attacker which check failed helps them.

@@ -13,7 +13,7 @@ from typing import Any
 
 import jwt
 
-from broker.keys import PrivateKey, PublicKey
+from broker.signing.keys import PrivateKey, PublicKey
 from consent.records import Consent
 
 RECEIPT_TYPE = "dlnuf-consent-receipt+jwt"

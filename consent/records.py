@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from broker import db
+from broker.storage import db
 from consent.basis import BasisRefused
 
 

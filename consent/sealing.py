@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from adapters.identity import PivotIdentity
-from broker.secretfile import create_once
+from broker.storage.secretfile import create_once
 
 CONSENT_SEAL = "dlnuf/consent-identity/v1"
 SESSION_SEAL = "dlnuf/session-identity/v1"

@@ -1,8 +1,8 @@
-"""Citizen web sessions: server-side, in PostgreSQL, opened by the OpenID Connect login (`consent.login_routes`).
+"""Citizen web sessions: server-side, in PostgreSQL, opened by the OpenID Connect login (`broker.citizen.login`).
 
 The browser holds a random token in the ``dlnuf_session`` cookie (HttpOnly, SameSite=Lax, Secure when the broker
 is served over TLS, path ``/``); the database holds only the token's SHA-256, the citizen's subject key (the
-keyed hash of `broker.accesslog.subject_key`, under the secret given as argument), the OIDC issuer, ``sub`` and
+keyed hash of `adapters.identity.subject_key`, under the secret given as argument), the OIDC issuer, ``sub`` and
 ``acr``, a per-session CSRF token, and the pivot identity with the id_token (the OP logout hint) **encrypted at rest
 with AES-256-GCM** (`consent.sealing.Sealer`, the key given as argument), bound to the row's token hash so that a
 sealed identity moved to another row does not open. The identity is kept because the broker needs it later to ask
@@ -28,9 +28,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from adapters.identity import PivotIdentity, Subject, SubjectError
-from broker import db
-from broker.accesslog import subject_key
+from adapters.identity import PivotIdentity, Subject, SubjectError, subject_key
+from broker.storage import db
 from consent.oidc import LoginResult
 from consent.sealing import Sealer, SealError
 
@@ -55,7 +54,7 @@ class CitizenSession:
     id: str
     """SHA-256 of the session token, hex: names the session in logs and rows, and is useless as a cookie."""
     subject_key: str
-    """`broker.accesslog.subject_key` of the pivot identity: the key of this citizen's consents and log entries."""
+    """`adapters.identity.subject_key` of the pivot identity: the key of this citizen's consents and log entries."""
     identity: PivotIdentity = field(repr=False)
     oidc_issuer: str
     oidc_sub: str

@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 
-from broker.keys import PrivateKey, PublicKey, jwk_thumbprint
+from broker.signing.keys import PrivateKey, PublicKey, jwk_thumbprint
 
 ACCESS_TOKEN_TTL = timedelta(minutes=10)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

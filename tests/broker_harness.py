@@ -14,11 +14,11 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
 from adapters.sandbox import directory
-from broker import signing
 from broker.app import create_app
 from broker.config import Config, load_config
-from broker.keys import PublicKey, public_keys_from_jwks
-from broker.state import STATE
+from broker.service.state import STATE
+from broker.signing import messages
+from broker.signing.keys import PublicKey, public_keys_from_jwks
 from tests.factories import CONSUMER, PURPOSE, Consumer
 
 EXCHANGES = "/v1/exchanges"
@@ -77,7 +77,7 @@ class Harness:
                        consumer: Consumer | None = None, **sign_args: Any) -> CIMultiDict[str]:
         c = consumer or self.consumer
         headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
-        headers.update(signing.sign_request(method=method, url=self.url(path), headers=headers, body=body,
+        headers.update(messages.sign_request(method=method, url=self.url(path), headers=headers, body=body,
                                             private_key=c.key, **sign_args))
         return headers
 
@@ -97,7 +97,7 @@ class Harness:
         if not self.broker_keys:
             async with self.client.get("/.well-known/jwks.json") as resp:
                 self.broker_keys = {k.kid: k for k in public_keys_from_jwks(await resp.json(), owner="broker")}
-        signing.verify_response(status=answer.status, headers=answer.headers, body=answer.body,
+        messages.verify_response(status=answer.status, headers=answer.headers, body=answer.body,
                                 request_headers=answer.request_headers, lookup_key=self.broker_keys.get,
                                 now=datetime.now(UTC))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from broker import db
+from broker.storage import db
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -19,11 +19,11 @@ from yarl import URL
 from adapters.sandbox.api_particulier import start_sandbox
 from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
 from broker.app import create_app
-from broker.client import BrokerClient
 from broker.config import CitizenLoginConfig
+from broker.consumer.client import BrokerClient
+from tests.adapters.test_franceconnect_sandbox import parse_forms, pick_citizen
 from tests.broker_harness import broker_config
 from tests.factories import SANDBOX_TOKEN, TOKEN_ENV, Consumer, consumer, registry_toml
-from tests.test_franceconnect_sandbox import parse_forms, pick_citizen
 
 OIDC_CLIENT = "dlnuf-broker"
 OIDC_SECRET = "secret-du-broker-pour-les-tests-de-consentement"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from broker.keys import PrivateKey, generate_private_key
+from broker.signing.keys import PrivateKey, generate_private_key
 
 CONSUMER = "21750001600019"  # Commune de Paris (consumer)
 OTHER_CONSUMER = "21690123100011"  # Commune de Lyon (consumer)

@@ -11,8 +11,8 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from broker.client import BrokerClient, BrokerProblem, OAuthFailed
-from broker.keys import PrivateKey
+from broker.consumer.client import BrokerClient, BrokerProblem, OAuthFailed
+from broker.signing.keys import PrivateKey
 
 DATASET = "quotient_familial"
 PURPOSE = "tarification-restauration-scolaire"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
-from broker.client import BrokerProblem, ExchangeAnswer
-from broker.tlog import TLOG
+from broker.consumer.client import BrokerProblem, ExchangeAnswer
+from broker.tlog.log import TLOG
 from tests.broker_harness import pivot
 from tests.consent_harness import LYON, PARIS, ConsentStack
 from tests.factories import PURPOSE

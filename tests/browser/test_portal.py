@@ -13,8 +13,8 @@ from pathlib import Path
 
 from playwright.async_api import Page, expect
 
-from broker.tlog import TLOG, leaf_of
-from broker.tlog_verify import verify_entry_proof
+from broker.tlog.log import TLOG, leaf_of
+from broker.tlog.verify import verify_entry_proof
 from tests.browser.citizen import (
     IN_LOG,
     PROBLEM,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from playwright.async_api import Page, Route, expect
 
-from broker.portal.common import PARIS
+from broker.citizen.portal.common import PARIS
 from tests.broker_harness import pivot
 from tests.browser.citizen import (
     PROBLEM,

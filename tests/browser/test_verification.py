@@ -1,4 +1,4 @@
-""""Vérifier", the verification in the browser (broker/static/verify.js), in Chromium's WebCrypto.
+""""Vérifier", the verification in the browser (broker/citizen/static/verify.js), in Chromium's WebCrypto.
 
 First its pieces against independent references: RFC 8785 and randomly drawn JSON against the Python JCS, the
 transparency-dev inclusion-proof vectors, checkpoints signed by the Python note signer and their forgeries. Then
@@ -22,13 +22,14 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.async_api import Page
 
-from broker import checkpoint, merkle, pages
-from broker.jcs import canonicalize
-from broker.tlog import TLOG, NoteSigner, leaf_of
+from broker.citizen import pages
+from broker.tlog import checkpoint, merkle
+from broker.tlog.jcs import canonicalize
+from broker.tlog.log import TLOG, NoteSigner, leaf_of
 from tests.browser.citizen import IN_LOG, NOT_IN_LOG, OpenPage, integrate, login, paris_exchange, verify_row
 from tests.consent_harness import ConsentStack
-from tests.test_jcs import APPENDIX_B, RFC_INPUT, RFC_OUTPUT, RFC_SORTING_INPUT
-from tests.test_merkle_vectors import INCLUSION
+from tests.tlog.test_jcs import APPENDIX_B, RFC_INPUT, RFC_OUTPUT, RFC_SORTING_INPUT
+from tests.tlog.test_merkle_vectors import INCLUSION
 
 ORIGIN = "dlnuf.test/log"
 

@@ -1,0 +1,362 @@
+"""The consent flow's OAuth 2.0 endpoints: authorization code with PKCE (S256 only), RFC 9396 rich authorization
+requests of type `dlnuf_exchange`, the consent screen, and the token endpoint with RFC 7523 private_key_jwt.
+
+1. `GET /oauth/authorize`: the consumer sends the citizen here. Unknown client or unregistered redirect URI: an
+   error page (never a redirect to an unverified URI). Anything else wrong: back to the client with an OAuth error.
+2. `GET /oauth/consent/{id}`: after citizen login, the consent screen, with a preview of the actual values.
+3. `POST /oauth/consent/{id}`: the decision (CSRF-protected); accept or refuse, both recorded; back to the client.
+4. `POST /oauth/token`: code (single use, 60 s, PKCE) or refresh token -> a key-bound access token (RFC 9068).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import orjson
+import structlog
+from aiohttp import web
+
+import schemas
+from adapters.base import AdapterError, AdapterQuery
+from adapters.identity import Subject
+from broker.citizen import pages
+from broker.citizen.login import citizen_required
+from broker.exchange import authz
+from broker.registry import Habilitation
+from broker.service.problems import REQUEST_ID
+from broker.service.state import STATE, BrokerState
+from broker.service.urls import issuer
+from broker.storage import db
+from broker.tlog import accesslog
+from broker.tlog.jcs import canonicalize
+from consent import rar, records, tokens
+from consent.sealing import CONSENT_SEAL
+from consent.sessions import CitizenSession, current_citizen, login_url
+from schemas.validation import InvalidDocument
+
+log = structlog.get_logger(__name__)
+
+REQUEST_TTL = timedelta(minutes=10)
+CODE_TTL = timedelta(seconds=60)
+REFRESH_TTL_MAX = timedelta(days=rar.MAX_DAYS)
+_CONSENT_QUERIES = ("consent", "consents.sql")
+
+
+def _q() -> dict[str, str]:
+    return db.queries(*_CONSENT_QUERIES)
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _s256(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def _redirect(uri: str, **params: str | None) -> web.HTTPFound:
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    return web.HTTPFound(uri + ("&" if urlsplit(uri).query else "?") + query)
+
+
+def _error_page(title: str, message: str, status: int = 400) -> web.Response:
+    return pages.render("error.html", status=status, title=title, message=message)
+
+
+# -- 1. authorization endpoint --------------------------------------------------------------------------------------
+
+
+async def authorize(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    q = request.query
+    client_id, redirect_uri, client_state = q.get("client_id", ""), q.get("redirect_uri", ""), q.get("state")
+    registry = state.registry.current
+    org = registry.organisation(client_id)
+    if org is None or "consumer" not in org.roles:
+        log.warning("authorize refused", reason="unknown client", client_id=client_id[:64])
+        return _error_page("Demande invalide", "Le service qui vous a envoyé ici n'est pas connu de DLNUF.")
+    if redirect_uri not in org.redirect_uris:
+        log.warning("authorize refused", reason="redirect_uri not registered", client_id=client_id)
+        return _error_page("Demande invalide", "L'adresse de retour de ce service n'est pas enregistrée.")
+    iss = issuer(request, state.config.public_url)
+
+    def back(error: str, description: str) -> web.HTTPFound:
+        log.warning("authorize refused", reason=description, client_id=client_id, error=error)
+        return _redirect(redirect_uri, error=error, error_description=description, state=client_state, iss=iss)
+
+    if q.get("response_type") != "code":
+        raise back("unsupported_response_type", "response_type must be code")
+    challenge = q.get("code_challenge", "")
+    if q.get("code_challenge_method") != "S256" or not 43 <= len(challenge) <= 128:
+        raise back("invalid_request", "PKCE with code_challenge_method=S256 is required")
+    try:
+        details = rar.parse(q.get("authorization_details", ""), default_recipient=client_id)
+    except rar.InvalidAuthorizationDetails as exc:
+        raise back("invalid_authorization_details", str(exc)) from None
+    hab = registry.habilitation(client_id, details.dataset)
+    try:
+        if hab is None:
+            raise rar.InvalidAuthorizationDetails(f"no habilitation for dataset {details.dataset!r}")
+        rar.verify_within(details, purposes=hab.purposes, allowed_fields=hab.fields, recipients=hab.recipients,
+                          basis=hab.legal_basis.type)
+    except rar.InvalidAuthorizationDetails as exc:
+        raise back("invalid_authorization_details", str(exc)) from None
+    assert hab is not None
+    request_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    await state.pool.execute(_q()["authorization_request_insert"], request_id, client_id, redirect_uri,
+                             client_state, challenge, [details.to_json()], hab.id, now + REQUEST_TTL)
+    raise web.HTTPFound(f"/oauth/consent/{request_id}")
+
+
+# -- 2. and 3. the consent screen ---------------------------------------------------------------------------------
+
+
+async def _pending(state: BrokerState, request: web.Request) -> dict[str, Any] | None:
+    try:
+        request_id = uuid.UUID(request.match_info["id"])
+    except ValueError:
+        return None
+    row = await state.pool.fetchrow(_q()["authorization_request_get"], request_id)
+    if row is None or row["decided_at"] is not None or row["expires_at"] <= datetime.now(UTC):
+        return None
+    return dict(row)
+
+
+def _field_info(schema: dict[str, Any], path: str) -> tuple[str, str]:
+    node: Any = schema
+    for part in path.split("."):
+        node = (node.get("properties") or {}).get(part, {}) if isinstance(node, dict) else {}
+    title = node.get("title") or path.replace("_", " ").replace(".", " — ")
+    return str(title), str(node.get("description", ""))
+
+
+async def _preview(state: BrokerState, request: web.Request, hab: Habilitation, details: rar.ExchangeAuthorization,
+                   citizen: CitizenSession) -> tuple[dict[str, Any] | None, str | None]:
+    """Fetch the citizen's actual values so they see what they would share. The fetch is logged like any access,
+    as released to the citizen themselves."""
+    # logged under the administration that asked (so the citizen's journal and its filter find it), released to
+    # the citizen alone
+    entry = accesslog.LogEntry(request_id=request[REQUEST_ID], consumer=hab.consumer, dataset=details.dataset,
+                               purpose="apercu-consentement", recipient="citoyen", fields_requested=details.fields,
+                               habilitation=hab, subject_key=citizen.subject_key)
+    version = schemas.latest(details.dataset)
+    entry.dataset_version = version
+    try:
+        adapter = state.adapters.for_dataset(details.dataset)
+        document = await adapter.fetch(AdapterQuery(dataset=details.dataset, version=version,
+                                                    subject=Subject(pivot=citizen.identity),
+                                                    fields=frozenset(details.fields), request_id=entry.request_id,
+                                                    recipient=details.recipient))
+        state.validators.verify(details.dataset, version, document)
+    except (AdapterError, InvalidDocument) as exc:
+        entry.outcome, entry.http_status, entry.problem_type = "failed", 502, getattr(exc, "slug", "provider-error")
+        await accesslog.commit(state.pool, entry)
+        return None, "Le fournisseur de ces données n'a pas pu répondre. Vous pouvez tout de même décider."
+    data = authz.release(hab, document, details.fields)
+    entry.outcome, entry.http_status = "released", 200
+    entry.fields_released = tuple(f for f in details.fields if f.split(".")[0] in data)
+    entry.payload_sha256 = hashlib.sha256(canonicalize(data)).hexdigest()
+    await accesslog.commit(state.pool, entry)
+    return data, None
+
+
+async def consent_page(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    pending = await _pending(state, request)
+    if pending is None:
+        return _error_page("Demande expirée", "Cette demande n'existe pas, a déjà reçu une réponse ou a expiré. "
+                           "Retournez sur le site du service pour recommencer.", 404)
+    citizen = await current_citizen(request)
+    if citizen is None:
+        raise web.HTTPFound(login_url(request.path_qs))
+    registry = state.registry.current
+    details = rar.parse(pending["authorization_details"], default_recipient=pending["client_id"])
+    hab = registry.habilitation(pending["client_id"], details.dataset)
+    org = registry.organisation(pending["client_id"])
+    adapter_entry = registry.adapter_for(details.dataset)
+    if hab is None or org is None or adapter_entry is None:
+        return _error_page("Demande invalide", "Ce service n'est plus habilité à cette demande.", 403)
+    provider = registry.organisation(adapter_entry.provider)
+    schema = schemas.load(details.dataset, schemas.latest(details.dataset))
+    data, preview_error = await _preview(state, request, hab, details, citizen)
+    preview = []
+    for f in details.fields:
+        title, description = _field_info(schema, f)
+        value: Any = data
+        present = data is not None
+        for part in f.split("."):
+            if isinstance(value, dict) and part in value:
+                value = value[part]
+            else:
+                present = False
+                break
+        preview.append({"field": f, "label": title, "description": description, "present": present,
+                        "value": value if present else None})
+    redirect_origin = "{0.scheme}://{0.netloc}".format(urlsplit(pending["redirect_uri"]))
+    return pages.render(
+        "consent.html", form_targets=[redirect_origin],
+        request_id=str(pending["id"]), csrf=citizen.csrf_token, controller=org.siret, controller_name=org.name,
+        recipient=details.recipient, dataset_title=schema.get("title", details.dataset),
+        provider=adapter_entry.provider, provider_name=provider.name if provider else adapter_entry.provider,
+        purpose=details.purpose, legal_basis_title=hab.legal_basis.title, legal_basis_url=hab.legal_basis.url,
+        frequency=details.frequency, duration_days=details.duration_days, preview=preview,
+        preview_error=preview_error, labels={},
+    )
+
+
+@citizen_required(html_page=True)  # and CSRF-checked (form field "csrf")
+async def consent_decision(request: web.Request, citizen: CitizenSession) -> web.StreamResponse:
+    state = request.app[STATE]
+    form = await request.post()
+    now = datetime.now(UTC)
+    pending = await _pending(state, request)
+    if pending is None:
+        return _error_page("Demande expirée", "Cette demande a déjà reçu une réponse ou a expiré.", 404)
+    decided = await state.pool.fetchrow(_q()["authorization_request_decide"], pending["id"], now)
+    if decided is None:  # a double submit lost the race: the first decision stands
+        return _error_page("Demande expirée", "Cette demande a déjà reçu une réponse.", 409)
+    registry = state.registry.current
+    details = rar.parse(pending["authorization_details"], default_recipient=pending["client_id"])
+    hab = registry.habilitation(pending["client_id"], details.dataset)
+    org = registry.organisation(pending["client_id"])
+    adapter_entry = registry.adapter_for(details.dataset)
+    iss = issuer(request, state.config.public_url)
+    if hab is None or org is None or adapter_entry is None:
+        raise _redirect(pending["redirect_uri"], error="access_denied", error_description="habilitation withdrawn",
+                        state=pending["state"], iss=iss)
+    ticked = {str(v) for v in form.getall("fields", [])}
+    accepted = form.get("decision") == "accept" and bool(ticked & set(details.fields))
+    granted = tuple(f for f in details.fields if f in ticked) if accepted else ()
+    refused = tuple(f for f in details.fields if f not in granted)
+    async with state.pool.acquire() as conn, conn.transaction():  # the record and its first event, together
+        consent = await records.create(
+            conn, subject_key=citizen.subject_key,
+            identity_ciphertext=state.sealer.seal_identity(citizen.identity, CONSENT_SEAL),
+            controller=org.siret, controller_name=org.name, recipient=details.recipient, habilitation_id=hab.id,
+            dataset=details.dataset, dataset_version=schemas.latest(details.dataset), provider=adapter_entry.provider,
+            purpose=details.purpose, fields=granted, fields_refused=refused, legal_basis_title=hab.legal_basis.title,
+            legal_basis_url=hab.legal_basis.url, accepted=accepted, frequency=details.frequency, now=now,
+            expires_at=now + timedelta(days=details.duration_days),
+        )
+    log.info("consent decided", consent_id=str(consent.id), accepted=accepted, client_id=org.siret,
+             dataset=details.dataset, fields=granted)
+    if not accepted:
+        raise _redirect(pending["redirect_uri"], error="access_denied", error_description="the citizen refused",
+                        state=pending["state"], iss=iss)
+    code = secrets.token_urlsafe(32)
+    await state.pool.execute(_q()["code_insert"], _sha256(code), consent.id, org.siret, pending["redirect_uri"],
+                             pending["code_challenge"], now + CODE_TTL)
+    raise _redirect(pending["redirect_uri"], code=code, state=pending["state"], iss=iss)
+
+
+# -- 4. token endpoint --------------------------------------------------------------------------------------------
+
+
+def _oauth_error(error: str, description: str, status: int = 400) -> web.Response:
+    log.warning("token refused", error=error, reason=description)
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_client"'
+    return web.json_response({"error": error, "error_description": description}, status=status, headers=headers)
+
+
+async def token(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    now = datetime.now(UTC)
+    if request.content_type != "application/x-www-form-urlencoded":
+        return _oauth_error("invalid_request", "the token endpoint takes application/x-www-form-urlencoded")
+    form = await request.post()
+    grant = str(form.get("grant_type", ""))
+    if form.get("client_assertion_type") != tokens.ASSERTION_TYPE or not form.get("client_assertion"):
+        return _oauth_error("invalid_client", "private_key_jwt client authentication is required", 401)
+    iss = issuer(request, state.config.public_url)
+    assertion = str(form["client_assertion"])
+    try:
+        claimed_client = str(form.get("client_id") or _unverified_iss(assertion))
+        key = await tokens.verify_client_assertion(
+            assertion, client_id=claimed_client, token_endpoint=iss + "/oauth/token", lookup_key=state.lookup_key,
+            claim_jti=state.claim_nonce, now=now)
+        if grant == "authorization_code":
+            consent_id, details = await _redeem_code(state, form, claimed_client, now)
+        elif grant == "refresh_token":
+            consent_id, details = await _redeem_refresh(state, form, claimed_client, now)
+        else:
+            raise tokens.OAuthError("unsupported_grant_type", "authorization_code or refresh_token")
+    except tokens.OAuthError as exc:
+        return _oauth_error(exc.error, exc.description, exc.status)
+    access_token, expires_in = tokens.issue_access_token(
+        signing_key=state.signing_key, issuer=iss, consent_id=consent_id, client_id=claimed_client,
+        jkt=tokens.thumbprint(key), authorization_details=details, now=now)
+    body: dict[str, Any] = {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in,
+                            "authorization_details": details}
+    if grant == "authorization_code" and details and details[0].get("frequency") == "periodic":
+        refresh = secrets.token_urlsafe(32)
+        consent = await records.get(state.pool, consent_id)
+        assert consent is not None
+        await state.pool.execute(_q()["refresh_insert"], _sha256(refresh), consent_id, claimed_client,
+                                 consent.expires_at)
+        body["refresh_token"] = refresh
+    return web.Response(body=orjson.dumps(body), content_type="application/json",
+                        headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+def _unverified_iss(assertion: str) -> str:
+    import jwt
+
+    try:
+        return str(jwt.decode(assertion, options={"verify_signature": False}).get("iss", ""))
+    except jwt.PyJWTError:
+        raise tokens.OAuthError("invalid_client", "client_assertion is not a JWT", status=401) from None
+
+
+async def _redeem_code(state: BrokerState, form: Any, client_id: str, now: datetime,
+                       ) -> tuple[uuid.UUID, list[dict[str, Any]]]:
+    code = str(form.get("code", ""))
+    row = await state.pool.fetchrow(_q()["code_redeem"], _sha256(code), now)
+    if row is None:
+        raise tokens.OAuthError("invalid_grant", "unknown or already used code")
+    if not row["fresh"]:
+        raise tokens.OAuthError("invalid_grant", "code expired")
+    if row["client_id"] != client_id:
+        raise tokens.OAuthError("invalid_grant", "code issued to another client")
+    if form.get("redirect_uri") != row["redirect_uri"]:
+        raise tokens.OAuthError("invalid_grant", "redirect_uri differs from the authorization request")
+    verifier = str(form.get("code_verifier", ""))
+    if not 43 <= len(verifier) <= 128 or not secrets.compare_digest(_s256(verifier), row["code_challenge"]):
+        raise tokens.OAuthError("invalid_grant", "PKCE verification failed")
+    consent = await records.get(state.pool, row["consent_id"])
+    if consent is None or consent.state_at(now) != "active":
+        raise tokens.OAuthError("invalid_grant", "consent no longer active")
+    return consent.id, [_details_of(consent)]
+
+
+async def _redeem_refresh(state: BrokerState, form: Any, client_id: str, now: datetime,
+                          ) -> tuple[uuid.UUID, list[dict[str, Any]]]:
+    row = await state.pool.fetchrow(_q()["refresh_get"], _sha256(str(form.get("refresh_token", ""))), now)
+    if row is None or row["client_id"] != client_id:
+        raise tokens.OAuthError("invalid_grant", "unknown, expired or revoked refresh token")
+    consent = await records.get(state.pool, row["consent_id"])
+    if consent is None or consent.state_at(now) != "active":
+        raise tokens.OAuthError("invalid_grant", "consent no longer active")
+    return consent.id, [_details_of(consent)]
+
+
+def _details_of(consent: records.Consent) -> dict[str, Any]:
+    """What the citizen actually granted (after opt-outs), echoed in the token response and the token."""
+    return {"type": rar.TYPE, "dataset": consent.dataset, "purpose": consent.purpose, "fields": list(consent.fields),
+            "frequency": consent.frequency, "recipient": consent.recipient,
+            "expires_at": consent.expires_at.isoformat()}
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/oauth/authorize", authorize)
+    app.router.add_get("/oauth/consent/{id}", consent_page)
+    app.router.add_post("/oauth/consent/{id}", consent_decision)
+    app.router.add_post("/oauth/token", token)

@@ -1,0 +1,177 @@
+"""`python -m broker demo`: the broker, both sandbox providers and a demo registry, on the embedded database.
+
+Everything is real: the sandboxes are HTTP servers in their upstream formats (API Particulier, reached by the
+`api_particulier` adapter; a DGFiP-style provider, reached by a declarative `http_json` adapter), the broker calls
+them over HTTP, and the printed commands sign their requests with a freshly generated consumer key registered in
+the demo registry. Citizens log in at /citizen/login through the sandbox FranceConnect OP (a real OpenID Provider
+whose users are the synthetic citizens), unless DLNUF_OIDC_* names another one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import socket
+import sys
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from aiohttp import web
+
+from adapters.sandbox import dgfip
+from adapters.sandbox.api_particulier import start_sandbox
+from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
+from broker.app import create_app
+from broker.config import CALLBACK_PATH, LOGGED_OUT_PATH, CitizenLoginConfig, Config
+from broker.signing.keys import PrivateKey, generate_private_key, private_key_from_jwk
+from examples.cantine import app as cantine
+
+TOKEN_ENV = "DLNUF_DEMO_API_PARTICULIER_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+DGFIP_KEY_ENV = "DLNUF_DEMO_DGFIP_KEY"
+OIDC_SECRET_ENV = "DLNUF_DEMO_OIDC_CLIENT_SECRET"  # noqa: S105 - the name of a variable, not a secret
+OIDC_CLIENT_ID = "dlnuf-demo"
+CONSUMER_SIRET = "21750001600019"
+CANTINE_SIRET = "21690123100011"
+DEMO_SUBJECT = {"pivot_identity": {
+    "family_name": "Dupont", "given_name": "Marie Claire", "birthdate": "1985-03-14",
+    "gender": "female", "birthplace": "75114", "birthcountry": "99100",
+}}
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run the broker with sandbox providers and a demo registry")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--sandbox-port", type=int, default=0, help="API Particulier sandbox port (0: any free one)")
+    p.add_argument("--dgfip-port", type=int, default=0, help="DGFiP sandbox port (0: any free one)")
+    p.add_argument("--franceconnect-port", type=int, default=0,
+                   help="sandbox FranceConnect OP port (0: any free one)")
+    p.add_argument("--demarche-port", type=int, default=8081,
+                   help="the sample démarche's port (restauration scolaire; 0: any free one)")
+
+
+def consumer_key(path: Path, kid: str = "demo-commune-paris") -> PrivateKey:
+    if path.exists():
+        return private_key_from_jwk(json.loads(path.read_text("utf-8")))
+    key = generate_private_key("ed25519", kid=kid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("x") as f:
+        path.chmod(0o600)
+        json.dump(key.to_jwk(), f, indent=2)
+    return key
+
+
+def _toml_inline(jwk: dict[str, Any]) -> str:
+    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in jwk.items() if k != "kid") + " }"
+
+
+def write_registry(path: Path, key: PrivateKey, sandbox_url: str, dgfip_url: str, *, cantine_key: PrivateKey,
+                   cantine_url: str) -> None:
+    template = Template(resources.files("broker.cli").joinpath("demo_registry.toml.tmpl").read_text("utf-8"))
+    path.write_text(template.substitute(kid=key.kid, jwk=_toml_inline(key.public_jwk()), sandbox_url=sandbox_url,
+                                        token_env=TOKEN_ENV, dgfip_url=dgfip_url, dgfip_key_env=DGFIP_KEY_ENV,
+                                        cantine_kid=cantine_key.kid, cantine_jwk=_toml_inline(cantine_key.public_jwk()),
+                                        cantine_url=cantine_url))
+
+
+def request_command(base_url: str, key_file: Path, *, dataset: str = "quotient_familial",
+                    purpose: str = "tarification-restauration-scolaire",
+                    fields: str = "quotient_familial,enfants") -> str:
+    args = ["python", "-m", "broker", "request", "--url", base_url, "--key", str(key_file),
+            "--dataset", dataset, "--purpose", purpose,
+            "--recipient", CONSUMER_SIRET, "--fields", fields,
+            "--subject", json.dumps(DEMO_SUBJECT, ensure_ascii=False)]
+    return shlex.join(args)
+
+
+async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect_port: int,
+               cantine_port: int) -> None:
+    demo_dir = config.state_dir / "demo"
+    key_file = demo_dir / "consumer-commune-paris.jwk"
+    key = consumer_key(key_file)
+    os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)
+    os.environ[DGFIP_KEY_ENV] = secrets.token_urlsafe(24)
+    sandbox_runner, sandbox_url = await start_sandbox(os.environ[TOKEN_ENV], port=sandbox_port)
+    dgfip_runner, dgfip_url = await dgfip.start_sandbox(os.environ[DGFIP_KEY_ENV], port=dgfip_port)
+    # the démarche's address goes in the registry (its OAuth redirect URI): bind its socket first
+    cantine_key = consumer_key(demo_dir / "consumer-ville-lyon-cantine.jwk", kid="demo-ville-lyon-cantine")
+    cantine_sock = socket.socket()
+    cantine_sock.bind((config.host, cantine_port))
+    cantine_url = f"http://{config.host}:{cantine_sock.getsockname()[1]}"
+    registry_file = demo_dir / "registry.toml"
+    write_registry(registry_file, key, sandbox_url, dgfip_url, cantine_key=cantine_key, cantine_url=cantine_url)
+    base_url = f"http://{config.host}:{config.port}"
+    login, fc_runner = config.citizen_login, None
+    if login is None:
+        # a FranceConnect configured in DLNUF_OIDC_* wins; otherwise the sandbox OP, with a fresh client secret
+        os.environ[OIDC_SECRET_ENV] = secrets.token_urlsafe(32)
+        client = ClientConfig(os.environ[OIDC_SECRET_ENV], [base_url + CALLBACK_PATH], [base_url + LOGGED_OUT_PATH],
+                              name="DLNUF (démonstration)")
+        fc_runner, fc_url = await start_franceconnect({OIDC_CLIENT_ID: client}, port=franceconnect_port)
+        login = CitizenLoginConfig(issuer=fc_url, client_id=OIDC_CLIENT_ID, client_secret_env=OIDC_SECRET_ENV,
+                                   redirect_uri=base_url + CALLBACK_PATH,
+                                   post_logout_redirect_uri=base_url + LOGGED_OUT_PATH, session_lifetime=1800.0,
+                                   cookie_secure=False)
+    op_note = "sandbox FranceConnect, synthetic citizens" if fc_runner else "from DLNUF_OIDC_ISSUER"
+
+    app = create_app(replace(config, registry_file=registry_file, citizen_login=login))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    cantine_runner = web.AppRunner(cantine.create_app(broker_url=base_url, key=cantine_key, siret=CANTINE_SIRET,
+                                                      base_url=cantine_url), access_log=None)
+    await cantine_runner.setup()
+    await web.SockSite(cantine_runner, cantine_sock).start()
+    print(f"""
+DLNUF demo is running.
+  broker            {base_url}   (OpenAPI: {base_url}/openapi.json, JWKS: {base_url}/.well-known/jwks.json)
+  API Particulier   {sandbox_url}   (sandbox, synthetic citizens)
+  DGFiP             {dgfip_url}   (sandbox, revenu fiscal de référence, via a declarative http_json adapter)
+  citizen login     {base_url}/citizen/login   (OpenID Provider {login.issuer}: {op_note})
+  database          embedded PostgreSQL in {config.state_dir / 'pgdata'}
+  registry          {registry_file}
+  consumer key      {key_file}   (Commune de Paris, kid {key.kid})
+
+Send a signed request for a citizen's quotient familial (from another terminal, in this directory):
+
+  {request_command(base_url, key_file)}
+
+and for her revenu fiscal de référence, from the DGFiP sandbox:
+
+  {request_command(base_url, key_file, dataset="revenu_fiscal_reference", purpose="tarification-sociale",
+                   fields="revenu_fiscal_reference,nombre_parts,annee_revenus")}
+
+Catalogue of what can be asked: {base_url}/v1/catalogue
+
+A démarche that pre-fills its form with the parent's consent (« Remplir avec mes données »):
+
+  {cantine_url}/   (Ville de Lyon, inscription à la restauration scolaire; log in as any synthetic citizen)
+
+and what a citizen sees of it all: {base_url}/citizen/
+
+Ctrl-C stops everything.
+""", file=sys.stderr, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await cantine_runner.cleanup()
+        await runner.cleanup()
+        await sandbox_runner.cleanup()
+        await dgfip_runner.cleanup()
+        if fc_runner is not None:
+            await fc_runner.cleanup()
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run(config, args.sandbox_port, args.dgfip_port, args.franceconnect_port, args.demarche_port))
+    return 0

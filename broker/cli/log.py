@@ -1,0 +1,169 @@
+"""`python -m broker log verify|prune`: audit the transparency log, and remove entry bodies past their retention.
+
+`log verify` exits 0 when the whole log verifies, 1 with the list of findings otherwise, 2 when it cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+
+from broker.config import Config
+from broker.signing.keys import InvalidKey, PrivateKey, private_key_from_jwk
+from broker.storage import db
+from broker.tlog import log as tlog
+from broker.tlog import verify as tlog_verify
+from broker.tlog.checkpoint import CheckpointError, NoteVerifier, parse_verifier_key
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("log", help="transparency log commands")
+    log_sub = p.add_subparsers(dest="log_command", required=True)
+
+    v = log_sub.add_parser("verify", help="recompute the whole log and check it against its signed checkpoints")
+    where = v.add_mutually_exclusive_group()
+    where.add_argument("--url", help="a running broker's base URL (entries need --key, an auditor's key)")
+    where.add_argument("--database-url", help="the broker's database (default: DATABASE_URL, or the embedded one)")
+    v.add_argument("--key", type=Path, help="the auditor organisation's private JWK, to read entries over --url")
+    v.add_argument("--vkey", action="append", default=[],
+                   help="a trusted note verifier key <name>+<id>+<key> (repeat for rotated keys); default: the "
+                        "broker's own key file with --database-url, the key the broker serves with --url")
+    v.add_argument("--origin", help="the log's origin (default: the verifier key's name)")
+    v.add_argument("--checkpoint", action="append", default=[], type=Path,
+                   help="a checkpoint kept from an earlier run: the log must still extend it (repeatable)")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    bar = v.add_mutually_exclusive_group()
+    bar.add_argument("--progress", action="store_true", help="show the progress bar even if stderr is no terminal")
+    bar.add_argument("--no-progress", action="store_true")
+
+    pr = log_sub.add_parser("prune", help="remove entry bodies past their habilitation's retention (leaves kept)")
+    pr.add_argument("--database-url", help="the broker's database (default: DATABASE_URL, or the embedded one)")
+    pr.add_argument("--dry-run", action="store_true", help="list what would be pruned, change nothing")
+
+
+class ProgressBar:
+    """A one-line bar on stderr, redrawn at most ten times a second."""
+
+    def __init__(self, stream: TextIO, *, width: int = 40) -> None:
+        self.stream = stream
+        self.width = width
+        self.started = time.monotonic()
+        self._drawn = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        filled = self.width * done // max(total, 1)
+        rate = done / max(now - self.started, 1e-9)
+        self.stream.write(f"\r[{'#' * filled}{' ' * (self.width - filled)}] {done}/{total} entries "
+                          f"({100 * done // max(total, 1)}%, {rate:,.0f}/s)")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _database(url: str | None, config: Config) -> AbstractAsyncContextManager[str]:
+    """The database given, the configured one, or the embedded one (started for the command, stopped after)."""
+    return db.database_dsn(url or config.database_url, config.state_dir)
+
+
+def _trusted(args: argparse.Namespace) -> list[NoteVerifier]:
+    return [parse_verifier_key(k) for k in args.vkey]
+
+
+async def _verify_database(args: argparse.Namespace, config: Config, progress: tlog_verify.Progress | None,
+                           held: list[str]) -> tlog_verify.Report:
+    verifiers = _trusted(args)
+    if not verifiers:
+        signer = tlog.load_or_create_note_key(config.log_key_file, config.log_origin) \
+            if config.log_key_file.exists() else None
+        if signer is None:
+            raise tlog_verify.SourceError(f"no --vkey, and no note key at {config.log_key_file}")
+        verifiers = [signer.verifier]
+        print(f"# trusting the broker's note key {signer.verifier.vkey()}", file=sys.stderr)
+    origin = args.origin or verifiers[0].name
+    async with _database(args.database_url, config) as dsn:
+        try:
+            conn = await db.connect(dsn)
+        except db.DB_ERRORS as exc:
+            raise tlog_verify.SourceError(f"cannot connect to {db.describe(dsn)}: {exc}") from None
+        try:
+            # One snapshot: brokers may keep appending while the auditor reads.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await tlog_verify.verify_log(
+                    tlog_verify.DatabaseSource(conn), verifiers, origin=origin,
+                    max_merge_delay=config.log_max_merge_delay, held_checkpoints=held, progress=progress)
+        finally:
+            await conn.close()
+
+
+async def _verify_url(args: argparse.Namespace, progress: tlog_verify.Progress | None,
+                      held: list[str]) -> tlog_verify.Report:
+    key: PrivateKey | None = None
+    if args.key is not None:
+        try:
+            key = private_key_from_jwk(json.loads(args.key.read_text("utf-8")))
+        except (OSError, ValueError, InvalidKey) as exc:
+            raise tlog_verify.SourceError(f"cannot load the key {args.key}: {exc}") from None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        source = tlog_verify.HttpSource(session, args.url, key)
+        verifiers = _trusted(args)
+        if not verifiers:
+            served = str((await source.info()).get("verifier_key"))
+            verifiers = [parse_verifier_key(served)]
+            print(f"# trusting the key the broker serves, {served}: pin it with --vkey", file=sys.stderr)
+        return await tlog_verify.verify_log(source, verifiers, origin=args.origin or verifiers[0].name,
+                                            held_checkpoints=held, progress=progress)
+
+
+def _verify(args: argparse.Namespace, config: Config) -> int:
+    progress = None
+    if args.progress or (sys.stderr.isatty() and not args.no_progress):
+        progress = ProgressBar(sys.stderr)
+    try:
+        held = [p.read_text("utf-8") for p in args.checkpoint]
+        if args.url:
+            report = asyncio.run(_verify_url(args, progress, held))
+        else:
+            report = asyncio.run(_verify_database(args, config, progress, held))
+    except (OSError, tlog_verify.SourceError, CheckpointError, tlog.NoteKeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_json(), indent=2) if args.json else tlog_verify.describe(report))
+    return 0 if report.ok else 1
+
+
+async def _prune(args: argparse.Namespace, config: Config) -> int:
+    async with _database(args.database_url, config) as dsn:
+        pool = await db.create_pool(dsn, min_size=1, max_size=2)
+        try:
+            pruned = await tlog.prune(pool, now=datetime.now(UTC), default_retention=config.log_retention,
+                                      dry_run=args.dry_run)
+        finally:
+            await pool.close()
+    verb = "would prune" if args.dry_run else "pruned"
+    print(f"{verb} {len(pruned)} entr{'y' if len(pruned) == 1 else 'ies'} (leaf hashes kept)")
+    for p in pruned:
+        print(f"  {p.index} {p.entry_id} logged {p.logged_at.isoformat()}")
+    return 0
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    if args.log_command == "verify":
+        return _verify(args, config)
+    try:
+        return asyncio.run(_prune(args, config))
+    except db.DB_ERRORS as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,156 @@
+"""The command line, `python -m broker` (or `dlnuf`): serve, migrate, registry apply, keys generate, request, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+from aiohttp import web
+
+from broker import registry
+from broker.cli import demo
+from broker.cli import log as cli_log
+from broker.cli import request as cli_request
+from broker.config import Config, ConfigError, load_config
+from broker.observability.logs import configure
+from broker.storage import db
+
+
+def _database(config: Config) -> AbstractAsyncContextManager[str]:
+    return db.database_dsn(config.database_url, config.state_dir)
+
+
+async def _migrate(config: Config) -> int:
+    async with _database(config) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            applied = await db.migrate(conn)
+        finally:
+            await conn.close()
+    print(f"{len(applied)} migration(s) applied" + "".join(f"\n  {m.version:04d} {m.name}" for m in applied))
+    return 0
+
+
+async def _registry_apply(config: Config, file: Path, text: str, dry_run: bool) -> int:
+    try:
+        wanted = registry.parse_registry(text, str(file))
+    except registry.RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if dry_run:
+        print(f"{file}: valid ({len(wanted.organisations)} organisations, {len(wanted.keys)} keys, "
+              f"{len(wanted.adapters)} adapters, {len(wanted.habilitations)} habilitations)")
+        return 0
+    async with _database(config) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            await db.migrate(conn)
+            report = await registry.apply(conn, wanted)
+        finally:
+            await conn.close()
+    print(report)
+    return 0
+
+
+def _keys_generate(alg: str, kid: str, out: Path | None) -> int:
+    from broker.signing.keys import generate_private_key
+
+    key = generate_private_key(alg, kid=kid)
+    private = key.to_jwk()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("x") as f:
+            out.chmod(0o600)
+            json.dump(private, f, indent=2)
+        print(f"private key written to {out} (keep it secret; mode 0600)", file=sys.stderr)
+    else:
+        print(json.dumps(private, indent=2))
+        print("# the private key above is printed because --out was not given", file=sys.stderr)
+    public = key.public_jwk()
+    print("# add to your registry under the organisation:", file=sys.stderr)
+    print("[[organisations.keys]]")
+    print(f'kid = "{public["kid"]}"')
+    print("jwk = { " + ", ".join(f'{k} = "{v}"' for k, v in public.items() if k != "kid") + " }")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m broker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the broker")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--registry", type=Path, help="apply this registry file at start")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="broker processes sharing the port (SO_REUSEPORT) and the database; one per core")
+
+    sub.add_parser("migrate", help="apply database migrations")
+
+    reg = sub.add_parser("registry", help="registry commands")
+    reg_sub = reg.add_subparsers(dest="registry_command", required=True)
+    apply_p = reg_sub.add_parser("apply", help="make the database registry equal to FILE")
+    apply_p.add_argument("file", type=Path)
+    apply_p.add_argument("--dry-run", action="store_true", help="only validate the file")
+
+    keys = sub.add_parser("keys", help="key commands")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    gen = keys_sub.add_parser("generate", help="generate an organisation signing key (private JWK)")
+    gen.add_argument("--alg", choices=["ed25519", "ecdsa-p256-sha256"], default="ed25519")
+    gen.add_argument("--kid", required=True, help="key id, e.g. commune-paris-2026-01")
+    gen.add_argument("--out", type=Path, help="write the private JWK here (mode 0600)")
+
+    cli_request.add_parser(sub)
+    cli_log.add_parser(sub)
+    demo.add_parser(sub)
+
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(
+            host=getattr(args, "host", None), port=getattr(args, "port", None),
+            registry_file=getattr(args, "registry", None),
+        )
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure(config.log_format)
+
+    command: str = args.command
+    if command == "serve":
+        from broker.app import create_app
+
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        from broker.cli.workers import serve_workers, use_event_loop
+
+        if args.workers > 1:
+            return serve_workers(config, args.workers)
+        use_event_loop(config.event_loop)
+        web.run_app(create_app(config), host=config.host, port=config.port, access_log=None,
+                    print=lambda s: print(s, file=sys.stderr))
+        return 0
+    if command == "migrate":
+        return asyncio.run(_migrate(config))
+    if command == "registry":
+        try:
+            text = args.file.read_text("utf-8")
+        except OSError as exc:
+            print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            return 2
+        return asyncio.run(_registry_apply(config, args.file, text, args.dry_run))
+    if command == "keys":
+        return _keys_generate(args.alg, args.kid, args.out)
+    if command == "request":
+        return cli_request.run(args)
+    if command == "log":
+        return cli_log.run(args, config)
+    if command == "demo":
+        return demo.run(args, config)
+    parser.error("unknown command")
+    return 2
+

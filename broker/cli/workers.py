@@ -1,0 +1,98 @@
+"""`serve --workers N`: N broker processes on one port (SO_REUSEPORT), sharing one database.
+
+One event loop uses one core; the broker is built for several processes (nonces, consents, the registry and the
+log are coordinated through PostgreSQL), so the way to use a machine's cores is more processes. The parent prepares
+what must happen once (the embedded PostgreSQL, migrations, the registry file), then starts the workers and stops
+them all when it is told to stop or when one dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+import sys
+from dataclasses import replace
+from types import FrameType
+
+import structlog
+from aiohttp import web
+
+from broker import registry
+from broker.config import Config
+from broker.observability.logs import configure
+from broker.storage import db
+
+log = structlog.get_logger(__name__)
+
+
+def use_event_loop(name: str) -> None:
+    """Select the event loop before aiohttp creates one; a missing uvloop fails loudly rather than silently."""
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise SystemExit("DLNUF_EVENT_LOOP=uvloop but uvloop is not installed (pip install uvloop)") from None
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _worker(config: Config) -> None:
+    configure(config.log_format)
+    use_event_loop(config.event_loop)
+    from broker.app import create_app
+
+    web.run_app(create_app(config), host=config.host, port=config.port, reuse_port=True, access_log=None,
+                print=None, handle_signals=True)
+
+
+async def _prepare(config: Config) -> None:
+    assert config.database_url is not None
+    conn = await db.connect(config.database_url)
+    try:
+        await db.migrate(conn)
+        if config.registry_file is not None:
+            report = await registry.apply(conn, registry.parse_registry(
+                config.registry_file.read_text("utf-8"), str(config.registry_file)))
+            log.info("registry applied", report=str(report))
+    finally:
+        await conn.close()
+
+
+def serve_workers(config: Config, workers: int) -> int:
+    embedded = None
+    if config.database_url is None:
+        embedded = db.EmbeddedPostgres(config.state_dir / "pgdata")
+        config = replace(config, database_url=embedded.dsn())
+    try:
+        asyncio.run(_prepare(config))
+        # done once here: the workers neither migrate concurrently nor each re-apply the registry file
+        config = replace(config, registry_file=None)
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_worker, args=(config,), name=f"dlnuf-worker-{i}") for i in range(workers)]
+        for p in procs:
+            p.start()
+        print(f"======== {workers} workers on http://{config.host}:{config.port} ========", file=sys.stderr)
+
+        stopping = False
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        while not stopping and all(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=0.2)
+        dead = [p.name for p in procs if not p.is_alive()]
+        if dead and not stopping:
+            log.error("a worker died: stopping the others", workers=dead)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=10)
+        return 0 if stopping else 1
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,271 @@
+"""The exchange pipeline: a signed request in, a logged and signed answer out.
+
+Read `handle_exchange` top to bottom: each numbered step either passes or raises, and every outcome, released or
+refused, goes through step 8 (the access log) before anything is answered. Invariant: no data leaves before its
+log entry is committed; if the entry cannot be committed the answer is 503 and carries no data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+import schemas
+from adapters.base import AdapterError, AdapterQuery
+from adapters.identity import Subject, SubjectError, subject_key
+from broker.errors import (
+    BodyTooLarge,
+    BrokerError,
+    InvalidProviderAnswer,
+    InvalidRequest,
+    InvalidSubject,
+    LogUnavailable,
+    UnknownDataset,
+    UnsupportedMediaType,
+)
+from broker.exchange import authz
+from broker.exchange.consent_gate import bearer_token, consent_from_token, verify_consent_covers
+from broker.service.middleware import VERIFIED
+from broker.service.problems import REQUEST_ID, detail_for, problem_for, problem_response
+from broker.service.state import STATE, BrokerState
+from broker.service.urls import issuer, target_uri
+from broker.signing import messages
+from broker.storage.db import DatabaseUnavailable
+from broker.tlog import accesslog
+from broker.tlog.jcs import CanonicalizationError, canonicalize
+from broker.tlog.log import TLOG
+from consent.basis import BasisRefused, verify_basis
+from consent.records import use as use_consent
+from consent.sealing import CONSENT_SEAL
+from consent.tokens import InvalidToken
+from schemas.validation import InvalidDocument
+
+log = structlog.get_logger(__name__)
+
+_DATASET = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_PURPOSE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+_FIELD = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*){0,7}$")  # derived answers: "derived.<name>"
+_RECIPIENT = re.compile(r"^[0-9]{14}(/[A-Za-z0-9_.-]{1,64})?$")
+# Everything a step may raise on purpose; each maps to a problem type in broker/service/problems.py.
+REFUSALS = (BrokerError, AdapterError, BasisRefused, InvalidToken, InvalidDocument, messages.SignatureRejected,
+            DatabaseUnavailable)
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRequest:
+    """The JSON body of `POST /v1/exchanges`, checked for shape (not for permission)."""
+
+    dataset: str
+    version: int
+    purpose: str
+    recipient: str
+    fields: tuple[str, ...]
+    subject: Subject | None
+    """None when an access token stands for a consent: the broker then takes the citizen from the consent."""
+
+    @classmethod
+    def parse(cls, body: bytes, *, with_token: bool = False) -> ExchangeRequest:
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("the body is not valid JSON") from None
+        if not isinstance(raw, Mapping):
+            raise InvalidRequest("the body must be a JSON object")
+        unknown = set(raw) - {"dataset", "version", "purpose", "recipient", "fields", "subject"}
+        if unknown:
+            raise InvalidRequest(f"unknown members: {', '.join(sorted(unknown))}")
+        dataset = _member(raw, "dataset", _DATASET)
+        version = raw.get("version")
+        if version is None:
+            try:
+                version = schemas.latest(dataset)
+            except schemas.UnknownDataset:
+                raise UnknownDataset(f"dataset {dataset!r} is not in the catalogue") from None
+        elif not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InvalidRequest("version must be a positive integer")
+        if version not in schemas.catalogue().get(dataset, ()):
+            raise UnknownDataset(f"dataset {dataset!r} version {version} is not in the catalogue")
+        fields = raw.get("fields")
+        if not isinstance(fields, list) or not fields or len(fields) > 64:
+            raise InvalidRequest("fields must be a non-empty list of at most 64 field paths")
+        for f in fields:
+            if not isinstance(f, str) or not _FIELD.match(f):
+                raise InvalidRequest(f"fields: {f!r} is not a field path like 'quotient_familial.valeur'")
+        if len(set(fields)) != len(fields):
+            raise InvalidRequest("fields has duplicates")
+        subject: Subject | None = None
+        if with_token:
+            if "subject" in raw:
+                raise InvalidSubject("with an access token the consent names the citizen: send no subject")
+        elif "subject" not in raw:
+            raise InvalidSubject("subject is missing")
+        else:
+            try:
+                subject = Subject.from_json(raw["subject"])
+            except SubjectError as exc:
+                raise InvalidSubject(str(exc)) from None
+        return cls(dataset, version, _member(raw, "purpose", _PURPOSE), _member(raw, "recipient", _RECIPIENT),
+                   tuple(fields), subject)
+
+
+def _member(raw: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> str:
+    value = raw.get(name)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string")
+    if not pattern.match(value):
+        raise InvalidRequest(f"{name} {value!r} does not match {pattern.pattern}")
+    return value
+
+
+async def handle_exchange(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    entry = accesslog.LogEntry(request_id=request[REQUEST_ID])
+    try:
+        body = await _read_body(request, state.config.max_body)
+
+        # 1. Verify the signature: who signs, with a live key, fresh, not replayed, body as digested.
+        verified = await messages.verify_request(
+            method=request.method,
+            target_uri=target_uri(request, state.config.public_url),
+            headers=request.headers,
+            body=body,
+            lookup_key=state.lookup_key,
+            claim_nonce=state.claim_nonce,
+            now=now,
+            max_skew=state.config.max_skew,
+        )
+        request[VERIFIED] = verified
+        entry.consumer, entry.kid = verified.key.owner, verified.key.kid
+
+        # 2. Read what is asked (shape only; permission comes next).
+        token = bearer_token(request)
+        ask = ExchangeRequest.parse(body, with_token=token is not None)
+        entry.dataset, entry.dataset_version, entry.purpose = ask.dataset, ask.version, ask.purpose
+        entry.recipient, entry.fields_requested = ask.recipient, ask.fields
+        if ask.subject is not None:
+            entry.subject_key = subject_key(state.subject_secret, ask.subject)
+
+        # 3. Load the habilitation of this consumer for this dataset.
+        registry = state.registry.current
+        hab = authz.find_habilitation(registry, verified.key.owner, ask.dataset)
+        entry.habilitation = hab
+
+        # 4. Check purpose, fields and recipient against it, then its legal basis for this subject: a consent
+        #    (presented as a key-bound access token) for a consent basis, no objection for a proactive one.
+        authz.verify_allowed(hab, purpose=ask.purpose, fields=ask.fields, recipient=ask.recipient)
+        consent = None
+        subject = ask.subject
+        if hab.legal_basis.type == "consent":
+            consent = await consent_from_token(state, verified, token, now=now,
+                                               issuer=issuer(request, state.config.public_url))
+            entry.subject_key = consent.subject_key  # a refusal from here on is logged against this citizen
+            verify_consent_covers(consent, verified, dataset=ask.dataset, purpose=ask.purpose,
+                                  recipient=ask.recipient, fields=ask.fields, now=now)
+            subject = Subject(pivot=state.sealer.open_identity(consent.identity_ciphertext, CONSENT_SEAL))
+        elif token is not None:
+            raise InvalidRequest("an access token is only for habilitations whose legal basis is consent")
+        assert subject is not None and entry.subject_key is not None
+        await verify_basis(hab.legal_basis.type, subject_key=entry.subject_key, consumer=hab.consumer,
+                           dataset=ask.dataset, has_objection=state.has_objection, consent_present=consent is not None)
+
+        # 5. Call the provider through its adapter (only AdapterError escapes).
+        adapter = state.adapters.for_dataset(ask.dataset)
+        document = await adapter.fetch(AdapterQuery(
+            dataset=ask.dataset, version=ask.version, subject=subject, fields=frozenset(ask.fields),
+            request_id=entry.request_id, recipient=ask.recipient,
+        ))
+
+        # 6. Validate the whole answer against the dataset schema: an invalid answer is never released.
+        state.validators.verify(ask.dataset, ask.version, document)
+
+        # 7. Keep only the authorised, requested fields (raw, or derived answers computed here from raw values).
+        data = authz.release(hab, document, ask.fields)
+        released = tuple(f for f in ask.fields if _present(data, f))
+        try:
+            data_bytes = canonicalize(data)
+        except CanonicalizationError as exc:
+            # e.g. an integer beyond 2**53 that JSON readers would silently round: not releasable as is
+            raise InvalidProviderAnswer("provider answer invalid", reason=f"not canonicalizable: {exc}") from None
+        payload_sha256 = hashlib.sha256(data_bytes).hexdigest()
+        answer: dict[str, Any] = {
+            "request_id": entry.request_id,
+            "log_entry_id": str(entry.id),
+            "dataset": ask.dataset,
+            "version": ask.version,
+            "fields_released": released,
+            "data_sha256": payload_sha256,
+            "data": orjson.Fragment(data_bytes),
+        }
+
+        # 8. Count the consent's use (atomic: revoked, expired or used up in the meantime refuses here), then
+        #    commit the access-log entry; only then may the data leave.
+        if consent is not None:
+            await use_consent(state.pool, consent, now)
+        entry.outcome, entry.http_status = "released", 200
+        entry.fields_released, entry.payload_sha256 = released, payload_sha256
+        entry.latency_ms = (time.perf_counter() - started) * 1000
+        await accesslog.commit(state.pool, entry)
+        # The consumer's receipt: the entry as committed and the log's signed promise to include it (like a CT SCT).
+        answer["log"] = request.app[TLOG].receipt(entry)
+    except REFUSALS as exc:
+        return await _refuse(state, entry, exc, started)
+
+    state.metrics.exchange(ask.dataset, "released", time.perf_counter() - started)
+    log.info("exchange released", dataset=ask.dataset, consumer=entry.consumer, fields=released)
+    # 9. and 10. The response is signed by the signing middleware on its way out, covering this request's
+    # signature, then returned.
+    return web.Response(status=200, body=orjson.dumps(answer), content_type="application/json")
+
+
+async def _refuse(state: BrokerState, entry: accesslog.LogEntry, exc: Exception,
+                  started: float) -> web.Response:
+    problem = problem_for(exc)
+    reason = getattr(exc, "reason", None) or str(exc)
+    log.warning("exchange refused", problem=problem.slug, reason=reason, consumer=entry.consumer,
+                dataset=entry.dataset)
+    entry.outcome = "failed" if problem.status >= 500 else "refused"
+    entry.problem_type, entry.http_status = problem.uri, problem.status
+    entry.fields_released, entry.payload_sha256 = (), None
+    entry.latency_ms = (time.perf_counter() - started) * 1000
+    if not isinstance(exc, LogUnavailable):
+        try:
+            await accesslog.commit(state.pool, entry)
+        except LogUnavailable as log_exc:
+            # a refusal carries no data, but an unlogged one must say so: 503, as any unlogged exchange
+            problem, exc = problem_for(log_exc), log_exc
+    state.metrics.exchange(entry.dataset or "-", problem.slug, time.perf_counter() - started)
+    if isinstance(exc, AdapterError):
+        adapter = state.registry.current.adapter_for(entry.dataset or "")
+        state.metrics.provider_errors.labels(adapter.id if adapter else "-", exc.slug).inc()
+    return problem_response(problem, detail=detail_for(exc), request_id=entry.request_id)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"the body exceeds {limit} bytes")
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"the body exceeds {limit} bytes") from None
+
+
+def _present(data: Mapping[str, Any], path: str) -> bool:
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -1,0 +1,2 @@
+"""What operators watch: Prometheus metrics and structured logs. Imports no route, no pipeline.
+"""

@@ -1,0 +1,469 @@
+"""The registry: organisations, their keys, adapters and habilitations, from one declarative TOML file.
+
+The file is the whole truth: `apply` makes the database equal to it (adds, changes and removes rows) in one
+transaction, reports what changed, and bumps the registry version so every running broker reloads. Applying the
+same file twice changes nothing. A file that does not validate changes nothing and the error names its line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import asyncpg
+
+import schemas
+from adapters import registry as adapter_registry
+from broker.registry.derived import DerivedRule, DerivedRuleError, parse_rule
+from broker.signing.keys import InvalidKey, public_key_from_jwk
+from broker.storage import db
+
+_SIRET = re.compile(r"^[0-9]{14}$")
+_RECIPIENT = re.compile(r"^[0-9]{14}(/[A-Za-z0-9_.-]{1,64})?$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_PURPOSE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+_DURATION = re.compile(r"^P(?:[0-9]+Y)?(?:[0-9]+M)?(?:[0-9]+W)?(?:[0-9]+D)?$")
+LEGAL_BASES = ("information", "proactive", "consent")
+
+
+class RegistryError(ValueError):
+    """The registry file is invalid. The message names the table, the entry and, when it can, the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Organisation:
+    siret: str
+    name: str
+    roles: tuple[str, ...]
+    redirect_uris: tuple[str, ...] = ()
+    """OAuth redirect URIs of a consumer using the consent flow, compared exactly (no pattern, no prefix)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    kid: str
+    siret: str
+    alg: str
+    jwk: dict[str, Any]
+    not_before: datetime | None
+    not_after: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class LegalBasis:
+    type: str
+    title: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Habilitation:
+    id: str
+    consumer: str
+    dataset: str
+    purposes: tuple[str, ...]
+    fields: tuple[str, ...]
+    recipients: tuple[str, ...]
+    legal_basis: LegalBasis
+    retention: str
+    derived: tuple[DerivedRule, ...] = ()
+
+    def derived_rule(self, field: str) -> DerivedRule | None:
+        return next((r for r in self.derived if r.field == field), None)
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterEntry:
+    id: str
+    provider: str
+    kind: str
+    datasets: tuple[str, ...]
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    organisations: tuple[Organisation, ...] = ()
+    keys: tuple[KeyEntry, ...] = ()
+    adapters: tuple[AdapterEntry, ...] = ()
+    habilitations: tuple[Habilitation, ...] = ()
+    version: int = 0
+    _by_kid: dict[str, KeyEntry] = field(default_factory=dict, compare=False, repr=False)
+    _hab: dict[tuple[str, str], Habilitation] = field(default_factory=dict, compare=False, repr=False)
+    _adapter: dict[str, AdapterEntry] = field(default_factory=dict, compare=False, repr=False)
+    _org: dict[str, Organisation] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_kid.update({k.kid: k for k in self.keys})
+        self._hab.update({(h.consumer, h.dataset): h for h in self.habilitations})
+        self._org.update({o.siret: o for o in self.organisations})
+        for a in self.adapters:
+            self._adapter.update(dict.fromkeys(a.datasets, a))
+
+    def key(self, kid: str) -> KeyEntry | None:
+        return self._by_kid.get(kid)
+
+    def habilitation(self, consumer: str, dataset: str) -> Habilitation | None:
+        return self._hab.get((consumer, dataset))
+
+    def adapter_for(self, dataset: str) -> AdapterEntry | None:
+        return self._adapter.get(dataset)
+
+    def organisation(self, siret: str) -> Organisation | None:
+        return self._org.get(siret)
+
+    def digest(self) -> str:
+        body = {
+            "organisations": [asdict(o) for o in self.organisations],
+            "keys": [asdict(k) for k in self.keys],
+            "adapters": [asdict(a) for a in self.adapters],
+            "habilitations": [asdict(h) for h in self.habilitations],
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# -- parsing ------------------------------------------------------------------------------------------------------
+
+
+def _line_of(text: str, table: str, index: int) -> int | None:
+    """Line number (1-based) of the index-th `[[table]]` header: tomllib gives values, not positions."""
+    header = re.compile(rf"^[ \t]*\[\[[ \t]*{re.escape(table)}[ \t]*\]\]", re.MULTILINE)
+    for i, m in enumerate(header.finditer(text)):
+        if i == index:
+            return text.count("\n", 0, m.start()) + 1
+    return None
+
+
+class _Entry:
+    """Reads one table of the file, turning every mistake into a RegistryError naming where it is."""
+
+    def __init__(self, raw: Any, *, table: str, index: int, text: str, source: str) -> None:
+        self.table, self.index, self.source_text, self.source = table, index, text, source
+        if not isinstance(raw, Mapping):
+            self.fail("must be a table")
+        self.raw: Mapping[str, Any] = raw
+        self.used: set[str] = set()
+
+    def fail(self, message: str) -> NoReturn:
+        line = _line_of(self.source_text, self.table, self.index)
+        where = f"{self.source}:{line}" if line else self.source
+        raise RegistryError(f"{where}: [[{self.table}]] #{self.index + 1}: {message}")
+
+    def text(self, key: str, pattern: re.Pattern[str] | None = None, *, default: str | None = None) -> str:
+        self.used.add(key)
+        value = self.raw.get(key, default)
+        if value is None:
+            self.fail(f"'{key}' is missing")
+        if not isinstance(value, str) or not value.strip():
+            self.fail(f"'{key}' must be a non-empty string")
+        if pattern is not None and not pattern.match(value):
+            self.fail(f"'{key}' = {value!r} is not of the form {pattern.pattern}")
+        return str(value)
+
+    def texts(self, key: str, pattern: re.Pattern[str] | None = None, *, default: Sequence[str] | None = None,
+             ) -> tuple[str, ...]:
+        self.used.add(key)
+        value = self.raw.get(key, default)
+        if value is None:
+            self.fail(f"'{key}' is missing")
+        if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) for v in value):
+            self.fail(f"'{key}' must be a non-empty list of strings")
+        for v in value:
+            if pattern is not None and not pattern.match(v):
+                self.fail(f"'{key}' has {v!r}, not of the form {pattern.pattern}")
+        if len(set(value)) != len(value):
+            self.fail(f"'{key}' has duplicates")
+        return tuple(value)
+
+    def time(self, key: str) -> datetime | None:
+        self.used.add(key)
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            self.fail(f"'{key}' must be a TOML date-time with an offset, e.g. 2026-01-01T00:00:00Z")
+        assert isinstance(value, datetime)
+        return value
+
+    def table_(self, key: str) -> Mapping[str, Any]:
+        self.used.add(key)
+        value = self.raw.get(key)
+        if not isinstance(value, Mapping):
+            self.fail(f"'{key}' must be a table")
+        assert isinstance(value, Mapping)
+        return value
+
+    def done(self) -> None:
+        extra = set(self.raw) - self.used
+        if extra:
+            self.fail(f"unknown key(s): {', '.join(sorted(extra))}")
+
+
+def _field_exists(schema: Mapping[str, Any], path: str) -> bool:
+    node: Mapping[str, Any] = schema
+    for part in path.split("."):
+        props = node.get("properties")
+        if not isinstance(props, Mapping) or part not in props:
+            return False
+        node = props[part]
+    return True
+
+
+def parse_registry(text: str, source: str = "registry.toml") -> Registry:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RegistryError(f"{source}: not valid TOML: {exc}") from None
+    unknown = set(doc) - {"organisations", "adapters", "habilitations"}
+    if unknown:
+        raise RegistryError(f"{source}: unknown top-level table(s): {', '.join(sorted(unknown))}")
+
+    def entries(table: str) -> list[_Entry]:
+        raw = doc.get(table, [])
+        if not isinstance(raw, list):
+            raise RegistryError(f"{source}: '{table}' must be an array of tables ([[{table}]])")
+        return [_Entry(r, table=table, index=i, text=text, source=source) for i, r in enumerate(raw)]
+
+    orgs: dict[str, Organisation] = {}
+    keys: dict[str, KeyEntry] = {}
+    for e in entries("organisations"):
+        siret = e.text("siret", _SIRET)
+        if siret in orgs:
+            e.fail(f"SIRET {siret} appears twice")
+        roles = e.texts("roles")
+        if not set(roles) <= {"consumer", "provider"}:
+            e.fail("'roles' may contain only 'consumer' and 'provider'")
+        redirect_uris = e.texts("redirect_uris", default=[]) if e.raw.get("redirect_uris") else ()
+        e.used.add("redirect_uris")
+        for uri in redirect_uris:
+            parts = urlsplit(uri)
+            local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+            if not (parts.scheme == "https" or local) or not parts.hostname or parts.fragment:
+                e.fail(f"redirect URI {uri!r} must be https (or http on loopback) without a fragment")
+        orgs[siret] = Organisation(siret, e.text("name"), tuple(sorted(roles)), redirect_uris)
+        e.used.add("keys")
+        raw_keys = e.raw.get("keys", [])
+        if not isinstance(raw_keys, list):
+            e.fail("'keys' must be an array of tables ([[organisations.keys]])")
+        for raw_key in raw_keys:
+            # reported against the owning organisation's header: keys are nested in it
+            k = _Entry(raw_key, table=e.table, index=e.index, text=text, source=source)
+            kid = k.text("kid", re.compile(r"^[A-Za-z0-9._:-]{1,128}$"))
+            if kid in keys:
+                k.fail(f"key id {kid!r} appears twice")
+            jwk = dict(k.table_("jwk"))
+            if "d" in jwk:
+                k.fail(f"key {kid!r} is a private key: the registry holds public keys only")
+            if jwk.setdefault("kid", kid) != kid:
+                k.fail(f"key {kid!r}: the JWK's own kid {jwk['kid']!r} differs")
+            try:
+                alg = public_key_from_jwk(jwk, owner=siret).alg
+            except InvalidKey as exc:
+                k.fail(f"key {kid!r}: {exc}")
+            nb, na = k.time("not_before"), k.time("not_after")
+            if nb and na and nb >= na:
+                k.fail(f"key {kid!r}: not_before must be before not_after")
+            k.done()
+            keys[kid] = KeyEntry(kid, siret, alg, jwk, nb, na)
+        e.done()
+
+    catalogue = schemas.catalogue()
+    adapter_entries: dict[str, AdapterEntry] = {}
+    served: dict[str, str] = {}
+    for e in entries("adapters"):
+        aid = e.text("id", _ID)
+        if aid in adapter_entries:
+            e.fail(f"adapter id {aid!r} appears twice")
+        provider = e.text("provider", _SIRET)
+        if provider not in orgs or "provider" not in orgs[provider].roles:
+            e.fail(f"provider {provider} is not an organisation with the 'provider' role")
+        kind = e.text("kind")
+        datasets = e.texts("datasets")
+        for d in datasets:
+            if d not in catalogue:
+                e.fail(f"dataset {d!r} is not in the catalogue ({', '.join(catalogue)})")
+            if d in served:
+                e.fail(f"dataset {d!r} is already served by adapter {served[d]!r}")
+            served[d] = aid
+        options = dict(e.table_("options"))
+        try:
+            adapter_registry.check_options(kind, {**options, "datasets": list(datasets)})
+        except ValueError as exc:
+            e.fail(f"adapter {aid!r}: {exc}")
+        e.done()
+        adapter_entries[aid] = AdapterEntry(aid, provider, kind, datasets, options)
+
+    habs: dict[str, Habilitation] = {}
+    pairs: set[tuple[str, str]] = set()
+    for e in entries("habilitations"):
+        hid = e.text("id", _ID)
+        if hid in habs:
+            e.fail(f"habilitation id {hid!r} appears twice")
+        consumer = e.text("consumer", _SIRET)
+        if consumer not in orgs or "consumer" not in orgs[consumer].roles:
+            e.fail(f"consumer {consumer} is not an organisation with the 'consumer' role")
+        dataset = e.text("dataset")
+        if dataset not in catalogue:
+            e.fail(f"dataset {dataset!r} is not in the catalogue")
+        if dataset not in served:
+            e.fail(f"no adapter serves dataset {dataset!r}")
+        if (consumer, dataset) in pairs:
+            e.fail(f"a habilitation for {consumer} x {dataset} already exists")
+        pairs.add((consumer, dataset))
+        schema = schemas.load(dataset, schemas.latest(dataset))
+        # a habilitation granting only derived answers has no raw fields at all
+        fields = e.texts("fields") if "fields" in e.raw or not e.raw.get("derived") else ()
+        e.used.add("fields")
+        for f in fields:
+            if not _field_exists(schema, f):
+                e.fail(f"field {f!r} is not in dataset {dataset!r}")
+        recipients = e.texts("recipients", _RECIPIENT, default=[consumer])
+        for r in recipients:
+            if r.split("/")[0] != consumer:
+                e.fail(f"recipient {r!r} is not the consumer {consumer} or one of its sub-units")
+        basis_raw = e.table_("legal_basis")
+        b = _Entry(basis_raw, table=e.table, index=e.index, text=text, source=source)
+        basis = LegalBasis(b.text("type"), b.text("title"), b.text("url", re.compile(r"^https://")))
+        if basis.type not in LEGAL_BASES:
+            e.fail(f"legal_basis.type must be one of {', '.join(LEGAL_BASES)}")
+        b.done()
+        retention = e.text("retention", _DURATION)
+        if retention == "P":
+            e.fail("'retention' must give a duration, e.g. P1Y")
+        purposes = e.texts("purposes", _PURPOSE)
+        e.used.add("derived")
+        raw_derived = e.raw.get("derived", [])
+        if not isinstance(raw_derived, list):
+            e.fail("'derived' must be an array of tables ([[habilitations.derived]])")
+        derived: list[DerivedRule] = []
+        for raw_rule in raw_derived:
+            try:
+                rule = parse_rule(raw_rule, schema)
+            except DerivedRuleError as exc:
+                e.fail(f"derived: {exc}")
+            if any(r.name == rule.name for r in derived):
+                e.fail(f"derived: {rule.name!r} appears twice")
+            derived.append(rule)
+        e.done()
+        habs[hid] = Habilitation(hid, consumer, dataset, purposes, fields, recipients, basis, retention,
+                                 tuple(derived))
+    return Registry(
+        organisations=tuple(orgs.values()),
+        keys=tuple(keys.values()),
+        adapters=tuple(adapter_entries.values()),
+        habilitations=tuple(habs.values()),
+    )
+
+
+# -- database -----------------------------------------------------------------------------------------------------
+
+
+def _rule(raw: Mapping[str, Any]) -> DerivedRule:
+    """A rule as stored (already checked at apply time)."""
+    if "test" in raw:
+        return DerivedRule(raw["name"], raw["source"], op=raw["test"]["op"], value=raw["test"]["value"])
+    brackets = raw["brackets"]
+    return DerivedRule(raw["name"], raw["source"], bounds=tuple(brackets["bounds"]), labels=tuple(brackets["labels"]))
+
+
+async def load(conn: asyncpg.Connection | asyncpg.Pool) -> Registry:
+    """The registry as the database holds it now."""
+    q = db.queries()
+    version = await conn.fetchval(q["registry_version"])
+    orgs = [Organisation(r["siret"], r["name"], tuple(r["roles"]), tuple(r["redirect_uris"]))
+            for r in await conn.fetch(q["organisations_all"])]
+    keys = [KeyEntry(r["kid"], r["siret"], r["alg"], dict(r["jwk"]), r["not_before"], r["not_after"])
+            for r in await conn.fetch(q["keys_all"])]
+    adapters = [AdapterEntry(r["id"], r["provider"], r["kind"], tuple(r["datasets"]), dict(r["options"]))
+                for r in await conn.fetch(q["adapters_all"])]
+    habs = [Habilitation(r["id"], r["consumer"], r["dataset"], tuple(r["purposes"]), tuple(r["fields"]),
+                         tuple(r["recipients"]),
+                         LegalBasis(r["legal_basis_type"], r["legal_basis_title"], r["legal_basis_url"]),
+                         r["retention"], tuple(_rule(d) for d in r["derived"]))
+            for r in await conn.fetch(q["habilitations_all"])]
+    return Registry(tuple(orgs), tuple(keys), tuple(adapters), tuple(habs), version=version)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    table: str
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+    def __str__(self) -> str:
+        parts = [f"+{x}" for x in self.added] + [f"~{x}" for x in self.changed] + [f"-{x}" for x in self.removed]
+        return f"{self.table}: " + (", ".join(parts) if parts else "unchanged")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReport:
+    changes: tuple[Change, ...]
+    version: int
+
+    @property
+    def changed(self) -> bool:
+        return any(c.added or c.changed or c.removed for c in self.changes)
+
+    def __str__(self) -> str:
+        head = f"registry version {self.version}" + ("" if self.changed else " (nothing changed)")
+        return "\n".join([head, *(f"  {c}" for c in self.changes)])
+
+
+def _diff(table: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> Change:
+    return Change(
+        table,
+        tuple(sorted(set(new) - set(old))),
+        tuple(sorted(k for k in set(new) & set(old) if old[k] != new[k])),
+        tuple(sorted(set(old) - set(new))),
+    )
+
+
+async def apply(conn: asyncpg.Connection, wanted: Registry) -> ApplyReport:
+    """Make the database hold exactly `wanted`; idempotent."""
+    q = db.queries()
+    async with conn.transaction():
+        await conn.fetchrow(q["registry_lock"])  # serialises concurrent applies
+        current = await load(conn)
+        org_c = _diff("organisations", {o.siret: o for o in current.organisations},
+                      {o.siret: o for o in wanted.organisations})
+        key_c = _diff("keys", {k.kid: k for k in current.keys}, {k.kid: k for k in wanted.keys})
+        ad_c = _diff("adapters", {a.id: a for a in current.adapters}, {a.id: a for a in wanted.adapters})
+        hab_c = _diff("habilitations", {h.id: h for h in current.habilitations},
+                      {h.id: h for h in wanted.habilitations})
+        report_changes = (org_c, key_c, ad_c, hab_c)
+        if not any(c.added or c.changed or c.removed for c in report_changes):
+            return ApplyReport(report_changes, current.version)
+        # dependents go first on removal, last on insertion, so foreign keys hold at every statement
+        for hid in hab_c.removed:
+            await conn.execute(q["habilitation_delete"], hid)
+        for aid in ad_c.removed:
+            await conn.execute(q["adapter_delete"], aid)
+        for kid in key_c.removed:
+            await conn.execute(q["key_delete"], kid)
+        for o in wanted.organisations:
+            if o.siret in org_c.added or o.siret in org_c.changed:
+                await conn.execute(q["organisation_upsert"], o.siret, o.name, list(o.roles), list(o.redirect_uris))
+        for k in wanted.keys:
+            if k.kid in key_c.added or k.kid in key_c.changed:
+                await conn.execute(q["key_upsert"], k.kid, k.siret, k.alg, k.jwk, k.not_before, k.not_after)
+        for a in wanted.adapters:
+            if a.id in ad_c.added or a.id in ad_c.changed:
+                await conn.execute(q["adapter_upsert"], a.id, a.provider, a.kind, list(a.datasets), a.options)
+        for h in wanted.habilitations:
+            if h.id in hab_c.added or h.id in hab_c.changed:
+                await conn.execute(q["habilitation_upsert"], h.id, h.consumer, h.dataset, list(h.purposes),
+                                   list(h.fields), list(h.recipients), h.legal_basis.type, h.legal_basis.title,
+                                   h.legal_basis.url, h.retention, [r.to_json() for r in h.derived])
+        for siret in org_c.removed:
+            await conn.execute(q["organisation_delete"], siret)
+        version: int = await conn.fetchval(q["registry_bump"], wanted.digest())
+        await conn.execute(q["registry_notify"], str(version))
+    return ApplyReport(report_changes, version)

@@ -1,0 +1,520 @@
+"""The transparency log: access-log rows sequenced into an RFC 9162 tree stored in PostgreSQL, with signed checkpoints.
+
+Leaves. A leaf is SHA-256(0x00 || JCS(entry)), where the entry is every column the pipeline writes
+(`accesslog.COLUMNS`) plus a format version; the subject appears only as its keyed `subject_key`. The leaf does
+not depend on its index, so the pipeline can compute it, and sign an inclusion promise over it, as soon as the row
+is committed.
+
+Sequencing. Every broker process runs an integrator. A round locks the single `tlog_head` row (FOR UPDATE SKIP
+LOCKED: a process that finds it locked leaves the round to the holder), takes committed rows without an index in
+insertion order, gives them the next indices, stores the new tree nodes, advances the head and signs a checkpoint,
+all in one transaction. Hence:
+- indices are contiguous and unique: one integrator at a time, and indices, nodes, head and checkpoint commit
+  together or not at all (the UNIQUE constraint on `log_index` backs this up);
+- a row committed before a round starts gets a lower index than any row committed after it ends; within one round,
+  rows are in insertion order;
+- a checkpoint never names a size whose nodes are not all readable, and nodes never change once written;
+- while one broker process runs, a row is integrated at most one interval plus one round after its commit
+  (`dlnuf_tlog_integration_lag_seconds`); the promise given to consumers (`log_max_merge_delay`) leaves room for
+  restarts. The spine's invariant is untouched: the row is committed before the data leaves, integrated after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.observability.metrics import Metrics
+from broker.storage import db
+from broker.storage.secretfile import create_once
+from broker.tlog import checkpoint, merkle
+from broker.tlog.accesslog import COLUMNS, LogEntry
+from broker.tlog.jcs import JsonValue, canonicalize
+
+log = structlog.get_logger(__name__)
+
+ENTRY_VERSION = 1
+PROMISE_FORMAT = "dlnuf.org/inclusion-promise/v1"
+_SIGNATURE_PREFIX = "— "  # C2SP signed-note signature lines start with an em dash and a space
+
+
+class TransparencyLogError(Exception):
+    """Base of the log's own refusals."""
+
+
+class NoteKeyError(TransparencyLogError):
+    """The note key file is unreadable, or belongs to another log."""
+
+
+class UnknownEntry(TransparencyLogError):
+    """No entry has this id."""
+
+
+class NotYetIntegrated(TransparencyLogError):
+    """The entry is committed but has no index yet: ask again after the maximum merge delay."""
+
+
+class BeyondTree(TransparencyLogError, ValueError):
+    """A size or index the published tree does not have. The message is safe to show."""
+
+
+def _q() -> dict[str, str]:
+    return db.queries("broker.tlog", "tlog.sql")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# -- Leaves -------------------------------------------------------------------------------------------------------
+
+
+def timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds, the precision PostgreSQL keeps: one spelling per instant."""
+    if moment.tzinfo is None:
+        raise ValueError("a log timestamp must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_document(row: Mapping[str, Any]) -> dict[str, JsonValue]:
+    """The leaf's JSON: a format version and every access-log column, as committed."""
+    document: dict[str, JsonValue] = {"v": ENTRY_VERSION}
+    for column in COLUMNS:
+        value = row[column]
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = timestamp(value)
+        elif isinstance(value, tuple | list):
+            value = list(value)
+        document[column] = value
+    return document
+
+
+def leaf_of(document: Mapping[str, JsonValue]) -> bytes:
+    return merkle.leaf_hash(canonicalize(document))
+
+
+# -- Note key -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NoteSigner:
+    """The log's Ed25519 signed-note key. Its name is the log's origin, as sum.golang.org does."""
+
+    name: str
+    private_key: Ed25519PrivateKey = field(repr=False)
+
+    @property
+    def verifier(self) -> checkpoint.NoteVerifier:
+        return checkpoint.NoteVerifier.from_key(self.name, self.private_key.public_key())
+
+    def sign_checkpoint(self, size: int, root: bytes) -> str:
+        return checkpoint.sign_checkpoint(self.name, size, root, self.private_key, self.name)
+
+    def sign_note(self, text: str) -> str:
+        """A C2SP signed note of `text` (which ends with a newline). `checkpoint.sign_checkpoint` signs only
+        checkpoint bodies; promises are notes of their own format, opened with `checkpoint.open_note`."""
+        if not text.endswith("\n") or "\n\n" in text:
+            raise ValueError("a note text ends with one newline and has no blank line")
+        key_id = checkpoint.key_id(self.name, self.private_key.public_key()).to_bytes(4, "big")
+        signature = self.private_key.sign(text.encode("utf-8"))
+        return f"{text}\n{_SIGNATURE_PREFIX}{self.name} {b64(key_id + signature)}\n"
+
+
+def load_or_create_note_key(path: Path, origin: str) -> NoteSigner:
+    """The log's note key from its file (Go `note` signer format), generated (mode 0600) if absent.
+
+    A dedicated key, not the broker's response key: one key per message format, so no note can ever be read as
+    an HTTP signature base or the reverse, and the log key can be rotated or kept offline on its own. Several
+    processes may start at once: `broker.secretfile.create_once` makes one of them win whole.
+    """
+    try:
+        raw = create_once(path, lambda: f"{checkpoint.signer_key(origin, Ed25519PrivateKey.generate())}\n".encode())
+        name, key = checkpoint.parse_signer_key(raw.decode("ascii").strip())
+    except (OSError, UnicodeDecodeError, checkpoint.CheckpointError) as exc:
+        raise NoteKeyError(f"{path}: not a readable note signer key ({type(exc).__name__})") from None
+    if name != origin:
+        # A log's key is named after its origin; serving another log's key would make its checkpoints unverifiable.
+        raise NoteKeyError(f"{path} is the key of log {name!r}, not of {origin!r}: set DLNUF_LOG_ORIGIN or "
+                           "DLNUF_LOG_KEY to match")
+    return NoteSigner(name, key)
+
+
+# -- Node store ---------------------------------------------------------------------------------------------------
+
+
+class PgNodeStore:
+    """A `merkle.NodeReader` over `tlog_nodes`: a whole proof is one indexed query."""
+
+    def __init__(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
+        self._conn = conn
+
+    async def get_nodes(self, ids: Sequence[merkle.NodeId], /) -> list[bytes]:
+        if not ids:
+            return []
+        rows = await self._conn.fetch(_q()["tlog_nodes_get"], [n.level for n in ids], [n.index for n in ids])
+        found = {(r["level"], r["idx"]): bytes(r["hash"]) for r in rows}
+        try:
+            return [found[(n.level, n.index)] for n in ids]
+        except KeyError as exc:
+            raise merkle.MissingNodeError(f"no stored node {exc.args[0]}") from None
+
+
+async def write_nodes(conn: asyncpg.Connection, nodes: Sequence[tuple[merkle.NodeId, bytes]]) -> None:
+    # COPY: a round of a thousand leaves writes about two thousand nodes, in one round trip.
+    await conn.copy_records_to_table("tlog_nodes", records=[(n.level, n.index, h) for n, h in nodes],
+                                     columns=["level", "idx", "hash"])
+
+
+# -- Stored data --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    size: int
+    note: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> StoredCheckpoint:
+        return cls(size=row["size"], note=row["note"], created_at=row["created_at"])
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    entry_id: str
+    logged_at: datetime
+    pruned_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRow:
+    """What the database holds for one leaf index: the stored leaf, and the row or the tombstone (neither: the
+    row was deleted). An index can come more than once if someone tampered with the indices."""
+
+    index: int
+    stored_leaf: bytes | None
+    entry: dict[str, JsonValue] | None
+    pruned: Pruned | None
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.pruned
+        return {
+            "index": self.index,
+            "leaf_hash": b64(self.stored_leaf) if self.stored_leaf is not None else None,
+            "entry": self.entry,
+            "pruned": None if p is None else {"entry_id": p.entry_id, "logged_at": timestamp(p.logged_at),
+                                              "pruned_at": timestamp(p.pruned_at)},
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> LoggedRow:
+        """Parse `to_json`'s output (from a broker the caller does not trust: shapes are checked, the caller
+        checks the content)."""
+        index, leaf, entry, pruned = raw.get("index"), raw.get("leaf_hash"), raw.get("entry"), raw.get("pruned")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise ValueError("index is not a non-negative integer")
+        if entry is not None and not isinstance(entry, dict):
+            raise ValueError("entry is not an object")
+        parsed = None
+        if pruned is not None:
+            if not isinstance(pruned, dict):
+                raise ValueError("pruned is not an object")
+            parsed = Pruned(str(pruned["entry_id"]), datetime.fromisoformat(str(pruned["logged_at"])),
+                            datetime.fromisoformat(str(pruned["pruned_at"])))
+        return cls(index=index, stored_leaf=None if leaf is None else base64.b64decode(str(leaf), validate=True),
+                   entry=entry, pruned=parsed)
+
+
+async def logged_rows(conn: asyncpg.Connection | asyncpg.Pool, start: int, end: int) -> list[LoggedRow]:
+    out = []
+    for r in await conn.fetch(_q()["tlog_range"], start, end):
+        pruned = None
+        if r["pruned_entry_id"] is not None:
+            pruned = Pruned(str(r["pruned_entry_id"]), r["pruned_logged_at"], r["pruned_at"])
+        out.append(LoggedRow(
+            index=r["log_index"],
+            stored_leaf=bytes(r["stored_leaf"]) if r["stored_leaf"] is not None else None,
+            entry=entry_document(r) if r["id"] is not None else None,
+            pruned=pruned,
+        ))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class JournalFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    consumer: str | None = None
+    dataset: str | None = None
+    limit: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One entry about a subject. `index` and `proof` are None until it is integrated; the proof is against the
+    journal's checkpoint."""
+
+    entry: dict[str, JsonValue]
+    leaf_hash: bytes
+    index: int | None
+    proof: list[bytes] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    checkpoint: StoredCheckpoint
+    entries: list[JournalEntry]
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EntryProof:
+    index: int
+    tree_size: int
+    leaf_hash: bytes
+    proof: list[bytes]
+    checkpoint: str | None
+    """The signed checkpoint of `tree_size`, if one was published at exactly that size."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrunedEntry:
+    index: int
+    entry_id: str
+    logged_at: datetime
+
+
+# -- The log ------------------------------------------------------------------------------------------------------
+
+
+class TransparencyLog:
+    def __init__(self, pool: asyncpg.Pool, signer: NoteSigner, *, max_merge_delay: float, batch: int = 1000,
+                 metrics: Metrics | None = None) -> None:
+        self.pool = pool
+        self.signer = signer
+        self.origin = signer.name
+        self.max_merge_delay = math.ceil(max_merge_delay)
+        self.batch = batch
+        self.metrics = metrics
+
+    # Sequencing ------------------------------------------------------------------------------------------------
+
+    async def integrate(self) -> int:
+        """One round: integrate up to `batch` committed rows; 0 when there are none or another process holds the
+        round."""
+        q = _q()
+        async with self.pool.acquire() as conn, conn.transaction():
+            size = await conn.fetchval(q["tlog_head_lock"])
+            if size is None:
+                return 0
+            rows = await conn.fetch(q["tlog_pending"], self.batch)
+            if not rows:
+                return 0
+            edge = await PgNodeStore(conn).get_nodes(merkle.right_edge_ids(size))
+            # About 0.1 ms of pure-Python JCS per entry: off the event loop, so exchanges keep being answered.
+            result = await asyncio.to_thread(
+                lambda: merkle.append_leaves(size, edge, [leaf_of(entry_document(r)) for r in rows]))
+            await write_nodes(conn, result.nodes)
+            await conn.execute(q["tlog_assign"], [r["id"] for r in rows], list(range(size, result.size)))
+            await conn.execute(q["tlog_head_update"], result.size)
+            await conn.execute(q["tlog_checkpoint_insert"], result.size,
+                               self.signer.sign_checkpoint(result.size, result.root))
+        if self.metrics is not None:
+            now = time.time()
+            for r in rows:
+                self.metrics.tlog_lag.observe(max(0.0, now - r["logged_at"].timestamp() - r["latency_ms"] / 1000))
+            self.metrics.tlog_size.set(result.size)
+        return len(rows)
+
+    async def drain(self) -> int:
+        """Integrate until nothing is pending (or another process holds the round)."""
+        total = 0
+        while (n := await self.integrate()) == self.batch:
+            total += n
+        return total + n
+
+    async def ensure_checkpoint(self) -> None:
+        """Sign the current size if no checkpoint names it (a new log's empty tree): the latest checkpoint URL
+        answers from the first start."""
+        q = _q()
+        async with self.pool.acquire() as conn, conn.transaction():
+            size = await conn.fetchval(q["tlog_head_lock"])
+            if size is None or await conn.fetchval(q["tlog_checkpoint_at"], size) is not None:
+                return
+            root = await merkle.tree_root(size, PgNodeStore(conn))
+            await conn.execute(q["tlog_checkpoint_insert"], size, self.signer.sign_checkpoint(size, root))
+
+    async def observe(self) -> None:
+        row = await self.pool.fetchrow(_q()["tlog_status"])
+        if self.metrics is not None:
+            oldest = row["oldest_pending"]
+            self.metrics.tlog_pending_age.set(0 if oldest is None else max(0.0, time.time() - oldest.timestamp()))
+            self.metrics.tlog_size.set(row["size"])
+
+    async def run(self, interval: float) -> None:
+        """The integrator of this process: a round every `interval` seconds, draining backlogs at once."""
+        started = False
+        while True:
+            try:
+                if not started:  # the database may have been down when the process started
+                    await self.ensure_checkpoint()
+                    started = True
+                await self.drain()
+                await self.observe()
+            except asyncio.CancelledError:
+                raise
+            except db.DB_ERRORS as exc:
+                log.warning("log integration interrupted", error=f"{type(exc).__name__}: {exc}")
+            except Exception:
+                # e.g. a row that cannot be canonicalized: keep trying, and the pending-age gauge will alert
+                log.exception("log integration failed")
+            await asyncio.sleep(interval)
+
+    # Promises -------------------------------------------------------------------------------------------------
+
+    def promise(self, entry_id: str, leaf: bytes, logged_at: str) -> str:
+        """The signed inclusion promise (docs/transparency-log.md): this log will include this leaf, for this entry,
+        within `max_merge_delay` seconds of `logged_at`."""
+        lines = [PROMISE_FORMAT, self.origin, entry_id, b64(leaf), logged_at, str(self.max_merge_delay)]
+        return self.signer.sign_note("".join(line + "\n" for line in lines))
+
+    def receipt(self, entry: LogEntry) -> dict[str, JsonValue]:
+        """What a 200 exchange answer carries about its committed log entry: the entry, its leaf hash, and the
+        signed promise."""
+        document = entry_document(entry.row())
+        leaf = leaf_of(document)
+        return {"entry": document, "leaf_hash": b64(leaf),
+                "inclusion_promise": self.promise(str(entry.id), leaf, str(document["logged_at"]))}
+
+    # Reading --------------------------------------------------------------------------------------------------
+
+    async def latest_checkpoint(self) -> StoredCheckpoint | None:
+        row = await self.pool.fetchrow(_q()["tlog_checkpoint_latest"])
+        return None if row is None else StoredCheckpoint.of(row)
+
+    async def checkpoint_at(self, size: int) -> StoredCheckpoint | None:
+        row = await self.pool.fetchrow(_q()["tlog_checkpoint_at"], size)
+        return None if row is None else StoredCheckpoint.of(row)
+
+    async def checkpoints_after(self, size: int, limit: int) -> list[StoredCheckpoint]:
+        return [StoredCheckpoint.of(r) for r in await self.pool.fetch(_q()["tlog_checkpoints_after"], size, limit)]
+
+    async def _published_size(self) -> int:
+        latest = await self.latest_checkpoint()
+        return 0 if latest is None else latest.size
+
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        published = await self._published_size()
+        if size > published:
+            raise BeyondTree(f"tree_size {size} is beyond the latest checkpoint ({published})")
+        if not 0 <= index < size:
+            raise BeyondTree(f"index {index} is not a leaf of the tree of size {size}")
+        return await merkle.inclusion_proof(index, size, PgNodeStore(self.pool))
+
+    async def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        published = await self._published_size()
+        if second > published:
+            raise BeyondTree(f"tree size {second} is beyond the latest checkpoint ({published})")
+        if not 0 < first <= second:
+            raise BeyondTree("a consistency proof needs 0 < first <= second")
+        return await merkle.consistency_proof(first, second, PgNodeStore(self.pool))
+
+    async def entry_index(self, entry_id: uuid.UUID) -> int:
+        """The leaf index of an entry, pruned or not; `UnknownEntry` or `NotYetIntegrated` otherwise."""
+        q = _q()
+        index = await self.pool.fetchval(q["tlog_entry_index"], entry_id)
+        if index is not None:
+            return int(index)
+        if await self.pool.fetchval(q["tlog_entry_known"], entry_id):
+            raise NotYetIntegrated(f"entry {entry_id} is not integrated yet")
+        raise UnknownEntry(f"no entry {entry_id}")
+
+    async def entry_proof(self, entry_id: uuid.UUID, tree_size: int | None = None) -> EntryProof:
+        """An entry's leaf hash and inclusion proof in the tree of `tree_size` (default: the latest checkpoint's),
+        with one query for the leaf and the proof's nodes."""
+        index = await self.entry_index(entry_id)
+        found = await (self.latest_checkpoint() if tree_size is None else self.checkpoint_at(tree_size))
+        size = tree_size if tree_size is not None else (0 if found is None else found.size)
+        if index >= size:
+            raise NotYetIntegrated(f"entry {entry_id} is not in the tree of size {size} yet")
+        published = await self._published_size()
+        if size > published:
+            raise BeyondTree(f"tree_size {size} is beyond the latest checkpoint ({published})")
+        plan = merkle.plan_inclusion(index, size)
+        leaf, *hashes = await PgNodeStore(self.pool).get_nodes([merkle.NodeId(0, index), *plan.node_ids])
+        return EntryProof(index, size, leaf, plan.assemble(hashes), None if found is None else found.note)
+
+    async def rows(self, start: int, end: int) -> list[LoggedRow]:
+        """Leaf indices [start, end) of the published tree, for auditors."""
+        published = await self._published_size()
+        if not 0 <= start <= end <= published:
+            raise BeyondTree(f"entries [{start}, {end}) are not within the published tree (size {published})")
+        return await logged_rows(self.pool, start, end)
+
+    async def journal(self, subject_key: str, wanted: JournalFilter) -> Journal:
+        """One subject's entries, each with its inclusion proof in the tree of the latest checkpoint, read from
+        one snapshot. Everything a citizen portal needs given a subject key; it knows nothing of HTTP."""
+        q = _q()
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            latest = await conn.fetchrow(q["tlog_checkpoint_latest"])
+            if latest is None:
+                raise BeyondTree("the log has no checkpoint yet")
+            cp = StoredCheckpoint.of(latest)
+            rows = await conn.fetch(q["tlog_journal"], subject_key, wanted.since, wanted.until, wanted.consumer,
+                                    wanted.dataset, wanted.limit + 1)
+            rows, truncated = rows[: wanted.limit], len(rows) > wanted.limit
+            plans = {r["log_index"]: merkle.plan_inclusion(r["log_index"], cp.size)
+                     for r in rows if r["log_index"] is not None and r["log_index"] < cp.size}
+            # Every proof's nodes in one query: a journal costs one round trip, not one per entry.
+            ids = list(dict.fromkeys(n for plan in plans.values() for n in plan.node_ids))
+            hashes = dict(zip(ids, await PgNodeStore(conn).get_nodes(ids), strict=True))
+        entries = []
+        for r in rows:
+            document = entry_document(r)
+            plan = plans.get(r["log_index"])
+            proof = None if plan is None else plan.assemble([hashes[n] for n in plan.node_ids])
+            entries.append(JournalEntry(document, leaf_of(document), r["log_index"] if plan else None, proof))
+        return Journal(cp, entries, truncated)
+
+
+# -- Retention ----------------------------------------------------------------------------------------------------
+
+
+async def prune(pool: asyncpg.Pool, *, now: datetime, default_retention: str, dry_run: bool = False,
+                batch: int = 1000) -> list[PrunedEntry]:
+    """Remove the bodies of integrated entries past their habilitation's retention (`default_retention` when the
+    habilitation is unknown or gone). Each leaf stays in the tree and a tombstone names the entry, so proofs and
+    `log verify` still hold. Returns what was (or, with `dry_run`, would be) pruned."""
+    q = _q()
+    done: list[PrunedEntry] = []
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(q["tlog_prune_candidates"], now, default_retention,
+                                    2**62 if dry_run else batch)
+            found = [PrunedEntry(r["log_index"], str(r["id"]), r["logged_at"]) for r in rows]
+            if not dry_run and rows:
+                await conn.execute(q["tlog_prune_tombstones"], [r["log_index"] for r in rows],
+                                   [r["id"] for r in rows], [r["logged_at"] for r in rows],
+                                   [r["habilitation_id"] for r in rows], now)
+                await conn.execute(q["tlog_prune_delete"], [r["id"] for r in rows])
+        done.extend(found)
+        if dry_run or len(rows) < batch:
+            return done
+
+
+TLOG = web.AppKey("tlog", TransparencyLog)

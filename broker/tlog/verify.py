@@ -1,0 +1,546 @@
+"""The auditor's verifier, and what a consumer or a citizen checks of a promise and a proof.
+
+`verify_log` recomputes the whole log from its rows and holds it against the signed checkpoints:
+1. the latest checkpoint, then every other one, must be signed by a trusted key for this log's origin;
+2. every leaf index below the latest checkpoint's size holds exactly one row whose recomputed leaf (RFC 8785 JCS of
+   the entry, RFC 9162 leaf hash) is the leaf stored at that index, or the tombstone of a pruned entry;
+3. the tree rebuilt from those leaves has, at each checkpoint's size, the root that checkpoint signs. Every
+   checkpoint is then a prefix of the one tree the rows define, which is what consistency between successive
+   checkpoints means, established here without trusting the broker's proofs;
+4. no row has an index beyond the tree, and (against a database) no entry waited longer than the promised merge
+   delay.
+It never stops at the first finding: an auditor wants the whole list, each naming the leaf index and, when a row is
+there to name it, the entry id. It trusts nothing it reads except the verifier keys it is given.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+import aiohttp
+import asyncpg
+import orjson
+
+from broker.signing import messages
+from broker.signing.keys import PrivateKey
+from broker.storage import db
+from broker.tlog import checkpoint, merkle
+from broker.tlog.checkpoint import Checkpoint, CheckpointError, NoteVerifier
+from broker.tlog.jcs import CanonicalizationError
+from broker.tlog.log import PROMISE_FORMAT, LoggedRow, PgNodeStore, leaf_of, logged_rows
+
+Verifiers = str | NoteVerifier | Iterable[str | NoteVerifier]
+Progress = Callable[[int, int], None]
+
+
+class VerificationError(Exception):
+    """A promise, proof or answer does not verify. The message says which check failed."""
+
+
+class SourceError(Exception):
+    """The log could not be read (transport, database, or an answer that is not the expected shape)."""
+
+
+# -- Promises and proofs (consumers, citizens) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    origin: str
+    entry_id: str
+    leaf_hash: bytes
+    logged_at: str
+    max_merge_delay: int
+
+
+def verify_promise(note: str, verifiers: Verifiers, *, origin: str) -> Promise:
+    """The inclusion promise in `note`, if a trusted key signed it for this log; raises otherwise."""
+    # 1. The signature, before the text is worth reading.
+    try:
+        text = checkpoint.open_note(note, verifiers)
+    except CheckpointError as exc:
+        raise VerificationError(f"the promise's signature does not verify: {exc}") from None
+    # 2. The format: six lines, this log.
+    lines = text[:-1].split("\n")
+    if len(lines) != 6 or lines[0] != PROMISE_FORMAT:
+        raise VerificationError(f"not a {PROMISE_FORMAT} note")
+    _, promised_origin, entry_id, leaf64, logged_at, mmd = lines
+    if promised_origin != origin:
+        raise VerificationError("the promise is for another log")
+    leaf = _hash(leaf64, "leaf hash")
+    if not mmd.isascii() or not mmd.isdigit():
+        raise VerificationError("the maximum merge delay is not a number of seconds")
+    return Promise(promised_origin, entry_id, leaf, logged_at, int(mmd))
+
+
+def verify_receipt(receipt: Mapping[str, Any], verifiers: Verifiers, *, origin: str, entry_id: str,
+                   data_sha256: str | None = None) -> Promise:
+    """Check the `log` member of a 200 exchange answer: the promise is signed, it is for this entry, and the
+    entry it carries hashes to the promised leaf and records the released payload's hash."""
+    # 1. The signed promise.
+    promise = verify_promise(str(receipt.get("inclusion_promise")), verifiers, origin=origin)
+    # 2. It names the entry of this answer.
+    if promise.entry_id != entry_id:
+        raise VerificationError("the promise is for another entry")
+    # 3. The entry carried is the one promised: same leaf, same id, same time.
+    entry = receipt.get("entry")
+    if not isinstance(entry, dict):
+        raise VerificationError("the receipt carries no entry")
+    try:
+        leaf = leaf_of(entry)
+    except CanonicalizationError as exc:
+        raise VerificationError(f"the entry is not canonicalizable: {exc}") from None
+    if not hmac.compare_digest(leaf, promise.leaf_hash):
+        raise VerificationError("the entry does not hash to the promised leaf")
+    if entry.get("id") != entry_id or entry.get("logged_at") != promise.logged_at:
+        raise VerificationError("the entry's id or time differs from the promise's")
+    # 4. The value-level receipt: the entry records exactly the payload the consumer received.
+    if data_sha256 is not None and entry.get("payload_sha256") != data_sha256:
+        raise VerificationError("the entry does not record the payload received")
+    return promise
+
+
+def verify_entry_proof(answer: Mapping[str, Any], verifiers: Verifiers, *, origin: str,
+                       leaf_hash: bytes) -> Checkpoint:
+    """Check an answer of `GET /v1/log/entries/{id}/proof` for a leaf the caller already trusts (from a verified
+    promise or a recomputed entry): the checkpoint is signed, and the proof leads from the leaf to its root."""
+    # 1. The checkpoint.
+    try:
+        signed = checkpoint.verify_checkpoint(str(answer.get("checkpoint")), verifiers, origin=origin)
+    except CheckpointError as exc:
+        raise VerificationError(f"the checkpoint does not verify: {exc}") from None
+    # 2. The proof is for that checkpoint's tree.
+    index, size = answer.get("index"), answer.get("tree_size")
+    if not isinstance(index, int) or size != signed.size:
+        raise VerificationError("the proof is not for the checkpoint's tree size")
+    proof = answer.get("inclusion_proof")
+    if not isinstance(proof, list):
+        raise VerificationError("no inclusion proof")
+    # 3. The leaf is in that tree.
+    try:
+        merkle.verify_inclusion(leaf_hash, index, signed.size, [_hash(p, "proof hash") for p in proof], signed.root)
+    except merkle.ProofError as exc:
+        raise VerificationError(f"the inclusion proof does not verify: {exc}") from None
+    return signed
+
+
+def _hash(text: object, what: str) -> bytes:
+    try:
+        raw = base64.b64decode(str(text), validate=True)
+    except (binascii.Error, ValueError):
+        raise VerificationError(f"the {what} is not base64") from None
+    if len(raw) != merkle.HASH_SIZE:
+        raise VerificationError(f"the {what} is not {merkle.HASH_SIZE} bytes")
+    return raw
+
+
+# -- The whole log (auditors) --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str
+    """modified, moved, missing, duplicate, extra, unreadable, tree, checkpoint, root or late."""
+    detail: str
+    index: int | None = None
+    entry_id: str | None = None
+
+    def __str__(self) -> str:
+        where = "" if self.index is None else f" index {self.index}"
+        who = "" if self.entry_id is None else f" entry {self.entry_id}"
+        return f"{self.kind}{where}{who}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class PrunedEntry:
+    index: int
+    entry_id: str
+    logged_at: datetime
+
+
+@dataclass(slots=True)
+class Report:
+    origin: str
+    tree_size: int = 0
+    entries: int = 0
+    checkpoints: int = 0
+    pruned: list[PrunedEntry] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "origin": self.origin, "tree_size": self.tree_size, "entries_checked": self.entries,
+            "checkpoints_checked": self.checkpoints,
+            "pruned": [{"index": p.index, "entry_id": p.entry_id, "logged_at": p.logged_at.isoformat()}
+                       for p in self.pruned],
+            "findings": [{"kind": f.kind, "index": f.index, "entry_id": f.entry_id, "detail": f.detail}
+                         for f in self.findings],
+        }
+
+
+class LogSource(Protocol):
+    """Where `verify_log` reads a log: its database, or a running broker's API."""
+
+    async def latest(self) -> tuple[int, str] | None:
+        """The latest checkpoint: its size as the source claims it, and the signed note."""
+
+    async def checkpoints(self, start: int, limit: int) -> Sequence[tuple[int, str]]:
+        """Up to `limit` checkpoints of size `start` and more, smallest first."""
+
+    async def rows(self, start: int, end: int) -> Sequence[LoggedRow]:
+        """What is held for leaf indices [start, end), in index order."""
+
+    async def rows_beyond(self, size: int, limit: int) -> Sequence[tuple[int, str]]:
+        """(index, entry id) of rows whose index is `size` or more."""
+
+    async def late(self, max_merge_delay: float) -> Sequence[tuple[str, datetime]]:
+        """(entry id, logged at) of entries still not integrated after the merge delay."""
+
+    async def stored_root(self, size: int) -> bytes | None:
+        """The root of the stored tree at `size`, or None when the source does not expose its nodes."""
+
+
+class _Tree:
+    """The tree rebuilt from recomputed leaves, appended incrementally; its nodes are not kept."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.edge: tuple[bytes, ...] = ()
+
+    def extend(self, leaves: Sequence[bytes]) -> None:
+        if leaves:
+            result = merkle.append_leaves(self.size, self.edge, leaves)
+            self.size, self.edge = result.size, result.edge
+
+    @property
+    def root(self) -> bytes:
+        return merkle.root_from_edge(self.size, self.edge)
+
+
+class _Verification:
+    def __init__(self, source: LogSource, verifiers: Verifiers, origin: str, report: Report) -> None:
+        self.source = source
+        self.verifiers = list(verifiers) if not isinstance(verifiers, str | NoteVerifier) else [verifiers]
+        self.origin = origin
+        self.report = report
+        self.tree = _Tree()
+        self.broken_at: int | None = None  # first index whose leaf is unknown: no root can be checked beyond
+        self.due: dict[int, list[tuple[str, Checkpoint]]] = {}  # size -> checkpoints to hold the tree against
+        self.mismatched: list[tuple[int, str, bytes]] = []  # (index, entry id, recomputed leaf)
+        self.logged_at: dict[bytes, int] = {}  # stored leaf -> index, for mismatched and missing indices
+
+    def find(self, kind: str, detail: str, index: int | None = None, entry_id: str | None = None) -> None:
+        self.report.findings.append(Finding(kind, detail, index, entry_id))
+
+    def open_checkpoint(self, note: str, label: str, claimed_size: int | None = None) -> Checkpoint | None:
+        """The checkpoint in `note` if a trusted key signed it for this log, else None and a finding."""
+        at = "" if claimed_size is None else f" at size {claimed_size}"
+        try:
+            signed = checkpoint.verify_checkpoint(note, self.verifiers, origin=self.origin)
+        except CheckpointError as exc:
+            self.find("checkpoint", f"{label}{at} does not verify: {exc}")
+            return None
+        if claimed_size is not None and signed.size != claimed_size:
+            self.find("checkpoint", f"{label}{at} signs size {signed.size}")
+        return signed
+
+    def expect(self, label: str, signed: Checkpoint) -> None:
+        self.due.setdefault(signed.size, []).append((label, signed))
+
+    def check_roots(self) -> None:
+        """Hold the tree, at its current size, against every checkpoint of that size."""
+        for label, signed in self.due.pop(self.tree.size, []):
+            if not hmac.compare_digest(self.tree.root, signed.root):
+                hint = " (see the entry findings)" if self.report.findings else ""
+                self.find("root", f"the entries below {signed.size} do not hash to the root {label} signs{hint}")
+
+    def leaf_for(self, index: int, group: list[LoggedRow]) -> bytes | None:
+        """The leaf the rows at `index` say was logged there, recording what is wrong with them."""
+        stored = group[0].stored_leaf
+        if stored is None:
+            self.find("tree", "no leaf is stored at this index: proofs cannot be served for it", index)
+        present = [r for r in group if r.entry is not None]
+        if not present:
+            pruned = next((r.pruned for r in group if r.pruned is not None), None)
+            if pruned is not None:
+                self.report.pruned.append(PrunedEntry(index, pruned.entry_id, pruned.logged_at))
+            else:
+                self.find("missing", "no row and no pruning tombstone: the entry was deleted", index)
+                if stored is not None:
+                    self.logged_at[stored] = index
+            return stored
+        recomputed: list[tuple[str, bytes | None]] = []
+        for row in present:
+            entry = row.entry or {}
+            entry_id = str(entry.get("id"))
+            try:
+                recomputed.append((entry_id, leaf_of(entry)))
+            except CanonicalizationError as exc:
+                self.find("unreadable", f"the row cannot be canonicalized: {exc}", index, entry_id)
+                recomputed.append((entry_id, None))
+        if len(present) > 1:
+            ids = ", ".join(i for i, _ in recomputed)
+            self.find("duplicate", f"{len(present)} rows claim this index: {ids}", index)
+        for entry_id, leaf in recomputed:
+            if leaf is not None and stored is not None and not hmac.compare_digest(leaf, stored):
+                self.mismatched.append((index, entry_id, leaf))
+                self.logged_at[stored] = index
+        leaves = [leaf for _, leaf in recomputed if leaf is not None]
+        matching = [leaf for leaf in leaves if stored is not None and hmac.compare_digest(leaf, stored)]
+        if matching or leaves:
+            return (matching or leaves)[0]
+        return stored
+
+    def add_leaves(self, leaves: list[tuple[int, bytes | None]]) -> None:
+        """Append leaves in index order, stopping at every checkpoint size to compare roots."""
+        batch: list[bytes] = []
+        for index, leaf in leaves:
+            if self.broken_at is not None:
+                return
+            if leaf is None:
+                self.tree.extend(batch)
+                batch = []
+                self.broken_at = index
+                self.find("tree", "the leaf is unknown: roots of larger trees cannot be checked", index)
+                return
+            batch.append(leaf)
+            if self.tree.size + len(batch) in self.due:
+                self.tree.extend(batch)
+                batch = []
+                self.check_roots()
+        self.tree.extend(batch)
+
+    def classify_mismatches(self) -> None:
+        """A row whose leaf was logged at another index was moved (reordered, or shifted by an insertion); one
+        whose leaf was never logged was modified (or inserted)."""
+        for index, entry_id, leaf in self.mismatched:
+            origin = self.logged_at.get(leaf)
+            if origin is not None and origin != index:
+                self.find("moved", f"the row was logged at index {origin}", index, entry_id)
+            else:
+                self.find("modified", "the row does not hash to the leaf logged at this index", index, entry_id)
+
+
+async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, max_merge_delay: float | None = None,
+                     held_checkpoints: Sequence[str] = (), page: int = 1000,
+                     progress: Progress | None = None) -> Report:
+    """Verify the whole log `source` holds; see the module docstring for the steps. `held_checkpoints` are
+    checkpoints the auditor kept from earlier runs: the log must still extend each of them."""
+    report = Report(origin)
+    v = _Verification(source, verifiers, origin, report)
+    # 1. The latest checkpoint fixes the tree to verify; those the auditor holds must be prefixes of it.
+    latest = await source.latest()
+    if latest is None:
+        v.find("checkpoint", "the log has no checkpoint")
+        return report
+    size, latest_note = latest
+    report.tree_size = size
+    latest_signed = v.open_checkpoint(latest_note, "the latest checkpoint", size)
+    for n, note in enumerate(held_checkpoints, 1):
+        held = v.open_checkpoint(note, f"held checkpoint #{n}")
+        if held is not None and held.size > size:
+            v.find("checkpoint", f"held checkpoint #{n} has size {held.size}, but the log now has {size}: "
+                                 "entries were removed, or the log was forked")
+        elif held is not None:
+            v.expect(f"held checkpoint #{n}", held)
+    checkpoints = _pages(source, size)
+    next_checkpoint = await anext(checkpoints, None)
+
+    async def due_up_to(end: int) -> None:
+        """Open every checkpoint up to size `end`, so the tree stops at their sizes as it grows."""
+        nonlocal next_checkpoint
+        while next_checkpoint is not None and next_checkpoint[0] <= end:
+            claimed, note = next_checkpoint
+            signed = v.open_checkpoint(note, "the checkpoint", claimed)
+            if signed is not None:
+                report.checkpoints += 1
+                if signed.size <= size:
+                    v.expect("the checkpoint", signed)
+            next_checkpoint = await anext(checkpoints, None)
+
+    await due_up_to(0)
+    v.check_roots()
+    # 2. and 3. Every leaf index, in order, page by page.
+    for start in range(0, size, page):
+        end = min(start + page, size)
+        await due_up_to(end)
+        by_index: dict[int, list[LoggedRow]] = {}
+        for row in await source.rows(start, end):
+            by_index.setdefault(row.index, []).append(row)
+        leaves: list[tuple[int, bytes | None]] = []
+        for index in range(start, end):
+            group = by_index.get(index)
+            if group is None:
+                v.find("missing", "the source returned nothing for this index", index)
+                leaves.append((index, None))
+            else:
+                leaves.append((index, v.leaf_for(index, group)))
+        v.add_leaves(leaves)
+        report.entries = end
+        if progress is not None:
+            progress(end, size)
+    await due_up_to(2**63)
+    if v.broken_at is None:
+        for label, signed in itertools.chain.from_iterable(v.due.values()):
+            v.find("root", f"{label} of size {signed.size} was never reached")
+    v.classify_mismatches()
+    # The stored tree, which serves the proofs, must lead to the same root.
+    stored = await source.stored_root(size)
+    if stored is not None and latest_signed is not None and not hmac.compare_digest(stored, latest_signed.root):
+        v.find("tree", "the stored tree's root differs from the latest checkpoint's: its proofs will not verify")
+    # 4. Nothing beyond the tree, nothing late.
+    for index, entry_id in await source.rows_beyond(size, 1000):
+        v.find("extra", f"the row has an index beyond the latest checkpoint (size {size})", index, entry_id)
+    if max_merge_delay is not None:
+        for entry_id, logged_at in await source.late(max_merge_delay):
+            v.find("late", f"logged at {logged_at.isoformat()}, still not integrated after {max_merge_delay:g} s",
+                   None, entry_id)
+    report.findings.sort(key=lambda f: (f.index is None, f.index or 0, f.kind))
+    return report
+
+
+async def _pages(source: LogSource, size: int, limit: int = 1000) -> AsyncIterator[tuple[int, str]]:
+    """Every checkpoint up to `size`, smallest first, a page at a time."""
+    start = 0
+    while True:
+        found = list(await source.checkpoints(start, limit))
+        for claimed, note in found:
+            if claimed > size:
+                return
+            yield claimed, note
+        if len(found) < limit:
+            return
+        start = found[-1][0] + 1
+
+
+# -- Sources -------------------------------------------------------------------------------------------------------
+
+
+def _q() -> dict[str, str]:
+    return db.queries("broker.tlog", "tlog.sql")
+
+
+class DatabaseSource:
+    """The log in its database. Use it inside one REPEATABLE READ transaction: the verdict is then about one
+    snapshot, even while brokers keep appending."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def latest(self) -> tuple[int, str] | None:
+        row = await self.conn.fetchrow(_q()["tlog_checkpoint_latest"])
+        return None if row is None else (row["size"], row["note"])
+
+    async def checkpoints(self, start: int, limit: int) -> list[tuple[int, str]]:
+        return [(r["size"], r["note"]) for r in await self.conn.fetch(_q()["tlog_checkpoints_after"], start - 1, limit)]
+
+    async def rows(self, start: int, end: int) -> list[LoggedRow]:
+        return await logged_rows(self.conn, start, end)
+
+    async def rows_beyond(self, size: int, limit: int) -> list[tuple[int, str]]:
+        return [(r["log_index"], str(r["id"])) for r in await self.conn.fetch(_q()["tlog_rows_outside"], size, limit)]
+
+    async def late(self, max_merge_delay: float) -> list[tuple[str, datetime]]:
+        rows = await self.conn.fetch(_q()["tlog_pending_late"], max_merge_delay, 1000)
+        return [(str(r["id"]), r["logged_at"]) for r in rows]
+
+    async def stored_root(self, size: int) -> bytes | None:
+        try:
+            return await merkle.tree_root(size, PgNodeStore(self.conn))
+        except merkle.MissingNodeError:
+            return None
+
+
+class HttpSource:
+    """A running broker's API. Entries need an auditor's key (`DLNUF_LOG_AUDITORS`); checkpoints are public."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, key: PrivateKey | None) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.key = key
+
+    async def _get(self, path: str, params: Mapping[str, int] | None = None, *, signed: bool = False) -> bytes:
+        url = self.base_url + path + ("?" + urlencode(params) if params else "")
+        headers: dict[str, str] = {}
+        if signed:
+            if self.key is None:
+                raise SourceError("reading entries needs an auditor's key (--key)")
+            headers.update(messages.sign_request(method="GET", url=url, headers=headers, body=b"",
+                                                private_key=self.key))
+        try:
+            async with self.session.get(url, headers=headers) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise SourceError(f"GET {path}: {resp.status} {body[:300].decode(errors='replace')}")
+                return body
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SourceError(f"GET {path}: {type(exc).__name__}: {exc}") from None
+
+    async def _json(self, path: str, params: Mapping[str, int] | None = None, *, signed: bool = False) -> Any:
+        try:
+            return orjson.loads(await self._get(path, params, signed=signed))
+        except orjson.JSONDecodeError:
+            raise SourceError(f"GET {path}: not JSON") from None
+
+    async def info(self) -> dict[str, Any]:
+        found: dict[str, Any] = await self._json("/v1/log")
+        return found
+
+    async def latest(self) -> tuple[int, str] | None:
+        note = (await self._get("/v1/log/checkpoint")).decode("utf-8", errors="replace")
+        try:
+            return checkpoint.parse_checkpoint(note).size, note
+        except CheckpointError as exc:
+            raise SourceError(f"the latest checkpoint is not a checkpoint: {exc}") from None
+
+    async def checkpoints(self, start: int, limit: int) -> list[tuple[int, str]]:
+        found = await self._json("/v1/log/checkpoints", {"start": start, "limit": limit})
+        try:
+            return [(int(c["size"]), str(c["note"])) for c in found["checkpoints"]]
+        except (KeyError, TypeError, ValueError):
+            raise SourceError("GET /v1/log/checkpoints: unexpected shape") from None
+
+    async def rows(self, start: int, end: int) -> list[LoggedRow]:
+        found = await self._json("/v1/log/entries", {"start": start, "end": end}, signed=True)
+        try:
+            return [LoggedRow.from_json(r) for r in found["entries"]]
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise SourceError("GET /v1/log/entries: unexpected shape") from None
+
+    async def rows_beyond(self, size: int, limit: int) -> list[tuple[int, str]]:
+        return []  # the API serves the published tree only
+
+    async def late(self, max_merge_delay: float) -> list[tuple[str, datetime]]:
+        return []  # pending entries are not published
+
+    async def stored_root(self, size: int) -> bytes | None:
+        return None
+
+
+def describe(report: Report, *, list_pruned: int = 20) -> str:
+    """The human verdict."""
+    lines = [f"log {report.origin}: {report.entries} of {report.tree_size} entries and "
+             f"{report.checkpoints} checkpoints checked"]
+    if report.pruned:
+        shown = ", ".join(f"{p.index} ({p.entry_id})" for p in report.pruned[:list_pruned])
+        more = f" and {len(report.pruned) - list_pruned} more" if len(report.pruned) > list_pruned else ""
+        lines.append(f"pruned (bodies removed, leaves kept and verified): {len(report.pruned)}: {shown}{more}")
+    if report.ok:
+        lines.append("OK: every entry present, in order, hashing to every signed checkpoint")
+    else:
+        lines.append(f"FAILED: {len(report.findings)} finding(s)")
+        lines.extend(f"  {f}" for f in report.findings)
+    return "\n".join(lines)
+
