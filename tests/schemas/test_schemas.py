@@ -70,6 +70,59 @@ def test_every_member_is_described_in_french_and_english(dataset: str, version: 
         assert sub["description"] != sub["x-description-en"], where
 
 
+def _labelled(schema: Any, where: str, key: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Every schema a citizen may see as a labelled value, with the key it hides: each property at any depth
+    (also under `$defs` and inside `anyOf`/`oneOf`/`allOf` branches), each array's items, each object in `$defs`.
+    Conditional branches (`if`/`then`/`else`) only narrow a property already labelled, so they are not walked."""
+    if not isinstance(schema, dict):
+        return
+    for name, sub in schema.get("properties", {}).items():
+        if isinstance(sub, dict):
+            yield f"{where}.{name}", name, sub
+            yield from _labelled(sub, f"{where}.{name}", name)
+    if isinstance(schema.get("items"), dict):
+        # array items have no key of their own: the array's key is the raw name they must not show
+        yield f"{where}[]", key, schema["items"]
+        yield from _labelled(schema["items"], f"{where}[]", key)
+    for keyword in ("anyOf", "oneOf", "allOf"):
+        for i, branch in enumerate(schema.get(keyword, ())):
+            yield from _labelled(branch, f"{where}[{keyword}{i}]", key)
+    for name, sub in schema.get("$defs", {}).items():
+        if isinstance(sub, dict) and ("properties" in sub or sub.get("type") == "object"):
+            yield f"{where}$defs.{name}", name, sub
+        yield from _labelled(sub, f"{where}$defs.{name}", name)
+
+
+@pytest.mark.parametrize(("dataset", "version"), ALL)
+def test_every_member_has_a_french_title_and_description(dataset: str, version: int) -> None:
+    # The consent screen and the portal show `title` to citizens in place of the key, and `description` beside it.
+    schema = schemas.load(dataset, version)
+    assert isinstance(schema.get("title"), str) and schema["title"].strip(), f"{dataset} has no title"
+    members = list(_labelled(schema, dataset, dataset))
+    assert members, dataset
+    for where, key, sub in members:
+        title, description = sub.get("title"), sub.get("description")
+        assert isinstance(title, str) and title.strip(), f"{where} has no French title"
+        assert isinstance(description, str) and description.strip(), f"{where} has no French description"
+        assert sub.get("x-description-en"), f"{where} has no English x-description-en"
+        # A label, not the key. « Pays » for `pays` or « Quotient familial » for `quotient_familial` are right,
+        # so what is refused is the key as written: unchanged, snake_case, or lower case.
+        assert title != key, f"{where}: title is the raw key"
+        assert "_" not in title and title[0].isupper(), f"{where}: title {title!r} looks like a key"
+        # The description says what the value means, beyond repeating the label.
+        assert description.strip().rstrip(".").casefold() != title.casefold(), f"{where}: description repeats the title"
+
+
+@pytest.mark.parametrize(("dataset", "version"), ALL)
+def test_sibling_members_have_distinct_titles(dataset: str, version: int) -> None:
+    # Two values shown side by side under the same label could not be told apart by a citizen.
+    schema = schemas.load(dataset, version)
+    objects = [schema, *(sub for _, _, sub in _labelled(schema, dataset, dataset))]
+    for obj in objects:
+        titles = [s.get("title") for s in obj.get("properties", {}).values() if isinstance(s, dict)]
+        assert len(titles) == len(set(titles)), f"{dataset}: duplicate titles among {titles}"
+
+
 @pytest.mark.parametrize(("dataset", "version"), ALL)
 def test_objects_reject_unknown_members(dataset: str, version: int) -> None:
     schema = schemas.load(dataset, version)
