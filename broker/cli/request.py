@@ -13,6 +13,12 @@ from broker.consumer.client import BrokerClient, BrokerProblem
 from broker.signing.keys import InvalidKey, PrivateKey, private_key_from_jwk
 from broker.signing.messages import SignatureRejected
 
+_PROVENANCE = {
+    "bound": "the broker refused: its problem is signed and bound to this request",
+    "unbound": "the broker refused before it could verify the request: its problem is signed, not bound to it",
+    None: "an error answer that no broker key signed (a proxy's, or altered on the way)",
+}
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("request", help="send one signed exchange request and print the verified answer")
@@ -34,6 +40,8 @@ async def _send(args: argparse.Namespace, key: PrivateKey, subject: Any) -> int:
                 fields=[f.strip() for f in args.fields.split(",") if f.strip()], subject=subject,
             )
         except BrokerProblem as exc:
+            print(f"# {_PROVENANCE[exc.signature]}"
+                  + (f" ({exc.signature_error.reason})" if exc.signature_error else ""), file=sys.stderr)
             print(json.dumps(exc.problem, indent=2, ensure_ascii=False))
             return 1
         except SignatureRejected as exc:

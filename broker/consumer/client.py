@@ -8,8 +8,15 @@
         )
         print(answer.data)
 
-A response whose signature does not verify against the broker's published keys raises `SignatureRejected`:
-the SDK never hands back data it cannot attribute to the broker.
+A success whose signature does not verify against the broker's published keys, bound to the request just sent,
+raises `SignatureRejected`: the SDK never hands back data it cannot attribute to the broker and to this request.
+
+Any other answer is a refusal or a failure, and raises `BrokerProblem` with the broker's problem (type, status,
+detail), whatever its signature proved: `BrokerProblem.signature` says what that was. By the broker's contract a
+refusal of a request it verified is signed and bound to that request ("bound"); a refusal of a request it could not
+verify (no signature, unknown or expired key...) cannot be bound, and is only signed ("unbound"); an answer that no
+broker key signed (a proxy's error page, or tampered with) is None. A problem carries no data, so it is raised in
+every case; only what it says about the cause deserves that much trust.
 """
 
 from __future__ import annotations
@@ -21,18 +28,26 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from types import TracebackType
-from typing import Any
+from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import urlencode
 
 import aiohttp
 import jwt
 import orjson
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from broker.signing import messages
 from broker.signing.keys import PrivateKey, PublicKey, public_keys_from_jwks
 from consent.tokens import ASSERTION_TYPE
+
+Signature: TypeAlias = Literal["bound", "unbound"]
+"""What a verified answer's signature proved: by the broker and bound to the request, or by the broker only."""
+
+# A pinned key set never changes; a fetched one is fetched again when an answer names a key it lacks (the broker
+# rotated), at most this often, so that answers naming unknown keys cannot make the client hammer the JWKS.
+_JWKS_REFRESH_INTERVAL: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +76,78 @@ class OAuthFailed(Exception):
 
 
 class BrokerProblem(Exception):
-    """The broker refused or failed the exchange (RFC 9457 problem)."""
+    """The broker refused or failed the exchange: its RFC 9457 problem (`type`, `status`, `title`, `detail`).
 
-    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
+    An error answer that is not a problem document (a proxy's page) becomes `about:blank` with the HTTP status
+    (RFC 9457 §4.2.1). `signature` is what the answer's signature proved ("bound", "unbound", or None with the
+    reason in `signature_error`): see the module docstring.
+    """
+
+    def __init__(self, status: int, problem: Mapping[str, Any], *, signature: Signature | None = None,
+                 signature_error: messages.SignatureRejected | None = None) -> None:
         self.status = status
         self.problem = dict(problem)
         self.type = str(problem.get("type", "about:blank"))
-        super().__init__(f"{status} {self.type}: {problem.get('detail') or problem.get('title', '')}")
+        self.title = str(problem.get("title") or _reason(status))
+        detail = problem.get("detail")
+        self.detail = str(detail) if detail is not None else None
+        self.signature = signature
+        self.signature_error = signature_error
+        super().__init__(f"{status} {self.type}: {self.detail or self.title}")
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+@dataclass(frozen=True, slots=True)
+class SignedAnswer:
+    """One answer of the broker as received, and what its signature proved (`signature`, else `signature_error`).
+
+    `request_headers` are the headers sent, the request's Signature among them: with `status`, `headers` and
+    `body`, all a third party needs to check the binding later.
+    """
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    request_headers: CIMultiDict[str]
+    signature: Signature | None
+    signature_error: messages.SignatureRejected | None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def problem(self) -> BrokerProblem:
+        """This answer as a `BrokerProblem`: its problem document if it has one, else `about:blank`."""
+        try:
+            parsed = orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        problem = parsed if isinstance(parsed, dict) else {"type": "about:blank", "title": _reason(self.status),
+                                                           "status": self.status}
+        return BrokerProblem(self.status, problem, signature=self.signature, signature_error=self.signature_error)
+
+    def verified_json(self) -> dict[str, Any]:
+        """The JSON object of a success bound to this request; `BrokerProblem` for anything but a success,
+        `SignatureRejected` for a success whose signature did not verify."""
+        if not self.ok:
+            raise self.problem()
+        if self.signature != "bound":
+            raise self.signature_error or messages.SignatureRejected(
+                "components-missing", "a success must be bound to its request")
+        try:
+            payload = orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            payload = None
+        if not isinstance(payload, dict):
+            raise BrokerProblem(self.status, {"type": "about:blank", "title": "the broker's answer is not a JSON "
+                                              "object", "status": self.status}, signature=self.signature)
+        return payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +170,8 @@ class BrokerClient:
         self.key = key
         self.client_id = client_id
         self._broker_keys = {k.kid: k for k in broker_keys} if broker_keys is not None else None
+        self._keys_pinned = broker_keys is not None
+        self._keys_fetched_at = 0.0
         self._own_session = session is None
         self._session = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
 
@@ -104,13 +186,17 @@ class BrokerClient:
         if self._own_session:
             await self._session.close()
 
-    async def broker_keys(self) -> dict[str, PublicKey]:
-        """The broker's response keys: pinned at construction, else fetched once from its JWKS."""
-        if self._broker_keys is None:
+    async def broker_keys(self, *, refresh: bool = False) -> dict[str, PublicKey]:
+        """The broker's response keys: pinned at construction, else fetched from its JWKS once, and again on
+        `refresh` (an answer named a key not in the set) when the last fetch is old enough."""
+        stale = refresh and not self._keys_pinned and \
+            time.monotonic() - self._keys_fetched_at >= _JWKS_REFRESH_INTERVAL
+        if self._broker_keys is None or stale:
             async with self._session.get(self.base_url + "/.well-known/jwks.json") as resp:
                 resp.raise_for_status()
                 jwks = await resp.json()
             self._broker_keys = {k.kid: k for k in public_keys_from_jwks(jwks, owner="broker")}
+            self._keys_fetched_at = time.monotonic()
         return self._broker_keys
 
     async def exchange(self, *, dataset: str, purpose: str, recipient: str, fields: Sequence[str],
@@ -127,9 +213,7 @@ class BrokerClient:
         if version is not None:
             body["version"] = version
         extra = {"Authorization": f"Bearer {access_token}"} if access_token else None
-        status, payload = await self.post("/v1/exchanges", body, extra_headers=extra)
-        if status != 200:
-            raise BrokerProblem(status, payload)
+        payload = await self.post("/v1/exchanges", body, extra_headers=extra)
         return ExchangeAnswer(
             request_id=payload["request_id"], log_entry_id=payload["log_entry_id"], dataset=payload["dataset"],
             version=payload["version"], fields_released=tuple(payload["fields_released"]),
@@ -170,7 +254,13 @@ class BrokerClient:
         form.update({"client_id": self.key_owner, "client_assertion_type": ASSERTION_TYPE,
                      "client_assertion": self.client_assertion()})
         async with self._session.post(self.base_url + "/oauth/token", data=form) as resp:
-            body = await resp.json(content_type=None)
+            raw = await resp.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            raise OAuthFailed(resp.status, "invalid_response", "the token endpoint did not answer a JSON object")
         if resp.status != 200:
             raise OAuthFailed(resp.status, str(body.get("error")), str(body.get("error_description", "")))
         return TokenResponse(body["access_token"], int(body["expires_in"]), body.get("authorization_details", []),
@@ -184,22 +274,52 @@ class BrokerClient:
         return await self._token({"grant_type": "refresh_token", "refresh_token": refresh_token})
 
     async def post(self, path: str, body: Mapping[str, Any], *, extra_headers: Mapping[str, str] | None = None,
-                   ) -> tuple[int, dict[str, Any]]:
-        """Sign and send; verify the response signature; return (status, JSON body)."""
+                   ) -> dict[str, Any]:
+        """Sign and send a JSON body; the JSON object of a success bound to this request. Raises `BrokerProblem`
+        for any other answer, `SignatureRejected` for a success whose signature did not verify."""
+        answer = await self.send(path, orjson.dumps(body), extra_headers=extra_headers)
+        return answer.verified_json()
+
+    async def send(self, path: str, body: bytes, *, extra_headers: Mapping[str, str] | None = None,
+                   content_type: str = "application/json") -> SignedAnswer:
+        """Sign `body` with a fresh nonce, POST it, and verify the answer's signature without judging it: the
+        caller decides what a status and a signature allow (`SignedAnswer.verified_json` is the strict reading).
+
+        A signature is verified bound to this request first; for an error status, else as the broker's only (a
+        refusal before the broker could verify the request). Transport failures raise `aiohttp.ClientError` or
+        `TimeoutError`; nothing is retried, so a request and its nonce are sent once.
+        """
         url = self.base_url + path
-        raw = orjson.dumps(body)
-        headers = CIMultiDict({"Content-Type": "application/json", **(extra_headers or {})})
-        headers.update(messages.sign_request(method="POST", url=url, headers=headers, body=raw,
+        headers = CIMultiDict({"Content-Type": content_type, **(extra_headers or {})})
+        headers.update(messages.sign_request(method="POST", url=url, headers=headers, body=body,
                                             private_key=self.key))
         keys = await self.broker_keys()
-        async with self._session.post(url, data=raw, headers=headers) as resp:
+        # no redirects: a signed request, and its nonce, go to the one URI they were signed for, once
+        async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
             content = await resp.read()
-            messages.verify_response(
-                status=resp.status, headers=resp.headers, body=content, request_headers=headers,
-                lookup_key=keys.get, now=datetime.now(UTC),
-            )
-            try:
-                payload = orjson.loads(content)
-            except orjson.JSONDecodeError:
-                payload = {"type": "about:blank", "title": content[:200].decode(errors="replace")}
-            return resp.status, payload
+            status, response_headers = resp.status, CIMultiDictProxy(CIMultiDict(resp.headers))
+        signature, error = self._verify(status, response_headers, content, headers, keys)
+        if error is not None and error.reason == "unknown-key":
+            fresh = await self.broker_keys(refresh=True)
+            if fresh is not keys:
+                signature, error = self._verify(status, response_headers, content, headers, fresh)
+        return SignedAnswer(status, response_headers, content, headers, signature, error)
+
+    @staticmethod
+    def _verify(status: int, headers: CIMultiDictProxy[str], body: bytes, request_headers: CIMultiDict[str],
+                keys: Mapping[str, PublicKey]) -> tuple[Signature | None, messages.SignatureRejected | None]:
+        now = datetime.now(UTC)
+        try:
+            messages.verify_response(status=status, headers=headers, body=body, request_headers=request_headers,
+                                     lookup_key=keys.get, now=now)
+            return "bound", None
+        except messages.SignatureRejected as exc:
+            bound_error = exc
+        if status < 400:
+            return None, bound_error
+        try:
+            messages.verify_response(status=status, headers=headers, body=body, request_headers=request_headers,
+                                     lookup_key=keys.get, now=now, bound=False)
+        except messages.SignatureRejected:
+            return None, bound_error
+        return "unbound", None

@@ -799,12 +799,13 @@ def _is_request_signature(component: sf.Item, request_labels: Iterable[str]) -> 
     )
 
 
-def _verify_response_policy(sig: _Signature, *, has_content_type: bool, request_labels: frozenset[str]) -> None:
+def _verify_response_policy(sig: _Signature, *, has_content_type: bool, request_labels: frozenset[str],
+                            bound: bool) -> None:
     ids = set(sig.ids)
     missing = [i for i in (_ID_STATUS, _ID_CONTENT_DIGEST) if i not in ids]
     if has_content_type and _ID_CONTENT_TYPE not in ids:
         missing.append(_ID_CONTENT_TYPE)
-    if not any(_is_request_signature(c, request_labels) for c in sig.components):
+    if bound and not any(_is_request_signature(c, request_labels) for c in sig.components):
         missing.append('"signature";req;key=<a label of the request>')
     if missing:
         raise SignatureRejected("components-missing", f"{sig.label!r} does not cover {', '.join(missing)}")
@@ -820,12 +821,17 @@ def verify_response(
     lookup_key: Callable[[str], PublicKey | None],
     now: datetime,
     max_skew: float = 60,
+    bound: bool = True,
 ) -> None:
     """Verify the broker's signed answer to a request (for the SDK), or raise `SignatureRejected`.
 
     `request_headers` are the headers the client sent (at least its Signature field). The chosen label (the first
     meeting the policy) must cover @status, content-digest, content-type when the response has one, and the
     request's signature with `req`; it must have `created` and `keyid`; the digest must match the body.
+
+    `bound=False` drops the last requirement, for the one kind of answer that cannot carry it: a refusal of a
+    request the broker could not verify (unsigned, unknown key...), which proves the broker said it, not that it
+    said it to this request. Never use it for an answer that carries data.
     """
     now_ts = _aware_timestamp(now)
     request_signatures = _field_lines(request_headers, "signature")
@@ -836,7 +842,7 @@ def verify_response(
     has_content_type = bool(_field_lines(headers, "content-type"))
     # 1. Parse; 2. choose the label by policy.
     sig = _choose(_parse_signature_fields(headers), lambda s: _verify_response_policy(
-        s, has_content_type=has_content_type, request_labels=request_labels))
+        s, has_content_type=has_content_type, request_labels=request_labels, bound=bound))
     # 3. Freshness.
     _verify_window(sig, now_ts, max_skew)
     # 4. The key.

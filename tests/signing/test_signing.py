@@ -854,6 +854,21 @@ async def test_response_without_binding_refused(private: PrivateKey) -> None:
     assert response_reason(headers, request_headers) == "components-missing"
 
 
+async def test_response_unbound_only_when_asked(private: PrivateKey) -> None:
+    # a refusal of a request the broker could not verify is signed without the binding: bound=False accepts it,
+    # and still refuses an answer bound to another request, or altered
+    request, _ = await verified_request(private)
+    _, request_headers = await verified_request(private)
+    unbound = signed_response(None, status=401)
+    messages.verify_response(status=401, headers=unbound, body=RESPONSE_BODY, request_headers=request_headers,
+                            lookup_key=broker_lookup(), now=NOW, bound=False)
+    for status, headers, body in ((401, signed_response(request, status=401), RESPONSE_BODY),
+                                  (401, unbound, b"{}"), (403, unbound, RESPONSE_BODY)):
+        with pytest.raises(SignatureRejected):
+            messages.verify_response(status=status, headers=headers, body=body, request_headers=request_headers,
+                                    lookup_key=broker_lookup(), now=NOW, bound=False)
+
+
 async def test_response_content_type_must_be_covered_when_present(private: PrivateKey) -> None:
     request, request_headers = await verified_request(private)
     headers = signed_response(request, content_type=None)
