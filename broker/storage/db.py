@@ -86,9 +86,11 @@ class Migration:
     sql: str
 
 
-def migrations() -> list[Migration]:
+def migrations(package: str = "broker.storage") -> list[Migration]:
+    """The numbered migrations of `package` (`<package>/sql/migrations/`): the broker's, or the gateway's, which
+    keeps its own database."""
     found = []
-    for entry in resources.files("broker.storage").joinpath("sql", "migrations").iterdir():
+    for entry in resources.files(package).joinpath("sql", "migrations").iterdir():
         m = _MIGRATION.match(entry.name)
         if m:
             found.append(Migration(int(m["version"]), m["name"], entry.read_text("utf-8")))
@@ -99,24 +101,27 @@ def migrations() -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
-    """Apply pending migrations; return those applied."""
+async def migrate(conn: asyncpg.Connection, *, package: str = "broker.storage",
+                  table: str = "schema_migrations") -> list[Migration]:
+    """Apply pending migrations of `package`, remembered in `table`; return those applied."""
+    if not re.fullmatch(r"[a-z_]+", table):
+        raise ValueError(f"bad migrations table name {table!r}")
     applied: list[Migration] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
         await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            f"CREATE TABLE IF NOT EXISTS {table} ("
             " version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for mig in migrations():
+        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {table}")}  # noqa: S608 - checked
+        for mig in migrations(package):
             if mig.version in done:
                 continue
             async with conn.transaction():
                 await conn.execute(mig.sql)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", mig.version, mig.name
+                    f"INSERT INTO {table} (version, name) VALUES ($1, $2)", mig.version, mig.name  # noqa: S608
                 )
             log.info("migration applied", version=mig.version, name=mig.name)
             applied.append(mig)
