@@ -1,4 +1,5 @@
-"""The command line, `python -m broker` (or `dlnuf`): serve, migrate, registry apply, keys generate, request, demo."""
+"""The command line, `python -m broker` (or `dlnuf`): serve, migrate, registry apply, keys generate, request, demo,
+log, gateway."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from broker import registry
 from broker.cli import demo
+from broker.cli import gateway as cli_gateway
 from broker.cli import log as cli_log
 from broker.cli import request as cli_request
 from broker.config import Config, ConfigError, load_config
@@ -108,8 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli_request.add_parser(sub)
     cli_log.add_parser(sub)
     demo.add_parser(sub)
+    cli_gateway.add_parser(sub)
 
     args = parser.parse_args(argv)
+    if args.command == "gateway":  # the consumer's side: none of the broker's configuration applies
+        return cli_gateway.run(args)
     try:
         config = load_config(
             host=getattr(args, "host", None), port=getattr(args, "port", None),

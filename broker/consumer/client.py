@@ -104,6 +104,17 @@ def _reason(status: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """A request signed for the broker and not sent yet: where, with which fields, key and nonce."""
+
+    url: str
+    headers: CIMultiDict[str]
+    body: bytes
+    kid: str
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
 class SignedAnswer:
     """One answer of the broker as received, and what its signature proved (`signature`, else `signature_error`).
 
@@ -174,6 +185,11 @@ class BrokerClient:
         self._keys_fetched_at = 0.0
         self._own_session = session is None
         self._session = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP session the client sends with (for other calls to the broker, unsigned)."""
+        return self._session
 
     async def __aenter__(self) -> BrokerClient:
         return self
@@ -282,28 +298,37 @@ class BrokerClient:
 
     async def send(self, path: str, body: bytes, *, extra_headers: Mapping[str, str] | None = None,
                    content_type: str = "application/json") -> SignedAnswer:
-        """Sign `body` with a fresh nonce, POST it, and verify the answer's signature without judging it: the
-        caller decides what a status and a signature allow (`SignedAnswer.verified_json` is the strict reading).
+        """Sign `body` with a fresh nonce, POST it once, and verify the answer's signature without judging it:
+        the caller decides what a status and a signature allow (`SignedAnswer.verified_json` is the strict
+        reading). Transport failures raise `aiohttp.ClientError` or `TimeoutError`."""
+        return await self.deliver(self.sign(path, body, extra_headers=extra_headers, content_type=content_type))
 
-        A signature is verified bound to this request first; for an error status, else as the broker's only (a
-        refusal before the broker could verify the request). Transport failures raise `aiohttp.ClientError` or
-        `TimeoutError`; nothing is retried, so a request and its nonce are sent once.
-        """
+    def sign(self, path: str, body: bytes, *, extra_headers: Mapping[str, str] | None = None,
+             content_type: str = "application/json") -> SignedRequest:
+        """A POST of `body` to `path`, signed with a fresh nonce, not sent yet (so it can be recorded first)."""
         url = self.base_url + path
+        nonce = secrets.token_urlsafe(16)
         headers = CIMultiDict({"Content-Type": content_type, **(extra_headers or {})})
         headers.update(messages.sign_request(method="POST", url=url, headers=headers, body=body,
-                                            private_key=self.key))
+                                            private_key=self.key, nonce=nonce))
+        return SignedRequest(url, headers, body, self.key.kid, nonce)
+
+    async def deliver(self, request: SignedRequest) -> SignedAnswer:
+        """Send a signed request, once, and verify its answer's signature: bound to this request first; for an
+        error status, else as the broker's only (a refusal before the broker could verify the request). Nothing is
+        retried, so a request and its nonce go out once."""
         keys = await self.broker_keys()
         # no redirects: a signed request, and its nonce, go to the one URI they were signed for, once
-        async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+        async with self._session.post(request.url, data=request.body, headers=request.headers,
+                                      allow_redirects=False) as resp:
             content = await resp.read()
             status, response_headers = resp.status, CIMultiDictProxy(CIMultiDict(resp.headers))
-        signature, error = self._verify(status, response_headers, content, headers, keys)
+        signature, error = self._verify(status, response_headers, content, request.headers, keys)
         if error is not None and error.reason == "unknown-key":
             fresh = await self.broker_keys(refresh=True)
             if fresh is not keys:
-                signature, error = self._verify(status, response_headers, content, headers, fresh)
-        return SignedAnswer(status, response_headers, content, headers, signature, error)
+                signature, error = self._verify(status, response_headers, content, request.headers, fresh)
+        return SignedAnswer(status, response_headers, content, request.headers, signature, error)
 
     @staticmethod
     def _verify(status: int, headers: CIMultiDictProxy[str], body: bytes, request_headers: CIMultiDict[str],
