@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import socket
 import sys
 from dataclasses import replace
@@ -24,13 +25,17 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from adapters.sandbox import dgfip
 from adapters.sandbox.api_particulier import start_sandbox
 from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
-from broker.app import create_app
+from broker.app import DSN, create_app
 from broker.config import CALLBACK_PATH, LOGGED_OUT_PATH, CitizenLoginConfig, Config
+from broker.gateway.app import Trust, create_gateway_app
+from broker.gateway.app import start as start_gateway
+from broker.gateway.config import load_gateway_config
 from broker.signing.keys import PrivateKey, generate_private_key, private_key_from_jwk
 from examples.cantine import app as cantine
 
@@ -40,6 +45,9 @@ OIDC_SECRET_ENV = "DLNUF_DEMO_OIDC_CLIENT_SECRET"  # noqa: S105 - the name of a 
 OIDC_CLIENT_ID = "dlnuf-demo"
 CONSUMER_SIRET = "21750001600019"
 CANTINE_SIRET = "21690123100011"
+PERISCOLAIRE_SIRET = "21130055300016"
+PERISCOLAIRE_SERVER = resources.files("examples").joinpath("periscolaire", "server.mjs")
+GATEWAY_DATABASE = "dlnuf_demo_gateway"
 DEMO_SUBJECT = {"pivot_identity": {
     "family_name": "Dupont", "given_name": "Marie Claire", "birthdate": "1985-03-14",
     "gender": "female", "birthplace": "75114", "birthcountry": "99100",
@@ -56,6 +64,10 @@ def add_parser(sub: Any) -> None:
                    help="sandbox FranceConnect OP port (0: any free one)")
     p.add_argument("--demarche-port", type=int, default=8081,
                    help="the sample démarche's port (restauration scolaire; 0: any free one)")
+    p.add_argument("--periscolaire-port", type=int, default=8082,
+                   help="the Node.js démarche's port (accueil périscolaire, through the gateway; 0: any free one)")
+    p.add_argument("--gateway-port", type=int, default=8090,
+                   help="the consumer gateway's port, on loopback (the Node.js démarche's way to the broker)")
 
 
 def consumer_key(path: Path, kid: str = "demo-commune-paris") -> PrivateKey:
@@ -74,12 +86,14 @@ def _toml_inline(jwk: dict[str, Any]) -> str:
 
 
 def write_registry(path: Path, key: PrivateKey, sandbox_url: str, dgfip_url: str, *, cantine_key: PrivateKey,
-                   cantine_url: str) -> None:
+                   cantine_url: str, periscolaire_key: PrivateKey, periscolaire_url: str) -> None:
     template = Template(resources.files("broker.cli").joinpath("demo_registry.toml.tmpl").read_text("utf-8"))
     path.write_text(template.substitute(kid=key.kid, jwk=_toml_inline(key.public_jwk()), sandbox_url=sandbox_url,
                                         token_env=TOKEN_ENV, dgfip_url=dgfip_url, dgfip_key_env=DGFIP_KEY_ENV,
                                         cantine_kid=cantine_key.kid, cantine_jwk=_toml_inline(cantine_key.public_jwk()),
-                                        cantine_url=cantine_url))
+                                        cantine_url=cantine_url, periscolaire_kid=periscolaire_key.kid,
+                                        periscolaire_jwk=_toml_inline(periscolaire_key.public_jwk()),
+                                        periscolaire_url=periscolaire_url))
 
 
 def request_command(base_url: str, key_file: Path, *, dataset: str = "quotient_familial",
@@ -92,8 +106,37 @@ def request_command(base_url: str, key_file: Path, *, dataset: str = "quotient_f
     return shlex.join(args)
 
 
+def _free_port(host: str, port: int) -> int:
+    if port:
+        return port
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        free: int = sock.getsockname()[1]
+        return free
+
+
+async def _gateway(config: Config, app: web.Application, key: PrivateKey, base_url: str, port: int,
+                   ) -> tuple[web.AppRunner, str]:
+    """The consumer gateway of the Node démarche's organisation, its record in a database of its own on the demo's
+    PostgreSQL."""
+    dsn = app[DSN]
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", GATEWAY_DATABASE):
+            await conn.execute(f'CREATE DATABASE "{GATEWAY_DATABASE}"')
+    finally:
+        await conn.close()
+    base, sep, query = dsn.partition("?")
+    record_url = base.rsplit("/", 1)[0] + "/" + GATEWAY_DATABASE + sep + query
+    gateway_config = load_gateway_config(env={}, broker_url=base_url, siret=PERISCOLAIRE_SIRET,
+                                         key_file=config.state_dir / "demo" / "consumer-ville-marseille.jwk",
+                                         database_url=record_url, state_dir=config.state_dir / "demo" / "gateway",
+                                         host=config.host, port=port, log_format=config.log_format)
+    return await start_gateway(create_gateway_app(gateway_config, Trust(key)), gateway_config)
+
+
 async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect_port: int,
-               cantine_port: int) -> None:
+               cantine_port: int, periscolaire_port: int, gateway_port: int) -> None:
     demo_dir = config.state_dir / "demo"
     key_file = demo_dir / "consumer-commune-paris.jwk"
     key = consumer_key(key_file)
@@ -106,8 +149,11 @@ async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect
     cantine_sock = socket.socket()
     cantine_sock.bind((config.host, cantine_port))
     cantine_url = f"http://{config.host}:{cantine_sock.getsockname()[1]}"
+    periscolaire_key = consumer_key(demo_dir / "consumer-ville-marseille.jwk", kid="demo-ville-marseille-periscolaire")
+    periscolaire_url = f"http://{config.host}:{_free_port(config.host, periscolaire_port)}"
     registry_file = demo_dir / "registry.toml"
-    write_registry(registry_file, key, sandbox_url, dgfip_url, cantine_key=cantine_key, cantine_url=cantine_url)
+    write_registry(registry_file, key, sandbox_url, dgfip_url, cantine_key=cantine_key, cantine_url=cantine_url,
+                   periscolaire_key=periscolaire_key, periscolaire_url=periscolaire_url)
     base_url = f"http://{config.host}:{config.port}"
     login, fc_runner = config.citizen_login, None
     if login is None:
@@ -131,6 +177,16 @@ async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect
                                                       base_url=cantine_url), access_log=None)
     await cantine_runner.setup()
     await web.SockSite(cantine_runner, cantine_sock).start()
+    gateway_runner, gateway_url = await _gateway(config, app, periscolaire_key, base_url, gateway_port)
+    node, node_proc = shutil.which("node"), None
+    if node is not None:
+        node_proc = await asyncio.create_subprocess_exec(node, str(PERISCOLAIRE_SERVER), env={
+            "PATH": os.environ.get("PATH", ""), "PORT": periscolaire_url.rsplit(":", 1)[1],
+            "BASE_URL": periscolaire_url, "BROKER_URL": base_url, "GATEWAY_URL": gateway_url,
+            "SIRET": PERISCOLAIRE_SIRET})
+        periscolaire_line = f"{periscolaire_url}/   (Ville de Marseille, accueil périscolaire, in Node.js)"
+    else:
+        periscolaire_line = "not started: Node.js is not installed (apt-get install nodejs)"
     print(f"""
 DLNUF demo is running.
   broker            {base_url}   (OpenAPI: {base_url}/openapi.json, JWKS: {base_url}/.well-known/jwks.json)
@@ -158,11 +214,20 @@ A démarche that pre-fills its form with the parent's consent (« Remplir avec m
 
 and what a citizen sees of it all: {base_url}/citizen/
 
+The same, by a démarche that writes no crypto: it speaks plain HTTP to the consumer gateway on {gateway_url},
+which holds Marseille's key, signs, verifies the broker's answers and keeps a record (docs/gateway.md):
+
+  {periscolaire_line}
+
 Ctrl-C stops everything.
 """, file=sys.stderr, flush=True)
     try:
         await asyncio.Event().wait()
     finally:
+        if node_proc is not None:
+            node_proc.terminate()
+            await node_proc.wait()
+        await gateway_runner.cleanup()
         await cantine_runner.cleanup()
         await runner.cleanup()
         await sandbox_runner.cleanup()
@@ -173,5 +238,6 @@ Ctrl-C stops everything.
 
 def run(args: argparse.Namespace, config: Config) -> int:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(config, args.sandbox_port, args.dgfip_port, args.franceconnect_port, args.demarche_port))
+        asyncio.run(_run(config, args.sandbox_port, args.dgfip_port, args.franceconnect_port, args.demarche_port,
+                         args.periscolaire_port, args.gateway_port))
     return 0

@@ -146,8 +146,10 @@ def test_demo_registry_is_valid_with_both_providers(tmp_path: Path) -> None:
     path = tmp_path / "registry.toml"
     key = generate_private_key("ed25519", kid="demo-commune-paris")
     cantine = generate_private_key("ed25519", kid="demo-ville-lyon-cantine")
+    periscolaire = generate_private_key("ed25519", kid="demo-ville-marseille-periscolaire")
     demo.write_registry(path, key, "http://127.0.0.1:1", "http://127.0.0.1:2", cantine_key=cantine,
-                        cantine_url="http://127.0.0.1:3")
+                        cantine_url="http://127.0.0.1:3", periscolaire_key=periscolaire,
+                        periscolaire_url="http://127.0.0.1:4")
     reg = registry.parse_registry(path.read_text(), str(path))
     assert {a.kind for a in reg.adapters} == {"api_particulier", "http_json"}
     assert reg.habilitation(demo.CONSUMER_SIRET, "revenu_fiscal_reference") is not None
@@ -156,6 +158,11 @@ def test_demo_registry_is_valid_with_both_providers(tmp_path: Path) -> None:
     assert lyon is not None and lyon.legal_basis.type == "consent"
     org = reg.organisation(demo.CANTINE_SIRET)
     assert org is not None and org.redirect_uris == ("http://127.0.0.1:3/retour",)
+    # the Node démarche's, whose key only the gateway holds
+    marseille = reg.habilitation(demo.PERISCOLAIRE_SIRET, "quotient_familial")
+    assert marseille is not None and marseille.purposes == ("tarification-accueil-periscolaire",)
+    org = reg.organisation(demo.PERISCOLAIRE_SIRET)
+    assert org is not None and org.redirect_uris == ("http://127.0.0.1:4/retour",)
 
 
 # ------------------------------------------------------------------------------------------ docs/adapters.md
