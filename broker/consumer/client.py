@@ -176,8 +176,9 @@ class ExchangeAnswer:
 class BrokerClient:
     def __init__(self, base_url: str, *, key: PrivateKey, broker_keys: Sequence[PublicKey] | None = None,
                  session: aiohttp.ClientSession | None = None, timeout: float = 30.0,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, max_skew: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_skew = max_skew  # seconds an answer's `created` may differ from this clock
         self.key = key
         self.client_id = client_id
         self._broker_keys = {k.kid: k for k in broker_keys} if broker_keys is not None else None
@@ -330,13 +331,12 @@ class BrokerClient:
                 signature, error = self._verify(status, response_headers, content, request.headers, fresh)
         return SignedAnswer(status, response_headers, content, request.headers, signature, error)
 
-    @staticmethod
-    def _verify(status: int, headers: CIMultiDictProxy[str], body: bytes, request_headers: CIMultiDict[str],
+    def _verify(self, status: int, headers: CIMultiDictProxy[str], body: bytes, request_headers: CIMultiDict[str],
                 keys: Mapping[str, PublicKey]) -> tuple[Signature | None, messages.SignatureRejected | None]:
         now = datetime.now(UTC)
         try:
             messages.verify_response(status=status, headers=headers, body=body, request_headers=request_headers,
-                                     lookup_key=keys.get, now=now)
+                                     lookup_key=keys.get, now=now, max_skew=self.max_skew)
             return "bound", None
         except messages.SignatureRejected as exc:
             bound_error = exc
@@ -344,7 +344,7 @@ class BrokerClient:
             return None, bound_error
         try:
             messages.verify_response(status=status, headers=headers, body=body, request_headers=request_headers,
-                                     lookup_key=keys.get, now=now, bound=False)
+                                     lookup_key=keys.get, now=now, max_skew=self.max_skew, bound=False)
         except messages.SignatureRejected:
             return None, bound_error
         return "unbound", None

@@ -129,7 +129,7 @@ def create_gateway_app(config: GatewayConfig, trust: Trust) -> web.Application:
             session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=config.timeout),
                                             connector=aiohttp.TCPConnector(ssl=_broker_ssl(config)))
             client = BrokerClient(config.broker_url, key=trust.key, broker_keys=trust.broker_keys, session=session,
-                                  client_id=config.siret)
+                                  client_id=config.siret, max_skew=config.max_skew)
             app[STATE] = Gateway(config=config, client=client, record=rec, metrics=gateway_metrics,
                                  callers=policy, oauth=AuthorizationServer(config.broker_url, session),
                                  pinned_log=trust.log)
