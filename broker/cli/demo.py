@@ -181,7 +181,7 @@ async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect
     node, node_proc = shutil.which("node"), None
     if node is not None:
         node_proc = await asyncio.create_subprocess_exec(node, str(PERISCOLAIRE_SERVER), env={
-            "PATH": os.environ.get("PATH", ""), "PORT": periscolaire_url.rsplit(":", 1)[1],
+            "PATH": os.environ.get("PATH", ""), "HOST": config.host, "PORT": periscolaire_url.rsplit(":", 1)[1],
             "BASE_URL": periscolaire_url, "BROKER_URL": base_url, "GATEWAY_URL": gateway_url,
             "SIRET": PERISCOLAIRE_SIRET})
         periscolaire_line = f"{periscolaire_url}/   (Ville de Marseille, accueil périscolaire, in Node.js)"

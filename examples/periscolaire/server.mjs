@@ -5,8 +5,9 @@
 //   PORT=8082 BASE_URL=http://127.0.0.1:8082 BROKER_URL=http://127.0.0.1:8080 GATEWAY_URL=http://127.0.0.1:8090 \
 //   SIRET=21130055300016 node examples/periscolaire/server.mjs
 //
-// GATEWAY_SECRET, when set, is sent as DLNUF-Gateway-Secret (a gateway listening off loopback asks for it); PURPOSE
-// names the habilitation's purpose (tarification-accueil-periscolaire by default).
+// HOST is the listen address (127.0.0.1 by default); GATEWAY_SECRET, when set, is sent as DLNUF-Gateway-Secret (a
+// gateway listening off loopback asks for it); PURPOSE names the habilitation's purpose
+// (tarification-accueil-periscolaire by default).
 // Visits are kept in memory, as a sketch: a real service keeps them in its own sessions.
 
 import { createHash, randomBytes } from "node:crypto";
@@ -140,4 +141,4 @@ createServer(async (req, res) => {
     console.error(err);
     page(res, 502, "Service indisponible", "<p>Réessayez dans un instant.</p>");
   }
-}).listen(PORT, "127.0.0.1", () => console.error(`périscolaire on ${BASE_URL}, gateway ${GATEWAY_URL}`));
+}).listen(PORT, process.env.HOST || "127.0.0.1", () => console.error(`périscolaire on ${BASE_URL}, gateway ${GATEWAY_URL}`));
