@@ -128,8 +128,10 @@ async def test_pushed_authorization_requests_as_the_broker_offers_them(stack: Co
     answer = await gateway.call("/oauth/par", body="&".join(f"{k}={v}" for k, v in params.items()).encode(),
                                 content_type=FORM)
     if "pushed_authorization_request_endpoint" in metadata:
-        assert answer.status == 201, answer.body
-        assert answer.json["request_uri"].startswith("urn:ietf:params:oauth:request_uri:")
+        assert answer.status == 201, answer.body  # RFC 9126 §2.2
+        assert isinstance(answer.json["request_uri"], str) and isinstance(answer.json["expires_in"], int)
+        [call] = await gateway.records()
+        assert (call["kind"], call["outcome"]) == ("par", "released")
     else:
         assert (answer.status, answer.json["type"]) == (404, GATEWAY_PROBLEM + "not-offered")
         assert await gateway.records() == []
