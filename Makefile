@@ -13,7 +13,7 @@ APT := DEBIAN_FRONTEND=noninteractive apt-get
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,test]'
 	touch $(STAMP)
 
 # The DSFR (served with the citizen pages) and axe-core (browser tests only), exactly as package-lock.json says.

@@ -11,13 +11,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import jwt
-
+from broker.signing import jose
 from broker.signing.keys import PrivateKey, PublicKey
 from consent.records import Consent
 
 RECEIPT_TYPE = "dlnuf-consent-receipt+jwt"
-_JWT_ALG = {"ed25519": "EdDSA", "ecdsa-p256-sha256": "ES256"}
 
 
 def receipt_claims(consent: Consent, *, issuer: str, provider_name: str, now: datetime) -> dict[str, Any]:
@@ -50,18 +48,16 @@ def receipt_claims(consent: Consent, *, issuer: str, provider_name: str, now: da
 
 def sign_receipt(consent: Consent, *, key: PrivateKey, issuer: str, provider_name: str, now: datetime) -> str:
     claims = receipt_claims(consent, issuer=issuer, provider_name=provider_name, now=now)
-    return jwt.encode(claims, key.private_key, algorithm=_JWT_ALG[key.alg],
-                      headers={"typ": RECEIPT_TYPE, "kid": key.kid})
+    return jose.sign_jwt(claims, key, typ=RECEIPT_TYPE)
 
 
 def verify_receipt(receipt: str, keys: dict[str, PublicKey]) -> dict[str, Any]:
-    """Verify with the broker's published keys; raise `jwt.PyJWTError` when it does not verify."""
-    header = jwt.get_unverified_header(receipt)
+    """Verify with the broker's published keys; raise `jose.JoseError` when it does not verify."""
+    header, _ = jose.peek(receipt)
     if header.get("typ") != RECEIPT_TYPE:
-        raise jwt.InvalidTokenError("not a DLNUF consent receipt")
+        raise jose.JoseError("not a DLNUF consent receipt")
     key = keys.get(str(header.get("kid")))
     if key is None:
-        raise jwt.InvalidTokenError("unknown key")
-    claims: dict[str, Any] = jwt.decode(receipt, key.key, algorithms=[_JWT_ALG[key.alg]],
-                                        options={"verify_aud": False})
+        raise jose.JoseError("unknown key")
+    _, claims = jose.verify(receipt, key, algorithms=jose.algorithms_for(key))
     return claims

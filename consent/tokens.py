@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import jwt
-
+from broker.signing import jose
 from broker.signing.keys import PrivateKey, PublicKey, jwk_thumbprint
 
 ACCESS_TOKEN_TTL = timedelta(minutes=10)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-_JWT_ALG = {"ed25519": "EdDSA", "ecdsa-p256-sha256": "ES256"}
 _LEEWAY = 30  # seconds of clock difference tolerated between consumer and broker
 
 
@@ -47,8 +45,8 @@ async def verify_client_assertion(
 ) -> PublicKey:
     """Return the client's key that signed a valid, fresh, never-seen assertion; raise `OAuthError(invalid_client)`."""
     try:
-        header = jwt.get_unverified_header(assertion)
-    except jwt.PyJWTError:
+        header, _ = jose.peek(assertion)
+    except jose.JoseError:
         raise OAuthError("invalid_client", "client_assertion is not a JWT", status=401) from None
     kid = header.get("kid")
     key = lookup_key(kid) if isinstance(kid, str) else None
@@ -57,15 +55,21 @@ async def verify_client_assertion(
     if not key.is_valid_at(now):
         raise OAuthError("invalid_client", "client key not valid now", status=401)
     try:
-        claims = jwt.decode(
-            assertion, key.key, algorithms=[_JWT_ALG[key.alg]], audience=token_endpoint, issuer=client_id,
-            leeway=_LEEWAY, options={"require": ["iss", "sub", "aud", "exp", "jti"], "verify_iat": False},
-        )
-    except jwt.PyJWTError as exc:
+        _, claims = jose.verify(assertion, key, algorithms=jose.algorithms_for(key))
+    except jose.JoseError as exc:
         raise OAuthError("invalid_client", f"client_assertion rejected: {exc}", status=401) from None
-    if claims.get("sub") != client_id:
-        raise OAuthError("invalid_client", "client_assertion sub is not the client", status=401)
+    if not all(claims.get(c) for c in ("iss", "sub", "aud", "exp", "jti")):
+        raise OAuthError("invalid_client", "client_assertion lacks iss, sub, aud, exp or jti", status=401)
+    aud = claims["aud"]
+    if claims["iss"] != client_id or claims["sub"] != client_id:
+        raise OAuthError("invalid_client", "client_assertion iss and sub must be the client", status=401)
+    if token_endpoint not in (aud if isinstance(aud, list) else [aud]):
+        raise OAuthError("invalid_client", "client_assertion aud is not the token endpoint", status=401)
+    if isinstance(claims["exp"], bool) or not isinstance(claims["exp"], int | float):
+        raise OAuthError("invalid_client", "client_assertion exp is not a number", status=401)
     exp = datetime.fromtimestamp(int(claims["exp"]), tz=now.tzinfo)
+    if exp + timedelta(seconds=_LEEWAY) <= now:
+        raise OAuthError("invalid_client", "client_assertion expired", status=401)
     if exp - now > timedelta(minutes=10):
         raise OAuthError("invalid_client", "client_assertion lives too long (at most 10 minutes)", status=401)
     if not await claim_jti(key.kid, "jti:" + str(claims["jti"]), exp + timedelta(seconds=_LEEWAY)):
@@ -91,28 +95,26 @@ def issue_access_token(*, signing_key: PrivateKey, issuer: str, consent_id: uuid
         "consent_id": str(consent_id), "cnf": {"jkt": jkt},
         "authorization_details": [dict(d) for d in authorization_details],
     }
-    token = jwt.encode(claims, signing_key.private_key, algorithm=_JWT_ALG[signing_key.alg],
-                       headers={"typ": "at+jwt", "kid": signing_key.kid})
-    return token, int(ttl.total_seconds())
+    return jose.sign_jwt(claims, signing_key, typ="at+jwt"), int(ttl.total_seconds())
 
 
 def verify_access_token(token: str, *, broker_key: PublicKey, issuer: str, now: datetime) -> AccessToken:
     """Signature by the broker, `typ` at+jwt, issuer and audience, not expired; binding checked by the caller."""
     try:
-        header = jwt.get_unverified_header(token)
+        header, _ = jose.peek(token)
         if header.get("typ") != "at+jwt" or header.get("kid") != broker_key.kid:
             raise InvalidToken("not a broker access token")
-        claims = jwt.decode(
-            token, broker_key.key, algorithms=[_JWT_ALG[broker_key.alg]], audience=issuer, issuer=issuer,
-            options={"require": ["iss", "aud", "exp", "iat", "client_id", "consent_id", "cnf"], "verify_exp": False},
-        )
+        _, claims = jose.verify(token, broker_key, algorithms={jose.signing_alg(broker_key)})
+        if claims.get("iss") != issuer or claims.get("aud") != issuer:
+            raise InvalidToken("access token of another issuer or audience")
         consent_id = uuid.UUID(str(claims["consent_id"]))
         jkt = claims["cnf"]["jkt"]
-    except (jwt.PyJWTError, ValueError, KeyError, TypeError) as exc:
+        int(claims["iat"])
+    except (jose.JoseError, ValueError, KeyError, TypeError) as exc:
         raise InvalidToken(f"access token rejected: {exc}") from None
     expires_at = datetime.fromtimestamp(int(claims["exp"]), tz=now.tzinfo)
     if expires_at <= now:
-        # checked here rather than by pyjwt so the injected clock decides, as everywhere else
+        # checked here, not by the JOSE layer, so the injected clock decides, as everywhere else
         raise InvalidToken("access token expired")
     return AccessToken(consent_id, str(claims["client_id"]), str(jkt), expires_at,
                        list(claims.get("authorization_details") or []))

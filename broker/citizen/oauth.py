@@ -32,6 +32,7 @@ from broker.registry import Habilitation
 from broker.service.problems import REQUEST_ID
 from broker.service.state import STATE, BrokerState
 from broker.service.urls import issuer
+from broker.signing import jose
 from broker.storage import db
 from broker.tlog import accesslog
 from broker.tlog.jcs import canonicalize
@@ -308,12 +309,13 @@ async def token(request: web.Request) -> web.Response:
 
 
 def _unverified_iss(assertion: str) -> str:
-    import jwt
-
     try:
-        return str(jwt.decode(assertion, options={"verify_signature": False}).get("iss", ""))
-    except jwt.PyJWTError:
-        raise tokens.OAuthError("invalid_client", "client_assertion is not a JWT", status=401) from None
+        _, claims = jose.peek(assertion)
+    except jose.JoseError:
+        claims = None
+    if claims is None:
+        raise tokens.OAuthError("invalid_client", "client_assertion is not a JWT", status=401)
+    return str(claims.get("iss", ""))
 
 
 async def _redeem_code(state: BrokerState, form: Any, client_id: str, now: datetime,

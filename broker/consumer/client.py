@@ -34,11 +34,10 @@ from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import urlencode
 
 import aiohttp
-import jwt
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from broker.signing import messages
+from broker.signing import jose, messages
 from broker.signing.keys import PrivateKey, PublicKey, public_keys_from_jwks
 from consent.tokens import ASSERTION_TYPE
 
@@ -264,8 +263,7 @@ class BrokerClient:
         now = int(time.time())
         claims = {"iss": self.key_owner, "sub": self.key_owner, "aud": self.base_url + "/oauth/token",
                   "iat": now, "exp": now + 60, "jti": secrets.token_urlsafe(16)}
-        alg = {"ed25519": "EdDSA", "ecdsa-p256-sha256": "ES256"}[self.key.alg]
-        return jwt.encode(claims, self.key.private_key, algorithm=alg, headers={"kid": self.key.kid})
+        return jose.sign_jwt(claims, self.key, typ=None)
 
     async def _token(self, form: dict[str, str]) -> TokenResponse:
         form.update({"client_id": self.key_owner, "client_assertion_type": ASSERTION_TYPE,

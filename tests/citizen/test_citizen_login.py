@@ -385,7 +385,7 @@ def _reason_logged(logs: list[MutableMapping[str, Any]], error: type[Exception],
 
 
 @pytest.mark.parametrize(("lie", "error", "words"), [
-    (Misbehaviour.FORGED_SIGNATURE, oidc.InvalidIdToken, "InvalidSignatureError"),
+    (Misbehaviour.FORGED_SIGNATURE, oidc.InvalidIdToken, "BadSignatureError"),
     (Misbehaviour.UNKNOWN_KEY, oidc.InvalidIdToken, "unknown kid"),
     (Misbehaviour.WRONG_AUDIENCE, oidc.InvalidIdToken, "Audience"),
     (Misbehaviour.WRONG_ISSUER, oidc.InvalidIdToken, "Issuer"),
