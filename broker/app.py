@@ -110,13 +110,15 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _housekeeping(pool: asyncpg.Pool, every: float = 30.0) -> None:
-    """Forget nonces past their window, and mark consents past their expiry as expired (with the event the
-    citizen's record shows); an expired consent is refused anyway, this only keeps the records truthful."""
+    """Forget nonces past their window and pushed authorization requests past theirs, and mark consents past their
+    expiry as expired (with the event the citizen's record shows); an expired consent is refused anyway, this only
+    keeps the records truthful."""
     while True:
         await asyncio.sleep(every)
         try:
             await pool.execute(db.queries()["nonce_purge"])
             await consent_records.expire_due(pool, datetime.now(UTC))
+            await pool.execute(db.queries("consent", "consents.sql")["par_purge"], datetime.now(UTC))
         except db.DB_ERRORS as exc:
             log.warning("housekeeping failed", error=str(exc))
 

@@ -68,6 +68,11 @@ class Config:
     outbox_timeout: float
     citizen_login: CitizenLoginConfig | None = None
     """OpenID Connect login of citizens (FranceConnect); None: not configured, the /citizen/ routes do not exist."""
+    oauth_require_par: bool = False
+    """The consent flow's authorization endpoint takes only pushed requests (RFC 9126 request_uri), as FAPI 2.0."""
+    client_assertion_max_lifetime: float = 3600.0
+    """Seconds a client assertion (private_key_jwt) may live: its exp at most this far ahead. Its jti is kept that
+    long. 3600 is Authlib's default; openid-client's assertions live 60 s."""
 
     @property
     def embedded(self) -> bool:
@@ -85,6 +90,15 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").lower()
+    if raw == "":
+        return default
+    if raw not in ("true", "false"):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return raw == "true"
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -241,6 +255,8 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         outbox_backoff=_float(env, "DLNUF_OUTBOX_BACKOFF", 1.0, 0.01, 3600.0),
         outbox_max_backoff=_float(env, "DLNUF_OUTBOX_MAX_BACKOFF", 900.0, 0.01, 86400.0),
         outbox_timeout=_float(env, "DLNUF_OUTBOX_TIMEOUT", 10.0, 0.1, 300.0),
+        oauth_require_par=_bool(env, "DLNUF_OAUTH_REQUIRE_PAR", False),
+        client_assertion_max_lifetime=_float(env, "DLNUF_CLIENT_ASSERTION_MAX_LIFETIME", 3600.0, 10.0, 86400.0),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - set(Config.__dataclass_fields__)

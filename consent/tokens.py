@@ -1,4 +1,4 @@
-"""OAuth tokens of the consent flow: client assertions (RFC 7523 private_key_jwt) and access tokens (RFC 9068).
+"""Access tokens of the consent flow (RFC 9068), and the OAuth error of its endpoints.
 
 An access token is a JWT signed by the broker, bound to one consent and to the consumer's key: its `cnf.jkt` is the
 RFC 7638 thumbprint of the key the consumer authenticated with, and the exchange endpoint accepts the token only in
@@ -8,7 +8,7 @@ a request signed (RFC 9421) by that very key. A token copied out of a consumer's
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,18 +17,16 @@ from broker.signing import jose
 from broker.signing.keys import PrivateKey, PublicKey, jwk_thumbprint
 
 ACCESS_TOKEN_TTL = timedelta(minutes=10)
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-_LEEWAY = 30  # seconds of clock difference tolerated between consumer and broker
 
 
 class OAuthError(Exception):
-    """An error of the token endpoint (RFC 6749 §5.2) or of the authorization endpoint (§4.1.2.1)."""
+    """An error of the token or PAR endpoint (RFC 6749 §5.2, RFC 9126 §2.3) or of the authorization endpoint
+    (§4.1.2.1). `description` goes to the client as ``error_description``."""
 
-    def __init__(self, error: str, description: str, *, status: int = 400) -> None:
+    def __init__(self, error: str, description: str) -> None:
         super().__init__(f"{error}: {description}")
         self.error = error
         self.description = description
-        self.status = status
 
 
 class InvalidToken(Exception):
@@ -37,44 +35,6 @@ class InvalidToken(Exception):
 
 def thumbprint(key: PublicKey) -> str:
     return jwk_thumbprint(key.to_jwk())
-
-
-async def verify_client_assertion(
-    assertion: str, *, client_id: str, token_endpoint: str, lookup_key: Callable[[str], PublicKey | None],
-    claim_jti: Callable[[str, str, datetime], Awaitable[bool]], now: datetime,
-) -> PublicKey:
-    """Return the client's key that signed a valid, fresh, never-seen assertion; raise `OAuthError(invalid_client)`."""
-    try:
-        header, _ = jose.peek(assertion)
-    except jose.JoseError:
-        raise OAuthError("invalid_client", "client_assertion is not a JWT", status=401) from None
-    kid = header.get("kid")
-    key = lookup_key(kid) if isinstance(kid, str) else None
-    if key is None or key.owner != client_id:
-        raise OAuthError("invalid_client", "unknown client key", status=401)
-    if not key.is_valid_at(now):
-        raise OAuthError("invalid_client", "client key not valid now", status=401)
-    try:
-        _, claims = jose.verify(assertion, key, algorithms=jose.algorithms_for(key))
-    except jose.JoseError as exc:
-        raise OAuthError("invalid_client", f"client_assertion rejected: {exc}", status=401) from None
-    if not all(claims.get(c) for c in ("iss", "sub", "aud", "exp", "jti")):
-        raise OAuthError("invalid_client", "client_assertion lacks iss, sub, aud, exp or jti", status=401)
-    aud = claims["aud"]
-    if claims["iss"] != client_id or claims["sub"] != client_id:
-        raise OAuthError("invalid_client", "client_assertion iss and sub must be the client", status=401)
-    if token_endpoint not in (aud if isinstance(aud, list) else [aud]):
-        raise OAuthError("invalid_client", "client_assertion aud is not the token endpoint", status=401)
-    if isinstance(claims["exp"], bool) or not isinstance(claims["exp"], int | float):
-        raise OAuthError("invalid_client", "client_assertion exp is not a number", status=401)
-    exp = datetime.fromtimestamp(int(claims["exp"]), tz=now.tzinfo)
-    if exp + timedelta(seconds=_LEEWAY) <= now:
-        raise OAuthError("invalid_client", "client_assertion expired", status=401)
-    if exp - now > timedelta(minutes=10):
-        raise OAuthError("invalid_client", "client_assertion lives too long (at most 10 minutes)", status=401)
-    if not await claim_jti(key.kid, "jti:" + str(claims["jti"]), exp + timedelta(seconds=_LEEWAY)):
-        raise OAuthError("invalid_client", "client_assertion replayed", status=401)
-    return key
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,9 +113,10 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
     runners: list[web.AppRunner] = []
 
     async def start(*, basis: str = "consent", redirect_uri: str = CALLBACK, bases: Mapping[str, str] | None = None,
-                    names: Mapping[str, str] | None = None) -> ConsentStack:
+                    names: Mapping[str, str] | None = None, **settings: Any) -> ConsentStack:
         """`basis` for both consumers' habilitations, or `bases[siret]` for those it names; `redirect_uri` is
-        registered for both; `names` names the consumers in the registry (else "Commune <siret>")."""
+        registered for both; `names` names the consumers in the registry (else "Commune <siret>"); `settings`
+        overrides the broker's configuration (`oauth_require_par=True`...)."""
         sandbox_runner, sandbox_url = await start_sandbox(SANDBOX_TOKEN, slow_delay=2.0)
         runners.append(sandbox_runner)
         sock = socket.socket()
@@ -132,7 +133,7 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
         lyon, paris = consumer(LYON), consumer(PARIS)
         text = registry_toml([lyon, paris], provider_url=sandbox_url, basis=basis, bases=bases, names=names,
                              redirect_uri=redirect_uri)
-        config = broker_config(tmp_path, database_url, text, citizen_login=login)
+        config = broker_config(tmp_path, database_url, text, citizen_login=login, **settings)
         app = create_app(config)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
         await runner.setup()

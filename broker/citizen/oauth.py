@@ -1,11 +1,16 @@
 """The consent flow's OAuth 2.0 endpoints: authorization code with PKCE (S256 only), RFC 9396 rich authorization
 requests of type `dlnuf_exchange`, the consent screen, and the token endpoint with RFC 7523 private_key_jwt.
 
-1. `GET /oauth/authorize`: the consumer sends the citizen here. Unknown client or unregistered redirect URI: an
-   error page (never a redirect to an unverified URI). Anything else wrong: back to the client with an OAuth error.
+1. `GET /oauth/authorize`: the consumer sends the citizen here, with the request's parameters or with the
+   ``request_uri`` of a pushed request (RFC 9126, `broker.citizen.par`; only those when
+   ``DLNUF_OAUTH_REQUIRE_PAR``). Unknown client or unregistered redirect URI: an error page (never a redirect to an
+   unverified URI). Anything else wrong: back to the client with an OAuth error, its state and our ``iss``.
 2. `GET /oauth/consent/{id}`: after citizen login, the consent screen, with a preview of the actual values.
 3. `POST /oauth/consent/{id}`: the decision (CSRF-protected); accept or refuse, both recorded; back to the client.
-4. `POST /oauth/token`: code (single use, 60 s, PKCE) or refresh token -> a key-bound access token (RFC 9068).
+4. `POST /oauth/token`: code (single use, 60 s, PKCE) or refresh token -> a key-bound access token (RFC 9068);
+   the client authenticates with private_key_jwt (`consent.client_auth`, `broker.citizen.client_auth`).
+
+The server's RFC 8414 metadata, which standard clients discover these endpoints from, is `broker.citizen.metadata`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import base64
 import hashlib
 import secrets
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -25,14 +31,14 @@ from aiohttp import web
 import schemas
 from adapters.base import AdapterError, AdapterQuery
 from adapters.identity import Subject
-from broker.citizen import pages
+from broker.citizen import metadata, oauth_request, pages, par
+from broker.citizen.client_auth import NO_STORE, PAR_PATH, TOKEN_PATH, authenticate, oauth_error, read_form
 from broker.citizen.login import citizen_required
 from broker.exchange import authz
 from broker.registry import Habilitation
 from broker.service.problems import REQUEST_ID
 from broker.service.state import STATE, BrokerState
 from broker.service.urls import issuer
-from broker.signing import jose
 from broker.storage import db
 from broker.tlog import accesslog
 from broker.tlog.jcs import canonicalize
@@ -75,44 +81,31 @@ def _error_page(title: str, message: str, status: int = 400) -> web.Response:
 
 async def authorize(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    q = request.query
-    client_id, redirect_uri, client_state = q.get("client_id", ""), q.get("redirect_uri", ""), q.get("state")
-    registry = state.registry.current
-    org = registry.organisation(client_id)
-    if org is None or "consumer" not in org.roles:
-        log.warning("authorize refused", reason="unknown client", client_id=client_id[:64])
-        return _error_page("Demande invalide", "Le service qui vous a envoyé ici n'est pas connu de DLNUF.")
-    if redirect_uri not in org.redirect_uris:
-        log.warning("authorize refused", reason="redirect_uri not registered", client_id=client_id)
-        return _error_page("Demande invalide", "L'adresse de retour de ce service n'est pas enregistrée.")
-    iss = issuer(request, state.config.public_url)
-
-    def back(error: str, description: str) -> web.HTTPFound:
-        log.warning("authorize refused", reason=description, client_id=client_id, error=error)
-        return _redirect(redirect_uri, error=error, error_description=description, state=client_state, iss=iss)
-
-    if q.get("response_type") != "code":
-        raise back("unsupported_response_type", "response_type must be code")
-    challenge = q.get("code_challenge", "")
-    if q.get("code_challenge_method") != "S256" or not 43 <= len(challenge) <= 128:
-        raise back("invalid_request", "PKCE with code_challenge_method=S256 is required")
-    try:
-        details = rar.parse(q.get("authorization_details", ""), default_recipient=client_id)
-    except rar.InvalidAuthorizationDetails as exc:
-        raise back("invalid_authorization_details", str(exc)) from None
-    hab = registry.habilitation(client_id, details.dataset)
-    try:
-        if hab is None:
-            raise rar.InvalidAuthorizationDetails(f"no habilitation for dataset {details.dataset!r}")
-        rar.verify_within(details, purposes=hab.purposes, allowed_fields=hab.fields, recipients=hab.recipients,
-                          basis=hab.legal_basis.type)
-    except rar.InvalidAuthorizationDetails as exc:
-        raise back("invalid_authorization_details", str(exc)) from None
-    assert hab is not None
-    request_id = uuid.uuid4()
     now = datetime.now(UTC)
-    await state.pool.execute(_q()["authorization_request_insert"], request_id, client_id, redirect_uri,
-                             client_state, challenge, [details.to_json()], hab.id, now + REQUEST_TTL)
+    params: Mapping[str, str] = request.query
+    pushed = "request_uri" in params
+    try:
+        if pushed:  # RFC 9126: the parameters were pushed by the authenticated client; only client_id comes along
+            params = await par.consume(state, request.query, now)
+        parsed = oauth_request.parse(state.registry.current, params, pushed=pushed,
+                                     require_pushed=state.config.oauth_require_par)
+    except par.RequestUriUnusable as exc:
+        log.warning("authorize refused", reason=str(exc))
+        return _error_page("Demande expirée", "Cette demande a déjà servi ou a expiré. Retournez sur le site du "
+                           "service pour recommencer.")
+    except oauth_request.NoRedirect as exc:
+        log.warning("authorize refused", reason=str(exc))
+        if "redirect_uri" in str(exc):
+            return _error_page("Demande invalide", "L'adresse de retour de ce service n'est pas enregistrée.")
+        return _error_page("Demande invalide", "Le service qui vous a envoyé ici n'est pas connu de DLNUF.")
+    except oauth_request.Refused as exc:
+        log.warning("authorize refused", reason=exc.description, error=exc.error)
+        raise _redirect(exc.redirect_uri, error=exc.error, error_description=exc.description, state=exc.state,
+                        iss=issuer(request, state.config.public_url)) from None
+    request_id = uuid.uuid4()
+    await state.pool.execute(_q()["authorization_request_insert"], request_id, parsed.client_id, parsed.redirect_uri,
+                             parsed.state, parsed.code_challenge, [parsed.details.to_json()], parsed.habilitation.id,
+                             now + REQUEST_TTL)
     raise web.HTTPFound(f"/oauth/consent/{request_id}")
 
 
@@ -260,40 +253,24 @@ async def consent_decision(request: web.Request, citizen: CitizenSession) -> web
 # -- 4. token endpoint --------------------------------------------------------------------------------------------
 
 
-def _oauth_error(error: str, description: str, status: int = 400) -> web.Response:
-    log.warning("token refused", error=error, reason=description)
-    headers = {"Cache-Control": "no-store"}
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer error="invalid_client"'
-    return web.json_response({"error": error, "error_description": description}, status=status, headers=headers)
-
-
 async def token(request: web.Request) -> web.Response:
     state = request.app[STATE]
     now = datetime.now(UTC)
-    if request.content_type != "application/x-www-form-urlencoded":
-        return _oauth_error("invalid_request", "the token endpoint takes application/x-www-form-urlencoded")
-    form = await request.post()
-    grant = str(form.get("grant_type", ""))
-    if form.get("client_assertion_type") != tokens.ASSERTION_TYPE or not form.get("client_assertion"):
-        return _oauth_error("invalid_client", "private_key_jwt client authentication is required", 401)
     iss = issuer(request, state.config.public_url)
-    assertion = str(form["client_assertion"])
     try:
-        claimed_client = str(form.get("client_id") or _unverified_iss(assertion))
-        key = await tokens.verify_client_assertion(
-            assertion, client_id=claimed_client, token_endpoint=iss + "/oauth/token", lookup_key=state.lookup_key,
-            claim_jti=state.claim_nonce, now=now)
+        form = await read_form(request)
+        client_id, key = await authenticate(request, form, endpoint=TOKEN_PATH)
+        grant = form.get("grant_type", "")
         if grant == "authorization_code":
-            consent_id, details = await _redeem_code(state, form, claimed_client, now)
+            consent_id, details = await _redeem_code(state, form, client_id, now)
         elif grant == "refresh_token":
-            consent_id, details = await _redeem_refresh(state, form, claimed_client, now)
+            consent_id, details = await _redeem_refresh(state, form, client_id, now)
         else:
             raise tokens.OAuthError("unsupported_grant_type", "authorization_code or refresh_token")
     except tokens.OAuthError as exc:
-        return _oauth_error(exc.error, exc.description, exc.status)
+        return oauth_error(request, exc, where="token")
     access_token, expires_in = tokens.issue_access_token(
-        signing_key=state.signing_key, issuer=iss, consent_id=consent_id, client_id=claimed_client,
+        signing_key=state.signing_key, issuer=iss, consent_id=consent_id, client_id=client_id,
         jkt=tokens.thumbprint(key), authorization_details=details, now=now)
     body: dict[str, Any] = {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in,
                             "authorization_details": details}
@@ -301,21 +278,10 @@ async def token(request: web.Request) -> web.Response:
         refresh = secrets.token_urlsafe(32)
         consent = await records.get(state.pool, consent_id)
         assert consent is not None
-        await state.pool.execute(_q()["refresh_insert"], _sha256(refresh), consent_id, claimed_client,
+        await state.pool.execute(_q()["refresh_insert"], _sha256(refresh), consent_id, client_id,
                                  consent.expires_at)
         body["refresh_token"] = refresh
-    return web.Response(body=orjson.dumps(body), content_type="application/json",
-                        headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
-
-
-def _unverified_iss(assertion: str) -> str:
-    try:
-        _, claims = jose.peek(assertion)
-    except jose.JoseError:
-        claims = None
-    if claims is None:
-        raise tokens.OAuthError("invalid_client", "client_assertion is not a JWT", status=401)
-    return str(claims.get("iss", ""))
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=NO_STORE)
 
 
 async def _redeem_code(state: BrokerState, form: Any, client_id: str, now: datetime,
@@ -361,4 +327,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/oauth/authorize", authorize)
     app.router.add_get("/oauth/consent/{id}", consent_page)
     app.router.add_post("/oauth/consent/{id}", consent_decision)
-    app.router.add_post("/oauth/token", token)
+    app.router.add_post(TOKEN_PATH, token)
+    app.router.add_post(PAR_PATH, par.push)
+    metadata.add_routes(app.router)

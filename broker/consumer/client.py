@@ -39,7 +39,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from broker.signing import jose, messages
 from broker.signing.keys import PrivateKey, PublicKey, public_keys_from_jwks
-from consent.tokens import ASSERTION_TYPE
+from consent.client_auth import ASSERTION_TYPE, TYP
 
 Signature: TypeAlias = Literal["bound", "unbound"]
 """What a verified answer's signature proved: by the broker and bound to the request, or by the broker only."""
@@ -259,11 +259,12 @@ class BrokerClient:
         return self.client_id
 
     def client_assertion(self) -> str:
-        """RFC 7523 private_key_jwt: a short-lived JWT by the organisation key, for the token endpoint only."""
+        """RFC 7523 private_key_jwt: a short-lived JWT by the organisation key, for the broker only (its ``aud`` is
+        the broker's issuer identifier and its type ``client-authentication+jwt``, as rfc7523bis recommends)."""
         now = int(time.time())
-        claims = {"iss": self.key_owner, "sub": self.key_owner, "aud": self.base_url + "/oauth/token",
+        claims = {"iss": self.key_owner, "sub": self.key_owner, "aud": self.base_url,
                   "iat": now, "exp": now + 60, "jti": secrets.token_urlsafe(16)}
-        return jose.sign_jwt(claims, self.key, typ=None)
+        return jose.sign_jwt(claims, self.key, typ=TYP)
 
     async def _token(self, form: dict[str, str]) -> TokenResponse:
         form.update({"client_id": self.key_owner, "client_assertion_type": ASSERTION_TYPE,

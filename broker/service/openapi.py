@@ -373,6 +373,15 @@ def _portal_paths() -> dict[str, Any]:
     }
 
 
+_CLIENT_AUTH = (
+    "Client authentication: private_key_jwt only (RFC 7523), a JWT signed by one of the client's registry keys: "
+    "`iss` and `sub` the client_id; `aud` the issuer identifier, this endpoint's URL or the token endpoint's; "
+    "`typ` absent, `JWT` or `client-authentication+jwt`; `alg` `Ed25519` or `EdDSA` (Ed25519 keys), `ES256` "
+    "(P-256 keys); `kid` optional (without it, each of the client's live keys is tried); `exp` at most "
+    "DLNUF_CLIENT_ASSERTION_MAX_LIFETIME seconds ahead (default 3600); `jti` never used before. A refused client "
+    "gets 400 invalid_client (401 with a challenge only if it tried the Authorization header).")
+
+
 def _consent_paths() -> dict[str, Any]:
     """The consent flow (OAuth 2.0 + PKCE + RFC 9396 + RFC 7523) and the citizen's JSON API, present with citizen
     login."""
@@ -381,19 +390,34 @@ def _consent_paths() -> dict[str, Any]:
         "schema": {"type": "object", "required": ["error"], "properties": {
             "error": {"type": "string"}, "error_description": {"type": "string"}}}}}}
     csrf = [{"name": "X-CSRF-Token", "in": "header", "required": True, "schema": {"type": "string"}}]
+    oauth_401 = {**oauth_error, "description": "invalid_client, only when the client tried the Authorization "
+                                                  "header: with a WWW-Authenticate challenge of its scheme"}
+
+    def client_form(*names: str) -> dict[str, Any]:
+        return {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+            "type": "object", "required": ["client_assertion_type", "client_assertion"],
+            "properties": {n: {"type": "string"} for n in (
+                *names, "client_id", "client_assertion_type", "client_assertion")}}}}}
+
     citizen = {"401": _problem("citizen-login-required"), "404": _problem("not-found: not this citizen's")}
     consent_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
     return {
         "/oauth/authorize": {"get": {
             "operationId": "oauthAuthorize", "tags": ["consent"],
             "summary": "Start a consent: code flow, PKCE S256 only, authorization_details of type dlnuf_exchange",
+            "description": "With the request's parameters, or with `client_id` and the `request_uri` a pushed "
+                           "authorization request returned (RFC 9126; the only way when "
+                           "`require_pushed_authorization_requests` is true in the metadata). Every redirect to the "
+                           "client carries `iss` (RFC 9207).",
             "parameters": [{"name": n, **query} for n in (
                 "response_type", "client_id", "redirect_uri", "state", "code_challenge", "code_challenge_method",
-                "authorization_details")],
+                "authorization_details", "request_uri")],
             "responses": {
                 "302": _redirect("To the consent screen; or back to the client with an OAuth error "
-                                 "(invalid_request, unsupported_response_type, invalid_authorization_details)."),
-                "400": _html("Unknown client or unregistered redirect URI: an error page, never a redirect."),
+                                 "(invalid_request, unsupported_response_type, invalid_authorization_details, "
+                                 "request_not_supported)."),
+                "400": _html("Unknown client, unregistered redirect URI, or a request_uri unknown, used, expired or "
+                             "another client's: an error page, never a redirect."),
             }}},
         "/oauth/consent/{id}": {
             "get": {"operationId": "consentScreen", "tags": ["consent"],
@@ -414,14 +438,31 @@ def _consent_paths() -> dict[str, Any]:
         "/oauth/token": {"post": {
             "operationId": "oauthToken", "tags": ["consent"],
             "summary": "Code or refresh token -> access token (RFC 9068) bound to the consent and the client's key",
-            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
-                "type": "object", "required": ["grant_type", "client_assertion_type", "client_assertion"],
-                "properties": {n: {"type": "string"} for n in (
-                    "grant_type", "code", "redirect_uri", "code_verifier", "refresh_token", "client_id",
-                    "client_assertion_type", "client_assertion")}}}}},
+            "description": _CLIENT_AUTH,
+            "requestBody": client_form("grant_type", "code", "redirect_uri", "code_verifier", "refresh_token"),
             "responses": {"200": _json("access_token, token_type, expires_in, authorization_details, "
                                        "refresh_token (periodic consents)"),
-                          "400": oauth_error, "401": oauth_error}}},
+                          "400": oauth_error, "401": oauth_401}}},
+        "/oauth/par": {"post": {
+            "operationId": "oauthPushedAuthorizationRequest", "tags": ["consent"],
+            "summary": "RFC 9126: push an authorization request's parameters, get a request_uri for the browser",
+            "description": "The body holds the parameters `/oauth/authorize` takes (checked the same way, at once) "
+                           "and the client authentication. " + _CLIENT_AUTH,
+            "requestBody": client_form("response_type", "redirect_uri", "state", "code_challenge",
+                                       "code_challenge_method", "authorization_details"),
+            "responses": {"201": _json("request_uri (urn:ietf:params:oauth:request_uri:…), expires_in (s): "
+                                       "single use"),
+                          "400": oauth_error, "401": oauth_401}}},
+        "/.well-known/oauth-authorization-server": {"get": {
+            "operationId": "oauthMetadata", "tags": ["consent"],
+            "summary": "RFC 8414 authorization server metadata of the consent flow",
+            "responses": {"200": _json("issuer, endpoints, require_pushed_authorization_requests, "
+                                       "authorization_details_types_supported, code_challenge_methods_supported, "
+                                       "token_endpoint_auth_methods_supported and signing algorithms, …")}}},
+        "/.well-known/openid-configuration": {"get": {
+            "operationId": "oauthMetadataOpenId", "tags": ["consent"],
+            "summary": "The same RFC 8414 document, where OpenID-first clients look (the broker issues no id_token)",
+            "responses": {"200": _json("As /.well-known/oauth-authorization-server")}}},
         "/citizen/api/consents": {"get": {
             "operationId": "myConsents", "tags": ["citizen"], "summary": "My consents, every state",
             "responses": {"200": _json("consents"), **citizen}}},
@@ -503,7 +544,9 @@ def openapi_document() -> dict[str, Any]:
                     "200": _json("Released: the data, after its access-log entry was committed.",
                                  {"$ref": "#/components/schemas/ExchangeResponse"}),
                     "400": _problem("invalid-request or invalid-subject"),
-                    "401": _problem("signature-rejected"),
+                    "401": _problem("signature-rejected (with `WWW-Authenticate: Signature` and RFC 9421 "
+                                    "`Accept-Signature`) or invalid-token (with `WWW-Authenticate: Bearer "
+                                    "error=\"invalid_token\"`, RFC 6750)"),
                     "403": _problem("not-authorized or legal-basis-refused"),
                     "404": _problem("unknown-dataset or subject-not-found"),
                     "409": _problem("identity-ambiguous"),

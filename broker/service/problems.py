@@ -34,14 +34,27 @@ class ProblemType:
     status: int
     title: str
     description: str
+    auth_headers: tuple[tuple[str, str], ...] = ()
+    """What an answer of this type carries to say how to authenticate: the WWW-Authenticate challenge RFC 9110
+    §15.5.2 wants on every 401, and for signatures the RFC 9421 `Accept-Signature`."""
 
     @property
     def uri(self) -> str:
         return PROBLEM_BASE + self.slug
 
 
-def _p(slug: str, status: int, title: str, description: str) -> ProblemType:
-    return ProblemType(slug, status, title, description)
+def _p(slug: str, status: int, title: str, description: str, *auth_headers: tuple[str, str]) -> ProblemType:
+    return ProblemType(slug, status, title, description, auth_headers)
+
+
+# Challenges: RFC 6750 §3 for the consent flow's access tokens (no error_description: the reason stays in the log);
+# RFC 9421 defines no authentication scheme, so the signature challenge names the mechanism and `Accept-Signature`
+# (RFC 9421 §5.1) says what to sign; a citizen session is a cookie, named after the old Cookie-scheme draft.
+BEARER_CHALLENGE = ("WWW-Authenticate", 'Bearer error="invalid_token"')
+SIGNATURE_CHALLENGE = ("WWW-Authenticate", 'Signature realm="dlnuf"')
+ACCEPT_SIGNATURE = ("Accept-Signature", 'sig1=("@method" "@target-uri" "content-digest");created;keyid;nonce')
+COOKIE_CHALLENGE = ("WWW-Authenticate",
+                    'Cookie realm="dlnuf-citizen", form-action="/citizen/login", cookie-name="dlnuf_session"')
 
 
 # Order matters: the first class an exception is an instance of wins, so leaves come before their bases.
@@ -51,12 +64,15 @@ _ANSWER_INVALID = _p("provider-answer-invalid", 502, "Provider answer invalid",
 PROBLEMS: list[tuple[type[BaseException], ProblemType]] = [
     (SignatureRejected, _p("signature-rejected", 401, "Signature rejected",
                            "The request is not signed, or its RFC 9421 signature, Content-Digest, key, freshness "
-                           "or nonce did not verify. The reason is in the broker's log, not in the answer.")),
+                           "or nonce did not verify. The reason is in the broker's log, not in the answer.",
+                           SIGNATURE_CHALLENGE, ACCEPT_SIGNATURE)),
     (InvalidToken, _p("invalid-token", 401, "Invalid access token",
                       "The access token is not the broker's, expired, not covered by the request signature, or "
-                      "presented with another key than the one it is bound to. The reason is in the broker's log.")),
+                      "presented with another key than the one it is bound to. The reason is in the broker's log.",
+                      BEARER_CHALLENGE)),
     (errors.LoginRequired, _p("citizen-login-required", 401, "Login required",
-                              "This route is for a logged-in citizen (FranceConnect): log in at /citizen/login.")),
+                              "This route is for a logged-in citizen (FranceConnect): log in at /citizen/login.",
+                              COOKIE_CHALLENGE)),
     (errors.CsrfFailed, _p("csrf-failed", 403, "CSRF check failed",
                            "A state-changing call needs the session's CSRF token in X-CSRF-Token.")),
     (errors.UnknownDataset, _p("unknown-dataset", 404, "Unknown dataset",
@@ -141,6 +157,8 @@ def problem_response(problem: ProblemType, *, detail: str | None = None, request
         body["instance"] = f"urn:uuid:{request_id}"
         body["request_id"] = request_id
     body.update(extra)
+    if problem.auth_headers:
+        headers = {**(headers or {}), **dict(problem.auth_headers)}
     return web.Response(status=problem.status, body=orjson.dumps(body), content_type=CONTENT_TYPE,
                         headers=headers)
 

@@ -160,6 +160,10 @@ class BrokerState:
     def lookup_key(self, kid: str) -> PublicKey | None:
         return self.registry.keys.get(kid)
 
+    def keys_of(self, owner: str) -> list[PublicKey]:
+        """Every key the registry holds for an organisation, live or not (callers check the validity)."""
+        return [k for k in self.registry.keys.values() if k.owner == owner]
+
     async def claim_nonce(self, kid: str, nonce: str, expires_at: datetime) -> bool:
         try:
             claimed = await db.fetchval(self.pool, db.queries()["nonce_claim"], kid, nonce, expires_at)

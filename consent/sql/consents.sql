@@ -79,3 +79,15 @@ INSERT INTO refresh_tokens (token_hash, consent_id, client_id, expires_at) VALUE
 
 -- name: refresh_get
 SELECT * FROM refresh_tokens WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2;
+
+-- name: par_insert
+INSERT INTO pushed_authorization_requests (request_uri_sha256, client_id, parameters, expires_at)
+VALUES ($1, $2, $3, $4);
+
+-- name: par_consume
+-- Single use: the first presentation marks it, fresh or not; any later one finds used_at set.
+UPDATE pushed_authorization_requests SET used_at = $2 WHERE request_uri_sha256 = $1 AND used_at IS NULL
+RETURNING *, (expires_at > $2) AS fresh;
+
+-- name: par_purge
+DELETE FROM pushed_authorization_requests WHERE expires_at < $1;

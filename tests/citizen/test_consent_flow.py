@@ -173,7 +173,9 @@ async def test_token_endpoint_needs_the_clients_own_key(stack: ConsentStack) -> 
         paris.client_id = LYON
         with pytest.raises(OAuthFailed) as refused:
             await paris.exchange_code(code=code, code_verifier=auth.code_verifier, redirect_uri=CALLBACK)
-    assert refused.value.status == 401 and refused.value.error == "invalid_client"
+    # 400, not 401: private_key_jwt is no HTTP authentication scheme, so there is no challenge (RFC 6749 §5.2)
+    assert refused.value.status == 400 and refused.value.error == "invalid_client"
+    assert refused.value.description == "client authentication failed"  # which check failed is for the log
 
 
 async def test_token_presented_with_another_consumers_key_or_expired(stack: ConsentStack) -> None:
