@@ -6,6 +6,10 @@
 
 `frequency` is `one_time` (one exchange, then the consent is used up) or `periodic` (any number of exchanges until
 it expires after `duration_days`, at most 365). Every member is checked against the consumer's habilitation.
+
+A request may carry several objects (RFC 9396 §2): one per dataset, or per purpose or recipient of a dataset. The
+citizen decides on each, and each accepted one becomes its own consent record. Two objects may not ask the same
+dataset for the same purpose and recipient: the exchange could not tell which consent it stands on.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import orjson
 
 TYPE = "dlnuf_exchange"
 MAX_DAYS = 365
+MAX_OBJECTS = 8
 _FIELD = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*){0,7}$")
 
 
@@ -40,16 +45,25 @@ class ExchangeAuthorization:
                 "frequency": self.frequency, "duration_days": self.duration_days, "recipient": self.recipient}
 
 
-def parse(raw: str | Sequence[Any], *, default_recipient: str) -> ExchangeAuthorization:
-    """Parse the `authorization_details` parameter: a JSON array with exactly one `dlnuf_exchange` object."""
+def parse(raw: str | Sequence[Any], *, default_recipient: str) -> tuple[ExchangeAuthorization, ...]:
+    """Parse the `authorization_details` parameter: a JSON array of 1 to `MAX_OBJECTS` `dlnuf_exchange` objects."""
     if isinstance(raw, str):
         try:
             raw = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise InvalidAuthorizationDetails("authorization_details is not JSON") from None
-    if not isinstance(raw, list) or len(raw) != 1 or not isinstance(raw[0], Mapping):
-        raise InvalidAuthorizationDetails("authorization_details must be an array of one object")
-    d = raw[0]
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_OBJECTS:
+        raise InvalidAuthorizationDetails(f"authorization_details must be an array of 1 to {MAX_OBJECTS} objects")
+    parsed = tuple(_parse_one(d, default_recipient=default_recipient) for d in raw)
+    keys = [(a.dataset, a.purpose, a.recipient) for a in parsed]
+    if len(set(keys)) != len(keys):
+        raise InvalidAuthorizationDetails("two authorization_details ask the same dataset, purpose and recipient")
+    return parsed
+
+
+def _parse_one(d: Any, *, default_recipient: str) -> ExchangeAuthorization:
+    if not isinstance(d, Mapping):
+        raise InvalidAuthorizationDetails("each authorization_details member must be an object")
     if d.get("type") != TYPE:
         raise InvalidAuthorizationDetails(f"authorization_details type must be {TYPE!r}")
     unknown = set(d) - {"type", "dataset", "purpose", "fields", "frequency", "duration_days", "recipient"}

@@ -61,9 +61,10 @@ class ConsentStack:
         return BrokerClient(self.broker, key=c.key, client_id=c.siret)
 
     async def walk(self, browser: aiohttp.ClientSession, url: str, *, citizen: str = "dupont-marie-claire",
-                   decision: str = "accept", untick: tuple[str, ...] = (), stop_at: str = CALLBACK) -> Arrival:
-        """Follow redirects as a browser does; log in at the OP and answer the consent screen when met; stop at
-        the consumer's redirect URI."""
+                   decision: str = "accept", untick: tuple[str, ...] = (), stop_at: str = CALLBACK,
+                   at_the_op: str = "accept") -> Arrival:
+        """Follow redirects as a browser does; log in at the OP (or cancel there: `at_the_op="cancel"`) and answer
+        the consent screen when met; stop at the consumer's redirect URI."""
         method, data = "GET", None
         for _ in range(20):
             async with browser.request(method, url, data=data, allow_redirects=False) as resp:
@@ -79,12 +80,13 @@ class ConsentStack:
                 continue
             assert status == 200, f"{status} at {here}: {body[:500]}"
             if str(here).startswith(self.issuer + "/authorize"):
-                action, form = pick_citizen(body, citizen)
+                action, form = pick_citizen(body, citizen, at_the_op)
                 method, url, data = "POST", str(here.join(URL(action))), form
                 continue
             if "/oauth/consent/" in str(here):
                 [form] = [f for f in parse_forms(body) if f.method == "post"]
-                fields = [v for v in form.choices.get("fields", []) if v not in untick]
+                # each box is "<object>:<field path>"; `untick` names paths, for every object that asks them
+                fields = [v for v in form.choices.get("fields", []) if v.split(":", 1)[1] not in untick]
                 method, url = "POST", str(here.join(URL(form.action)))
                 data = aiohttp.FormData([("csrf", form.fields["csrf"]), ("decision", decision),
                                          *[("fields", f) for f in fields]])
@@ -113,7 +115,8 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
     runners: list[web.AppRunner] = []
 
     async def start(*, basis: str = "consent", redirect_uri: str = CALLBACK, bases: Mapping[str, str] | None = None,
-                    names: Mapping[str, str] | None = None, **settings: Any) -> ConsentStack:
+                    names: Mapping[str, str] | None = None,
+                    extra_datasets: Mapping[str, tuple[str, ...]] | None = None, **settings: Any) -> ConsentStack:
         """`basis` for both consumers' habilitations, or `bases[siret]` for those it names; `redirect_uri` is
         registered for both; `names` names the consumers in the registry (else "Commune <siret>"); `settings`
         overrides the broker's configuration (`oauth_require_par=True`...)."""
@@ -132,7 +135,7 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
                                    cookie_secure=False)
         lyon, paris = consumer(LYON), consumer(PARIS)
         text = registry_toml([lyon, paris], provider_url=sandbox_url, basis=basis, bases=bases, names=names,
-                             redirect_uri=redirect_uri)
+                             redirect_uri=redirect_uri, extra_datasets=extra_datasets)
         config = broker_config(tmp_path, database_url, text, citizen_login=login, **settings)
         app = create_app(config)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,10 +44,12 @@ def registry_toml(
     redirect_uri: str | None = None,
     bases: Mapping[str, str] | None = None,
     names: Mapping[str, str] | None = None,
+    extra_datasets: Mapping[str, tuple[str, ...]] | None = None,
 ) -> str:
     """A registry with the API Particulier provider and one quotient_familial habilitation per consumer, on
     `basis`, or on `bases[siret]` for the consumers it names; consumers are called `names[siret]`, or "Commune
-    <siret>"."""
+    <siret>". `extra_datasets` (dataset -> fields) adds datasets of the same provider, each with a habilitation per
+    consumer on the same basis."""
     parts = [f"""
 [[organisations]]
 siret = "{PROVIDER}"
@@ -71,7 +74,7 @@ jwk = {_inline(c.key.public_jwk())}
 id = "api-particulier"
 provider = "{PROVIDER}"
 kind = "api_particulier"
-datasets = ["quotient_familial"]
+datasets = {json.dumps(["quotient_familial", *(extra_datasets or {})])}
 options = {{ base_url = "{provider_url}", token_env = "{TOKEN_ENV}", timeout = {timeout} }}
 """)
     field_line = "fields = [" + ", ".join(f'"{f}"' for f in fields) + "]" if fields else ""
@@ -87,5 +90,17 @@ recipients = ["{c.siret}", "{c.siret}/cantine"]
 retention = "P1Y"
 legal_basis = {{ type = "{(bases or {}).get(c.siret, basis)}", title = "CRPA, article L114-8", url = "{LEGAL_URL}" }}
 {habilitation_extra}
+""")
+        for dataset, extra_fields in (extra_datasets or {}).items():
+            parts.append(f"""
+[[habilitations]]
+id = "{dataset}-{c.siret}"
+consumer = "{c.siret}"
+dataset = "{dataset}"
+purposes = ["{PURPOSE}"]
+fields = {json.dumps(list(extra_fields))}
+recipients = ["{c.siret}"]
+retention = "P1Y"
+legal_basis = {{ type = "{(bases or {}).get(c.siret, basis)}", title = "CRPA, article L114-8", url = "{LEGAL_URL}" }}
 """)
     return "".join(parts)

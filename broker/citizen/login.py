@@ -88,6 +88,11 @@ _LOGIN_SEAL = "dlnuf/citizen-login/v1:"
 
 OIDC = web.AppKey("citizen_oidc", oidc.OidcClient)
 LOGIN_CONFIG = web.AppKey("citizen_login_config", CitizenLoginConfig)
+LoginDeniedHook = Callable[[web.Request, str, str], Awaitable[web.StreamResponse | None]]
+LOGIN_DENIED: web.AppKey[LoginDeniedHook] = web.AppKey("citizen_login_denied")
+"""Who hears that the citizen cancelled at the OP, given `next` and the OP's error: a response to send instead of
+the login's own page, or None. The consent flow sets it, to send the client ``access_denied`` (this module sits
+below it and does not know it)."""
 
 LOGIN_REQUIRED = problem_for(LoginRequired("no citizen session"))
 CSRF_FAILED = problem_for(CsrfFailed("bad or missing CSRF token"))
@@ -242,7 +247,7 @@ async def login(request: web.Request) -> web.Response:
     return response
 
 
-async def callback(request: web.Request) -> web.Response:
+async def callback(request: web.Request) -> web.StreamResponse:
     settings = request.config_dict[CITIZEN_SESSIONS]
     state = request.query.get("state", "")
     cookie_name = _login_cookie_name(state)
@@ -260,7 +265,13 @@ async def callback(request: web.Request) -> web.Response:
         result = await request.config_dict[OIDC].finish(code=code, code_verifier=login_state["verifier"],
                                                 nonce=login_state["nonce"])
     except oidc.LoginError as exc:
-        response = _refusal(request, exc, next_path)
+        response: web.StreamResponse | None = None
+        denied = request.config_dict.get(LOGIN_DENIED)
+        if isinstance(exc, oidc.LoginDenied) and next_path != DEFAULT_NEXT and denied is not None:
+            # this browser started this login (its sealed state opened) for `next_path`: let its owner answer
+            response = await denied(request, next_path, exc.error)
+        if response is None:
+            response = _refusal(request, exc, next_path)
         response.del_cookie(cookie_name, path=CALLBACK_PATH)
         return response
     # 3. a new session, under a new token: a token planted in this browser before the login is worth nothing

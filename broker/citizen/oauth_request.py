@@ -47,8 +47,9 @@ class AuthorizationRequest:
     redirect_uri: str
     state: str | None
     code_challenge: str
-    details: rar.ExchangeAuthorization
-    habilitation: Habilitation
+    details: tuple[rar.ExchangeAuthorization, ...]
+    habilitations: tuple[Habilitation, ...]
+    """One per object of `details`, in the same order."""
 
 
 def parse(registry: Registry, params: Mapping[str, str], *, pushed: bool, require_pushed: bool,
@@ -79,14 +80,17 @@ def parse(registry: Registry, params: Mapping[str, str], *, pushed: bool, requir
     challenge = params.get("code_challenge", "")
     if params.get("code_challenge_method") != PKCE_METHOD or not 43 <= len(challenge) <= 128:
         raise refuse("invalid_request", "PKCE with code_challenge_method=S256 is required")
-    # 3. what the citizen is asked, inside the client's habilitation
+    # 3. what the citizen is asked, each object inside one of the client's habilitations
+    habilitations = []
     try:
         details = rar.parse(params.get("authorization_details", ""), default_recipient=client_id)
-        hab = registry.habilitation(client_id, details.dataset)
-        if hab is None:
-            raise rar.InvalidAuthorizationDetails(f"no habilitation for dataset {details.dataset!r}")
-        rar.verify_within(details, purposes=hab.purposes, allowed_fields=hab.fields, recipients=hab.recipients,
-                          basis=hab.legal_basis.type)
+        for asked in details:
+            hab = registry.habilitation(client_id, asked.dataset)
+            if hab is None:
+                raise rar.InvalidAuthorizationDetails(f"no habilitation for dataset {asked.dataset!r}")
+            rar.verify_within(asked, purposes=hab.purposes, allowed_fields=hab.fields, recipients=hab.recipients,
+                              basis=hab.legal_basis.type)
+            habilitations.append(hab)
     except rar.InvalidAuthorizationDetails as exc:
         raise refuse("invalid_authorization_details", str(exc)) from None
-    return AuthorizationRequest(client_id, redirect_uri, state, challenge, details, hab)
+    return AuthorizationRequest(client_id, redirect_uri, state, challenge, details, tuple(habilitations))

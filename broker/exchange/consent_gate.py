@@ -30,7 +30,7 @@ def bearer_token(request: web.Request) -> str | None:
 
 
 async def consent_from_token(state: BrokerState, verified: VerifiedRequest, token: str | None, *, issuer: str,
-                             now: datetime) -> records.Consent:
+                             dataset: str, purpose: str, recipient: str, now: datetime) -> records.Consent:
     # 1. A token must be there, and inside the signature: an unsigned Authorization could be swapped in transit.
     if token is None:
         raise ConsentMissing("consent-based habilitation and no access token presented")
@@ -41,8 +41,11 @@ async def consent_from_token(state: BrokerState, verified: VerifiedRequest, toke
                                         issuer=issuer, now=now)
     if access.client_id != verified.organisation or access.jkt != tokens.thumbprint(verified.key):
         raise tokens.InvalidToken(f"token of {access.client_id} presented with key {verified.kid}")
-    # 3. The consent exists.
-    consent = await records.get(state.pool, access.consent_id)
+    # 3. The consent, among those the token stands for, that this exchange is about, exists.
+    consent_id = access.consent_for(dataset=dataset, purpose=purpose, recipient=recipient)
+    if consent_id is None:
+        raise records.ConsentUnusable("other-dataset")
+    consent = await records.get(state.pool, consent_id)
     if consent is None:
         raise records.ConsentUnusable("unknown")
     return consent

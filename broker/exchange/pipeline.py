@@ -168,7 +168,8 @@ async def handle_exchange(request: web.Request) -> web.Response:
         subject = ask.subject
         if hab.legal_basis.type == "consent":
             consent = await consent_from_token(state, verified, token, now=now,
-                                               issuer=issuer(request, state.config.public_url))
+                                               issuer=issuer(request, state.config.public_url), dataset=ask.dataset,
+                                               purpose=ask.purpose, recipient=ask.recipient)
             entry.subject_key = consent.subject_key  # a refusal from here on is logged against this citizen
             verify_consent_covers(consent, verified, dataset=ask.dataset, purpose=ask.purpose,
                                   recipient=ask.recipient, fields=ask.fields, now=now)

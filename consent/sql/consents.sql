@@ -52,19 +52,27 @@ INSERT INTO consent_events (consent_id, event, at) SELECT id, 'expired', $1 FROM
 
 -- name: authorization_request_insert
 INSERT INTO authorization_requests (id, client_id, redirect_uri, state, code_challenge, authorization_details,
-                                    habilitation_id, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+                                    habilitation_id, expires_at, browser_sha256)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9);
 
 -- name: authorization_request_get
 SELECT * FROM authorization_requests WHERE id = $1;
 
+-- name: authorization_request_claim
+-- The first citizen session to open the consent screen claims the request; later, only it finds the request.
+UPDATE authorization_requests SET session_id = $2 WHERE id = $1 AND (session_id IS NULL OR session_id = $2)
+RETURNING id;
+
 -- name: authorization_request_decide
-UPDATE authorization_requests SET decided_at = $2 WHERE id = $1 AND decided_at IS NULL AND expires_at > $2
+-- Decided once, by the session that claimed it ($3), or (a cancel at the OP, before any login: $3 NULL) unclaimed.
+UPDATE authorization_requests SET decided_at = $2
+WHERE id = $1 AND decided_at IS NULL AND expires_at > $2 AND session_id IS NOT DISTINCT FROM $3
 RETURNING *;
 
 -- name: code_insert
-INSERT INTO authorization_codes (code_hash, consent_id, client_id, redirect_uri, code_challenge, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6);
+INSERT INTO authorization_codes (code_hash, consent_id, consent_ids, client_id, redirect_uri, code_challenge,
+                                 expires_at)
+VALUES ($1, ($2::uuid[])[1], $2, $3, $4, $5, $6);
 
 -- name: code_redeem
 -- Single use: the first redemption marks it; any later one finds used_at set.
@@ -75,7 +83,8 @@ RETURNING *, (expires_at > $2) AS fresh;
 SELECT * FROM authorization_codes WHERE code_hash = $1;
 
 -- name: refresh_insert
-INSERT INTO refresh_tokens (token_hash, consent_id, client_id, expires_at) VALUES ($1, $2, $3, $4);
+INSERT INTO refresh_tokens (token_hash, consent_id, consent_ids, client_id, expires_at)
+VALUES ($1, ($2::uuid[])[1], $2, $3, $4);
 
 -- name: refresh_get
 SELECT * FROM refresh_tokens WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2;

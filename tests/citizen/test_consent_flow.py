@@ -193,7 +193,7 @@ async def test_token_presented_with_another_consumers_key_or_expired(stack: Cons
     claims = tokens.verify_access_token(token.access_token, broker_key=state.signing_key.public_key(owner="b"),
                                         issuer=stack.broker, now=datetime.now(UTC))
     old, _ = tokens.issue_access_token(signing_key=state.signing_key, issuer=stack.broker,
-                                       consent_id=claims.consent_id, client_id=LYON, jkt=claims.jkt,
+                                       consent_ids=claims.consent_ids, client_id=LYON, jkt=claims.jkt,
                                        authorization_details=claims.authorization_details,
                                        now=datetime.now(UTC) - timedelta(hours=1))
     async with stack.client() as client:
