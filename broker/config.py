@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -132,12 +132,52 @@ CALLBACK_PATH = "/citizen/callback"
 LOGGED_OUT_PATH = "/citizen/logged-out"
 
 
+# The relying party's vocabulary, for validating settings here (consent.oidc.RelyingParty checks them again).
+OIDC_PIVOT_CLAIMS = ("given_name", "family_name", "birthdate", "gender", "birthplace", "birthcountry",
+                     "preferred_name", "email")
+_ASYMMETRIC = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
+                         "Ed25519"})
+_JWE_ALGS = frozenset({"RSA-OAEP-256", "RSA-OAEP", "ECDH-ES", "ECDH-ES+A128KW", "ECDH-ES+A256KW"})
+_JWE_ENCS = frozenset({"A256GCM", "A128GCM", "A128CBC-HS256", "A256CBC-HS512"})
+_TOKEN_AUTH = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+_FC_SCOPES = ("openid", *OIDC_PIVOT_CLAIMS)
+
+
+@dataclass(frozen=True, slots=True)
+class OidcPreset:
+    """What an OP expects and sends, as defaults every DLNUF_OIDC_* variable below may override."""
+
+    provider_name: str
+    scopes: tuple[str, ...]
+    acr_values: tuple[str, ...]
+    accepted_acr: frozenset[str]
+    auth_method: str
+    id_token_algs: frozenset[str]
+    encryption_algs: frozenset[str] = frozenset()
+    encryption_encs: frozenset[str] = frozenset({"A256GCM"})
+
+
+OIDC_PRESETS: Mapping[str, OidcPreset] = {
+    # FranceConnect v2: one scope per claim, eidas1 at least, the identity in a signed userinfo, ES256 or RS256
+    "franceconnect": OidcPreset("FranceConnect", _FC_SCOPES, ("eidas1",), frozenset({"eidas1", "eidas2", "eidas3"}),
+                                "client_secret_post", frozenset({"ES256", "RS256"})),
+    # FranceConnect+: substantial or high assurance, id_token and userinfo signed then encrypted to our keys
+    "franceconnect-plus": OidcPreset("FranceConnect+", _FC_SCOPES, ("eidas2",), frozenset({"eidas2", "eidas3"}),
+                                     "client_secret_post", frozenset({"ES256", "RS256"}),
+                                     frozenset({"RSA-OAEP-256", "ECDH-ES"})),
+    # any certified OP: standard scopes, no acr, client_secret_basic (OpenID Connect's default method)
+    "generic": OidcPreset("votre fournisseur d'identité", ("openid", "profile", "email"), (), frozenset(),
+                          "client_secret_basic", frozenset({"RS256", "PS256", "ES256", "EdDSA", "Ed25519"})),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class CitizenLoginConfig:
-    """Citizen login through an OpenID Provider (FranceConnect, or the sandbox OP). A value that exists is complete."""
+    """Citizen login through an OpenID Provider (FranceConnect, FranceConnect+, any certified OP, or the sandbox OP).
+    A value that exists is complete. The fields after `cookie_secure` default to the FranceConnect preset."""
 
     issuer: str
-    """The OP's issuer URL; discovery is at `{issuer}/.well-known/openid-configuration`."""
+    """The OP's issuer URL, exactly as its discovery document names it (a trailing / included)."""
     client_id: str
     client_secret_env: str
     """Name of the environment variable holding the client secret: the secret itself never sits in a `Config`."""
@@ -149,10 +189,30 @@ class CitizenLoginConfig:
     """Seconds a citizen session lives after login (absolute, not renewed by activity)."""
     cookie_secure: bool
     """Secure flag of the session cookie: on when the broker is served over TLS."""
+    preset: str = "franceconnect"
+    provider_name: str = OIDC_PRESETS["franceconnect"].provider_name
+    """How the citizen pages name the OP."""
+    scopes: tuple[str, ...] = _FC_SCOPES
+    acr_values: tuple[str, ...] = OIDC_PRESETS["franceconnect"].acr_values
+    """Sent as acr_values; empty: none sent."""
+    accepted_acr: frozenset[str] = OIDC_PRESETS["franceconnect"].accepted_acr
+    """The id_token's acr must be one of them; empty: acr not checked."""
+    claims: Mapping[str, str] = field(default_factory=lambda: {n: n for n in OIDC_PIVOT_CLAIMS})
+    """Pivot identity member -> the OP's claim name."""
+    userinfo: bool = True
+    auth_method: str = OIDC_PRESETS["franceconnect"].auth_method
+    client_key_file: Path | None = None
+    """The private JWK signing private_key_jwt assertions (created, P-256, when absent); None for client secrets."""
+    id_token_algs: frozenset[str] = OIDC_PRESETS["franceconnect"].id_token_algs
+    encryption_algs: frozenset[str] = frozenset()
+    """JWE algorithms the OP encrypts id_token and userinfo with; empty: it does not encrypt."""
+    encryption_encs: frozenset[str] = frozenset({"A256GCM"})
+    encryption_key_file: Path | None = None
+    """Our private JWK set the OP encrypts to (created, RSA and P-256, when absent); None without encryption."""
 
     def __post_init__(self) -> None:
-        if not self.issuer.startswith(("https://", "http://")) or self.issuer.endswith("/"):
-            raise ConfigError("DLNUF_OIDC_ISSUER must be an http(s) URL without a trailing slash")
+        if not self.issuer.startswith(("https://", "http://")):
+            raise ConfigError("DLNUF_OIDC_ISSUER must be an http(s) URL")
         if not self.client_id:
             raise ConfigError("DLNUF_OIDC_CLIENT_ID must not be empty")
         for name, uri, path in (("DLNUF_OIDC_REDIRECT_URI", self.redirect_uri, CALLBACK_PATH),
@@ -164,13 +224,49 @@ class CitizenLoginConfig:
         # a session cookie without Secure on a TLS site would also travel in clear to any http:// URL of the host
         if self.redirect_uri.startswith("https://") and not self.cookie_secure:
             raise ConfigError("DLNUF_COOKIE_SECURE cannot be false when DLNUF_OIDC_REDIRECT_URI is https://")
+        if self.preset not in OIDC_PRESETS:
+            raise ConfigError(f"DLNUF_OIDC_PRESET must be one of {', '.join(OIDC_PRESETS)}")
+        if "openid" not in self.scopes:
+            raise ConfigError("DLNUF_OIDC_SCOPES must include openid")
+        if self.auth_method not in _TOKEN_AUTH:
+            raise ConfigError(f"DLNUF_OIDC_TOKEN_AUTH must be one of {', '.join(_TOKEN_AUTH)}")
+        if (self.auth_method == "private_key_jwt") != (self.client_key_file is not None):
+            raise ConfigError("DLNUF_OIDC_CLIENT_KEY goes with DLNUF_OIDC_TOKEN_AUTH=private_key_jwt, and only it")
+        if not self.id_token_algs or not self.id_token_algs <= _ASYMMETRIC:
+            raise ConfigError(f"DLNUF_OIDC_ID_TOKEN_ALGS must be among {' '.join(sorted(_ASYMMETRIC))}")
+        if not self.encryption_algs <= _JWE_ALGS or not self.encryption_encs or not self.encryption_encs <= _JWE_ENCS:
+            raise ConfigError(f"DLNUF_OIDC_ENCRYPTION_ALGS must be among {' '.join(sorted(_JWE_ALGS))} and "
+                              f"DLNUF_OIDC_ENCRYPTION_ENCS among {' '.join(sorted(_JWE_ENCS))}")
+        if bool(self.encryption_algs) != (self.encryption_key_file is not None):
+            raise ConfigError("DLNUF_OIDC_ENCRYPTION_KEY goes with DLNUF_OIDC_ENCRYPTION_ALGS, and only it")
+        if set(self.claims) != set(OIDC_PIVOT_CLAIMS) or not all(self.claims.values()):
+            raise ConfigError(f"DLNUF_OIDC_CLAIMS maps each of {', '.join(OIDC_PIVOT_CLAIMS)} to a claim name")
 
 
 _OIDC_VARS = ("DLNUF_OIDC_ISSUER", "DLNUF_OIDC_CLIENT_ID", "DLNUF_OIDC_CLIENT_SECRET_ENV", "DLNUF_OIDC_REDIRECT_URI",
-              "DLNUF_OIDC_POST_LOGOUT_REDIRECT_URI", "DLNUF_CITIZEN_SESSION_LIFETIME", "DLNUF_COOKIE_SECURE")
+              "DLNUF_OIDC_POST_LOGOUT_REDIRECT_URI", "DLNUF_CITIZEN_SESSION_LIFETIME", "DLNUF_COOKIE_SECURE",
+              "DLNUF_OIDC_PRESET", "DLNUF_OIDC_TOKEN_AUTH")
 
 
-def _citizen_login(env: Mapping[str, str], public_url: str | None) -> CitizenLoginConfig | None:
+def _words(env: Mapping[str, str], name: str, default: Collection[str]) -> tuple[str, ...]:
+    """A space-separated list; set but empty means an empty list (DLNUF_OIDC_ACR_VALUES= : none)."""
+    return tuple(env[name].split()) if name in env else tuple(default)
+
+
+def _claims(env: Mapping[str, str]) -> dict[str, str]:
+    claims = {n: n for n in OIDC_PIVOT_CLAIMS}
+    for pair in (env.get("DLNUF_OIDC_CLAIMS") or "").split(","):
+        if not pair.strip():
+            continue
+        pivot, sep, claim = (p.strip() for p in pair.partition("="))
+        if not sep or pivot not in claims or not claim:
+            raise ConfigError(f"DLNUF_OIDC_CLAIMS takes pivot=claim pairs with a pivot member among "
+                              f"{', '.join(OIDC_PIVOT_CLAIMS)}, got {pair.strip()!r}")
+        claims[pivot] = claim
+    return claims
+
+
+def _citizen_login(env: Mapping[str, str], public_url: str | None, state_dir: Path) -> CitizenLoginConfig | None:
     """None when no DLNUF_OIDC_* variable is set; a complete configuration, or a ConfigError naming what is missing."""
     if not any(env.get(name) for name in _OIDC_VARS):
         return None
@@ -178,8 +274,13 @@ def _citizen_login(env: Mapping[str, str], public_url: str | None) -> CitizenLog
     for name, value in (("DLNUF_OIDC_ISSUER", issuer), ("DLNUF_OIDC_CLIENT_ID", client_id)):
         if not value:
             raise ConfigError(f"citizen login is half-configured: {name} is missing")
+    preset_name = env.get("DLNUF_OIDC_PRESET") or "franceconnect"
+    preset = OIDC_PRESETS.get(preset_name)
+    if preset is None:
+        raise ConfigError(f"DLNUF_OIDC_PRESET must be one of {', '.join(OIDC_PRESETS)}, got {preset_name!r}")
+    auth_method = env.get("DLNUF_OIDC_TOKEN_AUTH") or preset.auth_method
     secret_env = env.get("DLNUF_OIDC_CLIENT_SECRET_ENV") or "DLNUF_OIDC_CLIENT_SECRET"
-    if not env.get(secret_env):
+    if auth_method != "private_key_jwt" and not env.get(secret_env):
         raise ConfigError(f"citizen login needs the client secret in {secret_env} (named by "
                           "DLNUF_OIDC_CLIENT_SECRET_ENV), which is not set")
     redirect_uri = env.get("DLNUF_OIDC_REDIRECT_URI") or (public_url + CALLBACK_PATH if public_url else "")
@@ -188,12 +289,29 @@ def _citizen_login(env: Mapping[str, str], public_url: str | None) -> CitizenLog
     secure = (env.get("DLNUF_COOKIE_SECURE") or ("true" if redirect_uri.startswith("https://") else "false")).lower()
     if secure not in ("true", "false"):
         raise ConfigError("DLNUF_COOKIE_SECURE must be true or false")
+    encryption_algs = frozenset(_words(env, "DLNUF_OIDC_ENCRYPTION_ALGS", preset.encryption_algs))
     return CitizenLoginConfig(
-        issuer=issuer.rstrip("/"), client_id=client_id, client_secret_env=secret_env, redirect_uri=redirect_uri,
+        # exactly as given: an issuer with a trailing slash is another issuer (OpenID Connect Discovery §4.3)
+        issuer=issuer, client_id=client_id, client_secret_env=secret_env, redirect_uri=redirect_uri,
         post_logout_redirect_uri=(env.get("DLNUF_OIDC_POST_LOGOUT_REDIRECT_URI")
                                   or redirect_uri.removesuffix(CALLBACK_PATH) + LOGGED_OUT_PATH),
         session_lifetime=_float(env, "DLNUF_CITIZEN_SESSION_LIFETIME", 1800.0, 60.0, 86400.0),
         cookie_secure=secure == "true",
+        preset=preset_name,
+        provider_name=env.get("DLNUF_OIDC_PROVIDER_NAME") or preset.provider_name,
+        scopes=_words(env, "DLNUF_OIDC_SCOPES", preset.scopes),
+        acr_values=_words(env, "DLNUF_OIDC_ACR_VALUES", preset.acr_values),
+        accepted_acr=frozenset(_words(env, "DLNUF_OIDC_ACCEPTED_ACR", preset.accepted_acr)),
+        claims=_claims(env),
+        userinfo=_bool(env, "DLNUF_OIDC_USERINFO", True),
+        auth_method=auth_method,
+        client_key_file=(Path(env.get("DLNUF_OIDC_CLIENT_KEY") or state_dir / "oidc-client-key.jwk")
+                         if auth_method == "private_key_jwt" else None),
+        id_token_algs=frozenset(_words(env, "DLNUF_OIDC_ID_TOKEN_ALGS", preset.id_token_algs)),
+        encryption_algs=encryption_algs,
+        encryption_encs=frozenset(_words(env, "DLNUF_OIDC_ENCRYPTION_ENCS", preset.encryption_encs)),
+        encryption_key_file=(Path(env.get("DLNUF_OIDC_ENCRYPTION_KEY") or state_dir / "oidc-encryption-keys.jwks")
+                             if encryption_algs else None),
     )
 
 
@@ -225,7 +343,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     if notify_webhook is not None and not notify_webhook.startswith(("http://", "https://")):
         raise ConfigError("DLNUF_NOTIFY_WEBHOOK must start with http:// or https://")
     values: dict[str, object] = dict(
-        citizen_login=_citizen_login(env, public_url),
+        citizen_login=_citizen_login(env, public_url, state_dir),
         database_url=database_url,
         state_dir=state_dir,
         host=env.get("DLNUF_HOST") or "127.0.0.1",

@@ -1,18 +1,29 @@
-"""OpenID Connect relying party for the citizen login, FranceConnect-compatible.
+"""OpenID Connect relying party for the citizen login: FranceConnect v2, FranceConnect+ or any certified OP.
+
+What the broker asks of its OP and accepts from it is a `RelyingParty` (scopes, claims mapping, acr, client
+authentication, algorithms, encryption), filled from a preset and the operator's settings (`broker.config`); nothing
+below is specific to FranceConnect but its defaults.
 
 `OidcClient.authorization_request()` gives the URL to send the browser to, with a fresh ``state``, ``nonce`` and
-PKCE S256 verifier that the caller keeps with the browser; `OidcClient.finish()` takes the code back and returns a
-`LoginResult` only once every check below passed, in this order:
+PKCE S256 verifier that the caller keeps with the browser; `OidcClient.finish()` takes the authorization response
+back and returns a `LoginResult` only once every check below passed, in this order:
 
-1. the code is exchanged at the token endpoint (client_secret_post, the PKCE verifier, the same redirect URI);
-2. the id_token's signature verifies against the OP's JWKS (fetched and cached, fetched again once when the kid is
-   unknown, for key rotation), with an algorithm from `ALGORITHMS` that the key is for: never ``none``, never HS*;
-3. its claims verify (`verify_id_token_claims`): ``iss``, ``aud`` (and ``azp``), ``exp``, ``iat``, ``nonce``, ``acr``;
-4. userinfo is fetched with the access token (JSON, or a JWT verified like step 2 as FranceConnect v2 answers) and
+0. the response's ``iss`` (RFC 9207) is the OP's issuer, and is present when the OP says it sends it (mix-up);
+1. the code is exchanged at the token endpoint (``client_secret_basic``, ``client_secret_post`` or
+   ``private_key_jwt``, the PKCE verifier, the same redirect URI);
+2. the id_token, decrypted first when it is a JWE (RSA-OAEP-256 / ECDH-ES with A256GCM, as FranceConnect+ sends;
+   required when the relying party has decryption keys), has a signature that verifies against the OP's JWKS
+   (fetched and cached, fetched again once when the kid is unknown, for key rotation), with an algorithm of the
+   allow-list that the key is for: never ``none``, never HS*;
+3. its claims verify (`verify_id_token_claims`): ``iss`` (the discovered issuer, compared exactly), ``aud`` (and
+   ``azp``), ``exp``, ``iat``, ``nonce``, and ``acr`` when the relying party requires some;
+4. userinfo, when used, is fetched with the access token (JSON, or a JWT verified like step 2, encrypted or not) and
    must be about the same ``sub`` (OpenID Connect Core §5.3.2);
-5. the pivot identity is built from the claims (`adapters.identity.PivotIdentity` checks every format).
+5. the pivot identity is built from the id_token's claims overlaid with userinfo's, under the configured claim
+   names (`adapters.identity.PivotIdentity` checks every format).
 
-Discovery is cached for `METADATA_TTL` seconds and must name exactly the configured issuer.
+Discovery (``<issuer without a trailing />/.well-known/openid-configuration``, OpenID Connect Discovery §4) is
+cached for `METADATA_TTL` seconds and must name exactly the configured issuer, trailing slash included.
 
 Errors: one base, `LoginError`; the OP misbehaving or unreachable gives `ProviderError` (transport, error
 answers) or `CodeRejected` (the token endpoint refused the code: replayed, expired); untrusted data failing a check
@@ -21,7 +32,7 @@ with another login's state gives `StateMismatch`. Messages are for the server lo
 failed, which a citizen or an attacker has no use for.
 
 Invariant: a `LoginResult` only exists for an id_token whose signature and claims verified, together with userinfo
-about the same subject.
+about the same subject when userinfo is used.
 """
 
 from __future__ import annotations
@@ -32,31 +43,44 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from typing import Any, Final
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
+from joserfc.jwk import KeySet
 
 from adapters.identity import PivotIdentity, SubjectError
 from broker.signing import jose
+from broker.signing.keys import PrivateKey
 
+PIVOT_CLAIMS: Final = ("given_name", "family_name", "birthdate", "gender", "birthplace", "birthcountry",
+                       "preferred_name", "email")
+"""What the broker reads of a citizen, by its name in the pivot identity (and FranceConnect's claim names)."""
 SCOPES = ("openid", "given_name", "family_name", "birthdate", "gender", "birthplace", "birthcountry",
           "preferred_name", "email")
-ACR_VALUES = "eidas1"
+"""FranceConnect's: one scope per claim."""
+ACR_VALUES = ("eidas1",)
 ACCEPTED_ACR = frozenset({"eidas1", "eidas2", "eidas3"})
 """We ask for eidas1, the floor; an OP may authenticate more strongly."""
 ALGORITHMS = frozenset({"ES256", "RS256"})
 """What FranceConnect signs with. Symmetric algorithms would let anyone holding the client secret forge tokens."""
+ASYMMETRIC: Final = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                               "EdDSA", "Ed25519"})
+"""Every algorithm an operator may allow for id_tokens and userinfo: asymmetric only."""
+ENCRYPTION_ALGS: Final = frozenset({"RSA-OAEP-256", "RSA-OAEP", "ECDH-ES", "ECDH-ES+A128KW", "ECDH-ES+A256KW"})
+ENCRYPTION_ENCS: Final = frozenset({"A256GCM", "A128GCM", "A128CBC-HS256", "A256CBC-HS512"})
+TOKEN_AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 MAX_SKEW = 60.0
 """Seconds of clock difference with the OP tolerated on ``exp`` and ``iat``."""
 MAX_ID_TOKEN_AGE = 600.0
 """An id_token issued longer ago than this is refused even if unexpired: it was just issued, or it is replayed."""
 METADATA_TTL = 3600.0
 TIMEOUT = 10.0
+ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 class LoginError(Exception):
@@ -84,11 +108,44 @@ class StateMismatch(LoginError):
 
 
 class InvalidIdToken(LoginError):
-    """The id_token's signature, algorithm or claims did not verify."""
+    """The id_token's encryption, signature, algorithm or claims did not verify; or the response's iss is wrong."""
 
 
 class InvalidUserinfo(LoginError):
     """Userinfo did not verify, is about another subject, or lacks a well-formed pivot identity."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelyingParty:
+    """What the broker asks of its OP and accepts from it. The defaults are FranceConnect v2's."""
+
+    scopes: tuple[str, ...] = SCOPES
+    acr_values: tuple[str, ...] = ACR_VALUES
+    """Sent as ``acr_values``; empty: not sent."""
+    accepted_acr: frozenset[str] = ACCEPTED_ACR
+    """The id_token's ``acr`` must be one of them; empty: not checked (an OP that sends none)."""
+    claims: Mapping[str, str] = field(default_factory=lambda: {name: name for name in PIVOT_CLAIMS})
+    """Pivot identity member -> the OP's claim name."""
+    userinfo: bool = True
+    """Read userinfo too (FranceConnect puts the identity there); False: the id_token's claims only."""
+    auth_method: str = "client_secret_post"
+    id_token_algs: frozenset[str] = ALGORITHMS
+    encryption_algs: frozenset[str] = frozenset()
+    """JWE key management algorithms accepted; empty with no decryption keys: id_token and userinfo are plain."""
+    encryption_encs: frozenset[str] = frozenset({"A256GCM"})
+
+    def __post_init__(self) -> None:
+        if "openid" not in self.scopes:
+            raise ValueError("the scopes must include openid")
+        if self.auth_method not in TOKEN_AUTH_METHODS:
+            raise ValueError(f"auth_method must be one of {', '.join(TOKEN_AUTH_METHODS)}")
+        if not self.id_token_algs or not self.id_token_algs <= ASYMMETRIC:
+            raise ValueError(f"id_token algorithms must be among {', '.join(sorted(ASYMMETRIC))}")
+        if not self.encryption_algs <= ENCRYPTION_ALGS or not self.encryption_encs <= ENCRYPTION_ENCS:
+            raise ValueError("unsupported JWE algorithm or encryption")
+        missing = set(PIVOT_CLAIMS) - set(self.claims)
+        if missing:
+            raise ValueError(f"no claim name for {', '.join(sorted(missing))}")
 
 
 def verify_state(expected: str, received: str) -> None:
@@ -97,14 +154,21 @@ def verify_state(expected: str, received: str) -> None:
         raise StateMismatch("state differs from the one this login started with")
 
 
+def discovery_url(issuer: str) -> str:
+    """OpenID Connect Discovery §4: a terminating / of the issuer is removed before the well-known path."""
+    return issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderMetadata:
     issuer: str
     authorization_endpoint: str
     token_endpoint: str
-    userinfo_endpoint: str
+    userinfo_endpoint: str | None
     jwks_uri: str
     end_session_endpoint: str | None
+    iss_parameter_supported: bool = False
+    """RFC 9207: the OP sends ``iss`` in its authorization responses, so one without it is refused."""
 
     @classmethod
     def from_json(cls, raw: Any, *, issuer: str) -> ProviderMetadata:
@@ -113,11 +177,14 @@ class ProviderMetadata:
         # OpenID Connect Discovery §4.3: the issuer in the document must be exactly the one we asked
         if raw.get("issuer") != issuer:
             raise ProviderError(f"discovery names issuer {raw.get('issuer')!r}, expected {issuer!r}")
+
+        def optional(name: str) -> str | None:
+            return _endpoint(raw, name) if raw.get(name) is not None else None
+
         return cls(issuer=issuer, authorization_endpoint=_endpoint(raw, "authorization_endpoint"),
-                   token_endpoint=_endpoint(raw, "token_endpoint"),
-                   userinfo_endpoint=_endpoint(raw, "userinfo_endpoint"), jwks_uri=_endpoint(raw, "jwks_uri"),
-                   end_session_endpoint=(_endpoint(raw, "end_session_endpoint")
-                                         if raw.get("end_session_endpoint") is not None else None))
+                   token_endpoint=_endpoint(raw, "token_endpoint"), userinfo_endpoint=optional("userinfo_endpoint"),
+                   jwks_uri=_endpoint(raw, "jwks_uri"), end_session_endpoint=optional("end_session_endpoint"),
+                   iss_parameter_supported=raw.get("authorization_response_iss_parameter_supported") is True)
 
 
 def _endpoint(raw: Mapping[str, Any], name: str) -> str:
@@ -125,6 +192,17 @@ def _endpoint(raw: Mapping[str, Any], name: str) -> str:
     if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
         raise ProviderError(f"discovery: {name} is missing or not an http(s) URL")
     return value
+
+
+def verify_response_issuer(meta: ProviderMetadata, iss: str | None) -> None:
+    """Return None when the authorization response's ``iss`` (RFC 9207 §2.4) is acceptable; raise `InvalidIdToken`.
+    It must be the issuer, exactly, when present; it must be present when the OP advertises it."""
+    if iss is None:
+        if meta.iss_parameter_supported:
+            raise InvalidIdToken("the authorization response lacks iss, which the OP says it sends (RFC 9207)")
+        return
+    if not hmac.compare_digest(iss.encode(), meta.issuer.encode()):
+        raise InvalidIdToken(f"the authorization response's iss {iss[:200]!r} is not {meta.issuer!r} (RFC 9207)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +222,10 @@ class LoginResult:
     sub: str
     """The OP's pairwise identifier of the citizen for our client."""
     acr: str
+    """The id_token's ``acr``; empty when the OP sends none."""
     id_token: str = field(repr=False)
-    """Kept as the ``id_token_hint`` of the OP logout."""
+    """Kept as the ``id_token_hint`` of the OP logout: the signed id_token, decrypted when it came encrypted (the
+    OP could not read the JWE we received: RP-Initiated Logout §2 wants the signed one)."""
     email: str | None = field(default=None, repr=False)
 
 
@@ -165,8 +245,8 @@ def _seconds(claims: Mapping[str, Any], name: str) -> float:
     return float(value)
 
 
-def verify_id_token_claims(claims: Mapping[str, Any], *, issuer: str, client_id: str, nonce: str,
-                           now: datetime) -> None:
+def verify_id_token_claims(claims: Mapping[str, Any], *, issuer: str, client_id: str, nonce: str, now: datetime,
+                           accepted_acr: Collection[str] = ACCEPTED_ACR) -> None:
     """Return None when the (signature-verified) claims are for us, now, and this login; raise `InvalidIdToken`."""
     # 1. issued by our OP, for our client (OpenID Connect Core §3.1.3.7, points 2 to 5)
     if claims.get("iss") != issuer:
@@ -190,9 +270,9 @@ def verify_id_token_claims(claims: Mapping[str, Any], *, issuer: str, client_id:
     got = claims.get("nonce")
     if not isinstance(got, str) or not nonce or not hmac.compare_digest(got.encode(), nonce.encode()):
         raise InvalidIdToken("nonce differs from the one this login sent")
-    # 4. authenticated at least at the level we asked, and about someone
-    if claims.get("acr") not in ACCEPTED_ACR:
-        raise InvalidIdToken(f"acr {claims.get('acr')!r} is not one of {sorted(ACCEPTED_ACR)}")
+    # 4. authenticated at least at the level we asked (when we ask one), and about someone
+    if accepted_acr and claims.get("acr") not in accepted_acr:
+        raise InvalidIdToken(f"acr {claims.get('acr')!r} is not one of {sorted(accepted_acr)}")
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise InvalidIdToken("sub is missing")
@@ -203,7 +283,7 @@ class _UnknownKey(Exception):
 
 
 def decode_signed(token: str, keys: Mapping[str, Mapping[str, Any]], *, issuer: str, audience: str,
-                  error: type[LoginError]) -> dict[str, Any]:
+                  error: type[LoginError], algorithms: Collection[str] = ALGORITHMS) -> dict[str, Any]:
     """Verify a JWS against the OP's keys (by kid) and return its claims; `iss` and `aud` are checked here too.
     Raises `error` for anything wrong, except an unknown kid, which raises `_UnknownKey` so the caller may fetch
     the JWKS again (the OP may have rotated its key)."""
@@ -213,7 +293,7 @@ def decode_signed(token: str, keys: Mapping[str, Mapping[str, Any]], *, issuer: 
         raise error(f"not a JWS: {exc}") from None
     alg = header.get("alg")
     # the algorithm comes from our allow-list, checked before any key is looked at: "none" and HS* never pass
-    if alg not in ALGORITHMS:
+    if alg not in algorithms or alg not in ASYMMETRIC:
         raise error(f"algorithm {alg!r} is not allowed")
     kid = header.get("kid")
     if kid is None and len(keys) == 1:
@@ -237,12 +317,14 @@ def decode_signed(token: str, keys: Mapping[str, Mapping[str, Any]], *, issuer: 
     return claims
 
 
-def pivot_identity(claims: Mapping[str, Any]) -> PivotIdentity:
-    """The pivot identity in FranceConnect's claims; FranceConnect sends birthplace "" for people born abroad."""
-    raw: dict[str, Any] = {name: claims.get(name) for name in
+def pivot_identity(claims: Mapping[str, Any], mapping: Mapping[str, str] | None = None) -> PivotIdentity:
+    """The pivot identity in the OP's claims, read under `mapping`'s names (FranceConnect's by default).
+    FranceConnect sends birthplace "" for people born abroad; a missing birthplace means the same."""
+    names = mapping or {name: name for name in PIVOT_CLAIMS}
+    raw: dict[str, Any] = {name: claims.get(names[name]) for name in
                            ("family_name", "given_name", "birthdate", "gender", "birthcountry")}
-    raw["birthplace"] = claims.get("birthplace") or ""
-    raw["preferred_name"] = claims.get("preferred_name") or ""
+    raw["birthplace"] = claims.get(names["birthplace"]) or ""
+    raw["preferred_name"] = claims.get(names["preferred_name"]) or ""
     try:
         return PivotIdentity.from_json(raw)
     except SubjectError as exc:
@@ -250,15 +332,29 @@ def pivot_identity(claims: Mapping[str, Any]) -> PivotIdentity:
 
 
 class OidcClient:
-    """One OpenID Provider, one registered client. Shares the application's `aiohttp.ClientSession`."""
+    """One OpenID Provider, one registered client. Shares the application's `aiohttp.ClientSession`.
 
-    def __init__(self, http: aiohttp.ClientSession, *, issuer: str, client_id: str, client_secret: str,
-                 redirect_uri: str, timeout: float = TIMEOUT, metadata_ttl: float = METADATA_TTL) -> None:
+    `client_secret` for the ``client_secret_*`` methods, `client_key` for ``private_key_jwt``; `decryption_keys`
+    (our private JWKs) when the OP encrypts: then an id_token or a userinfo that is not a JWE is refused."""
+
+    def __init__(self, http: aiohttp.ClientSession, *, issuer: str, client_id: str, redirect_uri: str,
+                 client_secret: str | None = None, client_key: PrivateKey | None = None,
+                 decryption_keys: KeySet | None = None, rp: RelyingParty | None = None, timeout: float = TIMEOUT,
+                 metadata_ttl: float = METADATA_TTL) -> None:
         self.http = http
         self.issuer = issuer
         self.client_id = client_id
-        self._secret = client_secret
         self.redirect_uri = redirect_uri
+        self.rp = rp or RelyingParty()
+        if self.rp.auth_method == "private_key_jwt" and client_key is None:
+            raise ValueError("private_key_jwt needs the client's key")
+        if self.rp.auth_method != "private_key_jwt" and not client_secret:
+            raise ValueError(f"{self.rp.auth_method} needs the client secret")
+        if self.rp.encryption_algs and decryption_keys is None:
+            raise ValueError("encrypted id_tokens need decryption keys")
+        self._secret = client_secret
+        self._client_key = client_key
+        self._decryption_keys = decryption_keys
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._metadata_ttl = metadata_ttl
         self._metadata: ProviderMetadata | None = None
@@ -268,6 +364,10 @@ class OidcClient:
 
     def __repr__(self) -> str:
         return f"OidcClient(issuer={self.issuer!r}, client_id={self.client_id!r})"
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.rp.encryption_algs)
 
     # --------------------------------------------------------------------------------------- transport
 
@@ -292,8 +392,7 @@ class OidcClient:
         """The discovery document, cached for `metadata_ttl` seconds."""
         async with self._lock:
             if self._metadata is None or time.monotonic() - self._metadata_at > self._metadata_ttl:
-                status, _, raw = await self._json("GET", self.issuer + "/.well-known/openid-configuration",
-                                                  what="discovery")
+                status, _, raw = await self._json("GET", discovery_url(self.issuer), what="discovery")
                 if status != 200:
                     raise ProviderError(f"discovery: HTTP {status}")
                 self._metadata = ProviderMetadata.from_json(raw, issuer=self.issuer)
@@ -307,45 +406,93 @@ class OidcClient:
             raise ProviderError(f"jwks: HTTP {status}, not a JWK set")
         keys = {k["kid"]: k for k in raw["keys"]
                 if isinstance(k, dict) and isinstance(k.get("kid"), str) and k.get("use", "sig") == "sig"
-                and k.get("kty") in ("EC", "RSA")}
+                and k.get("kty") in ("EC", "RSA", "OKP")}
         self._keys = keys
         return keys
 
     async def _verify_signed(self, token: str, *, error: type[LoginError]) -> dict[str, Any]:
         meta = await self.metadata()
         keys = self._keys if self._keys is not None else await self._fetch_keys(meta)
+        algorithms = self.rp.id_token_algs
         try:
-            return decode_signed(token, keys, issuer=meta.issuer, audience=self.client_id, error=error)
+            return decode_signed(token, keys, issuer=meta.issuer, audience=self.client_id, error=error,
+                                 algorithms=algorithms)
         except _UnknownKey:
             pass
         # the OP may have rotated its key since we cached the set: fetch it once more, then give up
         try:
             return decode_signed(token, await self._fetch_keys(meta), issuer=meta.issuer, audience=self.client_id,
-                                 error=error)
+                                 error=error, algorithms=algorithms)
         except _UnknownKey as exc:
             raise error(str(exc)) from None
+
+    def _decrypt(self, token: str, *, error: type[LoginError]) -> str:
+        """The nested JWS of a JWE for us; a JWS passes through, unless we expect encryption (then refused)."""
+        if token.count(".") != 4:
+            if self.encrypted:
+                raise error("not encrypted, though the OP is expected to encrypt (a JWE of 5 parts)")
+            return token
+        if self._decryption_keys is None:
+            raise error("encrypted, and the relying party has no decryption key")
+        try:
+            _, plaintext = jose.decrypt(token, self._decryption_keys, algorithms=self.rp.encryption_algs,
+                                        encryptions=self.rp.encryption_encs)
+        except jose.JoseError as exc:
+            raise error(f"does not decrypt: {exc}") from None
+        try:
+            return plaintext.decode("ascii")
+        except UnicodeDecodeError:
+            raise error("the decrypted content is not a compact JWS") from None
+
+    async def _verify_jwt(self, token: str, *, error: type[LoginError]) -> tuple[dict[str, Any], str]:
+        """The claims of a (possibly encrypted) signed JWT, and the signed JWT itself."""
+        signed = self._decrypt(token, error=error)
+        return await self._verify_signed(signed, error=error), signed
+
+    def _client_auth(self, meta: ProviderMetadata, form: dict[str, str]) -> dict[str, str]:
+        """Add the client authentication to a token request's form; the headers it needs."""
+        method = self.rp.auth_method
+        if method == "client_secret_post":
+            form.update(client_id=self.client_id, client_secret=self._secret or "")
+            return {}
+        if method == "client_secret_basic":
+            # RFC 6749 §2.3.1: form-urlencoded before base64 (what FranceConnect and oidc-provider decode)
+            pair = f"{quote(self.client_id, safe='')}:{quote(self._secret or '', safe='')}"
+            return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+        assert self._client_key is not None
+        now = int(time.time())
+        # OpenID Connect Core §9: aud is the token endpoint; certified OPs accept the issuer too
+        claims = {"iss": self.client_id, "sub": self.client_id, "aud": meta.token_endpoint, "iat": now,
+                  "exp": now + 60, "jti": secrets.token_urlsafe(24)}
+        form.update(client_id=self.client_id, client_assertion_type=ASSERTION_TYPE,
+                    client_assertion=jose.sign_jwt(claims, self._client_key, typ=None))
+        return {}
 
     # --------------------------------------------------------------------------------------- the flow
 
     async def authorization_request(self) -> AuthorizationRequest:
         meta = await self.metadata()
         state, nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(48)
-        url = _with_query(meta.authorization_endpoint, {
-            "response_type": "code", "client_id": self.client_id, "redirect_uri": self.redirect_uri,
-            "scope": " ".join(SCOPES), "state": state, "nonce": nonce, "acr_values": ACR_VALUES,
-            "code_challenge": pkce_challenge(verifier), "code_challenge_method": "S256",
-        })
-        return AuthorizationRequest(url=url, state=state, nonce=nonce, code_verifier=verifier)
+        params = {"response_type": "code", "client_id": self.client_id, "redirect_uri": self.redirect_uri,
+                  "scope": " ".join(self.rp.scopes), "state": state, "nonce": nonce,
+                  "code_challenge": pkce_challenge(verifier), "code_challenge_method": "S256"}
+        if self.rp.acr_values:
+            params["acr_values"] = " ".join(self.rp.acr_values)
+        return AuthorizationRequest(url=_with_query(meta.authorization_endpoint, params), state=state, nonce=nonce,
+                                    code_verifier=verifier)
 
-    async def finish(self, *, code: str, code_verifier: str, nonce: str, now: datetime | None = None) -> LoginResult:
+    async def finish(self, *, code: str, code_verifier: str, nonce: str, iss: str | None = None,
+                     now: datetime | None = None) -> LoginResult:
         """Exchange the code and verify everything (see the module docstring); raise a `LoginError` leaf."""
         now = now or datetime.now(UTC)
         meta = await self.metadata()
-        # 1. the code, for the token endpoint, with our secret (client_secret_post) and the PKCE verifier
-        status, _, tokens = await self._json("POST", meta.token_endpoint, what="token", data={
-            "grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri,
-            "client_id": self.client_id, "client_secret": self._secret, "code_verifier": code_verifier,
-        })
+        # 0. the authorization response came from our OP (RFC 9207), before its code goes anywhere
+        verify_response_issuer(meta, iss)
+        # 1. the code, for the token endpoint, with our client authentication and the PKCE verifier
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri,
+                "code_verifier": code_verifier}
+        headers = self._client_auth(meta, form)
+        status, _, tokens = await self._json("POST", meta.token_endpoint, what="token", data=form, headers=headers)
         if status == 400 and isinstance(tokens, Mapping) and tokens.get("error") == "invalid_grant":
             raise CodeRejected(f"token endpoint: invalid_grant ({tokens.get('error_description')})")
         if status != 200 or not isinstance(tokens, Mapping):
@@ -355,24 +502,37 @@ class OidcClient:
         if not isinstance(id_token, str) or not isinstance(access_token, str) or \
                 str(tokens.get("token_type", "")).lower() != "bearer":
             raise ProviderError("token endpoint: no id_token, no access_token or not a Bearer token")
-        # 2. and 3. the id_token: signature, then claims
-        claims = await self._verify_signed(id_token, error=InvalidIdToken)
-        verify_id_token_claims(claims, issuer=meta.issuer, client_id=self.client_id, nonce=nonce, now=now)
+        # 2. and 3. the id_token: decryption, signature, then claims
+        claims, signed_id_token = await self._verify_jwt(id_token, error=InvalidIdToken)
+        verify_id_token_claims(claims, issuer=meta.issuer, client_id=self.client_id, nonce=nonce, now=now,
+                               accepted_acr=self.rp.accepted_acr)
         # 4. userinfo, about the same subject
+        identity_claims: dict[str, Any] = dict(claims)
+        if self.rp.userinfo:
+            identity_claims.update(await self._userinfo(meta, access_token, sub=claims["sub"]))
+        # 5. the pivot identity
+        email = identity_claims.get(self.rp.claims["email"])
+        acr = claims.get("acr")
+        return LoginResult(identity=pivot_identity(identity_claims, self.rp.claims), issuer=meta.issuer,
+                           sub=claims["sub"], acr=acr if isinstance(acr, str) else "", id_token=signed_id_token,
+                           email=email if isinstance(email, str) and email else None)
+
+    async def _userinfo(self, meta: ProviderMetadata, access_token: str, *, sub: str) -> Mapping[str, Any]:
+        if meta.userinfo_endpoint is None:
+            raise ProviderError("discovery has no userinfo_endpoint, and the relying party reads userinfo")
         status, ctype, info = await self._json("GET", meta.userinfo_endpoint, what="userinfo",
                                                headers={"Authorization": f"Bearer {access_token}"})
         if status != 200:
             raise ProviderError(f"userinfo: HTTP {status}")
         if ctype == "application/jwt":
-            info = await self._verify_signed(info, error=InvalidUserinfo)
+            info, _ = await self._verify_jwt(info, error=InvalidUserinfo)
+        elif self.encrypted:
+            raise InvalidUserinfo("userinfo is plain JSON, though the OP is expected to encrypt it")
         if not isinstance(info, Mapping):
             raise InvalidUserinfo("userinfo is not an object")
-        if info.get("sub") != claims["sub"]:
+        if info.get("sub") != sub:
             raise InvalidUserinfo("userinfo is about another sub than the id_token")
-        # 5. the pivot identity
-        email = info.get("email")
-        return LoginResult(identity=pivot_identity(info), issuer=meta.issuer, sub=claims["sub"], acr=claims["acr"],
-                           id_token=id_token, email=email if isinstance(email, str) and email else None)
+        return info
 
     async def end_session_url(self, *, id_token_hint: str, post_logout_redirect_uri: str, state: str) -> str | None:
         """Where to send the browser to end the OP's session too; None when the OP has no end_session_endpoint."""
@@ -381,4 +541,5 @@ class OidcClient:
             return None
         return _with_query(meta.end_session_endpoint, {
             "id_token_hint": id_token_hint, "post_logout_redirect_uri": post_logout_redirect_uri, "state": state,
+            "client_id": self.client_id,
         })

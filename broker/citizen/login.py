@@ -1,4 +1,5 @@
-"""Citizen login routes: the broker as an OpenID Connect relying party of FranceConnect (or of the sandbox OP).
+"""Citizen login routes: the broker as an OpenID Connect relying party of FranceConnect, FranceConnect+, any
+certified OP (the settings of `broker.config.CitizenLoginConfig`), or the sandbox OP.
 
 * ``GET /citizen/login?next=/path?query``: sends the browser to the OP with a fresh state, nonce and PKCE S256
   verifier; ``next`` must be a local path (`consent.sessions.safe_next`), anything else lands on ``/citizen/``.
@@ -10,6 +11,8 @@
   303 to the OP's end_session_endpoint, which comes back to ``/citizen/logged-out``.
 * ``GET /citizen/logged-out``: says so. ``GET /citizen/`` (where a login lands by default) is the citizen portal's
   home, `broker.portal`.
+* ``GET /citizen/jwks.json``: the relying party's public keys (`consent.oidc_keys`), to register at the OP as its
+  ``jwks_uri``: the private_key_jwt signing key, the keys the OP encrypts to. Empty when neither is configured.
 
 The login state (state, nonce, PKCE verifier, next, expiry) lives in a short-lived cookie sealed with AES-256-GCM,
 not in the database: a login started by anyone on the Internet then writes nothing on the server (the same reason
@@ -51,7 +54,7 @@ from broker.config import LOGGED_OUT_PATH, CitizenLoginConfig, ConfigError
 from broker.errors import CsrfFailed, LoginRequired
 from broker.service.problems import REQUEST_ID, Handler, problem_for, problem_response
 from broker.storage import db
-from consent import oidc
+from consent import oidc, oidc_keys
 from consent.sealing import Sealer, SealError
 from consent.sessions import (
     CITIZEN_SESSIONS,
@@ -88,6 +91,8 @@ _LOGIN_SEAL = "dlnuf/citizen-login/v1:"
 
 OIDC = web.AppKey("citizen_oidc", oidc.OidcClient)
 LOGIN_CONFIG = web.AppKey("citizen_login_config", CitizenLoginConfig)
+RP_JWKS: web.AppKey[dict[str, Any]] = web.AppKey("citizen_rp_jwks")
+JWKS_PATH = "/citizen/jwks.json"
 LoginDeniedHook = Callable[[web.Request, str, str], Awaitable[web.StreamResponse | None]]
 LOGIN_DENIED: web.AppKey[LoginDeniedHook] = web.AppKey("citizen_login_denied")
 """Who hears that the citizen cancelled at the OP, given `next` and the OP's error: a response to send instead of
@@ -102,6 +107,7 @@ CSRF_FAILED = problem_for(CsrfFailed("bad or missing CSRF token"))
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get(JWKS_PATH, jwks)
     router.add_get(LOGIN_PATH, login)
     router.add_get(CALLBACK_PATH, callback)
     router.add_post(LOGOUT_PATH, logout)
@@ -112,12 +118,25 @@ def add_routes(router: web.UrlDispatcher) -> None:
 async def running(app: web.Application, config: CitizenLoginConfig, *, pool: asyncpg.Pool,
                   http: aiohttp.ClientSession, subject_secret: bytes, sealer: Sealer) -> AsyncIterator[None]:
     """Citizen login on the broker's pool and HTTP session, for the life of the app; expired sessions are purged."""
-    secret = os.environ.get(config.client_secret_env, "")
-    if not secret:
+    secret = os.environ.get(config.client_secret_env, "") or None
+    if config.auth_method != "private_key_jwt" and not secret:
         raise ConfigError(f"citizen login needs the client secret in {config.client_secret_env}, which is not set")
+    try:
+        client_key = (oidc_keys.load_or_create_client_key(config.client_key_file)
+                      if config.client_key_file is not None else None)
+        decryption_keys = (oidc_keys.load_or_create_decryption_keys(config.encryption_key_file)
+                           if config.encryption_key_file is not None else None)
+    except (oidc_keys.KeyFileError, OSError) as exc:
+        raise ConfigError(f"citizen login: {exc}") from None
+    rp = oidc.RelyingParty(scopes=config.scopes, acr_values=config.acr_values, accepted_acr=config.accepted_acr,
+                           claims=dict(config.claims), userinfo=config.userinfo, auth_method=config.auth_method,
+                           id_token_algs=config.id_token_algs, encryption_algs=config.encryption_algs,
+                           encryption_encs=config.encryption_encs)
     app[LOGIN_CONFIG] = config
     app[OIDC] = oidc.OidcClient(http, issuer=config.issuer, client_id=config.client_id, client_secret=secret,
+                                client_key=client_key, decryption_keys=decryption_keys, rp=rp,
                                 redirect_uri=config.redirect_uri)
+    app[RP_JWKS] = oidc_keys.public_jwks(client_key, decryption_keys)
     app[CITIZEN_SESSIONS] = SessionSettings(pool=pool, sealer=sealer, subject_secret=subject_secret,
                                             lifetime=timedelta(seconds=config.session_lifetime),
                                             cookie_secure=config.cookie_secure)
@@ -175,21 +194,24 @@ def _login_again(next_path: str) -> str:
     return f'<p><a href="{html.escape(login_url(next_path))}">Se connecter à nouveau</a></p>'
 
 
-# What the citizen reads for each refusal: what to do, never why (the reason is in the server log).
+# What the citizen reads for each refusal: what to do, never why (the reason is in the server log). {op} is the OP's
+# name (DLNUF_OIDC_PROVIDER_NAME).
 _REFUSALS: list[tuple[type[oidc.LoginError], int, str, str]] = [
-    (oidc.LoginDenied, 400, "Connexion annulée", "Vous avez annulé la connexion avec FranceConnect."),
+    (oidc.LoginDenied, 400, "Connexion annulée", "Vous avez annulé la connexion avec {op}."),
     (oidc.StateMismatch, 400, "Connexion interrompue",
      "Cette connexion n'a pas été commencée dans ce navigateur, ou elle a pris trop de temps."),
     (oidc.CodeRejected, 400, "Connexion expirée", "Cette connexion a déjà été utilisée ou a expiré."),
-    (oidc.ProviderError, 502, "FranceConnect indisponible",
-     "FranceConnect n'a pas pu être joint ou a répondu une erreur. Réessayez dans quelques instants."),
-    (oidc.LoginError, 502, "Connexion refusée", "La réponse de FranceConnect n'a pas pu être vérifiée."),
+    (oidc.ProviderError, 502, "{op} indisponible",
+     "{op} n'a pas pu être joint ou a répondu une erreur. Réessayez dans quelques instants."),
+    (oidc.LoginError, 502, "Connexion refusée", "La réponse de {op} n'a pas pu être vérifiée."),
 ]
 
 
 def _refusal(request: web.Request, exc: oidc.LoginError, next_path: str) -> web.Response:
     log.warning("citizen login refused", error=type(exc).__name__, reason=str(exc))
-    status, title, message = next((s, t, m) for cls, s, t, m in _REFUSALS if isinstance(exc, cls))
+    op = request.config_dict[LOGIN_CONFIG].provider_name
+    status, title, message = next((s, t.format(op=op), m.format(op=op)) for cls, s, t, m in _REFUSALS
+                                  if isinstance(exc, cls))
     body = f"<h1>{html.escape(title)}</h1>\n<p>{html.escape(message)}</p>\n{_login_again(next_path)}"
     return _page(request, title, body, status=status)
 
@@ -263,7 +285,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         if not code:
             raise oidc.ProviderError("callback without code nor error")
         result = await request.config_dict[OIDC].finish(code=code, code_verifier=login_state["verifier"],
-                                                nonce=login_state["nonce"])
+                                                        nonce=login_state["nonce"], iss=request.query.get("iss"))
     except oidc.LoginError as exc:
         response: web.StreamResponse | None = None
         denied = request.config_dict.get(LOGIN_DENIED)
@@ -317,8 +339,13 @@ async def logout(request: web.Request) -> web.Response:
     return response
 
 
+async def jwks(request: web.Request) -> web.Response:
+    return web.json_response(request.config_dict[RP_JWKS], headers={"Cache-Control": "max-age=300"})
+
+
 async def logged_out(request: web.Request) -> web.Response:
-    body = ("<h1>Vous êtes déconnecté·e</h1>\n<p>Votre session est terminée, ici et chez FranceConnect.</p>\n"
+    op = html.escape(request.config_dict[LOGIN_CONFIG].provider_name)
+    body = (f"<h1>Vous êtes déconnecté·e</h1>\n<p>Votre session est terminée, ici et chez {op}.</p>\n"
             f'<p><a href="{html.escape(login_url(DEFAULT_NEXT))}">Se connecter</a></p>')
     return _page(request, "Déconnexion", body)
 

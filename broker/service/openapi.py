@@ -318,6 +318,14 @@ def _citizen_login_paths() -> dict[str, Any]:
             "parameters": [{"name": "state", **query}],
             "responses": {"200": _html("The citizen is logged out.")},
         }},
+        "/citizen/jwks.json": {"get": {
+            "operationId": "citizenRelyingPartyJwks", "tags": ["citizen login"],
+            "summary": "The relying party's public keys, to register at the OP as jwks_uri",
+            "description": "The key signing private_key_jwt assertions (DLNUF_OIDC_TOKEN_AUTH=private_key_jwt) and "
+                           "the keys the OP encrypts id_tokens and userinfo to (DLNUF_OIDC_ENCRYPTION_ALGS, "
+                           "FranceConnect+); an empty set when neither is configured.",
+            "responses": {"200": _json("JWK Set, public members only")},
+        }},
     }
 
 
