@@ -4,6 +4,7 @@ login, consumers with consent-based habilitations, and a scripted browser that f
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +53,16 @@ class ConsentStack:
     login: CitizenLoginConfig
     callback: str = CALLBACK
     """The consumers' registered redirect URI."""
+    client_ssl: ssl.SSLContext | None = None
+    """What clients trust when the broker runs on HTTPS (`start(tls=...)`)."""
 
     def browser(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                     connector=aiohttp.TCPConnector(ssl=self.client_ssl) if self.client_ssl else None)
 
     def client(self, who: Consumer | None = None) -> BrokerClient:
         c = who or self.lyon
-        return BrokerClient(self.broker, key=c.key, client_id=c.siret)
+        return BrokerClient(self.broker, key=c.key, client_id=c.siret, ssl_context=self.client_ssl)
 
     async def walk(self, browser: aiohttp.ClientSession, url: str, *, citizen: str = "dupont-marie-claire",
                    decision: str = "accept", untick: tuple[str, ...] = (), stop_at: str = CALLBACK,
@@ -116,15 +120,17 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
 
     async def start(*, basis: str = "consent", redirect_uri: str = CALLBACK, bases: Mapping[str, str] | None = None,
                     names: Mapping[str, str] | None = None,
-                    extra_datasets: Mapping[str, tuple[str, ...]] | None = None, **settings: Any) -> ConsentStack:
+                    extra_datasets: Mapping[str, tuple[str, ...]] | None = None, key_alg: str = "ed25519",
+                    tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None, **settings: Any) -> ConsentStack:
         """`basis` for both consumers' habilitations, or `bases[siret]` for those it names; `redirect_uri` is
         registered for both; `names` names the consumers in the registry (else "Commune <siret>"); `settings`
-        overrides the broker's configuration (`oauth_require_par=True`...)."""
+        overrides the broker's configuration (`oauth_require_par=True`...). `key_alg` is the consumers' key
+        algorithm; `tls` (server context, client context) serves the broker on HTTPS."""
         sandbox_runner, sandbox_url = await start_sandbox(SANDBOX_TOKEN, slow_delay=2.0)
         runners.append(sandbox_runner)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        broker = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        broker = f"{'https' if tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
         clients = {OIDC_CLIENT: ClientConfig(OIDC_SECRET, [broker + "/citizen/callback"],
                                              [broker + "/citizen/logged-out"], name="DLNUF")}
         op_runner, issuer = await start_franceconnect(clients, host="127.0.0.2")
@@ -132,8 +138,8 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
         login = CitizenLoginConfig(issuer=issuer, client_id=OIDC_CLIENT, client_secret_env=OIDC_SECRET_ENV,
                                    redirect_uri=broker + "/citizen/callback",
                                    post_logout_redirect_uri=broker + "/citizen/logged-out", session_lifetime=1800.0,
-                                   cookie_secure=False)
-        lyon, paris = consumer(LYON), consumer(PARIS)
+                                   cookie_secure=tls is not None)
+        lyon, paris = consumer(LYON, alg=key_alg), consumer(PARIS, alg=key_alg)
         text = registry_toml([lyon, paris], provider_url=sandbox_url, basis=basis, bases=bases, names=names,
                              redirect_uri=redirect_uri, extra_datasets=extra_datasets)
         config = broker_config(tmp_path, database_url, text, citizen_login=login, **settings)
@@ -141,8 +147,9 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
         await runner.setup()
         runners.append(runner)
-        await web.SockSite(runner, sock).start()
-        return ConsentStack(broker, issuer, app, database_url, lyon, paris, login, redirect_uri)
+        await web.SockSite(runner, sock, ssl_context=tls[0] if tls else None).start()
+        return ConsentStack(broker, issuer, app, database_url, lyon, paris, login, redirect_uri,
+                            tls[1] if tls else None)
 
     yield start
     for runner in reversed(runners):

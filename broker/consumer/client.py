@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -175,7 +176,9 @@ class ExchangeAnswer:
 class BrokerClient:
     def __init__(self, base_url: str, *, key: PrivateKey, broker_keys: Sequence[PublicKey] | None = None,
                  session: aiohttp.ClientSession | None = None, timeout: float = 30.0,
-                 client_id: str | None = None, max_skew: float = 60.0) -> None:
+                 client_id: str | None = None, max_skew: float = 60.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """`ssl_context` trusts a private CA (the RIE's, a test one) when the SDK makes its own session."""
         self.base_url = base_url.rstrip("/")
         self.max_skew = max_skew  # seconds an answer's `created` may differ from this clock
         self.key = key
@@ -184,7 +187,9 @@ class BrokerClient:
         self._keys_pinned = broker_keys is not None
         self._keys_fetched_at = 0.0
         self._own_session = session is None
-        self._session = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+        self._session = session or aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            connector=aiohttp.TCPConnector(ssl=ssl_context) if ssl_context is not None else None)
 
     @property
     def session(self) -> aiohttp.ClientSession:

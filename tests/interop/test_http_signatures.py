@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 import requests
 from aiohttp.test_utils import TestServer
-from http_message_signatures import HTTPMessageSigner, HTTPMessageVerifier, InvalidSignature, MappingKeyResolver
-from http_message_signatures.algorithms import ECDSA_P256_SHA256, ED25519
+from http_message_signatures import InvalidSignature
 
 from adapters.sandbox.api_particulier import create_app as sandbox_app
 from tests.broker_harness import EXCHANGES, Harness, broker_config, exchange_body, start_broker
 from tests.factories import SANDBOX_TOKEN, TOKEN_ENV, Consumer, consumer, registry_toml
 from tests.interop import node
-
-ALGORITHMS = {"ed25519": ED25519, "ecdsa-p256-sha256": ECDSA_P256_SHA256}
+from tests.interop.pyauth import signed_exchange
 
 
 @pytest.fixture(params=["ed25519", "ecdsa-p256-sha256"])
@@ -50,22 +46,7 @@ async def broker_jwks(broker: Harness) -> dict[str, Any]:
 
 def _pyauth_round_trip(url: str, body: bytes, client: Consumer, jwks: dict[str, Any], *,
                        tamper: bool = False) -> tuple[requests.Response, list[Any]]:
-    """Sign with pyauth, send with requests, verify the answer with pyauth: what a Python consumer would write."""
-    private = jwt.PyJWK(client.key.to_jwk()).key
-    signer = HTTPMessageSigner(signature_algorithm=ALGORITHMS[client.key.alg],
-                               key_resolver=MappingKeyResolver(public_keys={}, private_keys={client.key.kid: private}))
-    prepared = requests.Request("POST", url, data=body, headers={"Content-Type": "application/json"}).prepare()
-    signer.sign(prepared, key_id=client.key.kid, label="sig1", nonce=secrets.token_urlsafe(16), body=body,
-                covered_component_ids=("@method", "@target-uri", "content-digest"))
-    if tamper:  # a byte of the body changed after signing
-        prepared.body = body.replace(b"quotient_familial", b"quotient_familiaL")
-    with requests.Session() as http:
-        response = http.send(prepared, timeout=30)
-    broker_keys = {k["kid"]: jwt.PyJWK(k).key for k in jwks["keys"]}
-    verifier = HTTPMessageVerifier(signature_algorithm=ED25519,
-                                   key_resolver=MappingKeyResolver(public_keys=broker_keys, private_keys={}))
-    results = verifier.verify(response, require_components=("@status", "content-digest"), body=response.content)
-    return response, results
+    return signed_exchange(url, body, jwk=client.key.to_jwk(), broker_jwks=jwks, tamper=tamper)
 
 
 async def test_pyauth_signed_requests_are_accepted_and_it_verifies_the_answer(broker: Harness,
