@@ -142,8 +142,11 @@ def decrypt(token: str, keys: Key | KeySet, *, algorithms: Collection[str],
         raise JoseError(f"JWE alg {header.get('alg')!r} / enc {header.get('enc')!r} is not allowed")
     if "zip" in header:  # a compressed plaintext is a decompression bomb in waiting, and nobody needs it here
         raise JoseError("compressed JWE refused")
+    # an OP may replicate claims in the header (RFC 7519 §5.3: oidc-provider puts iss and aud there), harmless
+    # unless marked critical, which joserfc still checks
+    registry = jwe.JWERegistry(algorithms=[*algorithms, *encryptions], strict_check_header=False)
     try:
-        obj = jwe.decrypt_compact(token, keys, algorithms=[*algorithms, *encryptions])
+        obj = jwe.decrypt_compact(token, keys, registry=registry)
     except jose_errors.JoseError as exc:
         raise JoseError(f"{type(exc).__name__}: {exc}") from None
     except (ValueError, TypeError) as exc:
