@@ -73,6 +73,9 @@ class Config:
     client_assertion_max_lifetime: float = 3600.0
     """Seconds a client assertion (private_key_jwt) may live: its exp at most this far ahead. Its jti is kept that
     long. 3600 is Authlib's default; openid-client's assertions live 60 s."""
+    client_assertion_audience: str = "issuer-or-endpoint"
+    """"issuer-or-endpoint": aud may be the issuer, the endpoint called or the token endpoint (RFC 7523, what
+    Authlib sends); "issuer": only the issuer identifier, as a string (FAPI 2.0, against audience injection)."""
 
     @property
     def embedded(self) -> bool:
@@ -375,6 +378,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         outbox_timeout=_float(env, "DLNUF_OUTBOX_TIMEOUT", 10.0, 0.1, 300.0),
         oauth_require_par=_bool(env, "DLNUF_OAUTH_REQUIRE_PAR", False),
         client_assertion_max_lifetime=_float(env, "DLNUF_CLIENT_ASSERTION_MAX_LIFETIME", 3600.0, 10.0, 86400.0),
+        client_assertion_audience=env.get("DLNUF_CLIENT_ASSERTION_AUDIENCE") or "issuer-or-endpoint",
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - set(Config.__dataclass_fields__)
@@ -388,4 +392,6 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         raise ConfigError("DLNUF_LOG_MMD must be at least 5 times DLNUF_LOG_INTERVAL")
     if config.outbox_max_backoff < config.outbox_backoff:
         raise ConfigError("DLNUF_OUTBOX_MAX_BACKOFF must not be below DLNUF_OUTBOX_BACKOFF")
+    if config.client_assertion_audience not in ("issuer-or-endpoint", "issuer"):
+        raise ConfigError("DLNUF_CLIENT_ASSERTION_AUDIENCE must be issuer-or-endpoint or issuer")
     return config

@@ -5,7 +5,8 @@ What standard clients send unmodified is accepted, and nothing weaker:
 
 - ``aud``: the broker's issuer identifier (what draft-ietf-oauth-rfc7523bis recommends and openid-client sends),
   the URL of the endpoint called (RFC 7523, what Authlib sends), or the token endpoint (RFC 9126 §2 lets a PAR
-  client use it); as a string or in an array;
+  client use it); as a string or in an array. An operator may narrow it to the issuer alone, as a string
+  (`single_audience`, what FAPI 2.0 requires against audience injection);
 - ``typ``: absent, ``JWT``, or ``client-authentication+jwt`` (rfc7523bis). Any other type (an access token's
   ``at+jwt``, a receipt) is refused: a JWT made for another purpose is not a client assertion;
 - ``alg``: ``Ed25519`` (RFC 9864, openid-client) or ``EdDSA`` (RFC 8037) for an Ed25519 key, ``ES256`` for a P-256
@@ -71,7 +72,7 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
 
 
 def verify_assertion_claims(claims: Mapping[str, Any], *, client_id: str, audiences: Collection[str],
-                            max_lifetime: timedelta, now: datetime) -> datetime:
+                            max_lifetime: timedelta, now: datetime, single_audience: bool = False) -> datetime:
     """The expiry of a signature-verified assertion whose claims are acceptable; raise `ClientAuthFailed`."""
     # 1. from the client, about the client (RFC 7523 §3, points 1 and 2)
     if claims.get("iss") != client_id or claims.get("sub") != client_id:
@@ -79,6 +80,8 @@ def verify_assertion_claims(claims: Mapping[str, Any], *, client_id: str, audien
     # 2. for us: the issuer identifier or the endpoint (point 3)
     aud = claims.get("aud")
     named = [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] if isinstance(aud, list) else []
+    if single_audience and not isinstance(aud, str):  # FAPI 2.0: the issuer, as a string, and nothing else
+        raise ClientAuthFailed("client_assertion aud must be the issuer identifier, as a string")
     if not set(named) & set(audiences):
         raise ClientAuthFailed("client_assertion aud must be the issuer identifier or the endpoint URL",
                                f"aud {aud!r}, expected one of {sorted(audiences)}")
@@ -105,6 +108,7 @@ def verify_assertion_claims(claims: Mapping[str, Any], *, client_id: str, audien
 async def verify_client_assertion(
     form: Mapping[str, str], *, audiences: Collection[str], keys_of: Callable[[str], Sequence[PublicKey]],
     claim_jti: Callable[[str, str, datetime], Awaitable[bool]], max_lifetime: timedelta, now: datetime,
+    single_audience: bool = False,
 ) -> tuple[str, PublicKey]:
     """The client id and the key that signed the form's ``client_assertion``; raise `ClientAuthFailed`."""
     # 1. private_key_jwt, and only it (RFC 6749 §2.3: one method per request; the caller refuses an
@@ -151,7 +155,7 @@ async def verify_client_assertion(
         raise ClientAuthFailed(_FAILED, f"signature does not verify with {len(candidates)} key(s) of {client_id}")
     # 6. the claims
     exp = verify_assertion_claims(verified, client_id=client_id, audiences=audiences, max_lifetime=max_lifetime,
-                                  now=now)
+                                  now=now, single_audience=single_audience)
     # 7. never seen before with this key (RFC 7523 §3 point 7), remembered until it could no longer be accepted
     if not await claim_jti(key.kid, "jti:" + verified["jti"], exp + LEEWAY):
         raise ClientAuthFailed(_FAILED, f"jti replayed by {client_id}")

@@ -60,9 +60,11 @@ async def authenticate(request: web.Request, form: dict[str, str], *, endpoint: 
             raise OAuthError("invalid_request", "use one client authentication method, not two (RFC 6749 §2.3)")
         raise client_auth.ClientAuthFailed("the only client authentication method is private_key_jwt")
     iss = issuer(request, state.config.public_url)
+    issuer_only = state.config.client_assertion_audience == "issuer"
     return await client_auth.verify_client_assertion(
-        form, audiences={iss, iss + endpoint, iss + TOKEN_PATH}, keys_of=state.keys_of, claim_jti=state.claim_nonce,
-        max_lifetime=timedelta(seconds=state.config.client_assertion_max_lifetime), now=datetime.now(UTC),
+        form, audiences={iss} if issuer_only else {iss, iss + endpoint, iss + TOKEN_PATH}, keys_of=state.keys_of,
+        claim_jti=state.claim_nonce, max_lifetime=timedelta(seconds=state.config.client_assertion_max_lifetime),
+        now=datetime.now(UTC), single_audience=issuer_only,
     )
 
 

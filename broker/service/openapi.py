@@ -383,7 +383,8 @@ def _portal_paths() -> dict[str, Any]:
 
 _CLIENT_AUTH = (
     "Client authentication: private_key_jwt only (RFC 7523), a JWT signed by one of the client's registry keys: "
-    "`iss` and `sub` the client_id; `aud` the issuer identifier, this endpoint's URL or the token endpoint's; "
+    "`iss` and `sub` the client_id; `aud` the issuer identifier, this endpoint's URL or the token endpoint's "
+    "(only the issuer, as a string, with DLNUF_CLIENT_ASSERTION_AUDIENCE=issuer, as FAPI 2.0 wants); "
     "`typ` absent, `JWT` or `client-authentication+jwt`; `alg` `Ed25519` or `EdDSA` (Ed25519 keys), `ES256` "
     "(P-256 keys); `kid` optional (without it, each of the client's live keys is tried); `exp` at most "
     "DLNUF_CLIENT_ASSERTION_MAX_LIFETIME seconds ahead (default 3600); `jti` never used before. A refused client "

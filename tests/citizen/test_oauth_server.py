@@ -227,6 +227,17 @@ async def test_the_lifetime_limit_is_the_operators(start_consent_stack: StartCon
     assert (status, body["error"]) == (400, "invalid_grant")
 
 
+async def test_fapi2_audience_is_the_issuer_alone_when_the_operator_says_so(
+        start_consent_stack: StartConsentStack) -> None:  # noqa: F811
+    stack = await start_consent_stack(client_assertion_audience="issuer")
+    token_endpoint = stack.broker + "/oauth/token"
+    for refused in (assertion(stack, aud=token_endpoint), assertion(stack, aud=[stack.broker])):
+        status, body, _ = await token_attempt(stack, refused)
+        assert (status, body["error"]) == (400, "invalid_client") and "issuer" in body["error_description"]
+    status, body, _ = await token_attempt(stack, assertion(stack, aud=stack.broker))
+    assert (status, body["error"]) == (400, "invalid_grant")
+
+
 async def test_an_authorization_header_gets_a_challenge_of_its_scheme(stack: ConsentStack) -> None:
     basic = {"Authorization": "Basic " + __import__("base64").b64encode(f"{LYON}:secret".encode()).decode()}
     status, body, headers = await post(stack, "/oauth/token", {"grant_type": "authorization_code", "code": "x"},
