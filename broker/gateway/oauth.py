@@ -28,12 +28,11 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
-import jwt
 import orjson
 import structlog
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from broker.gateway.errors import AnswerUnverified, BrokerUnreachable, NotOffered
+from broker.signing import jose
 from broker.signing.keys import PrivateKey
 
 log = structlog.get_logger(__name__)
@@ -43,11 +42,6 @@ ASSERTION_LIFETIME: Final = 60
 METADATA_TTL: Final = 3600.0
 Endpoint = Literal["token", "par"]
 
-# PyJWT knows Ed25519 keys as "EdDSA" only; RFC 9864's fully-specified name signs the same way.
-_JWS = jwt.PyJWS(algorithms=[])
-_JWS.register_algorithm("EdDSA", OKPAlgorithm())
-_JWS.register_algorithm("Ed25519", OKPAlgorithm())
-_JWS.register_algorithm("ES256", ECAlgorithm(ECAlgorithm.SHA256))
 _ALGS: Final = {"ed25519": ("Ed25519", "EdDSA"), "ecdsa-p256-sha256": ("ES256",)}
 
 
@@ -158,6 +152,6 @@ def client_assertion(key: PrivateKey, *, client_id: str, metadata: ServerMetadat
     jti = secrets.token_urlsafe(16)
     claims = {"iss": client_id, "sub": client_id, "aud": metadata.audience, "iat": issued,
               "exp": issued + ASSERTION_LIFETIME, "jti": jti}
-    token = _JWS.encode(orjson.dumps(claims), key.private_key, algorithm=metadata.algorithm(key),
-                        headers={"kid": key.kid})
+    # the broker's one JOSE library (joserfc), which knows RFC 9864's "Ed25519" as well as "EdDSA"
+    token = jose.sign_jwt(claims, key, typ="JWT", header={"alg": metadata.algorithm(key)})
     return token, jti
