@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,test]'
 	touch $(STAMP)
 
-# The DSFR (served with the citizen pages) and axe-core (browser tests only), exactly as package-lock.json says.
+# The DSFR (served with the citizen pages), axe-core (browser tests) and the interop suite's Node packages
+# (openid-client, oidc-provider, http-message-signatures: tests/interop), exactly as package-lock.json says.
 # The pages work without them, unstyled: for the demo, a missing npm or a failed install is reported, not fatal.
 $(NODE_STAMP): package.json package-lock.json
 	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund; \
