@@ -7,10 +7,12 @@ Invariants:
   so an unverified request cannot reach an adapter.
 - Every refusal is a `SignatureRejected` whose `reason` is a stable code (`REASONS`) with a detail for the server
   log. The HTTP layer shows the caller neither (one opaque 401): probing must teach an attacker nothing.
-- Several signatures on one request: the broker judges exactly one label, the first in Signature-Input order that
-  has a Signature member and meets the policy (covered components and parameters). Other labels are not verified
-  (they must still be well-formed), so a sender can add signatures for other parties, and junk labels cost a parse
-  but never a public-key operation. A label that meets the policy but does not verify is not rescued by a later one.
+- Exactly one signature per message: Signature-Input and Signature each hold one label, the same. A second label
+  is refused (`several-signatures`) rather than left unverified: a signature the broker does not check is one an
+  attacker may add, and "the first that verifies" or "every one must verify" would need the keys of parties the
+  broker does not know. A repeated label, a repeated signature parameter or a repeated Content-Digest algorithm
+  is refused too (`malformed`), where RFC 8941 alone would let the last one win: a message must not say two
+  things at once.
 - The nonce is claimed last, after the signature verified, so unauthenticated traffic cannot fill the nonce store.
 
 The signature base is built per RFC 9421 §2.5 byte for byte, for every component RFC 9421 defines except trailers
@@ -57,9 +59,10 @@ __all__ = [
 
 Reason: TypeAlias = Literal[
     "missing-signature",  # no Signature / Signature-Input field
-    "malformed",  # the fields or a component identifier break RFC 8941 / RFC 9421
+    "malformed",  # the fields or a component identifier break RFC 8941 / RFC 9421, or repeat a key
+    "several-signatures",  # more than one label: the broker accepts exactly one signature
     "components-missing",  # no label covers what the policy requires
-    "params-missing",  # the chosen label lacks created / keyid / nonce
+    "params-missing",  # the signature lacks created / keyid / nonce
     "component-absent",  # a covered component is not in the message (header, query parameter)
     "unknown-key",
     "key-not-valid-now",  # outside the key's not-before / not-after
@@ -157,9 +160,10 @@ def content_digest(body: bytes) -> str:
 
 def verify_content_digest(field_value: str, body: bytes) -> None:
     """Check a Content-Digest value against `body`: at least one of sha-256 / sha-512 present, and every one of
-    them present must match. Other algorithms are ignored (RFC 9530 §2: unknown ones are skipped)."""
+    them present must match. Other algorithms are ignored (RFC 9530 §2: unknown ones are skipped). An algorithm
+    given twice is refused: which of the two would a reader trust?"""
     try:
-        digests = sf.parse_dictionary(field_value)
+        digests = sf.parse_dictionary(field_value, unique_keys=True)
     except sf.StructuredFieldError as exc:
         raise _malformed(f"Content-Digest: {exc}") from None
     checked = 0
@@ -415,17 +419,35 @@ def _make_signature(label: str, inner: sf.Member, signature: bytes) -> _Signatur
     )
 
 
-def _parse_signature_fields(headers: Headers) -> list[_Signature]:
-    """Every label present in both Signature-Input and Signature, in Signature-Input order."""
+def _signature_dictionaries(headers: Headers) -> tuple[dict[str, sf.Member], dict[str, sf.Member]]:
+    """Signature-Input and Signature as dictionaries; a label (or a parameter of one) given twice is malformed."""
     inputs_lines = _field_lines(headers, "signature-input")
     signature_lines = _field_lines(headers, "signature")
     if not inputs_lines or not signature_lines:
         raise SignatureRejected("missing-signature", "no Signature-Input or no Signature field")
     try:
-        inputs = sf.parse_dictionary(", ".join(inputs_lines))
-        signatures = sf.parse_dictionary(", ".join(signature_lines))
+        return (sf.parse_dictionary(", ".join(inputs_lines), unique_keys=True),
+                sf.parse_dictionary(", ".join(signature_lines), unique_keys=True))
     except sf.StructuredFieldError as exc:
         raise _malformed(f"Signature-Input / Signature: {exc}") from None
+
+
+def _the_signature(headers: Headers) -> _Signature:
+    """The message's one signature (see the module's invariants: a second label is refused, not ignored)."""
+    inputs, signatures = _signature_dictionaries(headers)
+    if len(inputs) > 1 or len(signatures) > 1:
+        raise SignatureRejected("several-signatures", f"labels {', '.join(sorted({*inputs, *signatures}))}: "
+                                "the broker accepts exactly one signature")
+    [sig] = _matched_signatures(inputs, signatures)
+    return sig
+
+
+def _parse_signature_fields(headers: Headers) -> list[_Signature]:
+    """Every label present in both Signature-Input and Signature, in Signature-Input order."""
+    return _matched_signatures(*_signature_dictionaries(headers))
+
+
+def _matched_signatures(inputs: dict[str, sf.Member], signatures: dict[str, sf.Member]) -> list[_Signature]:
     out = []
     for label, inner in inputs.items():
         member = signatures.get(label)
@@ -477,21 +499,6 @@ def signature_base(
 # ---------------------------------------------------------------------------------------------------------------
 # Verification steps: each returns None or raises SignatureRejected
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _choose(signatures: list[_Signature], policy: Callable[[_Signature], None]) -> _Signature:
-    """The first label meeting `policy`; if none does, the first label's refusal."""
-    first_refusal: SignatureRejected | None = None
-    for sig in signatures:
-        try:
-            policy(sig)
-        except SignatureRejected as exc:
-            first_refusal = first_refusal or exc
-            continue
-        return sig
-    if first_refusal is None:  # unreachable: `_parse_signature_fields` never returns an empty list
-        raise _malformed("no signature")
-    raise first_refusal
 
 
 def _verify_request_policy(sig: _Signature, *, has_body: bool) -> None:
@@ -627,19 +634,19 @@ async def verify_request(
 ) -> VerifiedRequest:
     """Verify a consumer's signed request against the broker's policy, or raise `SignatureRejected`.
 
-    Policy: the label covers `@method`, and `@target-uri` or all of `@authority`, `@path`, `@query`, and
-    `content-digest` when the body is not empty; it has `created`, `keyid` and `nonce`; `created` is within
-    `max_skew` seconds of `now` either way, `expires` (if any) is not past; the key is known, valid at `now`, and
-    of the `alg` named (if any). `target_uri` is the absolute URI the consumer addressed, as it wrote it (the
+    Policy: one signature (one label), which covers `@method`, and `@target-uri` or all of `@authority`, `@path`,
+    `@query`, and `content-digest` when the body is not empty; it has `created`, `keyid` and `nonce`; `created`
+    is within `max_skew` seconds of `now` either way, `expires` (if any) is not past; the key is known, valid at
+    `now`, and of the `alg` named (if any). `target_uri` is the absolute URI the consumer addressed, as it wrote it (the
     broker's public base URL followed by the raw path and query). `claim_nonce(keyid, nonce, expires_at)` returns
     False when the nonce was already used with that key; `expires_at` is when the signature stops being acceptable,
     after which the nonce may be forgotten.
     """
     now_ts = _aware_timestamp(now)
-    # 1. Parse Signature-Input and Signature.
-    signatures = _parse_signature_fields(headers)
-    # 2. Choose the label: the first meeting the broker's policy on covered components and parameters.
-    sig = _choose(signatures, lambda s: _verify_request_policy(s, has_body=bool(body)))
+    # 1. Parse Signature-Input and Signature: exactly one label, nothing repeated.
+    sig = _the_signature(headers)
+    # 2. The broker's policy on covered components and parameters.
+    _verify_request_policy(sig, has_body=bool(body))
     # 3. Freshness: created within the window, not expired.
     _verify_window(sig, now_ts, max_skew)
     # 4. The key: known, valid now, of the algorithm the signature names.
@@ -825,9 +832,9 @@ def verify_response(
 ) -> None:
     """Verify the broker's signed answer to a request (for the SDK), or raise `SignatureRejected`.
 
-    `request_headers` are the headers the client sent (at least its Signature field). The chosen label (the first
-    meeting the policy) must cover @status, content-digest, content-type when the response has one, and the
-    request's signature with `req`; it must have `created` and `keyid`; the digest must match the body.
+    `request_headers` are the headers the client sent (at least its Signature field). The response's one signature
+    must cover @status, content-digest, content-type when the response has one, and the request's signature with
+    `req`; it must have `created` and `keyid`; the digest must match the body.
 
     `bound=False` drops the last requirement, for the one kind of answer that cannot carry it: a refusal of a
     request the broker could not verify (unsigned, unknown key...), which proves the broker said it, not that it
@@ -840,9 +847,9 @@ def verify_response(
     except sf.StructuredFieldError as exc:
         raise _malformed(f"the request's Signature field: {exc}") from None
     has_content_type = bool(_field_lines(headers, "content-type"))
-    # 1. Parse; 2. choose the label by policy.
-    sig = _choose(_parse_signature_fields(headers), lambda s: _verify_response_policy(
-        s, has_content_type=has_content_type, request_labels=request_labels, bound=bound))
+    # 1. Parse: exactly one label; 2. the policy.
+    sig = _the_signature(headers)
+    _verify_response_policy(sig, has_content_type=has_content_type, request_labels=request_labels, bound=bound)
     # 3. Freshness.
     _verify_window(sig, now_ts, max_skew)
     # 4. The key.

@@ -66,8 +66,12 @@ _THOUSANDTH = Decimal("0.001")
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def parse_dictionary(text: str) -> dict[str, Member]:
-    """Parse a Dictionary. Multiple field lines must be joined with "," by the caller (RFC 8941 §4.2)."""
+def parse_dictionary(text: str, *, unique_keys: bool = False) -> dict[str, Member]:
+    """Parse a Dictionary. Multiple field lines must be joined with "," by the caller (RFC 8941 §4.2).
+
+    RFC 8941 resolves a repeated key (of the dictionary or of any parameters in it) as "last wins". A policy that
+    must not let a sender say two things at once passes `unique_keys=True`: a repeated key then fails instead.
+    """
     s, i = _start(text)
     n = len(s)
     out: dict[str, Member] = {}
@@ -81,10 +85,12 @@ def parse_dictionary(text: str) -> dict[str, Member]:
         i = m.end()
         member: Member
         if i < n and s[i] == "=":
-            member, i = _parse_item_or_inner_list(s, i + 1)
+            member, i = _parse_item_or_inner_list(s, i + 1, unique_keys)
         else:
-            params, i = _parse_params(s, i)
+            params, i = _parse_params(s, i, unique_keys)
             member = Item(True, params)
+        if unique_keys and key in out:
+            raise StructuredFieldError(f"dictionary key {key!r} is repeated")
         # RFC 8941 keeps the first position and the last value of a repeated key, as a Python dict does.
         out[key] = member
         i = _skip_ows(s, i)
@@ -152,13 +158,13 @@ def _skip_ows(s: str, i: int) -> int:
     return i
 
 
-def _parse_item_or_inner_list(s: str, i: int) -> tuple[Member, int]:
+def _parse_item_or_inner_list(s: str, i: int, unique_keys: bool = False) -> tuple[Member, int]:
     if i < len(s) and s[i] == "(":
-        return _parse_inner_list(s, i)
-    return _parse_item(s, i)
+        return _parse_inner_list(s, i, unique_keys)
+    return _parse_item(s, i, unique_keys)
 
 
-def _parse_inner_list(s: str, i: int) -> tuple[InnerList, int]:
+def _parse_inner_list(s: str, i: int, unique_keys: bool = False) -> tuple[InnerList, int]:
     i += 1  # the "("
     n = len(s)
     items: list[Item] = []
@@ -166,22 +172,22 @@ def _parse_inner_list(s: str, i: int) -> tuple[InnerList, int]:
         while i < n and s[i] == " ":
             i += 1
         if i < n and s[i] == ")":
-            params, i = _parse_params(s, i + 1)
+            params, i = _parse_params(s, i + 1, unique_keys)
             return InnerList(tuple(items), params), i
-        item, i = _parse_item(s, i)
+        item, i = _parse_item(s, i, unique_keys)
         items.append(item)
         if i >= n or (s[i] != " " and s[i] != ")"):
             raise StructuredFieldError(f"' ' or ')' expected in inner list at offset {i}")
     raise StructuredFieldError("unterminated inner list")
 
 
-def _parse_item(s: str, i: int) -> tuple[Item, int]:
+def _parse_item(s: str, i: int, unique_keys: bool = False) -> tuple[Item, int]:
     value, i = _parse_bare_item(s, i)
-    params, i = _parse_params(s, i)
+    params, i = _parse_params(s, i, unique_keys)
     return Item(value, params), i
 
 
-def _parse_params(s: str, i: int) -> tuple[Params, int]:
+def _parse_params(s: str, i: int, unique_keys: bool = False) -> tuple[Params, int]:
     params: Params = {}
     n = len(s)
     while i < n and s[i] == ";":
@@ -196,6 +202,8 @@ def _parse_params(s: str, i: int) -> tuple[Params, int]:
         value: BareItem = True
         if i < n and s[i] == "=":
             value, i = _parse_bare_item(s, i + 1)
+        if unique_keys and key in params:
+            raise StructuredFieldError(f"parameter {key!r} is repeated")
         params[key] = value
     return params, i
 

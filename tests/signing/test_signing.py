@@ -673,7 +673,7 @@ async def test_naive_now_is_a_programming_error(private: PrivateKey) -> None:
 
 
 # ===============================================================================================================
-# Several labels
+# Exactly one signature, nothing repeated (issue 13: a second label used to be left unverified)
 # ===============================================================================================================
 
 
@@ -685,32 +685,93 @@ def add_label(headers: CIMultiDict[str], label: str, member: str, signature: byt
     headers["Signature"] = f"{extra_sig}, {sigs}" if first else f"{sigs}, {extra_sig}"
 
 
-async def test_first_label_meeting_policy_is_judged(private: PrivateKey) -> None:
-    headers = signed(private, label="consumer")
-    # a gateway's signature, first in order but covering too little for the broker: skipped
-    add_label(headers, "gateway", f'("@authority");created={created_ts()};keyid="gw"', first=True)
-    verified = await verify(headers, lookup_for(public(private)))
-    assert verified.label == "consumer"
-
-
-async def test_a_policy_meeting_label_with_a_bad_signature_is_not_rescued(private: PrivateKey) -> None:
+@pytest.mark.parametrize("first", [True, False], ids=["added-first", "added-last"])
+async def test_a_valid_signature_plus_an_invalid_one_is_refused(private: PrivateKey, first: bool) -> None:
     headers = signed(private, label="good")
+    await verify(CIMultiDict(headers), lookup_for(public(private)))
     member = headers["Signature-Input"].removeprefix("good=")
-    add_label(headers, "bad", member, first=True)
-    assert await reason(headers, lookup_for(public(private))) == "bad-signature"
+    add_label(headers, "bad", member, first=first)  # meets the policy, does not verify
+    assert await reason(headers, lookup_for(public(private))) == "several-signatures"
 
 
-async def test_input_without_signature_member_is_skipped(private: PrivateKey) -> None:
+async def test_two_valid_signatures_are_refused_too(private: PrivateKey) -> None:
+    one, two = signed(private, label="one"), signed(private, label="two", nonce="other")
+    headers = CIMultiDict({"Content-Type": "application/json", "Content-Digest": one["Content-Digest"],
+                           "Signature-Input": f'{one["Signature-Input"]}, {two["Signature-Input"]}',
+                           "Signature": f'{one["Signature"]}, {two["Signature"]}'})
+    assert await reason(headers, lookup_for(public(private))) == "several-signatures"
+
+
+async def test_a_gateway_label_beside_the_consumers_is_refused(private: PrivateKey) -> None:
+    headers = signed(private, label="consumer")
+    add_label(headers, "gateway", f'("@authority");created={created_ts()};keyid="gw"', first=True)
+    assert await reason(headers, lookup_for(public(private))) == "several-signatures"
+
+
+async def test_an_input_without_its_signature_is_refused(private: PrivateKey) -> None:
     headers = signed(private)
     headers["Signature-Input"] = f'orphan=("@method");created=1, {headers["Signature-Input"]}'
-    verified = await verify(headers, lookup_for(public(private)))
-    assert verified.label == "sig1"
+    assert await reason(headers, lookup_for(public(private))) == "several-signatures"
 
 
-async def test_first_refusal_reported_when_no_label_qualifies(private: PrivateKey) -> None:
-    headers = {"Signature-Input": 'a=("@method" "@target-uri" "content-digest");created=1, b=("@method")',
-               "Signature": "a=:AA==:, b=:AA==:"}
-    assert await reason(headers, lookup_for(public(private))) == "params-missing"
+@pytest.mark.parametrize("where", ["same-line", "two-lines"])
+async def test_a_repeated_label_is_refused_not_last_wins(private: PrivateKey, where: str) -> None:
+    good = signed(private)
+    forged = 'sig1=("@method" "@target-uri" "content-digest");created=1;keyid="x";nonce="n"'
+    # RFC 8941 alone keeps the last value: the good label second would verify, and the first would be unread
+    headers = CIMultiDict({k: v for k, v in good.items() if k not in ("Signature-Input", "Signature")})
+    if where == "same-line":
+        headers["Signature-Input"] = f'{forged}, {good["Signature-Input"]}'
+        headers["Signature"] = f'sig1=:AA==:, {good["Signature"]}'
+    else:
+        headers.add("Signature-Input", forged)
+        headers.add("Signature-Input", good["Signature-Input"])
+        headers["Signature"] = good["Signature"]
+    assert sf.parse_dictionary(headers.getall("Signature-Input")[-1])["sig1"]  # the last one alone is fine
+    assert await reason(headers, lookup_for(public(private))) == "malformed"
+
+
+async def test_a_repeated_signature_parameter_is_refused(private: PrivateKey) -> None:
+    member = (f'("@method" "@target-uri" "content-digest");created={created_ts()};keyid="{private.kid}";'
+              f'nonce="a";nonce="b"')
+    headers = CIMultiDict({"Content-Digest": messages.content_digest(BODY)})
+    headers["Signature-Input"] = f"sig1={member}"
+    headers["Signature"] = "sig1=:AA==:"
+    assert await reason(headers, lookup_for(public(private))) == "malformed"
+
+
+@pytest.mark.parametrize("digest", [
+    "sha-256=:{good}:, sha-256=:{bad}:",
+    "sha-256=:{bad}:, sha-256=:{good}:",
+])
+async def test_a_repeated_digest_algorithm_is_refused(private: PrivateKey, digest: str) -> None:
+    good = messages.content_digest(BODY).removeprefix("sha-256=:").removesuffix(":")
+    bad = base64.b64encode(b"\1" * 32).decode()
+    value = digest.format(good=good, bad=bad)
+    with pytest.raises(SignatureRejected) as exc:
+        messages.verify_content_digest(value, BODY)
+    assert exc.value.reason == "malformed"
+    # on a request, signed over the crafted field: the refusal is the repetition, not the signature
+    headers = CIMultiDict({"Content-Type": "application/json", "Content-Digest": value})
+    sign_custom(private, headers, f'("@method" "@target-uri" "content-digest");created={created_ts()};'
+                                  f'keyid="{private.kid}";nonce="n"')
+    assert await reason(headers, lookup_for(public(private))) == "malformed"
+
+
+def test_structured_fields_keep_last_wins_by_default() -> None:
+    # RFC 8941 §4.2.2: the generic parser stays conformant; only the signature policy asks for unique keys
+    assert sf.parse_dictionary("a=1, a=2") == {"a": sf.Item(2)}
+    assert sf.parse_dictionary("a=1;p=1;p=2") == {"a": sf.Item(1, {"p": 2})}
+    with pytest.raises(sf.StructuredFieldError, match="repeated"):
+        sf.parse_dictionary("a=1, a=2", unique_keys=True)
+    with pytest.raises(sf.StructuredFieldError, match="repeated"):
+        sf.parse_dictionary("a=(1;p=1;p=2)", unique_keys=True)
+    with pytest.raises(sf.StructuredFieldError, match="repeated"):
+        sf.parse_dictionary("a=(1);p=1;p=2", unique_keys=True)
+    with pytest.raises(sf.StructuredFieldError, match="repeated"):
+        sf.parse_dictionary("a;p, a", unique_keys=True)
+    assert sf.parse_dictionary("a=1;p=1, b;p=2", unique_keys=True) == {"a": sf.Item(1, {"p": 1}),
+                                                                          "b": sf.Item(True, {"p": 2})}
 
 
 # ===============================================================================================================

@@ -347,5 +347,6 @@ def test_verify_request2_one_valid_one_invalid() -> None:
 
 
 async def test_verify_request2_refused_by_broker_policy() -> None:
-    # Neither label covers @method: the broker judges no label, whatever their signatures are worth.
-    assert await broker_verdict(Message("verify_request2.txt")) == "components-missing"
+    # One valid and one invalid signature (the RFC's own pair): the broker accepts exactly one signature, so it
+    # refuses the message before judging either.
+    assert await broker_verdict(Message("verify_request2.txt")) == "several-signatures"
