@@ -22,10 +22,11 @@ from broker import registry
 from broker.citizen import api as citizen_api
 from broker.citizen import login as login_routes
 from broker.citizen import oauth, pages, portal
-from broker.config import Config
+from broker.config import Config, verify_servable
 from broker.exchange import catalogue
 from broker.exchange.pipeline import handle_exchange
 from broker.observability.metrics import Metrics
+from broker.service.attempts import AttemptStore, SourceBudget
 from broker.service.middleware import request_id_middleware, signing_middleware
 from broker.service.openapi import openapi_document
 from broker.service.problems import problem_middleware
@@ -89,6 +90,8 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     cache.on_change(adapters.update)
     cache.on_change(lambda r: metrics.registry_version.set(r.version))
     await cache.refresh()
+    budget = None if config.source_limit is None else SourceBudget(*config.source_limit)
+    attempts = AttemptStore(pool, metrics, capacity=config.attempts_keep, budget=budget)
     state = BrokerState(
         config=config,
         pool=pool,
@@ -98,25 +101,29 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         subject_secret=load_or_create_secret(config.subject_key_file),
         metrics=metrics,
         sealer=Sealer.from_file(config.identity_key_file),
+        attempts=attempts,
     )
     app[STATE] = state
-    tasks = [asyncio.create_task(cache.watch()), asyncio.create_task(_housekeeping(pool))]
+    tasks = [asyncio.create_task(cache.watch()), asyncio.create_task(_housekeeping(pool)),
+             asyncio.create_task(attempts.run())]
     yield
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await attempts.flush()  # what the last interval refused
     await session.close()
     await pool.close()
 
 
 async def _housekeeping(pool: asyncpg.Pool, every: float = 30.0) -> None:
-    """Forget nonces past their window and pushed authorization requests past theirs, and mark consents past their
-    expiry as expired (with the event the citizen's record shows); an expired consent is refused anyway, this only
-    keeps the records truthful."""
+    """Forget nonces past their window, quota windows long ended and pushed authorization requests past theirs,
+    and mark consents past their expiry as expired (with the event the citizen's record shows); an expired consent
+    is refused anyway, this only keeps the records truthful."""
     while True:
         await asyncio.sleep(every)
         try:
             await pool.execute(db.queries()["nonce_purge"])
+            await pool.execute(db.queries()["quota_purge"])
             await consent_records.expire_due(pool, datetime.now(UTC))
             await pool.execute(db.queries("consent", "consents.sql")["par_purge"], datetime.now(UTC))
         except db.DB_ERRORS as exc:
@@ -167,6 +174,7 @@ async def citizen_login_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config) -> web.Application:
+    verify_servable(config)
     app = web.Application(
         middlewares=[request_id_middleware, signing_middleware, problem_middleware],
         client_max_size=config.max_body,

@@ -28,7 +28,8 @@ class Config:
     host: str
     port: int
     public_url: str | None
-    """External base URL (scheme://host[:port]) used to rebuild @target-uri behind a proxy; None: from the request."""
+    """External base URL (scheme://host[:port]) consumers sign, the @target-uri rebuilt on every request; required
+    to serve (`verify_servable`): without it the URL would come from the request's Host header."""
     signing_key_file: Path
     subject_key_file: Path
     identity_key_file: Path
@@ -76,10 +77,28 @@ class Config:
     client_assertion_audience: str = "issuer-or-endpoint"
     """"issuer-or-endpoint": aud may be the issuer, the endpoint called or the token endpoint (RFC 7523, what
     Authlib sends); "issuer": only the issuer identifier, as a string (FAPI 2.0, against audience injection)."""
+    quota_default: tuple[int, int] | None = (1200, 60)
+    """(exchanges, window seconds) for a consumer whose registry entry gives no quota; None: no default quota."""
+    source_limit: tuple[int, int] | None = (100, 60)
+    """(refusals, window seconds) an address may cause before any signature verified, then it is answered 429
+    until the window ends; None: no limit."""
+    attempts_keep: int = 100_000
+    """Rows of the unauthenticated-attempts ring (the oldest is overwritten)."""
+    host_from_request: bool = False
+    """Tests only, never from the environment: serve without `public_url`, taking the signed URL's host from the
+    request's Host header (so a request signed for another host is accepted)."""
 
     @property
     def embedded(self) -> bool:
         return self.database_url is None
+
+
+def verify_servable(config: Config) -> None:
+    """None, or `ConfigError` when this configuration must not serve requests."""
+    if config.public_url is None and not config.host_from_request:
+        raise ConfigError("DLNUF_PUBLIC_URL is required to serve: the external base URL consumers sign, e.g. "
+                          "https://dlnuf.example.gouv.fr (without it the broker would believe the Host header, and "
+                          "accept requests signed for another deployment)")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -121,6 +140,23 @@ _DURATION = re.compile(r"^P(?=[0-9])(?:[0-9]+Y)?(?:[0-9]+M)?(?:[0-9]+W)?(?:[0-9]
 # A signed-note key name: printable ASCII without spaces or plus signs (the log's key is named after its origin).
 _ORIGIN = re.compile(r"^[!-*,-~]{1,200}$")
 _SIRET = re.compile(r"^[0-9]{14}$")
+
+
+_RATE = re.compile(r"^([0-9]{1,8})/([0-9]{1,5})$")
+
+
+def _rate(env: Mapping[str, str], name: str, default: tuple[int, int] | None) -> tuple[int, int] | None:
+    """`count/seconds` (e.g. 1200/60), or 0 for none."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if raw == "0":
+        return None
+    m = _RATE.match(raw)
+    if m is None or not 1 <= int(m[1]) <= 10_000_000 or not 1 <= int(m[2]) <= 86_400:
+        raise ConfigError(f"{name} must be count/seconds (count 1 to 10000000, seconds 1 to 86400), e.g. 1200/60, "
+                          f"or 0 for none; got {raw!r}")
+    return int(m[1]), int(m[2])
 
 
 def _sirets(env: Mapping[str, str], name: str) -> frozenset[str]:
@@ -379,6 +415,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         oauth_require_par=_bool(env, "DLNUF_OAUTH_REQUIRE_PAR", False),
         client_assertion_max_lifetime=_float(env, "DLNUF_CLIENT_ASSERTION_MAX_LIFETIME", 3600.0, 10.0, 86400.0),
         client_assertion_audience=env.get("DLNUF_CLIENT_ASSERTION_AUDIENCE") or "issuer-or-endpoint",
+        quota_default=_rate(env, "DLNUF_QUOTA_DEFAULT", (1200, 60)),
+        source_limit=_rate(env, "DLNUF_SOURCE_LIMIT", (100, 60)),
+        attempts_keep=_int(env, "DLNUF_ATTEMPTS_KEEP", 100_000, 100, 100_000_000),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - set(Config.__dataclass_fields__)

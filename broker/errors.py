@@ -57,3 +57,25 @@ class LoginRequired(BrokerError):
 
 class CsrfFailed(BrokerError):
     """A state-changing citizen call without the session's CSRF token."""
+
+
+class QuotaExceeded(BrokerError):
+    """The consumer, or this habilitation, used its quota for the current window. The message says which and
+    when to come back: the consumer signed the request, and knowing its own quota helps it behave."""
+
+    public = True
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyAttempts(BrokerError):
+    """The request's source address caused too many refusals before any signature verified; it is answered at
+    once until its budget renews."""
+
+    public = True
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -43,6 +43,9 @@ def exchange_body(subject: Mapping[str, Any] | None = None, **overrides: Any) ->
 def broker_config(tmp_path: Path, database_url: str, registry_text: str, **overrides: Any) -> Config:
     registry_file = tmp_path / "registry.toml"
     registry_file.write_text(registry_text)
+    # tests sign for the test server's own address, which is known only once it listens: the Host header stands
+    # in for DLNUF_PUBLIC_URL (the production path is tested on its own, in tests/service/test_public_url.py)
+    overrides.setdefault("host_from_request", True)
     return load_config(env={}, database_url=database_url, state_dir=tmp_path / "state",
                        registry_file=registry_file, registry_poll=0.2, **overrides)
 
@@ -105,6 +108,15 @@ class Harness:
         conn = await asyncpg.connect(self.database_url)
         try:
             return list(await conn.fetch("SELECT * FROM access_log ORDER BY logged_at, id"))
+        finally:
+            await conn.close()
+
+    async def attempt_rows(self) -> list[asyncpg.Record]:
+        """The unauthenticated attempts, once the broker's buffer is flushed (it flushes every second anyway)."""
+        await self.state().attempts.flush()
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return list(await conn.fetch("SELECT * FROM unauthenticated_attempts ORDER BY seq"))
         finally:
             await conn.close()
 

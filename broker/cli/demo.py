@@ -168,7 +168,8 @@ async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect
                                    cookie_secure=False)
     op_note = "sandbox FranceConnect, synthetic citizens" if fc_runner else "from DLNUF_OIDC_ISSUER"
 
-    app = create_app(replace(config, registry_file=registry_file, citizen_login=login))
+    app = create_app(replace(config, registry_file=registry_file, citizen_login=login,
+                             public_url=config.public_url or base_url))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)

@@ -11,14 +11,12 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-from aiohttp import web
-
 from broker import registry
 from broker.cli import demo
 from broker.cli import gateway as cli_gateway
 from broker.cli import log as cli_log
 from broker.cli import request as cli_request
-from broker.config import Config, ConfigError, load_config
+from broker.config import Config, ConfigError, load_config, verify_servable
 from broker.observability.logs import configure
 from broker.storage import db
 
@@ -128,16 +126,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: str = args.command
     if command == "serve":
         from broker.app import create_app
+        from broker.service.runner import serve as serve_app
 
         if args.workers < 1:
             parser.error("--workers must be at least 1")
+        try:
+            verify_servable(config)
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
         from broker.cli.workers import serve_workers, use_event_loop
 
         if args.workers > 1:
             return serve_workers(config, args.workers)
         use_event_loop(config.event_loop)
-        web.run_app(create_app(config), host=config.host, port=config.port, access_log=None,
-                    print=lambda s: print(s, file=sys.stderr))
+        asyncio.run(serve_app(create_app(config), host=config.host, port=config.port,
+                              announce=lambda s: print(s, file=sys.stderr)))
         return 0
     if command == "migrate":
         return asyncio.run(_migrate(config))

@@ -16,7 +16,6 @@ from dataclasses import replace
 from types import FrameType
 
 import structlog
-from aiohttp import web
 
 from broker import registry
 from broker.config import Config
@@ -40,9 +39,9 @@ def _worker(config: Config) -> None:
     configure(config.log_format)
     use_event_loop(config.event_loop)
     from broker.app import create_app
+    from broker.service.runner import serve
 
-    web.run_app(create_app(config), host=config.host, port=config.port, reuse_port=True, access_log=None,
-                print=None, handle_signals=True)
+    asyncio.run(serve(create_app(config), host=config.host, port=config.port, reuse_port=True))
 
 
 async def _prepare(config: Config) -> None:

@@ -1,8 +1,11 @@
 """The exchange pipeline: a signed request in, a logged and signed answer out.
 
-Read `handle_exchange` top to bottom: each numbered step either passes or raises, and every outcome, released or
-refused, goes through step 8 (the access log) before anything is answered. Invariant: no data leaves before its
-log entry is committed; if the entry cannot be committed the answer is 503 and carries no data.
+Read `handle_exchange` top to bottom: each numbered step either passes or raises, and every outcome of a request
+whose signature verified, released or refused, goes through step 8 (the access log) before anything is answered.
+Invariants: no data leaves before its log entry is committed; if the entry cannot be committed the answer is 503
+and carries no data. A request refused before its signature verified is not an access-log entry: nobody is
+accountable for it, and anyone could grow the permanent log with it; it goes to the bounded store of
+unauthenticated attempts (broker/service/attempts.py).
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from broker.errors import (
     InvalidRequest,
     InvalidSubject,
     LogUnavailable,
+    QuotaExceeded,
     UnknownDataset,
     UnsupportedMediaType,
 )
 from broker.exchange import authz
 from broker.exchange.consent_gate import bearer_token, consent_from_token, verify_consent_covers
+from broker.service.attempts import source_of
 from broker.service.middleware import VERIFIED
-from broker.service.problems import REQUEST_ID, detail_for, problem_for, problem_response
+from broker.service.problems import REQUEST_ID, detail_for, problem_for, problem_response, retry_after
+from broker.service.quotas import Usage
 from broker.service.state import STATE, BrokerState
 from broker.service.urls import issuer, target_uri
 from broker.signing import messages
@@ -131,22 +137,28 @@ async def handle_exchange(request: web.Request) -> web.Response:
     started = time.perf_counter()
     now = datetime.now(UTC)
     entry = accesslog.LogEntry(request_id=request[REQUEST_ID])
+    usage = Usage()
     try:
+        # 0. An address that caused too many refusals before any signature verified is turned away at once.
+        state.attempts.verify_source(source_of(request))
         body = await _read_body(request, state.config.max_body)
 
-        # 1. Verify the signature: who signs, with a live key, fresh, not replayed, body as digested.
+        # 1. Verify the signature: who signs, with a live key, fresh, not replayed, body as digested. The nonce
+        #    claim also counts the exchange against its quotas, in the same statement.
+        meter = state.quota_meter(_dataset_of(body))
         verified = await messages.verify_request(
             method=request.method,
             target_uri=target_uri(request, state.config.public_url),
             headers=request.headers,
             body=body,
             lookup_key=state.lookup_key,
-            claim_nonce=state.claim_nonce,
+            claim_nonce=meter.claim,
             now=now,
             max_skew=state.config.max_skew,
         )
         request[VERIFIED] = verified
         entry.consumer, entry.kid = verified.key.owner, verified.key.kid
+        usage = meter.usage
 
         # 2. Read what is asked (shape only; permission comes next).
         token = bearer_token(request)
@@ -155,6 +167,9 @@ async def handle_exchange(request: web.Request) -> web.Response:
         entry.recipient, entry.fields_requested = ask.recipient, ask.fields
         if ask.subject is not None:
             entry.subject_key = subject_key(state.subject_secret, ask.subject)
+
+        # 2b. Over a quota (the consumer's, or this habilitation's), nothing more is done, nor asked of a provider.
+        usage.verify_within()
 
         # 3. Load the habilitation of this consumer for this dataset.
         registry = state.registry.current
@@ -220,17 +235,34 @@ async def handle_exchange(request: web.Request) -> web.Response:
         # The consumer's receipt: the entry as committed and the log's signed promise to include it (like a CT SCT).
         answer["log"] = request.app[TLOG].receipt(entry)
     except REFUSALS as exc:
-        return await _refuse(state, entry, exc, started)
+        if VERIFIED not in request:
+            state.metrics.exchange("-", problem_for(exc).slug, time.perf_counter() - started)
+            return state.attempts.refuse(request, exc, request_id=entry.request_id)
+        if isinstance(exc, QuotaExceeded):
+            for policy in usage.exceeded_policies():
+                state.metrics.quota_refusals.labels(policy).inc()
+        return await _refuse(state, entry, exc, started, headers={**usage.headers(), **retry_after(exc)})
 
     state.metrics.exchange(ask.dataset, "released", time.perf_counter() - started)
     log.info("exchange released", dataset=ask.dataset, consumer=entry.consumer, fields=released)
     # 9. and 10. The response is signed by the signing middleware on its way out, covering this request's
     # signature, then returned.
-    return web.Response(status=200, body=orjson.dumps(answer), content_type="application/json")
+    return web.Response(status=200, body=orjson.dumps(answer), content_type="application/json",
+                        headers=usage.headers())
+
+
+def _dataset_of(body: bytes) -> str | None:
+    """The dataset the body names, for the quota count; None when it names none (step 2 then refuses it)."""
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    dataset = raw.get("dataset") if isinstance(raw, dict) else None
+    return dataset if isinstance(dataset, str) else None
 
 
 async def _refuse(state: BrokerState, entry: accesslog.LogEntry, exc: Exception,
-                  started: float) -> web.Response:
+                  started: float, *, headers: dict[str, str]) -> web.Response:
     problem = problem_for(exc)
     reason = getattr(exc, "reason", None) or str(exc)
     log.warning("exchange refused", problem=problem.slug, reason=reason, consumer=entry.consumer,
@@ -249,7 +281,7 @@ async def _refuse(state: BrokerState, entry: accesslog.LogEntry, exc: Exception,
     if isinstance(exc, AdapterError):
         adapter = state.registry.current.adapter_for(entry.dataset or "")
         state.metrics.provider_errors.labels(adapter.id if adapter else "-", exc.slug).inc()
-    return problem_response(problem, detail=detail_for(exc), request_id=entry.request_id)
+    return problem_response(problem, detail=detail_for(exc), request_id=entry.request_id, headers=headers or None)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

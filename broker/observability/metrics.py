@@ -34,6 +34,14 @@ class Metrics:
                                       registry=self.registry)
         self.tlog_size = Gauge("dlnuf_tlog_tree_size", "Entries in the transparency log (last size seen).",
                                registry=self.registry)
+        self.unauthenticated = Counter("dlnuf_unauthenticated_refusals", "Requests refused before any signature "
+                                       "verified, by stable reason; kept in the bounded attempts store, never in "
+                                       "the access log.", ["reason"], registry=self.registry)
+        self.unauthenticated_dropped = Counter("dlnuf_unauthenticated_dropped", "Unauthenticated refusals not "
+                                               "stored (buffer full or database unavailable); still counted above.",
+                                               registry=self.registry)
+        self.quota_refusals = Counter("dlnuf_quota_refusals", "Exchanges refused for a quota, by scope "
+                                      "(consumer or habilitation).", ["scope"], registry=self.registry)
         self.outbox = Counter("dlnuf_outbox_deliveries", "Notification webhook deliveries by result (delivered, "
                               "failed, gave_up).", ["result"], registry=self.registry)
 

@@ -22,6 +22,7 @@ import asyncpg
 import schemas
 from adapters import registry as adapter_registry
 from broker.registry.derived import DerivedRule, DerivedRuleError, parse_rule
+from broker.registry.quota import Quota, QuotaError
 from broker.signing.keys import InvalidKey, public_key_from_jwk
 from broker.storage import db
 
@@ -44,6 +45,8 @@ class Organisation:
     roles: tuple[str, ...]
     redirect_uris: tuple[str, ...] = ()
     """OAuth redirect URIs of a consumer using the consent flow, compared exactly (no pattern, no prefix)."""
+    quota: Quota | None = None
+    """A consumer's exchanges per window, all habilitations together; None: the broker's default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,8 @@ class Habilitation:
     legal_basis: LegalBasis
     retention: str
     derived: tuple[DerivedRule, ...] = ()
+    quota: Quota | None = None
+    """Exchanges per window under this habilitation, on top of the consumer's quota; None: only the consumer's."""
 
     def derived_rule(self, field: str) -> DerivedRule | None:
         return next((r for r in self.derived if r.field == field), None)
@@ -192,6 +197,16 @@ class _Entry:
         assert isinstance(value, datetime)
         return value
 
+    def quota(self) -> Quota | None:
+        self.used.add("quota")
+        raw = self.raw.get("quota")
+        if raw is None:
+            return None
+        try:
+            return Quota.from_json(raw)
+        except QuotaError as exc:
+            self.fail(str(exc))
+
     def table_(self, key: str) -> Mapping[str, Any]:
         self.used.add(key)
         value = self.raw.get(key)
@@ -247,7 +262,7 @@ def parse_registry(text: str, source: str = "registry.toml") -> Registry:
             local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
             if not (parts.scheme == "https" or local) or not parts.hostname or parts.fragment:
                 e.fail(f"redirect URI {uri!r} must be https (or http on loopback) without a fragment")
-        orgs[siret] = Organisation(siret, e.text("name"), tuple(sorted(roles)), redirect_uris)
+        orgs[siret] = Organisation(siret, e.text("name"), tuple(sorted(roles)), redirect_uris, e.quota())
         e.used.add("keys")
         raw_keys = e.raw.get("keys", [])
         if not isinstance(raw_keys, list):
@@ -351,9 +366,10 @@ def parse_registry(text: str, source: str = "registry.toml") -> Registry:
             if any(r.name == rule.name for r in derived):
                 e.fail(f"derived: {rule.name!r} appears twice")
             derived.append(rule)
+        quota = e.quota()
         e.done()
         habs[hid] = Habilitation(hid, consumer, dataset, purposes, fields, recipients, basis, retention,
-                                 tuple(derived))
+                                 tuple(derived), quota)
     return Registry(
         organisations=tuple(orgs.values()),
         keys=tuple(keys.values()),
@@ -373,11 +389,15 @@ def _rule(raw: Mapping[str, Any]) -> DerivedRule:
     return DerivedRule(raw["name"], raw["source"], bounds=tuple(brackets["bounds"]), labels=tuple(brackets["labels"]))
 
 
+def _quota(raw: Mapping[str, Any] | None) -> Quota | None:
+    return None if raw is None else Quota.from_json(raw)
+
+
 async def load(conn: asyncpg.Connection | asyncpg.Pool) -> Registry:
     """The registry as the database holds it now."""
     q = db.queries()
     version = await conn.fetchval(q["registry_version"])
-    orgs = [Organisation(r["siret"], r["name"], tuple(r["roles"]), tuple(r["redirect_uris"]))
+    orgs = [Organisation(r["siret"], r["name"], tuple(r["roles"]), tuple(r["redirect_uris"]), _quota(r["quota"]))
             for r in await conn.fetch(q["organisations_all"])]
     keys = [KeyEntry(r["kid"], r["siret"], r["alg"], dict(r["jwk"]), r["not_before"], r["not_after"])
             for r in await conn.fetch(q["keys_all"])]
@@ -386,7 +406,7 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool) -> Registry:
     habs = [Habilitation(r["id"], r["consumer"], r["dataset"], tuple(r["purposes"]), tuple(r["fields"]),
                          tuple(r["recipients"]),
                          LegalBasis(r["legal_basis_type"], r["legal_basis_title"], r["legal_basis_url"]),
-                         r["retention"], tuple(_rule(d) for d in r["derived"]))
+                         r["retention"], tuple(_rule(d) for d in r["derived"]), _quota(r["quota"]))
             for r in await conn.fetch(q["habilitations_all"])]
     return Registry(tuple(orgs), tuple(keys), tuple(adapters), tuple(habs), version=version)
 
@@ -450,7 +470,8 @@ async def apply(conn: asyncpg.Connection, wanted: Registry) -> ApplyReport:
             await conn.execute(q["key_delete"], kid)
         for o in wanted.organisations:
             if o.siret in org_c.added or o.siret in org_c.changed:
-                await conn.execute(q["organisation_upsert"], o.siret, o.name, list(o.roles), list(o.redirect_uris))
+                await conn.execute(q["organisation_upsert"], o.siret, o.name, list(o.roles), list(o.redirect_uris),
+                                   None if o.quota is None else o.quota.to_json())
         for k in wanted.keys:
             if k.kid in key_c.added or k.kid in key_c.changed:
                 await conn.execute(q["key_upsert"], k.kid, k.siret, k.alg, k.jwk, k.not_before, k.not_after)
@@ -461,7 +482,8 @@ async def apply(conn: asyncpg.Connection, wanted: Registry) -> ApplyReport:
             if h.id in hab_c.added or h.id in hab_c.changed:
                 await conn.execute(q["habilitation_upsert"], h.id, h.consumer, h.dataset, list(h.purposes),
                                    list(h.fields), list(h.recipients), h.legal_basis.type, h.legal_basis.title,
-                                   h.legal_basis.url, h.retention, [r.to_json() for r in h.derived])
+                                   h.legal_basis.url, h.retention, [r.to_json() for r in h.derived],
+                                   None if h.quota is None else h.quota.to_json())
         for siret in org_c.removed:
             await conn.execute(q["organisation_delete"], siret)
         version: int = await conn.fetchval(q["registry_bump"], wanted.digest())

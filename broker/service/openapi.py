@@ -179,6 +179,25 @@ def _problem(description: str) -> dict[str, Any]:
             "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 
 
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Policy": {"description": "draft-ietf-httpapi-ratelimit-headers: the quotas this exchange counts "
+                                        "against, e.g. `\"consumer\";q=1200;w=60, \"habilitation\";q=100;w=60`",
+                         "schema": {"type": "string"}},
+    "RateLimit": {"description": "what is left of each, and seconds to its reset: `\"consumer\";r=1100;t=30`",
+                  "schema": {"type": "string"}},
+}
+
+
+def _quota_problem() -> dict[str, Any]:
+    """429: a quota (with the RateLimit fields), or an address turned away after too many unauthenticated refusals;
+    both say when to come back in Retry-After."""
+    answer = _problem("quota-exceeded, or too-many-attempts (an address that caused too many refusals before any "
+                      "signature verified)")
+    answer["headers"] = {**answer.get("headers", {}), **_RATE_LIMIT_HEADERS,
+                         "Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}
+    return answer
+
+
 def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"description": description, "headers": _SIG_HEADERS,
             "content": {"application/json": {"schema": schema or {"type": "object"}}}}
@@ -550,8 +569,9 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/ExchangeRequest"}}}},
                 "responses": {
-                    "200": _json("Released: the data, after its access-log entry was committed.",
-                                 {"$ref": "#/components/schemas/ExchangeResponse"}),
+                    "200": {**_json("Released: the data, after its access-log entry was committed.",
+                                    {"$ref": "#/components/schemas/ExchangeResponse"}),
+                            "headers": {**_SIG_HEADERS, **_RATE_LIMIT_HEADERS}},
                     "400": _problem("invalid-request or invalid-subject"),
                     "401": _problem("signature-rejected (with `WWW-Authenticate: Signature` and RFC 9421 "
                                     "`Accept-Signature`) or invalid-token (with `WWW-Authenticate: Bearer "
@@ -562,6 +582,8 @@ def openapi_document() -> dict[str, Any]:
                     "413": _problem("body-too-large"),
                     "415": _problem("unsupported-media-type"),
                     "422": _problem("provider-rejected-query"),
+                    "429": _quota_problem(),
+                    "431": _problem("header-too-large"),
                     "502": _problem("provider-unavailable, provider-answer-malformed or provider-answer-invalid"),
                     "503": _problem("log-unavailable or service-unavailable: nothing was released"),
                     "504": _problem("provider-timeout"),

@@ -6,6 +6,7 @@ exception text or traceback reaches a caller unless its class is marked public.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,12 @@ PROBLEMS: list[tuple[type[BaseException], ProblemType]] = [
                                             "The provider could not be reached or failed. No data was released.")),
     (adapter_errors.AdapterError, _p("provider-error", 502, "Provider error",
                                      "The provider call failed. No data was released.")),
+    (errors.QuotaExceeded, _p("quota-exceeded", 429, "Quota exceeded",
+                              "The consumer, or this habilitation, used its quota for the current window "
+                              "(RateLimit-Policy). Retry after the Retry-After delay.")),
+    (errors.TooManyAttempts, _p("too-many-attempts", 429, "Too many attempts",
+                                "This address sent too many requests that were refused before any signature "
+                                "verified. Retry after the Retry-After delay, with a valid signature.")),
     (errors.LogUnavailable, _p("log-unavailable", 503, "Access log unavailable",
                                "The access-log entry could not be committed, so no data was released. "
                                "Retry later with a new nonce.")),
@@ -121,6 +128,8 @@ HTTP_PROBLEMS: dict[int, ProblemType] = {
     405: _p("method-not-allowed", 405, "Method not allowed", "This resource does not take that method."),
     413: _p("body-too-large", 413, "Body too large", "The body exceeds the broker's limit."),
     415: _p("unsupported-media-type", 415, "Unsupported media type", "Send application/json."),
+    431: _p("header-too-large", 431, "Request header fields too large",
+            "A header field or the request line exceeds the broker's limit, or there are too many header fields."),
     500: _p("internal-error", 500, "Internal error",
             "An unexpected error. It is logged with the request id; nothing was released."),
 }
@@ -146,6 +155,12 @@ def detail_for(exc: BaseException) -> str | None:
     if isinstance(exc, errors.BrokerError) and exc.public:
         return str(exc)
     return None
+
+
+def retry_after(exc: BaseException) -> dict[str, str]:
+    """The Retry-After header for a refusal that knows when to come back (`retry_after` seconds)."""
+    wait = getattr(exc, "retry_after", None)
+    return {} if not isinstance(wait, int | float) else {"Retry-After": str(max(1, math.ceil(wait)))}
 
 
 def problem_response(problem: ProblemType, *, detail: str | None = None, request_id: str | None = None,

@@ -23,6 +23,9 @@ from adapters.base import Health, ProviderAdapter
 from broker.config import Config
 from broker.observability.metrics import Metrics
 from broker.registry import AdapterEntry, Registry, load
+from broker.registry.quota import Quota
+from broker.service.attempts import AttemptStore
+from broker.service.quotas import QuotaMeter
 from broker.signing.keys import PrivateKey, PublicKey, public_key_from_jwk
 from broker.storage import db
 from broker.storage.db import DatabaseUnavailable
@@ -155,6 +158,7 @@ class BrokerState:
     subject_secret: bytes
     metrics: Metrics
     sealer: Sealer
+    attempts: AttemptStore
     validators: Validators = field(default_factory=Validators)
 
     def lookup_key(self, kid: str) -> PublicKey | None:
@@ -163,6 +167,12 @@ class BrokerState:
     def keys_of(self, owner: str) -> list[PublicKey]:
         """Every key the registry holds for an organisation, live or not (callers check the validity)."""
         return [k for k in self.registry.keys.values() if k.owner == owner]
+
+    def quota_meter(self, dataset: str | None) -> QuotaMeter:
+        """A nonce claim that also counts the exchange against its consumer's and habilitation's quotas."""
+        default = self.config.quota_default
+        return QuotaMeter(self.pool, registry=lambda: self.registry.current, lookup_key=self.lookup_key,
+                          default=None if default is None else Quota(*default), dataset=dataset)
 
     async def claim_nonce(self, kid: str, nonce: str, expires_at: datetime) -> bool:
         try:

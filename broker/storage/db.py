@@ -62,6 +62,16 @@ async def fetchrow(pool: asyncpg.Pool, sql: str, *args: object) -> Any:
             raise
 
 
+async def fetch(pool: asyncpg.Pool, sql: str, *args: object) -> list[Any]:
+    """`pool.fetch`, throwing away a connection the server dropped (see `fetchval`)."""
+    async with pool.acquire() as conn:
+        try:
+            return list(await conn.fetch(sql, *args))
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError, OSError):
+            conn.terminate()
+            raise
+
+
 def parse_queries(text: str) -> dict[str, str]:
     parts = _BLOCK.split(text)
     queries: dict[str, str] = {}

@@ -23,7 +23,8 @@ import structlog
 from aiohttp import web
 
 from adapters.identity import Subject, SubjectError, subject_key
-from broker.errors import InvalidRequest, InvalidSubject, NotAuthorized
+from broker.errors import InvalidRequest, InvalidSubject, NotAuthorized, TooManyAttempts
+from broker.service.attempts import source_of
 from broker.service.middleware import VERIFIED
 from broker.service.problems import HTTP_PROBLEMS, REQUEST_ID, problem_for, problem_response
 from broker.service.state import STATE
@@ -66,9 +67,9 @@ def _answering_problems(handler: Handler) -> Handler:
         request_id = request.get(REQUEST_ID)
         try:
             return await handler(request)
-        except messages.SignatureRejected as exc:
-            log.warning("log request refused", reason=exc.reason, detail=exc.detail)
-            return problem_response(problem_for(exc), request_id=request_id)
+        except (messages.SignatureRejected, TooManyAttempts) as exc:
+            # before any signature verified: an unauthenticated attempt, stored and counted as such
+            return request.app[STATE].attempts.refuse(request, exc, request_id=request_id or "-")
         except NotAuthorized as exc:
             log.warning("log request not authorized", reason=exc.reason)
             return problem_response(problem_for(exc), request_id=request_id)
@@ -97,6 +98,7 @@ def _int_param(request: web.Request, name: str, default: int | None = None, *, l
 async def _verified(request: web.Request, body: bytes, allowed: frozenset[str], what: str) -> messages.VerifiedRequest:
     """The request's verified signature, from an organisation in `allowed` (an empty set refuses everyone)."""
     state = request.app[STATE]
+    state.attempts.verify_source(source_of(request))
     verified = await messages.verify_request(
         method=request.method, target_uri=target_uri(request, state.config.public_url), headers=request.headers,
         body=body, lookup_key=state.lookup_key, claim_nonce=state.claim_nonce, now=datetime.now(UTC),

@@ -785,7 +785,7 @@ async def test_missing_secret_at_start_stops_the_broker(database_url: str, tmp_p
 
 
 def test_every_citizen_route_is_documented() -> None:
-    config = load_config(env={**BASE_ENV}, database_url="postgresql://unused/x")
+    config = load_config(env={**BASE_ENV}, database_url="postgresql://unused/x", host_from_request=True)
     app = create_app(config)
     paths = openapi_document()["paths"]
     for route in app.router.routes():

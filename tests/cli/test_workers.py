@@ -30,7 +30,8 @@ async def test_two_workers_share_the_port_and_stop_together(database_url: str, a
     registry.write_text(registry_toml([paris], provider_url=str(sandbox.make_url("")).rstrip("/")))
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "DLNUF_STATE_DIR": str(tmp_path / "state"),
-           "DLNUF_REGISTRY_FILE": str(registry), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: SANDBOX_TOKEN}
+           "DLNUF_REGISTRY_FILE": str(registry), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: SANDBOX_TOKEN,
+           "DLNUF_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     log = (tmp_path / "broker.log").open("w")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker", "serve", "--workers", "2",
                                                 "--port", str(port), env=env, stdout=log, stderr=log, cwd=ROOT)

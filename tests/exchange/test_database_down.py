@@ -88,7 +88,7 @@ async def test_embedded_database_stopped_means_503_and_no_data(
     paris = consumer()
     registry_file = tmp_path / "registry.toml"
     registry_file.write_text(registry_toml([paris], provider_url=str(provider.make_url("")).rstrip("/")))
-    config = load_config(env={}, state_dir=tmp_path / "state", registry_file=registry_file)
+    config = load_config(env={}, state_dir=tmp_path / "state", registry_file=registry_file, host_from_request=True)
     assert config.database_url is None
     h = await start_broker(aiohttp_client, config, paris)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -100,22 +101,60 @@ async def assert_refused(broker: Harness, answer: Any, slug: str, status: int, *
     return rows[-1]
 
 
+async def assert_unauthenticated(broker: Harness, answer: Any, slug: str, status: int, reason: str, *,
+                                 detail: bool = False, logged: int = 0) -> Any:
+    """Refused before any signature verified: a problem, no access-log row (beyond the `logged` ones the test
+    made), and the last unauthenticated attempt says why."""
+    assert answer.status == status, answer.body
+    assert answer.headers["Content-Type"].startswith("application/problem+json")
+    problem = answer.json
+    assert (problem["type"], problem["status"]) == (PROBLEM + slug, status)
+    assert ("detail" in problem) == detail, problem
+    assert len(await broker.log_rows()) == logged, "an unauthenticated refusal is not an access-log entry"
+    attempt = (await broker.attempt_rows())[-1]
+    assert (attempt["reason"], attempt["problem_type"], attempt["http_status"]) == (reason, PROBLEM + slug, status)
+    assert attempt["request_id"] == problem["request_id"] and attempt["source"] == "127.0.0.1"
+    return attempt
+
+
 def _body(**overrides: Any) -> bytes:
     return json.dumps(exchange_body(**overrides)).encode()
 
 
-async def test_unsigned_request_is_refused_and_logged(broker: Harness) -> None:
+async def test_unsigned_request_is_refused_and_kept_out_of_the_log(broker: Harness) -> None:
     answer = await broker.send(_body(), {"Content-Type": "application/json"})
-    row = await assert_refused(broker, answer, "signature-rejected", 401)
-    assert row["consumer"] is None
+    attempt = await assert_unauthenticated(broker, answer, "signature-rejected", 401, "missing-signature")
+    assert (attempt["method"], attempt["path"], attempt["kid"]) == ("POST", EXCHANGES, None)
     assert "Signature" in answer.headers and "Signature-Input" in answer.headers  # refusals are signed too
+    async with broker.client.get("/metrics") as resp:
+        assert 'dlnuf_unauthenticated_refusals_total{reason="missing-signature"} 1.0' in await resp.text()
 
 
 async def test_malformed_signature_input_is_refused(broker: Harness) -> None:
     raw = _body()
     headers = broker.signed_headers(raw)
     headers["Signature-Input"] = 'sig1=("@method" "@target-uri";created=oops'
-    await assert_refused(broker, await broker.send(raw, headers), "signature-rejected", 401)
+    await assert_unauthenticated(broker, await broker.send(raw, headers), "signature-rejected", 401, "malformed")
+
+
+async def test_a_valid_signature_plus_an_invalid_one_is_refused(broker: Harness) -> None:
+    raw = _body()
+    headers = broker.signed_headers(raw)
+    member = headers["Signature-Input"].removeprefix("sig1=")
+    headers["Signature-Input"] += f", sig2={member}"
+    headers["Signature"] += ", sig2=:" + base64.b64encode(b"\0" * 64).decode() + ":"
+    attempt = await assert_unauthenticated(broker, await broker.send(raw, headers), "signature-rejected", 401,
+                                           "several-signatures")
+    assert attempt["kid"] == broker.consumer.key.kid  # claimed, not verified: kept for the record
+
+
+async def test_a_repeated_label_is_refused_not_last_wins(broker: Harness) -> None:
+    # (a repeated Content-Digest algorithm, under a signature that covers it: tests/signing/test_signing.py)
+    raw = _body()
+    headers = broker.signed_headers(raw)
+    headers["Signature-Input"] = 'sig1=("@method");created=1;keyid="x";nonce="n", ' + headers["Signature-Input"]
+    headers["Signature"] = "sig1=:AA==:, " + headers["Signature"]
+    await assert_unauthenticated(broker, await broker.send(raw, headers), "signature-rejected", 401, "malformed")
 
 
 @pytest.mark.parametrize("tamper", ["body", "method", "path", "query", "header"])
@@ -138,19 +177,22 @@ async def test_tampered_request_is_refused(broker: Harness, tamper: str) -> None
         # another route: the router answers before the pipeline, still as a problem, and nothing is released
         assert answer.status in (404, 405) and answer.json["type"].startswith(PROBLEM)
         return
-    await assert_refused(broker, answer, "signature-rejected", 401)
+    await assert_unauthenticated(broker, answer, "signature-rejected", 401,
+                                 "digest-mismatch" if tamper == "body" else "bad-signature")
 
 
 async def test_wrong_key_unknown_kid_and_alg_mismatch_are_refused(broker: Harness) -> None:
     raw = _body()
     kid = broker.consumer.key.kid
-    for key in (
-        generate_private_key("ed25519", kid=kid),  # same kid, another key
-        generate_private_key("ed25519", kid="nobody-knows-me"),  # unknown kid
-        generate_private_key("ecdsa-p256-sha256", kid=kid),  # a P-256 signature under the Ed25519 key's id
+    for key, reason in (
+        (generate_private_key("ed25519", kid=kid), "bad-signature"),  # same kid, another key
+        (generate_private_key("ed25519", kid="nobody-knows-me"), "unknown-key"),
+        # a P-256 signature under the Ed25519 key's id
+        (generate_private_key("ecdsa-p256-sha256", kid=kid), "alg-mismatch"),
     ):
         answer = await broker.send(raw, broker.signed_headers(raw, consumer=Consumer(CONSUMER, key)))
-        await assert_refused(broker, answer, "signature-rejected", 401)
+        attempt = await assert_unauthenticated(broker, answer, "signature-rejected", 401, reason)
+        assert attempt["kid"] == key.kid
 
 
 @pytest.mark.parametrize(
@@ -165,17 +207,19 @@ async def test_stale_or_expired_signature_is_refused(broker: Harness, created: i
     if expires is not None:
         sign_args["expires"] = now + timedelta(seconds=expires)
     raw = _body()
-    await assert_refused(broker, await broker.send(raw, broker.signed_headers(raw, **sign_args)),
-                         "signature-rejected", 401)
+    await assert_unauthenticated(broker, await broker.send(raw, broker.signed_headers(raw, **sign_args)),
+                                 "signature-rejected", 401, "expired" if expires else "created-out-of-window")
 
 
 async def test_nonce_replay_is_refused(broker: Harness) -> None:
     raw = _body()
     headers = broker.signed_headers(raw)
     assert (await broker.send(raw, headers)).status == 200
-    await assert_refused(broker, await broker.send(raw, headers), "signature-rejected", 401)
+    # a replay proves nothing about who sends it now: an unauthenticated attempt, not the consumer's entry
+    await assert_unauthenticated(broker, await broker.send(raw, headers), "signature-rejected", 401, "nonce-replay",
+                                 logged=1)
     rows = await broker.log_rows()
-    assert [r["outcome"] for r in rows] == ["released", "refused"]
+    assert [r["outcome"] for r in rows] == ["released"]
 
 
 async def test_unknown_dataset(broker: Harness) -> None:
@@ -222,8 +266,16 @@ async def test_not_json_and_wrong_shapes(broker: Harness) -> None:
 
 async def test_body_too_large(broker: Harness) -> None:
     raw = _body(padding="x" * (70 * 1024))
-    await assert_refused(broker, await broker.send(raw, broker.signed_headers(raw)), "body-too-large", 413,
-                         detail=True)
+    await assert_unauthenticated(broker, await broker.send(raw, broker.signed_headers(raw)), "body-too-large", 413,
+                                 "body-too-large", detail=True)
+
+
+async def test_wrong_media_type(broker: Harness) -> None:
+    raw = _body()
+    headers = broker.signed_headers(raw)
+    headers["Content-Type"] = "text/plain"
+    await assert_unauthenticated(broker, await broker.send(raw, headers), "unsupported-media-type", 415,
+                                 "unsupported-media-type", detail=True)
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ def test_every_route_is_documented() -> None:
     app = create_app(load_config(env={
         "DLNUF_OIDC_ISSUER": "https://op.example", "DLNUF_OIDC_CLIENT_ID": "dlnuf",
         "DLNUF_OIDC_REDIRECT_URI": "https://dlnuf.example/citizen/callback", "DLNUF_OIDC_CLIENT_SECRET": "s"},
-        database_url="postgresql://unused/x"))
+        database_url="postgresql://unused/x", host_from_request=True))
     doc = openapi_document()
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource else {}
@@ -71,7 +71,7 @@ def test_fuzzing_every_operation_gives_no_server_error(database_url: str, tmp_pa
     registry.write_text(registry_toml([consumer()]))
     env = {**os.environ, "DATABASE_URL": database_url, "DLNUF_STATE_DIR": str(tmp_path / "state"),
            "DLNUF_REGISTRY_FILE": str(registry), "DLNUF_PORT": str(port), "DLNUF_LOG_FORMAT": "json",
-           "DLNUF_TEST_API_PARTICULIER_TOKEN": "unused"}
+           "DLNUF_TEST_API_PARTICULIER_TOKEN": "unused", "DLNUF_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     log = (tmp_path / "broker.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "broker", "serve"], env=env, stdout=log, stderr=log, cwd=ROOT)
     try:
@@ -97,7 +97,8 @@ def test_fuzzing_every_operation_gives_no_server_error(database_url: str, tmp_pa
 
 @pytest.mark.parametrize("path", ["/nope", "/v1/exchanges/x"])
 async def test_unknown_route_is_a_problem(path: str, aiohttp_client: Any, database_url: str, tmp_path: Path) -> None:
-    app: web.Application = create_app(load_config(env={}, database_url=database_url, state_dir=tmp_path))
+    app: web.Application = create_app(load_config(env={}, database_url=database_url, state_dir=tmp_path,
+                                                  host_from_request=True))
     client = await aiohttp_client(app)
     async with client.get(path) as resp:
         assert resp.status == 404

@@ -76,7 +76,8 @@ async def test_two_processes_append_concurrently_without_hole_or_duplicate(
     logs = [(tmp_path / f"broker-{port}.log").open("w") for port in ports]
     for port, log in zip(ports, logs, strict=True):
         procs.append(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "broker", "serve", "--port", str(port), env=env, stdout=log, stderr=log, cwd=ROOT))
+            sys.executable, "-m", "broker", "serve", "--port", str(port), stdout=log, stderr=log, cwd=ROOT,
+            env={**env, "DLNUF_PUBLIC_URL": f"http://127.0.0.1:{port}"}))
     try:
         for port, proc in zip(ports, procs, strict=True):
             await _ready(f"http://127.0.0.1:{port}", proc)

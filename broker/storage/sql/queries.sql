@@ -13,12 +13,12 @@ UPDATE registry_state SET version = version + 1, digest = $1, applied_at = now()
 SELECT pg_notify('dlnuf_registry', $1);
 
 -- name: organisations_all
-SELECT siret, name, roles, redirect_uris FROM organisations ORDER BY siret;
+SELECT siret, name, roles, redirect_uris, quota FROM organisations ORDER BY siret;
 
 -- name: organisation_upsert
-INSERT INTO organisations (siret, name, roles, redirect_uris) VALUES ($1, $2, $3, $4)
+INSERT INTO organisations (siret, name, roles, redirect_uris, quota) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (siret) DO UPDATE SET name = EXCLUDED.name, roles = EXCLUDED.roles, redirect_uris = EXCLUDED.redirect_uris,
-    updated_at = now();
+    quota = EXCLUDED.quota, updated_at = now();
 
 -- name: organisation_delete
 DELETE FROM organisations WHERE siret = $1;
@@ -47,17 +47,18 @@ DELETE FROM adapters WHERE id = $1;
 
 -- name: habilitations_all
 SELECT id, consumer, dataset, purposes, fields, recipients, legal_basis_type, legal_basis_title,
-       legal_basis_url, retention, derived
+       legal_basis_url, retention, derived, quota
 FROM habilitations ORDER BY id;
 
 -- name: habilitation_upsert
 INSERT INTO habilitations (id, consumer, dataset, purposes, fields, recipients, legal_basis_type,
-                           legal_basis_title, legal_basis_url, retention, derived)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                           legal_basis_title, legal_basis_url, retention, derived, quota)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (id) DO UPDATE SET consumer = EXCLUDED.consumer, dataset = EXCLUDED.dataset,
     purposes = EXCLUDED.purposes, fields = EXCLUDED.fields, recipients = EXCLUDED.recipients,
     legal_basis_type = EXCLUDED.legal_basis_type, legal_basis_title = EXCLUDED.legal_basis_title,
-    legal_basis_url = EXCLUDED.legal_basis_url, retention = EXCLUDED.retention, derived = EXCLUDED.derived;
+    legal_basis_url = EXCLUDED.legal_basis_url, retention = EXCLUDED.retention, derived = EXCLUDED.derived,
+    quota = EXCLUDED.quota;
 
 -- name: habilitation_delete
 DELETE FROM habilitations WHERE id = $1;
@@ -65,6 +66,29 @@ DELETE FROM habilitations WHERE id = $1;
 -- name: nonce_claim
 INSERT INTO seen_nonces (kid, nonce, expires_at) VALUES ($1, $2, $3)
 ON CONFLICT (kid, nonce) DO NOTHING RETURNING true;
+
+-- name: nonce_claim_counted
+-- The nonce claim, and, only when the nonce was new, one more exchange in each quota scope ($4, windows $5):
+-- one statement, so a quota costs no round trip (broker/service/quotas.py). Windows follow the database's
+-- clock, the one clock every broker process shares. One row per claimed scope, or one row of NULLs.
+WITH claim AS (
+    INSERT INTO seen_nonces (kid, nonce, expires_at) VALUES ($1, $2, $3)
+    ON CONFLICT (kid, nonce) DO NOTHING RETURNING true
+), counted AS (
+    INSERT INTO quota_usage AS q (scope, window_seconds, window_start, used)
+    SELECT s.scope, s.w, (floor(extract(epoch FROM now()) / s.w) * s.w)::bigint, 1
+    FROM unnest($4::text[], $5::integer[]) AS s(scope, w)
+    WHERE EXISTS (SELECT 1 FROM claim)
+    ON CONFLICT (scope) DO UPDATE SET
+        used = CASE WHEN EXCLUDED.window_start > q.window_start THEN 1 ELSE q.used + 1 END,
+        window_start = GREATEST(q.window_start, EXCLUDED.window_start)
+    RETURNING q.scope, q.used, (q.window_start + q.window_seconds - extract(epoch FROM now()))::float8 AS reset
+)
+SELECT EXISTS (SELECT 1 FROM claim) AS claimed, counted.scope, counted.used, counted.reset
+FROM (SELECT 1) AS one LEFT JOIN counted ON true;
+
+-- name: quota_purge
+DELETE FROM quota_usage WHERE window_start + window_seconds < extract(epoch FROM now()) - 3600;
 
 -- name: nonce_purge
 DELETE FROM seen_nonces WHERE expires_at < now();
@@ -94,3 +118,18 @@ ON CONFLICT (subject_key, consumer, dataset) DO NOTHING RETURNING id, consumer, 
 
 -- name: objection_delete
 DELETE FROM objections WHERE id = $1 AND subject_key = $2 RETURNING id;
+
+-- name: attempts_insert
+-- A batch of unauthenticated attempts into the ring of $1 slots (migration 0008); a batch never exceeds $1 rows.
+INSERT INTO unauthenticated_attempts AS a (slot, seq, at, request_id, source, method, path, reason, problem_type,
+                                          http_status, kid, repeated)
+SELECT s.n % $1, s.n, s.at, s.request_id, s.source, s.method, s.path, s.reason, s.problem_type, s.http_status,
+       s.kid, s.repeated
+FROM (SELECT nextval('unauthenticated_attempts_seq') AS n, u.*
+      FROM unnest($2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                  $9::integer[], $10::text[], $11::integer[])
+           AS u(at, request_id, source, method, path, reason, problem_type, http_status, kid, repeated)) AS s
+ON CONFLICT (slot) DO UPDATE SET seq = EXCLUDED.seq, at = EXCLUDED.at, request_id = EXCLUDED.request_id,
+    source = EXCLUDED.source, method = EXCLUDED.method, path = EXCLUDED.path, reason = EXCLUDED.reason,
+    problem_type = EXCLUDED.problem_type, http_status = EXCLUDED.http_status, kid = EXCLUDED.kid,
+    repeated = EXCLUDED.repeated;

@@ -1,0 +1,140 @@
+"""Quotas: at most `limit` exchanges per `window` seconds for a consumer, and for each of its habilitations.
+
+Invariants:
+
+- one count for every broker process and node: the counters are rows of PostgreSQL, incremented by the statement
+  that claims the request's nonce (`nonce_claim_counted`), so a quota adds no round trip to an exchange;
+- fixed windows on the database's clock (a window of w seconds starts at a multiple of w since the epoch): at most
+  `limit` exchanges are counted in any one window whatever the number of processes, and a client bursting astride
+  a boundary gets at most 2 x `limit` within w seconds;
+- every request whose signature verified counts, refused ones included, so probing is not free; a replayed nonce
+  counts nothing (it is refused before, as an unauthenticated attempt);
+- a consumer's quota is the registry's, else the broker's default (`DLNUF_QUOTA_DEFAULT`); a habilitation's
+  quota, when the registry gives one, applies on top of it.
+
+The answers carry the IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers-09): `RateLimit-Policy`
+(`"consumer";q=<limit>;w=<window>`) and `RateLimit` (`"consumer";r=<remaining>;t=<seconds to reset>`), and a
+429 carries `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+
+from broker.errors import QuotaExceeded
+from broker.registry import Registry
+from broker.registry.quota import Quota
+from broker.signing import structured_fields as sf
+from broker.signing.keys import PublicKey
+from broker.storage import db
+from broker.storage.db import DatabaseUnavailable
+
+PolicyName = Literal["consumer", "habilitation"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    policy: PolicyName
+    """The RateLimit policy name the consumer sees."""
+    key: str
+    """The counter's row: `c:<siret>:<window>` or `h:<habilitation id>:<window>`."""
+    quota: Quota
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    scope: Scope
+    used: int
+    """Exchanges counted in the current window, this one included."""
+    reset: float
+    """Seconds until the window ends."""
+
+    @property
+    def exceeded(self) -> bool:
+        return self.used > self.scope.quota.limit
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.scope.quota.limit - self.used)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one request's claim counted; empty when the request counted nothing (no quota applies)."""
+
+    counts: tuple[Count, ...] = ()
+
+    def verify_within(self) -> None:
+        """None, or `QuotaExceeded` naming the exhausted policies and the wait."""
+        exceeded = [c for c in self.counts if c.exceeded]
+        if not exceeded:
+            return
+        wait = max(c.reset for c in exceeded)
+        what = " and ".join(f"the {c.scope.policy} quota ({c.scope.quota})" for c in exceeded)
+        raise QuotaExceeded(f"{what} is used up for this window; retry in {math.ceil(wait)} s", retry_after=wait)
+
+    def exceeded_policies(self) -> list[PolicyName]:
+        return [c.scope.policy for c in self.counts if c.exceeded]
+
+    def headers(self) -> dict[str, str]:
+        """The RateLimit fields (and Retry-After when a quota is exceeded), for every answer to this request."""
+        if not self.counts:
+            return {}
+        policy = [sf.Item(c.scope.policy, {"q": c.scope.quota.limit, "w": c.scope.quota.window})
+                  for c in self.counts]
+        current = [sf.Item(c.scope.policy, {"r": c.remaining, "t": math.ceil(c.reset)}) for c in self.counts]
+        headers = {"RateLimit-Policy": sf.serialize_list(list(policy)), "RateLimit": sf.serialize_list(list(current))}
+        exceeded = [c.reset for c in self.counts if c.exceeded]
+        if exceeded:
+            headers["Retry-After"] = str(math.ceil(max(exceeded)))
+        return headers
+
+
+def scopes(registry: Registry, consumer: str, dataset: str | None, default: Quota | None) -> list[Scope]:
+    """The quotas one exchange of `consumer` for `dataset` counts against."""
+    out = []
+    org = registry.organisation(consumer)
+    quota = org.quota if org is not None and org.quota is not None else default
+    if quota is not None:
+        out.append(Scope("consumer", f"c:{consumer}:{quota.window}", quota))
+    hab = registry.habilitation(consumer, dataset) if dataset is not None else None
+    if hab is not None and hab.quota is not None:
+        out.append(Scope("habilitation", f"h:{hab.id}:{hab.quota.window}", hab.quota))
+    return out
+
+
+class QuotaMeter:
+    """The nonce claim of one exchange (`verify_request`'s `claim_nonce`), counting its quotas in the same
+    statement; `usage` holds what was counted once the claim ran.
+
+    `dataset` comes from the request body before the signature is checked, but the claim runs only after the
+    signature and the body's digest verified, so by then it is the dataset the consumer signed for.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, registry: Callable[[], Registry],
+                 lookup_key: Callable[[str], PublicKey | None], default: Quota | None, dataset: str | None) -> None:
+        self._pool = pool
+        self._registry = registry
+        self._lookup_key = lookup_key
+        self._default = default
+        self._dataset = dataset
+        self.usage = Usage()
+
+    async def claim(self, kid: str, nonce: str, expires_at: datetime) -> bool:
+        key = self._lookup_key(kid)
+        counted = [] if key is None else scopes(self._registry(), key.owner, self._dataset, self._default)
+        try:
+            rows = await db.fetch(self._pool, db.queries()["nonce_claim_counted"], kid, nonce, expires_at,
+                                  [s.key for s in counted], [s.quota.window for s in counted])
+        except db.DB_ERRORS as exc:
+            raise DatabaseUnavailable(f"nonce claim failed: {type(exc).__name__}") from exc
+        by_key = {s.key: s for s in counted}
+        self.usage = Usage(tuple(Count(by_key[r["scope"]], r["used"], r["reset"]) for r in rows
+                                 if r["scope"] is not None))
+        return bool(rows[0]["claimed"])
