@@ -67,7 +67,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         await db.migrate(conn)
         if config.registry_file is not None:
             text = config.registry_file.read_text("utf-8")
-            report = await registry.apply(conn, registry.parse_registry(text, str(config.registry_file)))
+            report = await registry.apply(conn, registry.parse_registry(text, str(config.registry_file)),
+                                          prune=config.registry_prune)
             log.info("registry applied", report=str(report))
     finally:
         await conn.close()

@@ -84,6 +84,8 @@ class Config:
     until the window ends; None: no limit."""
     attempts_keep: int = 100_000
     """Rows of the unauthenticated-attempts ring (the oldest is overwritten)."""
+    registry_prune: bool = False
+    """Whether the registry file applied at start may remove entries (the demo's, which it writes itself)."""
     host_from_request: bool = False
     """Tests only, never from the environment: serve without `public_url`, taking the signed URL's host from the
     request's Host header (so a request signed for another host is accepted)."""

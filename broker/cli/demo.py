@@ -17,6 +17,7 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import sys
 from dataclasses import replace
@@ -36,6 +37,7 @@ from broker.config import CALLBACK_PATH, LOGGED_OUT_PATH, CitizenLoginConfig, Co
 from broker.gateway.app import Trust, create_gateway_app
 from broker.gateway.app import start as start_gateway
 from broker.gateway.config import load_gateway_config
+from broker.service.runner import BrokerRunner
 from broker.signing.keys import PrivateKey, generate_private_key, private_key_from_jwk
 from examples.cantine import app as cantine
 
@@ -135,56 +137,92 @@ async def _gateway(config: Config, app: web.Application, key: PrivateKey, base_u
     return await start_gateway(create_gateway_app(gateway_config, Trust(key)), gateway_config)
 
 
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """Bound before anything is configured, so a port of 0 becomes a known address for the registry and URLs."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
 async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect_port: int,
                cantine_port: int, periscolaire_port: int, gateway_port: int) -> None:
+    # SIGINT and SIGTERM only ask to stop: the start-up finishes (an embedded PostgreSQL half started could not
+    # be stopped), then everything started is stopped, in reverse order, whatever stopped the demo.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as started:
+        await _start(config, started, sandbox_port, dgfip_port, franceconnect_port, cantine_port, periscolaire_port,
+                     gateway_port)
+        await stop.wait()
+        print("stopping the demo", file=sys.stderr, flush=True)
+
+
+async def _stop_process(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        await proc.wait()
+
+
+async def _start(config: Config, started: contextlib.AsyncExitStack, sandbox_port: int, dgfip_port: int,
+                 franceconnect_port: int, cantine_port: int, periscolaire_port: int, gateway_port: int) -> None:
     demo_dir = config.state_dir / "demo"
     key_file = demo_dir / "consumer-commune-paris.jwk"
     key = consumer_key(key_file)
     os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)
     os.environ[DGFIP_KEY_ENV] = secrets.token_urlsafe(24)
     sandbox_runner, sandbox_url = await start_sandbox(os.environ[TOKEN_ENV], port=sandbox_port)
+    started.push_async_callback(sandbox_runner.cleanup)
     dgfip_runner, dgfip_url = await dgfip.start_sandbox(os.environ[DGFIP_KEY_ENV], port=dgfip_port)
-    # the démarche's address goes in the registry (its OAuth redirect URI): bind its socket first
+    started.push_async_callback(dgfip_runner.cleanup)
+    # the démarche's address goes in the registry (its OAuth redirect URI), the broker's in every URL printed
     cantine_key = consumer_key(demo_dir / "consumer-ville-lyon-cantine.jwk", kid="demo-ville-lyon-cantine")
-    cantine_sock = socket.socket()
-    cantine_sock.bind((config.host, cantine_port))
+    cantine_sock = started.enter_context(_listening_socket(config.host, cantine_port))
     cantine_url = f"http://{config.host}:{cantine_sock.getsockname()[1]}"
     periscolaire_key = consumer_key(demo_dir / "consumer-ville-marseille.jwk", kid="demo-ville-marseille-periscolaire")
     periscolaire_url = f"http://{config.host}:{_free_port(config.host, periscolaire_port)}"
+    broker_sock = started.enter_context(_listening_socket(config.host, config.port))
+    base_url = f"http://{config.host}:{broker_sock.getsockname()[1]}"
     registry_file = demo_dir / "registry.toml"
     write_registry(registry_file, key, sandbox_url, dgfip_url, cantine_key=cantine_key, cantine_url=cantine_url,
                    periscolaire_key=periscolaire_key, periscolaire_url=periscolaire_url)
-    base_url = f"http://{config.host}:{config.port}"
-    login, fc_runner = config.citizen_login, None
+    login = config.citizen_login
     if login is None:
         # a FranceConnect configured in DLNUF_OIDC_* wins; otherwise the sandbox OP, with a fresh client secret
         os.environ[OIDC_SECRET_ENV] = secrets.token_urlsafe(32)
         client = ClientConfig(os.environ[OIDC_SECRET_ENV], [base_url + CALLBACK_PATH], [base_url + LOGGED_OUT_PATH],
                               name="DLNUF (démonstration)")
         fc_runner, fc_url = await start_franceconnect({OIDC_CLIENT_ID: client}, port=franceconnect_port)
+        started.push_async_callback(fc_runner.cleanup)
         login = CitizenLoginConfig(issuer=fc_url, client_id=OIDC_CLIENT_ID, client_secret_env=OIDC_SECRET_ENV,
                                    redirect_uri=base_url + CALLBACK_PATH,
                                    post_logout_redirect_uri=base_url + LOGGED_OUT_PATH, session_lifetime=1800.0,
                                    cookie_secure=False)
-    op_note = "sandbox FranceConnect, synthetic citizens" if fc_runner else "from DLNUF_OIDC_ISSUER"
+    op_note = "from DLNUF_OIDC_ISSUER" if config.citizen_login else "sandbox FranceConnect, synthetic citizens"
 
-    app = create_app(replace(config, registry_file=registry_file, citizen_login=login,
+    # the demo writes its registry itself, so it may remove what an older demo registry had
+    app = create_app(replace(config, registry_file=registry_file, citizen_login=login, registry_prune=True,
                              public_url=config.public_url or base_url))
-    runner = web.AppRunner(app, access_log=None)
+    runner = BrokerRunner(app, access_log=None)
+    started.push_async_callback(runner.cleanup)  # also stops the embedded PostgreSQL, even after a failed start
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
+    await web.SockSite(runner, broker_sock).start()
     cantine_runner = web.AppRunner(cantine.create_app(broker_url=base_url, key=cantine_key, siret=CANTINE_SIRET,
                                                       base_url=cantine_url), access_log=None)
+    started.push_async_callback(cantine_runner.cleanup)
     await cantine_runner.setup()
     await web.SockSite(cantine_runner, cantine_sock).start()
     gateway_runner, gateway_url = await _gateway(config, app, periscolaire_key, base_url, gateway_port)
-    node, node_proc = shutil.which("node"), None
+    started.push_async_callback(gateway_runner.cleanup)
+    node = shutil.which("node")
     if node is not None:
         node_proc = await asyncio.create_subprocess_exec(node, str(PERISCOLAIRE_SERVER), env={
             "PATH": os.environ.get("PATH", ""), "HOST": config.host, "PORT": periscolaire_url.rsplit(":", 1)[1],
             "BASE_URL": periscolaire_url, "BROKER_URL": base_url, "GATEWAY_URL": gateway_url,
             "SIRET": PERISCOLAIRE_SIRET})
+        started.push_async_callback(_stop_process, node_proc)
         periscolaire_line = f"{periscolaire_url}/   (Ville de Marseille, accueil périscolaire, in Node.js)"
     else:
         periscolaire_line = "not started: Node.js is not installed (apt-get install nodejs)"
@@ -220,25 +258,11 @@ which holds Marseille's key, signs, verifies the broker's answers and keeps a re
 
   {periscolaire_line}
 
-Ctrl-C stops everything.
+Ctrl-C (or SIGTERM) stops everything, the embedded PostgreSQL included.
 """, file=sys.stderr, flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        if node_proc is not None:
-            node_proc.terminate()
-            await node_proc.wait()
-        await gateway_runner.cleanup()
-        await cantine_runner.cleanup()
-        await runner.cleanup()
-        await sandbox_runner.cleanup()
-        await dgfip_runner.cleanup()
-        if fc_runner is not None:
-            await fc_runner.cleanup()
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(config, args.sandbox_port, args.dgfip_port, args.franceconnect_port, args.demarche_port,
-                         args.periscolaire_port, args.gateway_port))
+    asyncio.run(_run(config, args.sandbox_port, args.dgfip_port, args.franceconnect_port, args.demarche_port,
+                     args.periscolaire_port, args.gateway_port))
     return 0

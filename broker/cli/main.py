@@ -1,15 +1,24 @@
 """The command line, `python -m broker` (or `dlnuf`): serve, migrate, registry apply, keys generate, request, demo,
-log, gateway."""
+log, gateway.
+
+Invariant: every command ends with exit status 0, or with one line on stderr saying what went wrong and a non-zero
+status (2: the command line, the configuration or a file is wrong; 3: the database is unreachable; 1: anything
+else; 130: interrupted); never with a traceback, unless `DLNUF_TRACEBACK=1` asks for one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+
+import aiohttp
+import asyncpg
 
 from broker import registry
 from broker.cli import demo
@@ -36,21 +45,24 @@ async def _migrate(config: Config) -> int:
     return 0
 
 
-async def _registry_apply(config: Config, file: Path, text: str, dry_run: bool) -> int:
+async def _registry_apply(config: Config, file: Path, text: str, *, dry_run: bool, prune: bool) -> int:
+    """The diff against the database, then the change; a dry run runs it and rolls it back, so it reports (and
+    refuses) exactly what a real run would."""
     try:
         wanted = registry.parse_registry(text, str(file))
     except registry.RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if dry_run:
-        print(f"{file}: valid ({len(wanted.organisations)} organisations, {len(wanted.keys)} keys, "
-              f"{len(wanted.adapters)} adapters, {len(wanted.habilitations)} habilitations)")
-        return 0
+    for warning in wanted.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     async with _database(config) as dsn:
         conn = await db.connect(dsn)
         try:
             await db.migrate(conn)
-            report = await registry.apply(conn, wanted)
+            report = await registry.apply(conn, wanted, prune=prune, dry_run=dry_run)
+        except registry.RemovalRefused as exc:
+            print(f"error: {file}: {exc}", file=sys.stderr)
+            return 2
         finally:
             await conn.close()
     print(report)
@@ -64,7 +76,13 @@ def _keys_generate(alg: str, kid: str, out: Path | None) -> int:
     private = key.to_jwk()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("x") as f:
+        try:
+            f = out.open("x")
+        except FileExistsError:
+            print(f"error: {out} exists: a private key is never overwritten; choose another --out",
+                  file=sys.stderr)
+            return 2
+        with f:
             out.chmod(0o600)
             json.dump(private, f, indent=2)
         print(f"private key written to {out} (keep it secret; mode 0600)", file=sys.stderr)
@@ -80,6 +98,43 @@ def _keys_generate(alg: str, kid: str, out: Path | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`... | head`): nothing more may go to that pipe, not even at exit's flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("error: the output was closed before the end (broken pipe)", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if os.environ.get("DLNUF_TRACEBACK") == "1":
+            raise
+        message, status = _explain(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return status
+
+
+def _explain(exc: Exception) -> tuple[str, int]:
+    """One line for an error no command caught, and the exit status."""
+    if isinstance(exc, ConfigError):
+        return f"configuration: {exc}", 2
+    if isinstance(exc, aiohttp.ClientError):
+        return f"the broker is unreachable: {exc}", 3
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | ConnectionError | TimeoutError):
+        return f"the database is unreachable or refused the command: {_first_line(exc)}", 3
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or _first_line(exc)}", 2
+    return f"{type(exc).__name__}: {_first_line(exc)} (DLNUF_TRACEBACK=1 shows where)", 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m broker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -96,7 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     reg_sub = reg.add_subparsers(dest="registry_command", required=True)
     apply_p = reg_sub.add_parser("apply", help="make the database registry equal to FILE")
     apply_p.add_argument("file", type=Path)
-    apply_p.add_argument("--dry-run", action="store_true", help="only validate the file")
+    apply_p.add_argument("--dry-run", action="store_true",
+                         help="run the change against the database and roll it back: the same report, nothing changed")
+    apply_p.add_argument("--prune", action="store_true",
+                         help="allow removing the organisations, keys, adapters and habilitations the file omits")
 
     keys = sub.add_parser("keys", help="key commands")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -130,18 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.workers < 1:
             parser.error("--workers must be at least 1")
-        try:
-            verify_servable(config)
-        except ConfigError as exc:
-            print(f"configuration error: {exc}", file=sys.stderr)
-            return 2
+        verify_servable(config)
         from broker.cli.workers import serve_workers, use_event_loop
 
         if args.workers > 1:
             return serve_workers(config, args.workers)
         use_event_loop(config.event_loop)
         asyncio.run(serve_app(create_app(config), host=config.host, port=config.port,
-                              announce=lambda s: print(s, file=sys.stderr)))
+                          announce=lambda s: print(s, file=sys.stderr)))
         return 0
     if command == "migrate":
         return asyncio.run(_migrate(config))
@@ -151,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
             return 2
-        return asyncio.run(_registry_apply(config, args.file, text, args.dry_run))
+        return asyncio.run(_registry_apply(config, args.file, text, dry_run=args.dry_run, prune=args.prune))
     if command == "keys":
         return _keys_generate(args.alg, args.kid, args.out)
     if command == "request":

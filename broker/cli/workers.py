@@ -51,7 +51,7 @@ async def _prepare(config: Config) -> None:
         await db.migrate(conn)
         if config.registry_file is not None:
             report = await registry.apply(conn, registry.parse_registry(
-                config.registry_file.read_text("utf-8"), str(config.registry_file)))
+                config.registry_file.read_text("utf-8"), str(config.registry_file)), prune=config.registry_prune)
             log.info("registry applied", report=str(report))
     finally:
         await conn.close()

@@ -3,6 +3,12 @@
 The file is the whole truth: `apply` makes the database equal to it (adds, changes and removes rows) in one
 transaction, reports what changed, and bumps the registry version so every running broker reloads. Applying the
 same file twice changes nothing. A file that does not validate changes nothing and the error names its line.
+
+Operator mistakes must not cost data or availability, and running brokers apply a new registry at once, so:
+an empty file is refused; removing anything (an organisation, a key, an adapter, a habilitation) is refused
+unless asked for (`prune=True`, the command's `--prune`), the refusal listing what would go; the same public key
+under two kids is refused; an already-expired key is reported as a warning with its line. A dry run runs the
+very same statements and rolls them back, so it reports exactly what a real run would, refusals included.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -23,7 +29,7 @@ import schemas
 from adapters import registry as adapter_registry
 from broker.registry.derived import DerivedRule, DerivedRuleError, parse_rule
 from broker.registry.quota import Quota, QuotaError
-from broker.signing.keys import InvalidKey, public_key_from_jwk
+from broker.signing.keys import InvalidKey, jwk_thumbprint, public_key_from_jwk
 from broker.storage import db
 
 _SIRET = re.compile(r"^[0-9]{14}$")
@@ -36,6 +42,16 @@ LEGAL_BASES = ("information", "proactive", "consent")
 
 class RegistryError(ValueError):
     """The registry file is invalid. The message names the table, the entry and, when it can, the line."""
+
+
+class RemovalRefused(RegistryError):
+    """Applying the file would remove entries, and removals were not asked for (`prune`)."""
+
+    def __init__(self, removals: Sequence[Change]) -> None:
+        lines = [f"  {c.table}: {', '.join(c.removed)}" for c in removals if c.removed]
+        super().__init__("the file would remove:\n" + "\n".join(lines)
+                         + "\nnothing was changed; apply again with --prune to remove them")
+        self.removals = tuple(removals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +116,8 @@ class Registry:
     adapters: tuple[AdapterEntry, ...] = ()
     habilitations: tuple[Habilitation, ...] = ()
     version: int = 0
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """What the parser found suspicious but not wrong (e.g. an expired key), each naming its line."""
     _by_kid: dict[str, KeyEntry] = field(default_factory=dict, compare=False, repr=False)
     _hab: dict[tuple[str, str], Habilitation] = field(default_factory=dict, compare=False, repr=False)
     _adapter: dict[str, AdapterEntry] = field(default_factory=dict, compare=False, repr=False)
@@ -156,10 +174,13 @@ class _Entry:
         self.raw: Mapping[str, Any] = raw
         self.used: set[str] = set()
 
-    def fail(self, message: str) -> NoReturn:
+    def where(self) -> str:
         line = _line_of(self.source_text, self.table, self.index)
-        where = f"{self.source}:{line}" if line else self.source
-        raise RegistryError(f"{where}: [[{self.table}]] #{self.index + 1}: {message}")
+        return f"{self.source}:{line}: [[{self.table}]] #{self.index + 1}" if line else \
+            f"{self.source}: [[{self.table}]] #{self.index + 1}"
+
+    def fail(self, message: str) -> NoReturn:
+        raise RegistryError(f"{self.where()}: {message}")
 
     def text(self, key: str, pattern: re.Pattern[str] | None = None, *, default: str | None = None) -> str:
         self.used.add(key)
@@ -231,7 +252,9 @@ def _field_exists(schema: Mapping[str, Any], path: str) -> bool:
     return True
 
 
-def parse_registry(text: str, source: str = "registry.toml") -> Registry:
+def parse_registry(text: str, source: str = "registry.toml", *, now: datetime | None = None) -> Registry:
+    """The registry `text` describes, or `RegistryError` naming the line; `now` judges keys' expiry (warnings)."""
+    now = now or datetime.now(UTC)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -239,6 +262,10 @@ def parse_registry(text: str, source: str = "registry.toml") -> Registry:
     unknown = set(doc) - {"organisations", "adapters", "habilitations"}
     if unknown:
         raise RegistryError(f"{source}: unknown top-level table(s): {', '.join(sorted(unknown))}")
+    if not doc.get("organisations"):
+        # applied, it would remove every organisation, key and habilitation at once: never what anyone meant
+        raise RegistryError(f"{source}: the registry has no organisation; an empty registry is refused")
+    warnings: list[str] = []
 
     def entries(table: str) -> list[_Entry]:
         raw = doc.get(table, [])
@@ -248,6 +275,7 @@ def parse_registry(text: str, source: str = "registry.toml") -> Registry:
 
     orgs: dict[str, Organisation] = {}
     keys: dict[str, KeyEntry] = {}
+    thumbprints: dict[str, str] = {}
     for e in entries("organisations"):
         siret = e.text("siret", _SIRET)
         if siret in orgs:
@@ -280,11 +308,19 @@ def parse_registry(text: str, source: str = "registry.toml") -> Registry:
                 k.fail(f"key {kid!r}: the JWK's own kid {jwk['kid']!r} differs")
             try:
                 alg = public_key_from_jwk(jwk, owner=siret).alg
+                thumbprint = jwk_thumbprint(jwk)
             except InvalidKey as exc:
                 k.fail(f"key {kid!r}: {exc}")
+            if thumbprint in thumbprints:
+                # one key, two identities: which organisation signed would depend on a kid the signer chooses
+                k.fail(f"key {kid!r} is the same public key as key {thumbprints[thumbprint]!r}")
+            thumbprints[thumbprint] = kid
             nb, na = k.time("not_before"), k.time("not_after")
             if nb and na and nb >= na:
                 k.fail(f"key {kid!r}: not_before must be before not_after")
+            if na is not None and na <= now:
+                warnings.append(f"{k.where()}: key {kid!r} expired at {na.isoformat()}: it verifies nothing "
+                                "(a typo in not_after?); remove it")
             k.done()
             keys[kid] = KeyEntry(kid, siret, alg, jwk, nb, na)
         e.done()
@@ -375,6 +411,7 @@ def parse_registry(text: str, source: str = "registry.toml") -> Registry:
         keys=tuple(keys.values()),
         adapters=tuple(adapter_entries.values()),
         habilitations=tuple(habs.values()),
+        warnings=tuple(warnings),
     )
 
 
@@ -427,6 +464,8 @@ class Change:
 class ApplyReport:
     changes: tuple[Change, ...]
     version: int
+    dry_run: bool = False
+    """The statements ran and were rolled back: `version` is the one a real run would have made."""
 
     @property
     def changed(self) -> bool:
@@ -434,7 +473,16 @@ class ApplyReport:
 
     def __str__(self) -> str:
         head = f"registry version {self.version}" + ("" if self.changed else " (nothing changed)")
+        if self.dry_run and self.changed:
+            head += " (dry run: rolled back, nothing changed)"
         return "\n".join([head, *(f"  {c}" for c in self.changes)])
+
+
+class _RolledBack(Exception):
+    """Ends a dry run's transaction after its last statement (the report travels with it)."""
+
+    def __init__(self, report: ApplyReport) -> None:
+        self.report = report
 
 
 def _diff(table: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> Change:
@@ -446,8 +494,17 @@ def _diff(table: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> Change:
     )
 
 
-async def apply(conn: asyncpg.Connection, wanted: Registry) -> ApplyReport:
-    """Make the database hold exactly `wanted`; idempotent."""
+async def apply(conn: asyncpg.Connection, wanted: Registry, *, prune: bool = False,
+                dry_run: bool = False) -> ApplyReport:
+    """Make the database hold exactly `wanted`; idempotent. Raises `RemovalRefused` (changing nothing) when that
+    means removing entries and `prune` is false. `dry_run` runs every statement, then rolls them back."""
+    try:
+        return await _apply(conn, wanted, prune=prune, dry_run=dry_run)
+    except _RolledBack as done:
+        return done.report
+
+
+async def _apply(conn: asyncpg.Connection, wanted: Registry, *, prune: bool, dry_run: bool) -> ApplyReport:
     q = db.queries()
     async with conn.transaction():
         await conn.fetchrow(q["registry_lock"])  # serialises concurrent applies
@@ -460,7 +517,9 @@ async def apply(conn: asyncpg.Connection, wanted: Registry) -> ApplyReport:
                       {h.id: h for h in wanted.habilitations})
         report_changes = (org_c, key_c, ad_c, hab_c)
         if not any(c.added or c.changed or c.removed for c in report_changes):
-            return ApplyReport(report_changes, current.version)
+            return ApplyReport(report_changes, current.version, dry_run=dry_run)
+        if not prune and any(c.removed for c in report_changes):
+            raise RemovalRefused(report_changes)
         # dependents go first on removal, last on insertion, so foreign keys hold at every statement
         for hid in hab_c.removed:
             await conn.execute(q["habilitation_delete"], hid)
@@ -487,5 +546,7 @@ async def apply(conn: asyncpg.Connection, wanted: Registry) -> ApplyReport:
         for siret in org_c.removed:
             await conn.execute(q["organisation_delete"], siret)
         version: int = await conn.fetchval(q["registry_bump"], wanted.digest())
-        await conn.execute(q["registry_notify"], str(version))
+        await conn.execute(q["registry_notify"], str(version))  # sent at commit only: a rollback sends nothing
+        if dry_run:
+            raise _RolledBack(ApplyReport(report_changes, version, dry_run=True))
     return ApplyReport(report_changes, version)

@@ -113,7 +113,7 @@ async def test_catalogue_follows_registry_changes(broker: Harness, database_url:
     conn = await db.connect(database_url)
     try:
         report = await registry.apply(conn, registry.parse_registry(
-            registry_toml([broker.consumer], basis="proactive")))
+            registry_toml([broker.consumer], basis="proactive")), prune=True)
     finally:
         await conn.close()
     for _ in range(100):

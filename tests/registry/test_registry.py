@@ -69,7 +69,7 @@ async def test_apply_is_idempotent_and_reports_changes(database_url: str) -> Non
         assert not again.changed and again.version == 1
         assert "nothing changed" in str(again)
 
-        second = await registry.apply(conn, registry.parse_registry(registry_toml([b])))
+        second = await registry.apply(conn, registry.parse_registry(registry_toml([b])), prune=True)
         assert second.version == 2
         orgs = next(c for c in second.changes if c.table == "organisations")
         assert orgs.added == ("21690123100011",) and orgs.removed == (CONSUMER,)
