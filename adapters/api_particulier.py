@@ -15,7 +15,8 @@ Upstream errors (`{"errors": [{"code", "title", "detail", ...}]}`) map to `Adapt
 =====================================  =========================================================
 upstream                               adapter error
 =====================================  =========================================================
-404                                    SubjectNotFound
+404 in the error shape                 SubjectNotFound
+404 not in it (a wrong base_url)       ProviderMisconfigured
 422 code 00391 (several people match)  IdentityAmbiguous
 400, other 422                         ProviderRejectedQuery (bad or insufficient parameters)
 504 code xx002 (provider timed out)    ProviderTimeout
@@ -43,6 +44,7 @@ from adapters.base import (
     IdentityAmbiguous,
     ProviderAdapter,
     ProviderAnswerMalformed,
+    ProviderMisconfigured,
     ProviderRejectedQuery,
     ProviderTimeout,
     ProviderUnavailable,
@@ -165,6 +167,14 @@ def _first_error(body: bytes) -> tuple[str, str]:
         return "", ""
 
 
+def _is_error_shape(body: bytes) -> bool:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("errors"), list)
+
+
 def raise_for_status(endpoint: str, status: int, body: bytes) -> None:
     """Map a non-200 upstream status (and its error code) to the `AdapterError` leaf; see the module table."""
     if status == 200:
@@ -172,6 +182,10 @@ def raise_for_status(endpoint: str, status: int, body: bytes) -> None:
     code, title = _first_error(body)
     what = f"{endpoint}: HTTP {status} {code} {title}".rstrip()
     if status == 404:
+        # Upstream says "not found" in its error shape; a bare 404 page is some other server (a wrong base_url),
+        # which must not pass for an answer about the person.
+        if not _is_error_shape(body):
+            raise ProviderMisconfigured(f"{what}: not the provider's error shape")
         raise SubjectNotFound(what)
     if status == 422 and code == "00391":
         raise IdentityAmbiguous(what)

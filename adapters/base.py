@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -38,6 +39,24 @@ class ProviderUnavailable(AdapterError):
     """Connection refused or reset, 5xx, or the circuit breaker is open."""
 
     slug = "provider-unavailable"
+
+
+class ProviderCircuitOpen(ProviderUnavailable):
+    """The circuit breaker is open: the provider was not called. The message is for the caller too (when to
+    come back), since a 502 alone leaves a valid request with no hint."""
+
+    public = True
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProviderMisconfigured(AdapterError):
+    """The provider's URL answers, but not as the provider does: a 404 page that is not its error shape (a wrong
+    `base_url` or path). A fault of the configuration, never an answer about the person."""
+
+    slug = "provider-misconfigured"
 
 
 class ProviderTimeout(AdapterError):
@@ -162,10 +181,13 @@ class ProviderAdapter(ABC):
         probe = self.breaker.admit()
         if probe is None:
             self._short_circuited += 1
-            raise ProviderUnavailable(f"{self.name}: circuit breaker open, provider not called")
+            wait = self.breaker.reopens_in()
+            raise ProviderCircuitOpen(f"{self.name}: circuit breaker open after repeated failures, provider not "
+                                      f"called; retry in {math.ceil(wait)} s", retry_after=wait)
         self._budget.record_call()
-        # What the breaker learns in `finally` if no attempt outcome was recorded: nothing when our caller
-        # cancels us, a failure when the deadline ends an attempt.
+        # What the breaker learns in `finally`, once per call (retries are one call: a request whose every
+        # attempt fails is one piece of evidence, not three): the last attempt's outcome; nothing when our caller
+        # cancels us; a failure when the deadline ends an attempt.
         pending, attempting = Outcome.NEUTRAL, False
         try:
             async with asyncio.timeout(self.timeout) as deadline:
@@ -176,11 +198,9 @@ class ProviderAdapter(ABC):
                     if not isinstance(result, _Failure):
                         pending = Outcome.SUCCESS
                         return result
+                    pending = result.outcome
                     if not (result.retryable and retry < self.policy.retries and not probe):
-                        pending = result.outcome
                         raise result.error
-                    # Count this failure now: if it is the one that opens the breaker, there is no retry.
-                    self.breaker.record(result.outcome)
                     pause = self.policy.backoff_delay(retry)
                     # A pause that does not fit before the deadline would only turn this error into a timeout.
                     fits = pause < (deadline.when() or 0.0) - asyncio.get_running_loop().time()
@@ -235,7 +255,7 @@ class _Failure:
 
     @classmethod
     def of(cls, error: AdapterError, attempt: _Attempt, *, transport: bool = False) -> _Failure:
-        if isinstance(error, ProviderAnswerMalformed):
+        if isinstance(error, ProviderAnswerMalformed | ProviderMisconfigured):
             return cls(error, False, Outcome.FAILURE)
         if isinstance(error, ProviderUnavailable | ProviderTimeout):
             # With no response seen, the policy's `retries` already says the adapter's calls are idempotent.

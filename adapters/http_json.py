@@ -82,6 +82,7 @@ from adapters.base import (
     IdentityAmbiguous,
     ProviderAdapter,
     ProviderAnswerMalformed,
+    ProviderMisconfigured,
     ProviderRejectedQuery,
     ProviderTimeout,
     ProviderUnavailable,
@@ -442,11 +443,22 @@ def to_dataset(endpoint: Endpoint, dataset: str, version: int, answer: Any) -> d
     return projected
 
 
-def raise_for_status(endpoint: Endpoint, where: str, status: int) -> None:
+def raise_for_status(endpoint: Endpoint, where: str, status: int, body: bytes = b"") -> None:
     if status == 200:
         return
     outcome = endpoint.statuses.get(status) or DEFAULT_STATUSES.get(status, "unavailable")
+    if outcome == "not_found" and not _is_json(body):
+        # a provider says "not found" in JSON; an HTML 404 page is another server (a wrong base_url or path)
+        raise ProviderMisconfigured(f"{where}: HTTP {status} that is not JSON: not the provider's answer")
     raise OUTCOMES[outcome](f"{where}: HTTP {status}")
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
 
 
 class HttpJsonAdapter(ProviderAdapter):
@@ -487,7 +499,7 @@ class HttpJsonAdapter(ProviderAdapter):
             # The provider's certificate does not verify, or the handshake failed: asking again will not help,
             # so this is raised as an answer (never retried), not left to the base as a transport failure.
             raise ProviderUnavailable(f"{where}: TLS handshake failed: {exc.__cause__ or exc}") from exc
-        raise_for_status(endpoint, where, status)
+        raise_for_status(endpoint, where, status, body)
         try:
             answer = json.loads(body)
         except ValueError as exc:

@@ -145,6 +145,12 @@ class CircuitBreaker:
             return BreakerState.HALF_OPEN
         return self._state
 
+    def reopens_in(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when it is not open)."""
+        if self._state is not BreakerState.OPEN:
+            return 0.0
+        return max(0.0, self._opened_at + self.policy.breaker_cooldown - self._clock())
+
     def admit(self) -> bool | None:
         """None: refuse the call. False: a normal call. True: this call is the half-open probe; report its
         outcome with `probe=True`."""

@@ -147,8 +147,10 @@ async def readyz(request: web.Request) -> web.Response:
     checks["registry"] = f"version {state.registry.current.version}"
     checks["providers"], providers = state.adapters.readiness()
     ready = checks["database"] == "ok"
-    return web.json_response({"status": "ready" if ready else "not ready", "checks": checks,
-                              "providers": providers}, status=200 if ready else 503)
+    # degraded: ready to serve, but some provider's datasets cannot be (an adapter not built, a breaker open)
+    status = "not ready" if not ready else "ready" if checks["providers"] == "ok" else "degraded"
+    return web.json_response({"status": status, "checks": checks, "providers": providers},
+                             status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

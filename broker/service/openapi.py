@@ -584,7 +584,8 @@ def openapi_document() -> dict[str, Any]:
                     "422": _problem("provider-rejected-query"),
                     "429": _quota_problem(),
                     "431": _problem("header-too-large"),
-                    "502": _problem("provider-unavailable, provider-answer-malformed or provider-answer-invalid"),
+                    "502": _problem("provider-unavailable, provider-misconfigured, provider-answer-malformed or "
+                                    "provider-answer-invalid"),
                     "503": _problem("log-unavailable or service-unavailable: nothing was released"),
                     "504": _problem("provider-timeout"),
                 },
@@ -612,8 +613,11 @@ def openapi_document() -> dict[str, Any]:
                 },
             }},
             "/readyz": {"get": {"operationId": "readyz",
-                                "summary": "Readiness: database reachable; each provider's circuit breaker state",
-                                "responses": {"200": _json("Ready"), "503": _json("Not ready")}}},
+                                "summary": "Readiness: database reachable; each provider's circuit breaker state, "
+                                           "or why its adapter could not be built",
+                                "responses": {"200": _json("Ready (`status` ready), or degraded: some providers "
+                                                           "cannot serve (`checks.providers` names them)"),
+                                              "503": _json("Not ready: the database is unreachable")}}},
             "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics (no personal data)",
                                  "responses": {"200": {"description": "Prometheus text format", "headers": _SIG_HEADERS,
                                                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},

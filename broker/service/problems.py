@@ -104,8 +104,13 @@ PROBLEMS: list[tuple[type[BaseException], ProblemType]] = [
                                                 "format. No data was released.")),
     (errors.InvalidProviderAnswer, _ANSWER_INVALID),
     (InvalidDocument, _ANSWER_INVALID),
+    (adapter_errors.ProviderMisconfigured, _p("provider-misconfigured", 502, "Provider misconfigured",
+                                              "The provider's address answers, but not as the provider (a wrong "
+                                              "URL in the broker's registry). No data was released.")),
     (adapter_errors.ProviderUnavailable, _p("provider-unavailable", 502, "Provider unavailable",
-                                            "The provider could not be reached or failed. No data was released.")),
+                                            "The provider could not be reached or failed, or is cut off for a "
+                                            "while after repeated failures (then `detail` and Retry-After say "
+                                            "until when). No data was released.")),
     (adapter_errors.AdapterError, _p("provider-error", 502, "Provider error",
                                      "The provider call failed. No data was released.")),
     (errors.QuotaExceeded, _p("quota-exceeded", 429, "Quota exceeded",
@@ -152,7 +157,8 @@ def problem_for(exc: BaseException) -> ProblemType:
 
 
 def detail_for(exc: BaseException) -> str | None:
-    if isinstance(exc, errors.BrokerError) and exc.public:
+    """The exception's message when its class says it is for the caller (`public`), else nothing."""
+    if getattr(exc, "public", False) is True:
         return str(exc)
     return None
 

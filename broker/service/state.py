@@ -106,10 +106,13 @@ class AdapterSet:
         self.metrics = metrics
         self._by_id: dict[str, tuple[AdapterEntry, ProviderAdapter]] = {}
         self._by_dataset: dict[str, ProviderAdapter] = {}
+        self.unbuilt: dict[str, str] = {}
+        """Adapters of the registry that could not be built, by id, with the reason (for `/readyz`)."""
         metrics.watch_adapters(self.health)
 
     def update(self, registry: Registry) -> None:
         by_id: dict[str, tuple[AdapterEntry, ProviderAdapter]] = {}
+        unbuilt: dict[str, str] = {}
         for entry in registry.adapters:
             old = self._by_id.get(entry.id)
             if old is not None and old[0] == entry:
@@ -121,9 +124,10 @@ class AdapterSet:
             except ValueError as exc:
                 # `registry apply` checked the options; what can still fail is the environment (a missing token)
                 log.error("adapter not built", adapter=entry.id, error=str(exc))
+                unbuilt[entry.id] = str(exc)
                 continue
             by_id[entry.id] = (entry, adapter)
-        self._by_id = by_id
+        self._by_id, self.unbuilt = by_id, unbuilt
         self._by_dataset = {d: a for e, a in by_id.values() for d in e.datasets}
 
     def for_dataset(self, dataset: str) -> ProviderAdapter:
@@ -141,11 +145,22 @@ class AdapterSet:
         return {entry_id: adapter.health() for entry_id, (_, adapter) in self._by_id.items()}
 
     def readiness(self) -> tuple[str, dict[str, str]]:
-        """A one-line summary and each adapter's breaker state, for `/readyz`. A provider's open breaker does not
-        make the broker unready: it still serves the other providers' datasets, and says which one is cut off."""
-        states = {name: h.breaker.label for name, h in sorted(self.health().items())}
-        tripped = [name for name, state in states.items() if state != "closed"]
-        return ("ok" if not tripped else "breaker not closed: " + ", ".join(tripped)), states
+        """A one-line summary and each adapter's state, for `/readyz`: its breaker's, or `not built: <why>`.
+
+        Neither an open breaker nor an adapter that could not be built makes the broker unready: it still serves
+        the other providers' datasets (and a registry change must not take every broker out of service at once);
+        the summary names each adapter that cannot serve, and `/readyz` says `degraded`."""
+        states = {name: h.breaker.label for name, h in self.health().items()}
+        states.update({name: f"not built: {why}" for name, why in self.unbuilt.items()})
+        states = dict(sorted(states.items()))
+        problems = []
+        unbuilt = [name for name in states if name in self.unbuilt]
+        if unbuilt:
+            problems.append("not built: " + ", ".join(unbuilt))
+        tripped = [name for name, state in states.items() if name not in self.unbuilt and state != "closed"]
+        if tripped:
+            problems.append("breaker not closed: " + ", ".join(tripped))
+        return ("; ".join(problems) or "ok"), states
 
 
 @dataclass(slots=True)

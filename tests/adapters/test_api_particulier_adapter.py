@@ -26,6 +26,7 @@ from adapters.base import (
     AdapterQuery,
     IdentityAmbiguous,
     ProviderAnswerMalformed,
+    ProviderMisconfigured,
     ProviderRejectedQuery,
     ProviderTimeout,
     ProviderUnavailable,
@@ -406,3 +407,16 @@ async def test_build_adapter_reads_the_token_from_the_environment(session: aioht
     document = await adapter.fetch(query("quotient_familial", pivot("payet-maelys")))
     assert_valid("quotient_familial", document)
     assert len(document["enfants"]) == 2
+
+
+@pytest.mark.parametrize("page", [
+    lambda: web.Response(status=404, text="<html>Not Found</html>", content_type="text/html"),
+    lambda: web.json_response({"message": "no route"}, status=404),
+], ids=["html", "other-json"])
+async def test_a_404_that_is_not_the_error_shape_is_a_misconfiguration(
+        aiohttp_server: ServerFactory, make_adapter: MakeAdapter, page: Callable[[], web.Response]) -> None:
+    # issue 13: a wrong base_url answering 404 was taken for "this person is unknown"
+    url = await _upstream(aiohttp_server, lambda r: page())
+    adapter = make_adapter(base_url=url)
+    with pytest.raises(ProviderMisconfigured, match="not the provider's error shape"):
+        await adapter.fetch(query("quotient_familial", pivot("el-amrani-fatima-zahra")))
