@@ -263,8 +263,9 @@ def build(es: contextlib.ExitStack, s: Settings) -> Stack:
     db_name = f"dlnuf_bench_{os.getpid()}_{secrets.token_hex(3)}"
     state_dir = workdir / "state"
     # a quota far above any load this machine makes: its counting is measured, it never refuses
+    # one transparency log for every broker, whatever the address each is reached at (DLNUF_PUBLIC_URL below)
     broker_env = {**env, "DLNUF_STATE_DIR": str(state_dir), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: token,
-                  "DLNUF_QUOTA_DEFAULT": "10000000/60"}
+                  "DLNUF_QUOTA_DEFAULT": "10000000/60", "DLNUF_LOG_ORIGIN": "bench.dlnuf/log"}
     if s.embedded:
         db_name = "postgres"
         es.callback(procs.stop_embedded, state_dir / "pgdata")  # runs after the brokers stop
