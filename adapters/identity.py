@@ -189,3 +189,39 @@ def subject_key(secret: bytes, subject: Subject) -> str:
     nobody (a plain hash of an identity could be reversed by trying every name and birth date). The key of a
     subject's access-log entries, consents and journal."""
     return hmac.new(secret, subject.canonical().encode(), hashlib.sha256).hexdigest()
+
+
+# -- organisations ------------------------------------------------------------------------------------------------
+
+_LA_POSTE_SIREN = "356000000"
+_LA_POSTE_HEAD_OFFICE = "35600000000048"
+
+
+def _luhn_valid(digits: str) -> bool:
+    """The Luhn checksum (ISO/IEC 7812-1): from the right, every second digit doubled (9 taken off above 9)."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if position % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def valid_siren(siren: str) -> bool:
+    """Whether `siren` is nine digits with a valid Luhn check digit (INSEE's SIRENE numbering)."""
+    return len(siren) == 9 and siren.isascii() and siren.isdigit() and _luhn_valid(siren)
+
+
+def valid_siret(siret: str) -> bool:
+    """Whether `siret` is fourteen digits whose SIREN (its first nine) and whole number have valid check digits.
+
+    La Poste is the one exception INSEE documents: its establishments' SIRETs (SIREN 356 000 000, all under one
+    SIREN, more than the NIC's check digit can number) have a digit sum divisible by 5 instead of a Luhn
+    checksum; its head office, 356 000 000 00048, follows the Luhn rule as every other SIRET does.
+    """
+    if len(siret) != 14 or not siret.isascii() or not siret.isdigit() or not valid_siren(siret[:9]):
+        return False
+    if siret.startswith(_LA_POSTE_SIREN) and siret != _LA_POSTE_HEAD_OFFICE:
+        return sum(ord(c) - 48 for c in siret) % 5 == 0
+    return _luhn_valid(siret)
