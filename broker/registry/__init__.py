@@ -6,9 +6,10 @@ same file twice changes nothing. A file that does not validate changes nothing a
 
 Operator mistakes must not cost data or availability, and running brokers apply a new registry at once, so:
 an empty file is refused; removing anything (an organisation, a key, an adapter, a habilitation) is refused
-unless asked for (`prune=True`, the command's `--prune`), the refusal listing what would go; the same public key
-under two kids is refused; an already-expired key is reported as a warning with its line. A dry run runs the
-very same statements and rolls them back, so it reports exactly what a real run would, refusals included.
+unless asked for (`prune=True`, the command's `--prune`), the refusal listing what would go; a SIRET with a wrong
+check digit and the same public key under two kids are refused; an already-expired key is reported as a warning
+with its line. A dry run runs the very same statements and rolls them back, so it reports exactly what a real run
+would, refusals included.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import asyncpg
 
 import schemas
 from adapters import registry as adapter_registry
+from adapters.identity import valid_siret
 from broker.registry.derived import DerivedRule, DerivedRuleError, parse_rule
 from broker.registry.quota import Quota, QuotaError
 from broker.signing.keys import InvalidKey, jwk_thumbprint, public_key_from_jwk
@@ -278,6 +280,8 @@ def parse_registry(text: str, source: str = "registry.toml", *, now: datetime | 
     thumbprints: dict[str, str] = {}
     for e in entries("organisations"):
         siret = e.text("siret", _SIRET)
+        if not valid_siret(siret):
+            e.fail(f"SIRET {siret} has a wrong check digit (a typo?)")
         if siret in orgs:
             e.fail(f"SIRET {siret} appears twice")
         roles = e.texts("roles")

@@ -21,7 +21,7 @@ from broker.signing.keys import generate_private_key
 from tests.factories import consumer, registry_toml
 
 ROOT = Path(__file__).resolve().parents[2]
-DGFIP = "99999999900018"
+DGFIP = "11002001300097"
 
 # A second provider and its adapter, as an operator appends them to a working registry (docs/adapters.md).
 HTTP_JSON_ENTRY = f"""

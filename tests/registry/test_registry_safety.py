@@ -137,3 +137,13 @@ async def test_the_command_shows_the_diff_and_wants_prune(database_url: str, tmp
     status, out, err = await apply_command(database_url, tmp_path, expired, "--dry-run")
     assert status == 0 and err.startswith(f"warning: {tmp_path / 'registry.toml'}:")
     assert "expired at 2020-01-01T00:00:00+00:00" in err
+
+
+def test_a_siret_with_a_wrong_check_digit_is_refused_with_its_line() -> None:
+    text = registry_toml([PARIS]).replace(f'siret = "{CONSUMER}"', 'siret = "21750001600018"')
+    text = text.replace(f'consumer = "{CONSUMER}"', 'consumer = "21750001600018"')
+    line = [i for i, ln in enumerate(text.splitlines(), 1) if ln.strip() == "[[organisations]]"][1]
+    with pytest.raises(registry.RegistryError) as info:
+        registry.parse_registry(text, "reg.toml")
+    assert str(info.value) == (f"reg.toml:{line}: [[organisations]] #2: SIRET 21750001600018 has a wrong check "
+                               "digit (a typo?)")

@@ -48,7 +48,7 @@ def auditor() -> Consumer:
 
 @pytest.fixture
 def portal() -> Consumer:
-    return consumer("13001234500016")
+    return consumer("13001234700014")
 
 
 @pytest.fixture
