@@ -81,6 +81,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     pool = await db.create_pool(app[DSN], min_size=config.pool_min, max_size=config.pool_max)
+    claims_pool = await db.create_pool(app[DSN], min_size=1, max_size=config.pool_max,
+                                       settings={"synchronous_commit": "off"})
     metrics = Metrics()
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
@@ -103,6 +105,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=metrics,
         sealer=Sealer.from_file(config.identity_key_file),
         attempts=attempts,
+        claims_pool=claims_pool,
     )
     app[STATE] = state
     tasks = [asyncio.create_task(cache.watch()), asyncio.create_task(_housekeeping(pool)),
@@ -113,6 +116,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
     await attempts.flush()  # what the last interval refused
     await session.close()
+    await claims_pool.close()
     await pool.close()
 
 

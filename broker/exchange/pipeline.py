@@ -144,7 +144,8 @@ async def handle_exchange(request: web.Request) -> web.Response:
         body = await _read_body(request, state.config.max_body)
 
         # 1. Verify the signature: who signs, with a live key, fresh, not replayed, body as digested. The nonce
-        #    claim also counts the exchange against its quotas, in the same statement.
+        #    claim also counts the exchange against its quotas, in the same statement, whose commit does not wait
+        #    for the WAL flush: step 8's synchronous commit flushes it before anything is answered (quotas.py).
         meter = state.quota_meter(_dataset_of(body))
         verified = await messages.verify_request(
             method=request.method,

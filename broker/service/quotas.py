@@ -4,14 +4,16 @@ Invariants:
 
 - one count for every broker process and node: the counters are rows of PostgreSQL, incremented by the statement
   that claims the request's nonce (`nonce_claim_counted`), so a quota adds no round trip to an exchange;
-- fixed windows on the database's clock (a window of w seconds starts at a multiple of w since the epoch);
-- each database connection counts in its own shard row, so exchanges of one consumer never queue on one row lock
-  (held through the commit's WAL flush, it capped a consumer at one exchange per flush: measured in
-  benchmarks/quota_cost.py). The price: a claim sees the other shards as committed when it started, so claims in
-  flight at the same moment do not see each other. A window admits at most `limit + C - 1` exchanges, C being the
-  claims in flight when the limit is crossed, itself at most the brokers' connections (DLNUF_POOL_MAX per
-  process); sequential traffic is counted exactly. A client bursting astride a window boundary gets up to twice
-  that within w seconds;
+- exact: one row per scope, so every claim sees every claim before it; fixed windows on the database's clock (a
+  window of w seconds starts at a multiple of w since the epoch), so at most `limit` exchanges are counted in any
+  one window whatever the number of processes, and a client bursting astride a boundary gets at most 2 x `limit`
+  within w seconds;
+- the claim commits without waiting for the WAL flush (the claims pool runs with `synchronous_commit = off`): the
+  counter's row lock, held until commit, would otherwise make one consumer's concurrent exchanges queue behind
+  each other's fsync (measured in benchmarks/quota_cost.py). This is safe because no exchange answers before a
+  synchronous commit (its access-log entry, step 8, released or refused), and a synchronous commit flushes the
+  WAL up to its own record, the earlier claim's included. A crash can only lose the claims of exchanges that had
+  not answered: replaying one of those is the consumer's own retry, and its count is lost with it;
 - every request whose signature verified counts, refused ones included, so probing is not free; a replayed nonce
   counts nothing (it is refused before, as an unauthenticated attempt);
 - a consumer's quota is the registry's, else the broker's default (`DLNUF_QUOTA_DEFAULT`); a habilitation's

@@ -174,6 +174,8 @@ class BrokerState:
     metrics: Metrics
     sealer: Sealer
     attempts: AttemptStore
+    claims_pool: asyncpg.Pool
+    """For the exchanges' nonce claims only: commits that do not wait for the WAL flush (quotas.py says why)."""
     validators: Validators = field(default_factory=Validators)
 
     def lookup_key(self, kid: str) -> PublicKey | None:
@@ -186,7 +188,7 @@ class BrokerState:
     def quota_meter(self, dataset: str | None) -> QuotaMeter:
         """A nonce claim that also counts the exchange against its consumer's and habilitation's quotas."""
         default = self.config.quota_default
-        return QuotaMeter(self.pool, registry=lambda: self.registry.current, lookup_key=self.lookup_key,
+        return QuotaMeter(self.claims_pool, registry=lambda: self.registry.current, lookup_key=self.lookup_key,
                           default=None if default is None else Quota(*default), dataset=dataset)
 
     async def claim_nonce(self, kid: str, nonce: str, expires_at: datetime) -> bool:

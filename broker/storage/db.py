@@ -159,11 +159,14 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     exchange pipeline releases twice per exchange. asyncpg still rolls back an open transaction on release."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10,
+                      settings: dict[str, str] | None = None) -> asyncpg.Pool:
+    """The pool; `settings` are PostgreSQL settings for its connections (e.g. the claims pool's
+    `synchronous_commit = off`, broker/service/quotas.py)."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset,
         # a statement stuck on a dead server must fail fast into a 503, not hang a request
-        command_timeout=10,
+        command_timeout=10, server_settings=settings,
     )
     return pool
 

@@ -69,29 +69,23 @@ ON CONFLICT (kid, nonce) DO NOTHING RETURNING true;
 
 -- name: nonce_claim_counted
 -- The nonce claim, and, only when the nonce was new, one more exchange in each quota scope ($4, windows $5):
--- one statement, so a quota costs no round trip (broker/service/quotas.py). The count goes to this connection's
--- shard row (no waiting on another exchange's row lock); the scope's count is that plus the other shards as
--- committed when the statement started. Windows follow the database's clock, the one every process shares.
+-- one statement, so a quota costs no round trip (broker/service/quotas.py). Run on the claims pool, whose commits
+-- do not wait for the WAL flush. Windows follow the database's clock, the one every broker process shares.
 -- One row per counted scope, or one row of NULLs.
 WITH claim AS (
     INSERT INTO seen_nonces (kid, nonce, expires_at) VALUES ($1, $2, $3)
     ON CONFLICT (kid, nonce) DO NOTHING RETURNING true
 ), counted AS (
-    INSERT INTO quota_usage AS q (scope, shard, window_seconds, window_start, used)
-    SELECT s.scope, pg_backend_pid() % 64, s.w, (floor(extract(epoch FROM now()) / s.w) * s.w)::bigint, 1
+    INSERT INTO quota_usage AS q (scope, window_seconds, window_start, used)
+    SELECT s.scope, s.w, (floor(extract(epoch FROM now()) / s.w) * s.w)::bigint, 1
     FROM unnest($4::text[], $5::integer[]) AS s(scope, w)
     WHERE EXISTS (SELECT 1 FROM claim)
-    ON CONFLICT (scope, shard) DO UPDATE SET
+    ON CONFLICT (scope) DO UPDATE SET
         used = CASE WHEN EXCLUDED.window_start > q.window_start THEN 1 ELSE q.used + 1 END,
         window_start = GREATEST(q.window_start, EXCLUDED.window_start)
-    RETURNING q.scope, q.shard, q.used, q.window_start,
-              (q.window_start + q.window_seconds - extract(epoch FROM now()))::float8 AS reset
+    RETURNING q.scope, q.used, (q.window_start + q.window_seconds - extract(epoch FROM now()))::float8 AS reset
 )
-SELECT EXISTS (SELECT 1 FROM claim) AS claimed, counted.scope,
-       counted.used + (SELECT coalesce(sum(o.used), 0) FROM quota_usage o
-                       WHERE o.scope = counted.scope AND o.shard <> counted.shard
-                         AND o.window_start = counted.window_start)::integer AS used,
-       counted.reset
+SELECT EXISTS (SELECT 1 FROM claim) AS claimed, counted.scope, counted.used, counted.reset
 FROM (SELECT 1) AS one LEFT JOIN counted ON true;
 
 -- name: quota_purge
