@@ -9,8 +9,8 @@ seconds. From a window boundary on, for --windows windows, it sends signed excha
 most --concurrency in flight), alternately to each broker, during the first 70% of each window only, so that each
 exchange is counted in the window the access log gives it (the count of those that were not is printed), enough to
 saturate every window. It prints, per window (from the access log), the exchanges allowed and refused for the
-quota, and the total allowed against --windows x --limit. The quotas' design (broker/service/quotas.py) bounds the
-excess per window by the claims in flight together, at most the brokers' connections; this measures it in practice.
+quota, and the total allowed against --windows x --limit (broker/service/quotas.py counts exactly, in one row per
+scope that every process increments: this checks it under concurrent load from two processes).
 It prints figures; it asserts nothing.
 """
 
