@@ -159,8 +159,10 @@ def main() -> int:
         registry = workdir / "registry.toml"
         registry.write_text(stack.registry_toml(key, f"http://{HOST}:{stub_port}", "information"))
         broker_port = procs.free_port()
+        # DLNUF_PUBLIC_URL is required to serve; the quota is far above this load, so it counts and never refuses
         broker_env = {**env, "DLNUF_STATE_DIR": str(workdir / "state"), "DLNUF_LOG_FORMAT": "json",
                       stack.TOKEN_ENV: token, "DLNUF_REGISTRY_FILE": str(registry),
+                      "DLNUF_PUBLIC_URL": f"http://{HOST}:{broker_port}", "DLNUF_QUOTA_DEFAULT": "10000000/60",
                       "DATABASE_URL": procs.create_database(es, args.admin_url, f"dlnuf_gwbench_b_{suffix}")}
         broker = procs.start(es, "broker", [stack.PYTHON, "-m", "broker", "serve", "--host", HOST, "--port",
                                             str(broker_port)], env=broker_env, log=workdir / "broker.log",

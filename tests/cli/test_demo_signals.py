@@ -31,7 +31,8 @@ def test_a_signal_stops_the_demo_and_its_database(sig: signal.Signals, tmp_path:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DLNUF_") and k != "DATABASE_URL"}
     env["DLNUF_STATE_DIR"] = str(state)
     log = (tmp_path / "demo.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "broker", "demo", "--port", "0", "--demarche-port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "broker", "demo", "--port", "0", "--demarche-port", "0",
+                             "--periscolaire-port", "0", "--gateway-port", "0"],
                             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120

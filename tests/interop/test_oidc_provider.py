@@ -90,7 +90,7 @@ async def start(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
             "client_id": CLIENT_ID, "redirect_uris": [broker + "/citizen/callback"],
             "post_logout_redirect_uris": [broker + "/citizen/logged-out"], "grant_types": ["authorization_code"],
             "response_types": ["code"]}
-        settings = {"DLNUF_OIDC_PRESET": shape, "DLNUF_OIDC_CLIENT_ID": CLIENT_ID,
+        settings = {"DLNUF_OIDC_PRESET": shape, "DLNUF_OIDC_CLIENT_ID": CLIENT_ID, "DLNUF_PUBLIC_URL": broker,
                     "DLNUF_OIDC_REDIRECT_URI": broker + "/citizen/callback", "DLNUF_STATE_DIR": str(state)}
         if shape == "franceconnect":
             registration |= {"client_secret": SECRET, "token_endpoint_auth_method": "client_secret_post",
