@@ -32,7 +32,7 @@ import orjson
 from broker.signing import messages
 from broker.signing.keys import PrivateKey
 from broker.storage import db
-from broker.tlog import checkpoint, merkle
+from broker.tlog import checkpoint, leaves, merkle
 from broker.tlog.checkpoint import Checkpoint, CheckpointError, NoteVerifier
 from broker.tlog.jcs import CanonicalizationError
 from broker.tlog.log import PROMISE_FORMAT, LoggedRow, PgNodeStore, leaf_of, logged_rows
@@ -82,9 +82,10 @@ def verify_promise(note: str, verifiers: Verifiers, *, origin: str) -> Promise:
 
 
 def verify_receipt(receipt: Mapping[str, Any], verifiers: Verifiers, *, origin: str, entry_id: str,
-                   data_sha256: str | None = None) -> Promise:
+                   data: bytes | None = None, data_sha256: str | None = None) -> Promise:
     """Check the `log` member of a 200 exchange answer: the promise is signed, it is for this entry, and the
-    entry it carries hashes to the promised leaf and records the released payload's hash."""
+    entry it carries hashes to the promised leaf and records the released payload: `data` is the JCS of the data
+    received (a v2 entry commits to it with the receipt's `payload_salt`); `data_sha256` is enough for a v1 entry."""
     # 1. The signed promise.
     promise = verify_promise(str(receipt.get("inclusion_promise")), verifiers, origin=origin)
     # 2. It names the entry of this answer.
@@ -103,7 +104,13 @@ def verify_receipt(receipt: Mapping[str, Any], verifiers: Verifiers, *, origin: 
     if entry.get("id") != entry_id or entry.get("logged_at") != promise.logged_at:
         raise VerificationError("the entry's id or time differs from the promise's")
     # 4. The value-level receipt: the entry records exactly the payload the consumer received.
-    if data_sha256 is not None and entry.get("payload_sha256") != data_sha256:
+    if data is not None:
+        salt = receipt.get("payload_salt")
+        try:
+            leaves.verify_payload(entry, data, None if salt is None else base64.b64decode(str(salt), validate=True))
+        except (ValueError, binascii.Error) as exc:
+            raise VerificationError(f"the entry does not record the payload received: {exc}") from None
+    elif data_sha256 is not None and entry.get("payload_sha256") != data_sha256:
         raise VerificationError("the entry does not record the payload received")
     return promise
 
