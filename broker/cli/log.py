@@ -103,12 +103,13 @@ async def _verify_database(args: argparse.Namespace, config: Config, progress: t
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 return await tlog_verify.verify_log(
                     tlog_verify.DatabaseSource(conn), verifiers, origin=origin,
-                    max_merge_delay=config.log_max_merge_delay, held_checkpoints=held, progress=progress)
+                    max_merge_delay=config.log_max_merge_delay, held_checkpoints=held, progress=progress,
+                    default_retention=config.log_retention, now=datetime.now(UTC))
         finally:
             await conn.close()
 
 
-async def _verify_url(args: argparse.Namespace, progress: tlog_verify.Progress | None,
+async def _verify_url(args: argparse.Namespace, config: Config, progress: tlog_verify.Progress | None,
                       held: list[str]) -> tlog_verify.Report:
     key: PrivateKey | None = None
     if args.key is not None:
@@ -124,7 +125,8 @@ async def _verify_url(args: argparse.Namespace, progress: tlog_verify.Progress |
             verifiers = [parse_verifier_key(served)]
             print(f"# trusting the key the broker serves, {served}: pin it with --vkey", file=sys.stderr)
         return await tlog_verify.verify_log(source, verifiers, origin=args.origin or verifiers[0].name,
-                                            held_checkpoints=held, progress=progress)
+                                            held_checkpoints=held, progress=progress,
+                                            default_retention=config.log_retention, now=datetime.now(UTC))
 
 
 def _verify(args: argparse.Namespace, config: Config) -> int:
@@ -134,7 +136,7 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
     try:
         held = [p.read_text("utf-8") for p in args.checkpoint]
         if args.url:
-            report = asyncio.run(_verify_url(args, progress, held))
+            report = asyncio.run(_verify_url(args, config, progress, held))
         else:
             report = asyncio.run(_verify_database(args, config, progress, held))
     except (OSError, tlog_verify.SourceError, CheckpointError, tlog.NoteKeyError) as exc:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import hmac
 import itertools
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -35,7 +37,8 @@ from broker.storage import db
 from broker.tlog import checkpoint, leaves, merkle
 from broker.tlog.checkpoint import Checkpoint, CheckpointError, NoteVerifier
 from broker.tlog.jcs import CanonicalizationError
-from broker.tlog.log import PROMISE_FORMAT, LoggedRow, PgNodeStore, leaf_of, logged_rows
+from broker.tlog.leaves import timestamp
+from broker.tlog.log import PROMISE_FORMAT, LoggedRow, PgNodeStore, Pruned, leaf_of, logged_rows
 
 Verifiers = str | NoteVerifier | Iterable[str | NoteVerifier]
 Progress = Callable[[int, int], None]
@@ -139,6 +142,23 @@ def verify_entry_proof(answer: Mapping[str, Any], verifiers: Verifiers, *, origi
     return signed
 
 
+_DURATION = re.compile(r"P(?=[0-9])(?:([0-9]+)Y)?(?:([0-9]+)M)?(?:([0-9]+)W)?(?:([0-9]+)D)?", re.ASCII)
+
+
+def add_duration(moment: datetime, duration: str) -> datetime:
+    """`moment` + an ISO 8601 duration of years, months, weeks and days (the registry's retentions), in UTC, the
+    day of month clamped as PostgreSQL clamps it: the same arithmetic as `log prune`'s."""
+    found = _DURATION.fullmatch(duration)
+    if found is None:
+        raise ValueError(f"not a duration of years, months, weeks and days: {duration!r}")
+    years, months, weeks, days = (int(g or 0) for g in found.groups())
+    at = moment.astimezone(UTC)
+    month = at.month - 1 + months + 12 * years
+    year, month = at.year + month // 12, month % 12 + 1
+    day = min(at.day, calendar.monthrange(year, month)[1])
+    return at.replace(year=year, month=month, day=day) + timedelta(weeks=weeks, days=days)
+
+
 def _hash(text: object, what: str) -> bytes:
     try:
         raw = base64.b64decode(str(text), validate=True)
@@ -155,7 +175,7 @@ def _hash(text: object, what: str) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Finding:
     kind: str
-    """modified, moved, missing, duplicate, extra, unreadable, tree, checkpoint, root or late."""
+    """modified, moved, missing, deleted, duplicate, extra, unreadable, tree, checkpoint, root or late."""
     detail: str
     index: int | None = None
     entry_id: str | None = None
@@ -237,8 +257,12 @@ class _Tree:
 
 
 class _Verification:
-    def __init__(self, source: LogSource, verifiers: Verifiers, origin: str, report: Report) -> None:
+    def __init__(self, source: LogSource, verifiers: Verifiers, origin: str, report: Report, *,
+                 default_retention: str = "P1Y", now: datetime | None = None) -> None:
         self.source = source
+        self.default_retention = default_retention
+        self.now = now
+        self.first_v2: int | None = None  # index of the first v2 leaf seen (rows or tombstones)
         self.verifiers = list(verifiers) if not isinstance(verifiers, str | NoteVerifier) else [verifiers]
         self.origin = origin
         self.report = report
@@ -279,10 +303,14 @@ class _Verification:
         if stored is None:
             self.find("tree", "no leaf is stored at this index: proofs cannot be served for it", index)
         present = [r for r in group if r.entry is not None]
+        if self.first_v2 is None and any((r.entry or {}).get("v") == leaves.V2 or (r.pruned and r.pruned.leaf_data)
+                                         for r in group):
+            self.first_v2 = index
         if not present:
             pruned = next((r.pruned for r in group if r.pruned is not None), None)
             if pruned is not None:
                 self.report.pruned.append(PrunedEntry(index, pruned.entry_id, pruned.logged_at))
+                self.check_tombstone(index, stored, pruned)
             else:
                 self.find("missing", "no row and no pruning tombstone: the entry was deleted", index)
                 if stored is not None:
@@ -304,11 +332,49 @@ class _Verification:
             if leaf is not None and stored is not None and not hmac.compare_digest(leaf, stored):
                 self.mismatched.append((index, entry_id, leaf))
                 self.logged_at[stored] = index
-        leaves = [leaf for _, leaf in recomputed if leaf is not None]
-        matching = [leaf for leaf in leaves if stored is not None and hmac.compare_digest(leaf, stored)]
-        if matching or leaves:
-            return (matching or leaves)[0]
+        computed = [leaf for _, leaf in recomputed if leaf is not None]
+        matching = [leaf for leaf in computed if stored is not None and hmac.compare_digest(leaf, stored)]
+        if matching or computed:
+            return (matching or computed)[0]
         return stored
+
+    def check_tombstone(self, index: int, stored: bytes | None, pruned: Pruned) -> None:
+        """A tombstone stands for a lawful pruning only if the entry's retention had run out when it was written; any
+        other is a deletion. A v2 tombstone keeps the public leaf, which must be the leaf logged at this index: its
+        id, time and retention are then the signed tree's. A v1 leaf carries no retention: the tombstone's own time
+        is held against its habilitation's retention as the registry now has it (or the default)."""
+        def deleted(detail: str) -> None:
+            self.find("deleted", f"{detail}: the entry was deleted, not pruned", index, pruned.entry_id)
+
+        if pruned.leaf_data is None and self.first_v2 is not None:
+            # Brokers write v2 only once they do: a tombstone without the public leaf after that hides its retention.
+            deleted(f"a tombstone without the public leaf after the first v2 entry (index {self.first_v2})")
+            return
+        if self.now is not None and pruned.pruned_at > self.now:
+            deleted(f"the tombstone is dated {timestamp(pruned.pruned_at)}, after this verification")
+            return
+        logged_at, retention = pruned.logged_at, pruned.habilitation_retention or self.default_retention
+        if pruned.leaf_data is not None:
+            if stored is not None and not hmac.compare_digest(merkle.leaf_hash(pruned.leaf_data), stored):
+                deleted("the tombstone's public leaf is not the leaf logged at this index")
+                return
+            try:
+                public = leaves.parse_public_leaf(pruned.leaf_data)
+            except leaves.LeafError as exc:
+                deleted(f"the tombstone's public leaf is unreadable ({exc})")
+                return
+            if public["id"] != pruned.entry_id or public["logged_at"] != timestamp(pruned.logged_at):
+                deleted("the tombstone names another entry or time than the leaf logged at this index")
+                return
+            retention = public["retention"]
+        try:
+            expiry = add_duration(logged_at, retention)
+        except ValueError:
+            deleted(f"the retention {retention!r} is not an ISO 8601 duration")
+            return
+        if pruned.pruned_at < expiry:
+            deleted(f"pruned at {timestamp(pruned.pruned_at)}, before its retention ({retention} from "
+                    f"{timestamp(logged_at)}) ran out at {timestamp(expiry)}")
 
     def add_leaves(self, leaves: list[tuple[int, bytes | None]]) -> None:
         """Append leaves in index order, stopping at every checkpoint size to compare roots."""
@@ -342,11 +408,13 @@ class _Verification:
 
 async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, max_merge_delay: float | None = None,
                      held_checkpoints: Sequence[str] = (), page: int = 1000,
-                     progress: Progress | None = None) -> Report:
+                     progress: Progress | None = None, default_retention: str = "P1Y",
+                     now: datetime | None = None) -> Report:
     """Verify the whole log `source` holds; see the module docstring for the steps. `held_checkpoints` are
-    checkpoints the auditor kept from earlier runs: the log must still extend each of them."""
+    checkpoints the auditor kept from earlier runs: the log must still extend each of them. `default_retention`
+    (DLNUF_LOG_RETENTION) is the retention of v1 entries without a habilitation; `now` dates this verification."""
     report = Report(origin)
-    v = _Verification(source, verifiers, origin, report)
+    v = _Verification(source, verifiers, origin, report, default_retention=default_retention, now=now)
     # 1. The latest checkpoint fixes the tree to verify; those the auditor holds must be prefixes of it.
     latest = await source.latest()
     if latest is None:
@@ -386,15 +454,15 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
         by_index: dict[int, list[LoggedRow]] = {}
         for row in await source.rows(start, end):
             by_index.setdefault(row.index, []).append(row)
-        leaves: list[tuple[int, bytes | None]] = []
+        page_leaves: list[tuple[int, bytes | None]] = []
         for index in range(start, end):
             group = by_index.get(index)
             if group is None:
                 v.find("missing", "the source returned nothing for this index", index)
-                leaves.append((index, None))
+                page_leaves.append((index, None))
             else:
-                leaves.append((index, v.leaf_for(index, group)))
-        v.add_leaves(leaves)
+                page_leaves.append((index, v.leaf_for(index, group)))
+        v.add_leaves(page_leaves)
         report.entries = end
         if progress is not None:
             progress(end, size)
