@@ -251,6 +251,31 @@ def _log_paths() -> dict[str, Any]:
                 "leaf_hash": _B64_HASH, "inclusion_proof": _PROOF, "checkpoint": {"type": ["string", "null"]}}}),
                 "400": _problem("invalid-request"),
                 "404": _problem("not-found: unknown entry, or not integrated yet (retry after the merge delay)")}}},
+        "/v1/log/entries/{entry_id}/tlog-proof": {"get": {
+            "operationId": "entryTlogProof",
+            "summary": "An entry's offline proof (C2SP tlog-proof@v1): index, inclusion proof, cosigned checkpoint",
+            "description": "The checkpoint is the latest the witness quorum cosigned; for a v2 entry the `extra` "
+                           "line is its public leaf. Verify with `python -m broker log verify-proof`.",
+            "parameters": [{"name": "entry_id", "in": "path", "required": True,
+                            "schema": {"type": "string", "format": "uuid"}},
+                           _query("tree_size", "default: the latest witnessed checkpoint's", required=False,
+                                  minimum=1)],
+            "responses": {"200": _note("The .tlog-proof file"), "400": _problem("invalid-request"),
+                          "404": _problem("not-found: unknown entry, or not integrated yet")}}},
+        "/v1/log/tile/{level}/{rest}": {"get": {
+            "operationId": "logTile",
+            "summary": "C2SP tlog-tiles: a hash tile (level 0-63) or an entry bundle (level `entries`), immutable",
+            "description": "`rest` is the tile index in 3-digit path elements (`x001/234`), with `.p/<width>` for "
+                           "a partial tile. Entry bundles hold the v2 public leaves, each prefixed by its length "
+                           "(uint16); bundles holding a v1 leaf are not public (see `public_entries_from` at "
+                           "`/v1/log`).",
+            "parameters": [{"name": "level", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "rest", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The tile's bytes", "headers": _SIG_HEADERS,
+                                  "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}},
+                          "404": _problem("not-found: not a canonical tile path, not in the published tree, or "
+                                          "an entry bundle holding v1 entries")}}},
         "/v1/journal": {"post": {
             "operationId": "citizenJournal", **signed,
             "summary": "A citizen's entries with a proof each and the checkpoint, for DLNUF_JOURNAL_CLIENTS",

@@ -467,6 +467,15 @@ class TransparencyLog:
         leaf, *hashes = await PgNodeStore(self.pool).get_nodes([merkle.NodeId(0, index), *plan.node_ids])
         return EntryProof(index, size, leaf, plan.assemble(hashes), None if found is None else found.note)
 
+    async def public_leaf(self, entry_id: uuid.UUID) -> bytes | None:
+        """A v2 entry's public leaf (from its row, or its tombstone once pruned); None for a v1 entry."""
+        row = await self.pool.fetchrow(_q()["tlog_public_leaf"], entry_id)
+        if row is None:
+            return None
+        if row["pruned_leaf_data"] is not None:
+            return bytes(row["pruned_leaf_data"])
+        return leaf_data(entry_document(row)) if row["leaf_version"] == 2 else None
+
     async def rows(self, start: int, end: int) -> list[LoggedRow]:
         """Leaf indices [start, end) of the published tree, for auditors."""
         published = await self._published_size()

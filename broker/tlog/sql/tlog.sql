@@ -223,3 +223,15 @@ ORDER BY i;
 -- name: tile_last_v1
 SELECT greatest((SELECT max(log_index) FROM access_log WHERE leaf_version = 1),
                 (SELECT max(log_index) FROM tlog_pruned WHERE leaf_data IS NULL));
+
+-- name: tlog_public_leaf
+-- What a v2 entry's public leaf is computed from: its row, or its tombstone.
+SELECT NULL::bytea AS pruned_leaf_data, id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose,
+       recipient, habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url, fields_requested,
+       fields_released, outcome, problem_type, http_status, latency_ms, payload_sha256, subject_key, leaf_version,
+       retention, latency_us, payload_commitment, request_signature_sha256
+FROM access_log WHERE id = $1
+UNION ALL
+SELECT leaf_data, entry_id, logged_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM tlog_pruned WHERE entry_id = $1;
