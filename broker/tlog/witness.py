@@ -68,7 +68,7 @@ class Cosigner:
 
     name: str
     key_id: int
-    public_key: Ed25519PublicKey = field(repr=False)
+    public_key: Ed25519PublicKey = field(repr=False, hash=False, compare=False)  # (name, key ID) names it
 
     @classmethod
     def from_key(cls, name: str, public_key: Ed25519PublicKey) -> Cosigner:
@@ -292,7 +292,12 @@ class Witnessing:
 
     async def run(self, interval: float) -> None:
         while True:
-            await self.round()
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one bad round stop the cosigning of the next checkpoints
+                log.exception("witness round failed")
             await asyncio.sleep(interval)
 
 
