@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from broker.cli import offline
 from broker.config import Config
 from broker.signing.keys import InvalidKey, PrivateKey, private_key_from_jwk
 from broker.storage import db
@@ -48,6 +49,7 @@ def add_parser(sub: Any) -> None:
     pr = log_sub.add_parser("prune", help="remove entry bodies past their habilitation's retention (leaves kept)")
     pr.add_argument("--database-url", help="the broker's database (default: DATABASE_URL, or the embedded one)")
     pr.add_argument("--dry-run", action="store_true", help="list what would be pruned, change nothing")
+    offline.add_parsers(log_sub)
 
 
 class ProgressBar:
@@ -162,6 +164,8 @@ async def _prune(args: argparse.Namespace, config: Config) -> int:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    if args.log_command in ("evidence", "verify-evidence", "verify-proof"):
+        return offline.run(args, config)
     if args.log_command == "verify":
         return _verify(args, config)
     try:
