@@ -41,6 +41,10 @@ def add_parser(sub: Any) -> None:
     v.add_argument("--origin", help="the log's origin (default: the verifier key's name)")
     v.add_argument("--checkpoint", action="append", default=[], type=Path,
                    help="a checkpoint kept from an earlier run: the log must still extend it (repeatable)")
+    v.add_argument("--state", type=Path,
+                   help="incremental: start from the tree this file records (if it exists), and record the newly "
+                        "verified tree in it when everything verifies")
+    v.add_argument("--full", action="store_true", help="with --state: verify everything anyway, then record")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     bar = v.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_true", help="show the progress bar even if stderr is no terminal")
@@ -84,6 +88,23 @@ def _trusted(args: argparse.Namespace) -> list[NoteVerifier]:
     return [parse_verifier_key(k) for k in args.vkey]
 
 
+def _resume(args: argparse.Namespace) -> tlog_verify.Resume | None:
+    if args.state is None or args.full or not args.state.exists():
+        return None
+    try:
+        return tlog_verify.Resume.from_json(json.loads(args.state.read_text("utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise tlog_verify.SourceError(f"{args.state} is not a verification state: {exc}") from None
+
+
+def _record(args: argparse.Namespace, report: tlog_verify.Report) -> None:
+    if args.state is None or report.resume is None:
+        return
+    tmp = args.state.with_name(args.state.name + ".tmp")
+    tmp.write_text(json.dumps(report.resume.to_json(), indent=2) + "\n", "utf-8")
+    tmp.replace(args.state)  # whole or not at all
+
+
 async def _verify_database(args: argparse.Namespace, config: Config, progress: tlog_verify.Progress | None,
                            held: list[str]) -> tlog_verify.Report:
     verifiers = _trusted(args)
@@ -106,7 +127,7 @@ async def _verify_database(args: argparse.Namespace, config: Config, progress: t
                 return await tlog_verify.verify_log(
                     tlog_verify.DatabaseSource(conn), verifiers, origin=origin,
                     max_merge_delay=config.log_max_merge_delay, held_checkpoints=held, progress=progress,
-                    default_retention=config.log_retention, now=datetime.now(UTC))
+                    default_retention=config.log_retention, now=datetime.now(UTC), resume=_resume(args))
         finally:
             await conn.close()
 
@@ -128,7 +149,8 @@ async def _verify_url(args: argparse.Namespace, config: Config, progress: tlog_v
             print(f"# trusting the key the broker serves, {served}: pin it with --vkey", file=sys.stderr)
         return await tlog_verify.verify_log(source, verifiers, origin=args.origin or verifiers[0].name,
                                             held_checkpoints=held, progress=progress,
-                                            default_retention=config.log_retention, now=datetime.now(UTC))
+                                            default_retention=config.log_retention, now=datetime.now(UTC),
+                                            resume=_resume(args))
 
 
 def _verify(args: argparse.Namespace, config: Config) -> int:
@@ -145,6 +167,11 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report.to_json(), indent=2) if args.json else tlog_verify.describe(report))
+    try:
+        _record(args, report)
+    except OSError as exc:
+        print(f"error: cannot record the state: {exc}", file=sys.stderr)
+        return 2
     return 0 if report.ok else 1
 
 

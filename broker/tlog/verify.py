@@ -41,6 +41,8 @@ from broker.tlog.leaves import timestamp
 from broker.tlog.log import PROMISE_FORMAT, LoggedRow, PgNodeStore, Pruned, leaf_of, logged_rows
 
 Verifiers = str | NoteVerifier | Iterable[str | NoteVerifier]
+Tombstones = tuple[int, list[tuple[int, bytes | None, Pruned]]]
+"""The number of tombstones, and some of them: (index, leaf stored at that index, tombstone)."""
 Progress = Callable[[int, int], None]
 
 
@@ -201,6 +203,10 @@ class Report:
     checkpoints: int = 0
     pruned: list[PrunedEntry] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    resumed_from: int = 0
+    """The size an incremental verification started from (0: a full one)."""
+    resume: Resume | None = None
+    """Where the next incremental verification may start, when this one found nothing."""
 
     @property
     def ok(self) -> bool:
@@ -208,13 +214,39 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "origin": self.origin, "tree_size": self.tree_size, "entries_checked": self.entries,
+            "ok": self.ok, "origin": self.origin, "tree_size": self.tree_size, "resumed_from": self.resumed_from,
+            "entries_checked": self.entries,
             "checkpoints_checked": self.checkpoints,
             "pruned": [{"index": p.index, "entry_id": p.entry_id, "logged_at": p.logged_at.isoformat()}
                        for p in self.pruned],
             "findings": [{"kind": f.kind, "index": f.index, "entry_id": f.entry_id, "detail": f.detail}
                          for f in self.findings],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What an incremental verification starts from: the tree a previous run verified, as its right edge (log2(n)
+    hashes, enough to extend it and recompute every later root), the checkpoint it verified, when, and how many
+    tombstones there were. Kept by the auditor (`log verify --state FILE`), never read from the broker."""
+
+    size: int
+    edge: tuple[bytes, ...]
+    checkpoint: str
+    verified_at: datetime
+    tombstones: int
+    first_v2: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "edge": [base64.b64encode(h).decode() for h in self.edge],
+                "checkpoint": self.checkpoint, "verified_at": self.verified_at.isoformat(),
+                "tombstones": self.tombstones, "first_v2": self.first_v2}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Resume:
+        return cls(int(raw["size"]), tuple(base64.b64decode(h, validate=True) for h in raw["edge"]),
+                   str(raw["checkpoint"]), datetime.fromisoformat(str(raw["verified_at"])), int(raw["tombstones"]),
+                   None if raw.get("first_v2") is None else int(raw["first_v2"]))
 
 
 class LogSource(Protocol):
@@ -237,6 +269,13 @@ class LogSource(Protocol):
 
     async def stored_root(self, size: int) -> bytes | None:
         """The root of the stored tree at `size`, or None when the source does not expose its nodes."""
+
+    async def held_below(self, size: int) -> int | None:
+        """How many indices below `size` hold a row or a tombstone (None: the source cannot say)."""
+
+    async def tombstones(self, since: datetime, below: int) -> Tombstones | None:
+        """The number of tombstones, and those written after `since` for indices below `below`, with the stored leaf
+        (None: the source cannot say)."""
 
 
 class _Tree:
@@ -346,7 +385,7 @@ class _Verification:
         def deleted(detail: str) -> None:
             self.find("deleted", f"{detail}: the entry was deleted, not pruned", index, pruned.entry_id)
 
-        if pruned.leaf_data is None and self.first_v2 is not None:
+        if pruned.leaf_data is None and self.first_v2 is not None and index > self.first_v2:
             # Brokers write v2 only once they do: a tombstone without the public leaf after that hides its retention.
             deleted(f"a tombstone without the public leaf after the first v2 entry (index {self.first_v2})")
             return
@@ -409,10 +448,16 @@ class _Verification:
 async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, max_merge_delay: float | None = None,
                      held_checkpoints: Sequence[str] = (), page: int = 1000,
                      progress: Progress | None = None, default_retention: str = "P1Y",
-                     now: datetime | None = None) -> Report:
+                     now: datetime | None = None, resume: Resume | None = None) -> Report:
     """Verify the whole log `source` holds; see the module docstring for the steps. `held_checkpoints` are
     checkpoints the auditor kept from earlier runs: the log must still extend each of them. `default_retention`
-    (DLNUF_LOG_RETENTION) is the retention of v1 entries without a habilitation; `now` dates this verification."""
+    (DLNUF_LOG_RETENTION) is the retention of v1 entries without a habilitation; `now` dates this verification.
+
+    With `resume` (a previous run's `report.resume`), only what came since is verified: the tree is extended from
+    the verified edge, so every new checkpoint's root, recomputed from the new rows, proves it extends the last
+    verified one (consistency without trusting the broker's proofs); tombstones written since are checked, and a
+    count shows whether older rows were deleted since. Edits to older rows are not seen: run a full pass now and
+    then."""
     report = Report(origin)
     v = _Verification(source, verifiers, origin, report, default_retention=default_retention, now=now)
     # 1. The latest checkpoint fixes the tree to verify; those the auditor holds must be prefixes of it.
@@ -430,7 +475,25 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
                                  "entries were removed, or the log was forked")
         elif held is not None:
             v.expect(f"held checkpoint #{n}", held)
-    checkpoints = _pages(source, size)
+    first = 0
+    if resume is not None:
+        prev = v.open_checkpoint(resume.checkpoint, "the checkpoint of the last verification", resume.size)
+        if prev is None or prev.size != resume.size:
+            return report
+        try:
+            recorded = merkle.root_from_edge(resume.size, resume.edge)
+        except merkle.MerkleError:
+            recorded = b""
+        if not hmac.compare_digest(recorded, prev.root):
+            v.find("checkpoint", "the state of the last verification does not match its checkpoint")
+            return report
+        if resume.size > size:
+            v.find("checkpoint", f"the log has {size} entries, fewer than the {resume.size} verified last time: "
+                                 "entries were removed, or the log was forked")
+            return report
+        v.tree.size, v.tree.edge, v.first_v2, first = resume.size, resume.edge, resume.first_v2, resume.size
+        report.resumed_from = first
+    checkpoints = _pages(source, size, first)
     next_checkpoint = await anext(checkpoints, None)
 
     async def due_up_to(end: int) -> None:
@@ -445,10 +508,10 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
                     v.expect("the checkpoint", signed)
             next_checkpoint = await anext(checkpoints, None)
 
-    await due_up_to(0)
+    await due_up_to(first)
     v.check_roots()
     # 2. and 3. Every leaf index, in order, page by page.
-    for start in range(0, size, page):
+    for start in range(first, size, page):
         end = min(start + page, size)
         await due_up_to(end)
         by_index: dict[int, list[LoggedRow]] = {}
@@ -463,7 +526,7 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
             else:
                 page_leaves.append((index, v.leaf_for(index, group)))
         v.add_leaves(page_leaves)
-        report.entries = end
+        report.entries = end - first
         if progress is not None:
             progress(end, size)
     await due_up_to(2**63)
@@ -482,13 +545,30 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
         for entry_id, logged_at in await source.late(max_merge_delay):
             v.find("late", f"logged at {logged_at.isoformat()}, still not integrated after {max_merge_delay:g} s",
                    None, entry_id)
+    # 5. Incremental: below the last verified size, nothing deleted, and the tombstones written since are lawful.
+    tombstones = await source.tombstones(resume.verified_at if resume else datetime.min.replace(tzinfo=UTC), first)
+    if resume is not None:
+        present = await source.held_below(first)
+        if present is not None and present < first:
+            v.find("missing", f"{first - present} entries below {first} were deleted since the last verification "
+                              "(a full verification names them)")
+        if tombstones is not None:
+            total, fresh = tombstones
+            for index, stored_leaf, tombstone in fresh:
+                v.report.pruned.append(PrunedEntry(index, tombstone.entry_id, tombstone.logged_at))
+                v.check_tombstone(index, stored_leaf, tombstone)
+            new_below = len(fresh)
+            if total < resume.tombstones + new_below:
+                v.find("deleted", "tombstones were removed since the last verification")
     report.findings.sort(key=lambda f: (f.index is None, f.index or 0, f.kind))
+    if report.ok and latest_signed is not None and v.broken_at is None:
+        report.resume = Resume(size, v.tree.edge, latest_note, now or datetime.now(UTC),
+                               tombstones[0] if tombstones is not None else 0, v.first_v2)
     return report
 
 
-async def _pages(source: LogSource, size: int, limit: int = 1000) -> AsyncIterator[tuple[int, str]]:
-    """Every checkpoint up to `size`, smallest first, a page at a time."""
-    start = 0
+async def _pages(source: LogSource, size: int, start: int = 0, limit: int = 1000) -> AsyncIterator[tuple[int, str]]:
+    """Every checkpoint from `start` up to `size`, smallest first, a page at a time."""
     while True:
         found = list(await source.checkpoints(start, limit))
         for claimed, note in found:
@@ -536,6 +616,20 @@ class DatabaseSource:
             return await merkle.tree_root(size, PgNodeStore(self.conn))
         except merkle.MissingNodeError:
             return None
+
+    async def held_below(self, size: int) -> int | None:
+        return int(await self.conn.fetchval(_q()["tlog_held_below"], size))
+
+    async def tombstones(self, since: datetime, below: int) -> Tombstones:
+        total = int(await self.conn.fetchval(_q()["tlog_tombstone_count"]))
+        fresh = []
+        for r in await self.conn.fetch(_q()["tlog_tombstones_since"], since, below):
+            data = r["leaf_data"]
+            fresh.append((r["log_index"], None if r["stored_leaf"] is None else bytes(r["stored_leaf"]),
+                          Pruned(str(r["entry_id"]), r["logged_at"], r["pruned_at"],
+                                 None if data is None else bytes(data), r["habilitation_id"],
+                                 r["habilitation_retention"])))
+        return total, fresh
 
 
 class HttpSource:
@@ -603,10 +697,17 @@ class HttpSource:
     async def stored_root(self, size: int) -> bytes | None:
         return None
 
+    async def held_below(self, size: int) -> int | None:
+        return None  # the API serves ranges of entries, not counts: a full verification reads them all
+
+    async def tombstones(self, since: datetime, below: int) -> None:
+        return None
+
 
 def describe(report: Report, *, list_pruned: int = 20) -> str:
     """The human verdict."""
-    lines = [f"log {report.origin}: {report.entries} of {report.tree_size} entries and "
+    since = f" (incremental, from {report.resumed_from})" if report.resumed_from else ""
+    lines = [f"log {report.origin}: {report.entries} of {report.tree_size} entries{since} and "
              f"{report.checkpoints} checkpoints checked"]
     if report.pruned:
         shown = ", ".join(f"{p.index} ({p.entry_id})" for p in report.pruned[:list_pruned])

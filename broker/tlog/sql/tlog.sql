@@ -235,3 +235,22 @@ UNION ALL
 SELECT leaf_data, entry_id, logged_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM tlog_pruned WHERE entry_id = $1;
+
+-- name: tlog_held_below
+-- How many leaf indices below $1 hold a row or a tombstone (index-only scans of both).
+SELECT (SELECT count(*) FROM access_log WHERE log_index < $1)
+     + (SELECT count(*) FROM tlog_pruned p WHERE p.log_index < $1
+        AND NOT EXISTS (SELECT 1 FROM access_log a WHERE a.log_index = p.log_index));
+
+-- name: tlog_tombstone_count
+SELECT count(*) FROM tlog_pruned;
+
+-- name: tlog_tombstones_since
+-- Tombstones written after $1 for indices below $2, with the leaf stored at their index.
+SELECT p.log_index, p.entry_id, p.logged_at, p.pruned_at, p.leaf_data, p.habilitation_id,
+       h.retention AS habilitation_retention, n.hash AS stored_leaf
+FROM tlog_pruned p
+LEFT JOIN habilitations h ON h.id = p.habilitation_id
+LEFT JOIN tlog_nodes n ON n.level = 0 AND n.idx = p.log_index
+WHERE p.pruned_at > $1 AND p.log_index < $2
+ORDER BY p.log_index;
