@@ -344,6 +344,8 @@ def journal_document(journal: Journal, names: Mapping[str, str], origin: str) ->
         "entries": [{
             "entry": e.entry, "consumer_name": names.get(str(e.entry["consumer"])), "leaf_hash": b64(e.leaf_hash),
             "index": e.index, "inclusion_proof": None if e.proof is None else _proof_json(e.proof),
+            # the salt of a v2 entry's payload commitment: with the data the consumer holds, it proves what was sent
+            "payload_salt": None if e.payload_salt is None else b64(e.payload_salt),
         } for e in journal.entries],
     }
 

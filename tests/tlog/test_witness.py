@@ -12,15 +12,19 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tlog_scales.signing import Vkey, VkeySet
 from tlog_scales.tlog import Checkpoint as ScalesCheckpoint
 
+from adapters.sandbox.api_particulier import create_app as sandbox_app
+from broker.consumer.client import BrokerClient
 from broker.tlog import accesslog, checkpoint, tlogproof, witness
 from broker.tlog.log import PgNodeStore, entry_document, load_or_create_note_key
+from broker.tlog.verify import VerificationError
 from broker.tlog.witness import WitnessError, verify_cosigned
-from tests.broker_harness import Harness, broker_config, start_broker
-from tests.factories import consumer, registry_toml
+from tests.broker_harness import Harness, broker_config, exchange_body, start_broker
+from tests.factories import SANDBOX_TOKEN, TOKEN_ENV, consumer, registry_toml
 from tests.tlog.test_tlog import log_entry
 from tests.tlog.test_tlog_api import get
 from tests.tlog.witness_server import SpecWitness
@@ -71,7 +75,7 @@ def test_cosignatures_verify_both_ways_with_independent_code() -> None:
 
 def test_witness_keys_are_checked() -> None:
     spec = SpecWitness("witness.test/w1", {})
-    name, key_id, key = spec.vkey().split("+")
+    name, key_id, key = spec.vkey().split("+", 2)
     for bad in (f"{name}+00000000+{key}", f"{name}+{key_id}+" + base64.b64encode(b"\x01" + b"\x00" * 32).decode(),
                 f"{name}+{key_id}", "+{key_id}+{key}"):
         with pytest.raises(WitnessError):
@@ -90,10 +94,17 @@ async def witnesses(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[list[t
 
 
 @pytest.fixture
-async def broker(database_url: str, aiohttp_client: Any, tmp_path: Path,
-                 witnesses: list[tuple[SpecWitness, str]]) -> Harness:
+async def sandbox(aiohttp_server: Any) -> str:
+    server: TestServer = await aiohttp_server(sandbox_app(SANDBOX_TOKEN))
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def broker(database_url: str, aiohttp_client: Any, tmp_path: Path, sandbox: str,
+                 witnesses: list[tuple[SpecWitness, str]], monkeypatch: pytest.MonkeyPatch) -> Harness:
+    monkeypatch.setenv(TOKEN_ENV, SANDBOX_TOKEN)
     paris = consumer()
-    config = broker_config(tmp_path, database_url, registry_toml([paris], provider_url="http://127.0.0.1:9"),
+    config = broker_config(tmp_path, database_url, registry_toml([paris], provider_url=sandbox),
                            log_key_file=tmp_path / "log-note-key", log_origin=ORIGIN, log_interval=0.05,
                            log_witnesses=tuple((w.vkey(), url) for w, url in witnesses), log_witness_quorum=2)
     return await start_broker(aiohttp_client, config, paris)
@@ -229,3 +240,30 @@ async def test_an_offline_tlog_proof_round_trip_and_tampered_proofs(
         with pytest.raises(tlogproof.ProofError):
             check(proof, **kw)
             pytest.fail(what)
+
+
+async def test_the_sdk_checks_the_promise_and_the_witnessed_proof(
+        broker: Harness, witnesses: list[tuple[SpecWitness, str]]) -> None:
+    info = (await get(broker, "/v1/log")).json
+    vkeys = [w.vkey() for w, _ in witnesses]
+    body = exchange_body()
+    async with BrokerClient(str(broker.client.make_url("")), key=broker.consumer.key, log_vkeys=[info["verifier_key"]],
+                            witnesses=vkeys, witness_quorum=2) as client:
+        answer = await client.exchange(dataset=body["dataset"], purpose=body["purpose"], recipient=body["recipient"],
+                                       fields=body["fields"], subject=body["subject"])
+        assert answer.log_entry["v"] == 2
+        await cosigned(broker, 1)
+        proof = await client.inclusion_proof(answer)
+        assert proof.startswith("c2sp.org/tlog-proof@v1\n")
+    # a stricter policy than the witnesses can meet is refused, as is a witness the checkpoint does not carry
+    stranger = SpecWitness("witness.test/w3", {}).vkey()
+    async with BrokerClient(str(broker.client.make_url("")), key=broker.consumer.key, log_vkeys=[info["verifier_key"]],
+                            witnesses=[*vkeys, stranger], witness_quorum=3) as strict:
+        with pytest.raises(VerificationError, match="2 of the 3"):
+            await strict.inclusion_proof(answer)
+    # another log key: the promise already fails
+    other = load_or_create_note_key(Path(broker.state().config.state_dir) / "other-key", ORIGIN).verifier.vkey()
+    async with BrokerClient(str(broker.client.make_url("")), key=broker.consumer.key, log_vkeys=[other]) as wrong:
+        with pytest.raises(VerificationError, match="signature"):
+            await wrong.exchange(dataset=body["dataset"], purpose=body["purpose"], recipient=body["recipient"],
+                                 fields=body["fields"], subject=body["subject"])
