@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import gzip
 import io
 import re
 import uuid
@@ -207,20 +208,29 @@ _IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 async def tile(request: web.Request) -> web.StreamResponse:
     """C2SP tlog-tiles: a hash tile, read from the node store, or an entry bundle of public leaves. Immutable."""
     tlog = request.app[TLOG]
+    cache = request.app[TILE_CACHE]
     try:
         ref = tiles.parse_tile_path(request.match_info["level"], request.match_info["rest"])
-        latest = await tlog.latest_checkpoint()
-        size = 0 if latest is None else latest.size
-        if ref.level < 0:
-            data = await tiles.entry_bundle(tlog.pool, ref, size)
-        else:
-            data = await tiles.hash_tile(tlog.pool, ref, size)
+        data = cache.get(ref.path)
+        if data is None:
+            latest = await tlog.latest_checkpoint()
+            size = 0 if latest is None else latest.size
+            if ref.level < 0:
+                # Entry bundles SHOULD be compressed at the HTTP layer: once, when read, not at every request.
+                data = gzip.compress(await tiles.entry_bundle(tlog.pool, ref, size), compresslevel=6, mtime=0)
+            else:
+                data = await tiles.hash_tile(tlog.pool, ref, size)
+            cache.put(ref.path, data)
     except tiles.TileError as exc:
         return problem_response(HTTP_PROBLEMS[404], detail=str(exc), request_id=request.get(REQUEST_ID))
-    response = web.Response(body=data, content_type="application/octet-stream", headers=_IMMUTABLE)
+    headers = dict(_IMMUTABLE)
     if ref.level < 0:
-        response.enable_compression()  # entry bundles SHOULD be compressed at the HTTP layer
-    return response
+        headers["Vary"] = "Accept-Encoding"
+        if "gzip" in request.headers.get("Accept-Encoding", "").lower():
+            headers["Content-Encoding"] = "gzip"
+        else:
+            data = gzip.decompress(data)
+    return web.Response(body=data, content_type="application/octet-stream", headers=headers)
 
 
 @_answering_problems
@@ -371,6 +381,7 @@ async def journal(request: web.Request) -> web.Response:
 
 
 WITNESSES = web.AppKey("tlog_witnesses", tuple[witness.Witness, ...])
+TILE_CACHE = web.AppKey("tlog_tile_cache", tiles.TileCache)
 
 
 async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -384,6 +395,7 @@ async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
                            witness_quorum=config.log_witness_quorum)
     app[TLOG] = tlog
     app[WITNESSES] = witnesses
+    app[TILE_CACHE] = tiles.TileCache()
     with contextlib.suppress(*db.DB_ERRORS):  # the integrator signs it on its first round instead
         await tlog.ensure_checkpoint()
     with contextlib.suppress(*db.DB_ERRORS):  # the evidence of answers names this key: keep it in the history

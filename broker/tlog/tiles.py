@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import asyncpg
@@ -139,6 +140,27 @@ async def public_from(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     """The first index of the first entry bundle with no v1 leaf (0 for a log born with v2)."""
     last_v1 = await conn.fetchval(_q()["tile_last_v1"])
     return 0 if last_v1 is None else (last_v1 // WIDTH + 1) * WIDTH
+
+
+class TileCache:
+    """The last tiles served, by path: a tile never changes once served, so a hit needs no database read. Bounded
+    by count (a full tile is 8 KiB, a full bundle about 16 KiB: 2,048 of them stay under 40 MiB)."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._tiles: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, path: str) -> bytes | None:
+        data = self._tiles.get(path)
+        if data is not None:
+            self._tiles.move_to_end(path)
+        return data
+
+    def put(self, path: str, data: bytes) -> None:
+        self._tiles[path] = data
+        self._tiles.move_to_end(path)
+        while len(self._tiles) > self.size:
+            self._tiles.popitem(last=False)
 
 
 def _q() -> dict[str, str]:
