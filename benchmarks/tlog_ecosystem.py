@@ -209,36 +209,34 @@ async def timed_verify(dsn: str, signer: NoteSigner, resume: object = None) -> t
     return took, report
 
 
-async def incremental(args: argparse.Namespace) -> None:
+async def incremental(dsn: str, args: argparse.Namespace) -> None:
     signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
-    with contextlib.ExitStack() as es:
-        dsn = procs.create_database(es, args.admin_url, f"dlnuf_bench_incr_{uuid.uuid4().hex[:8]}")
-        conn = await db.connect(dsn)
-        await db.migrate(conn)
-        await conn.close()
-        pool = await db.create_pool(dsn, min_size=1, max_size=2)
-        try:
-            await fill_log(pool, signer, args.entries)
-            await pool.execute("VACUUM ANALYZE")
-            took, full = await timed_verify(dsn, signer)
-            print(f"full log verify of {args.entries:,} entries: {took:.1f} s "
-                  f"({args.entries / took:,.0f} entries/s); state recorded")
-            resume = full.resume  # type: ignore[attr-defined]
-            tlog = TransparencyLog(pool, signer, max_merge_delay=60, batch=10_000)
-            async with pool.acquire() as conn:
-                await copy_rows(conn, [bench_entry(args.entries + i) for i in range(args.new)], None)
-            started = time.perf_counter()
-            await tlog.drain()
-            print(f"{args.new:,} new entries integrated in {time.perf_counter() - started:.1f} s")
-            times = []
-            for _ in range(args.repeat):
-                took, _ = await timed_verify(dsn, signer, resume)
-                times.append(took)
-            print(f"incremental log verify of {args.new:,} new entries after {args.entries:,} (from the recorded "
-                  f"state): median {statistics.median(times):.2f} s over {args.repeat} runs "
-                  f"(min {min(times):.2f} s, max {max(times):.2f} s)")
-        finally:
-            await pool.close()
+    conn = await db.connect(dsn)
+    await db.migrate(conn)
+    await conn.close()
+    pool = await db.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        await fill_log(pool, signer, args.entries)
+        await pool.execute("VACUUM ANALYZE")
+        took, full = await timed_verify(dsn, signer)
+        print(f"full log verify of {args.entries:,} entries: {took:.1f} s "
+              f"({args.entries / took:,.0f} entries/s); state recorded")
+        resume = full.resume  # type: ignore[attr-defined]
+        tlog = TransparencyLog(pool, signer, max_merge_delay=60, batch=10_000)
+        async with pool.acquire() as conn:
+            await copy_rows(conn, [bench_entry(args.entries + i) for i in range(args.new)], None)
+        started = time.perf_counter()
+        await tlog.drain()
+        print(f"{args.new:,} new entries integrated in {time.perf_counter() - started:.1f} s")
+        times = []
+        for _ in range(args.repeat):
+            took, _ = await timed_verify(dsn, signer, resume)
+            times.append(took)
+        print(f"incremental log verify of {args.new:,} new entries after {args.entries:,} (from the recorded "
+              f"state): median {statistics.median(times):.2f} s over {args.repeat} runs "
+              f"(min {min(times):.2f} s, max {max(times):.2f} s)")
+    finally:
+        await pool.close()
 
 
 def main() -> None:
@@ -265,7 +263,9 @@ def main() -> None:
             print(stack.smoke_test(built), file=sys.stderr)
             asyncio.run(evidence_and_tiles(built, args))
     if args.part in ("all", "incremental"):
-        asyncio.run(incremental(args))
+        with contextlib.ExitStack() as es:
+            dsn = procs.create_database(es, args.admin_url, f"dlnuf_bench_incr_{uuid.uuid4().hex[:8]}")
+            asyncio.run(incremental(dsn, args))
 
 
 if __name__ == "__main__":

@@ -63,8 +63,9 @@ _EXCHANGE_RESPONSE = {
         "dataset": {"type": "string"},
         "version": {"type": "integer"},
         "fields_released": {"type": "array", "items": {"type": "string"}},
-        "data_sha256": {"type": "string", "description": "SHA-256 (hex) of the RFC 8785 canonical JSON of `data`, "
-                                                         "as recorded in the access log."},
+        "data_sha256": {"type": "string", "description": "SHA-256 (hex) of the RFC 8785 canonical JSON of `data` "
+                                                         "(a v1 entry records it; a v2 entry records "
+                                                         "`payload_commitment`, see `log.payload_salt`)."},
         "data": {"type": "object"},
         "log": {"$ref": "#/components/schemas/LogReceipt"},
     },
@@ -78,9 +79,12 @@ _LOG_RECEIPT = {
                    "merge delay (docs/transparency-log.md says how to verify it).",
     "required": ["entry", "leaf_hash", "inclusion_promise"],
     "properties": {
-        "entry": {"type": "object", "description": "The leaf's JSON: RFC 8785 JCS of it, RFC 9162 leaf-hashed, is "
-                                                   "`leaf_hash`."},
+        "entry": {"type": "object", "description": "The entry (v2: its public leaf, RFC 9162 leaf-hashed, is "
+                                                   "`leaf_hash`; v1: its RFC 8785 JCS is)."},
         "leaf_hash": _B64_HASH,
+        "payload_salt": {"type": "string", "contentEncoding": "base64",
+                         "description": "The 32-byte salt of the entry's `payload_commitment`: HMAC-SHA-256 keyed by "
+                                        "it over the JCS of `data`. Not in the leaf; keep it with the data."},
         "inclusion_promise": {"type": "string", "description": "C2SP signed note, dlnuf.org/inclusion-promise/v1: "
                                                               "format, origin, entry id, leaf hash, logged_at, "
                                                               "max merge delay (s)."},
@@ -204,7 +208,11 @@ def _log_paths() -> dict[str, Any]:
             "responses": {"200": _json("Log description", {"type": "object", "properties": {
                 "origin": {"type": "string"}, "verifier_key": {"type": "string"},
                 "max_merge_delay": {"type": "integer"}, "tree_size": {"type": "integer"},
-                "inclusion_promise_format": {"type": "string"}}})}}},
+                "inclusion_promise_format": {"type": "string"}, "tiles_prefix": {"type": "string"},
+                "public_entries_from": {"type": "integer", "description": "first index entry bundles are served from"},
+                "witnesses": {"type": "array", "items": {"type": "string"},
+                              "description": "the witnesses' cosignature verifier keys (C2SP tlog-cosignature)"},
+                "witness_quorum": {"type": "integer"}, "tlog_proof_format": {"type": "string"}}})}}},
         "/v1/log/checkpoint": {"get": {
             "operationId": "latestCheckpoint", "summary": "The latest signed checkpoint (C2SP tlog-checkpoint)",
             "responses": {"200": _note("Signed note"), "404": _problem("not-found")}}},
