@@ -24,6 +24,7 @@ from broker.storage import db
 from broker.tlog import log as tlog
 from broker.tlog import verify as tlog_verify
 from broker.tlog.checkpoint import CheckpointError, NoteVerifier, parse_verifier_key
+from broker.tlog.witness import WitnessError
 
 
 def add_parser(sub: Any) -> None:
@@ -41,6 +42,10 @@ def add_parser(sub: Any) -> None:
     v.add_argument("--origin", help="the log's origin (default: the verifier key's name)")
     v.add_argument("--checkpoint", action="append", default=[], type=Path,
                    help="a checkpoint kept from an earlier run: the log must still extend it (repeatable)")
+    v.add_argument("--witness", action="append", default=[],
+                   help="a witness's cosignature key: its cosignatures are checked (repeatable)")
+    v.add_argument("--quorum", type=int, default=None,
+                   help="how many --witness keys must have cosigned a verified checkpoint (default: all)")
     v.add_argument("--state", type=Path,
                    help="incremental: start from the tree this file records (if it exists), and record the newly "
                         "verified tree in it when everything verifies")
@@ -88,6 +93,10 @@ def _trusted(args: argparse.Namespace) -> list[NoteVerifier]:
     return [parse_verifier_key(k) for k in args.vkey]
 
 
+def _witness_policy(args: argparse.Namespace) -> dict[str, Any]:
+    return {"witnesses": args.witness, "quorum": len(args.witness) if args.quorum is None else args.quorum}
+
+
 def _resume(args: argparse.Namespace) -> tlog_verify.Resume | None:
     if args.state is None or args.full or not args.state.exists():
         return None
@@ -127,7 +136,8 @@ async def _verify_database(args: argparse.Namespace, config: Config, progress: t
                 return await tlog_verify.verify_log(
                     tlog_verify.DatabaseSource(conn), verifiers, origin=origin,
                     max_merge_delay=config.log_max_merge_delay, held_checkpoints=held, progress=progress,
-                    default_retention=config.log_retention, now=datetime.now(UTC), resume=_resume(args))
+                    default_retention=config.log_retention, now=datetime.now(UTC), resume=_resume(args),
+                    **_witness_policy(args))
         finally:
             await conn.close()
 
@@ -150,7 +160,7 @@ async def _verify_url(args: argparse.Namespace, config: Config, progress: tlog_v
         return await tlog_verify.verify_log(source, verifiers, origin=args.origin or verifiers[0].name,
                                             held_checkpoints=held, progress=progress,
                                             default_retention=config.log_retention, now=datetime.now(UTC),
-                                            resume=_resume(args))
+                                            resume=_resume(args), **_witness_policy(args))
 
 
 def _verify(args: argparse.Namespace, config: Config) -> int:
@@ -163,7 +173,7 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
             report = asyncio.run(_verify_url(args, config, progress, held))
         else:
             report = asyncio.run(_verify_database(args, config, progress, held))
-    except (OSError, tlog_verify.SourceError, CheckpointError, tlog.NoteKeyError) as exc:
+    except (OSError, ValueError, tlog_verify.SourceError, CheckpointError, WitnessError, tlog.NoteKeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report.to_json(), indent=2) if args.json else tlog_verify.describe(report))

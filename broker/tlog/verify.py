@@ -34,7 +34,7 @@ import orjson
 from broker.signing import messages
 from broker.signing.keys import PrivateKey
 from broker.storage import db
-from broker.tlog import checkpoint, leaves, merkle
+from broker.tlog import checkpoint, leaves, merkle, witness
 from broker.tlog.checkpoint import Checkpoint, CheckpointError, NoteVerifier
 from broker.tlog.jcs import CanonicalizationError
 from broker.tlog.leaves import timestamp
@@ -177,7 +177,7 @@ def _hash(text: object, what: str) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Finding:
     kind: str
-    """modified, moved, missing, deleted, duplicate, extra, unreadable, tree, checkpoint, root or late."""
+    """modified, moved, missing, deleted, duplicate, extra, unreadable, tree, checkpoint, root, witness or late."""
     detail: str
     index: int | None = None
     entry_id: str | None = None
@@ -207,6 +207,8 @@ class Report:
     """The size an incremental verification started from (0: a full one)."""
     resume: Resume | None = None
     """Where the next incremental verification may start, when this one found nothing."""
+    witnessed_size: int | None = None
+    """The largest checkpoint the witness quorum cosigned (with witnesses given)."""
 
     @property
     def ok(self) -> bool:
@@ -215,6 +217,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "origin": self.origin, "tree_size": self.tree_size, "resumed_from": self.resumed_from,
+            "witnessed_size": self.witnessed_size,
             "entries_checked": self.entries,
             "checkpoints_checked": self.checkpoints,
             "pruned": [{"index": p.index, "entry_id": p.entry_id, "logged_at": p.logged_at.isoformat()}
@@ -297,11 +300,14 @@ class _Tree:
 
 class _Verification:
     def __init__(self, source: LogSource, verifiers: Verifiers, origin: str, report: Report, *,
-                 default_retention: str = "P1Y", now: datetime | None = None) -> None:
+                 default_retention: str = "P1Y", now: datetime | None = None, witnesses: Sequence[str] = (),
+                 quorum: int = 0) -> None:
         self.source = source
         self.default_retention = default_retention
         self.now = now
         self.first_v2: int | None = None  # index of the first v2 leaf seen (rows or tombstones)
+        self.witnesses = list(witnesses)
+        self.quorum = quorum
         self.verifiers = list(verifiers) if not isinstance(verifiers, str | NoteVerifier) else [verifiers]
         self.origin = origin
         self.report = report
@@ -324,6 +330,14 @@ class _Verification:
             return None
         if claimed_size is not None and signed.size != claimed_size:
             self.find("checkpoint", f"{label}{at} signs size {signed.size}")
+        if self.witnesses:
+            try:
+                cosigned = len(witness.cosignatures(note, self.witnesses))
+            except witness.WitnessError as exc:
+                self.find("checkpoint", f"{label}{at} carries a bad witness cosignature: {exc}")
+                return signed
+            if cosigned >= self.quorum and signed.size > (self.report.witnessed_size or -1):
+                self.report.witnessed_size = signed.size
         return signed
 
     def expect(self, label: str, signed: Checkpoint) -> None:
@@ -448,7 +462,8 @@ class _Verification:
 async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, max_merge_delay: float | None = None,
                      held_checkpoints: Sequence[str] = (), page: int = 1000,
                      progress: Progress | None = None, default_retention: str = "P1Y",
-                     now: datetime | None = None, resume: Resume | None = None) -> Report:
+                     now: datetime | None = None, resume: Resume | None = None, witnesses: Sequence[str] = (),
+                     quorum: int = 0) -> Report:
     """Verify the whole log `source` holds; see the module docstring for the steps. `held_checkpoints` are
     checkpoints the auditor kept from earlier runs: the log must still extend each of them. `default_retention`
     (DLNUF_LOG_RETENTION) is the retention of v1 entries without a habilitation; `now` dates this verification.
@@ -457,9 +472,15 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
     the verified edge, so every new checkpoint's root, recomputed from the new rows, proves it extends the last
     verified one (consistency without trusting the broker's proofs); tombstones written since are checked, and a
     count shows whether older rows were deleted since. Edits to older rows are not seen: run a full pass now and
-    then."""
+    then.
+
+    With `witnesses` and a `quorum`, every checkpoint's cosignatures by them are checked (a bad one is a finding),
+    and the largest checkpoint `quorum` of them cosigned is reported: up to it, no split view without them."""
     report = Report(origin)
-    v = _Verification(source, verifiers, origin, report, default_retention=default_retention, now=now)
+    if quorum > len(set(witnesses)):
+        raise ValueError("the witness quorum cannot exceed the number of witness keys")
+    v = _Verification(source, verifiers, origin, report, default_retention=default_retention, now=now,
+                      witnesses=witnesses, quorum=quorum)
     # 1. The latest checkpoint fixes the tree to verify; those the auditor holds must be prefixes of it.
     latest = await source.latest()
     if latest is None:
@@ -560,6 +581,9 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
             new_below = len(fresh)
             if total < resume.tombstones + new_below:
                 v.find("deleted", "tombstones were removed since the last verification")
+    if quorum and report.witnessed_size is None:
+        v.find("witness", f"no checkpoint verified here carries {quorum} of the {len(witnesses)} witnesses' "
+                          "cosignatures")
     report.findings.sort(key=lambda f: (f.index is None, f.index or 0, f.kind))
     if report.ok and latest_signed is not None and v.broken_at is None:
         report.resume = Resume(size, v.tree.edge, latest_note, now or datetime.now(UTC),
@@ -713,6 +737,9 @@ def describe(report: Report, *, list_pruned: int = 20) -> str:
         shown = ", ".join(f"{p.index} ({p.entry_id})" for p in report.pruned[:list_pruned])
         more = f" and {len(report.pruned) - list_pruned} more" if len(report.pruned) > list_pruned else ""
         lines.append(f"pruned (bodies removed, leaves kept and verified): {len(report.pruned)}: {shown}{more}")
+    if report.witnessed_size is not None:
+        lines.append(f"witnessed: the checkpoint of size {report.witnessed_size} carries the witness quorum's "
+                     "cosignatures")
     if report.ok:
         lines.append("OK: every entry present, in order, hashing to every signed checkpoint")
     else:

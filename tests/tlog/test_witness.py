@@ -19,14 +19,16 @@ from tlog_scales.tlog import Checkpoint as ScalesCheckpoint
 
 from adapters.sandbox.api_particulier import create_app as sandbox_app
 from broker.consumer.client import BrokerClient
+from broker.storage import db
 from broker.tlog import accesslog, checkpoint, tlogproof, witness
 from broker.tlog.log import PgNodeStore, entry_document, load_or_create_note_key
-from broker.tlog.verify import VerificationError
+from broker.tlog.verify import DatabaseSource, Report, VerificationError, verify_log
 from broker.tlog.witness import WitnessError, verify_cosigned
 from tests.broker_harness import Harness, broker_config, exchange_body, start_broker
 from tests.factories import SANDBOX_TOKEN, TOKEN_ENV, consumer, registry_toml
 from tests.tlog.test_tlog import log_entry
 from tests.tlog.test_tlog_api import get
+from tests.tlog.test_tlog_verify import tamper
 from tests.tlog.witness_server import SpecWitness
 
 ORIGIN = "dlnuf.test/log"
@@ -267,3 +269,32 @@ async def test_the_sdk_checks_the_promise_and_the_witnessed_proof(
         with pytest.raises(VerificationError, match="signature"):
             await wrong.exchange(dataset=body["dataset"], purpose=body["purpose"], recipient=body["recipient"],
                                  fields=body["fields"], subject=body["subject"])
+
+
+async def test_log_verify_requires_the_witness_quorum(broker: Harness, witnesses: list[tuple[SpecWitness, str]],
+                                                      database_url: str) -> None:
+    await fill(broker, 4)
+    await cosigned(broker, 4)
+    vkeys = [w.vkey() for w, _ in witnesses]
+    vkey = (await get(broker, "/v1/log")).json["verifier_key"]
+
+    async def audit(keys: list[str], quorum: int) -> Report:
+        conn = await db.connect(database_url)
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await verify_log(DatabaseSource(conn), [vkey], origin=ORIGIN, witnesses=keys, quorum=quorum)
+        finally:
+            await conn.close()
+
+    report = await audit(vkeys, 2)
+    assert report.ok, report.findings
+    assert report.witnessed_size is not None and report.witnessed_size >= 4
+    stranger = SpecWitness("witness.test/w3", {}).vkey()
+    assert [f.kind for f in (await audit([*vkeys, stranger], 3)).findings] == ["witness"]
+    # a stored cosignature altered (as a superuser would, triggers off): the checkpoint is condemned
+    line = await broker.state().pool.fetchval("SELECT line FROM tlog_cosignatures ORDER BY size LIMIT 1")
+    blob64 = line.split(" ")[2]
+    blob = base64.b64decode(blob64)
+    forged = line.replace(blob64, base64.b64encode(blob[:-1] + bytes([blob[-1] ^ 1])).decode())
+    await tamper(database_url, f"UPDATE tlog_cosignatures SET line = '{forged}' WHERE line = '{line}'")
+    assert "checkpoint" in [f.kind for f in (await audit(vkeys, 1)).findings]
