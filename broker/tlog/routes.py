@@ -154,9 +154,9 @@ async def checkpoint_at(request: web.Request) -> web.Response:
     found = await request.app[TLOG].checkpoint_at(int(raw))
     if found is None:
         return problem_response(HTTP_PROBLEMS[404], detail=f"no checkpoint at size {raw}")
-    # The signed text never changes, but witnesses' cosignature lines may still be appended to it.
-    return web.Response(text=found.note, content_type="text/plain", charset="utf-8",
-                        headers={"Cache-Control": "public, max-age=60"})
+    # The signed text never changes; with witnesses, their cosignature lines may still be appended to it.
+    cache = "public, max-age=60" if request.app[WITNESSES] else "public, max-age=31536000, immutable"
+    return web.Response(text=found.note, content_type="text/plain", charset="utf-8", headers={"Cache-Control": cache})
 
 
 @_answering_problems

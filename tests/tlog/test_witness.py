@@ -138,6 +138,8 @@ async def test_checkpoints_are_submitted_cosigned_and_served(broker: Harness,
     assert info["witnesses"] == vkeys and info["witness_quorum"] == 2
     signed = verify_cosigned(note, info["verifier_key"], origin=ORIGIN, witnesses=vkeys, quorum=2)
     assert signed.size == 5
+    at = await get(broker, "/v1/log/checkpoints/5")  # cosignatures may still be appended: not immutable
+    assert at.body.decode() == note and at.headers["Cache-Control"] == "public, max-age=60"
     # each witness followed the log: first from 0, then with consistency proofs, never a refusal but 409s
     await fill(broker, 9)
     await cosigned(broker, 14)
