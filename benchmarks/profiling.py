@@ -251,8 +251,10 @@ async def _probe(dsn: str, n: int) -> dict[str, Probe]:
         return uuid.uuid4().hex
 
     def released() -> accesslog.LogEntry:
-        return accesslog.LogEntry(request_id=f"bench-probe-{uuid.uuid4()}", outcome="released", http_status=200,
-                                  payload_sha256="0" * 64, dataset="quotient_familial")
+        entry = accesslog.LogEntry(request_id=f"bench-probe-{uuid.uuid4()}", outcome="released", http_status=200,
+                                   dataset="quotient_familial")
+        entry.record_payload(b"{}")
+        return entry
 
     pools = {name: await db.create_pool(dsn, min_size=1, max_size=1) for name in (NONCE_POOL, LOG_POOL, SELECT_POOL)}
     conns = {name: await db.connect(dsn) for name in (SELECT_BARE, NONCE_BARE, NONCE_ASYNC)}

@@ -89,6 +89,10 @@ class Config:
     host_from_request: bool = False
     """Tests only, never from the environment: serve without `public_url`, taking the signed URL's host from the
     request's Host header (so a request signed for another host is accepted)."""
+    log_witnesses: tuple[tuple[str, str], ...] = ()
+    """(verifier key, submission URL prefix) of each C2SP tlog-witness the log submits its checkpoints to."""
+    log_witness_quorum: int = 0
+    """How many of `log_witnesses` must cosign a checkpoint before the portal and the journal use it."""
 
     @property
     def embedded(self) -> bool:
@@ -123,6 +127,21 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw not in ("true", "false"):
         raise ConfigError(f"{name} must be true or false, got {raw!r}")
     return raw == "true"
+
+
+def _witnesses(raw: str) -> tuple[tuple[str, str], ...]:
+    """DLNUF_LOG_WITNESSES: `<verifier key> <URL prefix>` pairs separated by commas or newlines; the key itself is
+    checked when the log starts (broker.tlog.witness)."""
+    found = []
+    for item in filter(None, (i.strip() for i in raw.replace("\n", ",").split(","))):
+        parts = item.split()
+        if len(parts) != 2 or parts[0].count("+") < 2 or not parts[1].startswith(("http://", "https://")):
+            raise ConfigError("DLNUF_LOG_WITNESSES is a list of '<name>+<key id>+<key> https://<witness URL prefix>', "
+                              "separated by commas")
+        found.append((parts[0], parts[1].rstrip("/")))
+    if len({vkey for vkey, _ in found}) != len(found):
+        raise ConfigError("DLNUF_LOG_WITNESSES names a witness key twice")
+    return tuple(found)
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -380,6 +399,8 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     log_retention = env.get("DLNUF_LOG_RETENTION") or "P1Y"
     if not _DURATION.match(log_retention):
         raise ConfigError(f"DLNUF_LOG_RETENTION must be an ISO 8601 duration like P1Y or P6M, got {log_retention!r}")
+    log_witnesses = _witnesses(env.get("DLNUF_LOG_WITNESSES") or "")
+    log_witness_quorum = _int(env, "DLNUF_LOG_WITNESS_QUORUM", len(log_witnesses), 0, len(log_witnesses))
     notify_webhook = env.get("DLNUF_NOTIFY_WEBHOOK") or None
     if notify_webhook is not None and not notify_webhook.startswith(("http://", "https://")):
         raise ConfigError("DLNUF_NOTIFY_WEBHOOK must start with http:// or https://")
@@ -408,6 +429,8 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         log_batch=_int(env, "DLNUF_LOG_BATCH", 1000, 1, 100_000),
         log_retention=log_retention,
         log_auditors=_sirets(env, "DLNUF_LOG_AUDITORS"),
+        log_witnesses=log_witnesses,
+        log_witness_quorum=log_witness_quorum,
         journal_clients=_sirets(env, "DLNUF_JOURNAL_CLIENTS"),
         notify_webhook=notify_webhook,
         outbox_max_attempts=_int(env, "DLNUF_OUTBOX_MAX_ATTEMPTS", 20, 1, 1000),

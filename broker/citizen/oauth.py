@@ -169,7 +169,7 @@ async def _preview(state: BrokerState, request: web.Request, hab: Habilitation, 
     data = authz.release(hab, document, details.fields)
     entry.outcome, entry.http_status = "released", 200
     entry.fields_released = tuple(f for f in details.fields if f.split(".")[0] in data)
-    entry.payload_sha256 = hashlib.sha256(canonicalize(data)).hexdigest()
+    entry.record_payload(canonicalize(data))
     await accesslog.commit(state.pool, entry)
     return data, None
 

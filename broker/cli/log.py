@@ -17,12 +17,14 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from broker.cli import offline
 from broker.config import Config
 from broker.signing.keys import InvalidKey, PrivateKey, private_key_from_jwk
 from broker.storage import db
 from broker.tlog import log as tlog
 from broker.tlog import verify as tlog_verify
 from broker.tlog.checkpoint import CheckpointError, NoteVerifier, parse_verifier_key
+from broker.tlog.witness import WitnessError
 
 
 def add_parser(sub: Any) -> None:
@@ -40,6 +42,14 @@ def add_parser(sub: Any) -> None:
     v.add_argument("--origin", help="the log's origin (default: the verifier key's name)")
     v.add_argument("--checkpoint", action="append", default=[], type=Path,
                    help="a checkpoint kept from an earlier run: the log must still extend it (repeatable)")
+    v.add_argument("--witness", action="append", default=[],
+                   help="a witness's cosignature key: its cosignatures are checked (repeatable)")
+    v.add_argument("--quorum", type=int, default=None,
+                   help="how many --witness keys must have cosigned a verified checkpoint (default: all)")
+    v.add_argument("--state", type=Path,
+                   help="incremental: start from the tree this file records (if it exists), and record the newly "
+                        "verified tree in it when everything verifies")
+    v.add_argument("--full", action="store_true", help="with --state: verify everything anyway, then record")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     bar = v.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_true", help="show the progress bar even if stderr is no terminal")
@@ -48,6 +58,7 @@ def add_parser(sub: Any) -> None:
     pr = log_sub.add_parser("prune", help="remove entry bodies past their habilitation's retention (leaves kept)")
     pr.add_argument("--database-url", help="the broker's database (default: DATABASE_URL, or the embedded one)")
     pr.add_argument("--dry-run", action="store_true", help="list what would be pruned, change nothing")
+    offline.add_parsers(log_sub)
 
 
 class ProgressBar:
@@ -82,6 +93,27 @@ def _trusted(args: argparse.Namespace) -> list[NoteVerifier]:
     return [parse_verifier_key(k) for k in args.vkey]
 
 
+def _witness_policy(args: argparse.Namespace) -> dict[str, Any]:
+    return {"witnesses": args.witness, "quorum": len(args.witness) if args.quorum is None else args.quorum}
+
+
+def _resume(args: argparse.Namespace) -> tlog_verify.Resume | None:
+    if args.state is None or args.full or not args.state.exists():
+        return None
+    try:
+        return tlog_verify.Resume.from_json(json.loads(args.state.read_text("utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise tlog_verify.SourceError(f"{args.state} is not a verification state: {exc}") from None
+
+
+def _record(args: argparse.Namespace, report: tlog_verify.Report) -> None:
+    if args.state is None or report.resume is None:
+        return
+    tmp = args.state.with_name(args.state.name + ".tmp")
+    tmp.write_text(json.dumps(report.resume.to_json(), indent=2) + "\n", "utf-8")
+    tmp.replace(args.state)  # whole or not at all
+
+
 async def _verify_database(args: argparse.Namespace, config: Config, progress: tlog_verify.Progress | None,
                            held: list[str]) -> tlog_verify.Report:
     verifiers = _trusted(args)
@@ -103,12 +135,14 @@ async def _verify_database(args: argparse.Namespace, config: Config, progress: t
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 return await tlog_verify.verify_log(
                     tlog_verify.DatabaseSource(conn), verifiers, origin=origin,
-                    max_merge_delay=config.log_max_merge_delay, held_checkpoints=held, progress=progress)
+                    max_merge_delay=config.log_max_merge_delay, held_checkpoints=held, progress=progress,
+                    default_retention=config.log_retention, now=datetime.now(UTC), resume=_resume(args),
+                    **_witness_policy(args))
         finally:
             await conn.close()
 
 
-async def _verify_url(args: argparse.Namespace, progress: tlog_verify.Progress | None,
+async def _verify_url(args: argparse.Namespace, config: Config, progress: tlog_verify.Progress | None,
                       held: list[str]) -> tlog_verify.Report:
     key: PrivateKey | None = None
     if args.key is not None:
@@ -124,7 +158,9 @@ async def _verify_url(args: argparse.Namespace, progress: tlog_verify.Progress |
             verifiers = [parse_verifier_key(served)]
             print(f"# trusting the key the broker serves, {served}: pin it with --vkey", file=sys.stderr)
         return await tlog_verify.verify_log(source, verifiers, origin=args.origin or verifiers[0].name,
-                                            held_checkpoints=held, progress=progress)
+                                            held_checkpoints=held, progress=progress,
+                                            default_retention=config.log_retention, now=datetime.now(UTC),
+                                            resume=_resume(args), **_witness_policy(args))
 
 
 def _verify(args: argparse.Namespace, config: Config) -> int:
@@ -134,13 +170,18 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
     try:
         held = [p.read_text("utf-8") for p in args.checkpoint]
         if args.url:
-            report = asyncio.run(_verify_url(args, progress, held))
+            report = asyncio.run(_verify_url(args, config, progress, held))
         else:
             report = asyncio.run(_verify_database(args, config, progress, held))
-    except (OSError, tlog_verify.SourceError, CheckpointError, tlog.NoteKeyError) as exc:
+    except (OSError, ValueError, tlog_verify.SourceError, CheckpointError, WitnessError, tlog.NoteKeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report.to_json(), indent=2) if args.json else tlog_verify.describe(report))
+    try:
+        _record(args, report)
+    except OSError as exc:
+        print(f"error: cannot record the state: {exc}", file=sys.stderr)
+        return 2
     return 0 if report.ok else 1
 
 
@@ -160,6 +201,8 @@ async def _prune(args: argparse.Namespace, config: Config) -> int:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    if args.log_command in ("evidence", "verify-evidence", "verify-proof"):
+        return offline.run(args, config)
     if args.log_command == "verify":
         return _verify(args, config)
     try:

@@ -17,6 +17,11 @@ refusal of a request it verified is signed and bound to that request ("bound"); 
 verify (no signature, unknown or expired key...) cannot be bound, and is only signed ("unbound"); an answer that no
 broker key signed (a proxy's error page, or tampered with) is None. A problem carries no data, so it is raised in
 every case; only what it says about the cause deserves that much trust.
+
+With the log's verifier key (`log_vkeys`, pinned out of band), every answer's inclusion promise is checked at once
+(signed by the log, for this entry, whose leaf commits to exactly the data received, with the salt), and
+`inclusion_proof(answer)` fetches and checks the entry's offline proof (C2SP tlog-proof) once integrated, requiring
+`witness_quorum` of the `witnesses` to have cosigned its checkpoint. Keep the proof: it verifies anywhere.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from broker.signing import jose, messages
 from broker.signing.keys import PrivateKey, PublicKey, public_keys_from_jwks
+from broker.tlog import tlogproof
+from broker.tlog.jcs import canonicalize
+from broker.tlog.verify import VerificationError, verify_receipt
 from consent.client_auth import ASSERTION_TYPE, TYP
 
 Signature: TypeAlias = Literal["bound", "unbound"]
@@ -172,13 +180,28 @@ class ExchangeAnswer:
     data: dict[str, Any]
     raw: dict[str, Any]
 
+    @property
+    def log_entry(self) -> dict[str, Any]:
+        """The access-log entry the broker committed for this exchange (from its signed receipt)."""
+        entry: dict[str, Any] = self.raw["log"]["entry"]
+        return entry
+
 
 class BrokerClient:
     def __init__(self, base_url: str, *, key: PrivateKey, broker_keys: Sequence[PublicKey] | None = None,
                  session: aiohttp.ClientSession | None = None, timeout: float = 30.0,
                  client_id: str | None = None, max_skew: float = 60.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        """`ssl_context` trusts a private CA (the RIE's, a test one) when the SDK makes its own session."""
+                 ssl_context: ssl.SSLContext | None = None, log_vkeys: Sequence[str] = (),
+                 log_origin: str | None = None, witnesses: Sequence[str] = (),
+                 witness_quorum: int | None = None) -> None:
+        """`ssl_context` trusts a private CA (the RIE's, a test one) when the SDK makes its own session. With
+        `log_vkeys`, answers' promises are checked, and `inclusion_proof` needs `witness_quorum` of `witnesses`."""
+        self.log_vkeys = list(log_vkeys)
+        self.log_origin = log_origin or (self.log_vkeys[0].split("+", 1)[0] if self.log_vkeys else None)
+        self.witnesses = list(witnesses)
+        self.witness_quorum = len(self.witnesses) if witness_quorum is None else witness_quorum
+        if self.witness_quorum > len(self.witnesses):
+            raise ValueError("witness_quorum cannot exceed the number of witnesses")
         self.base_url = base_url.rstrip("/")
         self.max_skew = max_skew  # seconds an answer's `created` may differ from this clock
         self.key = key
@@ -235,11 +258,32 @@ class BrokerClient:
             body["version"] = version
         extra = {"Authorization": f"Bearer {access_token}"} if access_token else None
         payload = await self.post("/v1/exchanges", body, extra_headers=extra)
+        if self.log_vkeys:
+            # the promise: signed by the log, for this entry, committing to exactly the data received
+            verify_receipt(payload.get("log") or {}, self.log_vkeys, origin=str(self.log_origin),
+                           entry_id=str(payload["log_entry_id"]), data=canonicalize(payload["data"]))
         return ExchangeAnswer(
             request_id=payload["request_id"], log_entry_id=payload["log_entry_id"], dataset=payload["dataset"],
             version=payload["version"], fields_released=tuple(payload["fields_released"]),
             data_sha256=payload["data_sha256"], data=payload["data"], raw=payload,
         )
+
+    async def inclusion_proof(self, answer: ExchangeAnswer) -> str:
+        """The entry's offline proof (C2SP tlog-proof), checked: the log's key, `witness_quorum` witnesses, and the
+        inclusion of the entry the answer carries. `NotYetIntegrated`-like 404s raise `BrokerProblem`: ask again
+        after the promised merge delay."""
+        if not self.log_vkeys:
+            raise ValueError("checking a proof needs the log's verifier key (log_vkeys)")
+        async with self._session.get(f"{self.base_url}/v1/log/entries/{answer.log_entry_id}/tlog-proof") as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                raise BrokerProblem(resp.status, orjson.loads(text) if text.startswith("{") else {})
+        try:
+            tlogproof.verify(text, self.log_vkeys, origin=str(self.log_origin), entry=answer.log_entry,
+                             witnesses=self.witnesses, quorum=self.witness_quorum)
+        except tlogproof.ProofError as exc:
+            raise VerificationError(f"the entry's proof does not verify: {exc}") from None
+        return text
 
     def authorization_request(self, *, redirect_uri: str, dataset: str, purpose: str, fields: Sequence[str],
                               frequency: str = "one_time", duration_days: int = 30,

@@ -46,7 +46,7 @@ from broker.service.state import STATE, BrokerState
 from broker.service.urls import issuer, target_uri
 from broker.signing import messages
 from broker.storage.db import DatabaseUnavailable
-from broker.tlog import accesslog
+from broker.tlog import accesslog, evidence
 from broker.tlog.jcs import CanonicalizationError, canonicalize
 from broker.tlog.log import TLOG
 from consent.basis import BasisRefused, verify_basis
@@ -136,7 +136,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
     state = request.app[STATE]
     started = time.perf_counter()
     now = datetime.now(UTC)
-    entry = accesslog.LogEntry(request_id=request[REQUEST_ID])
+    entry = accesslog.LogEntry(request_id=request[REQUEST_ID], default_retention=state.config.log_retention)
     usage = Usage()
     try:
         # 0. An address that caused too many refusals before any signature verified is turned away at once.
@@ -160,6 +160,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
         request[VERIFIED] = verified
         entry.consumer, entry.kid = verified.key.owner, verified.key.kid
         usage = meter.usage
+        entry.bind_request(verified.signature)
 
         # 2. Read what is asked (shape only; permission comes next).
         token = bearer_token(request)
@@ -226,15 +227,20 @@ async def handle_exchange(request: web.Request) -> web.Response:
         }
 
         # 8. Count the consent's use (atomic: revoked, expired or used up in the meantime refuses here), then
-        #    commit the access-log entry; only then may the data leave.
+        #    commit the access-log entry with the exchange's evidence; only then may the data leave.
         if consent is not None:
             await use_consent(state.pool, consent, now)
         entry.outcome, entry.http_status = "released", 200
-        entry.fields_released, entry.payload_sha256 = released, payload_sha256
+        entry.fields_released = released
+        entry.record_payload(data_bytes)
         entry.latency_ms = (time.perf_counter() - started) * 1000
-        await accesslog.commit(state.pool, entry)
-        # The consumer's receipt: the entry as committed and the log's signed promise to include it (like a CT SCT).
+        # 9. The consumer's receipt: the entry and the log's signed promise to include it (like a CT SCT). The leaf
+        #    does not depend on the commit, so the answer is complete, and signed, before it: its signature goes
+        #    into the evidence committed with the entry.
         answer["log"] = request.app[TLOG].receipt(entry)
+        response = web.Response(status=200, body=orjson.dumps(answer), content_type="application/json",
+                                headers=usage.headers())
+        await accesslog.commit(state.pool, entry, _sign_with_evidence(request, state, response, entry))
     except REFUSALS as exc:
         if VERIFIED not in request:
             state.metrics.exchange("-", problem_for(exc).slug, time.perf_counter() - started)
@@ -242,14 +248,12 @@ async def handle_exchange(request: web.Request) -> web.Response:
         if isinstance(exc, QuotaExceeded):
             for policy in usage.exceeded_policies():
                 state.metrics.quota_refusals.labels(policy).inc()
-        return await _refuse(state, entry, exc, started, headers={**usage.headers(), **retry_after(exc)})
+        return await _refuse(request, state, entry, exc, started, headers={**usage.headers(), **retry_after(exc)})
 
     state.metrics.exchange(ask.dataset, "released", time.perf_counter() - started)
     log.info("exchange released", dataset=ask.dataset, consumer=entry.consumer, fields=released)
-    # 9. and 10. The response is signed by the signing middleware on its way out, covering this request's
-    # signature, then returned.
-    return web.Response(status=200, body=orjson.dumps(answer), content_type="application/json",
-                        headers=usage.headers())
+    # 10. The response was signed above, covering this request's signature; the signing middleware leaves it as is.
+    return response
 
 
 def _dataset_of(body: bytes) -> str | None:
@@ -262,7 +266,7 @@ def _dataset_of(body: bytes) -> str | None:
     return dataset if isinstance(dataset, str) else None
 
 
-async def _refuse(state: BrokerState, entry: accesslog.LogEntry, exc: Exception,
+async def _refuse(request: web.Request, state: BrokerState, entry: accesslog.LogEntry, exc: Exception,
                   started: float, *, headers: dict[str, str]) -> web.Response:
     problem = problem_for(exc)
     reason = getattr(exc, "reason", None) or str(exc)
@@ -270,19 +274,32 @@ async def _refuse(state: BrokerState, entry: accesslog.LogEntry, exc: Exception,
                 dataset=entry.dataset)
     entry.outcome = "failed" if problem.status >= 500 else "refused"
     entry.problem_type, entry.http_status = problem.uri, problem.status
-    entry.fields_released, entry.payload_sha256 = (), None
+    entry.fields_released = ()
+    entry.clear_payload()
     entry.latency_ms = (time.perf_counter() - started) * 1000
+    response = problem_response(problem, detail=detail_for(exc), request_id=entry.request_id,
+                                headers=headers or None)
     if not isinstance(exc, LogUnavailable):
         try:
-            await accesslog.commit(state.pool, entry)
+            # The refusal is signed now, so that its signature is in the evidence committed with the entry.
+            await accesslog.commit(state.pool, entry, _sign_with_evidence(request, state, response, entry))
         except LogUnavailable as log_exc:
             # a refusal carries no data, but an unlogged one must say so: 503, as any unlogged exchange
             problem, exc = problem_for(log_exc), log_exc
+            response = problem_response(problem, detail=detail_for(exc), request_id=entry.request_id)
     state.metrics.exchange(entry.dataset or "-", problem.slug, time.perf_counter() - started)
     if isinstance(exc, AdapterError):
         adapter = state.registry.current.adapter_for(entry.dataset or "")
         state.metrics.provider_errors.labels(adapter.id if adapter else "-", exc.slug).inc()
-    return problem_response(problem, detail=detail_for(exc), request_id=entry.request_id, headers=headers or None)
+    return response
+
+
+def _sign_with_evidence(request: web.Request, state: BrokerState, response: web.Response,
+                        entry: accesslog.LogEntry) -> evidence.Evidence:
+    key = state.signing_key
+    return evidence.sign_with_evidence(response, request=request.get(VERIFIED), private_key=key,
+                                       broker_key=key.public_key(owner=evidence.BROKER_OWNER), entry_id=entry.id,
+                                       logged_at=entry.logged_at, now=datetime.now(UTC))
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

@@ -5,7 +5,8 @@ request the gateway signed.
 1. shape: the members of a released exchange are there, with their types;
 2. payload: `data_sha256` is the SHA-256 of the RFC 8785 canonical JSON of exactly the `data` received;
 3. promise: the transparency log's inclusion promise is signed by a trusted log key, for this log, for this entry,
-   and the entry carried hashes to the promised leaf and records that payload hash (`tlog.verify.verify_receipt`);
+   and the entry carried hashes to the promised leaf and records that payload (`tlog.verify.verify_receipt`: a v2
+   entry's salted commitment, with the receipt's salt; a v1 entry's hash);
 4. entry: the entry is this exchange's: this consumer and key, the broker's request id, the dataset and version,
    released, with the fields the answer says it released.
 """
@@ -75,7 +76,8 @@ def verify_release(answer: Mapping[str, Any], *, trust: LogTrust, consumer: str,
         raise Unverified("shape", "log_entry_id is not a UUID") from None
     # 2. The payload hash is of the data received.
     try:
-        digest = hashlib.sha256(canonicalize(answer["data"])).hexdigest()
+        canonical = canonicalize(answer["data"])
+        digest = hashlib.sha256(canonical).hexdigest()
     except CanonicalizationError as exc:
         raise Unverified("payload", f"data is not canonicalizable: {exc}") from None
     if not hmac.compare_digest(digest, answer["data_sha256"]):
@@ -83,7 +85,7 @@ def verify_release(answer: Mapping[str, Any], *, trust: LogTrust, consumer: str,
     # 3. The log's promise, for this entry, whose entry records this payload.
     receipt = answer["log"]
     try:
-        verify_receipt(receipt, trust.verifiers, origin=trust.origin, entry_id=str(entry_id), data_sha256=digest)
+        verify_receipt(receipt, trust.verifiers, origin=trust.origin, entry_id=str(entry_id), data=canonical)
     except VerificationError as exc:
         raise Unverified("promise", str(exc)) from None
     # 4. The entry is this exchange's.

@@ -63,8 +63,9 @@ _EXCHANGE_RESPONSE = {
         "dataset": {"type": "string"},
         "version": {"type": "integer"},
         "fields_released": {"type": "array", "items": {"type": "string"}},
-        "data_sha256": {"type": "string", "description": "SHA-256 (hex) of the RFC 8785 canonical JSON of `data`, "
-                                                         "as recorded in the access log."},
+        "data_sha256": {"type": "string", "description": "SHA-256 (hex) of the RFC 8785 canonical JSON of `data` "
+                                                         "(a v1 entry records it; a v2 entry records "
+                                                         "`payload_commitment`, see `log.payload_salt`)."},
         "data": {"type": "object"},
         "log": {"$ref": "#/components/schemas/LogReceipt"},
     },
@@ -78,9 +79,12 @@ _LOG_RECEIPT = {
                    "merge delay (docs/transparency-log.md says how to verify it).",
     "required": ["entry", "leaf_hash", "inclusion_promise"],
     "properties": {
-        "entry": {"type": "object", "description": "The leaf's JSON: RFC 8785 JCS of it, RFC 9162 leaf-hashed, is "
-                                                   "`leaf_hash`."},
+        "entry": {"type": "object", "description": "The entry (v2: its public leaf, RFC 9162 leaf-hashed, is "
+                                                   "`leaf_hash`; v1: its RFC 8785 JCS is)."},
         "leaf_hash": _B64_HASH,
+        "payload_salt": {"type": "string", "contentEncoding": "base64",
+                         "description": "The 32-byte salt of the entry's `payload_commitment`: HMAC-SHA-256 keyed by "
+                                        "it over the JCS of `data`. Not in the leaf; keep it with the data."},
         "inclusion_promise": {"type": "string", "description": "C2SP signed note, dlnuf.org/inclusion-promise/v1: "
                                                               "format, origin, entry id, leaf hash, logged_at, "
                                                               "max merge delay (s)."},
@@ -223,7 +227,11 @@ def _log_paths() -> dict[str, Any]:
             "responses": {"200": _json("Log description", {"type": "object", "properties": {
                 "origin": {"type": "string"}, "verifier_key": {"type": "string"},
                 "max_merge_delay": {"type": "integer"}, "tree_size": {"type": "integer"},
-                "inclusion_promise_format": {"type": "string"}}})}}},
+                "inclusion_promise_format": {"type": "string"}, "tiles_prefix": {"type": "string"},
+                "public_entries_from": {"type": "integer", "description": "first index entry bundles are served from"},
+                "witnesses": {"type": "array", "items": {"type": "string"},
+                              "description": "the witnesses' cosignature verifier keys (C2SP tlog-cosignature)"},
+                "witness_quorum": {"type": "integer"}, "tlog_proof_format": {"type": "string"}}})}}},
         "/v1/log/checkpoint": {"get": {
             "operationId": "latestCheckpoint", "summary": "The latest signed checkpoint (C2SP tlog-checkpoint)",
             "responses": {"200": _note("Signed note"), "404": _problem("not-found")}}},
@@ -270,6 +278,31 @@ def _log_paths() -> dict[str, Any]:
                 "leaf_hash": _B64_HASH, "inclusion_proof": _PROOF, "checkpoint": {"type": ["string", "null"]}}}),
                 "400": _problem("invalid-request"),
                 "404": _problem("not-found: unknown entry, or not integrated yet (retry after the merge delay)")}}},
+        "/v1/log/entries/{entry_id}/tlog-proof": {"get": {
+            "operationId": "entryTlogProof",
+            "summary": "An entry's offline proof (C2SP tlog-proof@v1): index, inclusion proof, cosigned checkpoint",
+            "description": "The checkpoint is the latest the witness quorum cosigned; for a v2 entry the `extra` "
+                           "line is its public leaf. Verify with `python -m broker log verify-proof`.",
+            "parameters": [{"name": "entry_id", "in": "path", "required": True,
+                            "schema": {"type": "string", "format": "uuid"}},
+                           _query("tree_size", "default: the latest witnessed checkpoint's", required=False,
+                                  minimum=1)],
+            "responses": {"200": _note("The .tlog-proof file"), "400": _problem("invalid-request"),
+                          "404": _problem("not-found: unknown entry, or not integrated yet")}}},
+        "/v1/log/tile/{level}/{rest}": {"get": {
+            "operationId": "logTile",
+            "summary": "C2SP tlog-tiles: a hash tile (level 0-63) or an entry bundle (level `entries`), immutable",
+            "description": "`rest` is the tile index in 3-digit path elements (`x001/234`), with `.p/<width>` for "
+                           "a partial tile. Entry bundles hold the v2 public leaves, each prefixed by its length "
+                           "(uint16); bundles holding a v1 leaf are not public (see `public_entries_from` at "
+                           "`/v1/log`).",
+            "parameters": [{"name": "level", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "rest", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The tile's bytes", "headers": _SIG_HEADERS,
+                                  "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}},
+                          "404": _problem("not-found: not a canonical tile path, not in the published tree, or "
+                                          "an entry bundle holding v1 entries")}}},
         "/v1/journal": {"post": {
             "operationId": "citizenJournal", **signed,
             "summary": "A citizen's entries with a proof each and the checkpoint, for DLNUF_JOURNAL_CLIENTS",

@@ -1,13 +1,15 @@
 """The access log: one row per exchange attempt, refused ones included.
 
 Invariant: the pipeline commits an entry before any data leaves; `commit` either returns after COMMIT or raises
-`LogUnavailable`, and then the caller answers 503 with no data. A released entry's notification outbox row is
-committed in the same transaction, so a citizen is never told of an exchange that was not logged, nor not told of
-one that was.
+`LogUnavailable`, and then the caller answers 503 with no data. A released entry's notification outbox row, and the
+exchange's evidence (`broker.tlog.evidence`), are committed in the same transaction: a citizen is never told of an
+exchange that was not logged, nor not told of one that was, and no entry is without its evidence.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,15 +20,19 @@ import structlog
 from broker.errors import LogUnavailable
 from broker.registry import Habilitation
 from broker.storage import db
+from broker.tlog import leaves
+from broker.tlog.evidence import Evidence
+from broker.tlog.evidence import store as store_evidence
 
 log = structlog.get_logger(__name__)
 
 
-# The columns `args()` fills, in its order: also the fields of the entry's transparency-log leaf.
+# The columns `args()` fills, in its order: the fields of both leaf formats (`broker.tlog.leaves`), and the format.
 COLUMNS = (
     "id", "logged_at", "request_id", "consumer", "kid", "dataset", "dataset_version", "purpose", "recipient",
     "habilitation_id", "legal_basis_type", "legal_basis_title", "legal_basis_url", "fields_requested",
     "fields_released", "outcome", "problem_type", "http_status", "latency_ms", "payload_sha256", "subject_key",
+    "leaf_version", "retention", "latency_us", "payload_salt", "payload_commitment", "request_signature_sha256",
 )
 
 
@@ -52,9 +58,38 @@ class LogEntry:
     latency_ms: float = 0.0
     payload_sha256: str | None = None
     subject_key: str | None = None
+    leaf_version: int = leaves.V2
+    default_retention: str = "P1Y"
+    """The retention of an entry without a habilitation (DLNUF_LOG_RETENTION): it goes into a v2 leaf."""
+    payload_salt: bytes | None = None
+    payload_commitment: str | None = None
+    request_signature_sha256: str | None = None
+
+    @property
+    def retention(self) -> str:
+        return self.habilitation.retention if self.habilitation is not None else self.default_retention
+
+    def record_payload(self, payload: bytes) -> None:
+        """Record the released payload (its JCS bytes): a fresh salt and the salted commitment in v2, the plain
+        SHA-256 in v1."""
+        if self.leaf_version == leaves.V2:
+            self.payload_salt = secrets.token_bytes(leaves.SALT_SIZE)
+            self.payload_commitment = leaves.payload_commitment(self.payload_salt, payload)
+            self.payload_sha256 = None
+        else:
+            self.payload_sha256 = hashlib.sha256(payload).hexdigest()
+
+    def clear_payload(self) -> None:
+        self.payload_sha256 = self.payload_salt = self.payload_commitment = None
+
+    def bind_request(self, signature: bytes) -> None:
+        """Commit the entry to the consumer's verified request signature (v2): the evidence is then bound to it."""
+        self.request_signature_sha256 = hashlib.sha256(signature).hexdigest()
 
     def args(self) -> tuple[object, ...]:
         hab = self.habilitation
+        v2 = self.leaf_version == leaves.V2
+        latency_us = round(self.latency_ms * 1000)
         return (
             self.id, self.logged_at, self.request_id, self.consumer, self.kid, self.dataset, self.dataset_version,
             self.purpose, self.recipient,
@@ -63,7 +98,10 @@ class LogEntry:
             hab.legal_basis.title if hab else None,
             hab.legal_basis.url if hab else None,
             list(self.fields_requested), list(self.fields_released), self.outcome, self.problem_type,
-            self.http_status, self.latency_ms, self.payload_sha256, self.subject_key,
+            self.http_status, None if v2 else self.latency_ms, self.payload_sha256, self.subject_key,
+            self.leaf_version, self.retention if v2 else None, latency_us if v2 else None,
+            self.payload_salt if v2 else None, self.payload_commitment if v2 else None,
+            self.request_signature_sha256 if v2 else None,
         )
 
     def row(self) -> dict[str, object]:
@@ -71,22 +109,26 @@ class LogEntry:
         return dict(zip(COLUMNS, self.args(), strict=True))
 
 
-async def _commit_released(pool: asyncpg.Pool, entry: LogEntry) -> None:
+async def _commit(pool: asyncpg.Pool, entry: LogEntry, evidence: Evidence | None) -> None:
     async with pool.acquire() as conn:
         try:
             async with conn.transaction():
                 await conn.execute(db.queries()["access_log_insert"], *entry.args())
-                await conn.execute(db.queries("broker.tlog", "tlog.sql")["outbox_insert"], entry.id)
+                if entry.outcome == "released":
+                    await conn.execute(db.queries("broker.tlog", "tlog.sql")["outbox_insert"], entry.id)
+                if evidence is not None:
+                    await store_evidence(conn, evidence)
         except (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError, OSError):
             # as in db.fetchval: a connection the server dropped must not go back to the pool
             conn.terminate()
             raise
 
 
-async def commit(pool: asyncpg.Pool, entry: LogEntry) -> None:
+async def commit(pool: asyncpg.Pool, entry: LogEntry, evidence: Evidence | None = None) -> None:
+    """Commit the entry, its outbox row if released, and the exchange's evidence, in one transaction."""
     try:
-        if entry.outcome == "released":
-            await _commit_released(pool, entry)
+        if entry.outcome == "released" or evidence is not None:
+            await _commit(pool, entry, evidence)
         else:
             await db.fetchval(pool, db.queries()["access_log_insert"], *entry.args())
     except db.DB_ERRORS as exc:

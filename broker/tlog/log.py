@@ -1,9 +1,8 @@
 """The transparency log: access-log rows sequenced into an RFC 9162 tree stored in PostgreSQL, with signed checkpoints.
 
-Leaves. A leaf is SHA-256(0x00 || JCS(entry)), where the entry is every column the pipeline writes
-(`accesslog.COLUMNS`) plus a format version; the subject appears only as its keyed `subject_key`. The leaf does
-not depend on its index, so the pipeline can compute it, and sign an inclusion promise over it, as soon as the row
-is committed.
+Leaves (`broker.tlog.leaves`): v1 hashes the entry's JCS, v2 a public leaf committing to it; the subject appears only
+as its keyed `subject_key`. The leaf does not depend on its index, so the pipeline can compute it, and sign an
+inclusion promise over it, before the row is committed.
 
 Sequencing. Every broker process runs an integrator. A round locks the single `tlog_head` row (FOR UPDATE SKIP
 LOCKED: a process that finds it locked leaves the round to the holder), takes committed rows without an index in
@@ -28,7 +27,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +40,17 @@ from broker.observability.metrics import Metrics
 from broker.storage import db
 from broker.storage.secretfile import create_once
 from broker.tlog import checkpoint, merkle
-from broker.tlog.accesslog import COLUMNS, LogEntry
-from broker.tlog.jcs import JsonValue, canonicalize
+from broker.tlog.accesslog import LogEntry
+from broker.tlog.jcs import JsonValue
+
+# re-exported: where verifiers found them before leaves had a module of their own
+from broker.tlog.leaves import entry_document as entry_document
+from broker.tlog.leaves import leaf_data as leaf_data
+from broker.tlog.leaves import leaf_of as leaf_of
+from broker.tlog.leaves import timestamp as timestamp
 
 log = structlog.get_logger(__name__)
 
-ENTRY_VERSION = 1
 PROMISE_FORMAT = "dlnuf.org/inclusion-promise/v1"
 _SIGNATURE_PREFIX = "— "  # C2SP signed-note signature lines start with an em dash and a space
 
@@ -77,35 +81,6 @@ def _q() -> dict[str, str]:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-# -- Leaves -------------------------------------------------------------------------------------------------------
-
-
-def timestamp(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds, the precision PostgreSQL keeps: one spelling per instant."""
-    if moment.tzinfo is None:
-        raise ValueError("a log timestamp must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def entry_document(row: Mapping[str, Any]) -> dict[str, JsonValue]:
-    """The leaf's JSON: a format version and every access-log column, as committed."""
-    document: dict[str, JsonValue] = {"v": ENTRY_VERSION}
-    for column in COLUMNS:
-        value = row[column]
-        if isinstance(value, uuid.UUID):
-            value = str(value)
-        elif isinstance(value, datetime):
-            value = timestamp(value)
-        elif isinstance(value, tuple | list):
-            value = list(value)
-        document[column] = value
-    return document
-
-
-def leaf_of(document: Mapping[str, JsonValue]) -> bytes:
-    return merkle.leaf_hash(canonicalize(document))
 
 
 # -- Note key -----------------------------------------------------------------------------------------------------
@@ -199,6 +174,11 @@ class Pruned:
     entry_id: str
     logged_at: datetime
     pruned_at: datetime
+    leaf_data: bytes | None = None
+    """A v2 entry's public leaf, kept by the tombstone: it must hash to the stored leaf."""
+    habilitation_id: str | None = None
+    habilitation_retention: str | None = None
+    """A v1 entry's retention as the registry now has it (a v1 leaf does not carry its own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +197,10 @@ class LoggedRow:
             "index": self.index,
             "leaf_hash": b64(self.stored_leaf) if self.stored_leaf is not None else None,
             "entry": self.entry,
-            "pruned": None if p is None else {"entry_id": p.entry_id, "logged_at": timestamp(p.logged_at),
-                                              "pruned_at": timestamp(p.pruned_at)},
+            "pruned": None if p is None else {
+                "entry_id": p.entry_id, "logged_at": timestamp(p.logged_at), "pruned_at": timestamp(p.pruned_at),
+                "leaf_data": None if p.leaf_data is None else b64(p.leaf_data), "habilitation_id": p.habilitation_id,
+                "habilitation_retention": p.habilitation_retention},
         }
 
     @classmethod
@@ -234,10 +216,17 @@ class LoggedRow:
         if pruned is not None:
             if not isinstance(pruned, dict):
                 raise ValueError("pruned is not an object")
+            data = pruned.get("leaf_data")
             parsed = Pruned(str(pruned["entry_id"]), datetime.fromisoformat(str(pruned["logged_at"])),
-                            datetime.fromisoformat(str(pruned["pruned_at"])))
+                            datetime.fromisoformat(str(pruned["pruned_at"])),
+                            None if data is None else base64.b64decode(str(data), validate=True),
+                            _opt_str(pruned.get("habilitation_id")), _opt_str(pruned.get("habilitation_retention")))
         return cls(index=index, stored_leaf=None if leaf is None else base64.b64decode(str(leaf), validate=True),
                    entry=entry, pruned=parsed)
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 async def logged_rows(conn: asyncpg.Connection | asyncpg.Pool, start: int, end: int) -> list[LoggedRow]:
@@ -245,7 +234,10 @@ async def logged_rows(conn: asyncpg.Connection | asyncpg.Pool, start: int, end: 
     for r in await conn.fetch(_q()["tlog_range"], start, end):
         pruned = None
         if r["pruned_entry_id"] is not None:
-            pruned = Pruned(str(r["pruned_entry_id"]), r["pruned_logged_at"], r["pruned_at"])
+            data = r["pruned_leaf_data"]
+            pruned = Pruned(str(r["pruned_entry_id"]), r["pruned_logged_at"], r["pruned_at"],
+                            None if data is None else bytes(data), r["pruned_habilitation"],
+                            r["pruned_habilitation_retention"])
         out.append(LoggedRow(
             index=r["log_index"],
             stored_leaf=bytes(r["stored_leaf"]) if r["stored_leaf"] is not None else None,
@@ -273,6 +265,8 @@ class JournalEntry:
     leaf_hash: bytes
     index: int | None
     proof: list[bytes] | None
+    payload_salt: bytes | None = None
+    """The salt of a v2 entry's payload commitment: the citizen's, as the consumer's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,8 +298,10 @@ class PrunedEntry:
 
 class TransparencyLog:
     def __init__(self, pool: asyncpg.Pool, signer: NoteSigner, *, max_merge_delay: float, batch: int = 1000,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, witness_quorum: int = 0) -> None:
         self.pool = pool
+        self.witness_quorum = witness_quorum
+        """Proofs for consumers and citizens lead to the latest checkpoint this many witnesses cosigned."""
         self.signer = signer
         self.origin = signer.name
         self.max_merge_delay = math.ceil(max_merge_delay)
@@ -337,7 +333,8 @@ class TransparencyLog:
         if self.metrics is not None:
             now = time.time()
             for r in rows:
-                self.metrics.tlog_lag.observe(max(0.0, now - r["logged_at"].timestamp() - r["latency_ms"] / 1000))
+                latency = r["latency_us"] / 1e6 if r["latency_us"] is not None else r["latency_ms"] / 1000
+                self.metrics.tlog_lag.observe(max(0.0, now - r["logged_at"].timestamp() - latency))
             self.metrics.tlog_size.set(result.size)
         return len(rows)
 
@@ -398,13 +395,24 @@ class TransparencyLog:
         signed promise."""
         document = entry_document(entry.row())
         leaf = leaf_of(document)
-        return {"entry": document, "leaf_hash": b64(leaf),
-                "inclusion_promise": self.promise(str(entry.id), leaf, str(document["logged_at"]))}
+        receipt: dict[str, JsonValue] = {
+            "entry": document, "leaf_hash": b64(leaf),
+            "inclusion_promise": self.promise(str(entry.id), leaf, str(document["logged_at"]))}
+        if entry.payload_salt is not None:
+            # the salt of the payload commitment: with the data, it proves what was released (never in the leaf)
+            receipt["payload_salt"] = b64(entry.payload_salt)
+        return receipt
 
     # Reading --------------------------------------------------------------------------------------------------
 
     async def latest_checkpoint(self) -> StoredCheckpoint | None:
         row = await self.pool.fetchrow(_q()["tlog_checkpoint_latest"])
+        return None if row is None else StoredCheckpoint.of(row)
+
+    async def witnessed_checkpoint(self, conn: asyncpg.Connection | asyncpg.Pool | None = None
+                                   ) -> StoredCheckpoint | None:
+        """The latest checkpoint with the witness quorum's cosignatures (the latest of all without witnesses)."""
+        row = await (conn or self.pool).fetchrow(_q()["tlog_checkpoint_latest_cosigned"], self.witness_quorum)
         return None if row is None else StoredCheckpoint.of(row)
 
     async def checkpoint_at(self, size: int) -> StoredCheckpoint | None:
@@ -448,7 +456,7 @@ class TransparencyLog:
         """An entry's leaf hash and inclusion proof in the tree of `tree_size` (default: the latest checkpoint's),
         with one query for the leaf and the proof's nodes."""
         index = await self.entry_index(entry_id)
-        found = await (self.latest_checkpoint() if tree_size is None else self.checkpoint_at(tree_size))
+        found = await (self.witnessed_checkpoint() if tree_size is None else self.checkpoint_at(tree_size))
         size = tree_size if tree_size is not None else (0 if found is None else found.size)
         if index >= size:
             raise NotYetIntegrated(f"entry {entry_id} is not in the tree of size {size} yet")
@@ -458,6 +466,15 @@ class TransparencyLog:
         plan = merkle.plan_inclusion(index, size)
         leaf, *hashes = await PgNodeStore(self.pool).get_nodes([merkle.NodeId(0, index), *plan.node_ids])
         return EntryProof(index, size, leaf, plan.assemble(hashes), None if found is None else found.note)
+
+    async def public_leaf(self, entry_id: uuid.UUID) -> bytes | None:
+        """A v2 entry's public leaf (from its row, or its tombstone once pruned); None for a v1 entry."""
+        row = await self.pool.fetchrow(_q()["tlog_public_leaf"], entry_id)
+        if row is None:
+            return None
+        if row["pruned_leaf_data"] is not None:
+            return bytes(row["pruned_leaf_data"])
+        return leaf_data(entry_document(row)) if row["leaf_version"] == 2 else None
 
     async def rows(self, start: int, end: int) -> list[LoggedRow]:
         """Leaf indices [start, end) of the published tree, for auditors."""
@@ -471,10 +488,10 @@ class TransparencyLog:
         one snapshot. Everything a citizen portal needs given a subject key; it knows nothing of HTTP."""
         q = _q()
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            latest = await conn.fetchrow(q["tlog_checkpoint_latest"])
-            if latest is None:
+            found = await self.witnessed_checkpoint(conn)
+            if found is None:
                 raise BeyondTree("the log has no checkpoint yet")
-            cp = StoredCheckpoint.of(latest)
+            cp = found
             rows = await conn.fetch(q["tlog_journal"], subject_key, wanted.since, wanted.until, wanted.consumer,
                                     wanted.dataset, wanted.limit + 1)
             rows, truncated = rows[: wanted.limit], len(rows) > wanted.limit
@@ -488,7 +505,9 @@ class TransparencyLog:
             document = entry_document(r)
             plan = plans.get(r["log_index"])
             proof = None if plan is None else plan.assemble([hashes[n] for n in plan.node_ids])
-            entries.append(JournalEntry(document, leaf_of(document), r["log_index"] if plan else None, proof))
+            salt = r["payload_salt"]
+            entries.append(JournalEntry(document, leaf_of(document), r["log_index"] if plan else None, proof,
+                                        None if salt is None else bytes(salt)))
         return Journal(cp, entries, truncated)
 
 
@@ -508,9 +527,12 @@ async def prune(pool: asyncpg.Pool, *, now: datetime, default_retention: str, dr
                                     2**62 if dry_run else batch)
             found = [PrunedEntry(r["log_index"], str(r["id"]), r["logged_at"]) for r in rows]
             if not dry_run and rows:
+                # A v2 tombstone keeps the public leaf: its retention stays checkable, its entry bundle unchanged.
+                public = [leaf_data(entry_document(r)) if r["leaf_version"] == 2 else None for r in rows]
                 await conn.execute(q["tlog_prune_tombstones"], [r["log_index"] for r in rows],
                                    [r["id"] for r in rows], [r["logged_at"] for r in rows],
-                                   [r["habilitation_id"] for r in rows], now)
+                                   [r["habilitation_id"] for r in rows], now, public)
+                await conn.execute(q["tlog_prune_evidence"], [r["id"] for r in rows])
                 await conn.execute(q["tlog_prune_delete"], [r["id"] for r in rows])
         done.extend(found)
         if dry_run or len(rows) < batch:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import gzip
 import io
 import re
 import uuid
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
+import aiohttp
 import orjson
 import structlog
 from aiohttp import web
@@ -32,7 +34,7 @@ from broker.service.urls import target_uri
 from broker.signing import messages
 from broker.storage import db
 from broker.storage.db import DatabaseUnavailable
-from broker.tlog import outbox
+from broker.tlog import evidence, outbox, tiles, tlogproof, witness
 from broker.tlog.log import (
     PROMISE_FORMAT,
     TLOG,
@@ -40,6 +42,7 @@ from broker.tlog.log import (
     Journal,
     JournalFilter,
     NotYetIntegrated,
+    PgNodeStore,
     TransparencyLog,
     UnknownEntry,
     b64,
@@ -127,6 +130,12 @@ async def log_info(request: web.Request) -> web.Response:
         "max_merge_delay": tlog.max_merge_delay,
         "tree_size": 0 if latest is None else latest.size,
         "inclusion_promise_format": PROMISE_FORMAT,
+        # C2SP tlog-tiles under <prefix>/tile/..., <prefix>/checkpoint; entry bundles from this index on
+        "tiles_prefix": "/v1/log",
+        "public_entries_from": await tiles.public_from(tlog.pool),
+        "witnesses": [w.cosigner.vkey() for w in request.app[WITNESSES]],
+        "witness_quorum": tlog.witness_quorum,
+        "tlog_proof_format": tlogproof.HEADER,
     })
 
 
@@ -147,9 +156,9 @@ async def checkpoint_at(request: web.Request) -> web.Response:
     found = await request.app[TLOG].checkpoint_at(int(raw))
     if found is None:
         return problem_response(HTTP_PROBLEMS[404], detail=f"no checkpoint at size {raw}")
-    # A checkpoint never changes once signed.
-    return web.Response(text=found.note, content_type="text/plain", charset="utf-8",
-                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    # The signed text never changes; with witnesses, their cosignature lines may still be appended to it.
+    cache = "public, max-age=60" if request.app[WITNESSES] else "public, max-age=31536000, immutable"
+    return web.Response(text=found.note, content_type="text/plain", charset="utf-8", headers={"Cache-Control": cache})
 
 
 @_answering_problems
@@ -192,6 +201,56 @@ async def entry_proof(request: web.Request) -> web.Response:
         "entry_id": str(entry_id), "index": found.index, "tree_size": found.tree_size,
         "leaf_hash": b64(found.leaf_hash), "inclusion_proof": _proof_json(found.proof), "checkpoint": found.checkpoint,
     })
+
+
+_IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+
+@_answering_problems
+async def tile(request: web.Request) -> web.StreamResponse:
+    """C2SP tlog-tiles: a hash tile, read from the node store, or an entry bundle of public leaves. Immutable."""
+    tlog = request.app[TLOG]
+    cache = request.app[TILE_CACHE]
+    try:
+        ref = tiles.parse_tile_path(request.match_info["level"], request.match_info["rest"])
+        data = cache.get(ref.path)
+        if data is None:
+            latest = await tlog.latest_checkpoint()
+            size = 0 if latest is None else latest.size
+            if ref.level < 0:
+                # Entry bundles SHOULD be compressed at the HTTP layer: once, when read, not at every request.
+                data = gzip.compress(await tiles.entry_bundle(tlog.pool, ref, size), compresslevel=6, mtime=0)
+            else:
+                data = await tiles.hash_tile(tlog.pool, ref, size)
+            cache.put(ref.path, data)
+    except tiles.TileError as exc:
+        return problem_response(HTTP_PROBLEMS[404], detail=str(exc), request_id=request.get(REQUEST_ID))
+    headers = dict(_IMMUTABLE)
+    if ref.level < 0:
+        headers["Vary"] = "Accept-Encoding"
+        if "gzip" in request.headers.get("Accept-Encoding", "").lower():
+            headers["Content-Encoding"] = "gzip"
+        else:
+            data = gzip.decompress(data)
+    return web.Response(body=data, content_type="application/octet-stream", headers=headers)
+
+
+@_answering_problems
+async def entry_tlog_proof(request: web.Request) -> web.Response:
+    """An entry's offline proof, C2SP tlog-proof: index, inclusion proof, the cosigned checkpoint; for a v2 entry
+    its public leaf as extra data."""
+    try:
+        entry_id = uuid.UUID(request.match_info["entry_id"])
+    except ValueError:
+        raise InvalidRequest("the entry id is a UUID") from None
+    tlog = request.app[TLOG]
+    size = _int_param(request, "tree_size", low=1) if "tree_size" in request.query else None
+    found = await tlog.entry_proof(entry_id, size)
+    if found.checkpoint is None:
+        raise NotYetIntegrated(f"no checkpoint was signed at size {found.tree_size}")
+    text = tlogproof.make(found.index, found.proof, found.checkpoint, await tlog.public_leaf(entry_id))
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={
+        "Content-Disposition": f'attachment; filename="{entry_id}.tlog-proof"'})
 
 
 # -- Signed routes ----------------------------------------------------------------------------------------------
@@ -297,6 +356,8 @@ def journal_document(journal: Journal, names: Mapping[str, str], origin: str) ->
         "entries": [{
             "entry": e.entry, "consumer_name": names.get(str(e.entry["consumer"])), "leaf_hash": b64(e.leaf_hash),
             "index": e.index, "inclusion_proof": None if e.proof is None else _proof_json(e.proof),
+            # the salt of a v2 entry's payload commitment: with the data the consumer holds, it proves what was sent
+            "payload_salt": None if e.payload_salt is None else b64(e.payload_salt),
         } for e in journal.entries],
     }
 
@@ -321,17 +382,33 @@ async def journal(request: web.Request) -> web.Response:
 # -- Wiring -----------------------------------------------------------------------------------------------------
 
 
+WITNESSES = web.AppKey("tlog_witnesses", tuple[witness.Witness, ...])
+TILE_CACHE = web.AppKey("tlog_tile_cache", tiles.TileCache)
+
+
 async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The log for this process: its key, its integrator, and the notification outbox worker if a webhook is set.
-    Runs after the state context (it needs the pool) and stops before it."""
+    """The log for this process: its key, its integrator, its witnesses' cosigning, and the notification outbox
+    worker if a webhook is set. Runs after the state context (it needs the pool) and stops before it."""
     state = app[STATE]
     config = state.config
+    witnesses = tuple(witness.Witness(witness.parse_cosigner_key(vkey), url) for vkey, url in config.log_witnesses)
     tlog = TransparencyLog(state.pool, load_or_create_note_key(config.log_key_file, config.log_origin),
-                           max_merge_delay=config.log_max_merge_delay, batch=config.log_batch, metrics=state.metrics)
+                           max_merge_delay=config.log_max_merge_delay, batch=config.log_batch, metrics=state.metrics,
+                           witness_quorum=config.log_witness_quorum)
     app[TLOG] = tlog
+    app[WITNESSES] = witnesses
+    app[TILE_CACHE] = tiles.TileCache()
     with contextlib.suppress(*db.DB_ERRORS):  # the integrator signs it on its first round instead
         await tlog.ensure_checkpoint()
+    with contextlib.suppress(*db.DB_ERRORS):  # the evidence of answers names this key: keep it in the history
+        await evidence.remember_key(state.pool, state.signing_key.public_key(owner=evidence.BROKER_OWNER),
+                                    evidence.BROKER_OWNER)
     tasks = [asyncio.create_task(tlog.run(config.log_interval))]
+    session = None
+    if witnesses:
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        cosigning = witness.Witnessing(state.pool, witnesses, session, PgNodeStore(state.pool))
+        tasks.append(asyncio.create_task(cosigning.run(config.log_interval)))
     worker = outbox.from_config(config, state.pool, state.signing_key, state.metrics)
     if worker is not None:
         tasks.append(asyncio.create_task(worker.run()))
@@ -341,6 +418,8 @@ async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
     if worker is not None:
         await worker.close()
+    if session is not None:
+        await session.close()
     # A last round, so this process's final entries do not wait for another process (or the next start).
     with contextlib.suppress(TimeoutError, *db.DB_ERRORS):
         async with asyncio.timeout(5):
@@ -356,4 +435,6 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/v1/log/proof/consistency", consistency_proof)
     router.add_get("/v1/log/entries", list_entries)
     router.add_get("/v1/log/entries/{entry_id}/proof", entry_proof)
+    router.add_get("/v1/log/entries/{entry_id}/tlog-proof", entry_tlog_proof)
+    router.add_get("/v1/log/tile/{level}/{rest:.+}", tile)
     router.add_post("/v1/journal", journal)

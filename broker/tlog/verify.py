@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import hmac
 import itertools
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -32,12 +34,15 @@ import orjson
 from broker.signing import messages
 from broker.signing.keys import PrivateKey
 from broker.storage import db
-from broker.tlog import checkpoint, merkle
+from broker.tlog import checkpoint, leaves, merkle, witness
 from broker.tlog.checkpoint import Checkpoint, CheckpointError, NoteVerifier
 from broker.tlog.jcs import CanonicalizationError
-from broker.tlog.log import PROMISE_FORMAT, LoggedRow, PgNodeStore, leaf_of, logged_rows
+from broker.tlog.leaves import timestamp
+from broker.tlog.log import PROMISE_FORMAT, LoggedRow, PgNodeStore, Pruned, leaf_of, logged_rows
 
 Verifiers = str | NoteVerifier | Iterable[str | NoteVerifier]
+Tombstones = tuple[int, list[tuple[int, bytes | None, Pruned]]]
+"""The number of tombstones, and some of them: (index, leaf stored at that index, tombstone)."""
 Progress = Callable[[int, int], None]
 
 
@@ -82,9 +87,10 @@ def verify_promise(note: str, verifiers: Verifiers, *, origin: str) -> Promise:
 
 
 def verify_receipt(receipt: Mapping[str, Any], verifiers: Verifiers, *, origin: str, entry_id: str,
-                   data_sha256: str | None = None) -> Promise:
+                   data: bytes | None = None, data_sha256: str | None = None) -> Promise:
     """Check the `log` member of a 200 exchange answer: the promise is signed, it is for this entry, and the
-    entry it carries hashes to the promised leaf and records the released payload's hash."""
+    entry it carries hashes to the promised leaf and records the released payload: `data` is the JCS of the data
+    received (a v2 entry commits to it with the receipt's `payload_salt`); `data_sha256` is enough for a v1 entry."""
     # 1. The signed promise.
     promise = verify_promise(str(receipt.get("inclusion_promise")), verifiers, origin=origin)
     # 2. It names the entry of this answer.
@@ -103,7 +109,13 @@ def verify_receipt(receipt: Mapping[str, Any], verifiers: Verifiers, *, origin: 
     if entry.get("id") != entry_id or entry.get("logged_at") != promise.logged_at:
         raise VerificationError("the entry's id or time differs from the promise's")
     # 4. The value-level receipt: the entry records exactly the payload the consumer received.
-    if data_sha256 is not None and entry.get("payload_sha256") != data_sha256:
+    if data is not None:
+        salt = receipt.get("payload_salt")
+        try:
+            leaves.verify_payload(entry, data, None if salt is None else base64.b64decode(str(salt), validate=True))
+        except (ValueError, binascii.Error) as exc:
+            raise VerificationError(f"the entry does not record the payload received: {exc}") from None
+    elif data_sha256 is not None and entry.get("payload_sha256") != data_sha256:
         raise VerificationError("the entry does not record the payload received")
     return promise
 
@@ -132,6 +144,23 @@ def verify_entry_proof(answer: Mapping[str, Any], verifiers: Verifiers, *, origi
     return signed
 
 
+_DURATION = re.compile(r"P(?=[0-9])(?:([0-9]+)Y)?(?:([0-9]+)M)?(?:([0-9]+)W)?(?:([0-9]+)D)?", re.ASCII)
+
+
+def add_duration(moment: datetime, duration: str) -> datetime:
+    """`moment` + an ISO 8601 duration of years, months, weeks and days (the registry's retentions), in UTC, the
+    day of month clamped as PostgreSQL clamps it: the same arithmetic as `log prune`'s."""
+    found = _DURATION.fullmatch(duration)
+    if found is None:
+        raise ValueError(f"not a duration of years, months, weeks and days: {duration!r}")
+    years, months, weeks, days = (int(g or 0) for g in found.groups())
+    at = moment.astimezone(UTC)
+    month = at.month - 1 + months + 12 * years
+    year, month = at.year + month // 12, month % 12 + 1
+    day = min(at.day, calendar.monthrange(year, month)[1])
+    return at.replace(year=year, month=month, day=day) + timedelta(weeks=weeks, days=days)
+
+
 def _hash(text: object, what: str) -> bytes:
     try:
         raw = base64.b64decode(str(text), validate=True)
@@ -148,7 +177,7 @@ def _hash(text: object, what: str) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Finding:
     kind: str
-    """modified, moved, missing, duplicate, extra, unreadable, tree, checkpoint, root or late."""
+    """modified, moved, missing, deleted, duplicate, extra, unreadable, tree, checkpoint, root, witness or late."""
     detail: str
     index: int | None = None
     entry_id: str | None = None
@@ -174,6 +203,12 @@ class Report:
     checkpoints: int = 0
     pruned: list[PrunedEntry] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    resumed_from: int = 0
+    """The size an incremental verification started from (0: a full one)."""
+    resume: Resume | None = None
+    """Where the next incremental verification may start, when this one found nothing."""
+    witnessed_size: int | None = None
+    """The largest checkpoint the witness quorum cosigned (with witnesses given)."""
 
     @property
     def ok(self) -> bool:
@@ -181,13 +216,40 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "origin": self.origin, "tree_size": self.tree_size, "entries_checked": self.entries,
+            "ok": self.ok, "origin": self.origin, "tree_size": self.tree_size, "resumed_from": self.resumed_from,
+            "witnessed_size": self.witnessed_size,
+            "entries_checked": self.entries,
             "checkpoints_checked": self.checkpoints,
             "pruned": [{"index": p.index, "entry_id": p.entry_id, "logged_at": p.logged_at.isoformat()}
                        for p in self.pruned],
             "findings": [{"kind": f.kind, "index": f.index, "entry_id": f.entry_id, "detail": f.detail}
                          for f in self.findings],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What an incremental verification starts from: the tree a previous run verified, as its right edge (log2(n)
+    hashes, enough to extend it and recompute every later root), the checkpoint it verified, when, and how many
+    tombstones there were. Kept by the auditor (`log verify --state FILE`), never read from the broker."""
+
+    size: int
+    edge: tuple[bytes, ...]
+    checkpoint: str
+    verified_at: datetime
+    tombstones: int
+    first_v2: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "edge": [base64.b64encode(h).decode() for h in self.edge],
+                "checkpoint": self.checkpoint, "verified_at": self.verified_at.isoformat(),
+                "tombstones": self.tombstones, "first_v2": self.first_v2}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Resume:
+        return cls(int(raw["size"]), tuple(base64.b64decode(h, validate=True) for h in raw["edge"]),
+                   str(raw["checkpoint"]), datetime.fromisoformat(str(raw["verified_at"])), int(raw["tombstones"]),
+                   None if raw.get("first_v2") is None else int(raw["first_v2"]))
 
 
 class LogSource(Protocol):
@@ -211,6 +273,13 @@ class LogSource(Protocol):
     async def stored_root(self, size: int) -> bytes | None:
         """The root of the stored tree at `size`, or None when the source does not expose its nodes."""
 
+    async def held_below(self, size: int) -> int | None:
+        """How many indices below `size` hold a row or a tombstone (None: the source cannot say)."""
+
+    async def tombstones(self, since: datetime, below: int) -> Tombstones | None:
+        """The number of tombstones, and those written after `since` for indices below `below`, with the stored leaf
+        (None: the source cannot say)."""
+
 
 class _Tree:
     """The tree rebuilt from recomputed leaves, appended incrementally; its nodes are not kept."""
@@ -230,8 +299,15 @@ class _Tree:
 
 
 class _Verification:
-    def __init__(self, source: LogSource, verifiers: Verifiers, origin: str, report: Report) -> None:
+    def __init__(self, source: LogSource, verifiers: Verifiers, origin: str, report: Report, *,
+                 default_retention: str = "P1Y", now: datetime | None = None, witnesses: Sequence[str] = (),
+                 quorum: int = 0) -> None:
         self.source = source
+        self.default_retention = default_retention
+        self.now = now
+        self.first_v2: int | None = None  # index of the first v2 leaf seen (rows or tombstones)
+        self.witnesses = list(witnesses)
+        self.quorum = quorum
         self.verifiers = list(verifiers) if not isinstance(verifiers, str | NoteVerifier) else [verifiers]
         self.origin = origin
         self.report = report
@@ -254,6 +330,14 @@ class _Verification:
             return None
         if claimed_size is not None and signed.size != claimed_size:
             self.find("checkpoint", f"{label}{at} signs size {signed.size}")
+        if self.witnesses:
+            try:
+                cosigned = len(witness.cosignatures(note, self.witnesses))
+            except witness.WitnessError as exc:
+                self.find("checkpoint", f"{label}{at} carries a bad witness cosignature: {exc}")
+                return signed
+            if cosigned >= self.quorum and signed.size > (self.report.witnessed_size or -1):
+                self.report.witnessed_size = signed.size
         return signed
 
     def expect(self, label: str, signed: Checkpoint) -> None:
@@ -272,10 +356,14 @@ class _Verification:
         if stored is None:
             self.find("tree", "no leaf is stored at this index: proofs cannot be served for it", index)
         present = [r for r in group if r.entry is not None]
+        if self.first_v2 is None and any((r.entry or {}).get("v") == leaves.V2 or (r.pruned and r.pruned.leaf_data)
+                                         for r in group):
+            self.first_v2 = index
         if not present:
             pruned = next((r.pruned for r in group if r.pruned is not None), None)
             if pruned is not None:
                 self.report.pruned.append(PrunedEntry(index, pruned.entry_id, pruned.logged_at))
+                self.check_tombstone(index, stored, pruned)
             else:
                 self.find("missing", "no row and no pruning tombstone: the entry was deleted", index)
                 if stored is not None:
@@ -297,11 +385,49 @@ class _Verification:
             if leaf is not None and stored is not None and not hmac.compare_digest(leaf, stored):
                 self.mismatched.append((index, entry_id, leaf))
                 self.logged_at[stored] = index
-        leaves = [leaf for _, leaf in recomputed if leaf is not None]
-        matching = [leaf for leaf in leaves if stored is not None and hmac.compare_digest(leaf, stored)]
-        if matching or leaves:
-            return (matching or leaves)[0]
+        computed = [leaf for _, leaf in recomputed if leaf is not None]
+        matching = [leaf for leaf in computed if stored is not None and hmac.compare_digest(leaf, stored)]
+        if matching or computed:
+            return (matching or computed)[0]
         return stored
+
+    def check_tombstone(self, index: int, stored: bytes | None, pruned: Pruned) -> None:
+        """A tombstone stands for a lawful pruning only if the entry's retention had run out when it was written; any
+        other is a deletion. A v2 tombstone keeps the public leaf, which must be the leaf logged at this index: its
+        id, time and retention are then the signed tree's. A v1 leaf carries no retention: the tombstone's own time
+        is held against its habilitation's retention as the registry now has it (or the default)."""
+        def deleted(detail: str) -> None:
+            self.find("deleted", f"{detail}: the entry was deleted, not pruned", index, pruned.entry_id)
+
+        if pruned.leaf_data is None and self.first_v2 is not None and index > self.first_v2:
+            # Brokers write v2 only once they do: a tombstone without the public leaf after that hides its retention.
+            deleted(f"a tombstone without the public leaf after the first v2 entry (index {self.first_v2})")
+            return
+        if self.now is not None and pruned.pruned_at > self.now:
+            deleted(f"the tombstone is dated {timestamp(pruned.pruned_at)}, after this verification")
+            return
+        logged_at, retention = pruned.logged_at, pruned.habilitation_retention or self.default_retention
+        if pruned.leaf_data is not None:
+            if stored is not None and not hmac.compare_digest(merkle.leaf_hash(pruned.leaf_data), stored):
+                deleted("the tombstone's public leaf is not the leaf logged at this index")
+                return
+            try:
+                public = leaves.parse_public_leaf(pruned.leaf_data)
+            except leaves.LeafError as exc:
+                deleted(f"the tombstone's public leaf is unreadable ({exc})")
+                return
+            if public["id"] != pruned.entry_id or public["logged_at"] != timestamp(pruned.logged_at):
+                deleted("the tombstone names another entry or time than the leaf logged at this index")
+                return
+            retention = public["retention"]
+        try:
+            expiry = add_duration(logged_at, retention)
+        except ValueError:
+            deleted(f"the retention {retention!r} is not an ISO 8601 duration")
+            return
+        if pruned.pruned_at < expiry:
+            deleted(f"pruned at {timestamp(pruned.pruned_at)}, before its retention ({retention} from "
+                    f"{timestamp(logged_at)}) ran out at {timestamp(expiry)}")
 
     def add_leaves(self, leaves: list[tuple[int, bytes | None]]) -> None:
         """Append leaves in index order, stopping at every checkpoint size to compare roots."""
@@ -335,11 +461,26 @@ class _Verification:
 
 async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, max_merge_delay: float | None = None,
                      held_checkpoints: Sequence[str] = (), page: int = 1000,
-                     progress: Progress | None = None) -> Report:
+                     progress: Progress | None = None, default_retention: str = "P1Y",
+                     now: datetime | None = None, resume: Resume | None = None, witnesses: Sequence[str] = (),
+                     quorum: int = 0) -> Report:
     """Verify the whole log `source` holds; see the module docstring for the steps. `held_checkpoints` are
-    checkpoints the auditor kept from earlier runs: the log must still extend each of them."""
+    checkpoints the auditor kept from earlier runs: the log must still extend each of them. `default_retention`
+    (DLNUF_LOG_RETENTION) is the retention of v1 entries without a habilitation; `now` dates this verification.
+
+    With `resume` (a previous run's `report.resume`), only what came since is verified: the tree is extended from
+    the verified edge, so every new checkpoint's root, recomputed from the new rows, proves it extends the last
+    verified one (consistency without trusting the broker's proofs); tombstones written since are checked, and a
+    count shows whether older rows were deleted since. Edits to older rows are not seen: run a full pass now and
+    then.
+
+    With `witnesses` and a `quorum`, every checkpoint's cosignatures by them are checked (a bad one is a finding),
+    and the largest checkpoint `quorum` of them cosigned is reported: up to it, no split view without them."""
     report = Report(origin)
-    v = _Verification(source, verifiers, origin, report)
+    if quorum > len(set(witnesses)):
+        raise ValueError("the witness quorum cannot exceed the number of witness keys")
+    v = _Verification(source, verifiers, origin, report, default_retention=default_retention, now=now,
+                      witnesses=witnesses, quorum=quorum)
     # 1. The latest checkpoint fixes the tree to verify; those the auditor holds must be prefixes of it.
     latest = await source.latest()
     if latest is None:
@@ -355,7 +496,25 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
                                  "entries were removed, or the log was forked")
         elif held is not None:
             v.expect(f"held checkpoint #{n}", held)
-    checkpoints = _pages(source, size)
+    first = 0
+    if resume is not None:
+        prev = v.open_checkpoint(resume.checkpoint, "the checkpoint of the last verification", resume.size)
+        if prev is None or prev.size != resume.size:
+            return report
+        try:
+            recorded = merkle.root_from_edge(resume.size, resume.edge)
+        except merkle.MerkleError:
+            recorded = b""
+        if not hmac.compare_digest(recorded, prev.root):
+            v.find("checkpoint", "the state of the last verification does not match its checkpoint")
+            return report
+        if resume.size > size:
+            v.find("checkpoint", f"the log has {size} entries, fewer than the {resume.size} verified last time: "
+                                 "entries were removed, or the log was forked")
+            return report
+        v.tree.size, v.tree.edge, v.first_v2, first = resume.size, resume.edge, resume.first_v2, resume.size
+        report.resumed_from = first
+    checkpoints = _pages(source, size, first)
     next_checkpoint = await anext(checkpoints, None)
 
     async def due_up_to(end: int) -> None:
@@ -370,25 +529,25 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
                     v.expect("the checkpoint", signed)
             next_checkpoint = await anext(checkpoints, None)
 
-    await due_up_to(0)
+    await due_up_to(first)
     v.check_roots()
     # 2. and 3. Every leaf index, in order, page by page.
-    for start in range(0, size, page):
+    for start in range(first, size, page):
         end = min(start + page, size)
         await due_up_to(end)
         by_index: dict[int, list[LoggedRow]] = {}
         for row in await source.rows(start, end):
             by_index.setdefault(row.index, []).append(row)
-        leaves: list[tuple[int, bytes | None]] = []
+        page_leaves: list[tuple[int, bytes | None]] = []
         for index in range(start, end):
             group = by_index.get(index)
             if group is None:
                 v.find("missing", "the source returned nothing for this index", index)
-                leaves.append((index, None))
+                page_leaves.append((index, None))
             else:
-                leaves.append((index, v.leaf_for(index, group)))
-        v.add_leaves(leaves)
-        report.entries = end
+                page_leaves.append((index, v.leaf_for(index, group)))
+        v.add_leaves(page_leaves)
+        report.entries = end - first
         if progress is not None:
             progress(end, size)
     await due_up_to(2**63)
@@ -407,13 +566,33 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
         for entry_id, logged_at in await source.late(max_merge_delay):
             v.find("late", f"logged at {logged_at.isoformat()}, still not integrated after {max_merge_delay:g} s",
                    None, entry_id)
+    # 5. Incremental: below the last verified size, nothing deleted, and the tombstones written since are lawful.
+    tombstones = await source.tombstones(resume.verified_at if resume else datetime.min.replace(tzinfo=UTC), first)
+    if resume is not None:
+        present = await source.held_below(first)
+        if present is not None and present < first:
+            v.find("missing", f"{first - present} entries below {first} were deleted since the last verification "
+                              "(a full verification names them)")
+        if tombstones is not None:
+            total, fresh = tombstones
+            for index, stored_leaf, tombstone in fresh:
+                v.report.pruned.append(PrunedEntry(index, tombstone.entry_id, tombstone.logged_at))
+                v.check_tombstone(index, stored_leaf, tombstone)
+            new_below = len(fresh)
+            if total < resume.tombstones + new_below:
+                v.find("deleted", "tombstones were removed since the last verification")
+    if quorum and report.witnessed_size is None:
+        v.find("witness", f"no checkpoint verified here carries {quorum} of the {len(witnesses)} witnesses' "
+                          "cosignatures")
     report.findings.sort(key=lambda f: (f.index is None, f.index or 0, f.kind))
+    if report.ok and latest_signed is not None and v.broken_at is None:
+        report.resume = Resume(size, v.tree.edge, latest_note, now or datetime.now(UTC),
+                               tombstones[0] if tombstones is not None else 0, v.first_v2)
     return report
 
 
-async def _pages(source: LogSource, size: int, limit: int = 1000) -> AsyncIterator[tuple[int, str]]:
-    """Every checkpoint up to `size`, smallest first, a page at a time."""
-    start = 0
+async def _pages(source: LogSource, size: int, start: int = 0, limit: int = 1000) -> AsyncIterator[tuple[int, str]]:
+    """Every checkpoint from `start` up to `size`, smallest first, a page at a time."""
     while True:
         found = list(await source.checkpoints(start, limit))
         for claimed, note in found:
@@ -461,6 +640,20 @@ class DatabaseSource:
             return await merkle.tree_root(size, PgNodeStore(self.conn))
         except merkle.MissingNodeError:
             return None
+
+    async def held_below(self, size: int) -> int | None:
+        return int(await self.conn.fetchval(_q()["tlog_held_below"], size))
+
+    async def tombstones(self, since: datetime, below: int) -> Tombstones:
+        total = int(await self.conn.fetchval(_q()["tlog_tombstone_count"]))
+        fresh = []
+        for r in await self.conn.fetch(_q()["tlog_tombstones_since"], since, below):
+            data = r["leaf_data"]
+            fresh.append((r["log_index"], None if r["stored_leaf"] is None else bytes(r["stored_leaf"]),
+                          Pruned(str(r["entry_id"]), r["logged_at"], r["pruned_at"],
+                                 None if data is None else bytes(data), r["habilitation_id"],
+                                 r["habilitation_retention"])))
+        return total, fresh
 
 
 class HttpSource:
@@ -528,15 +721,25 @@ class HttpSource:
     async def stored_root(self, size: int) -> bytes | None:
         return None
 
+    async def held_below(self, size: int) -> int | None:
+        return None  # the API serves ranges of entries, not counts: a full verification reads them all
+
+    async def tombstones(self, since: datetime, below: int) -> None:
+        return None
+
 
 def describe(report: Report, *, list_pruned: int = 20) -> str:
     """The human verdict."""
-    lines = [f"log {report.origin}: {report.entries} of {report.tree_size} entries and "
+    since = f" (incremental, from {report.resumed_from})" if report.resumed_from else ""
+    lines = [f"log {report.origin}: {report.entries} of {report.tree_size} entries{since} and "
              f"{report.checkpoints} checkpoints checked"]
     if report.pruned:
         shown = ", ".join(f"{p.index} ({p.entry_id})" for p in report.pruned[:list_pruned])
         more = f" and {len(report.pruned) - list_pruned} more" if len(report.pruned) > list_pruned else ""
         lines.append(f"pruned (bodies removed, leaves kept and verified): {len(report.pruned)}: {shown}{more}")
+    if report.witnessed_size is not None:
+        lines.append(f"witnessed: the checkpoint of size {report.witnessed_size} carries the witness quorum's "
+                     "cosignatures")
     if report.ok:
         lines.append("OK: every entry present, in order, hashing to every signed checkpoint")
     else:

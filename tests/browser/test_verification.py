@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.async_api import Page
 
 from broker.citizen import pages
-from broker.tlog import checkpoint, merkle
+from broker.tlog import checkpoint, merkle, witness
 from broker.tlog.jcs import canonicalize
 from broker.tlog.log import TLOG, NoteSigner, leaf_of
 from tests.browser.citizen import IN_LOG, NOT_IN_LOG, OpenPage, integrate, login, paris_exchange, verify_row
@@ -190,6 +190,46 @@ async def test_an_entry_verifies_and_every_forgery_fails(bare_page: Page) -> Non
     signed = checkpoint.verify_checkpoint(note, signer.verifier.vkey())
     merkle.verify_inclusion(leaf_of(documents[3]), 3, signed.size, [base64.b64decode(p) for p in good["proof"]],
                             signed.root)
+
+
+def _v2(n: int) -> dict[str, Any]:
+    """A v2 entry of the fixed shape, as the pipeline writes it."""
+    return {"v": 2, "id": str(uuid.uuid4()), "logged_at": f"2026-11-22T10:00:0{n}.000000Z", "request_id": str(n),
+            "consumer": "21750001600019", "kid": "k", "dataset": "quotient_familial", "dataset_version": 1,
+            "purpose": "tarification-restauration-scolaire", "recipient": "21750001600019",
+            "habilitation_id": "h", "legal_basis_type": "information", "legal_basis_title": "CRPA, article L114-8 é",
+            "legal_basis_url": "https://legifrance.gouv.fr/", "fields_requested": ["quotient_familial"],
+            "fields_released": ["quotient_familial"], "outcome": "released", "problem_type": None,
+            "http_status": 200, "latency_us": 12345 + n, "payload_commitment": "ab" * 32, "subject_key": "cd" * 32,
+            "retention": "P1Y", "request_signature_sha256": "ef" * 32}
+
+
+async def test_v1_and_v2_entries_of_one_tree_and_the_witness_quorum(bare_page: Page) -> None:
+    signer, documents, store = await _signed_log(3)  # three v1 entries, then four v2 ones
+    fresh = [_v2(n) for n in range(4)]
+    store.append(leaf_of(d) for d in fresh)
+    documents = [*documents, *fresh]
+    for index in range(len(documents)):
+        assert await _verify(bare_page, await _entry(signer, documents, store, index)) == "ok", index
+    edited = dict(fresh[1], retention="P1D")  # a v2 entry's retention changed: not the public leaf logged
+    good = await _entry(signer, documents, store, 4)
+    assert await _verify(bare_page, {**good, "canonical": canonicalize(edited).decode()}) == "proof"
+    # witnesses: the checkpoint cosigned by two, per C2SP tlog-cosignature
+    w1, w2 = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    keys = [witness.Cosigner.from_key(f"witness.test/w{i}", k.public_key()).vkey() for i, k in ((1, w1), (2, w2))]
+    body = good["checkpoint"].rpartition("\n\n")[0] + "\n"
+    lines = [witness.cosign(f"witness.test/w{i}", k, body, 1700000000 + i) + "\n" for i, k in ((1, w1), (2, w2))]
+    both = {**good, "checkpoint": good["checkpoint"] + "".join(lines), "witnesses": " ".join(keys)}
+    assert await _verify(bare_page, {**both, "quorum": "2"}) == "ok"
+    assert await _verify(bare_page, {**both, "quorum": "3"}) == "witness"  # more than known: refused
+    one = {**both, "checkpoint": good["checkpoint"] + lines[0]}
+    assert await _verify(bare_page, {**one, "quorum": "1"}) == "ok"
+    assert await _verify(bare_page, {**one, "quorum": "2"}) == "witness"
+    forged = lines[1][:-30] + ("A" if lines[1][-30] != "A" else "B") + lines[1][-29:]
+    assert await _verify(bare_page, {**both, "checkpoint": good["checkpoint"] + lines[0] + forged,
+                                     "quorum": "1"}) == "witness"
+    # the Python verifier agrees
+    witness.verify_cosigned(both["checkpoint"], signer.verifier, origin=ORIGIN, witnesses=keys, quorum=2)
 
 
 # -- in the portal -----------------------------------------------------------------------------------------------

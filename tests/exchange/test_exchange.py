@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -62,7 +63,10 @@ async def test_signed_request_returns_minimised_logged_signed_data(broker: Harne
     assert row["outcome"] == "released" and row["http_status"] == 200
     assert str(row["id"]) == body["log_entry_id"]
     assert row["consumer"] == CONSUMER and row["kid"] == broker.consumer.key.kid
-    assert row["payload_sha256"] == body["data_sha256"]
+    # v2: a salted commitment, whose salt the consumer got with the data; no plain hash of the payload is kept
+    assert row["payload_sha256"] is None
+    assert body["log"]["payload_salt"] == base64.b64encode(row["payload_salt"]).decode()
+    assert row["payload_commitment"] == hmac.new(row["payload_salt"], canonicalize(body["data"]), "sha256").hexdigest()
     assert row["legal_basis_type"] == "information" and row["habilitation_id"] == f"cantine-{CONSUMER}"
     assert list(row["fields_released"]) == ["quotient_familial", "enfants"]
     # the subject is a keyed hash: nothing of the identity in clear

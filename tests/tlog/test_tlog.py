@@ -20,10 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.config import ConfigError, load_config
 from broker.registry import Habilitation, LegalBasis
 from broker.storage import db
-from broker.tlog import accesslog, checkpoint, merkle
+from broker.tlog import accesslog, checkpoint, leaves, merkle
 from broker.tlog.accesslog import LogEntry
 from broker.tlog.log import (
-    ENTRY_VERSION,
     BeyondTree,
     JournalFilter,
     NoteKeyError,
@@ -51,8 +50,9 @@ def signer() -> NoteSigner:
 
 def log_entry(n: int = 0, *, released: bool = True, subject_key: str | None = SUBJECT_KEY,
               logged_at: datetime | None = None, consumer: str = CONSUMER,
-              dataset: str = "quotient_familial") -> LogEntry:
-    entry = LogEntry(request_id=str(uuid.uuid4()))
+              dataset: str = "quotient_familial", version: int = leaves.V2) -> LogEntry:
+    """An entry as the pipeline fills it, in leaf format `version` (v1: as brokers wrote before v2)."""
+    entry = LogEntry(request_id=str(uuid.uuid4()), leaf_version=version)
     entry.consumer, entry.kid, entry.dataset, entry.dataset_version = consumer, f"{consumer}-ed25519", dataset, 1
     entry.purpose, entry.recipient = "tarification-restauration-scolaire", consumer
     entry.fields_requested = ("quotient_familial", "enfants")
@@ -62,7 +62,8 @@ def log_entry(n: int = 0, *, released: bool = True, subject_key: str | None = SU
         entry.logged_at = logged_at
     if released:
         entry.outcome, entry.http_status = "released", 200
-        entry.fields_released, entry.payload_sha256 = entry.fields_requested, f"{n:064x}"
+        entry.fields_released = entry.fields_requested
+        entry.record_payload(f'{{"quotient_familial":{n}}}'.encode())
     else:
         entry.outcome, entry.http_status = "refused", 403
         entry.problem_type = "https://dlnuf.org/problems/not-authorized"
@@ -165,8 +166,8 @@ async def test_the_promise_given_at_commit_names_the_leaf_later_integrated(
     await accesslog.commit(pool, entry)
     receipt = tlog.receipt(entry)
     promise = verify_receipt(receipt, tlog.signer.verifier, origin=ORIGIN, entry_id=str(entry.id),
-                             data_sha256=entry.payload_sha256)
-    assert promise.max_merge_delay == 60 and receipt["entry"]["v"] == ENTRY_VERSION  # type: ignore[index]
+                             data=b'{"quotient_familial":1}')
+    assert promise.max_merge_delay == 60 and receipt["entry"]["v"] == leaves.V2  # type: ignore[index]
     await tlog.drain()
     found = await tlog.entry_proof(entry.id)
     assert found.leaf_hash == promise.leaf_hash == base64.b64decode(str(receipt["leaf_hash"]))
@@ -182,7 +183,12 @@ async def test_the_promise_given_at_commit_names_the_leaf_later_integrated(
     with pytest.raises(VerificationError, match="promised leaf"):
         verify_receipt(tampered, tlog.signer.verifier, origin=ORIGIN, entry_id=str(entry.id))
     with pytest.raises(VerificationError, match="payload"):
-        verify_receipt(receipt, tlog.signer.verifier, origin=ORIGIN, entry_id=str(entry.id), data_sha256="00" * 32)
+        verify_receipt(receipt, tlog.signer.verifier, origin=ORIGIN, entry_id=str(entry.id),
+                       data=b'{"quotient_familial":2}')
+    unsalted = {k: v for k, v in receipt.items() if k != "payload_salt"}
+    with pytest.raises(VerificationError, match="salt"):
+        verify_receipt(unsalted, tlog.signer.verifier, origin=ORIGIN, entry_id=str(entry.id),
+                       data=b'{"quotient_familial":1}')
     with pytest.raises(VerificationError, match="another entry"):
         verify_receipt(receipt, tlog.signer.verifier, origin=ORIGIN, entry_id=str(uuid.uuid4()))
 

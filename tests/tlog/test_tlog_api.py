@@ -8,6 +8,7 @@ import asyncio
 import base64
 import csv
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -33,6 +34,17 @@ ROOT = Path(__file__).resolve().parents[2]
 AUDITOR = "11000201100044"  # Cour des comptes
 PORTAL = "13002526500013"  # the citizen portal's operator
 PROBLEM = "https://dlnuf.org/problems/"
+
+
+def independent_leaf(entry: dict[str, Any]) -> bytes:
+    """The leaf hash as docs/transparency-log.md defines it, with nothing of broker.tlog.leaves: v1 hashes the entry's
+    RFC 8785 form; v2 a public leaf holding the hex SHA-256 of that form."""
+    if entry["v"] == 1:
+        return hashlib.sha256(b"\x00" + canonicalize(entry)).digest()
+    public = {"entry": hashlib.sha256(canonicalize(entry)).hexdigest(), "id": entry["id"],
+              "legal_basis_type": entry["legal_basis_type"], "logged_at": entry["logged_at"],
+              "retention": entry["retention"], "v": 2}
+    return hashlib.sha256(b"\x00" + canonicalize(public)).digest()
 
 
 @pytest.fixture
@@ -128,11 +140,14 @@ async def test_exchange_promise_then_proof_against_the_signed_checkpoint(broker:
 
     # 1. The promise, at once: signed, for this entry, whose leaf records the payload received.
     promise = verify_receipt(receipt, vkey, origin="dlnuf.test/log", entry_id=body["log_entry_id"],
-                             data_sha256=body["data_sha256"])
+                             data=canonicalize(body["data"]))
     text = independent_note_check(receipt["inclusion_promise"], public_key, name)
-    leaf = hashlib.sha256(b"\x00" + canonicalize(receipt["entry"])).digest()
+    leaf = independent_leaf(receipt["entry"])
     assert text.split("\n")[3] == base64.b64encode(leaf).decode() == receipt["leaf_hash"]
-    assert receipt["entry"]["payload_sha256"] == hashlib.sha256(canonicalize(body["data"])).hexdigest()
+    # the salted commitment, checked independently: HMAC-SHA-256 keyed by the receipt's salt, over the data's JCS
+    salt = base64.b64decode(receipt["payload_salt"])
+    assert receipt["entry"]["payload_commitment"] == hmac.new(salt, canonicalize(body["data"]), "sha256").hexdigest()
+    assert "payload_sha256" not in receipt["entry"]
     assert "dupont" not in json.dumps(receipt).lower()  # the subject only as its keyed hash
 
     # 2. After integration, the proof by entry id, against the signed checkpoint.
@@ -259,7 +274,7 @@ async def test_citizen_journal_json_and_csv(broker: Harness, portal: Consumer, a
     signed = verify_checkpoint(found["checkpoint"], vkey, origin="dlnuf.test/log")
     assert [e["entry"]["outcome"] for e in found["entries"]] == ["refused", "released"]  # newest first
     for e in found["entries"]:
-        leaf = hashlib.sha256(b"\x00" + canonicalize(e["entry"])).digest()
+        leaf = independent_leaf(e["entry"])
         assert base64.b64encode(leaf).decode() == e["leaf_hash"]
         merkle.verify_inclusion(leaf, e["index"], signed.size, [base64.b64decode(p) for p in e["inclusion_proof"]],
                                 signed.root)

@@ -90,7 +90,7 @@ async def test_a_modified_row_is_named(database_url: str, pool: asyncpg.Pool, tl
 
 async def test_any_column_counts(database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
     victim = await entry_at(pool, 11)
-    await tamper(database_url, "UPDATE access_log SET latency_ms = latency_ms + 1 WHERE log_index = 11")
+    await tamper(database_url, "UPDATE access_log SET latency_us = latency_us + 1 WHERE log_index = 11")
     assert kinds(await verify(database_url, tlog))[0] == ("modified", 11, victim)
 
 

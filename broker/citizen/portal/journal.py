@@ -176,6 +176,8 @@ async def journal_page(request: web.Request, citizen: CitizenSession) -> web.Res
         available=found is not None, truncated=found.truncated if found else False, limit=PAGE_LIMIT,
         checkpoint=found.checkpoint.note if found else "", tree_size=found.checkpoint.size if found else 0,
         origin=tlog.origin, verifier_key=tlog.signer.verifier.vkey(),
+        witnesses=" ".join(vkey for vkey, _ in request.app[STATE].config.log_witnesses),
+        witness_quorum=tlog.witness_quorum,
         csv_url="/citizen/journal.csv" + ("?" + query if query else ""),
         json_url="/citizen/journal.json" + ("?" + query if query else ""),
         filtered=bool(query))

@@ -90,6 +90,62 @@
     return sha256(concat(new Uint8Array([0]), canonicalBytes));
   }
 
+  function hex(bytes) {
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  /* The bytes the tree hashes for an entry (docs/transparency-log.md): v1, the entry's canonical form; v2, its
+   * public leaf, which holds the hex SHA-256 of that form with the entry's id, time, legal basis and retention. */
+  async function leafData(entry, canonical) {
+    if (entry.v === 1) return utf8.encode(canonical);
+    if (entry.v !== 2) throw new VerifyError("canonical", "l'entrée n'est pas d'un format connu.");
+    const digest = hex(await sha256(utf8.encode(canonical)));
+    return utf8.encode(canonicalize({ entry: digest, id: entry.id, legal_basis_type: entry.legal_basis_type,
+      logged_at: entry.logged_at, retention: entry.retention, v: 2 }));
+  }
+
+  /* C2SP tlog-cosignature, Ed25519 (type 0x04): a witness key `<name>+<key id>+base64(0x04 || key)`. */
+  async function parseWitnessKey(vkey) {
+    const first = vkey.indexOf("+");
+    const second = vkey.indexOf("+", first + 1);
+    if (first <= 0 || second < 0) throw new VerifyError("witness", "une clé de témoin n'est pas au format attendu.");
+    const name = vkey.slice(0, first);
+    const typed = fromBase64(vkey.slice(second + 1), "Une clé de témoin");
+    if (typed.length !== 33 || typed[0] !== 4) throw new VerifyError("witness", "une clé de témoin n'est pas une clé de cosignature Ed25519.");
+    const keyId = (await sha256(concat(utf8.encode(name + "\n"), typed))).slice(0, 4);
+    if (hex(keyId) !== vkey.slice(first + 1, second).toLowerCase()) {
+      throw new VerifyError("witness", "l'identifiant d'une clé de témoin ne correspond pas à la clé.");
+    }
+    let key;
+    try {
+      key = await crypto.subtle.importKey("raw", typed.slice(1), { name: "Ed25519" }, false, ["verify"]);
+    } catch (e) {
+      throw new VerifyError("browser", "ce navigateur ne sait pas vérifier les signatures Ed25519.");
+    }
+    return { name, keyId, key };
+  }
+
+  /* How many of `witnesses` cosigned the checkpoint `note`; a known witness's line that fails condemns it. */
+  async function countCosignatures(note, witnesses) {
+    const split = note.lastIndexOf("\n\n");
+    const text = note.slice(0, split + 1);
+    const found = new Set();
+    for (const line of note.slice(split + 2, -1).split("\n")) {
+      const [name, b64] = line.slice(2).split(" ");
+      const raw = fromBase64(b64, "Une signature");
+      const w = witnesses.find((k) => k.name === name && equal(raw.slice(0, 4), k.keyId));
+      if (!w) continue;
+      if (raw.length !== 4 + 8 + 64) throw new VerifyError("witness", "une cosignature de témoin est mal formée.");
+      const time = new DataView(raw.buffer, raw.byteOffset + 4, 8).getBigUint64(0);
+      const message = utf8.encode("cosignature/v1\ntime " + time.toString() + "\n" + text);
+      if (!await crypto.subtle.verify("Ed25519", w.key, raw.slice(12), message)) {
+        throw new VerifyError("witness", "la cosignature du témoin " + name + " est invalide.");
+      }
+      found.add(w.name + "+" + hex(w.keyId));
+    }
+    return found.size;
+  }
+
   async function nodeHash(left, right) {
     return sha256(concat(new Uint8Array([1]), left, right));
   }
@@ -186,8 +242,8 @@
     }
     const canonical = canonicalize(entry);
     if (canonical !== m.canonical) throw new VerifyError("canonical", "l'entrée fournie n'est pas sous sa forme canonique (RFC 8785).");
-    // 2. leaf hash
-    const leaf = await leafHash(utf8.encode(canonical));
+    // 2. leaf hash (of the entry, or of its public leaf)
+    const leaf = await leafHash(await leafData(entry, canonical));
     if (m.index === null || m.index === undefined || m.index === "") {
       throw new VerifyError("pending", "l'entrée n'est pas encore intégrée au journal public ; réessayez dans une minute.");
     }
@@ -200,6 +256,17 @@
     }
     const size = BigInt(m.treeSize);
     if (checkpoint.size !== size) throw new VerifyError("checkpoint", "la preuve ne porte pas sur l'arbre du point de contrôle.");
+    // 5b. enough witnesses cosigned it: k of n
+    const witnessKeys = (m.witnesses || "").split(" ").filter((k) => k);
+    const quorum = Number(m.quorum || 0);
+    if (quorum > witnessKeys.length) throw new VerifyError("witness", "le nombre de témoins requis dépasse celui des témoins connus.");
+    if (quorum > 0) {
+      const witnesses = await Promise.all(witnessKeys.map(parseWitnessKey));
+      const count = await countCosignatures(m.checkpoint, witnesses);
+      if (count < quorum) {
+        throw new VerifyError("witness", `le point de contrôle n'est cosigné que par ${count} des ${quorum} témoins requis.`);
+      }
+    }
     // 6. the proof reaches the signed root
     const proof = (m.proof || []).map((p) => fromBase64(p, "Un condensat de la preuve"));
     const root = await rootFromInclusionProof(leaf, BigInt(m.index), size, proof);
@@ -254,6 +321,8 @@
       checkpoint: log.dataset.checkpoint,
       verifierKey: log.dataset.verifierKey,
       origin: log.dataset.origin,
+      witnesses: log.dataset.witnesses,
+      quorum: log.dataset.witnessQuorum,
     };
     try {
       const r = await verifyEntry(materials);

@@ -14,13 +14,15 @@ UPDATE tlog_head SET size = $1;
 -- The entry columns (see ENTRY_COLUMNS in broker/tlog/log.py) of committed rows not yet in the tree, oldest first.
 SELECT id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient, habilitation_id,
        legal_basis_type, legal_basis_title, legal_basis_url, fields_requested, fields_released, outcome,
-       problem_type, http_status, latency_ms, payload_sha256, subject_key
+       problem_type, http_status, latency_ms, payload_sha256, subject_key, leaf_version, retention, latency_us,
+       payload_commitment, request_signature_sha256
 FROM access_log WHERE log_index IS NULL ORDER BY seq LIMIT $1;
 
 -- name: tlog_status
 -- The tree size, and when the oldest entry not yet integrated was committed (about logged_at + latency).
 SELECT (SELECT size FROM tlog_head) AS size,
-       (SELECT min(logged_at + latency_ms * interval '1 millisecond') FROM access_log WHERE log_index IS NULL)
+       (SELECT min(logged_at + COALESCE(latency_us / 1000.0, latency_ms) * interval '1 millisecond')
+            FROM access_log WHERE log_index IS NULL)
            AS oldest_pending;
 
 -- name: tlog_pending_late
@@ -41,13 +43,46 @@ JOIN tlog_nodes n ON n.level = q.level AND n.idx = q.idx;
 INSERT INTO tlog_checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING;
 
 -- name: tlog_checkpoint_latest
-SELECT size, note, created_at FROM tlog_checkpoints ORDER BY size DESC LIMIT 1;
+-- Checkpoints are served with the witnesses' cosignature lines appended to the log's signature.
+SELECT c.size, c.note || COALESCE(w.lines, '') AS note, c.created_at
+FROM (SELECT * FROM tlog_checkpoints ORDER BY size DESC LIMIT 1) c
+LEFT JOIN LATERAL (SELECT string_agg(line || E'\n', '' ORDER BY witness) AS lines
+                   FROM tlog_cosignatures s WHERE s.size = c.size) w ON true;
+
+-- name: tlog_checkpoint_latest_cosigned
+-- The latest checkpoint at least $1 witnesses cosigned (the latest of all when $1 is 0).
+SELECT c.size, c.note || COALESCE(w.lines, '') AS note, c.created_at
+FROM tlog_checkpoints c
+LEFT JOIN LATERAL (SELECT string_agg(line || E'\n', '' ORDER BY witness) AS lines, count(*) AS n
+                   FROM tlog_cosignatures s WHERE s.size = c.size) w ON true
+WHERE $1 = 0 OR w.n >= $1
+ORDER BY c.size DESC LIMIT 1;
+
+-- name: tlog_checkpoint_bare_latest
+-- The latest checkpoint as the log signed it, without cosignatures: what is submitted to witnesses.
+SELECT size, note FROM tlog_checkpoints ORDER BY size DESC LIMIT 1;
 
 -- name: tlog_checkpoint_at
-SELECT size, note, created_at FROM tlog_checkpoints WHERE size = $1;
+SELECT c.size, c.note || COALESCE(w.lines, '') AS note, c.created_at
+FROM tlog_checkpoints c
+LEFT JOIN LATERAL (SELECT string_agg(line || E'\n', '' ORDER BY witness) AS lines
+                   FROM tlog_cosignatures s WHERE s.size = c.size) w ON true
+WHERE c.size = $1;
 
 -- name: tlog_checkpoints_after
-SELECT size, note, created_at FROM tlog_checkpoints WHERE size > $1 ORDER BY size LIMIT $2;
+SELECT c.size, c.note || COALESCE(w.lines, '') AS note, c.created_at
+FROM (SELECT * FROM tlog_checkpoints WHERE size > $1 ORDER BY size LIMIT $2) c
+LEFT JOIN LATERAL (SELECT string_agg(line || E'\n', '' ORDER BY witness) AS lines
+                   FROM tlog_cosignatures s WHERE s.size = c.size) w ON true
+ORDER BY c.size;
+
+-- name: tlog_cosigned_size
+-- The largest size this witness key ($1, <name>+<key id>) cosigned.
+SELECT max(size) FROM tlog_cosignatures WHERE witness = $1;
+
+-- name: tlog_cosignature_insert
+INSERT INTO tlog_cosignatures (size, witness, line, signed_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (size, witness) DO NOTHING;
 
 -- name: tlog_entry_index
 -- The leaf index of an entry, whether its body is still there or was pruned.
@@ -65,11 +100,14 @@ SELECT i AS log_index, n.hash AS stored_leaf,
        a.id, a.logged_at, a.request_id, a.consumer, a.kid, a.dataset, a.dataset_version, a.purpose, a.recipient,
        a.habilitation_id, a.legal_basis_type, a.legal_basis_title, a.legal_basis_url, a.fields_requested,
        a.fields_released, a.outcome, a.problem_type, a.http_status, a.latency_ms, a.payload_sha256, a.subject_key,
-       p.entry_id AS pruned_entry_id, p.logged_at AS pruned_logged_at, p.pruned_at
+       a.leaf_version, a.retention, a.latency_us, a.payload_commitment, a.request_signature_sha256,
+       p.entry_id AS pruned_entry_id, p.logged_at AS pruned_logged_at, p.pruned_at, p.habilitation_id AS pruned_habilitation,
+       p.leaf_data AS pruned_leaf_data, h.retention AS pruned_habilitation_retention
 FROM generate_series($1::bigint, $2::bigint - 1) AS i
 LEFT JOIN tlog_nodes n ON n.level = 0 AND n.idx = i
 LEFT JOIN access_log a ON a.log_index = i
 LEFT JOIN tlog_pruned p ON p.log_index = i
+LEFT JOIN habilitations h ON h.id = p.habilitation_id
 ORDER BY i, a.seq;
 
 -- name: tlog_rows_outside
@@ -80,7 +118,8 @@ SELECT log_index, id FROM access_log WHERE log_index >= $1 ORDER BY log_index, s
 -- One subject's entries, newest first, with optional filters ($2 since, $3 until, $4 consumer, $5 dataset).
 SELECT log_index, id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient,
        habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url, fields_requested, fields_released,
-       outcome, problem_type, http_status, latency_ms, payload_sha256, subject_key
+       outcome, problem_type, http_status, latency_ms, payload_sha256, subject_key, leaf_version, retention,
+       latency_us, payload_salt, payload_commitment, request_signature_sha256
 FROM access_log
 WHERE subject_key = $1
   AND ($2::timestamptz IS NULL OR logged_at >= $2)
@@ -91,17 +130,21 @@ ORDER BY logged_at DESC, id
 LIMIT $6;
 
 -- name: tlog_prune_candidates
--- Integrated entries older than their habilitation's retention (or $2, an ISO 8601 duration, for entries whose
--- habilitation is unknown or gone), as of $1.
-SELECT a.log_index, a.id, a.logged_at, a.habilitation_id
+-- Integrated entries older than their retention as of $1: the one a v2 entry carries, else its habilitation's, else
+-- $2 (an ISO 8601 duration) for entries whose habilitation is unknown or gone.
+SELECT a.*
 FROM access_log a LEFT JOIN habilitations h ON h.id = a.habilitation_id
-WHERE a.log_index IS NOT NULL AND a.logged_at < $1::timestamptz - COALESCE(h.retention, $2)::interval
+WHERE a.log_index IS NOT NULL AND a.logged_at < $1::timestamptz - COALESCE(a.retention, h.retention, $2)::interval
 ORDER BY a.log_index LIMIT $3;
 
 -- name: tlog_prune_tombstones
-INSERT INTO tlog_pruned (log_index, entry_id, logged_at, habilitation_id, pruned_at)
-SELECT u.log_index, u.entry_id, u.logged_at, u.habilitation_id, $5::timestamptz
-FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::text[]) AS u(log_index, entry_id, logged_at, habilitation_id);
+INSERT INTO tlog_pruned (log_index, entry_id, logged_at, habilitation_id, pruned_at, leaf_data)
+SELECT u.log_index, u.entry_id, u.logged_at, u.habilitation_id, $5::timestamptz, u.leaf_data
+FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::text[], $6::bytea[])
+    AS u(log_index, entry_id, logged_at, habilitation_id, leaf_data);
+
+-- name: tlog_prune_evidence
+DELETE FROM exchange_evidence WHERE entry_id = ANY($1::uuid[]);
 
 -- name: tlog_prune_delete
 DELETE FROM access_log WHERE id = ANY($1::uuid[]);
@@ -131,3 +174,83 @@ UPDATE notification_outbox SET delivered_at = now(), last_error = NULL WHERE id 
 UPDATE notification_outbox SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3,
     gave_up_at = CASE WHEN $4 THEN now() END
 WHERE id = $1;
+
+-- name: evidence_insert
+INSERT INTO exchange_evidence (entry_id, logged_at, request_label, request_signature, request_signature_base,
+                               request_key, response_status, response_signature, response_signature_base, response_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
+
+-- name: evidence_export
+-- An entry's evidence with its row and both keys from the key history (retired keys included).
+SELECT e.request_label, e.request_signature, e.request_signature_base, e.response_status, e.response_signature,
+       e.response_signature_base,
+       a.id, a.logged_at, a.request_id, a.consumer, a.kid, a.dataset, a.dataset_version, a.purpose, a.recipient,
+       a.habilitation_id, a.legal_basis_type, a.legal_basis_title, a.legal_basis_url, a.fields_requested,
+       a.fields_released, a.outcome, a.problem_type, a.http_status, a.latency_ms, a.payload_sha256, a.subject_key,
+       a.leaf_version, a.retention, a.latency_us, a.payload_commitment, a.request_signature_sha256, a.log_index,
+       rk.jwk AS req_jwk, rk.kid AS req_kid, rk.owner AS req_owner, rk.not_before AS req_not_before,
+       rk.not_after AS req_not_after, rk.retired_at AS req_retired_at,
+       bk.jwk AS resp_jwk, bk.kid AS resp_kid, bk.owner AS resp_owner, bk.not_before AS resp_not_before,
+       bk.not_after AS resp_not_after, bk.retired_at AS resp_retired_at
+FROM exchange_evidence e
+JOIN access_log a ON a.id = e.entry_id
+LEFT JOIN key_history rk ON rk.thumbprint = e.request_key
+LEFT JOIN key_history bk ON bk.thumbprint = e.response_key
+WHERE e.entry_id = $1;
+
+-- name: key_history_remember
+INSERT INTO key_history (thumbprint, kid, owner, alg, jwk, not_before, not_after)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (thumbprint) DO UPDATE SET retired_at = NULL;
+
+-- name: tile_hashes
+-- One tile: the stored nodes of level $1 with indices [$2, $3).
+SELECT hash FROM tlog_nodes WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx;
+
+-- name: tile_entries
+-- What an entry bundle needs for leaf indices [$1, $2): each v2 row's entry, or its tombstone's public leaf.
+SELECT i AS log_index, p.leaf_data AS pruned_leaf_data,
+       a.id, a.logged_at, a.request_id, a.consumer, a.kid, a.dataset, a.dataset_version, a.purpose, a.recipient,
+       a.habilitation_id, a.legal_basis_type, a.legal_basis_title, a.legal_basis_url, a.fields_requested,
+       a.fields_released, a.outcome, a.problem_type, a.http_status, a.latency_ms, a.payload_sha256, a.subject_key,
+       a.leaf_version, a.retention, a.latency_us, a.payload_commitment, a.request_signature_sha256
+FROM generate_series($1::bigint, $2::bigint - 1) AS i
+LEFT JOIN access_log a ON a.log_index = i
+LEFT JOIN tlog_pruned p ON p.log_index = i
+WHERE a.id IS NOT NULL OR p.log_index IS NOT NULL
+ORDER BY i;
+
+-- name: tile_last_v1
+SELECT greatest((SELECT max(log_index) FROM access_log WHERE leaf_version = 1),
+                (SELECT max(log_index) FROM tlog_pruned WHERE leaf_data IS NULL));
+
+-- name: tlog_public_leaf
+-- What a v2 entry's public leaf is computed from: its row, or its tombstone.
+SELECT NULL::bytea AS pruned_leaf_data, id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose,
+       recipient, habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url, fields_requested,
+       fields_released, outcome, problem_type, http_status, latency_ms, payload_sha256, subject_key, leaf_version,
+       retention, latency_us, payload_commitment, request_signature_sha256
+FROM access_log WHERE id = $1
+UNION ALL
+SELECT leaf_data, entry_id, logged_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM tlog_pruned WHERE entry_id = $1;
+
+-- name: tlog_held_below
+-- How many leaf indices below $1 hold a row or a tombstone (index-only scans of both).
+SELECT (SELECT count(*) FROM access_log WHERE log_index < $1)
+     + (SELECT count(*) FROM tlog_pruned p WHERE p.log_index < $1
+        AND NOT EXISTS (SELECT 1 FROM access_log a WHERE a.log_index = p.log_index));
+
+-- name: tlog_tombstone_count
+SELECT count(*) FROM tlog_pruned;
+
+-- name: tlog_tombstones_since
+-- Tombstones written after $1 for indices below $2, with the leaf stored at their index.
+SELECT p.log_index, p.entry_id, p.logged_at, p.pruned_at, p.leaf_data, p.habilitation_id,
+       h.retention AS habilitation_retention, n.hash AS stored_leaf
+FROM tlog_pruned p
+LEFT JOIN habilitations h ON h.id = p.habilitation_id
+LEFT JOIN tlog_nodes n ON n.level = 0 AND n.idx = p.log_index
+WHERE p.pruned_at > $1 AND p.log_index < $2
+ORDER BY p.log_index;

@@ -1,0 +1,150 @@
+"""`log verify --state`: an incremental verification starts from the tree a previous run verified, checks only what
+came since, and still sees rows deleted below it, tombstones written or removed since, and a log that no longer
+extends the verified tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from broker.storage import db
+from broker.tlog import accesslog, leaves
+from broker.tlog.log import TransparencyLog, entry_document, prune
+from broker.tlog.verify import DatabaseSource, Report, Resume, verify_log
+from tests.tlog.test_tlog import ORIGIN, commit_entries, log_entry, signer
+from tests.tlog.test_tlog_verify import kinds, tamper
+from tests.tlog.test_tombstones import delete_with_tombstone
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(database_url, min_size=1, max_size=4)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def tlog(pool: asyncpg.Pool) -> TransparencyLog:
+    t = TransparencyLog(pool, signer(), max_merge_delay=60, batch=7)
+    await t.ensure_checkpoint()
+    await commit_entries(pool, 30)
+    await t.drain()
+    return t
+
+
+async def verify(database_url: str, tlog: TransparencyLog, resume: Resume | None = None) -> Report:
+    conn = await db.connect(database_url)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            return await verify_log(DatabaseSource(conn), [tlog.signer.verifier], origin=ORIGIN, page=8,
+                                    now=datetime.now(UTC), resume=resume)
+    finally:
+        await conn.close()
+
+
+async def grown(database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog) -> tuple[Resume, Report]:
+    """A full verification of the 30 entries, then 12 more entries, verified incrementally."""
+    full = await verify(database_url, tlog)
+    assert full.ok and full.resume is not None and full.resume.size == 30
+    await commit_entries(pool, 12)
+    await tlog.drain()
+    return full.resume, await verify(database_url, tlog, full.resume)
+
+
+async def test_only_what_came_since_is_verified(database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
+    state, report = await grown(database_url, pool, tlog)
+    assert report.ok, report.findings
+    assert (report.resumed_from, report.entries, report.tree_size) == (30, 12, 42)
+    assert report.resume is not None and report.resume.size == 42
+    # the recorded edge is the tree's: a full verification would end at the same place
+    full = await verify(database_url, tlog)
+    assert full.resume is not None and full.resume.edge == report.resume.edge
+    # and the state survives its JSON
+    assert Resume.from_json(json.loads(json.dumps(state.to_json()))) == state
+
+
+async def test_a_new_row_modified_is_found(database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
+    full = await verify(database_url, tlog)
+    assert full.resume is not None
+    await commit_entries(pool, 5)
+    await tlog.drain()
+    await tamper(database_url, "UPDATE access_log SET consumer = '21690123100011' WHERE log_index = 33")
+    report = await verify(database_url, tlog, full.resume)
+    assert kinds(report)[0][:2] == ("modified", 33) and report.resume is None
+
+
+async def test_a_row_deleted_below_the_verified_size_is_found(database_url: str, pool: asyncpg.Pool,
+                                                             tlog: TransparencyLog) -> None:
+    full = await verify(database_url, tlog)
+    assert full.resume is not None
+    await tamper(database_url, "DELETE FROM access_log WHERE log_index = 4")
+    report = await verify(database_url, tlog, full.resume)
+    assert [(f.kind, "1 entries below 30 were deleted" in f.detail) for f in report.findings] == [("missing", True)]
+
+
+async def test_tombstones_written_or_removed_since_are_checked(database_url: str, pool: asyncpg.Pool,
+                                                              tlog: TransparencyLog) -> None:
+    old = log_entry(50, logged_at=datetime.now(UTC) - timedelta(days=500))
+    young = log_entry(51, logged_at=datetime.now(UTC) - timedelta(days=5))
+    for e in (old, young):
+        await accesslog.commit(pool, e)
+    await tlog.drain()
+    full = await verify(database_url, tlog)
+    assert full.resume is not None
+    await prune(pool, now=datetime.now(UTC), default_retention="P1Y")  # lawful: the old entry
+    lawful = await verify(database_url, tlog, full.resume)
+    assert lawful.ok, lawful.findings
+    assert [p.entry_id for p in lawful.pruned] == [str(old.id)]
+    assert lawful.resume is not None and lawful.resume.tombstones == 1
+    public = leaves.leaf_data(entry_document(young.row()))
+    await delete_with_tombstone(database_url, pool, young, pruned_at=datetime.now(UTC), leaf_data=public)
+    assert [f.kind for f in (await verify(database_url, tlog, lawful.resume)).findings] == ["deleted"]
+    await tamper(database_url, "DELETE FROM tlog_pruned")
+    kinds_found = {f.kind for f in (await verify(database_url, tlog, lawful.resume)).findings}
+    assert "deleted" in kinds_found and "missing" in kinds_found
+
+
+async def test_a_state_that_is_not_its_checkpoints_tree_is_refused(database_url: str, pool: asyncpg.Pool,
+                                                                  tlog: TransparencyLog) -> None:
+    full = await verify(database_url, tlog)
+    assert full.resume is not None
+    forged = replace(full.resume, edge=(b"\x00" * 32, *full.resume.edge[1:]))
+    assert [f.kind for f in (await verify(database_url, tlog, forged)).findings] == ["checkpoint"]
+    # a state from another log's key: its checkpoint does not verify with ours
+    other = TransparencyLog(pool, signer(), max_merge_delay=60)
+    foreign = replace(full.resume, checkpoint=other.signer.sign_checkpoint(30, b"\x01" * 32))
+    assert [f.kind for f in (await verify(database_url, tlog, foreign)).findings] == ["checkpoint"]
+    # a log now shorter than what was verified
+    beyond = replace(full.resume, size=31)
+    assert (await verify(database_url, tlog, beyond)).findings[0].kind == "checkpoint"
+
+
+async def test_the_command_records_and_resumes(database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog,
+                                               tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DLNUF_STATE_DIR": str(tmp_path), "DLNUF_LOG_FORMAT": "json"}
+        env.pop("DATABASE_URL", None)
+        return subprocess.run([sys.executable, "-m", "broker", "log", "verify", "--database-url", database_url,
+                               "--vkey", tlog.signer.verifier.vkey(), "--state", str(tmp_path / "state.json"),
+                               *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
+
+    first = run()
+    assert first.returncode == 0 and "30 of 30 entries and" in first.stdout, first.stderr
+    await commit_entries(pool, 3)
+    await tlog.drain()
+    second = run()
+    assert second.returncode == 0 and "3 of 33 entries (incremental, from 30)" in second.stdout, second.stderr
+    assert json.loads((tmp_path / "state.json").read_text())["size"] == 33
+    again = run("--full")
+    assert again.returncode == 0 and "33 of 33 entries and" in again.stdout
