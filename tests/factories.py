@@ -12,6 +12,7 @@ CONSUMER = "21750001600019"  # Commune de Paris (consumer)
 OTHER_CONSUMER = "21690123100011"  # Commune de Lyon (consumer)
 PROVIDER = "13002526500013"  # DINUM, operating API Particulier (provider)
 PURPOSE = "tarification-restauration-scolaire"
+PURPOSE_LABEL = "Calculer le tarif de la cantine scolaire"
 QF_FIELDS = ("quotient_familial", "allocataires", "enfants", "adresse")
 SANDBOX_TOKEN = "sandbox-token-for-tests"
 TOKEN_ENV = "DLNUF_TEST_API_PARTICULIER_TOKEN"
@@ -45,11 +46,12 @@ def registry_toml(
     bases: Mapping[str, str] | None = None,
     names: Mapping[str, str] | None = None,
     extra_datasets: Mapping[str, tuple[str, ...]] | None = None,
+    purposes: Mapping[str, str] | None = None,
 ) -> str:
     """A registry with the API Particulier provider and one quotient_familial habilitation per consumer, on
     `basis`, or on `bases[siret]` for the consumers it names; consumers are called `names[siret]`, or "Commune
     <siret>". `extra_datasets` (dataset -> fields) adds datasets of the same provider, each with a habilitation per
-    consumer on the same basis."""
+    consumer on the same basis; `purposes` labels the purposes (by default PURPOSE; empty: no [[purposes]] table)."""
     parts = [f"""
 [[organisations]]
 siret = "{PROVIDER}"
@@ -76,6 +78,12 @@ provider = "{PROVIDER}"
 kind = "api_particulier"
 datasets = {json.dumps(["quotient_familial", *(extra_datasets or {})])}
 options = {{ base_url = "{provider_url}", token_env = "{TOKEN_ENV}", timeout = {timeout} }}
+""")
+    for pid, label in ({PURPOSE: PURPOSE_LABEL} if purposes is None else purposes).items():
+        parts.append(f"""
+[[purposes]]
+id = "{pid}"
+label = "{label}"
 """)
     field_line = "fields = [" + ", ".join(f'"{f}"' for f in fields) + "]" if fields else ""
     for c in consumers:

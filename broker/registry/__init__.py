@@ -103,6 +103,14 @@ class Habilitation:
 
 
 @dataclass(frozen=True, slots=True)
+class Purpose:
+    """A purpose habilitations name by `id`, and what citizens read in its place (consent screen, journal, mails)."""
+
+    id: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
 class AdapterEntry:
     id: str
     provider: str
@@ -117,6 +125,7 @@ class Registry:
     keys: tuple[KeyEntry, ...] = ()
     adapters: tuple[AdapterEntry, ...] = ()
     habilitations: tuple[Habilitation, ...] = ()
+    purposes: tuple[Purpose, ...] = ()
     version: int = 0
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What the parser found suspicious but not wrong (e.g. an expired key), each naming its line."""
@@ -124,8 +133,10 @@ class Registry:
     _hab: dict[tuple[str, str], Habilitation] = field(default_factory=dict, compare=False, repr=False)
     _adapter: dict[str, AdapterEntry] = field(default_factory=dict, compare=False, repr=False)
     _org: dict[str, Organisation] = field(default_factory=dict, compare=False, repr=False)
+    _purpose: dict[str, Purpose] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._purpose.update({p.id: p for p in self.purposes})
         self._by_kid.update({k.kid: k for k in self.keys})
         self._hab.update({(h.consumer, h.dataset): h for h in self.habilitations})
         self._org.update({o.siret: o for o in self.organisations})
@@ -144,6 +155,9 @@ class Registry:
     def organisation(self, siret: str) -> Organisation | None:
         return self._org.get(siret)
 
+    def purpose(self, purpose_id: str) -> Purpose | None:
+        return self._purpose.get(purpose_id)
+
     def digest(self) -> str:
         body = {
             "organisations": [asdict(o) for o in self.organisations],
@@ -151,6 +165,8 @@ class Registry:
             "adapters": [asdict(a) for a in self.adapters],
             "habilitations": [asdict(h) for h in self.habilitations],
         }
+        if self.purposes:  # absent otherwise, so registries without labels keep their digest
+            body["purposes"] = [asdict(p) for p in self.purposes]
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -261,7 +277,7 @@ def parse_registry(text: str, source: str = "registry.toml", *, now: datetime | 
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RegistryError(f"{source}: not valid TOML: {exc}") from None
-    unknown = set(doc) - {"organisations", "adapters", "habilitations"}
+    unknown = set(doc) - {"organisations", "adapters", "habilitations", "purposes"}
     if unknown:
         raise RegistryError(f"{source}: unknown top-level table(s): {', '.join(sorted(unknown))}")
     if not doc.get("organisations"):
@@ -355,6 +371,14 @@ def parse_registry(text: str, source: str = "registry.toml", *, now: datetime | 
         e.done()
         adapter_entries[aid] = AdapterEntry(aid, provider, kind, datasets, options)
 
+    purposes: dict[str, Purpose] = {}
+    for e in entries("purposes"):
+        pid = e.text("id", _PURPOSE)
+        if pid in purposes:
+            e.fail(f"purpose {pid!r} appears twice")
+        purposes[pid] = Purpose(pid, e.text("label"))
+        e.done()
+
     habs: dict[str, Habilitation] = {}
     pairs: set[tuple[str, str]] = set()
     for e in entries("habilitations"):
@@ -392,7 +416,11 @@ def parse_registry(text: str, source: str = "registry.toml", *, now: datetime | 
         retention = e.text("retention", _DURATION)
         if retention == "P":
             e.fail("'retention' must give a duration, e.g. P1Y")
-        purposes = e.texts("purposes", _PURPOSE)
+        hab_purposes = e.texts("purposes", _PURPOSE)
+        # a registry that labels its purposes labels them all: a citizen never reads a purpose by its id
+        unlabelled = [p for p in hab_purposes if purposes and p not in purposes]
+        if unlabelled:
+            e.fail(f"purpose {unlabelled[0]!r} has no [[purposes]] entry (id and label)")
         e.used.add("derived")
         raw_derived = e.raw.get("derived", [])
         if not isinstance(raw_derived, list):
@@ -408,7 +436,7 @@ def parse_registry(text: str, source: str = "registry.toml", *, now: datetime | 
             derived.append(rule)
         quota = e.quota()
         e.done()
-        habs[hid] = Habilitation(hid, consumer, dataset, purposes, fields, recipients, basis, retention,
+        habs[hid] = Habilitation(hid, consumer, dataset, hab_purposes, fields, recipients, basis, retention,
                                  tuple(derived), quota)
     return Registry(
         organisations=tuple(orgs.values()),
@@ -416,6 +444,7 @@ def parse_registry(text: str, source: str = "registry.toml", *, now: datetime | 
         adapters=tuple(adapter_entries.values()),
         habilitations=tuple(habs.values()),
         warnings=tuple(warnings),
+        purposes=tuple(purposes.values()),
     )
 
 
@@ -425,9 +454,11 @@ def parse_registry(text: str, source: str = "registry.toml", *, now: datetime | 
 def _rule(raw: Mapping[str, Any]) -> DerivedRule:
     """A rule as stored (already checked at apply time)."""
     if "test" in raw:
-        return DerivedRule(raw["name"], raw["source"], op=raw["test"]["op"], value=raw["test"]["value"])
+        return DerivedRule(raw["name"], raw["source"], op=raw["test"]["op"], value=raw["test"]["value"],
+                           question=raw.get("question"))
     brackets = raw["brackets"]
-    return DerivedRule(raw["name"], raw["source"], bounds=tuple(brackets["bounds"]), labels=tuple(brackets["labels"]))
+    return DerivedRule(raw["name"], raw["source"], bounds=tuple(brackets["bounds"]), labels=tuple(brackets["labels"]),
+                       question=raw.get("question"))
 
 
 def _quota(raw: Mapping[str, Any] | None) -> Quota | None:
@@ -449,7 +480,8 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool) -> Registry:
                          LegalBasis(r["legal_basis_type"], r["legal_basis_title"], r["legal_basis_url"]),
                          r["retention"], tuple(_rule(d) for d in r["derived"]), _quota(r["quota"]))
             for r in await conn.fetch(q["habilitations_all"])]
-    return Registry(tuple(orgs), tuple(keys), tuple(adapters), tuple(habs), version=version)
+    purposes = [Purpose(r["id"], r["label"]) for r in await conn.fetch(q["purposes_all"])]
+    return Registry(tuple(orgs), tuple(keys), tuple(adapters), tuple(habs), tuple(purposes), version=version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,7 +551,8 @@ async def _apply(conn: asyncpg.Connection, wanted: Registry, *, prune: bool, dry
         ad_c = _diff("adapters", {a.id: a for a in current.adapters}, {a.id: a for a in wanted.adapters})
         hab_c = _diff("habilitations", {h.id: h for h in current.habilitations},
                       {h.id: h for h in wanted.habilitations})
-        report_changes = (org_c, key_c, ad_c, hab_c)
+        pur_c = _diff("purposes", {p.id: p for p in current.purposes}, {p.id: p for p in wanted.purposes})
+        report_changes = (org_c, key_c, ad_c, hab_c, pur_c)
         if not any(c.added or c.changed or c.removed for c in report_changes):
             return ApplyReport(report_changes, current.version, dry_run=dry_run)
         if not prune and any(c.removed for c in report_changes):
@@ -549,6 +582,11 @@ async def _apply(conn: asyncpg.Connection, wanted: Registry, *, prune: bool, dry
                                    None if h.quota is None else h.quota.to_json())
         for siret in org_c.removed:
             await conn.execute(q["organisation_delete"], siret)
+        for p in wanted.purposes:
+            if p.id in pur_c.added or p.id in pur_c.changed:
+                await conn.execute(q["purpose_upsert"], p.id, p.label)
+        for pid in pur_c.removed:
+            await conn.execute(q["purpose_delete"], pid)
         version: int = await conn.fetchval(q["registry_bump"], wanted.digest())
         await conn.execute(q["registry_notify"], str(version))  # sent at commit only: a rollback sends nothing
         if dry_run:

@@ -10,6 +10,7 @@ Registry form, inside a `[[habilitations]]` table:
     name = "qf_inferieur_800"                # released as data.derived.qf_inferieur_800
     source = "quotient_familial.valeur"      # a numeric field of the dataset
     test = { op = "<=", value = 800 }        # -> true / false
+    question = "Votre quotient familial est-il inférieur ou égal à 800 ?"   # optional: what citizens read
 
     [[habilitations.derived]]
     name = "tranche_qf"
@@ -47,6 +48,8 @@ class DerivedRule:
     value: float | None = None
     bounds: tuple[float, ...] = ()
     labels: tuple[str, ...] = ()
+    question: str | None = None
+    """The question the answer answers, as citizens read it on the consent screen and in their journal."""
 
     @property
     def field(self) -> str:
@@ -71,6 +74,8 @@ class DerivedRule:
             out["test"] = {"op": self.op, "value": self.value}
         else:
             out["brackets"] = {"bounds": list(self.bounds), "labels": list(self.labels)}
+        if self.question is not None:
+            out["question"] = self.question
         return out
 
 
@@ -94,7 +99,7 @@ def parse_rule(raw: Any, schema: Mapping[str, Any]) -> DerivedRule:
     """Check one registry entry against the dataset schema; raise `DerivedRuleError` saying what is wrong."""
     if not isinstance(raw, Mapping):
         raise DerivedRuleError("each derived entry must be a table")
-    unknown = set(raw) - {"name", "source", "test", "brackets"}
+    unknown = set(raw) - {"name", "source", "test", "brackets", "question"}
     if unknown:
         raise DerivedRuleError(f"unknown key(s): {', '.join(sorted(unknown))}")
     name, source = raw.get("name"), raw.get("source")
@@ -106,6 +111,9 @@ def parse_rule(raw: Any, schema: Mapping[str, Any]) -> DerivedRule:
     types = types if isinstance(types, list) else [types]
     if not {"integer", "number"} & set(types):
         raise DerivedRuleError(f"source {source!r} is not a numeric field of the dataset")
+    question = raw.get("question")
+    if question is not None and (not isinstance(question, str) or not question.strip()):
+        raise DerivedRuleError("'question' must be a non-empty string")
     if ("test" in raw) == ("brackets" in raw):
         raise DerivedRuleError(f"derived {name!r} needs exactly one of 'test' and 'brackets'")
     if "test" in raw:
@@ -114,7 +122,8 @@ def parse_rule(raw: Any, schema: Mapping[str, Any]) -> DerivedRule:
             raise DerivedRuleError("'test' must be { op = ..., value = ... }")
         if test["op"] not in OPERATORS:
             raise DerivedRuleError(f"'test.op' must be one of {' '.join(OPERATORS)}")
-        return DerivedRule(name, source, op=test["op"], value=_number(test["value"], "'test.value'"))
+        return DerivedRule(name, source, op=test["op"], value=_number(test["value"], "'test.value'"),
+                           question=question)
     brackets = raw["brackets"]
     if not isinstance(brackets, Mapping) or set(brackets) != {"bounds", "labels"}:
         raise DerivedRuleError("'brackets' must be { bounds = [...], labels = [...] }")
@@ -127,4 +136,4 @@ def parse_rule(raw: Any, schema: Mapping[str, Any]) -> DerivedRule:
         raise DerivedRuleError("'brackets.bounds' must be strictly increasing")
     if not isinstance(labels, list) or len(labels) != len(numbers) + 1 or not all(isinstance(x, str) for x in labels):
         raise DerivedRuleError("'brackets.labels' must be one more string than there are bounds")
-    return DerivedRule(name, source, bounds=numbers, labels=tuple(labels))
+    return DerivedRule(name, source, bounds=numbers, labels=tuple(labels), question=question)

@@ -21,6 +21,7 @@ DERIVED = """
 name = "qf_inferieur_800"
 source = "quotient_familial.valeur"
 test = { op = "<=", value = 800 }
+question = "Votre quotient familial est-il inférieur ou égal à 800 ?"
 
 [[habilitations.derived]]
 name = "tranche_qf"
@@ -49,7 +50,9 @@ def test_rules_compute(value: int, test: bool, tranche: str) -> None:
       "strictly increasing"),
      ({"name": "x", "source": "quotient_familial.valeur", "brackets": {"bounds": [1], "labels": ["a"]}},
       "one more string"),
-     ({"name": "X Y", "source": "quotient_familial.valeur", "test": {"op": "<", "value": 1}}, "name")],
+     ({"name": "X Y", "source": "quotient_familial.valeur", "test": {"op": "<", "value": 1}}, "name"),
+     ({"name": "x", "source": "quotient_familial.valeur", "test": {"op": "<", "value": 1}, "question": " "},
+      "question")],
 )
 def test_bad_rules_are_refused(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(DerivedRuleError, match=message):
@@ -100,3 +103,17 @@ def _values(node: object) -> list[object]:
     if isinstance(node, list):
         return [v for child in node for v in _values(child)]
     return [node]
+
+async def test_the_question_a_derived_answer_answers_is_kept(database_url: str) -> None:
+    from broker.storage import db
+
+    conn = await db.connect(database_url)
+    try:
+        await registry.apply(conn, registry.parse_registry(registry_toml([consumer()], habilitation_extra=DERIVED)))
+        [hab] = (await registry.load(conn)).habilitations
+    finally:
+        await conn.close()
+    rule = hab.derived_rule("derived.qf_inferieur_800")
+    assert rule is not None and rule.question == "Votre quotient familial est-il inférieur ou égal à 800 ?"
+    tranche = hab.derived_rule("derived.tranche_qf")
+    assert tranche is not None and tranche.question is None

@@ -6,7 +6,7 @@ import pytest
 
 from broker import registry
 from broker.storage import db
-from tests.factories import CONSUMER, PROVIDER, consumer, registry_toml
+from tests.factories import CONSUMER, PROVIDER, PURPOSE, PURPOSE_LABEL, consumer, registry_toml
 
 
 def test_valid_registry_parses() -> None:
@@ -79,5 +79,39 @@ async def test_apply_is_idempotent_and_reports_changes(database_url: str) -> Non
         assert loaded.habilitation(CONSUMER, "quotient_familial") is None
         assert loaded.version == 2
         assert loaded.digest() == registry.parse_registry(registry_toml([b])).digest()
+    finally:
+        await conn.close()
+
+
+def test_purposes_carry_the_label_citizens_read() -> None:
+    reg = registry.parse_registry(registry_toml([consumer()]))
+    purpose = reg.purpose(PURPOSE)
+    assert purpose is not None and purpose.label == PURPOSE_LABEL
+    # a registry that labels its purposes labels them all
+    text = registry_toml([consumer()], purposes={"autre-finalite": "Une autre finalité"})
+    with pytest.raises(registry.RegistryError, match=f"purpose '{PURPOSE}' has no \\[\\[purposes\\]\\] entry"):
+        registry.parse_registry(text, "reg.toml")
+    # one without any label is still valid (and citizens then read the id made readable)
+    assert registry.parse_registry(registry_toml([consumer()], purposes={})).purpose(PURPOSE) is None
+    twice = registry_toml([consumer()]) + f'\n[[purposes]]\nid = "{PURPOSE}"\nlabel = "encore"\n'
+    with pytest.raises(registry.RegistryError, match="appears twice"):
+        registry.parse_registry(twice)
+
+
+async def test_purpose_labels_are_applied_and_reloaded(database_url: str) -> None:
+    conn = await db.connect(database_url)
+    try:
+        await registry.apply(conn, registry.parse_registry(registry_toml([consumer()])))
+        assert (await registry.load(conn)).purpose(PURPOSE) == registry.Purpose(PURPOSE, PURPOSE_LABEL)
+        relabelled = await registry.apply(conn, registry.parse_registry(
+            registry_toml([consumer()], purposes={PURPOSE: "Tarif de la cantine"})))
+        assert next(c for c in relabelled.changes if c.table == "purposes").changed == (PURPOSE,)
+        assert (await registry.load(conn)).purpose(PURPOSE) == registry.Purpose(PURPOSE, "Tarif de la cantine")
+        with pytest.raises(registry.RemovalRefused):  # a removal, as any other: only when asked for
+            await registry.apply(conn, registry.parse_registry(registry_toml([consumer()], purposes={})))
+        removed = await registry.apply(conn, registry.parse_registry(registry_toml([consumer()], purposes={})),
+                                       prune=True)
+        assert next(c for c in removed.changes if c.table == "purposes").removed == (PURPOSE,)
+        assert (await registry.load(conn)).purposes == ()
     finally:
         await conn.close()

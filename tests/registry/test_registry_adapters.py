@@ -163,6 +163,8 @@ def test_demo_registry_is_valid_with_both_providers(tmp_path: Path) -> None:
     assert marseille is not None and marseille.purposes == ("tarification-accueil-periscolaire",)
     org = reg.organisation(demo.PERISCOLAIRE_SIRET)
     assert org is not None and org.redirect_uris == ("http://127.0.0.1:4/retour",)
+    # citizens read every purpose of the demo by its label
+    assert all(reg.purpose(p) is not None for h in reg.habilitations for p in h.purposes)
 
 
 # ------------------------------------------------------------------------------------------ docs/adapters.md

@@ -136,3 +136,12 @@ ON CONFLICT (slot) DO UPDATE SET seq = EXCLUDED.seq, at = EXCLUDED.at, request_i
     source = EXCLUDED.source, method = EXCLUDED.method, path = EXCLUDED.path, reason = EXCLUDED.reason,
     problem_type = EXCLUDED.problem_type, http_status = EXCLUDED.http_status, kid = EXCLUDED.kid,
     repeated = EXCLUDED.repeated;
+
+-- name: purposes_all
+SELECT id, label FROM purposes ORDER BY id;
+
+-- name: purpose_upsert
+INSERT INTO purposes (id, label) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label;
+
+-- name: purpose_delete
+DELETE FROM purposes WHERE id = $1;
