@@ -21,7 +21,7 @@ from aiohttp import web
 from broker import registry
 from broker.citizen import api as citizen_api
 from broker.citizen import login as login_routes
-from broker.citizen import oauth, pages, portal
+from broker.citizen import oauth, pages, portal, site
 from broker.config import Config, verify_servable
 from broker.exchange import catalogue
 from broker.exchange.pipeline import handle_exchange
@@ -183,7 +183,8 @@ async def citizen_login_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: Config) -> web.Application:
     verify_servable(config)
     app = web.Application(
-        middlewares=[request_id_middleware, signing_middleware, problem_middleware],
+        # html_errors innermost: a browser's 404 is a French page before it would become problem+json
+        middlewares=[request_id_middleware, signing_middleware, problem_middleware, site.html_errors],
         client_max_size=config.max_body,
     )
     app[CONFIG] = config
@@ -207,4 +208,5 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1/catalogue", catalogue.get_catalogue)
     app.router.add_get(catalogue.SCHEMA_ROUTE, catalogue.get_schema)
     pages.add_static_routes(app)
+    site.add_routes(app, config.site)
     return app

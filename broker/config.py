@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -93,6 +94,8 @@ class Config:
     """(verifier key, submission URL prefix) of each C2SP tlog-witness the log submits its checkpoints to."""
     log_witness_quorum: int = 0
     """How many of `log_witnesses` must cosign a checkpoint before the portal and the journal use it."""
+    site: SiteInfo = field(default_factory=lambda: SiteInfo())
+    """Who runs this service, for the mentions légales, données personnelles and accessibility pages."""
 
     @property
     def embedded(self) -> bool:
@@ -375,6 +378,45 @@ def _citizen_login(env: Mapping[str, str], public_url: str | None, state_dir: Pa
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SiteInfo:
+    """What the public pages every French public service carries say of who runs it. Unset: the pages say so, and
+    name the variable to set."""
+
+    operator: str | None = None
+    """DLNUF_OPERATOR_NAME: the administration that runs the service (éditeur, controller of the data)."""
+    address: str | None = None
+    """DLNUF_OPERATOR_ADDRESS: its postal address."""
+    contact: str | None = None
+    """DLNUF_OPERATOR_CONTACT: an e-mail address or https:// URL where citizens write (accessibility included)."""
+    director: str | None = None
+    """DLNUF_PUBLICATION_DIRECTOR: the directeur ou directrice de la publication."""
+    hosting: str | None = None
+    """DLNUF_HOSTING: the host's name and address."""
+    dpo: str | None = None
+    """DLNUF_DPO_CONTACT: the data protection officer's e-mail address or URL."""
+
+
+_SITE_VARS = {"operator": "DLNUF_OPERATOR_NAME", "address": "DLNUF_OPERATOR_ADDRESS",
+              "contact": "DLNUF_OPERATOR_CONTACT", "director": "DLNUF_PUBLICATION_DIRECTOR",
+              "hosting": "DLNUF_HOSTING", "dpo": "DLNUF_DPO_CONTACT"}
+
+
+def _site(env: Mapping[str, str]) -> SiteInfo:
+    values = {k: (env.get(v) or "").strip() or None for k, v in _SITE_VARS.items()}
+    for key in ("contact", "dpo"):
+        value = values[key]
+        if value is not None and not (value.startswith("https://") or _is_address(value)):
+            raise ConfigError(f"{_SITE_VARS[key]} must be an e-mail address or an https:// URL, got {value!r}")
+    return SiteInfo(**values)
+
+
+def _is_address(text: str) -> bool:
+    _, address = parseaddr(text)
+    local, at, domain = address.rpartition("@")
+    return bool(local and at and "." in domain and address == text.strip())
+
+
 def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Config:
     """Read `DLNUF_*` and `DATABASE_URL`; keyword overrides (from the command line) win."""
     env = os.environ if env is None else env
@@ -406,6 +448,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         raise ConfigError("DLNUF_NOTIFY_WEBHOOK must start with http:// or https://")
     values: dict[str, object] = dict(
         citizen_login=_citizen_login(env, public_url, state_dir),
+        site=_site(env),
         database_url=database_url,
         state_dir=state_dir,
         host=env.get("DLNUF_HOST") or "127.0.0.1",

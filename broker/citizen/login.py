@@ -34,7 +34,6 @@ import binascii
 import contextlib
 import functools
 import hashlib
-import html
 import os
 import secrets
 import time
@@ -50,6 +49,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from broker.citizen import pages
 from broker.config import LOGGED_OUT_PATH, CitizenLoginConfig, ConfigError
 from broker.errors import CsrfFailed, LoginRequired
 from broker.service.problems import REQUEST_ID, Handler, problem_for, problem_response
@@ -161,37 +161,22 @@ async def _purge(pool: asyncpg.Pool) -> None:
 # ------------------------------------------------------------------------------------------------ pages
 
 
-def _page(request: web.Request, title: str, body: str, *, status: int = 200) -> web.Response:
+def _page(request: web.Request, title: str, message: str, *, links: list[tuple[str, str]],
+          status: int = 200) -> web.Response:
     issuer = urlsplit(request.config_dict[LOGIN_CONFIG].issuer)
     # the logout form is redirected to the OP, and browsers apply form-action to a form's redirects too
-    csp = (f"default-src 'none'; form-action 'self' {issuer.scheme}://{issuer.netloc}; frame-ancestors 'none'; "
-           "base-uri 'none'")
-    text = f"""<!doctype html>
-<html lang="fr">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)} — DLNUF</title>
-</head>
-<body>
-<main id="contenu">
-{body}
-</main>
-</body>
-</html>
-"""
-    return web.Response(text=text, content_type="text/html", charset="utf-8", status=status, headers={
-        "Cache-Control": "no-store", "Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-    })
+    response = pages.render("message.html", status=status, form_targets=[f"{issuer.scheme}://{issuer.netloc}"],
+                            title=title, message=message, links=links)
+    response.headers["Referrer-Policy"] = "no-referrer"  # the callback's URL carries the code and the state
+    return response
 
 
 def _redirect(location: str, *, status: int = 302) -> web.Response:
     return web.Response(status=status, headers={"Location": location, "Cache-Control": "no-store"})
 
 
-def _login_again(next_path: str) -> str:
-    return f'<p><a href="{html.escape(login_url(next_path))}">Se connecter à nouveau</a></p>'
+def _login_again(next_path: str) -> list[tuple[str, str]]:
+    return [(login_url(next_path), "Se connecter à nouveau")]
 
 
 # What the citizen reads for each refusal: what to do, never why (the reason is in the server log). {op} is the OP's
@@ -212,8 +197,7 @@ def _refusal(request: web.Request, exc: oidc.LoginError, next_path: str) -> web.
     op = request.config_dict[LOGIN_CONFIG].provider_name
     status, title, message = next((s, t.format(op=op), m.format(op=op)) for cls, s, t, m in _REFUSALS
                                   if isinstance(exc, cls))
-    body = f"<h1>{html.escape(title)}</h1>\n<p>{html.escape(message)}</p>\n{_login_again(next_path)}"
-    return _page(request, title, body, status=status)
+    return _page(request, title, message, links=_login_again(next_path), status=status)
 
 
 # ------------------------------------------------------------------------------------------------ login state
@@ -344,10 +328,9 @@ async def jwks(request: web.Request) -> web.Response:
 
 
 async def logged_out(request: web.Request) -> web.Response:
-    op = html.escape(request.config_dict[LOGIN_CONFIG].provider_name)
-    body = (f"<h1>Vous êtes déconnecté·e</h1>\n<p>Votre session est terminée, ici et chez {op}.</p>\n"
-            f'<p><a href="{html.escape(login_url(DEFAULT_NEXT))}">Se connecter</a></p>')
-    return _page(request, "Déconnexion", body)
+    op = request.config_dict[LOGIN_CONFIG].provider_name
+    return _page(request, "Vous êtes déconnecté·e", f"Votre session est terminée, ici et chez {op}.",
+                 links=[(DEFAULT_NEXT, "Se connecter à nouveau")])
 
 
 # ------------------------------------------------------------------------------------------------ guards
@@ -364,9 +347,8 @@ async def _csrf_token(request: web.Request) -> str | None:
 
 
 def _csrf_page(request: web.Request) -> web.Response:
-    body = ("<h1>Action refusée</h1>\n<p>Ce formulaire a expiré ou ne vient pas de ce site. "
-            f'Revenez à <a href="{html.escape(ACCOUNT_PATH)}">votre compte</a> et recommencez.</p>')
-    return _page(request, "Action refusée", body, status=403)
+    return _page(request, "Action refusée", "Ce formulaire a expiré ou ne vient pas de ce site. Revenez à votre "
+                 "compte et recommencez.", links=[(ACCOUNT_PATH, "Revenir à « Mes données »")], status=403)
 
 
 CitizenHandler = Callable[[web.Request, CitizenSession], Awaitable[web.StreamResponse]]

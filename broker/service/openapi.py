@@ -408,7 +408,12 @@ def _portal_paths() -> dict[str, Any]:
                                       "302": login}}}
 
     return {
-        "/citizen/": page("portalHome", "The portal's home: who is logged in, until when, where to go"),
+        "/citizen/": {"get": {"operationId": "portalHome", "tags": ["citizen portal"],
+                              "summary": "The portal's home: for a visitor, what it is and the FranceConnect button; "
+                                         "for a citizen, who is logged in, until when, where to go",
+                              "responses": {"200": _html("The login page, or the citizen's home.")}}},
+        "/citizen/journal/verification": page("portalVerification", "What the in-browser verification of the "
+                                              "journal proves and does not, in plain French, with the log's key"),
         "/citizen/journal": page("portalJournal", "Every access to the citizen's data, newest first, with the "
                                  "materials to verify each entry in the browser", parameters=filters),
         "/citizen/journal.csv": export("portalJournalCsv", "text/csv"),
@@ -430,6 +435,29 @@ def _portal_paths() -> dict[str, Any]:
         "/citizen/oppositions/{id}/retrait": {"post": {
             "operationId": "portalWithdrawObjection", "tags": ["citizen portal"], "summary": "Withdraw an objection",
             "parameters": item, "requestBody": form, "responses": changed}},
+    }
+
+
+def _site_paths() -> dict[str, Any]:
+    """The pages every French public service carries (`broker.citizen.site`): no session needed. A browser's 404 or
+    405 anywhere is a French HTML page too (its `Accept` asks for text/html first); API clients get problems."""
+
+    def page(operation: str, summary: str) -> dict[str, Any]:
+        return {"get": {"operationId": operation, "tags": ["site"], "summary": summary,
+                        "responses": {"200": _html(summary)}}}
+
+    def icon(operation: str, media: str) -> dict[str, Any]:
+        return {"get": {"operationId": operation, "tags": ["site"], "summary": "The site's icon",
+                        "responses": {"200": {"description": "The icon (the DSFR's when installed).",
+                                              "content": {media: {}}}}}}
+
+    return {
+        "/mentions-legales": page("legalNotice", "Mentions légales: who publishes and hosts the service"),
+        "/donnees-personnelles": page("personalData", "Personal data: controller, purposes, retention, cookies, "
+                                      "rights"),
+        "/accessibilite": page("accessibilityStatement", "The accessibility statement (RGAA)"),
+        "/favicon.svg": icon("faviconSvg", "image/svg+xml"),
+        "/favicon.ico": icon("faviconIco", "image/x-icon"),
     }
 
 
@@ -663,6 +691,7 @@ def openapi_document() -> dict[str, Any]:
             **_citizen_login_paths(),
             **_consent_paths(),
             **_portal_paths(),
+            **_site_paths(),
         },
         "x-problem-base": PROBLEM_BASE,
         "x-datasets": {k: list(v) for k, v in schemas.catalogue().items()},

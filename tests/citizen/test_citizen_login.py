@@ -172,8 +172,12 @@ def session_token(browser: aiohttp.ClientSession) -> str | None:
     return None
 
 
+ACCOUNT = "/citizen/consentements"
+"""A page of the citizen's own: without a session, the login (`/citizen/` itself is a page for visitors too)."""
+
+
 async def account_page(browser: aiohttp.ClientSession, stack: Stack) -> tuple[int, str]:
-    async with browser.get(stack.broker + "/citizen/", allow_redirects=False) as resp:
+    async with browser.get(stack.broker + ACCOUNT, allow_redirects=False) as resp:
         return resp.status, await resp.text()
 
 
@@ -344,7 +348,7 @@ async def test_a_stolen_cookie_is_worthless_after_logout(stack: Stack) -> None:
         async with browser.post(stack.broker + form.action, data=form.fields) as resp:
             assert resp.status == 200
     async with aiohttp.ClientSession() as thief, \
-            thief.get(stack.broker + "/citizen/", headers={"Cookie": f"{sessions.COOKIE}={token}"},
+            thief.get(stack.broker + ACCOUNT, headers={"Cookie": f"{sessions.COOKIE}={token}"},
                       allow_redirects=False) as resp:
         assert resp.status == 302
         assert resp.headers["Location"].startswith("/citizen/login?next=")
@@ -507,10 +511,10 @@ async def test_expired_session_is_no_session(stack: Stack) -> None:
     old, _ = await sessions.create_session(pool, _login_result("dupont-marie-claire"), subject_secret=secret,
                                            sealer=sealer, lifetime=lifetime, now=now - lifetime)
     async with aiohttp.ClientSession() as http, \
-            http.get(stack.broker + "/citizen/", headers={"Cookie": f"{sessions.COOKIE}={old}"},
+            http.get(stack.broker + ACCOUNT, headers={"Cookie": f"{sessions.COOKIE}={old}"},
                      allow_redirects=False) as resp:
         assert resp.status == 302
-        assert resp.headers["Location"] == "/citizen/login?next=%2Fcitizen%2F"
+        assert resp.headers["Location"] == "/citizen/login?next=%2Fcitizen%2Fconsentements"
 
     await sessions.purge_expired(pool, now + timedelta(seconds=1))
     assert [r["token_sha256"].hex() for r in await stack.rows()] == [created.id]

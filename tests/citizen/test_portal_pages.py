@@ -14,7 +14,8 @@ from tests.adapters.test_franceconnect_sandbox import pick_citizen
 from tests.consent_harness import ConsentStack, StartConsentStack, start_consent_stack  # noqa: F401
 
 PAGES = ["/citizen/", "/citizen/journal", "/citizen/journal?du=2026-01-01&au=2025-01-01&administration=x",
-         "/citizen/consentements", "/citizen/oppositions"]
+         "/citizen/consentements", "/citizen/oppositions", "/citizen/journal/verification"]
+PUBLIC = ["/mentions-legales", "/donnees-personnelles", "/accessibilite", "/citizen/logged-out"]
 POSTS = ["/citizen/oppositions", "/citizen/oppositions/00000000-0000-0000-0000-000000000000/retrait",
          "/citizen/consentements/00000000-0000-0000-0000-000000000000/retrait"]
 
@@ -44,7 +45,7 @@ class _Inline(HTMLParser):
 
 async def logged_in(stack: ConsentStack) -> aiohttp.ClientSession:
     browser = stack.browser()
-    async with browser.get(stack.broker + "/citizen/") as resp:
+    async with browser.get(stack.broker + "/citizen/login?next=/citizen/") as resp:
         page, url = await resp.text(), resp.url
     action, form = pick_citizen(page, "dupont-marie-claire")
     async with browser.post(url.join(URL(action)), data=form) as resp:
@@ -54,7 +55,13 @@ async def logged_in(stack: ConsentStack) -> aiohttp.ClientSession:
 
 async def test_without_a_session_every_page_sends_to_the_login(stack: ConsentStack) -> None:
     async with stack.browser() as browser:
-        for path in [*PAGES, "/citizen/journal.csv", "/citizen/journal.json"]:
+        # the home is where a visitor learns what the portal is, and finds the FranceConnect button
+        async with browser.get(stack.broker + "/citizen/", allow_redirects=False) as resp:
+            assert resp.status == 200
+            page = await resp.text()
+            assert 'class="fr-connect"' in page and 'action="/citizen/login"' in page
+            assert 'name="next" value="/citizen/"' in page
+        for path in [*PAGES[1:], "/citizen/journal/verification", "/citizen/journal.csv", "/citizen/journal.json"]:
             async with browser.get(stack.broker + path, allow_redirects=False) as resp:
                 assert resp.status == 302, path
                 assert resp.headers["Location"].startswith("/citizen/login?next="), path
@@ -78,8 +85,15 @@ async def test_pages_keep_to_their_content_security_policy(stack: ConsentStack) 
         for path in POSTS:
             async with browser.post(stack.broker + path, data={"csrf": "x" * 43}, allow_redirects=False) as resp:
                 assert resp.status == 403, path
-        # exports are downloads
+        # exports are downloads; the spreadsheet is French CSV: a BOM, then French headers separated by ;
         async with browser.get(stack.broker + "/citizen/journal.csv") as resp:
             assert re.match(r'attachment; filename="journal-mes-donnees-\d{4}-\d{2}-\d{2}\.csv"',
                             resp.headers["Content-Disposition"])
-            assert (await resp.text()).startswith("logged_at,consumer,consumer_name,")
+            assert (await resp.read()).startswith("\ufeffDate et heure (Paris);Administration;".encode())
+    async with stack.browser() as visitor:  # pages anyone may read keep to it too
+        for path in PUBLIC:
+            async with visitor.get(stack.broker + path) as resp:
+                assert resp.status == 200, path
+                parser = _Inline()
+                parser.feed(await resp.text())
+                assert parser.found == [], (path, parser.found)

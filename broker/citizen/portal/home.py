@@ -1,4 +1,5 @@
-"""The portal's home page: who is logged in, until when, and the three places to go."""
+"""The portal's home: for a visitor, what « Mes données » is and the FranceConnect button; for a logged-in citizen,
+who they are, until when, and the places to go."""
 
 from __future__ import annotations
 
@@ -6,16 +7,20 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from broker.citizen.login import citizen_required
+from broker.citizen import pages
 from broker.citizen.portal.common import render
 from broker.service.state import STATE
 from broker.storage import db
 from consent import records
-from consent.sessions import CitizenSession
+from consent.sessions import DEFAULT_NEXT, LOGIN_PATH, current_citizen
 
 
-@citizen_required(html_page=True)
-async def home(request: web.Request, citizen: CitizenSession) -> web.Response:
+async def home(request: web.Request) -> web.Response:
+    citizen = await current_citizen(request)
+    if citizen is None:
+        # a page, not a redirect to the identity provider: the citizen learns where they are before leaving
+        return pages.render("portal_login.html", title="Connexion à « Mes données »", login_path=LOGIN_PATH,
+                            next_path=DEFAULT_NEXT)
     state = request.app[STATE]
     now = datetime.now(UTC)
     consents = await records.of_subject(state.pool, citizen.subject_key)
