@@ -134,3 +134,13 @@ async def commit(pool: asyncpg.Pool, entry: LogEntry, evidence: Evidence | None 
     except db.DB_ERRORS as exc:
         log.error("access log commit failed", error=f"{type(exc).__name__}: {exc}", entry_id=str(entry.id))
         raise LogUnavailable("access log commit failed") from exc
+
+
+# The consent screen's preview (`broker.citizen.oauth`) is logged like any access, under the administration that
+# asked, with these purpose and recipient: the values were shown to the citizen alone, nothing was transmitted.
+PREVIEW_PURPOSE = "apercu-consentement"
+CITIZEN_RECIPIENT = "citoyen"
+
+
+def is_preview(purpose: object, recipient: object) -> bool:
+    return purpose == PREVIEW_PURPOSE and recipient == CITIZEN_RECIPIENT

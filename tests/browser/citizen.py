@@ -136,8 +136,10 @@ async def integrate(stack: ConsentStack) -> None:
 
 
 async def verify_row(page: Page, row: int) -> str:
-    """Click "Vérifier" on the journal's `row` (1 is the newest) and return what the page then says."""
-    await page.locator(f"table.journal tbody tr:nth-child({row}) button[data-verify]").click()
+    """Click "Vérifier" on the journal's `row` (1 is the newest) and return what the page then says: the verdict,
+    then what is behind its disclosure."""
+    await page.locator(f"ol.journal > li:nth-child({row}) button[data-verify]").click()
     result = page.locator(f"#verif-{row}")
-    await expect(result).not_to_have_text(re.compile(r"^$|Vérification en cours"))
-    return (await result.inner_text()).strip()
+    await expect(result).to_have_class(re.compile(r"verify-(ok|ko)"))
+    detail = await page.locator(f"#verif-{row}-details [data-verify-detail]").text_content() or ""
+    return ((await result.inner_text()).strip() + "\n" + detail.strip()).strip()

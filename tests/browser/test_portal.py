@@ -36,7 +36,7 @@ REFUSED = PROBLEM + "legal-basis-refused"
 
 async def journal_rows(page: Page) -> list[str]:
     """The journal's rows as the citizen reads them (lower-cased: badges are upper-cased by the stylesheet)."""
-    return [(await r.inner_text()).lower() for r in await page.locator("table.journal tbody tr").all()]
+    return [(await r.inner_text()).lower() for r in await page.locator("ol.journal > li").all()]
 
 
 async def download(page: Page, link: str) -> bytes:
@@ -75,7 +75,9 @@ async def test_a_citizen_from_login_to_export(stack: ConsentStack, demarche: Dem
     assert len(rows) == 3
     assert "ville de paris" in rows[0] and "démarche proactive" in rows[0]
     assert "ville de lyon" in rows[1] and "consentement" in rows[1] and "données transmises" in rows[1]
-    assert "avant que vous décidiez" in rows[2]  # the consent screen's preview is an access too
+    # the consent screen's preview is an access too, shown to her alone: never presented as a transfer
+    assert "aperçu pour vous seul·e" in rows[2] and "montrées : " in rows[2] and "rien ne lui a été transmis" in rows[2]
+    assert "transmises" not in rows[2]
     assert all("quotient familial" in row for row in rows)
     await assert_accessible(page, "journal")
 
@@ -122,12 +124,15 @@ async def test_a_citizen_from_login_to_export(stack: ConsentStack, demarche: Dem
     assert "refusé" in rows[1] and "ville de lyon" in rows[1]
     assert (await verify_row(page, 1)).startswith(IN_LOG)
 
-    # 7. exports: the CSV and the JSON hold the same five entries; the JSON verifies on its own
-    table = list(csv.DictReader(io.StringIO((await download(page, "format CSV")).decode("utf-8"))))
+    # 7. exports: the spreadsheet and the JSON hold the same five entries; the JSON verifies on its own
+    table = list(csv.DictReader(io.StringIO((await download(page, "pour un tableur")).decode("utf-8-sig")),
+                                delimiter=";"))
     document = json.loads(await download(page, "format JSON"))
-    ids = [r["id"] for r in table]
+    ids = [r["Identifiant de l'entrée"] for r in table]
     assert len(ids) == 5 and ids == [e["entry"]["id"] for e in document["entries"]]
-    assert [r["outcome"] for r in table] == ["refused", "refused", "released", "released", "released"]
+    assert [r["Type"] for r in table] == ["Refusé", "Refusé", "Données transmises", "Données transmises",
+                                          "Aperçu pour vous seul·e"]
+    assert [r["Motif"].split(" : ")[0] for r in table[:2]] == ["Votre opposition", "Consentement absent ou retiré"]
     pinned = stack.app[TLOG].signer.verifier.vkey()  # as an auditor pins it, rather than the export's copy
     assert document["verifier_key"] == pinned
     for e in document["entries"]:  # as docs/portal.md shows

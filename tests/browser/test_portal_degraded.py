@@ -32,9 +32,9 @@ from tests.factories import PURPOSE
 
 async def downloaded_csv(page: Page) -> list[dict[str, str]]:
     async with page.expect_download() as info:
-        await page.get_by_role("link", name=re.compile("format CSV")).click()
+        await page.get_by_role("link", name=re.compile("pour un tableur")).click()
     path: Path = await (await info.value).path()
-    return list(csv.DictReader(io.StringIO(await asyncio.to_thread(path.read_text, "utf-8"))))
+    return list(csv.DictReader(io.StringIO(await asyncio.to_thread(path.read_text, "utf-8-sig")), delimiter=";"))
 
 
 async def test_without_javascript_nor_design_system(stack: ConsentStack, demarche: Demarche,
@@ -55,10 +55,10 @@ async def test_without_javascript_nor_design_system(stack: ConsentStack, demarch
     assert blocked, "the pages did ask for the DSFR stylesheet"
 
     await page.goto(stack.broker + "/citizen/journal")
-    await expect(page.locator("table.journal tbody tr")).to_have_count(3)
+    await expect(page.locator("ol.journal > li")).to_have_count(3)
     # no script: no "Vérifier" button that would do nothing, and a word on why
     await expect(page.locator("button[data-verify]").first).to_be_hidden()
-    await expect(page.get_by_text("La vérification dans le journal public se fait dans votre")).to_be_visible()
+    await expect(page.get_by_text("Sans JavaScript, téléchargez le journal au format JSON")).to_be_visible()
     assert len(await downloaded_csv(page)) == 3
 
     # revocation through its confirmation page, and an objection: plain forms
@@ -88,7 +88,7 @@ async def test_journal_filters_and_the_exports_follow_them(stack: ConsentStack, 
     await integrate(stack)
     page = (await open_page()).page
     await login(page, stack, path="/citizen/journal")
-    rows = page.locator("table.journal tbody tr")
+    rows = page.locator("ol.journal > li")
     await expect(rows).to_have_count(2)
     today = datetime.now(PARIS).date()
 
@@ -103,12 +103,12 @@ async def test_journal_filters_and_the_exports_follow_them(stack: ConsentStack, 
     await apply(administration="Ville de Paris")
     await expect(rows).to_have_count(1)
     await expect(rows.first).to_contain_text("Ville de Paris")
-    assert [r["consumer"] for r in await downloaded_csv(page)] == ["21750001600019"]
+    assert [r["SIRET de l'administration"] for r in await downloaded_csv(page)] == ["21750001600019"]
 
     await apply(administration="Ville de Lyon", donnees="quotient_familial")
     await expect(rows).to_have_count(1)
     [lyon_row] = await downloaded_csv(page)
-    assert (lyon_row["consumer"], lyon_row["outcome"]) == (LYON, "refused")
+    assert (lyon_row["SIRET de l'administration"], lyon_row["Type"]) == (LYON, "Refusé")
 
     await apply(du=today.isoformat(), au=today.isoformat())
     await expect(rows).to_have_count(2)

@@ -61,11 +61,11 @@ async def test_one_citizen_never_sees_nor_touches_anothers_data(stack: ConsentSt
 
     jean = (await open_page()).page
     await login(jean, stack, JEAN, "/citizen/journal")
-    rows = jean.locator("table.journal tbody tr")
+    rows = jean.locator("ol.journal > li")
     await expect(rows).to_have_count(1)
     html = await jean.content()
     assert jean_entry in html and not any(e in html for e in marie_entries)
-    for link in ("format CSV", "format JSON"):
+    for link in ("pour un tableur", "format JSON"):
         async with jean.expect_download() as info:
             await jean.get_by_role("link", name=re.compile(link)).click()
         text = await asyncio.to_thread((await (await info.value).path()).read_text, "utf-8")

@@ -1,22 +1,26 @@
-"""What every portal page shares: the page frame (navigation, session, logout form), French labels, dates."""
+"""What every portal page shares: the page frame (navigation, session, logout form), and the labels citizens read in
+place of ids: datasets and fields by their schema titles (`schemas.labels`), purposes by their registry labels,
+derived answers by the question they answer, organisations by name, times in Paris."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
 import schemas
-from broker.citizen import pages
+from broker.citizen import formatting, pages
+from broker.citizen.formatting import PARIS
 from broker.citizen.login import LOGIN_CONFIG, LOGOUT_PATH
-from broker.registry import Registry
+from broker.registry import Habilitation, Registry
+from broker.registry.derived import PREFIX
+from broker.tlog.accesslog import PREVIEW_PURPOSE
 from consent.sessions import CSRF_FIELD, CitizenSession
+from schemas import labels
 
-PARIS = ZoneInfo("Europe/Paris")
-"""Citizens read times in French legal time; exports keep UTC (RFC 3339)."""
+__all__ = ["PARIS"]
 
 NAV = (
     ("accueil", "/citizen/", "Accueil"),
@@ -30,11 +34,6 @@ LEGAL_BASES = {
     "proactive": "Démarche proactive",  # L114-8 II: to detect entitlements, the citizen may object
     "consent": "Consentement",
 }
-OUTCOMES = {
-    "released": ("Données transmises", "success"),
-    "refused": ("Refusé", "warning"),
-    "failed": ("Échec", "error"),
-}
 CONSENT_STATES = {
     "active": ("En cours", "success"),
     "used_up": ("Utilisé", "info"),
@@ -42,51 +41,50 @@ CONSENT_STATES = {
     "revoked": ("Retiré", "warning"),
     "refused": ("Refusé", "error"),
 }
-PURPOSES = {
-    # purposes the broker itself uses; a habilitation's purposes are read as their code
-    "apercu-consentement": "Vous montrer vos données avant que vous décidiez de les partager",
-}
+PREVIEW_LABEL = "Vous montrer vos données avant que vous décidiez de les partager"
+"""The purpose of the consent screen's preview: the broker's own, in no registry."""
 
 
 def when(moment: datetime) -> str:
-    """'22/11/2026 à 15:57', in Paris time."""
-    return moment.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
+    """« 22 novembre 2026 à 15 h 57 », in Paris time."""
+    return formatting.moment_fr(moment)
 
 
 def day(moment: datetime) -> str:
-    return moment.astimezone(PARIS).strftime("%d/%m/%Y")
+    """« 22 novembre 2026 », in Paris time."""
+    return formatting.day_fr(moment.astimezone(PARIS).date())
 
 
-def purpose_label(purpose: str | None) -> str:
+def purpose_label(registry: Registry, purpose: str | None) -> str:
+    """The registry's label of a purpose; an unlabelled one is its id made readable."""
     if not purpose:
         return "non précisée"
-    return PURPOSES.get(purpose) or purpose.replace("-", " ").replace("_", " ").capitalize()
+    if purpose == PREVIEW_PURPOSE:
+        return PREVIEW_LABEL
+    found = registry.purpose(purpose)
+    return found.label if found else labels.readable(purpose.replace("-", "_"))
 
 
 def dataset_title(dataset: str | None, version: int | None = None) -> str:
     if not dataset:
         return "non précisées"
-    try:
-        schema = schemas.load(dataset, version or schemas.latest(dataset))
-    except schemas.UnknownDataset:
-        return dataset
-    return str(schema.get("title") or dataset)
+    return labels.dataset_title(dataset, version) or labels.readable(dataset)
 
 
-def field_label(dataset: str | None, field: str, version: int | None = None) -> str:
-    """The schema's title of a dotted field path, else the path made readable."""
-    if field.startswith("derived."):
-        return "réponse dérivée « " + field.removeprefix("derived.").replace("_", " ") + " »"
-    node: Any = {}
-    if dataset:
-        try:
-            node = schemas.load(dataset, version or schemas.latest(dataset))
-        except schemas.UnknownDataset:
-            node = {}
-    for part in field.split("."):
-        node = (node.get("properties") or {}).get(part, {}) if isinstance(node, dict) else {}
-    title = node.get("title") if isinstance(node, dict) else None
-    return str(title or field.replace("_", " ").replace(".", " — "))
+def field_label(dataset: str | None, field: str, version: int | None = None,
+                hab: Habilitation | None = None) -> str:
+    """The schema's title of a dotted field path, or the question a derived answer answers."""
+    if field.startswith(PREFIX):
+        rule = hab.derived_rule(field) if hab else None
+        if rule is None:
+            return "Réponse calculée « " + field.removeprefix(PREFIX).replace("_", " ") + " »"
+        schema = schemas.load(dataset, version or schemas.latest(dataset)) if dataset in schemas.catalogue() else None
+        return formatting.derived_question(rule, schema)
+    return labels.field_title(dataset, field, version) or labels.readable(field)
+
+
+def habilitation(registry: Registry, habilitation_id: object) -> Habilitation | None:
+    return next((h for h in registry.habilitations if h.id == habilitation_id), None) if habilitation_id else None
 
 
 def organisation_name(registry: Registry, siret: str | None) -> str:
@@ -107,7 +105,7 @@ def render(request: web.Request, citizen: CitizenSession, template: str, *, acti
         form_targets=[f"{issuer.scheme}://{issuer.netloc}"],
         title=title, nav=NAV, active=active, logout_path=LOGOUT_PATH, csrf_field=CSRF_FIELD,
         csrf=citizen.csrf_token, who=f"{identity.given_name} {identity.family_name.upper()}",
-        session_ends=citizen.expires_at.astimezone(PARIS).strftime("%H:%M"), **context)
+        session_ends=formatting.time_fr(citizen.expires_at), **context)
 
 
 def not_found(request: web.Request, citizen: CitizenSession) -> web.Response:

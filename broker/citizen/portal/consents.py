@@ -51,7 +51,7 @@ def _view(c: records.Consent, registry: Registry, now: datetime) -> dict[str, An
         "dataset_title": dataset_title(c.dataset, c.dataset_version),
         "provider": c.provider,
         "provider_name": organisation_name(registry, c.provider),
-        "purpose": purpose_label(c.purpose),
+        "purpose": purpose_label(registry, c.purpose),
         "fields": [field_label(c.dataset, f, c.dataset_version) for f in c.fields],
         "fields_refused": [field_label(c.dataset, f, c.dataset_version) for f in c.fields_refused],
         "basis_title": c.legal_basis_title,

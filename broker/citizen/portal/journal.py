@@ -1,10 +1,12 @@
 """The citizen's journal: every access to their data, newest first, filtered by period, administration and dataset;
-exported as CSV or JSON; each entry with the raw materials of its verification in the browser.
+exported as a spreadsheet (French CSV) or JSON; each entry with the raw materials of its verification in the browser,
+and a page that explains that verification in plain French.
 
+What each entry means (a preview shown to the citizen alone, a transfer, a refusal and why) is `entries.EntryView`.
 The page never says whether an entry is in the log: it gives the entry as the server canonicalised it (RFC 8785),
 its index and inclusion proof, the signed checkpoint they are relative to, and the log's verifier key, and
-`broker/citizen/static/verify.js` draws the conclusion. The exports carry the same materials, for verification
-elsewhere.
+`broker/citizen/static/verify.js` draws the conclusion. The JSON export carries the same materials, for
+verification elsewhere.
 """
 
 from __future__ import annotations
@@ -20,28 +22,19 @@ import orjson
 from aiohttp import web
 
 from broker.citizen.login import citizen_required
-from broker.citizen.portal.common import (
-    LEGAL_BASES,
-    OUTCOMES,
-    PARIS,
-    dataset_title,
-    field_label,
-    organisation_name,
-    purpose_label,
-    render,
-    when,
-)
+from broker.citizen.portal import entries
+from broker.citizen.portal.common import PARIS, dataset_title, render
+from broker.citizen.portal.spreadsheet import journal_spreadsheet
 from broker.registry import Registry
 from broker.service.state import STATE
 from broker.tlog.jcs import canonicalize
 from broker.tlog.log import TLOG, BeyondTree, Journal, JournalEntry, JournalFilter, b64
-from broker.tlog.routes import MAX_JOURNAL, journal_csv, journal_document
+from broker.tlog.routes import MAX_JOURNAL, journal_document
 from consent.sessions import CitizenSession
 
 PAGE_LIMIT = 500
 """Entries shown on the page; the exports go up to `MAX_JOURNAL`."""
-CITIZEN_RECIPIENT = "citoyen"
-"""The recipient of the consent screen's preview (`broker.oauth`): the citizen themselves."""
+VERIFICATION = "/citizen/journal/verification"
 _SIRET = re.compile(r"^[0-9]{14}$")
 _DATASET = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -118,38 +111,11 @@ def _names(registry: Registry) -> dict[str, str]:
 
 
 def _row(e: JournalEntry, registry: Registry) -> dict[str, Any]:
-    entry = e.entry
-    dataset, version = entry.get("dataset"), entry.get("dataset_version")
-    ds = str(dataset) if dataset else None
-    v = version if isinstance(version, int) else None
-    released = entry.get("outcome") == "released"
-    fields = entry.get("fields_released") if released else entry.get("fields_requested")
-    basis = str(entry.get("legal_basis_type") or "")
-    consumer, recipient = entry.get("consumer"), entry.get("recipient")
-    if not consumer and entry.get("habilitation_id"):
-        # the consent screen's preview is fetched for the citizen at an administration's request: name it
-        hab = next((h for h in registry.habilitations if h.id == entry["habilitation_id"]), None)
-        consumer = hab.consumer if hab else None
-    logged_at = datetime.fromisoformat(str(entry["logged_at"]))
     return {
-        "id": entry["id"],
-        "when": when(logged_at),
-        "iso": str(entry["logged_at"]),
-        "consumer": consumer,
-        "consumer_name": organisation_name(registry, str(consumer) if consumer else None),
-        "recipient": "vous seul·e" if recipient == CITIZEN_RECIPIENT else (
-            recipient if recipient and recipient != consumer else None),
-        "dataset_title": dataset_title(ds, v),
-        "fields": [field_label(ds, str(f), v) for f in fields] if isinstance(fields, list) else [],
-        "fields_released": released,
-        "purpose": purpose_label(str(entry.get("purpose") or "")),
-        # no basis: refused before any habilitation matched
-        "basis": LEGAL_BASES.get(basis, "Non déterminée"),
-        "basis_title": entry.get("legal_basis_title"),
-        "basis_url": entry.get("legal_basis_url"),
-        "outcome": OUTCOMES.get(str(entry.get("outcome")), (str(entry.get("outcome")), "info")),
+        "entry": entries.view(e.entry, registry),
+        "iso": str(e.entry["logged_at"]),
         # the raw materials of "Vérifier"
-        "canonical": canonicalize(entry).decode("utf-8"),
+        "canonical": canonicalize(e.entry).decode("utf-8"),
         "index": "" if e.index is None else str(e.index),
         "proof": " ".join(b64(h) for h in e.proof or ()),
     }
@@ -180,7 +146,16 @@ async def journal_page(request: web.Request, citizen: CitizenSession) -> web.Res
         witness_quorum=tlog.witness_quorum,
         csv_url="/citizen/journal.csv" + ("?" + query if query else ""),
         json_url="/citizen/journal.json" + ("?" + query if query else ""),
-        filtered=bool(query))
+        filtered=bool(query), verification_url=VERIFICATION)
+
+
+@citizen_required(html_page=True)
+async def verification_page(request: web.Request, citizen: CitizenSession) -> web.Response:
+    """What « Vérifier » proves and does not, in plain French, with the log's key to compare."""
+    tlog = request.app[TLOG]
+    return render(request, citizen, "portal_verification.html", active="journal",
+                  title="Comment vérifier le journal public", origin=tlog.origin,
+                  verifier_key=tlog.signer.verifier.vkey())
 
 
 def _download(body: bytes | str, content_type: str, extension: str) -> web.Response:
@@ -200,7 +175,8 @@ async def _export(request: web.Request, citizen: CitizenSession, fmt: str) -> we
     if found is None:
         raise web.HTTPServiceUnavailable(text="Le journal public n'a pas encore de point de contrôle.")
     if fmt == "csv":
-        return _download(journal_csv(found, _names(registry)), "text/csv", "csv")
+        rows = ((entries.view(e.entry, registry), e.index) for e in found.entries)
+        return _download(journal_spreadsheet(rows), "text/csv", "csv")
     document = journal_document(found, _names(registry), tlog.origin)
     # the key too, so that the export verifies on its own; pin it rather than trusting this copy (docs/portal.md)
     document["verifier_key"] = tlog.signer.verifier.vkey()
@@ -222,5 +198,6 @@ async def journal_json_export(request: web.Request, citizen: CitizenSession) -> 
 
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/citizen/journal", journal_page)
+    router.add_get(VERIFICATION, verification_page)
     router.add_get("/citizen/journal.csv", journal_csv_export)
     router.add_get("/citizen/journal.json", journal_json_export)

@@ -51,8 +51,8 @@ def _exchanges(registry: Registry, objections: list[asyncpg.Record]) -> list[dic
         out.append({
             "consumer": hab.consumer, "consumer_name": organisation_name(registry, hab.consumer),
             "dataset": hab.dataset, "dataset_title": dataset_title(hab.dataset),
-            "purposes": [purpose_label(p) for p in hab.purposes],
-            "fields": [field_label(hab.dataset, f) for f in hab.fields],
+            "purposes": [purpose_label(registry, p) for p in hab.purposes],
+            "fields": [field_label(hab.dataset, f, hab=hab) for f in hab.fields],
             "basis_title": hab.legal_basis.title, "basis_url": hab.legal_basis.url,
             "objected": bool(covering),
             "objection_id": str(exact["id"]) if exact else None,

@@ -292,6 +292,8 @@
     }
   }
 
+  /* The verdict is one compact line in the row's status; what was established, or the step that failed, goes
+   * behind a disclosure beside it (`<details id="<status id>-details">`), so a journal of many rows stays readable. */
   function say(output, ok, title, detail) {
     output.replaceChildren();
     output.classList.remove("verify-ok", "verify-ko");
@@ -299,7 +301,11 @@
     const strong = document.createElement("strong");
     strong.textContent = title;
     output.append(strong);
-    if (detail) {
+    const details = document.getElementById(output.id + "-details");
+    if (details) {
+      details.querySelector("[data-verify-detail]").textContent = detail || "";
+      details.hidden = !detail;
+    } else if (detail) {
       output.append(document.createElement("br"), document.createTextNode(detail));
     }
   }
@@ -313,6 +319,8 @@
     const output = document.getElementById(button.getAttribute("aria-controls"));
     output.textContent = "Vérification en cours…";
     output.classList.remove("verify-ok", "verify-ko");
+    const details = document.getElementById(output.id + "-details");
+    if (details) details.hidden = true;
     const materials = {
       canonical: button.dataset.entry,
       index: button.dataset.index,
@@ -328,9 +336,11 @@
       const r = await verifyEntry(materials);
       const e = r.entry;
       say(output, true, "Vérifiée : cette entrée figure dans le journal public.",
-        `Entrée d'index ${r.index} dans l'arbre de ${r.size} entrées signé par la clé du journal ${log.dataset.origin}. ` +
-        `Elle dit : le ${formatDate(e.logged_at)}, ${e.consumer ? "SIRET " + e.consumer : "aucune administration"}, ` +
-        `données « ${e.dataset || "inconnues"} », ${OUTCOMES[e.outcome] || e.outcome}.` +
+        `Entrée n° ${r.index} d'un journal de ${r.size} entrées, dont le sommet est signé par la clé du journal ` +
+        `${log.dataset.origin}. Elle dit : le ${formatDate(e.logged_at)}, ` +
+        `${e.consumer ? "SIRET " + e.consumer : "aucune administration"}, données « ${e.dataset || "inconnues"} », ` +
+        `${e.recipient === "citoyen" && e.purpose === "apercu-consentement" ? "montrées à vous seul·e"
+          : OUTCOMES[e.outcome] || e.outcome}.` +
         (remembered(log.dataset.origin, materials.verifierKey) ? ""
           : " Attention : la clé du journal n'est pas celle que ce navigateur a vue lors d'une vérification précédente."));
     } catch (err) {
