@@ -33,7 +33,7 @@ from aiohttp import web
 import schemas
 from adapters.base import AdapterError, AdapterQuery
 from adapters.identity import Subject
-from broker.citizen import binding, metadata, oauth_request, pages, par
+from broker.citizen import binding, consent_screen, metadata, oauth_request, pages, par
 from broker.citizen.client_auth import NO_STORE, PAR_PATH, TOKEN_PATH, authenticate, oauth_error, read_form
 from broker.citizen.login import LOGIN_DENIED, citizen_required
 from broker.exchange import authz
@@ -136,14 +136,6 @@ async def _pending(state: BrokerState, request: web.Request) -> dict[str, Any] |
     return dict(row)
 
 
-def _field_info(schema: dict[str, Any], path: str) -> tuple[str, str]:
-    node: Any = schema
-    for part in path.split("."):
-        node = (node.get("properties") or {}).get(part, {}) if isinstance(node, dict) else {}
-    title = node.get("title") or path.replace("_", " ").replace(".", " — ")
-    return str(title), str(node.get("description", ""))
-
-
 async def _preview(state: BrokerState, request: web.Request, hab: Habilitation, details: rar.ExchangeAuthorization,
                    citizen: CitizenSession) -> tuple[dict[str, Any] | None, str | None]:
     """Fetch the citizen's actual values so they see what they would share. The fetch is logged like any access,
@@ -151,8 +143,8 @@ async def _preview(state: BrokerState, request: web.Request, hab: Habilitation, 
     # logged under the administration that asked (so the citizen's journal and its filter find it), released to
     # the citizen alone
     entry = accesslog.LogEntry(request_id=request[REQUEST_ID], consumer=hab.consumer, dataset=details.dataset,
-                               purpose="apercu-consentement", recipient="citoyen", fields_requested=details.fields,
-                               habilitation=hab, subject_key=citizen.subject_key)
+                               purpose=accesslog.PREVIEW_PURPOSE, recipient=accesslog.CITIZEN_RECIPIENT,
+                               fields_requested=details.fields, habilitation=hab, subject_key=citizen.subject_key)
     version = schemas.latest(details.dataset)
     entry.dataset_version = version
     try:
@@ -225,37 +217,21 @@ async def consent_page(request: web.Request) -> web.StreamResponse:
     if found is None:
         return _error_page("Demande invalide", "Ce service n'est plus habilité à cette demande.", 403)
     org, asked = found
+    registry, now = state.registry.current, datetime.now(UTC)
     requests = []
     for index, one in enumerate(asked):
         details = one.details
         schema = schemas.load(details.dataset, schemas.latest(details.dataset))
         data, preview_error = await _preview(state, request, one.habilitation, details, citizen)
-        preview = []
-        for f in details.fields:
-            title, description = _field_info(schema, f)
-            value: Any = data
-            present = data is not None
-            for part in f.split("."):
-                if isinstance(value, dict) and part in value:
-                    value = value[part]
-                else:
-                    present = False
-                    break
-            preview.append({"field": f"{index}:{f}", "label": title, "description": description, "present": present,
-                            "value": value if present else None})
-        requests.append({
-            "recipient": details.recipient, "dataset_title": schema.get("title", details.dataset),
-            "provider": one.provider, "provider_name": one.provider_name, "purpose": details.purpose,
-            "legal_basis_title": one.habilitation.legal_basis.title,
-            "legal_basis_url": one.habilitation.legal_basis.url, "frequency": details.frequency,
-            "duration_days": details.duration_days, "preview": preview, "preview_error": preview_error,
-        })
+        requests.append(consent_screen.request_view(
+            schema=schema, data=data, fields=details.fields, hab=one.habilitation, registry=registry,
+            controller=org.siret, recipient=details.recipient, provider=one.provider,
+            provider_name=one.provider_name, purpose=details.purpose, frequency=details.frequency,
+            duration_days=details.duration_days, now=now, preview_error=preview_error, prefix=f"{index}:"))
     redirect_origin = "{0.scheme}://{0.netloc}".format(urlsplit(pending["redirect_uri"]))
     return pages.render(
-        "consent.html", form_targets=[redirect_origin],
-        request_id=str(pending["id"]), csrf=citizen.csrf_token, controller=org.siret, controller_name=org.name,
-        requests=requests, labels={},
-    )
+        "consent.html", form_targets=[redirect_origin], request_id=str(pending["id"]), csrf=citizen.csrf_token,
+        **consent_screen.context(controller=org.siret, controller_name=org.name, requests=requests))
 
 
 @citizen_required(html_page=True)  # and CSRF-checked (form field "csrf")

@@ -15,7 +15,7 @@ from broker.service.state import STATE
 from broker.signing.keys import public_keys_from_jwks
 from consent import receipts, tokens
 from tests.consent_harness import CALLBACK, LYON, ConsentStack, StartConsentStack, start_consent_stack  # noqa: F401
-from tests.factories import PURPOSE, QF_FIELDS
+from tests.factories import PURPOSE, PURPOSE_LABEL, QF_FIELDS
 
 PROBLEM = "https://dlnuf.org/problems/"
 
@@ -104,9 +104,9 @@ async def test_the_consent_screen_shows_who_what_why_and_the_actual_values(stack
             html = await resp.text()
             csp = resp.headers["Content-Security-Policy"]
     assert "Commune " + LYON in html and LYON in html  # who asks
-    assert "tarification-restauration-scolaire" in html  # why
+    assert PURPOSE_LABEL in html and PURPOSE not in html  # why, by its registry label
     assert "Votre consentement" in html  # on which basis
-    assert ">582<" in html  # the actual value, fetched for this citizen
+    assert ">582\u202f€<" in html  # the actual value, fetched for this citizen, as people write it
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "http://127.0.0.1:9" in csp
 
 
