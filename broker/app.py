@@ -22,9 +22,11 @@ from broker import registry
 from broker.citizen import api as citizen_api
 from broker.citizen import login as login_routes
 from broker.citizen import oauth, pages, portal, site
+from broker.citizen.portal import notifications
 from broker.config import Config, verify_servable
 from broker.exchange import catalogue
 from broker.exchange.pipeline import handle_exchange
+from broker.notify import worker as mail_worker
 from broker.observability.metrics import Metrics
 from broker.service.attempts import AttemptStore, SourceBudget
 from broker.service.middleware import request_id_middleware, signing_middleware
@@ -42,6 +44,7 @@ log = structlog.get_logger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 DSN = web.AppKey("dsn", str)
+MAIL_WORKER = web.AppKey("mail_worker", asyncio.Task[None])
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -180,6 +183,21 @@ async def citizen_login_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def mail_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Citizens' notification e-mails (`broker.notify`): the mail queue's worker, when a relay is configured."""
+    state = app[STATE]
+    mailer = mail_worker.from_config(state.config, state.pool, sealer=state.sealer,
+                                     subject_secret=state.subject_secret, registry=lambda: state.registry.current,
+                                     metrics=state.metrics)
+    if mailer is None:
+        yield
+        return
+    task = app[MAIL_WORKER] = asyncio.create_task(mailer.run())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def create_app(config: Config) -> web.Application:
     verify_servable(config)
     app = web.Application(
@@ -197,6 +215,9 @@ def create_app(config: Config) -> web.Application:
         oauth.add_routes(app)
         citizen_api.add_routes(app)
         portal.add_routes(app.router)
+        if config.mail is not None:
+            notifications.add_routes(app.router)
+            app.cleanup_ctx.append(mail_ctx)
     app.cleanup_ctx.append(tlog_routes.tlog_ctx)
     app.router.add_post("/v1/exchanges", handle_exchange)
     app.router.add_get("/healthz", healthz)

@@ -96,6 +96,8 @@ class Config:
     """How many of `log_witnesses` must cosign a checkpoint before the portal and the journal use it."""
     site: SiteInfo = field(default_factory=lambda: SiteInfo())
     """Who runs this service, for the mentions légales, données personnelles and accessibility pages."""
+    mail: MailConfig | None = None
+    """E-mail notifications of citizens through an SMTP relay; None: not offered."""
 
     @property
     def embedded(self) -> bool:
@@ -417,6 +419,56 @@ def _is_address(text: str) -> bool:
     return bool(local and at and "." in domain and address == text.strip())
 
 
+@dataclass(frozen=True, slots=True)
+class MailConfig:
+    """E-mail notifications of citizens, sent through an SMTP relay. A value that exists is complete."""
+
+    host: str
+    port: int
+    security: str
+    """"starttls" (the default), "tls" (implicit TLS, port 465) or "none" (a relay on the loopback only)."""
+    username: str | None
+    password_env: str
+    """Name of the variable holding the relay password: the password itself never sits in a `Config`."""
+    sender: str
+    """The From of every mail, e.g. « Mes données <ne-pas-repondre@dlnuf.example.gouv.fr> »."""
+    public_url: str
+    """The base of the links in mails (journal, confirmation, unsubscribe): mails leave the request's context."""
+    timeout: float
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _mail(env: Mapping[str, str], public_url: str | None) -> MailConfig | None:
+    host = (env.get("DLNUF_SMTP_HOST") or "").strip()
+    if not host:
+        others = [n for n in ("DLNUF_MAIL_FROM", "DLNUF_SMTP_USER", "DLNUF_SMTP_PORT") if env.get(n)]
+        if others:
+            raise ConfigError(f"e-mail is half-configured: {others[0]} is set but DLNUF_SMTP_HOST is not")
+        return None
+    security = env.get("DLNUF_SMTP_SECURITY") or "starttls"
+    if security not in ("starttls", "tls", "none"):
+        raise ConfigError("DLNUF_SMTP_SECURITY must be starttls, tls or none")
+    port = _int(env, "DLNUF_SMTP_PORT", {"starttls": 587, "tls": 465, "none": 25}[security], 1, 65535)
+    username = env.get("DLNUF_SMTP_USER") or None
+    password_env = env.get("DLNUF_SMTP_PASSWORD_ENV") or "DLNUF_SMTP_PASSWORD"
+    if username is not None and not env.get(password_env):
+        raise ConfigError(f"DLNUF_SMTP_USER is set but the password variable {password_env} is not")
+    if security == "none" and host not in _LOOPBACK:
+        raise ConfigError("DLNUF_SMTP_SECURITY=none is only for a relay on the loopback (mails carry links that "
+                          "act for the citizen): use starttls or tls")
+    sender = (env.get("DLNUF_MAIL_FROM") or "").strip()
+    if not _is_address(parseaddr(sender)[1]) or not sender:
+        raise ConfigError(f"DLNUF_MAIL_FROM must be an address like 'Mes données <ne-pas-repondre@example.fr>', "
+                          f"got {sender!r}")
+    if public_url is None:
+        raise ConfigError("e-mail notifications need DLNUF_PUBLIC_URL: the links in mails must be absolute")
+    return MailConfig(host=host, port=port, security=security, username=username, password_env=password_env,
+                      sender=sender, public_url=public_url,
+                      timeout=_float(env, "DLNUF_SMTP_TIMEOUT", 10.0, 0.1, 300.0))
+
+
 def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Config:
     """Read `DLNUF_*` and `DATABASE_URL`; keyword overrides (from the command line) win."""
     env = os.environ if env is None else env
@@ -449,6 +501,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     values: dict[str, object] = dict(
         citizen_login=_citizen_login(env, public_url, state_dir),
         site=_site(env),
+        mail=_mail(env, public_url),
         database_url=database_url,
         state_dir=state_dir,
         host=env.get("DLNUF_HOST") or "127.0.0.1",

@@ -65,6 +65,9 @@ class CitizenSession:
     """Put it in every state-changing form (field `CSRF_FIELD`) or call (header `CSRF_HEADER`)."""
     created_at: datetime
     expires_at: datetime
+    email: str | None = field(default=None, repr=False)
+    """The e-mail address the OP gave (FranceConnect's `email` claim), sealed with the identity: what the portal
+    offers for notifications."""
 
 
 def _hash(token: str) -> bytes:
@@ -85,10 +88,10 @@ async def create_session(pool: asyncpg.Pool, login: LoginResult, *, subject_secr
         subject_key=subject_key(subject_secret, Subject(pivot=login.identity)),
         identity=login.identity, oidc_issuer=login.issuer, oidc_sub=login.sub, acr=login.acr,
         id_token_hint=login.id_token, csrf_token=secrets.token_urlsafe(32),
-        created_at=now, expires_at=now + lifetime,
+        created_at=now, expires_at=now + lifetime, email=login.email,
     )
-    sealed = sealer.seal(orjson.dumps({"identity": login.identity.to_json(), "id_token": login.id_token}),
-                         _SEAL_PURPOSE + session.id)
+    sealed = sealer.seal(orjson.dumps({"identity": login.identity.to_json(), "id_token": login.id_token,
+                                       "email": login.email}), _SEAL_PURPOSE + session.id)
     try:
         await pool.execute(_q()["session_insert"], token_hash, session.subject_key, session.oidc_issuer,
                            session.oidc_sub, session.acr, sealed, session.csrf_token, session.created_at,
@@ -114,6 +117,7 @@ async def load_session(pool: asyncpg.Pool, token: str, now: datetime, *, sealer:
         sealed = orjson.loads(sealer.open(row["sealed"], _SEAL_PURPOSE + session_id))
         identity = PivotIdentity.from_json(sealed["identity"])
         id_token = sealed["id_token"]
+        email = sealed.get("email")
     except (SealError, SubjectError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         # a changed sealing key or a tampered row: no session rather than someone's identity
         log.error("citizen session does not open", session=session_id, error=type(exc).__name__)
@@ -121,7 +125,7 @@ async def load_session(pool: asyncpg.Pool, token: str, now: datetime, *, sealer:
     return CitizenSession(
         id=session_id, subject_key=row["subject_key"], identity=identity, oidc_issuer=row["oidc_issuer"],
         oidc_sub=row["oidc_sub"], acr=row["acr"], id_token_hint=id_token, csrf_token=row["csrf_token"],
-        created_at=row["created_at"], expires_at=row["expires_at"],
+        created_at=row["created_at"], expires_at=row["expires_at"], email=email if isinstance(email, str) else None,
     )
 
 

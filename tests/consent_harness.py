@@ -20,7 +20,7 @@ from yarl import URL
 from adapters.sandbox.api_particulier import start_sandbox
 from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
 from broker.app import create_app
-from broker.config import CitizenLoginConfig
+from broker.config import CitizenLoginConfig, MailConfig
 from broker.consumer.client import BrokerClient
 from tests.adapters.test_franceconnect_sandbox import parse_forms, pick_citizen
 from tests.broker_harness import broker_config
@@ -30,6 +30,7 @@ OIDC_CLIENT = "dlnuf-broker"
 OIDC_SECRET = "secret-du-broker-pour-les-tests-de-consentement"
 OIDC_SECRET_ENV = "DLNUF_TEST_OIDC_CLIENT_SECRET"
 CALLBACK = "http://127.0.0.1:9/demarche/retour"  # never contacted: the browser stops at the consumer's door
+MAIL_FROM = "Mes données <ne-pas-repondre@dlnuf.test>"
 LYON = "21690123100011"
 PARIS = "21750001600019"
 
@@ -121,11 +122,13 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
     async def start(*, basis: str = "consent", redirect_uri: str = CALLBACK, bases: Mapping[str, str] | None = None,
                     names: Mapping[str, str] | None = None,
                     extra_datasets: Mapping[str, tuple[str, ...]] | None = None, key_alg: str = "ed25519",
-                    tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None, **settings: Any) -> ConsentStack:
+                    tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None, smtp_port: int | None = None,
+                    **settings: Any) -> ConsentStack:
         """`basis` for both consumers' habilitations, or `bases[siret]` for those it names; `redirect_uri` is
         registered for both; `names` names the consumers in the registry (else "Commune <siret>"); `settings`
         overrides the broker's configuration (`oauth_require_par=True`...). `key_alg` is the consumers' key
-        algorithm; `tls` (server context, client context) serves the broker on HTTPS."""
+        algorithm; `tls` (server context, client context) serves the broker on HTTPS; `smtp_port`: citizens'
+        notification mails go to an SMTP server on that loopback port."""
         sandbox_runner, sandbox_url = await start_sandbox(SANDBOX_TOKEN, slow_delay=2.0)
         runners.append(sandbox_runner)
         sock = socket.socket()
@@ -142,7 +145,10 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
         lyon, paris = consumer(LYON, alg=key_alg), consumer(PARIS, alg=key_alg)
         text = registry_toml([lyon, paris], provider_url=sandbox_url, basis=basis, bases=bases, names=names,
                              redirect_uri=redirect_uri, extra_datasets=extra_datasets)
-        config = broker_config(tmp_path, database_url, text, citizen_login=login, **settings)
+        mail = None if smtp_port is None else MailConfig(
+            host="127.0.0.1", port=smtp_port, security="none", username=None, password_env="UNUSED",
+            sender=MAIL_FROM, public_url=broker, timeout=2.0)
+        config = broker_config(tmp_path, database_url, text, citizen_login=login, mail=mail, **settings)
         app = create_app(config)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
         await runner.setup()

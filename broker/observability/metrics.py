@@ -44,6 +44,9 @@ class Metrics:
                                       "(consumer or habilitation).", ["scope"], registry=self.registry)
         self.outbox = Counter("dlnuf_outbox_deliveries", "Notification webhook deliveries by result (delivered, "
                               "failed, gave_up).", ["result"], registry=self.registry)
+        self.mails = Counter("dlnuf_mails", "Citizens' notification e-mails by kind (access, digest, confirmation) "
+                             "and result (sent, skipped, failed, gave_up).", ["kind", "result"],
+                             registry=self.registry)
 
     def watch_adapters(self, health: Callable[[], Mapping[str, Health]]) -> None:
         """Export each adapter's breaker and retry counts, read from `health()` at every scrape, so an adapter

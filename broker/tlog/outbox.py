@@ -36,6 +36,12 @@ def _q() -> dict[str, str]:
     return db.queries("broker.tlog", "tlog.sql")
 
 
+def retry_delay(attempts: int, backoff: float, max_backoff: float) -> float:
+    """Seconds before retrying after the `attempts`-th failure: exponential, capped. Also the e-mail queue's policy
+    (`broker.notify.worker`)."""
+    return float(min(max_backoff, backoff * 2 ** min(attempts - 1, 60)))
+
+
 def notification(outbox_id: int, row: asyncpg.Record) -> dict[str, Any]:
     """Who accessed what about whom, when, and on which legal basis (the subject by its key only)."""
     return {
@@ -76,7 +82,7 @@ class Outbox:
 
     def delay(self, attempts: int) -> float:
         """Seconds before retrying after the `attempts`-th failure: exponential, capped."""
-        return float(min(self.max_backoff, self.backoff * 2 ** min(attempts - 1, 60)))
+        return retry_delay(attempts, self.backoff, self.max_backoff)
 
     async def deliver_due(self) -> int:
         """One pass: lease due notifications, POST each; returns how many were attempted."""

@@ -16,6 +16,7 @@ from broker.citizen.formatting import PARIS
 from broker.citizen.login import LOGIN_CONFIG, LOGOUT_PATH
 from broker.registry import Habilitation, Registry
 from broker.registry.derived import PREFIX
+from broker.service.state import STATE
 from broker.tlog.accesslog import PREVIEW_PURPOSE
 from consent.sessions import CSRF_FIELD, CitizenSession
 from schemas import labels
@@ -27,6 +28,7 @@ NAV = (
     ("journal", "/citizen/journal", "Journal des accès"),
     ("consentements", "/citizen/consentements", "Mes consentements"),
     ("oppositions", "/citizen/oppositions", "Mes oppositions"),
+    ("notifications", "/citizen/notifications", "Être prévenu·e"),
 )
 
 LEGAL_BASES = {
@@ -99,11 +101,13 @@ def render(request: web.Request, citizen: CitizenSession, template: str, *, acti
     """A portal page: the shared frame around `template`'s content."""
     issuer = urlsplit(request.config_dict[LOGIN_CONFIG].issuer)
     identity = citizen.identity
+    mail = request.app[STATE].config.mail is not None
+    nav = [n for n in NAV if mail or n[0] != "notifications"]
     return pages.render(
         template, status=status,
         # the logout form is redirected to the OP's end-session endpoint: form-action must allow it
         form_targets=[f"{issuer.scheme}://{issuer.netloc}"],
-        title=title, nav=NAV, active=active, logout_path=LOGOUT_PATH, csrf_field=CSRF_FIELD,
+        title=title, nav=nav, active=active, logout_path=LOGOUT_PATH, csrf_field=CSRF_FIELD,
         csrf=citizen.csrf_token, who=f"{identity.given_name} {identity.family_name.upper()}",
         session_ends=formatting.time_fr(citizen.expires_at), **context)
 

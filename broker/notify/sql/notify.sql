@@ -1,0 +1,108 @@
+-- Named queries of citizens' e-mail notifications (broker/notify). Parameters are always $n.
+
+-- name: subscription_of_subject
+SELECT id, subject_key, address_sealed, mode, created_at, confirmed_at, confirm_before, digest_from
+FROM mail_subscriptions WHERE subject_key = $1;
+
+-- name: subscription_lock_subject
+-- Serialises one citizen's changes of choice (a double submit must not insert two subscriptions).
+SELECT pg_advisory_xact_lock(hashtextextended('dlnuf/mail-subscription:' || $1, 0));
+
+-- name: subscription_get
+SELECT id, subject_key, address_sealed, mode, created_at, confirmed_at, confirm_before, digest_from
+FROM mail_subscriptions WHERE id = $1;
+
+-- name: subscription_delete_of_subject
+DELETE FROM mail_subscriptions WHERE subject_key = $1 RETURNING id;
+
+-- name: subscription_insert
+INSERT INTO mail_subscriptions (id, subject_key, address_sealed, mode, created_at, confirmed_at, confirm_before,
+                                digest_from)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $5)
+RETURNING id, subject_key, address_sealed, mode, created_at, confirmed_at, confirm_before, digest_from;
+
+-- name: subscription_mode
+-- A new rhythm starts now: a weekly digest covers the week from the change, never before it.
+UPDATE mail_subscriptions SET mode = $2, digest_from = $3 WHERE id = $1 AND mode <> $2;
+
+-- name: subscription_confirm
+UPDATE mail_subscriptions SET confirmed_at = $2, confirm_before = NULL, digest_from = $2
+WHERE id = $1 AND confirmed_at IS NULL AND confirm_before > $2
+RETURNING id, subject_key, address_sealed, mode, created_at, confirmed_at, confirm_before, digest_from;
+
+-- name: subscription_delete
+DELETE FROM mail_subscriptions WHERE id = $1 RETURNING id;
+
+-- name: subscriptions_purge_unconfirmed
+DELETE FROM mail_subscriptions WHERE confirmed_at IS NULL AND confirm_before <= $1;
+
+-- name: mail_enqueue_confirmation
+INSERT INTO mail_outbox (subscription_id, kind) VALUES ($1, 'confirmation');
+
+-- name: mail_fan_out
+-- Take notification-outbox rows not yet fanned out (one per released entry, committed with it), mark them, and
+-- queue one access mail per confirmed subscriber who chose each access and subscribed before the entry. The
+-- consent screen's preview is not an access to tell the citizen about: they were looking at it.
+WITH due AS (
+    SELECT id, entry_id FROM notification_outbox WHERE mail_fanned_out_at IS NULL
+    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE notification_outbox o SET mail_fanned_out_at = now() FROM due WHERE o.id = due.id
+    RETURNING o.entry_id
+), queued AS (
+    INSERT INTO mail_outbox (subscription_id, kind, entry_id)
+    SELECT s.id, 'access', a.id
+    FROM marked m
+    JOIN access_log a ON a.id = m.entry_id
+    JOIN mail_subscriptions s ON s.subject_key = a.subject_key
+    WHERE s.mode = 'each' AND s.confirmed_at IS NOT NULL AND a.logged_at >= s.confirmed_at
+      AND NOT (a.purpose = $2 AND a.recipient = $3)
+    ON CONFLICT (subscription_id, entry_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM marked) AS fanned_out, (SELECT count(*) FROM queued) AS queued;
+
+-- name: mail_schedule_digests
+-- Weekly subscribers whose week is over ($1 is now) get a digest of [digest_from, $1); their next week starts now.
+WITH due AS (
+    SELECT id, digest_from FROM mail_subscriptions
+    WHERE mode = 'weekly' AND confirmed_at IS NOT NULL AND digest_from <= $1::timestamptz - interval '7 days'
+    ORDER BY digest_from LIMIT $2 FOR UPDATE SKIP LOCKED
+), moved AS (
+    UPDATE mail_subscriptions s SET digest_from = $1 FROM due WHERE s.id = due.id
+    RETURNING s.id, due.digest_from AS period_start
+)
+INSERT INTO mail_outbox (subscription_id, kind, period_start, period_end)
+SELECT id, 'digest', period_start, $1 FROM moved
+RETURNING id;
+
+-- name: mail_claim
+-- Lease due mails, as outbox_claim does for the webhook: a worker that dies mid-delivery only delays them.
+UPDATE mail_outbox o SET next_attempt_at = now() + make_interval(secs => $2), attempts = o.attempts + 1
+FROM (SELECT id FROM mail_outbox
+      WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
+      ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due
+WHERE o.id = due.id
+RETURNING o.id, o.subscription_id, o.kind, o.entry_id, o.period_start, o.period_end, o.attempts;
+
+-- name: mail_entries
+-- What an access mail names: when, which administration, which data. Never the values, never the fields.
+SELECT id, logged_at, consumer, dataset, dataset_version, habilitation_id FROM access_log WHERE id = ANY($1::uuid[]);
+
+-- name: mail_digest_entries
+-- The released accesses of one citizen in a digest's period, previews excepted.
+SELECT id, logged_at, consumer, dataset, dataset_version, habilitation_id FROM access_log
+WHERE subject_key = $1 AND logged_at >= $2 AND logged_at < $3 AND outcome = 'released'
+  AND NOT (purpose = $4 AND recipient = $5)
+ORDER BY logged_at;
+
+-- name: mail_delivered
+UPDATE mail_outbox SET delivered_at = now(), last_error = NULL WHERE id = $1;
+
+-- name: mail_failed
+UPDATE mail_outbox SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3,
+    gave_up_at = CASE WHEN $4 THEN now() END
+WHERE id = $1;
+
+-- name: mail_purge_delivered
+DELETE FROM mail_outbox WHERE (delivered_at IS NOT NULL OR gave_up_at IS NOT NULL) AND created_at < $1;
