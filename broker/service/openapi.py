@@ -423,6 +423,9 @@ def _portal_paths() -> dict[str, Any]:
             **page("portalRevokeConfirm", "Confirm the revocation of a consent", parameters=item),
             "post": {"operationId": "portalRevoke", "tags": ["citizen portal"], "summary": "Revoke a consent",
                      "parameters": item, "requestBody": form, "responses": changed}},
+        "/citizen/consentements/{id}/recu": page("portalReceipt", "A consent's receipt as a page to read and print, "
+                                                 "with the signed receipt to download or verify in the browser",
+                                                 parameters=item),
         "/citizen/oppositions": {
             **page("portalObjections", "The proactive exchanges the citizen may object to, and their objections"),
             "post": {"operationId": "portalObject", "tags": ["citizen portal"],
@@ -435,6 +438,44 @@ def _portal_paths() -> dict[str, Any]:
         "/citizen/oppositions/{id}/retrait": {"post": {
             "operationId": "portalWithdrawObjection", "tags": ["citizen portal"], "summary": "Withdraw an objection",
             "parameters": item, "requestBody": form, "responses": changed}},
+    }
+
+
+def _notification_paths() -> dict[str, Any]:
+    """Citizens' e-mail notifications (`broker.citizen.portal.notifications`), present with citizen login and an SMTP
+    relay. The settings need the session (CSRF on the POST); the links in mails need only their signed token."""
+    token = [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"},
+              "description": "The signed token of the link in the mail (one subscription, one action)."}]
+    gone = _html("Unknown, forged, used or expired link: nothing happened.")
+    return {
+        "/citizen/notifications": {
+            "get": {"operationId": "notificationSettings", "tags": ["citizen portal"],
+                    "summary": "The citizen's choice of e-mails: each access, weekly, or never, and the address",
+                    "responses": {"200": _html("The settings."), "302": _redirect("Not logged in: to the login.")}},
+            "post": {"operationId": "chooseNotifications", "tags": ["citizen portal"],
+                     "summary": "Record the choice; an address other than FranceConnect's gets a confirmation mail",
+                     "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+                         "type": "object", "required": ["csrf", "mode"], "properties": {
+                             "csrf": {"type": "string"}, "mode": {"enum": ["each", "weekly", "none"]},
+                             "adresse": {"type": "string", "format": "email"}}}}}},
+                     "responses": {"303": _redirect("Recorded: back to the settings, which say so."),
+                                   "400": _html("The address or the choice is wrong: the form says what to fix."),
+                                   "403": _html("The session's CSRF token is missing or wrong: nothing happened."),
+                                   "302": _redirect("Not logged in: to the login.")}}},
+        "/citizen/notifications/confirmer/{token}": {
+            "get": {"operationId": "confirmAddressPage", "tags": ["mail links"], "parameters": token,
+                    "summary": "A button to confirm an address (a GET confirms nothing: link scanners fetch links)",
+                    "responses": {"200": _html("The confirmation page."), "404": gone}},
+            "post": {"operationId": "confirmAddress", "tags": ["mail links"], "parameters": token,
+                     "summary": "Confirm the address, without logging in",
+                     "responses": {"200": _html("Confirmed."), "404": gone}}},
+        "/citizen/notifications/desabonnement/{token}": {
+            "get": {"operationId": "unsubscribePage", "tags": ["mail links"], "parameters": token,
+                    "summary": "A button to unsubscribe", "responses": {"200": _html("The page."), "404": gone}},
+            "post": {"operationId": "unsubscribe", "tags": ["mail links"], "parameters": token,
+                     "summary": "Unsubscribe without logging in (also RFC 8058 one-click, List-Unsubscribe=One-Click)",
+                     "responses": {"200": _html("Unsubscribed: the address and the queued mails are deleted."),
+                                   "404": gone}}},
     }
 
 
@@ -692,6 +733,7 @@ def openapi_document() -> dict[str, Any]:
             **_consent_paths(),
             **_portal_paths(),
             **_site_paths(),
+            **_notification_paths(),
         },
         "x-problem-base": PROBLEM_BASE,
         "x-datasets": {k: list(v) for k, v in schemas.catalogue().items()},

@@ -5,6 +5,7 @@ followed by a refused exchange, an objection followed by a refused proactive exc
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import json
@@ -30,6 +31,7 @@ from tests.browser.citizen import (
     verify_row,
 )
 from tests.consent_harness import ConsentStack
+from tests.factories import PURPOSE_LABEL
 
 REFUSED = PROBLEM + "legal-basis-refused"
 
@@ -102,9 +104,31 @@ async def test_a_citizen_from_login_to_export(stack: ConsentStack, demarche: Dem
     await screenshot(page, "portal-consents.png")
     assert await refused(lyon_exchange(stack, token)) == REFUSED
 
-    # her signed receipt downloads, and verifies with the broker's public key (as anyone can)
+    # her receipt, as a page to read and print: what, with whom, why, until when, how to withdraw
+    await page.get_by_role("link", name=re.compile("Voir le reçu")).click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("Reçu de votre consentement à Ville de Lyon")
+    receipt_page = await page.inner_text("main")
+    for fact in ("Ce qui est partagé", "Quotient familial", "Avec qui", "Pourquoi", "Jusqu'à quand",
+                 "Comment le retirer", PURPOSE_LABEL):
+        assert fact in receipt_page, fact
+    await assert_accessible(page, "receipt")
+    await screenshot(page, "portal-receipt.png")
+    # the browser checks its signature with the broker's published key, and that it is this consent
+    await page.get_by_role("button", name="Vérifier la signature").click()
+    await expect(page.locator("#recu-verification")).to_contain_text("Signature vérifiée")
+    # and the signed receipt downloads (anyone can verify it with the JWKS)
     receipt = (await download(page, "Télécharger le reçu signé")).decode()
     assert receipt.count(".") == 2
+    # a receipt altered on its way is caught
+    header, payload, signature = receipt.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["dpv:hasPurpose"] = "autre-chose"
+    forged = ".".join([header, base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode(),
+                       signature])
+    await page.route("**/receipt", lambda route: route.fulfill(body=forged, content_type="application/jwt"))
+    await page.get_by_role("button", name="Vérifier la signature").click()
+    await expect(page.locator("#recu-verification")).to_contain_text("le reçu a été modifié")
+    await page.unroute("**/receipt")
 
     # 5. she objects to Paris's proactive exchanges; Paris is refused
     await page.get_by_role("link", name="Mes oppositions").first.click()

@@ -23,11 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_route_is_documented() -> None:
-    # with citizen login configured, so the login, consent and citizen routes are there too
+    # with citizen login and an SMTP relay configured, so the login, consent, citizen and mail routes are there too
     app = create_app(load_config(env={
         "DLNUF_OIDC_ISSUER": "https://op.example", "DLNUF_OIDC_CLIENT_ID": "dlnuf",
-        "DLNUF_OIDC_REDIRECT_URI": "https://dlnuf.example/citizen/callback", "DLNUF_OIDC_CLIENT_SECRET": "s"},
-        database_url="postgresql://unused/x", host_from_request=True))
+        "DLNUF_OIDC_REDIRECT_URI": "https://dlnuf.example/citizen/callback", "DLNUF_OIDC_CLIENT_SECRET": "s",
+        "DLNUF_PUBLIC_URL": "https://dlnuf.example", "DLNUF_SMTP_HOST": "smtp.example",
+        "DLNUF_MAIL_FROM": "Mes données <ne-pas-repondre@dlnuf.example>"},
+        database_url="postgresql://unused/x"))
+    assert any(r.resource and r.resource.canonical.startswith("/citizen/notifications") for r in app.router.routes())
     doc = openapi_document()
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource else {}

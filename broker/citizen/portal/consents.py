@@ -17,6 +17,7 @@ from broker.citizen.portal.common import (
     CONSENT_STATES,
     dataset_title,
     field_label,
+    habilitation,
     not_found,
     organisation_name,
     purpose_label,
@@ -41,19 +42,23 @@ _GROUPS = {
 
 def _view(c: records.Consent, registry: Registry, now: datetime) -> dict[str, Any]:
     state = c.state_at(now)
+    hab = habilitation(registry, c.habilitation_id)
+    recipient_org = registry.organisation(c.recipient.split("/", 1)[0])
     return {
         "id": str(c.id),
         "state": state,
         "state_label": CONSENT_STATES[state],
         "controller": c.controller,
         "controller_name": c.controller_name,
-        "recipient": c.recipient if c.recipient != c.controller else None,
+        "recipient": None if c.recipient == c.controller else (
+            f"{recipient_org.name if recipient_org else c.recipient}, service « {c.recipient.split('/', 1)[1]} »"
+            if "/" in c.recipient else organisation_name(registry, c.recipient)),
         "dataset_title": dataset_title(c.dataset, c.dataset_version),
         "provider": c.provider,
         "provider_name": organisation_name(registry, c.provider),
         "purpose": purpose_label(registry, c.purpose),
-        "fields": [field_label(c.dataset, f, c.dataset_version) for f in c.fields],
-        "fields_refused": [field_label(c.dataset, f, c.dataset_version) for f in c.fields_refused],
+        "fields": [field_label(c.dataset, f, c.dataset_version, hab) for f in c.fields],
+        "fields_refused": [field_label(c.dataset, f, c.dataset_version, hab) for f in c.fields_refused],
         "basis_title": c.legal_basis_title,
         "basis_url": c.legal_basis_url,
         "one_time": c.frequency == "one_time",
@@ -62,7 +67,9 @@ def _view(c: records.Consent, registry: Registry, now: datetime) -> dict[str, An
         "expires": when(c.expires_at),
         "revoked": when(c.revoked_at) if c.revoked_at else None,
         "last_used": when(c.last_used_at) if c.last_used_at else None,
+        "given": when(c.decided_at or c.created_at),
         "receipt_url": f"/citizen/api/consents/{c.id}/receipt",
+        "receipt_page": f"{LIST}/{c.id}/recu",
         "revoke_url": f"{LIST}/{c.id}/retrait",
     }
 
@@ -101,6 +108,19 @@ async def revoke_confirm(request: web.Request, citizen: CitizenSession) -> web.R
                   title=f"Retirer votre consentement à {consent.controller_name}", consent=view)
 
 
+@citizen_required(html_page=True)
+async def receipt_page(request: web.Request, citizen: CitizenSession) -> web.Response:
+    """The receipt as a page to read and print: what was shared, with whom, why, until when, how to withdraw; and
+    the signed receipt, downloaded or checked in the browser against the broker's published keys."""
+    consent = await _own(request, citizen)
+    if consent is None:
+        return not_found(request, citizen)
+    view = _view(consent, request.app[STATE].registry.current, datetime.now(UTC))
+    return render(request, citizen, "portal_receipt.html", active="consentements",
+                  title=f"Reçu de votre consentement à {consent.controller_name}", consent=view,
+                  jwks_url="/.well-known/jwks.json")
+
+
 @citizen_required(html_page=True)  # and CSRF-checked: form field "csrf"
 async def revoke(request: web.Request, citizen: CitizenSession) -> web.StreamResponse:
     consent = await _own(request, citizen)
@@ -114,4 +134,5 @@ async def revoke(request: web.Request, citizen: CitizenSession) -> web.StreamRes
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(LIST, consents_page)
     router.add_get(LIST + "/{id}/retrait", revoke_confirm)
+    router.add_get(LIST + "/{id}/recu", receipt_page)
     router.add_post(LIST + "/{id}/retrait", revoke)
