@@ -4,10 +4,12 @@ who they are, until when, and the places to go."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from broker.citizen import pages
+from broker.citizen.login import LOGIN_CONFIG
 from broker.citizen.portal.common import render
 from broker.service.state import STATE
 from broker.storage import db
@@ -18,9 +20,11 @@ from consent.sessions import DEFAULT_NEXT, LOGIN_PATH, current_citizen
 async def home(request: web.Request) -> web.Response:
     citizen = await current_citizen(request)
     if citizen is None:
-        # a page, not a redirect to the identity provider: the citizen learns where they are before leaving
+        # a page, not a redirect to the identity provider: the citizen learns where they are before leaving.
+        # The button's form is redirected to the identity provider: form-action must allow its origin.
+        issuer = urlsplit(request.config_dict[LOGIN_CONFIG].issuer)
         return pages.render("portal_login.html", title="Connexion à « Mes données »", login_path=LOGIN_PATH,
-                            next_path=DEFAULT_NEXT)
+                            next_path=DEFAULT_NEXT, form_targets=[f"{issuer.scheme}://{issuer.netloc}"])
     state = request.app[STATE]
     now = datetime.now(UTC)
     consents = await records.of_subject(state.pool, citizen.subject_key)
