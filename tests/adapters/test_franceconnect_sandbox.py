@@ -87,7 +87,7 @@ class _FormParser(HTMLParser):
             form = self.forms[-1]
             if a.get("type") in ("radio", "checkbox"):
                 form.choices.setdefault(a["name"], []).append(a["value"])
-            elif a.get("type") in ("hidden", "text", None, ""):
+            elif a.get("type") in ("hidden", "text", "email", "date", None, ""):
                 form.fields[a["name"]] = a.get("value", "")
         elif tag == "button" and self.forms and "name" in a:
             self.forms[-1].buttons.setdefault(a["name"], []).append(a.get("value", ""))

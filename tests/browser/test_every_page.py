@@ -263,3 +263,42 @@ async def test_the_keyboard_path(stack: ConsentStack, demarche: Demarche, open_p
     await _tab_to(page, "form[action='/citizen/logout'] button")
     await page.keyboard.press("Enter")
     await page.wait_for_url(stack.broker + "/citizen/logged-out**")
+
+
+async def test_the_sample_demarche_fits_a_phone_and_passes_axe(start_consent_stack: StartConsentStack,
+                                                               open_page: OpenPage, check: Checker) -> None:
+    import socket
+
+    from aiohttp import web
+
+    from examples.cantine.app import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stack = await start_consent_stack(redirect_uri=base + "/retour", names=NAMES)
+    runner = web.AppRunner(create_app(broker_url=stack.broker, key=stack.lyon.key, siret=stack.lyon.siret,
+                                      base_url=base))
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    try:
+        page = (await open_page()).page
+        await page.goto(base + "/")
+        await check(page, "démarche, empty", frame=False)
+        await page.get_by_role("link", name="Remplir avec mes données").click()
+        await pick_at_op(page, stack, "rousseau-jean-baptiste")
+        await page.wait_for_url(re.compile(r".*/oauth/consent/"))
+        await page.click("button[name=decision][value=accept]")
+        await page.wait_for_url(base + "/")
+        await expect(page.get_by_label("Quotient familial")).to_have_value("1045")
+        await check(page, "démarche, pre-filled", frame=False)
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await screenshot(page, "demarche-prefilled-390.png")
+        await page.set_viewport_size({"width": 1280, "height": 900})
+        await page.get_by_label("Quotient familial").fill("1000")  # every value stays editable
+        await page.get_by_role("button", name="Envoyer l'inscription").click()
+        await expect(page.get_by_role("heading", level=1)).to_have_text("Inscription envoyée")
+        await expect(page.get_by_text("Corrigé par vous")).to_have_count(1)
+        await check(page, "démarche, sent", frame=False)
+    finally:
+        await runner.cleanup()

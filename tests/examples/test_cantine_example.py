@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from examples.cantine.app import create_app, price_bracket
+from tests.adapters.test_franceconnect_sandbox import parse_forms
 from tests.consent_harness import LYON, ConsentStack, StartConsentStack, start_consent_stack  # noqa: F401
 
 
@@ -49,21 +50,44 @@ async def test_prefilled_with_consent_and_empty_without(start_consent_stack: Sta
             async with browser.get(base + "/") as resp:
                 empty = await resp.text()
             assert "Remplir avec mes données" in empty
-            assert 'name="quotient_familial" inputmode="numeric" value=""' in empty
+            [form] = [f for f in parse_forms(empty) if f.action == "/inscription"]
+            assert form.fields["quotient_familial"] == "" and "Pré-rempli" not in empty
 
             html = await _go(stack, browser, base, "accept")
             assert "pré-rempli" in html
+            [form] = [f for f in parse_forms(html) if f.action == "/inscription"]
             # Jean-Baptiste Rousseau's household in the sandbox: QF 1045, three children
-            assert re.search(r'name="quotient_familial" inputmode="numeric" value="1045"', html)
+            assert form.fields["quotient_familial"] == "1045"
             assert "Tranche <strong>E</strong>" in html
-            assert len(re.findall(r'name="enfant_\d" value="[A-Z]+ ROUSSEAU"', html)) == 3
-            assert 'value="ROUSSEAU"' in html  # the allocataire's name
+            children = [v for k, v in form.fields.items() if re.fullmatch(r"enfant_\d", k)]
+            assert len(children) == 3 and all(v.endswith(" ROUSSEAU") for v in children)
+            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", form.fields["naissance_1"])  # a date input, still editable
+            assert form.fields["nom"] == "ROUSSEAU"
+            # next to each pre-filled value, where it comes from, by the schema's title: never a key
+            assert "« Valeur du quotient familial », transmis avec votre accord le " in html
+            assert "source : Caisse d&#39;allocations familiales (CAF). Vous pouvez la corriger." in html
+            assert "« Nom de naissance », transmis avec votre accord" in html
+            assert html.count(">Pré-rempli<") == len([v for v in form.fields.values() if v])
+            for key in ("nom_naissance", "code_postal_ville\u00bb", "numero_libelle_voie", "date_naissance"):
+                assert key not in html
+
+            # she corrects one value and keeps the others: the summary says which is which, by the form's labels
+            sent = {**form.fields, "quotient_familial": "1000"}
+            async with browser.post(base + "/inscription", data=sent) as resp:
+                done = await resp.text()
+            assert "Inscription envoyée" in done and "tranche <strong>E</strong>, <strong>3,62 €</strong>" in done
+            assert "Enfant 1 : prénoms et nom" in done and "Code postal et commune" in done
+            assert done.count("Corrigé par vous") == 1 and done.count("Transmis par la CAF ou la MSA") >= 5
+            for key in ("quotient_familial", "code_postal_ville", "enfant_1", "naissance_1"):
+                assert f">{key}<" not in done
 
         async with stack.browser() as other:
             html = await _go(stack, other, base, "refuse")
             assert "Vous n&#39;avez pas autorisé le partage" in html
-            assert 'name="quotient_familial" inputmode="numeric" value=""' in html  # empty, usable by hand
+            [form] = [f for f in parse_forms(html) if f.action == "/inscription"]
+            assert form.fields["quotient_familial"] == ""  # empty, usable by hand
             async with other.post(base + "/inscription", data={"nom": "Rousseau", "quotient_familial": "1045"}) as r:
-                assert r.status == 200 and "Inscription envoyée" in await r.text()
+                page = await r.text()
+                assert r.status == 200 and "Inscription envoyée" in page and "Corrigé par vous" not in page
     finally:
         await runner.cleanup()
