@@ -4,7 +4,9 @@ Everything is real: the sandboxes are HTTP servers in their upstream formats (AP
 `api_particulier` adapter; a DGFiP-style provider, reached by a declarative `http_json` adapter), the broker calls
 them over HTTP, and the printed commands sign their requests with a freshly generated consumer key registered in
 the demo registry. Citizens log in at /citizen/login through the sandbox FranceConnect OP (a real OpenID Provider
-whose users are the synthetic citizens), unless DLNUF_OIDC_* names another one.
+whose users are the synthetic citizens), unless DLNUF_OIDC_* names another one. Citizens' notification mails go
+to a catch-all mailbox (`adapters/sandbox/mailbox.py`, a real SMTP server) with a page listing them and a Maildir,
+unless DLNUF_SMTP_* names a relay.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from aiohttp import web
 from adapters.sandbox import dgfip
 from adapters.sandbox.api_particulier import start_sandbox
 from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
+from adapters.sandbox.mailbox import start_mailbox
 from broker.app import DSN, create_app
-from broker.config import CALLBACK_PATH, LOGGED_OUT_PATH, CitizenLoginConfig, Config
+from broker.config import CALLBACK_PATH, LOGGED_OUT_PATH, CitizenLoginConfig, Config, MailConfig
 from broker.gateway.app import Trust, create_gateway_app
 from broker.gateway.app import start as start_gateway
 from broker.gateway.config import load_gateway_config
@@ -50,6 +53,7 @@ CANTINE_SIRET = "21690123100011"
 PERISCOLAIRE_SIRET = "21130055300016"
 PERISCOLAIRE_SERVER = resources.files("examples").joinpath("periscolaire", "server.mjs")
 GATEWAY_DATABASE = "dlnuf_demo_gateway"
+DEMO_MAIL_FROM = "Mes données (démonstration) <ne-pas-repondre@dlnuf.localhost>"
 DEMO_SUBJECT = {"pivot_identity": {
     "family_name": "Dupont", "given_name": "Marie Claire", "birthdate": "1985-03-14",
     "gender": "female", "birthplace": "75114", "birthcountry": "99100",
@@ -70,6 +74,8 @@ def add_parser(sub: Any) -> None:
                    help="the Node.js démarche's port (accueil périscolaire, through the gateway; 0: any free one)")
     p.add_argument("--gateway-port", type=int, default=8090,
                    help="the consumer gateway's port, on loopback (the Node.js démarche's way to the broker)")
+    p.add_argument("--mailbox-port", type=int, default=0,
+                   help="the page of the mails citizens receive (catch-all SMTP server; 0: any free one)")
 
 
 def consumer_key(path: Path, kid: str = "demo-commune-paris") -> PrivateKey:
@@ -146,7 +152,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect_port: int,
-               cantine_port: int, periscolaire_port: int, gateway_port: int) -> None:
+               cantine_port: int, periscolaire_port: int, gateway_port: int, mailbox_port: int = 0) -> None:
     # SIGINT and SIGTERM only ask to stop: the start-up finishes (an embedded PostgreSQL half started could not
     # be stopped), then everything started is stopped, in reverse order, whatever stopped the demo.
     stop = asyncio.Event()
@@ -155,7 +161,7 @@ async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as started:
         await _start(config, started, sandbox_port, dgfip_port, franceconnect_port, cantine_port, periscolaire_port,
-                     gateway_port)
+                     gateway_port, mailbox_port)
         await stop.wait()
         print("stopping the demo", file=sys.stderr, flush=True)
 
@@ -167,7 +173,8 @@ async def _stop_process(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _start(config: Config, started: contextlib.AsyncExitStack, sandbox_port: int, dgfip_port: int,
-                 franceconnect_port: int, cantine_port: int, periscolaire_port: int, gateway_port: int) -> None:
+                 franceconnect_port: int, cantine_port: int, periscolaire_port: int, gateway_port: int,
+                 mailbox_port: int) -> None:
     demo_dir = config.state_dir / "demo"
     key_file = demo_dir / "consumer-commune-paris.jwk"
     key = consumer_key(key_file)
@@ -202,9 +209,19 @@ async def _start(config: Config, started: contextlib.AsyncExitStack, sandbox_por
                                    cookie_secure=False)
     op_note = "from DLNUF_OIDC_ISSUER" if config.citizen_login else "sandbox FranceConnect, synthetic citizens"
 
+    mail, mailbox_line = config.mail, "DLNUF_SMTP_HOST's relay"
+    if mail is None:
+        # a catch-all mailbox on the loopback stands for the citizens' mailboxes
+        catcher, mailbox_runner, mailbox_url = await start_mailbox(
+            host=config.host, web_port=mailbox_port, maildir=demo_dir / "mails")
+        started.push_async_callback(mailbox_runner.cleanup)
+        mail = MailConfig(host=config.host, port=catcher.port, security="none", username=None,
+                          password_env="DLNUF_DEMO_UNUSED",  # noqa: S106 - a variable name; no login here
+                          sender=DEMO_MAIL_FROM, public_url=config.public_url or base_url, timeout=5.0)
+        mailbox_line = f"{mailbox_url}   (and the Maildir {demo_dir / 'mails'}; SMTP on port {catcher.port})"
     # the demo writes its registry itself, so it may remove what an older demo registry had
     app = create_app(replace(config, registry_file=registry_file, citizen_login=login, registry_prune=True,
-                             public_url=config.public_url or base_url))
+                             public_url=config.public_url or base_url, mail=mail))
     runner = BrokerRunner(app, access_log=None)
     started.push_async_callback(runner.cleanup)  # also stops the embedded PostgreSQL, even after a failed start
     await runner.setup()
@@ -232,6 +249,7 @@ DLNUF demo is running.
   API Particulier   {sandbox_url}   (sandbox, synthetic citizens)
   DGFiP             {dgfip_url}   (sandbox, revenu fiscal de référence, via a declarative http_json adapter)
   citizen login     {base_url}/citizen/login   (OpenID Provider {login.issuer}: {op_note})
+  citizens' mails   {mailbox_line}
   database          embedded PostgreSQL in {config.state_dir / 'pgdata'}
   registry          {registry_file}
   consumer key      {key_file}   (Commune de Paris, kid {key.kid})
@@ -251,7 +269,7 @@ A démarche that pre-fills its form with the parent's consent (« Remplir avec m
 
   {cantine_url}/   (Ville de Lyon, inscription à la restauration scolaire; log in as any synthetic citizen)
 
-and what a citizen sees of it all: {base_url}/citizen/
+and what a citizen sees of it all: {base_url}/citizen/ (« Être prévenu·e » sends the mails to the mailbox above)
 
 The same, by a démarche that writes no crypto: it speaks plain HTTP to the consumer gateway on {gateway_url},
 which holds Marseille's key, signs, verifies the broker's answers and keeps a record (docs/gateway.md):
@@ -264,5 +282,5 @@ Ctrl-C (or SIGTERM) stops everything, the embedded PostgreSQL included.
 
 def run(args: argparse.Namespace, config: Config) -> int:
     asyncio.run(_run(config, args.sandbox_port, args.dgfip_port, args.franceconnect_port, args.demarche_port,
-                     args.periscolaire_port, args.gateway_port))
+                     args.periscolaire_port, args.gateway_port, args.mailbox_port))
     return 0
