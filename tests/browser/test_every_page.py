@@ -222,7 +222,7 @@ async def test_the_keyboard_path(stack: ConsentStack, demarche: Demarche, open_p
                                           duration_days=30)
         await page.goto(auth.url)
         await page.wait_for_url(re.compile(r".*/oauth/consent/"))
-        await _tab_to(page, "input[value=adresse]")
+        await _tab_to(page, "input[value='0:adresse']")
         await page.keyboard.press("Space")
         await _tab_to(page, "button[value=accept]")
         await page.keyboard.press("Enter")

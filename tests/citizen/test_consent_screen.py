@@ -84,10 +84,11 @@ def _screen(dataset: str, version: int, document: dict[str, Any], fields: list[s
                        LegalBasis("consent", "CRPA, article L114-8", "https://www.legifrance.gouv.fr/"), "P1Y")
     registry = Registry(organisations=(Organisation(CONSUMER, "Ville de Lyon", ("consumer",)),),
                         habilitations=(hab,), purposes=(Purpose(PURPOSE, "Calculer le tarif de la cantine"),))
-    context = consent_screen.context(
+    asked = consent_screen.request_view(
         schema=schema, data=document, fields=fields, hab=hab, registry=registry, controller=CONSUMER,
-        controller_name="Ville de Lyon", recipient=CONSUMER, provider=PROVIDER, provider_name="DINUM",
-        purpose=PURPOSE, frequency="one_time", duration_days=1, now=NOW, preview_error=None)
+        recipient=CONSUMER, provider=PROVIDER, provider_name="DINUM", purpose=PURPOSE, frequency="one_time",
+        duration_days=1, now=NOW, preview_error=None, prefix="0:")
+    context = consent_screen.context(controller=CONSUMER, controller_name="Ville de Lyon", requests=[asked])
     html = pages.environment().get_template("consent.html").render(request_id="r", csrf="c", **context)
     screen = _Screen()
     screen.feed(html)
