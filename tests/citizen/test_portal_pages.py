@@ -97,3 +97,16 @@ async def test_pages_keep_to_their_content_security_policy(stack: ConsentStack) 
                 parser = _Inline()
                 parser.feed(await resp.text())
                 assert parser.found == [], (path, parser.found)
+
+
+@pytest.mark.parametrize(("preset", "button"), [("franceconnect", 'class="fr-connect"'),
+                                                 ("franceconnect-plus", 'class="fr-connect fr-connect--plus"'),
+                                                 ("generic", "Se connecter avec Mon fournisseur")])
+def test_the_login_page_shows_the_franceconnect_button_only_for_franceconnect(preset: str, button: str) -> None:
+    from broker.citizen import pages
+
+    html = pages.environment().get_template("portal_login.html").render(
+        title="t", login_path="/citizen/login", next_path="/citizen/", provider_name="Mon fournisseur",
+        franceconnect=preset.startswith("franceconnect"), plus=preset == "franceconnect-plus")
+    assert button in html
+    assert ("fr-connect" in html) == preset.startswith("franceconnect")

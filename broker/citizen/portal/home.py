@@ -22,9 +22,12 @@ async def home(request: web.Request) -> web.Response:
     if citizen is None:
         # a page, not a redirect to the identity provider: the citizen learns where they are before leaving.
         # The button's form is redirected to the identity provider: form-action must allow its origin.
-        issuer = urlsplit(request.config_dict[LOGIN_CONFIG].issuer)
+        login = request.config_dict[LOGIN_CONFIG]
+        issuer = urlsplit(login.issuer)
         return pages.render("portal_login.html", title="Connexion à « Mes données »", login_path=LOGIN_PATH,
-                            next_path=DEFAULT_NEXT, form_targets=[f"{issuer.scheme}://{issuer.netloc}"])
+                            next_path=DEFAULT_NEXT, form_targets=[f"{issuer.scheme}://{issuer.netloc}"],
+                            provider_name=login.provider_name, franceconnect=login.preset.startswith("franceconnect"),
+                            plus=login.preset == "franceconnect-plus")
     state = request.app[STATE]
     now = datetime.now(UTC)
     consents = await records.of_subject(state.pool, citizen.subject_key)
