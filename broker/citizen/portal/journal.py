@@ -155,7 +155,9 @@ async def verification_page(request: web.Request, citizen: CitizenSession) -> we
     tlog = request.app[TLOG]
     return render(request, citizen, "portal_verification.html", active="journal",
                   title="Comment vérifier le journal public", origin=tlog.origin,
-                  verifier_key=tlog.signer.verifier.vkey())
+                  verifier_key=tlog.signer.verifier.vkey(),
+                  witnesses=[vkey for vkey, _ in request.app[STATE].config.log_witnesses],
+                  witness_quorum=tlog.witness_quorum)
 
 
 def _download(body: bytes | str, content_type: str, extension: str) -> web.Response:
