@@ -13,6 +13,7 @@ import io
 import json
 import os
 import sys
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,20 @@ def independent_leaf(entry: dict[str, Any]) -> bytes:
               "legal_basis_type": entry["legal_basis_type"], "logged_at": entry["logged_at"],
               "retention": entry["retention"], "v": 2}
     return hashlib.sha256(b"\x00" + canonicalize(public)).digest()
+
+
+def run_portal_doc_snippet(document: dict[str, Any], vkey: str, tmp_path: Path) -> None:
+    """docs/portal.md tells citizens how to check an export offline: run that very snippet, with this export and key."""
+    text = (Path(__file__).parents[2] / "docs" / "portal.md").read_text()
+    block = next(b for b in text.split("```python")[1:] if "verify_entry_proof" in b).split("```")[0]
+    code = textwrap.dedent(block)
+    export = tmp_path / "journal-mes-donnees-2026-11-22.json"
+    export.write_text(json.dumps(document))
+    assert 'VKEY = "' in code and '"journal-mes-donnees-2026-11-22.json"' in code
+    code = code.replace('"journal-mes-donnees-2026-11-22.json"', repr(str(export)))
+    code = "\n".join(f"VKEY = {vkey!r}" if line.startswith("VKEY = ") else line for line in code.splitlines())
+    # our own documentation's code, run as a reader would; raises VerificationError if any entry does not verify
+    exec(compile(code, "docs/portal.md", "exec"), {})  # noqa: S102
 
 
 @pytest.fixture
@@ -257,7 +272,8 @@ async def test_log_verify_over_http(broker: Harness, auditor: Consumer) -> None:
             await verify_log(nobody, [vkey], origin="dlnuf.test/log")
 
 
-async def test_citizen_journal_json_and_csv(broker: Harness, portal: Consumer, auditor: Consumer) -> None:
+async def test_citizen_journal_json_and_csv(broker: Harness, portal: Consumer, auditor: Consumer,
+                                           tmp_path: Path) -> None:
     assert (await broker.exchange()).status == 200
     assert (await broker.exchange(exchange_body(purpose="curiosite"))).status == 403
     assert (await broker.exchange(exchange_body(pivot("martin-jean-pierre")))).status in (200, 404, 409)
@@ -280,6 +296,7 @@ async def test_citizen_journal_json_and_csv(broker: Harness, portal: Consumer, a
                                 signed.root)
         assert e["entry"]["consumer"] == CONSUMER and e["consumer_name"] == f"Commune {CONSUMER}"
     assert found["truncated"] is False
+    run_portal_doc_snippet(found, vkey, tmp_path)
 
     assert len((await journal(broker, portal, dataset="statut_etudiant")).json["entries"]) == 0
     assert len((await journal(broker, portal, consumer=CONSUMER, since="2020-01-01")).json["entries"]) == 2
