@@ -52,6 +52,7 @@ from adapters.base import (
     read_body,
 )
 from adapters.identity import FRANCE, PivotIdentity, normalise_name
+from adapters.subjects import ProviderIdentifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,18 +136,16 @@ def request_for(query: AdapterQuery) -> tuple[str, list[tuple[str, str]]]:
         raise ProviderRejectedQuery("API Particulier requires the recipient's SIRET on every call")
     recipient = [("recipient", query.recipient)]
     subject = query.subject
-    if subject.pivot is not None:
+    if isinstance(subject, PivotIdentity):
         if route.identity_path is None or route.style is None:
             raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by pivot identity, only by "
                                         f"identifier ({', '.join(sorted(route.identifiers))})")
-        return route.identity_path, recipient + civil_status_params(subject.pivot, route.style)
-    assert subject.identifier is not None
-    target = route.identifiers.get(subject.identifier.scheme)
-    if target is None:
-        raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by identifier scheme "
-                                    f"{subject.identifier.scheme!r}")
+        return route.identity_path, recipient + civil_status_params(subject, route.style)
+    target = route.identifiers.get(subject.kind) if isinstance(subject, ProviderIdentifier) else None
+    if target is None or not isinstance(subject, ProviderIdentifier):
+        raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by {subject.kind!r}")
     path, param = target
-    return path, [*recipient, (param, subject.identifier.value)]
+    return path, [*recipient, (param, subject.value)]
 
 
 def to_dataset(dataset: str, version: int, answer: Any) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 import aiohttp
 
-from adapters.identity import Subject
 from adapters.resilience import BreakerState, CallPolicy, CircuitBreaker, Clock, Outcome, RetryBudget
+from adapters.subjects import Subject
 
 
 class AdapterError(Exception):

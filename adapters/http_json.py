@@ -54,9 +54,10 @@ Parameter sources for a pivot identity: family_name, given_name (space-separated
 given_names (the parameter repeated once per first name), first_given_name, preferred_name, birthdate
 (YYYY-MM-DD with 00 for unknown parts), birth_year, birth_month, birth_day (omitted when unknown), gender
 (male/female), sex (M/F), birthplace (omitted when born abroad), birthcountry, birthplace_or_country; for an
-identifier: identifier. Always: recipient (omitted when empty) and ``const:<text>``. Status outcomes:
-not_found, ambiguous, rejected, unavailable, timeout; unlisted statuses default to 404 not_found, 400 and 422
-rejected, 504 timeout, anything else but 200 unavailable.
+identifier (an identifier's value, or the SIREN, SIRET or RNA number: `identifiers` are keyed by subject kind,
+an identifier's scheme or ``siren``, ``siret``, ``rna``). Always: recipient (omitted when empty) and
+``const:<text>``. Status outcomes: not_found, ambiguous, rejected, unavailable, timeout; unlisted statuses default
+to 404 not_found, 400 and 422 rejected, 504 timeout, anything else but 200 unavailable.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ from adapters.base import (
     read_body,
 )
 from adapters.identity import FRANCE, PivotIdentity
+from adapters.subjects import identifier_value
 
 
 def _part(index: int) -> Callable[[PivotIdentity], list[str]]:
@@ -371,10 +373,11 @@ def _values(source: str, query: AdapterQuery) -> list[str]:
     if source == "recipient":
         return [query.recipient] if query.recipient else []
     if source == "identifier":
-        assert query.subject.identifier is not None
-        return [query.subject.identifier.value]
-    assert query.subject.pivot is not None
-    return PIVOT_SOURCES[source](query.subject.pivot)
+        value = identifier_value(query.subject)
+        assert value is not None
+        return [value]
+    assert isinstance(query.subject, PivotIdentity)
+    return PIVOT_SOURCES[source](query.subject)
 
 
 def body_for(lookup: Lookup, query: AdapterQuery) -> dict[str, Any] | None:
@@ -396,20 +399,21 @@ def body_for(lookup: Lookup, query: AdapterQuery) -> dict[str, Any] | None:
 def request_for(endpoint: Endpoint, query: AdapterQuery) -> tuple[Lookup, str, list[tuple[str, str]]]:
     """The lookup used, the path and the query parameters; `ProviderRejectedQuery` if the subject does not fit."""
     subject = query.subject
-    if subject.pivot is not None:
+    if isinstance(subject, PivotIdentity):
         lookup = endpoint.pivot
         if lookup is None:
             raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by pivot identity")
-        if lookup.full_birthdate and "00" in subject.pivot.birthdate.split("-")[1:]:
+        if lookup.full_birthdate and "00" in subject.birthdate.split("-")[1:]:
             raise ProviderRejectedQuery("this endpoint requires a full birth date; the identity's is partial")
         path = lookup.path
     else:
-        assert subject.identifier is not None
-        found = endpoint.identifiers.get(subject.identifier.scheme)
-        if found is None:
-            raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by {subject.identifier.scheme!r}")
+        # identifier lookups are keyed by subject kind: an identifier's scheme, or siren, siret, rna
+        found = endpoint.identifiers.get(subject.kind)
+        value = identifier_value(subject)
+        if found is None or value is None:
+            raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by {subject.kind!r}")
         lookup = found
-        path = lookup.path.replace("{identifier}", quote(subject.identifier.value, safe=""))
+        path = lookup.path.replace("{identifier}", quote(value, safe=""))
     return lookup, path, [(param, v) for param, source in lookup.query for v in _values(source, query)]
 
 

@@ -1,4 +1,6 @@
-"""Who a request is about: a FranceConnect pivot identity or a provider-specific identifier.
+"""Identities and numbers: a citizen's FranceConnect pivot identity, name normalisation, SIREN and SIRET checks.
+
+The subject kinds built on them, and the subject key, are in `adapters.subjects`.
 
 Invariant: a `PivotIdentity` is always well-formed (formats checked at construction), so adapters and the
 subject-key hash never see a malformed identity.
@@ -6,14 +8,12 @@ subject-key hash never see a malformed identity.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, ClassVar
 
 _COG_COMMUNE = re.compile(r"^[0-9][0-9AB][0-9]{3}$")
 _COG_COUNTRY = re.compile(r"^99[0-9]{3}$")
@@ -43,6 +43,7 @@ class PivotIdentity:
     birthplace: str
     birthcountry: str
     preferred_name: str = ""
+    kind: ClassVar[str] = "pivot_identity"
 
     def __post_init__(self) -> None:
         if not self.family_name.strip():
@@ -120,6 +121,13 @@ class PivotIdentity:
             self.birthcountry,
         )
 
+    def canonical(self) -> str:
+        """A stable text form of the normalised identity, input to the keyed subject hash (never change it)."""
+        return "pivot\x1f" + "\x1f".join(self.normalised())
+
+    def to_subject_json(self) -> dict[str, Any]:
+        return {"pivot_identity": self.to_json()}
+
 
 def normalise_name(name: str) -> str:
     """Upper case, accents removed, hyphens and apostrophes as spaces, runs of spaces collapsed.
@@ -131,64 +139,6 @@ def normalise_name(name: str) -> str:
     stripped = stripped.replace("Œ", "OE").replace("œ", "oe").replace("Æ", "AE").replace("æ", "ae")
     cleaned = re.sub(r"[-'’‐‑ʼ`\s]+", " ", stripped)
     return cleaned.strip().upper()
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderIdentifier:
-    """A provider-specific identifier, e.g. scheme 'ine' (student number) or 'france_travail' (identifiant)."""
-
-    scheme: str
-    value: str
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", self.scheme):
-            raise SubjectError("identifier.scheme must be a lower-case word")
-        if not self.value or len(self.value) > 128 or not self.value.isprintable():
-            raise SubjectError("identifier.value must be 1 to 128 printable characters")
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """Exactly one of `pivot` and `identifier` is set."""
-
-    pivot: PivotIdentity | None = None
-    identifier: ProviderIdentifier | None = None
-
-    def __post_init__(self) -> None:
-        if (self.pivot is None) == (self.identifier is None):
-            raise SubjectError("subject needs exactly one of pivot_identity and identifier")
-
-    @classmethod
-    def from_json(cls, raw: Any) -> Subject:
-        if not isinstance(raw, Mapping):
-            raise SubjectError("subject must be an object")
-        unknown = set(raw) - {"pivot_identity", "identifier"}
-        if unknown:
-            raise SubjectError(f"subject has unknown members: {', '.join(sorted(unknown))}")
-        if "pivot_identity" in raw and "identifier" in raw:
-            raise SubjectError("subject needs exactly one of pivot_identity and identifier")
-        if "pivot_identity" in raw:
-            return cls(pivot=PivotIdentity.from_json(raw["pivot_identity"]))
-        ident = raw.get("identifier")
-        if not isinstance(ident, Mapping) or set(ident) != {"scheme", "value"}:
-            raise SubjectError("subject needs pivot_identity or identifier {scheme, value}")
-        if not isinstance(ident["scheme"], str) or not isinstance(ident["value"], str):
-            raise SubjectError("identifier.scheme and identifier.value must be strings")
-        return cls(identifier=ProviderIdentifier(ident["scheme"], ident["value"]))
-
-    def canonical(self) -> str:
-        """A stable text form of the normalised subject, input to the keyed subject hash."""
-        if self.pivot is not None:
-            return "pivot\x1f" + "\x1f".join(self.pivot.normalised())
-        assert self.identifier is not None
-        return f"id\x1f{self.identifier.scheme}\x1f{self.identifier.value}"
-
-
-def subject_key(secret: bytes, subject: Subject) -> str:
-    """A keyed hash of the normalised subject: the same person gives the same key; without the secret it names
-    nobody (a plain hash of an identity could be reversed by trying every name and birth date). The key of a
-    subject's access-log entries, consents and journal."""
-    return hmac.new(secret, subject.canonical().encode(), hashlib.sha256).hexdigest()
 
 
 # -- organisations ------------------------------------------------------------------------------------------------

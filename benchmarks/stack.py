@@ -30,8 +30,8 @@ from loadgen import Endpoint, RequestMaker, SignedExchange
 import schemas
 from adapters.api_particulier import request_for
 from adapters.base import AdapterQuery
-from adapters.identity import Subject
 from adapters.sandbox import directory
+from adapters.subjects import parse_subject
 from broker.signing.keys import PrivateKey, generate_private_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ def exchange_body() -> bytes:
 def stub_path_query() -> str:
     """The path and query the broker's adapter sends the provider for this exchange (the adapter's function)."""
     query = AdapterQuery(dataset="quotient_familial", version=schemas.latest("quotient_familial"),
-                         subject=Subject.from_json(subject()), fields=frozenset(FIELDS), request_id="bench",
+                         subject=parse_subject(subject()), fields=frozenset(FIELDS), request_id="bench",
                          recipient=CONSUMER_SIRET)
     path, params = request_for(query)
     return f"{path}?{urllib.parse.urlencode(params)}"

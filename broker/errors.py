@@ -27,6 +27,14 @@ class InvalidSubject(InvalidRequest):
     pass
 
 
+class SubjectKindNotAccepted(InvalidSubject):
+    """The dataset cannot be asked about this kind of subject (e.g. a SIREN for a citizen's dataset)."""
+
+
+class FranceConnectNeedsConsent(InvalidSubject):
+    """A FranceConnect-mode request without a consent: only the broker's citizen login holds the token."""
+
+
 class UnknownDataset(InvalidRequest):
     pass
 

@@ -133,6 +133,9 @@ class RelyingParty:
     encryption_algs: frozenset[str] = frozenset()
     """JWE key management algorithms accepted; empty with no decryption keys: id_token and userinfo are plain."""
     encryption_encs: frozenset[str] = frozenset({"A256GCM"})
+    france_connect: bool = True
+    """The OP is FranceConnect (or FranceConnect+): its access token is kept, sealed, for providers'
+    FranceConnect-mode endpoints, which ask FranceConnect whom it names. Another OP's token is dropped."""
 
     def __post_init__(self) -> None:
         if "openid" not in self.scopes:
@@ -227,6 +230,8 @@ class LoginResult:
     """Kept as the ``id_token_hint`` of the OP logout: the signed id_token, decrypted when it came encrypted (the
     OP could not read the JWE we received: RP-Initiated Logout §2 wants the signed one)."""
     email: str | None = field(default=None, repr=False)
+    france_connect_token: str | None = field(default=None, repr=False)
+    """FranceConnect's access token, when the OP is FranceConnect; None otherwise."""
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -515,7 +520,8 @@ class OidcClient:
         acr = claims.get("acr")
         return LoginResult(identity=pivot_identity(identity_claims, self.rp.claims), issuer=meta.issuer,
                            sub=claims["sub"], acr=acr if isinstance(acr, str) else "", id_token=signed_id_token,
-                           email=email if isinstance(email, str) and email else None)
+                           email=email if isinstance(email, str) and email else None,
+                           france_connect_token=access_token if self.rp.france_connect else None)
 
     async def _userinfo(self, meta: ProviderMetadata, access_token: str, *, sub: str) -> Mapping[str, Any]:
         if meta.userinfo_endpoint is None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from adapters.identity import PivotIdentity
+from adapters.subjects import FranceConnectSubject
 from broker.storage.secretfile import create_once
 
 CONSENT_SEAL = "dlnuf/consent-identity/v1"
@@ -49,12 +52,29 @@ class Sealer:
         except InvalidTag:
             raise SealError("sealed value does not open with this key and purpose") from None
 
-    def seal_identity(self, identity: PivotIdentity, purpose: str) -> bytes:
-        import orjson
+    def seal_identity(self, identity: PivotIdentity, purpose: str, *, france_connect_token: str | None = None,
+                      ) -> bytes:
+        """The identity alone (the first format, still read), or with the citizen's FranceConnect access token
+        for providers' FranceConnect-mode endpoints."""
+        if france_connect_token is None:
+            return self.seal(orjson.dumps(identity.to_json()), purpose)
+        return self.seal(orjson.dumps({"identity": identity.to_json(), "france_connect_token": france_connect_token}),
+                         purpose)
 
-        return self.seal(orjson.dumps(identity.to_json()), purpose)
+    def _open_json(self, sealed: bytes, purpose: str) -> dict[str, Any]:
+        opened = orjson.loads(self.open(sealed, purpose))
+        if not isinstance(opened, dict):
+            raise SealError("not a sealed identity")
+        return opened if "identity" in opened else {"identity": opened}
 
     def open_identity(self, sealed: bytes, purpose: str) -> PivotIdentity:
-        import orjson
+        return PivotIdentity.from_json(self._open_json(sealed, purpose)["identity"])
 
-        return PivotIdentity.from_json(orjson.loads(self.open(sealed, purpose)))
+    def open_france_connect(self, sealed: bytes, purpose: str) -> FranceConnectSubject | None:
+        """The citizen as a FranceConnect subject; None when no FranceConnect access token was sealed with them
+        (a login through another identity provider, or a value sealed before tokens were kept)."""
+        opened = self._open_json(sealed, purpose)
+        token = opened.get("france_connect_token")
+        if not isinstance(token, str):
+            return None
+        return FranceConnectSubject(PivotIdentity.from_json(opened["identity"]), token)

@@ -28,7 +28,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from adapters.identity import PivotIdentity, Subject, SubjectError, subject_key
+from adapters.identity import PivotIdentity, SubjectError
+from adapters.subjects import subject_key
 from broker.storage import db
 from consent.oidc import LoginResult
 from consent.sealing import Sealer, SealError
@@ -68,6 +69,9 @@ class CitizenSession:
     email: str | None = field(default=None, repr=False)
     """The e-mail address the OP gave (FranceConnect's `email` claim), sealed with the identity: what the portal
     offers for notifications."""
+    france_connect_token: str | None = field(default=None, repr=False)
+    """FranceConnect's access token from the login, sealed with the identity; sealed into the citizen's consents
+    for providers' FranceConnect-mode endpoints. None when the OP is not FranceConnect."""
 
 
 def _hash(token: str) -> bytes:
@@ -85,13 +89,14 @@ async def create_session(pool: asyncpg.Pool, login: LoginResult, *, subject_secr
     token_hash = _hash(token)
     session = CitizenSession(
         id=token_hash.hex(),
-        subject_key=subject_key(subject_secret, Subject(pivot=login.identity)),
+        subject_key=subject_key(subject_secret, login.identity),
         identity=login.identity, oidc_issuer=login.issuer, oidc_sub=login.sub, acr=login.acr,
         id_token_hint=login.id_token, csrf_token=secrets.token_urlsafe(32),
-        created_at=now, expires_at=now + lifetime, email=login.email,
+        created_at=now, expires_at=now + lifetime, email=login.email, france_connect_token=login.france_connect_token,
     )
     sealed = sealer.seal(orjson.dumps({"identity": login.identity.to_json(), "id_token": login.id_token,
-                                       "email": login.email}), _SEAL_PURPOSE + session.id)
+                                       "email": login.email, "france_connect_token": login.france_connect_token}),
+                         _SEAL_PURPOSE + session.id)
     try:
         await pool.execute(_q()["session_insert"], token_hash, session.subject_key, session.oidc_issuer,
                            session.oidc_sub, session.acr, sealed, session.csrf_token, session.created_at,
@@ -118,6 +123,7 @@ async def load_session(pool: asyncpg.Pool, token: str, now: datetime, *, sealer:
         identity = PivotIdentity.from_json(sealed["identity"])
         id_token = sealed["id_token"]
         email = sealed.get("email")
+        fc_token = sealed.get("france_connect_token")
     except (SealError, SubjectError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         # a changed sealing key or a tampered row: no session rather than someone's identity
         log.error("citizen session does not open", session=session_id, error=type(exc).__name__)
@@ -126,6 +132,7 @@ async def load_session(pool: asyncpg.Pool, token: str, now: datetime, *, sealer:
         id=session_id, subject_key=row["subject_key"], identity=identity, oidc_issuer=row["oidc_issuer"],
         oidc_sub=row["oidc_sub"], acr=row["acr"], id_token_hint=id_token, csrf_token=row["csrf_token"],
         created_at=row["created_at"], expires_at=row["expires_at"], email=email if isinstance(email, str) else None,
+        france_connect_token=fc_token if isinstance(fc_token, str) else None,
     )
 
 

@@ -51,6 +51,16 @@ def latest(dataset: str) -> int:
     return versions[-1]
 
 
+def subject_kinds(dataset: str, version: int) -> frozenset[str]:
+    """The subject kinds (`adapters.subjects`) a dataset version can be asked about, from its ``x-subjects``.
+
+    A schema without ``x-subjects`` accepts no subject: a dataset is opened to a kind of subject on purpose (a
+    test requires every schema to declare it), never by default.
+    """
+    declared = load(dataset, version).get("x-subjects", ())
+    return frozenset(k for k in declared if isinstance(k, str))
+
+
 def project(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
     """`value` with every object member the schema does not declare dropped, recursively; nothing else changed.
 

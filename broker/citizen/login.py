@@ -131,7 +131,8 @@ async def running(app: web.Application, config: CitizenLoginConfig, *, pool: asy
     rp = oidc.RelyingParty(scopes=config.scopes, acr_values=config.acr_values, accepted_acr=config.accepted_acr,
                            claims=dict(config.claims), userinfo=config.userinfo, auth_method=config.auth_method,
                            id_token_algs=config.id_token_algs, encryption_algs=config.encryption_algs,
-                           encryption_encs=config.encryption_encs)
+                           encryption_encs=config.encryption_encs,
+                           france_connect=config.preset.startswith("franceconnect"))
     app[LOGIN_CONFIG] = config
     app[OIDC] = oidc.OidcClient(http, issuer=config.issuer, client_id=config.client_id, client_secret=secret,
                                 client_key=client_key, decryption_keys=decryption_keys, rp=rp,

@@ -32,7 +32,6 @@ from aiohttp import web
 
 import schemas
 from adapters.base import AdapterError, AdapterQuery
-from adapters.identity import Subject
 from broker.citizen import binding, consent_screen, metadata, oauth_request, pages, par
 from broker.citizen.client_auth import NO_STORE, PAR_PATH, TOKEN_PATH, authenticate, oauth_error, read_form
 from broker.citizen.login import LOGIN_DENIED, citizen_required
@@ -150,7 +149,7 @@ async def _preview(state: BrokerState, request: web.Request, hab: Habilitation, 
     try:
         adapter = state.adapters.for_dataset(details.dataset)
         document = await adapter.fetch(AdapterQuery(dataset=details.dataset, version=version,
-                                                    subject=Subject(pivot=citizen.identity),
+                                                    subject=citizen.identity,
                                                     fields=frozenset(details.fields), request_id=entry.request_id,
                                                     recipient=details.recipient))
         state.validators.verify(details.dataset, version, document)
@@ -270,7 +269,8 @@ async def consent_decision(request: web.Request, citizen: CitizenSession) -> web
             refused = tuple(f for f in details.fields if f not in granted)
             consents.append(await records.create(
                 conn, subject_key=citizen.subject_key,
-                identity_ciphertext=state.sealer.seal_identity(citizen.identity, CONSENT_SEAL),
+                identity_ciphertext=state.sealer.seal_identity(
+                    citizen.identity, CONSENT_SEAL, france_connect_token=citizen.france_connect_token),
                 controller=org.siret, controller_name=org.name, recipient=details.recipient, habilitation_id=hab.id,
                 dataset=details.dataset, dataset_version=schemas.latest(details.dataset), provider=one.provider,
                 purpose=details.purpose, fields=granted, fields_refused=refused,

@@ -94,6 +94,8 @@ def version_entry(dataset: str, version: int) -> dict[str, Any]:
         "$id": schema["$id"],
         "title": schema.get("title"),
         "description": {"fr": schema.get("description"), "en": schema.get("x-description-en")},
+        # the subject kinds (adapters.subjects) this version can be asked about; any other is refused
+        "subjects": sorted(schemas.subject_kinds(dataset, version)),
         "fields": list(_fields(schema, schema, "", True)),
     }
 

@@ -24,15 +24,25 @@ from aiohttp import web
 
 import schemas
 from adapters.base import AdapterError, AdapterQuery
-from adapters.identity import Subject, SubjectError, subject_key
+from adapters.identity import SubjectError
+from adapters.subjects import (
+    FRANCE_CONNECT,
+    PIVOT_IDENTITY,
+    FranceConnectOutsideConsent,
+    Subject,
+    parse_subject,
+    subject_key,
+)
 from broker.errors import (
     BodyTooLarge,
     BrokerError,
+    FranceConnectNeedsConsent,
     InvalidProviderAnswer,
     InvalidRequest,
     InvalidSubject,
     LogUnavailable,
     QuotaExceeded,
+    SubjectKindNotAccepted,
     UnknownDataset,
     UnsupportedMediaType,
 )
@@ -77,6 +87,17 @@ class ExchangeRequest:
     fields: tuple[str, ...]
     subject: Subject | None
     """None when an access token stands for a consent: the broker then takes the citizen from the consent."""
+    france_connect: bool = False
+    """With an access token, `{"france_connect": {}}` as subject: ask the provider in FranceConnect mode, with the
+    citizen's FranceConnect access token sealed in the consent, rather than by pivot identity."""
+
+    @property
+    def subject_kind(self) -> str:
+        """The kind of subject the provider will be asked about: a consent's citizen is a pivot identity unless
+        FranceConnect mode is asked."""
+        if self.subject is not None:
+            return self.subject.kind
+        return FRANCE_CONNECT if self.france_connect else PIVOT_IDENTITY
 
     @classmethod
     def parse(cls, body: bytes, *, with_token: bool = False) -> ExchangeRequest:
@@ -109,18 +130,30 @@ class ExchangeRequest:
         if len(set(fields)) != len(fields):
             raise InvalidRequest("fields has duplicates")
         subject: Subject | None = None
+        france_connect = False
         if with_token:
-            if "subject" in raw:
-                raise InvalidSubject("with an access token the consent names the citizen: send no subject")
+            if raw.get("subject", {FRANCE_CONNECT: {}}) != {FRANCE_CONNECT: {}}:
+                raise InvalidSubject("with an access token the consent names the citizen: send no subject, or "
+                                     "{\"france_connect\": {}} for FranceConnect mode")
+            france_connect = "subject" in raw
         elif "subject" not in raw:
             raise InvalidSubject("subject is missing")
         else:
             try:
-                subject = Subject.from_json(raw["subject"])
+                subject = parse_subject(raw["subject"])
+            except FranceConnectOutsideConsent as exc:
+                raise FranceConnectNeedsConsent(str(exc)) from None
             except SubjectError as exc:
                 raise InvalidSubject(str(exc)) from None
         return cls(dataset, version, _member(raw, "purpose", _PURPOSE), _member(raw, "recipient", _RECIPIENT),
-                   tuple(fields), subject)
+                   tuple(fields), subject, france_connect)
+
+    def verify_subject_kind(self) -> None:
+        """Raise `SubjectKindNotAccepted` unless the dataset version declares this kind of subject (`x-subjects`)."""
+        accepted = schemas.subject_kinds(self.dataset, self.version)
+        if self.subject_kind not in accepted:
+            raise SubjectKindNotAccepted(f"{self.dataset} v{self.version} cannot be asked about a "
+                                         f"{self.subject_kind} subject (accepted: {', '.join(sorted(accepted))})")
 
 
 def _member(raw: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> str:
@@ -169,6 +202,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
         entry.recipient, entry.fields_requested = ask.recipient, ask.fields
         if ask.subject is not None:
             entry.subject_key = subject_key(state.subject_secret, ask.subject)
+        ask.verify_subject_kind()  # after the key: a business's journal shows refusals too
 
         # 2b. Over a quota (the consumer's, or this habilitation's), nothing more is done, nor asked of a provider.
         usage.verify_within()
@@ -190,7 +224,13 @@ async def handle_exchange(request: web.Request) -> web.Response:
             entry.subject_key = consent.subject_key  # a refusal from here on is logged against this citizen
             verify_consent_covers(consent, verified, dataset=ask.dataset, purpose=ask.purpose,
                                   recipient=ask.recipient, fields=ask.fields, now=now)
-            subject = Subject(pivot=state.sealer.open_identity(consent.identity_ciphertext, CONSENT_SEAL))
+            if ask.france_connect:
+                subject = state.sealer.open_france_connect(consent.identity_ciphertext, CONSENT_SEAL)
+                if subject is None:
+                    raise FranceConnectNeedsConsent("this consent was not given after a FranceConnect login: ask "
+                                                    "without FranceConnect mode")
+            else:
+                subject = state.sealer.open_identity(consent.identity_ciphertext, CONSENT_SEAL)
         elif token is not None:
             raise InvalidRequest("an access token is only for habilitations whose legal basis is consent")
         assert subject is not None and entry.subject_key is not None

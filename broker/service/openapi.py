@@ -28,7 +28,7 @@ _PIVOT = {
 
 _EXCHANGE_REQUEST = {
     "type": "object",
-    "required": ["dataset", "purpose", "recipient", "fields", "subject"],
+    "required": ["dataset", "purpose", "recipient", "fields"],
     "additionalProperties": False,
     "properties": {
         "dataset": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$", "examples": ["quotient_familial"]},
@@ -49,7 +49,26 @@ _EXCHANGE_REQUEST = {
                      "type": "object", "required": ["scheme", "value"], "additionalProperties": False,
                      "properties": {"scheme": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
                                     "value": {"type": "string", "minLength": 1, "maxLength": 128}}}}},
+                {"type": "object", "required": ["siren"], "additionalProperties": False,
+                 "properties": {"siren": {"type": "string", "pattern": "^[0-9]{9}$",
+                                          "description": "A company; the Luhn check digit is verified."}}},
+                {"type": "object", "required": ["siret"], "additionalProperties": False,
+                 "properties": {"siret": {"type": "string", "pattern": "^[0-9]{14}$",
+                                          "description": "An establishment; check digits verified (La Poste's "
+                                                         "establishments: digit sum a multiple of 5)."}}},
+                {"type": "object", "required": ["rna"], "additionalProperties": False,
+                 "properties": {"rna": {"type": "string", "pattern": "^W[0-9][0-9AB][0-9]{7}$",
+                                        "description": "An association in the RNA."}}},
+                {"type": "object", "required": ["france_connect"], "additionalProperties": False,
+                 "description": "FranceConnect mode, only with a consent's access token: the provider is asked "
+                                "with the citizen's FranceConnect token sealed in the consent. Refused without "
+                                "one (france-connect-needs-consent).",
+                 "properties": {"france_connect": {"type": "object", "maxProperties": 0}}},
             ],
+            "description": "Who the request is about: one member, named after the subject kind. The catalogue "
+                           "lists the kinds each dataset accepts (`subjects`); another kind is refused "
+                           "(subject-kind-not-accepted). With a consent's access token, omit it (the consent "
+                           "names the citizen) or send {\"france_connect\": {}}.",
         },
     },
 }

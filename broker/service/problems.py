@@ -81,6 +81,12 @@ PROBLEMS: list[tuple[type[BaseException], ProblemType]] = [
     (errors.BodyTooLarge, _p("body-too-large", 413, "Body too large", "The body exceeds the broker's limit.")),
     (errors.UnsupportedMediaType, _p("unsupported-media-type", 415, "Unsupported media type",
                                      "The exchange endpoint takes application/json.")),
+    (errors.SubjectKindNotAccepted, _p("subject-kind-not-accepted", 400, "Subject kind not accepted",
+                                       "The dataset cannot be asked about this kind of subject; the catalogue "
+                                       "lists the kinds each dataset accepts (`subjects`).")),
+    (errors.FranceConnectNeedsConsent, _p("france-connect-needs-consent", 400, "FranceConnect needs a consent",
+                                          "A FranceConnect-mode request is only possible with the access token "
+                                          "of a consent the citizen gave after logging in with FranceConnect.")),
     (errors.InvalidSubject, _p("invalid-subject", 400, "Invalid subject",
                                "The subject is missing or its pivot identity or identifier is malformed.")),
     (errors.InvalidRequest, _p("invalid-request", 400, "Invalid request",

@@ -24,7 +24,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from adapters.identity import Subject, SubjectError, subject_key
+from adapters.identity import SubjectError
+from adapters.subjects import Subject, parse_subject, subject_key
 from broker.errors import InvalidRequest, InvalidSubject, NotAuthorized, TooManyAttempts
 from broker.service.attempts import source_of
 from broker.service.middleware import VERIFIED
@@ -307,7 +308,7 @@ def _journal_request(body: bytes) -> tuple[Subject, JournalFilter, str]:
     if "subject" not in raw:
         raise InvalidSubject("subject is missing")
     try:
-        subject = Subject.from_json(raw["subject"])
+        subject = parse_subject(raw["subject"])
     except SubjectError as exc:
         raise InvalidSubject(str(exc)) from None
     fmt = raw.get("format", "json")

@@ -29,9 +29,9 @@ from adapters.base import (
     ProviderUnavailable,
     SubjectNotFound,
 )
-from adapters.identity import ProviderIdentifier, Subject
 from adapters.resilience import BreakerState, CallPolicy, CircuitBreaker, Outcome, RetryBudget
 from adapters.sandbox.api_particulier import create_app as sandbox_app
+from adapters.subjects import ProviderIdentifier
 from tests.broker_harness import Harness, broker_config, exchange_body, pivot, start_broker
 from tests.factories import SANDBOX_TOKEN, TOKEN_ENV, consumer, registry_toml
 
@@ -116,7 +116,7 @@ def build(session: aiohttp.ClientSession, provider_url: str) -> Build:
     return make
 
 
-QUERY = AdapterQuery(DATASET, 1, Subject(identifier=ProviderIdentifier("spi", "3123456789012")), frozenset(), "t")
+QUERY = AdapterQuery(DATASET, 1, ProviderIdentifier("spi", "3123456789012"), frozenset(), "t")
 
 
 # ------------------------------------------------------------------------------------------------ retries

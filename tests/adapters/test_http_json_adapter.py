@@ -25,9 +25,10 @@ from adapters.base import (
     ProviderUnavailable,
     SubjectNotFound,
 )
-from adapters.identity import PivotIdentity, ProviderIdentifier, Subject
+from adapters.identity import PivotIdentity
 from adapters.sandbox import directory
 from adapters.sandbox.dgfip import create_app
+from adapters.subjects import ProviderIdentifier, Subject
 
 KEY = "dgfip-test-key"
 KEY_ENV = "DLNUF_TEST_DGFIP_KEY"
@@ -90,7 +91,7 @@ def build(session: aiohttp.ClientSession, dgfip_url: str) -> Build:
 
 def pivot(citizen_id: str, **change: str) -> Subject:
     p = directory().citizen(citizen_id).pivot
-    return Subject(pivot=PivotIdentity(**{**p.to_json(), **change}))
+    return PivotIdentity(**{**p.to_json(), **change})
 
 
 def query(subject: Subject, version: int = 1) -> AdapterQuery:
@@ -124,7 +125,7 @@ async def test_pivot_lookup(build: Build, citizen_id: str, expected: dict[str, A
 
 
 async def test_spi_lookup(build: Build) -> None:
-    document = valid(await build().fetch(query(Subject(identifier=ProviderIdentifier("spi", "3123456789012")))))
+    document = valid(await build().fetch(query(ProviderIdentifier("spi", "3123456789012"))))
     assert document["nombre_parts"] == 2.5
 
 
@@ -141,7 +142,7 @@ async def test_not_found(build: Build) -> None:
     with pytest.raises(SubjectNotFound):
         await build().fetch(query(pivot("roche-bernard")))
     with pytest.raises(SubjectNotFound):
-        await build().fetch(query(Subject(identifier=ProviderIdentifier("spi", "9999999999999"))))
+        await build().fetch(query(ProviderIdentifier("spi", "9999999999999")))
 
 
 async def test_ambiguous(build: Build) -> None:
@@ -198,7 +199,7 @@ async def test_bad_key(build: Build) -> None:
 
 async def test_queries_that_cannot_be_expressed(build: Build) -> None:
     with pytest.raises(ProviderRejectedQuery):
-        await build().fetch(query(Subject(identifier=ProviderIdentifier("ine", "123456789AB"))))
+        await build().fetch(query(ProviderIdentifier("ine", "123456789AB")))
     with pytest.raises(ProviderRejectedQuery):
         await build().fetch(query(pivot("dupont-marie-claire"), version=2))
     endpoints = options("http://unused")["endpoints"]
@@ -232,7 +233,7 @@ async def test_sources_fill_parameters_and_omit_unknowns(aiohttp_server: ServerF
                                                         "endpoints": endpoints}, session)
     document = await adapter.fetch(query(pivot("benali-ahmed")))
     assert document == {"revenu_fiscal_reference": 1}
-    await adapter.fetch(query(Subject(identifier=ProviderIdentifier("spi", "30/12"))))
+    await adapter.fetch(query(ProviderIdentifier("spi", "30/12")))
     first, second = seen
     assert list(first.query.items()) == [("n", "Benali"), ("p", "Ahmed"), ("y", "1970"), ("m", "4"), ("k", "v1"),
                                          ("r", "21750001600019")]
@@ -269,7 +270,7 @@ async def test_post_lookup_outcomes(build: Build) -> None:
     with pytest.raises(ProviderUnavailable, match="POST /v1/revenu-fiscal/recherche: HTTP 503"):
         await adapter.fetch(query(pivot("panne-indisponible")))
     # the identifier lookup of the same entry is still a GET
-    document = await adapter.fetch(query(Subject(identifier=ProviderIdentifier("spi", "3123456789012"))))
+    document = await adapter.fetch(query(ProviderIdentifier("spi", "3123456789012")))
     assert document["nombre_parts"] == 2.5
     # a body the provider refuses: no sexe, so the sandbox answers 400
     lookup = {**POST_PIVOT, "body": {"contribuable": {"nomNaissance": "family_name", "prenoms": "given_names",
@@ -309,8 +310,8 @@ async def test_body_sources_nesting_and_omissions(aiohttp_server: ServerFactory,
                                                         "endpoints": endpoints}, session)
     assert await adapter.fetch(query(pivot("benali-ahmed", given_name="Ahmed Karim"))) == {
         "revenu_fiscal_reference": 1}
-    await adapter.fetch(query(Subject(identifier=ProviderIdentifier("spi", "30/12"))))
-    await adapter.fetch(query(Subject(identifier=ProviderIdentifier("fip", "x"))))
+    await adapter.fetch(query(ProviderIdentifier("spi", "30/12")))
+    await adapter.fetch(query(ProviderIdentifier("fip", "x")))
     first, second, third = seen
     assert first == ("POST", "/p?v=2", "application/json", {
         "nom": "Benali", "prenoms": ["Ahmed", "Karim"], "premier": "Ahmed", "canal": "web", "pour": "21750001600019",

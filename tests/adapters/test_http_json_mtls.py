@@ -28,9 +28,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from adapters import registry
 from adapters.base import AdapterQuery, ProviderAdapter, ProviderUnavailable
-from adapters.identity import PivotIdentity, ProviderIdentifier, Subject
+from adapters.identity import PivotIdentity
 from adapters.sandbox import directory
 from adapters.sandbox.dgfip import create_app
+from adapters.subjects import ProviderIdentifier
 from broker import registry as broker_registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,11 +171,11 @@ def build(session: aiohttp.ClientSession, options: dict[str, Any]) -> ProviderAd
 
 
 def pivot_query(citizen_id: str = "dupont-marie-claire") -> AdapterQuery:
-    subject = Subject(pivot=PivotIdentity(**directory().citizen(citizen_id).pivot.to_json()))
+    subject = PivotIdentity(**directory().citizen(citizen_id).pivot.to_json())
     return AdapterQuery(DATASET, 1, subject, frozenset(), "test", recipient="21750001600019")
 
 
-SPI_QUERY = AdapterQuery(DATASET, 1, Subject(identifier=ProviderIdentifier("spi", "3123456789012")), frozenset(), "t")
+SPI_QUERY = AdapterQuery(DATASET, 1, ProviderIdentifier("spi", "3123456789012"), frozenset(), "t")
 
 
 # ------------------------------------------------------------------------------------------ handshakes

@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm
 from yarl import URL
 
-from adapters.identity import Subject, subject_key
 from adapters.sandbox import directory
 from adapters.sandbox.franceconnect import PROVIDER, ClientConfig, Misbehaviour, Provider, start_franceconnect
+from adapters.subjects import subject_key
 from broker.app import create_app
 from broker.citizen.login import citizen_required
 from broker.config import CitizenLoginConfig, ConfigError, load_config
@@ -197,7 +197,7 @@ async def test_full_login_over_real_http(stack: Stack) -> None:
 
     [row] = await stack.rows()
     pivot = directory().citizen("dupont-marie-claire").pivot
-    assert row["subject_key"] == subject_key(stack.app[STATE].subject_secret, Subject(pivot=pivot))
+    assert row["subject_key"] == subject_key(stack.app[STATE].subject_secret, pivot)
     assert row["oidc_sub"] == stack.op.sub(CLIENT_ID, "dupont-marie-claire")
     assert row["oidc_issuer"] == stack.issuer
     assert row["acr"] == "eidas1"

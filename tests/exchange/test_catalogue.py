@@ -64,6 +64,16 @@ async def test_lists_every_dataset_and_version(broker: Harness) -> None:
     assert doc["registry_version"] == broker.state().registry.current.version
 
 
+async def test_each_version_lists_the_subject_kinds_it_accepts(broker: Harness) -> None:
+    doc = await catalogue(broker)
+    [qf] = entry(doc, "quotient_familial")["versions"]
+    assert qf["subjects"] == ["pivot_identity"]
+    [student] = entry(doc, "statut_etudiant")["versions"]
+    assert student["subjects"] == ["ine", "pivot_identity"]
+    [job] = entry(doc, "statut_demandeur_emploi")["versions"]
+    assert job["subjects"] == ["france_travail"]
+
+
 async def test_providers_come_from_the_registry(broker: Harness) -> None:
     doc = await catalogue(broker)
     assert entry(doc, "quotient_familial")["providers"] == [{

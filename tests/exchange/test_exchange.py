@@ -247,8 +247,11 @@ async def test_outside_habilitation_is_refused_without_detail(broker: Harness, o
 @pytest.mark.parametrize(
     "subject",
     [None, {}, {"pivot_identity": {"family_name": "Dupont"}}, {"identifier": {"scheme": "INE!", "value": "x"}},
-     {"pivot_identity": {**pivot("dupont-marie-claire")["pivot_identity"], "birthdate": "1985-02-30"}}],
-    ids=["missing", "empty", "incomplete", "bad-identifier", "impossible-date"],
+     {"pivot_identity": {**pivot("dupont-marie-claire")["pivot_identity"], "birthdate": "1985-02-30"}},
+     {"siret": "21750001600018"}, {"siren": "21750001"}, {"rna": "X751234567"},
+     {"siren": "217500016", "siret": "21750001600019"}],
+    ids=["missing", "empty", "incomplete", "bad-identifier", "impossible-date", "siret-check-digit", "siren-short",
+         "rna-letter", "two-kinds"],
 )
 async def test_missing_or_malformed_subject(broker: Harness, subject: Any) -> None:
     body = exchange_body()
@@ -257,6 +260,25 @@ async def test_missing_or_malformed_subject(broker: Harness, subject: Any) -> No
     else:
         body["subject"] = subject
     await assert_refused(broker, await broker.exchange(body), "invalid-subject", 400, detail=True)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [{"siren": "217500016"}, {"siret": "21750001600019"}, {"rna": "W751234567"},
+     {"identifier": {"scheme": "ine", "value": "0000000503A"}}],
+    ids=["siren", "siret", "rna", "ine"],
+)
+async def test_a_dataset_refuses_a_subject_kind_it_does_not_accept(broker: Harness, subject: Any) -> None:
+    # quotient_familial is about a household's beneficiary, looked up by pivot identity only
+    row = await assert_refused(broker, await broker.exchange(exchange_body(subject)), "subject-kind-not-accepted",
+                               400, detail=True)
+    assert row["outcome"] == "refused" and row["subject_key"] is not None  # logged, against that subject
+
+
+async def test_france_connect_mode_outside_a_consent_flow_is_refused(broker: Harness) -> None:
+    row = await assert_refused(broker, await broker.exchange(exchange_body({"france_connect": {}})),
+                               "france-connect-needs-consent", 400, detail=True)
+    assert row["subject_key"] is None  # there is no citizen to log it against
 
 
 async def test_not_json_and_wrong_shapes(broker: Harness) -> None:
