@@ -279,7 +279,7 @@ async def test_queries_that_cannot_be_expressed_are_refused_before_calling(make_
         await adapter.fetch(query("statut_etudiant", pivot("el-amrani-fatima-zahra")))
     with pytest.raises(ProviderRejectedQuery, match="recipient"):
         await adapter.fetch(query("quotient_familial", pivot("dupont-marie-claire"), recipient=""))
-    with pytest.raises(ProviderRejectedQuery, match="cannot be looked up by .nir."):
+    with pytest.raises(ProviderRejectedQuery, match=r"cannot be looked up by .nir."):
         await adapter.fetch(query("statut_etudiant", ProviderIdentifier("nir", "1")))
     with pytest.raises(ProviderRejectedQuery, match="v2"):
         await adapter.fetch(AdapterQuery("quotient_familial", 2, pivot("dupont-marie-claire"), frozenset(), "t",

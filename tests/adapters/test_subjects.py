@@ -12,7 +12,7 @@ import pytest
 from stdnum.fr import siren as stdnum_siren
 
 import schemas
-from adapters.identity import PivotIdentity, SubjectError
+from adapters.identity import SubjectError
 from adapters.sandbox import directory
 from adapters.subjects import (
     BUSINESS_KINDS,
@@ -46,8 +46,7 @@ PIVOT = directory().citizen("dupont-marie-claire").pivot
 def test_each_kind_parses_from_its_member_and_round_trips(raw: dict[str, Any], kind: str) -> None:
     subject = parse_subject(raw)
     assert subject.kind == kind
-    assert (subject.to_subject_json() if not isinstance(subject, PivotIdentity)
-            else subject.to_subject_json()) == raw
+    assert subject.to_subject_json() == raw
     assert parse_subject(subject.to_subject_json()) == subject
 
 
