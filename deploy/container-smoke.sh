@@ -67,7 +67,12 @@ fi
 [ -d node_modules/@gouvfr/dsfr/dist ] || make --no-print-directory assets
 [ -d node_modules/@gouvfr/dsfr/dist ] || { echo "node_modules/@gouvfr/dsfr/dist is missing (npm?)"; exit 1; }
 start=$(date +%s)
-"$ENGINE" build -q --build-arg "BASE=$BASE" -f Containerfile -t "$IMAGE" . >/dev/null
+build_args=(--build-arg "BASE=$BASE")
+if [ -n "${PIP_CERT:-}" ] && [ "$ENGINE" = podman ]; then
+  # behind a TLS-intercepting proxy, pip in the build needs its CA: mounted for the build, not kept in the image
+  build_args+=(-v "$PIP_CERT:/run/pip-ca.crt:ro" --build-arg PIP_CERT=/run/pip-ca.crt)
+fi
+"$ENGINE" build -q "${build_args[@]}" -f Containerfile -t "$IMAGE" . >/dev/null
 echo "built $IMAGE from $BASE in $(( $(date +%s) - start )) s, $(( $("$ENGINE" image inspect -f '{{.Size}}' "$IMAGE") / 1000000 )) MB"
 
 # 4. Run it as production would: read-only root, state in a volume, /tmp a tmpfs; embedded PostgreSQL.
