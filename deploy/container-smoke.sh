@@ -58,6 +58,8 @@ if ! image_exists "$BASE" && ! timeout 120 "$ENGINE" pull -q "$BASE" >/dev/null 
     command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
     debootstrap --variant=minbase bookworm "$WORK/rootfs" >"$WORK/debootstrap.log" 2>&1 \
       || { tail -20 "$WORK/debootstrap.log"; exit 1; }
+    # what a registry's slim image leaves out too: the downloaded packages and the package lists
+    rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lists/"*
     tar -C "$WORK/rootfs" -c . | "$ENGINE" import - "$BASE" >/dev/null
     rm -rf "$WORK/rootfs"
   fi
@@ -72,6 +74,7 @@ if [ -n "${PIP_CERT:-}" ] && [ "$ENGINE" = podman ]; then
   # behind a TLS-intercepting proxy, pip in the build needs its CA: mounted for the build, not kept in the image
   build_args+=(-v "$PIP_CERT:/run/pip-ca.crt:ro" --build-arg PIP_CERT=/run/pip-ca.crt)
 fi
+[ "$ENGINE" = podman ] && build_args+=(--format docker)   # OCI images drop HEALTHCHECK
 "$ENGINE" build -q "${build_args[@]}" -f Containerfile -t "$IMAGE" . >/dev/null
 echo "built $IMAGE from $BASE in $(( $(date +%s) - start )) s, $(( $("$ENGINE" image inspect -f '{{.Size}}' "$IMAGE") / 1000000 )) MB"
 
