@@ -107,7 +107,8 @@ def write_registry(path: Path, key: PrivateKey, sandbox_url: str, dgfip_url: str
 def request_command(base_url: str, key_file: Path, *, dataset: str = "quotient_familial",
                     purpose: str = "tarification-restauration-scolaire",
                     fields: str = "quotient_familial,enfants") -> str:
-    args = ["python", "-m", "broker", "request", "--url", base_url, "--key", str(key_file),
+    # this interpreter's absolute path (the virtualenv's): the command runs as printed in a fresh terminal
+    args = [sys.executable, "-m", "broker", "request", "--url", base_url, "--key", str(key_file),
             "--dataset", dataset, "--purpose", purpose,
             "--recipient", CONSUMER_SIRET, "--fields", fields,
             "--subject", json.dumps(DEMO_SUBJECT, ensure_ascii=False)]
@@ -254,7 +255,7 @@ DLNUF demo is running.
   registry          {registry_file}
   consumer key      {key_file}   (Commune de Paris, kid {key.kid})
 
-Send a signed request for a citizen's quotient familial (from another terminal, in this directory):
+Send a signed request for a citizen's quotient familial (from another terminal, as printed):
 
   {request_command(base_url, key_file)}
 

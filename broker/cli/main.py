@@ -21,7 +21,7 @@ import aiohttp
 import asyncpg
 
 from broker import registry
-from broker.cli import demo
+from broker.cli import dbshell, demo
 from broker.cli import gateway as cli_gateway
 from broker.cli import log as cli_log
 from broker.cli import request as cli_request
@@ -164,6 +164,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("--out", type=Path, help="write the private JWK here (mode 0600)")
 
     cli_request.add_parser(sub)
+    database = sub.add_parser("db", help="database commands")
+    dbshell.add_parser(database.add_subparsers(dest="db_command", required=True))
     cli_log.add_parser(sub)
     demo.add_parser(sub)
     cli_gateway.add_parser(sub)
@@ -214,6 +216,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return cli_log.run(args, config)
     if command == "demo":
         return demo.run(args, config)
+    if command == "db":
+        return dbshell.run(args, config)
     parser.error("unknown command")
     return 2
 
