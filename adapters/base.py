@@ -43,13 +43,16 @@ class ProviderUnavailable(AdapterError):
 
 class ProviderCircuitOpen(ProviderUnavailable):
     """The circuit breaker is open: the provider was not called. The message is for the caller too (when to
-    come back), since a 502 alone leaves a valid request with no hint."""
+    come back, and the kind of the fault that keeps it open), since a 502 alone leaves a valid request with no
+    hint; `reason`, for the server log, adds that fault's own message."""
 
     public = True
 
-    def __init__(self, message: str, *, retry_after: float) -> None:
+    def __init__(self, message: str, *, retry_after: float, last_fault: str = "", reason: str = "") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.last_fault = last_fault
+        self.reason = reason or message
 
 
 class ProviderMisconfigured(AdapterError):
@@ -126,6 +129,8 @@ class Health:
     # Since the adapter was built: attempts repeated, and calls refused at once by the open breaker.
     retries: int
     short_circuited: int
+    # The problem slug of the last failure the breaker counted (what keeps an open breaker open), "" before any.
+    last_fault: str = ""
 
 
 # Generous for the largest dataset answer (a household with many children), small enough not to buffer a runaway.
@@ -173,22 +178,29 @@ class ProviderAdapter(ABC):
         self._budget = RetryBudget(policy, clock)
         self._retries = 0
         self._short_circuited = 0
+        self._last_fault: AdapterError | None = None
 
     def health(self) -> Health:
-        return Health(self.breaker.state, self._retries, self._short_circuited)
+        return Health(self.breaker.state, self._retries, self._short_circuited,
+                      self._last_fault.slug if self._last_fault is not None else "")
 
     async def fetch(self, query: AdapterQuery) -> dict[str, Any]:
         probe = self.breaker.admit()
         if probe is None:
             self._short_circuited += 1
             wait = self.breaker.reopens_in()
-            raise ProviderCircuitOpen(f"{self.name}: circuit breaker open after repeated failures, provider not "
-                                      f"called; retry in {math.ceil(wait)} s", retry_after=wait)
+            last = self._last_fault
+            kind = last.slug if last is not None else "provider-unavailable"
+            message = (f"{self.name}: circuit breaker open after repeated failures (last: {kind}), provider not "
+                       f"called; retry in {math.ceil(wait)} s")
+            raise ProviderCircuitOpen(message, retry_after=wait, last_fault=kind,
+                                      reason=f"{message}; last fault: {last}" if last is not None else message)
         self._budget.record_call()
         # What the breaker learns in `finally`, once per call (retries are one call: a request whose every
         # attempt fails is one piece of evidence, not three): the last attempt's outcome; nothing when our caller
         # cancels us; a failure when the deadline ends an attempt.
         pending, attempting = Outcome.NEUTRAL, False
+        fault: AdapterError | None = None
         try:
             async with asyncio.timeout(self.timeout) as deadline:
                 for retry in range(self.policy.retries + 1):
@@ -198,7 +210,7 @@ class ProviderAdapter(ABC):
                     if not isinstance(result, _Failure):
                         pending = Outcome.SUCCESS
                         return result
-                    pending = result.outcome
+                    pending, fault = result.outcome, result.error
                     if not (result.retryable and retry < self.policy.retries and not probe):
                         raise result.error
                     pause = self.policy.backoff_delay(retry)
@@ -210,10 +222,13 @@ class ProviderAdapter(ABC):
                     await asyncio.sleep(pause)
                 raise AssertionError("unreachable: the last attempt returns or raises")
         except TimeoutError as exc:
+            timeout = ProviderTimeout(f"{self.name}: no answer within {self.timeout}s")
             if attempting:
-                pending = Outcome.FAILURE
-            raise ProviderTimeout(f"{self.name}: no answer within {self.timeout}s") from exc
+                pending, fault = Outcome.FAILURE, timeout
+            raise timeout from exc
         finally:
+            if pending is Outcome.FAILURE:
+                self._last_fault = fault
             self.breaker.record(pending, probe=probe)
 
     async def _attempt(self, query: AdapterQuery) -> dict[str, Any] | _Failure:

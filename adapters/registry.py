@@ -47,9 +47,11 @@ Every kind also takes these options, how it treats a failing provider (`adapters
                      timeout, 5xx, 401/403/429, malformed answer) that open the circuit breaker; it also opens
                      when half of at least 20 attempts in the last 30 s failed. While open, calls fail at once
                      with ``provider-unavailable`` and the provider is not called.
-``breaker_cooldown`` (number of seconds, optional, default 30, at most 3600) how long the breaker stays open
-                     before it lets one probe call through; the probe's success closes it, its failure opens it
-                     for another cool-down.
+``breaker_cooldown`` (number of seconds, optional, default 2, at most 3600) the longest wait of an open breaker
+                     before it lets one probe call through: the first wait is 0.25 s, each failed probe doubles
+                     it up to this; the probe's success closes the breaker. A provider that comes back is called
+                     again within this many seconds.
+``breaker_probe_delay`` (number of seconds, optional, default 0.25, at most 3600) the first of those waits.
 
 Every error is an `AdapterConfigError` whose message starts with the offending key (a dotted path inside
 ``endpoints``).
@@ -82,9 +84,10 @@ MAX_TIMEOUT = 60.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_RETRIES, MAX_RETRIES = 2, 5
 DEFAULT_BREAKER_FAILURES, MAX_BREAKER_FAILURES = 5, 1000
-DEFAULT_BREAKER_COOLDOWN, MAX_BREAKER_COOLDOWN = 30.0, 3600.0
+DEFAULT_BREAKER_COOLDOWN, MAX_BREAKER_COOLDOWN = 2.0, 3600.0
+DEFAULT_PROBE_DELAY = 0.25
 # Options every kind takes, on top of its own.
-COMMON_OPTIONS = frozenset({"timeout", "retries", "breaker_failures", "breaker_cooldown"})
+COMMON_OPTIONS = frozenset({"timeout", "retries", "breaker_failures", "breaker_cooldown", "breaker_probe_delay"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +228,9 @@ def _check_policy(kind: str, options: Mapping[str, Any]) -> None:
     cooldown = options.get("breaker_cooldown", DEFAULT_BREAKER_COOLDOWN)
     if not _is_number(cooldown) or not 0 < cooldown <= MAX_BREAKER_COOLDOWN:
         raise AdapterConfigError(f"breaker_cooldown: must be a number of seconds in ]0, {MAX_BREAKER_COOLDOWN:g}]")
+    delay = options.get("breaker_probe_delay", DEFAULT_PROBE_DELAY)
+    if not _is_number(delay) or not 0 < delay <= MAX_BREAKER_COOLDOWN:
+        raise AdapterConfigError(f"breaker_probe_delay: must be a number of seconds in ]0, {MAX_BREAKER_COOLDOWN:g}]")
 
 
 def call_policy(kind: str, options: Mapping[str, Any]) -> CallPolicy:
@@ -233,6 +239,7 @@ def call_policy(kind: str, options: Mapping[str, Any]) -> CallPolicy:
         retries=int(options.get("retries", DEFAULT_RETRIES)) if _not_idempotent(kind, options) is None else 0,
         breaker_failures=int(options.get("breaker_failures", DEFAULT_BREAKER_FAILURES)),
         breaker_cooldown=float(options.get("breaker_cooldown", DEFAULT_BREAKER_COOLDOWN)),
+        probe_delay=float(options.get("breaker_probe_delay", DEFAULT_PROBE_DELAY)),
     )
 
 

@@ -7,8 +7,11 @@ Invariants:
 
 * retries never exceed ``retry_ratio`` of the calls of the last ``window`` seconds, plus ``retry_floor``, so a
   dying provider sees at most ``1 + retry_ratio`` times its normal load, not ``1 + retries`` times;
-* an open breaker lets nothing through until ``breaker_cooldown`` has passed, then exactly one probe at a time;
-  only the probe's outcome closes it (or opens it again for another cool-down).
+* an open breaker lets nothing through until its probe delay has passed, then exactly one probe at a time (a real
+  call); only the probe's outcome closes it, or opens it again for twice the delay: the first delay is
+  ``probe_delay``, the longest ``breaker_cooldown``. A provider that comes back is thus called again within
+  ``breaker_cooldown`` (2 s by default) of its return, as soon as a call arrives, while a provider that stays down
+  sees one call per ``breaker_cooldown`` at most.
 """
 
 from __future__ import annotations
@@ -61,8 +64,10 @@ class CallPolicy:
     # call in two never reaches five in a row, yet is sick).
     breaker_ratio: float = 0.5
     breaker_min_calls: int = 20
-    # Seconds the breaker stays open before it lets one probe through.
-    breaker_cooldown: float = 30.0
+    # Seconds an open breaker waits before it lets the first probe through; each failed probe doubles the wait...
+    probe_delay: float = 0.25
+    # ...up to this longest wait between two probes.
+    breaker_cooldown: float = 2.0
     window: float = 30.0
 
     def __post_init__(self) -> None:
@@ -70,8 +75,8 @@ class CallPolicy:
             raise ValueError("retries and retry_floor must be >= 0, breaker_failures and breaker_min_calls >= 1")
         if not (self.retry_ratio >= 0 and 0 < self.breaker_ratio <= 1):
             raise ValueError("retry_ratio must be >= 0 and breaker_ratio in ]0, 1]")
-        if self.backoff < 0 or self.breaker_cooldown <= 0 or self.window <= 0:
-            raise ValueError("backoff must be >= 0, breaker_cooldown and window > 0")
+        if self.backoff < 0 or self.breaker_cooldown <= 0 or self.probe_delay <= 0 or self.window <= 0:
+            raise ValueError("backoff must be >= 0, breaker_cooldown, probe_delay and window > 0")
 
     def backoff_delay(self, retry: int, rng: Callable[[], float] = random.random) -> float:
         """Pause before retry number `retry` (0-based): uniform in [0, backoff * 2**retry]."""
@@ -126,7 +131,8 @@ class RetryBudget:
 
 
 class CircuitBreaker:
-    """Closed -> open after repeated failures -> half-open after the cool-down -> closed on a successful probe."""
+    """Closed -> open after repeated failures -> half-open after the probe delay -> closed on a successful probe,
+    or open again for twice the delay (at most `breaker_cooldown`) on a failed one."""
 
     def __init__(self, policy: CallPolicy, clock: Clock = time.monotonic) -> None:
         self.policy = policy
@@ -136,12 +142,21 @@ class CircuitBreaker:
         self._attempts = RollingCount(policy.window, clock)
         self._failures = RollingCount(policy.window, clock)
         self._opened_at = 0.0
+        self._delay = self._first_delay()
         self._probing = False
+
+    def _first_delay(self) -> float:
+        return min(self.policy.probe_delay, self.policy.breaker_cooldown)
+
+    @property
+    def delay(self) -> float:
+        """Seconds between the breaker's last opening and its next probe."""
+        return self._delay
 
     @property
     def state(self) -> BreakerState:
         """As a caller would find it now: an open breaker whose cool-down is over is half-open."""
-        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.policy.breaker_cooldown:
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self._delay:
             return BreakerState.HALF_OPEN
         return self._state
 
@@ -149,7 +164,7 @@ class CircuitBreaker:
         """Seconds until an open breaker lets a probe through (0 when it is not open)."""
         if self._state is not BreakerState.OPEN:
             return 0.0
-        return max(0.0, self._opened_at + self.policy.breaker_cooldown - self._clock())
+        return max(0.0, self._opened_at + self._delay - self._clock())
 
     def admit(self) -> bool | None:
         """None: refuse the call. False: a normal call. True: this call is the half-open probe; report its
@@ -168,7 +183,7 @@ class CircuitBreaker:
             if outcome is Outcome.SUCCESS:
                 self._close()
             elif outcome is Outcome.FAILURE:
-                self._open()
+                self._open(self._delay * 2)
             # NEUTRAL: the probe told us nothing; the next call probes again.
             return
         if outcome is Outcome.NEUTRAL:
@@ -186,10 +201,11 @@ class CircuitBreaker:
         if self._consecutive >= self.policy.breaker_failures or (
                 attempts >= self.policy.breaker_min_calls
                 and self._failures.total() >= self.policy.breaker_ratio * attempts):
-            self._open()
+            self._open(self._first_delay())
 
-    def _open(self) -> None:
+    def _open(self, delay: float) -> None:
         self._state, self._opened_at = BreakerState.OPEN, self._clock()
+        self._delay = min(delay, self.policy.breaker_cooldown)
 
     def _close(self) -> None:
         self._state, self._consecutive = BreakerState.CLOSED, 0

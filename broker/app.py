@@ -27,6 +27,7 @@ from broker.config import Config, verify_servable
 from broker.exchange import catalogue
 from broker.exchange.pipeline import handle_exchange
 from broker.notify import worker as mail_worker
+from broker.observability import runtime
 from broker.observability.metrics import Metrics
 from broker.service.attempts import AttemptStore, SourceBudget
 from broker.service.middleware import request_id_middleware, signing_middleware
@@ -45,6 +46,7 @@ log = structlog.get_logger(__name__)
 CONFIG = web.AppKey("config", Config)
 DSN = web.AppKey("dsn", str)
 MAIL_WORKER = web.AppKey("mail_worker", asyncio.Task[None])
+TRACER = web.AppKey("tracer", runtime.AllocationTracer)
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -165,6 +167,23 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+async def debug_runtime(request: web.Request) -> web.Response:
+    """Only with DLNUF_DEBUG_RUNTIME=true, and only to a loopback peer: a soak's view of this process.
+    `?baseline=1` marks the allocation baseline; `?top=N` adds the top allocations (and growth since the baseline)."""
+    peer = request.remote or ""
+    if peer not in ("127.0.0.1", "::1"):
+        raise web.HTTPNotFound()
+    state = request.app[STATE]
+    body = runtime.snapshot({"main": state.pool, "claims": state.claims_pool})
+    tracer = request.app[TRACER]
+    if request.query.get("baseline") == "1":
+        tracer.mark_baseline()
+    top = request.query.get("top", "")
+    if top.isdigit() and 0 < int(top) <= 100:
+        body["allocations"] = tracer.report(int(top))
+    return web.json_response(body)
+
+
 async def jwks(request: web.Request) -> web.Response:
     key = request.app[STATE].signing_key
     return web.json_response({"keys": [key.public_jwk()]}, headers={"Cache-Control": "max-age=300"})
@@ -228,6 +247,9 @@ def create_app(config: Config) -> web.Application:
     tlog_routes.add_routes(app.router)
     app.router.add_get("/v1/catalogue", catalogue.get_catalogue)
     app.router.add_get(catalogue.SCHEMA_ROUTE, catalogue.get_schema)
+    if config.debug_runtime:
+        app[TRACER] = runtime.AllocationTracer()
+        app.router.add_get("/_debug/runtime", debug_runtime)
     pages.add_static_routes(app)
     site.add_routes(app, config.site)
     return app

@@ -98,6 +98,8 @@ class Config:
     """Who runs this service, for the mentions légales, données personnelles and accessibility pages."""
     mail: MailConfig | None = None
     """E-mail notifications of citizens through an SMTP relay; None: not offered."""
+    debug_runtime: bool = False
+    """`GET /_debug/runtime` (memory, descriptors, pools, tasks, allocations) for soak runs; never on by default."""
 
     @property
     def embedded(self) -> bool:
@@ -539,6 +541,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         quota_default=_rate(env, "DLNUF_QUOTA_DEFAULT", (1200, 60)),
         source_limit=_rate(env, "DLNUF_SOURCE_LIMIT", (100, 60)),
         attempts_keep=_int(env, "DLNUF_ATTEMPTS_KEEP", 100_000, 100, 100_000_000),
+        debug_runtime=_bool(env, "DLNUF_DEBUG_RUNTIME", False),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - set(Config.__dataclass_fields__)

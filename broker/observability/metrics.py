@@ -66,7 +66,7 @@ class _AdapterCollector(Collector):
         self._health = health
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily("dlnuf_provider_breaker_state", "Circuit breaker of each adapter: 0 closed, "
                               "1 half-open (a probe may pass), 2 open (calls fail at once).", labels=["adapter"]),
@@ -74,6 +74,9 @@ class _AdapterCollector(Collector):
                                 "a 5xx, since the adapter was built.", labels=["adapter"]),
             CounterMetricFamily("dlnuf_provider_short_circuited", "Calls refused without calling the provider "
                                 "because its breaker was open, since the adapter was built.", labels=["adapter"]),
+            GaugeMetricFamily("dlnuf_provider_last_fault", "1 for the kind (problem slug) of the last failure each "
+                              "adapter's breaker counted: what keeps an open breaker open, while its refusals are "
+                              "all provider-unavailable.", labels=["adapter", "kind"]),
         )
 
     def describe(self) -> Iterator[Metric]:
@@ -81,9 +84,11 @@ class _AdapterCollector(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        state, retries, short = self._families()
+        state, retries, short, fault = self._families()
         for name, h in sorted(self._health().items()):
             state.add_metric([name], int(h.breaker))
             retries.add_metric([name], h.retries)
             short.add_metric([name], h.short_circuited)
-        yield from (state, retries, short)
+            if h.last_fault:
+                fault.add_metric([name, h.last_fault], 1)
+        yield from (state, retries, short, fault)

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from adapters import registry as adapter_registry
 from adapters.base import Health, ProviderAdapter
+from adapters.resilience import BreakerState
 from broker.config import Config
 from broker.observability.metrics import Metrics
 from broker.registry import AdapterEntry, Registry, load
@@ -150,7 +151,10 @@ class AdapterSet:
         Neither an open breaker nor an adapter that could not be built makes the broker unready: it still serves
         the other providers' datasets (and a registry change must not take every broker out of service at once);
         the summary names each adapter that cannot serve, and `/readyz` says `degraded`."""
-        states = {name: h.breaker.label for name, h in self.health().items()}
+        # an open breaker names the fault that keeps it open: its refusals all say provider-unavailable
+        states = {name: h.breaker.label + (f" (last fault: {h.last_fault})"
+                                           if h.breaker is not BreakerState.CLOSED and h.last_fault else "")
+                  for name, h in self.health().items()}
         states.update({name: f"not built: {why}" for name, why in self.unbuilt.items()})
         states = dict(sorted(states.items()))
         problems = []

@@ -213,10 +213,10 @@ async def test_breaker_opens_fails_fast_then_a_probe_closes_it(build: Build, fla
     assert flaky.hits == 3, "an open breaker must not call the provider"
     assert adapter.health().short_circuited == 5
 
-    clock.now += 29
+    clock.now += 0.2  # the first probe waits 0.25 s, not the whole `breaker_cooldown` (issue 18)
     with pytest.raises(ProviderUnavailable, match="circuit breaker open"):
         await adapter.fetch(QUERY)
-    clock.now += 1
+    clock.now += 0.05
     assert adapter.health().breaker is BreakerState.HALF_OPEN
 
     flaky.then = 200
@@ -241,9 +241,10 @@ async def test_a_failed_probe_opens_the_breaker_again(build: Build, flaky: Flaky
         await adapter.fetch(QUERY)
     assert flaky.hits == 7, "the probe is one attempt, never retried"
     assert adapter.health().breaker is BreakerState.OPEN
-    with pytest.raises(ProviderCircuitOpen, match="retry in 10 s") as refused:
+    # a failed probe doubles the wait (0.25 s, then 0.5 s)
+    with pytest.raises(ProviderCircuitOpen, match="retry in 1 s") as refused:
         await adapter.fetch(QUERY)
-    assert refused.value.retry_after == 10 and refused.value.public
+    assert refused.value.retry_after == 0.5 and refused.value.public
     assert flaky.hits == 7
 
 
@@ -342,6 +343,7 @@ def test_neutral_probe_keeps_the_breaker_half_open() -> None:
     ({"retries": -1}, "retries"), ({"retries": 6}, "retries"), ({"retries": True}, "retries"),
     ({"breaker_failures": 0}, "breaker_failures"), ({"breaker_failures": 2.5}, "breaker_failures"),
     ({"breaker_cooldown": 0}, "breaker_cooldown"), ({"breaker_cooldown": "30s"}, "breaker_cooldown"),
+    ({"breaker_probe_delay": 0}, "breaker_probe_delay"), ({"breaker_probe_delay": 3601}, "breaker_probe_delay"),
 ])
 def test_bad_policy_options_are_refused(change: dict[str, Any], message: str) -> None:
     for kind, base in (("http_json", options("http://p.example")),
@@ -355,7 +357,9 @@ def test_policy_options_reach_the_adapter(build: Build) -> None:
     policy = build(retries=1, breaker_failures=7, breaker_cooldown=12.5).policy
     assert (policy.retries, policy.breaker_failures, policy.breaker_cooldown) == (1, 7, 12.5)
     defaults = build().policy
-    assert (defaults.retries, defaults.breaker_failures, defaults.breaker_cooldown) == (2, 5, 30.0)
+    assert (defaults.retries, defaults.breaker_failures, defaults.breaker_cooldown, defaults.probe_delay) == (
+        2, 5, 2.0, 0.25)
+    assert build(breaker_probe_delay=1.5).policy.probe_delay == 1.5
 
 
 # ------------------------------------------------------------------------------------------------ broker
@@ -369,7 +373,9 @@ async def failing_broker(database_url: str, aiohttp_client: Any, aiohttp_server:
     monkeypatch.setenv(TOKEN_ENV, SANDBOX_TOKEN)
     paris = consumer()
     text = registry_toml([paris], provider_url=str(sandbox.make_url("")).rstrip("/"), timeout=2.0)
-    text = text.replace("timeout = 2.0 }", "timeout = 2.0, retries = 0, breaker_failures = 2 }")
+    # a long first probe delay: the test reads the breaker while it is open, whatever the machine's speed
+    text = text.replace("timeout = 2.0 }", "timeout = 2.0, retries = 0, breaker_failures = 2, "
+                                           "breaker_probe_delay = 60, breaker_cooldown = 60 }")
     assert "breaker_failures" in text
     yield await start_broker(aiohttp_client, broker_config(tmp_path, database_url, text), paris)
 
@@ -391,14 +397,16 @@ async def test_open_breaker_shows_in_metrics_and_readyz(failing_broker: Harness)
         assert resp.status == 200  # still ready: other providers' datasets are served
         ready = json.loads(await resp.read())
     assert ready["status"] == "degraded"
-    assert ready["providers"] == {"api-particulier": "open"}
+    # the cause that keeps it open, while every refusal says provider-unavailable (issue 18)
+    assert ready["providers"] == {"api-particulier": "open (last fault: provider-unavailable)"}
     assert ready["checks"]["providers"] == "breaker not closed: api-particulier"
 
     async with failing_broker.client.get("/metrics") as resp:
         text = await resp.text()
     assert 'dlnuf_provider_short_circuited_total{adapter="api-particulier"} 1.0' in text
+    assert 'dlnuf_provider_last_fault{adapter="api-particulier",kind="provider-unavailable"} 1.0' in text
     # a healthy citizen is refused too while the breaker is open: the provider is not called; the problem says
     # why and until when (issue 13: a 502 with no hint)
     answer = await failing_broker.exchange()
     assert answer.json["type"].endswith("/provider-unavailable")
-    assert "circuit breaker open" in answer.json["detail"] and 0 < int(answer.headers["Retry-After"]) <= 30
+    assert "circuit breaker open" in answer.json["detail"] and 0 < int(answer.headers["Retry-After"]) <= 60
