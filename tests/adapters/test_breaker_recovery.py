@@ -20,14 +20,13 @@ import pytest
 import schemas
 from adapters import registry
 from adapters.base import AdapterQuery, ProviderAdapter, ProviderCircuitOpen, ProviderUnavailable
-from adapters.identity import Subject
 from adapters.resilience import BreakerState, CallPolicy, CircuitBreaker, Outcome
 from adapters.sandbox import directory
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "sandbox-token-for-the-recovery-test"
 QUERY = AdapterQuery("quotient_familial", schemas.latest("quotient_familial"),
-                     Subject(pivot=directory().citizen("dupont-marie-claire").pivot), frozenset(), "t",
+                     directory().citizen("dupont-marie-claire").pivot, frozenset(), "t",
                      recipient="21750001600019")
 
 
