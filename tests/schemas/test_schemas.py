@@ -14,6 +14,12 @@ import schemas
 DATASETS = {
     "identite_pivot", "quotient_familial", "statut_etudiant", "etudiant_boursier", "statut_demandeur_emploi",
     "complementaire_sante_solidaire", "revenu_solidarite_active", "prime_activite", "revenu_fiscal_reference",
+    # API Entreprise, about businesses and associations
+    "unite_legale", "unite_legale_diffusible", "etablissement", "etablissement_diffusible", "attestation_vigilance",
+    "attestation_fiscale", "extrait_kbis", "mandataires_sociaux", "extrait_rne", "beneficiaires_effectifs",
+    "association", "effectifs_annuels", "certification_qualibat", "certification_rge", "certification_qualiopi",
+    "certification_opqibi", "certification_qualifelec", "conformite_cotisations_msa", "conformite_cotisations_probtp",
+    "numero_tva",
 }
 ALL = [(d, v) for d, versions in schemas.catalogue().items() for v in versions]
 
