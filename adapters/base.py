@@ -55,6 +55,19 @@ class ProviderCircuitOpen(ProviderUnavailable):
         self.reason = reason or message
 
 
+class ProviderRateLimited(ProviderUnavailable):
+    """The provider answered 429: the broker's calls are over the provider's rate limit for a while. The consumer
+    can act on it (come back after `retry_after` seconds), so the message is for the caller too. A 4xx, so never
+    retried within the call; it counts as a failure for the circuit breaker, which protects the provider."""
+
+    slug = "provider-rate-limited"
+    public = True
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ProviderMisconfigured(AdapterError):
     """The provider's URL answers, but not as the provider does: a 404 page that is not its error shape (a wrong
     `base_url` or path). A fault of the configuration, never an answer about the person."""
@@ -70,6 +83,13 @@ class SubjectNotFound(AdapterError):
     """The provider does not know this person."""
 
     slug = "subject-not-found"
+
+
+class SubjectNotDisclosable(AdapterError):
+    """The provider knows the subject but may not disclose it to this caller, for a legal reason (HTTP 451: a
+    business that objected to the publication of its data, asked through a public-data endpoint)."""
+
+    slug = "subject-not-disclosable"
 
 
 class IdentityAmbiguous(AdapterError):
@@ -106,6 +126,10 @@ class AdapterQuery:
     request_id: str
     # SIRET of the administration the data is for; API Particulier requires it on every call.
     recipient: str = ""
+    # API Entreprise's mandatory call context, from the exchange request: the framework of the call (a public
+    # tender, a grant) and the procedure's reference, which the provider keeps to trace the call back.
+    call_context: str = ""
+    call_object: str = ""
 
 
 @dataclass(slots=True)

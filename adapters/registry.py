@@ -17,6 +17,11 @@ Kind ``api_particulier`` (`adapters.api_particulier.ApiParticulierAdapter`):
                statut_etudiant, etudiant_boursier, statut_demandeur_emploi. Each is served at the latest
                version in the schema catalogue.
 
+Kind ``api_entreprise`` (`adapters.api_entreprise.ApiEntrepriseAdapter`): ``base_url``
+(``https://entreprise.api.gouv.fr``, ``https://staging.entreprise.api.gouv.fr`` or a sandbox's URL), ``token_env``,
+``timeout`` and ``datasets`` as above, ``datasets`` among the business datasets of
+`adapters.api_entreprise.ENDPOINTS` (unite_legale, etablissement, attestation_vigilance, extrait_kbis, ...).
+
 Kind ``http_json`` (`adapters.http_json.HttpJsonAdapter`, a provider described without code):
 
 ``base_url``, ``timeout``, ``datasets``  as above; ``datasets`` may name any dataset of the catalogue.
@@ -69,7 +74,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 import schemas
-from adapters import api_particulier, http_json
+from adapters import api_entreprise, api_particulier, http_json
 from adapters.base import ProviderAdapter
 from adapters.resilience import CallPolicy
 
@@ -107,6 +112,18 @@ class _Kind:
 def _build_api_particulier(name: str, options: Mapping[str, Any], session: aiohttp.ClientSession,
                            environ: Mapping[str, str]) -> ProviderAdapter:
     return api_particulier.ApiParticulierAdapter(
+        name=name,
+        datasets=_served(options),
+        session=session,
+        base_url=options["base_url"],
+        token=_secret(options["token_env"], environ),
+        timeout=float(options.get("timeout", DEFAULT_TIMEOUT)),
+    )
+
+
+def _build_api_entreprise(name: str, options: Mapping[str, Any], session: aiohttp.ClientSession,
+                          environ: Mapping[str, str]) -> ProviderAdapter:
+    return api_entreprise.ApiEntrepriseAdapter(
         name=name,
         datasets=_served(options),
         session=session,
@@ -169,6 +186,13 @@ KINDS: Mapping[str, _Kind] = {
         optional=COMMON_OPTIONS,
         datasets=api_particulier.SUPPORTED_DATASETS,
         build=_build_api_particulier,
+        idempotent=True,
+    ),
+    "api_entreprise": _Kind(
+        required=frozenset({"base_url", "token_env", "datasets"}),
+        optional=COMMON_OPTIONS,
+        datasets=api_entreprise.SUPPORTED_DATASETS,
+        build=_build_api_entreprise,
         idempotent=True,
     ),
     "http_json": _Kind(

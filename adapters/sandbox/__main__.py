@@ -1,7 +1,8 @@
 """`python -m adapters.sandbox`: serve the sandbox providers for demos and manual tests.
 
-Serves the API Particulier sandbox at the root (its paths start with /v3), the DGFiP sandbox under /dgfip, with
-the same token (a bearer for the first, an X-Api-Key for the second), and the sandbox FranceConnect OpenID Provider
+Serves the API Particulier sandbox at the root (its paths start with /v3), the DGFiP sandbox under /dgfip, the
+API Entreprise sandbox under /entreprise, with the same token (a bearer for API Particulier and API Entreprise, an
+X-Api-Key for the DGFiP), and the sandbox FranceConnect OpenID Provider
 under /franceconnect (its issuer), with one registered client. The token and the client secret are read from
 environment variables (default DLNUF_SANDBOX_TOKEN and DLNUF_SANDBOX_FC_SECRET), never from the command line where
 `ps` would show them; when a variable is unset a random value is generated and printed once.
@@ -16,7 +17,7 @@ import os
 import secrets
 import sys
 
-from adapters.sandbox import DEFAULT_SLOW_DELAY, api_particulier, dgfip, franceconnect, serve
+from adapters.sandbox import DEFAULT_SLOW_DELAY, api_entreprise, api_particulier, dgfip, franceconnect, serve
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +51,8 @@ async def _run(args: argparse.Namespace, token: str, fc_secret: str, notes: list
     # One server for all: API Particulier's paths start with /v3, so the others fit under /dgfip and /franceconnect.
     app = api_particulier.create_app(token, slow_delay=args.slow_delay)
     app.add_subapp("/dgfip", dgfip.create_app(token, slow_delay=args.slow_delay))
+    # API Entreprise's paths start with /v3 and /v4 too, some of them shared with API Particulier's prefixes.
+    app.add_subapp("/entreprise", api_entreprise.create_app(token, slow_delay=args.slow_delay))
     post_logout = args.fc_post_logout_uri or args.fc_redirect_uri.rsplit("/", 1)[0] + "/logged-out"
     client = franceconnect.ClientConfig(fc_secret, [args.fc_redirect_uri], [post_logout])
     fc_app = franceconnect.create_app({args.fc_client_id: client})
@@ -57,6 +60,7 @@ async def _run(args: argparse.Namespace, token: str, fc_secret: str, notes: list
     runner, url = await serve(app, host=args.host, port=args.port)
     fc_app[franceconnect.PROVIDER].issuer = url + "/franceconnect"
     print(f"API Particulier sandbox on {url} (paths /v3/...), DGFiP sandbox on {url}/dgfip (header X-Api-Key), "
+          f"API Entreprise sandbox on {url}/entreprise (paths /v3/..., /v4/...), "
           f"FranceConnect sandbox issuer {url}/franceconnect (client {args.fc_client_id}, redirect URI "
           f"{args.fc_redirect_uri})", file=sys.stderr, flush=True)
     # after the banner, whose first line scripts read for the URL

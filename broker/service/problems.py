@@ -98,6 +98,11 @@ PROBLEMS: list[tuple[type[BaseException], ProblemType]] = [
                                   "(consent missing, revoked or expired, or the citizen objected).")),
     (adapter_errors.SubjectNotFound, _p("subject-not-found", 404, "Subject not found",
                                         "The provider does not know this person.")),
+    (adapter_errors.SubjectNotDisclosable, _p("subject-not-disclosable", 451, "Subject not disclosable",
+                                              "The provider knows this subject but may not disclose its data to "
+                                              "this caller, for a legal reason (a business that objected to the "
+                                              "publication of its data: ask the dataset with protected data, if "
+                                              "habilitated).")),
     (adapter_errors.IdentityAmbiguous, _p("identity-ambiguous", 409, "Identity ambiguous",
                                           "The provider matched several people; send a more precise identity.")),
     (adapter_errors.ProviderRejectedQuery, _p("provider-rejected-query", 422, "Provider rejected the query",
@@ -113,6 +118,9 @@ PROBLEMS: list[tuple[type[BaseException], ProblemType]] = [
     (adapter_errors.ProviderMisconfigured, _p("provider-misconfigured", 502, "Provider misconfigured",
                                               "The provider's address answers, but not as the provider (a wrong "
                                               "URL in the broker's registry). No data was released.")),
+    (adapter_errors.ProviderRateLimited, _p("provider-rate-limited", 429, "Provider rate limit",
+                                            "The provider refuses the broker's calls for a while (its rate "
+                                            "limit). Retry after the Retry-After delay. No data was released.")),
     (adapter_errors.ProviderUnavailable, _p("provider-unavailable", 502, "Provider unavailable",
                                             "The provider could not be reached or failed, or is cut off for a "
                                             "while after repeated failures (then `detail` and Retry-After say "
