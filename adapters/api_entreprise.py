@@ -9,7 +9,8 @@ Invariants:
   and `object` (the procedure's reference), taken from the exchange request; a call without them is refused
   before it is sent;
 * a dataset is asked with a subject kind its endpoint takes (a SIREN, a SIRET, or a SIREN or an RNA number for an
-  association), with valid check digits; anything else is refused before calling;
+  association, as its schema's ``x-subjects`` says; the pipeline refuses other kinds first, and so does the
+  adapter); anything else is refused before calling;
 * the answer's `data` is projected onto the dataset schema (members upstream adds later are not released) and
   otherwise passed through unchanged, so a wrong type is caught by the broker's schema validation; the list
   endpoints (`[{"data", "links", "meta"}, ...]`) become one member holding the list of items;
@@ -47,7 +48,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -71,10 +72,8 @@ from adapters.base import (
     SubjectNotFound,
     read_body,
 )
-from adapters.identity import Subject, valid_siren, valid_siret
+from adapters.subjects import RNA, SIREN, SIRET, Rna, Siren, Siret, Subject
 
-SIREN, SIRET, RNA = "siren", "siret", "rna"
-_RNA = re.compile(r"^W[0-9][0-9AB][0-9]{7}$")
 # How long to tell the consumer to wait after a 429 that says nothing: upstream's limits are per minute.
 DEFAULT_RETRY_AFTER = 60.0
 # Upstream caps call context values (`object` is "a short description, under 50 characters"); longer ones are
@@ -129,20 +128,12 @@ SUPPORTED_DATASETS = frozenset(ENDPOINTS)
 
 
 def business_number(subject: Subject) -> tuple[str, str]:
-    """The subject's kind (siren, siret or rna) and number, checked; `ProviderRejectedQuery` for anything else.
-
-    Today a business is the identifier subject `{"identifier": {"scheme": "siren", "value": ...}}`; this function
-    is the one place that reads it, so the subject union of issue 11 replaces it alone.
-    """
-    ident = subject.identifier
-    if ident is None or ident.scheme not in (SIREN, SIRET, RNA):
-        raise ProviderRejectedQuery("API Entreprise datasets are about a business: the subject must be a SIREN, a "
-                                    "SIRET or an RNA number")
-    valid: Callable[[str], bool] = {SIREN: valid_siren, SIRET: valid_siret,
-                                    RNA: lambda v: _RNA.match(v) is not None}[ident.scheme]
-    if not valid(ident.value):
-        raise ProviderRejectedQuery(f"the {ident.scheme.upper()} is malformed or its check digit is wrong")
-    return ident.scheme, ident.value
+    """The subject's kind (siren, siret or rna) and number; `ProviderRejectedQuery` for a subject that is not a
+    business. Numbers are checked when the subject is built (`adapters.subjects`): check digits, RNA format."""
+    if isinstance(subject, Siren | Siret | Rna):
+        return subject.kind, subject.value
+    raise ProviderRejectedQuery("API Entreprise datasets are about a business: the subject must be a SIREN, a "
+                                "SIRET or an RNA number")
 
 
 def request_for(query: AdapterQuery, *, now: datetime | None = None) -> tuple[str, list[tuple[str, str]]]:
@@ -164,7 +155,8 @@ def request_for(query: AdapterQuery, *, now: datetime | None = None) -> tuple[st
     # The yearly headcount of the last full year: the current year's is not computed before it ends.
     year = str((now or datetime.now(UTC)).year - 1)
     path = re.sub(r"\{(siren|siret|siren_or_rna)\}", quote(number, safe=""), endpoint.path).replace("{year}", year)
-    return path, [("recipient", query.recipient), ("context", context), ("object", reference)]
+    # The broker's recipient may name a service after the SIRET (`<siret>/<service>`); upstream takes the SIRET.
+    return path, [("recipient", query.recipient.split("/", 1)[0]), ("context", context), ("object", reference)]
 
 
 def to_dataset(dataset: str, version: int, answer: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 import schemas
+from adapters.api_entreprise import MAX_CONTEXT, MAX_OBJECT
 from adapters.base import AdapterError, AdapterQuery
 from adapters.identity import SubjectError
 from adapters.subjects import (
@@ -90,6 +91,10 @@ class ExchangeRequest:
     france_connect: bool = False
     """With an access token, `{"france_connect": {}}` as subject: ask the provider in FranceConnect mode, with the
     citizen's FranceConnect access token sealed in the consent, rather than by pivot identity."""
+    context: str = ""
+    """The framework of the call (« Marchés publics », « Aide aux associations »), and `object` the procedure's
+    reference: API Entreprise requires both on every call, to trace it back; logged in the access log."""
+    object: str = ""
 
     @property
     def subject_kind(self) -> str:
@@ -107,7 +112,7 @@ class ExchangeRequest:
             raise InvalidRequest("the body is not valid JSON") from None
         if not isinstance(raw, Mapping):
             raise InvalidRequest("the body must be a JSON object")
-        unknown = set(raw) - {"dataset", "version", "purpose", "recipient", "fields", "subject"}
+        unknown = set(raw) - {"dataset", "version", "purpose", "recipient", "fields", "subject", "context", "object"}
         if unknown:
             raise InvalidRequest(f"unknown members: {', '.join(sorted(unknown))}")
         dataset = _member(raw, "dataset", _DATASET)
@@ -146,7 +151,8 @@ class ExchangeRequest:
             except SubjectError as exc:
                 raise InvalidSubject(str(exc)) from None
         return cls(dataset, version, _member(raw, "purpose", _PURPOSE), _member(raw, "recipient", _RECIPIENT),
-                   tuple(fields), subject, france_connect)
+                   tuple(fields), subject, france_connect, _text(raw, "context", MAX_CONTEXT),
+                   _text(raw, "object", MAX_OBJECT))
 
     def verify_subject_kind(self) -> None:
         """Raise `SubjectKindNotAccepted` unless the dataset version declares this kind of subject (`x-subjects`)."""
@@ -154,6 +160,14 @@ class ExchangeRequest:
         if self.subject_kind not in accepted:
             raise SubjectKindNotAccepted(f"{self.dataset} v{self.version} cannot be asked about a "
                                          f"{self.subject_kind} subject (accepted: {', '.join(sorted(accepted))})")
+
+
+def _text(raw: Mapping[str, Any], name: str, limit: int) -> str:
+    """An optional free-text member: printable, at most `limit` characters, surrounding spaces dropped."""
+    value = raw.get(name, "")
+    if not isinstance(value, str) or not value.isprintable() or len(value.strip()) > limit:
+        raise InvalidRequest(f"{name} must be a printable string of at most {limit} characters")
+    return value.strip()
 
 
 def _member(raw: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> str:
@@ -200,6 +214,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
         ask = ExchangeRequest.parse(body, with_token=token is not None)
         entry.dataset, entry.dataset_version, entry.purpose = ask.dataset, ask.version, ask.purpose
         entry.recipient, entry.fields_requested = ask.recipient, ask.fields
+        entry.call_context, entry.call_object = ask.context or None, ask.object or None
         if ask.subject is not None:
             entry.subject_key = subject_key(state.subject_secret, ask.subject)
         ask.verify_subject_kind()  # after the key: a business's journal shows refusals too
@@ -241,7 +256,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
         adapter = state.adapters.for_dataset(ask.dataset)
         document = await adapter.fetch(AdapterQuery(
             dataset=ask.dataset, version=ask.version, subject=subject, fields=frozenset(ask.fields),
-            request_id=entry.request_id, recipient=ask.recipient,
+            request_id=entry.request_id, recipient=ask.recipient, call_context=ask.context, call_object=ask.object,
         ))
 
         # 6. Validate the whole answer against the dataset schema: an invalid answer is never released.

@@ -33,6 +33,7 @@ COLUMNS = (
     "habilitation_id", "legal_basis_type", "legal_basis_title", "legal_basis_url", "fields_requested",
     "fields_released", "outcome", "problem_type", "http_status", "latency_ms", "payload_sha256", "subject_key",
     "leaf_version", "retention", "latency_us", "payload_salt", "payload_commitment", "request_signature_sha256",
+    "call_context", "call_object",
 )
 
 
@@ -64,6 +65,10 @@ class LogEntry:
     payload_salt: bytes | None = None
     payload_commitment: str | None = None
     request_signature_sha256: str | None = None
+    # The call context the consumer gave (API Entreprise's `context` and `object`): not in the leaf, which already
+    # commits to the request signature, hence to the body that carries them.
+    call_context: str | None = None
+    call_object: str | None = None
 
     @property
     def retention(self) -> str:
@@ -101,7 +106,7 @@ class LogEntry:
             self.http_status, None if v2 else self.latency_ms, self.payload_sha256, self.subject_key,
             self.leaf_version, self.retention if v2 else None, latency_us if v2 else None,
             self.payload_salt if v2 else None, self.payload_commitment if v2 else None,
-            self.request_signature_sha256 if v2 else None,
+            self.request_signature_sha256 if v2 else None, self.call_context, self.call_object,
         )
 
     def row(self) -> dict[str, object]:

@@ -1,0 +1,172 @@
+"""Exchanges about businesses end to end: real broker, real PostgreSQL, the API Entreprise sandbox over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from adapters.sandbox.api_entreprise import create_app as sandbox_app
+from adapters.subjects import Siren, subject_key
+from broker.service.state import STATE
+from broker.tlog.jcs import canonicalize
+from tests.broker_harness import Harness, broker_config, pivot, start_broker
+from tests.factories import SANDBOX_TOKEN, Consumer, consumer
+
+PROBLEM = "https://dlnuf.org/problems/"
+PREFECTURE = "17690001700011"  # a préfecture (synthetic SIRET)
+PROVIDER = "13002526500013"
+TOKEN_ENV = "DLNUF_TEST_API_ENTREPRISE_TOKEN"
+PURPOSE = "marches-publics"
+COMPANY, HEAD_OFFICE, CLOSED = "912345675", "91234567500017", "91234567500025"
+CONTEXT, OBJECT = "Marchés publics", "Marché 2026-127"
+LEGAL_TITLE = "Code de la commande publique, article R2143-6"
+LEGAL_URL = "https://www.legifrance.gouv.fr/codes/article_lc/LEGIARTI000037730503"
+DATASETS = {
+    "attestation_vigilance": ["entity_status", "date_fin_validite"],
+    "etablissement": ["siret", "etat_administratif", "date_fermeture"],
+    "unite_legale_diffusible": ["siren", "status_diffusion"],
+    "association": ["nom", "active"],
+}
+
+
+def registry_text(prefecture: Consumer, sandbox_url: str) -> str:
+    jwk = ", ".join(f'{k} = "{v}"' for k, v in prefecture.key.public_jwk().items() if k != "kid")
+    parts = [f"""
+[[organisations]]
+siret = "{PROVIDER}"
+name = "DINUM (API Entreprise)"
+roles = ["provider"]
+
+[[organisations]]
+siret = "{PREFECTURE}"
+name = "Préfecture du Rhône"
+roles = ["consumer"]
+
+[[organisations.keys]]
+kid = "{prefecture.key.kid}"
+jwk = {{ {jwk} }}
+
+[[adapters]]
+id = "api-entreprise"
+provider = "{PROVIDER}"
+kind = "api_entreprise"
+datasets = {json.dumps(list(DATASETS))}
+options = {{ base_url = "{sandbox_url}", token_env = "{TOKEN_ENV}", timeout = 1.0 }}
+
+[[purposes]]
+id = "{PURPOSE}"
+label = "Instruire les candidatures à un marché public"
+"""]
+    for dataset, fields in DATASETS.items():
+        parts.append(f"""
+[[habilitations]]
+id = "prefecture-{dataset}"
+consumer = "{PREFECTURE}"
+dataset = "{dataset}"
+purposes = ["{PURPOSE}"]
+fields = {json.dumps(fields)}
+recipients = ["{PREFECTURE}"]
+retention = "P5Y"
+legal_basis = {{ type = "information", title = "{LEGAL_TITLE}", url = "{LEGAL_URL}" }}
+""")
+    return "".join(parts)
+
+
+@pytest.fixture
+async def sandbox(aiohttp_server: Any) -> str:
+    server: TestServer = await aiohttp_server(sandbox_app(SANDBOX_TOKEN, slow_delay=3.0))
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def broker(database_url: str, aiohttp_client: Any, sandbox: str, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    monkeypatch.setenv(TOKEN_ENV, SANDBOX_TOKEN)
+    prefecture = consumer(PREFECTURE)
+    config = broker_config(tmp_path, database_url, registry_text(prefecture, sandbox))
+    yield await start_broker(aiohttp_client, config, prefecture)
+
+
+def body(dataset: str = "attestation_vigilance", subject: Any = None, **overrides: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"dataset": dataset, "purpose": PURPOSE, "recipient": PREFECTURE,
+                           "fields": DATASETS[dataset], "subject": subject or {"siren": COMPANY},
+                           "context": CONTEXT, "object": OBJECT}
+    out.update(overrides)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+async def refused(broker: Harness, answer: Any, slug: str, status: int) -> Any:
+    assert answer.status == status, answer.body
+    assert answer.json["type"] == PROBLEM + slug and "data" not in answer.json
+    row = (await broker.log_rows())[-1]
+    assert row["problem_type"] == PROBLEM + slug and row["outcome"] in ("refused", "failed")
+    return row
+
+
+async def test_a_prefecture_gets_a_companys_attestation_signed_and_logged_with_its_call_context(
+        broker: Harness) -> None:
+    answer = await broker.exchange(body())
+    assert answer.status == 200, answer.body
+    await broker.verify(answer)
+    data = answer.json["data"]
+    assert set(data) == {"entity_status", "date_fin_validite"}
+    assert data["entity_status"]["code"] == "ok"
+    assert answer.json["data_sha256"] == hashlib.sha256(canonicalize(data)).hexdigest()
+    [row] = await broker.log_rows()
+    assert row["outcome"] == "released" and row["dataset"] == "attestation_vigilance"
+    assert (row["call_context"], row["call_object"]) == (CONTEXT, OBJECT)
+    # the company's journal key: the same keyed hash as any subject, so it can be told who accessed its data
+    assert row["subject_key"] == subject_key(broker.app[STATE].subject_secret, Siren(COMPANY))
+
+
+async def test_a_closed_establishment_and_an_association(broker: Harness) -> None:
+    answer = await broker.exchange(body("etablissement", {"siret": CLOSED}))
+    assert answer.status == 200, answer.body
+    assert answer.json["data"]["etat_administratif"] == "F" and answer.json["data"]["date_fermeture"]
+    answer = await broker.exchange(body("association", {"rna": "W751234567"}))
+    assert answer.status == 200, answer.body
+    assert answer.json["data"] == {"nom": "AMICALE DES JARDINS PARTAGÉS", "active": True}
+
+
+async def test_without_its_call_context_api_entreprise_is_not_called(broker: Harness) -> None:
+    row = await refused(broker, await broker.exchange(body(context=None, object=None)), "provider-rejected-query",
+                        422)
+    assert row["call_context"] is None and row["call_object"] is None
+
+
+async def test_a_call_context_too_long_is_an_invalid_request(broker: Harness) -> None:
+    await refused(broker, await broker.exchange(body(object="x" * 51)), "invalid-request", 400)
+    await refused(broker, await broker.exchange(body(context=["Marchés publics"])), "invalid-request", 400)
+
+
+async def test_a_siret_with_a_wrong_check_digit_is_refused(broker: Harness) -> None:
+    await refused(broker, await broker.exchange(body("etablissement", {"siret": "91234567500018"})),
+                  "invalid-subject", 400)
+
+
+async def test_a_business_dataset_asked_about_a_citizen_is_refused(broker: Harness) -> None:
+    row = await refused(broker, await broker.exchange(body(subject=pivot("dupont-marie-claire"))),
+                        "subject-kind-not-accepted", 400)
+    assert row["subject_key"] is not None
+    await refused(broker, await broker.exchange(body("etablissement", {"siren": COMPANY})),
+                  "subject-kind-not-accepted", 400)
+
+
+async def test_upstream_rate_limit_reaches_the_consumer_with_retry_after(broker: Harness) -> None:
+    answer = await broker.exchange(body(subject={"siren": "900222332"}))
+    await refused(broker, answer, "provider-rate-limited", 429)
+    assert answer.headers["Retry-After"] == "30"
+    assert "retry in 30 s" in answer.json["detail"]
+
+
+async def test_upstream_timeout_and_non_disclosable(broker: Harness) -> None:
+    await refused(broker, await broker.exchange(body(subject={"siren": "900333444"})), "provider-timeout", 504)
+    await refused(broker, await broker.exchange(body("unite_legale_diffusible", {"siren": "823456785"})),
+                  "subject-not-disclosable", 451)
+    await refused(broker, await broker.exchange(body(subject={"siren": "799123450"})), "subject-not-found", 404)
