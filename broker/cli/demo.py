@@ -1,7 +1,8 @@
-"""`python -m broker demo`: the broker, both sandbox providers and a demo registry, on the embedded database.
+"""`python -m broker demo`: the broker, the sandbox providers and a demo registry, on the embedded database.
 
 Everything is real: the sandboxes are HTTP servers in their upstream formats (API Particulier, reached by the
-`api_particulier` adapter; a DGFiP-style provider, reached by a declarative `http_json` adapter), the broker calls
+`api_particulier` adapter; a DGFiP-style provider, reached by a declarative `http_json` adapter; API Entreprise,
+reached by the `api_entreprise` adapter for a préfecture's business datasets), the broker calls
 them over HTTP, and the printed commands sign their requests with a freshly generated consumer key registered in
 the demo registry. Citizens log in at /citizen/login through the sandbox FranceConnect OP (a real OpenID Provider
 whose users are the synthetic citizens), unless DLNUF_OIDC_* names another one. Citizens' notification mails go
@@ -31,7 +32,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from adapters.sandbox import dgfip
+from adapters.sandbox import api_entreprise, dgfip
 from adapters.sandbox.api_particulier import start_sandbox
 from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
 from adapters.sandbox.mailbox import start_mailbox
@@ -46,11 +47,16 @@ from examples.cantine import app as cantine
 
 TOKEN_ENV = "DLNUF_DEMO_API_PARTICULIER_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 DGFIP_KEY_ENV = "DLNUF_DEMO_DGFIP_KEY"
+ENTREPRISE_TOKEN_ENV = "DLNUF_DEMO_API_ENTREPRISE_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 OIDC_SECRET_ENV = "DLNUF_DEMO_OIDC_CLIENT_SECRET"  # noqa: S105 - the name of a variable, not a secret
 OIDC_CLIENT_ID = "dlnuf-demo"
 CONSUMER_SIRET = "21750001600019"
 CANTINE_SIRET = "21690123100011"
 PERISCOLAIRE_SIRET = "21130055300016"
+PREFECTURE_SIRET = "17690001700011"
+# The sandbox's company (adapters/sandbox/businesses.json), and a call context as a public tender would give it.
+DEMO_COMPANY = {"siren": "912345675"}
+DEMO_CONTEXT, DEMO_OBJECT = "Marchés publics", "Marché 2026-127 : menuiseries de l'école"
 PERISCOLAIRE_SERVER = resources.files("examples").joinpath("periscolaire", "server.mjs")
 GATEWAY_DATABASE = "dlnuf_demo_gateway"
 DEMO_MAIL_FROM = "Mes données (démonstration) <ne-pas-repondre@dlnuf.localhost>"
@@ -66,6 +72,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--sandbox-port", type=int, default=0, help="API Particulier sandbox port (0: any free one)")
     p.add_argument("--dgfip-port", type=int, default=0, help="DGFiP sandbox port (0: any free one)")
+    p.add_argument("--entreprise-port", type=int, default=0, help="API Entreprise sandbox port (0: any free one)")
     p.add_argument("--franceconnect-port", type=int, default=0,
                    help="sandbox FranceConnect OP port (0: any free one)")
     p.add_argument("--demarche-port", type=int, default=8081,
@@ -94,24 +101,32 @@ def _toml_inline(jwk: dict[str, Any]) -> str:
 
 
 def write_registry(path: Path, key: PrivateKey, sandbox_url: str, dgfip_url: str, *, cantine_key: PrivateKey,
-                   cantine_url: str, periscolaire_key: PrivateKey, periscolaire_url: str) -> None:
+                   cantine_url: str, periscolaire_key: PrivateKey, periscolaire_url: str,
+                   prefecture_key: PrivateKey | None = None, entreprise_url: str = "http://127.0.0.1:9") -> None:
     template = Template(resources.files("broker.cli").joinpath("demo_registry.toml.tmpl").read_text("utf-8"))
+    # Callers that do not ask businesses still get a valid registry: the préfecture then has a key nobody holds.
+    prefecture_key = prefecture_key or generate_private_key("ed25519", kid="demo-prefecture-rhone")
     path.write_text(template.substitute(kid=key.kid, jwk=_toml_inline(key.public_jwk()), sandbox_url=sandbox_url,
                                         token_env=TOKEN_ENV, dgfip_url=dgfip_url, dgfip_key_env=DGFIP_KEY_ENV,
                                         cantine_kid=cantine_key.kid, cantine_jwk=_toml_inline(cantine_key.public_jwk()),
                                         cantine_url=cantine_url, periscolaire_kid=periscolaire_key.kid,
                                         periscolaire_jwk=_toml_inline(periscolaire_key.public_jwk()),
-                                        periscolaire_url=periscolaire_url))
+                                        periscolaire_url=periscolaire_url, prefecture_kid=prefecture_key.kid,
+                                        prefecture_jwk=_toml_inline(prefecture_key.public_jwk()),
+                                        entreprise_url=entreprise_url, entreprise_token_env=ENTREPRISE_TOKEN_ENV))
 
 
 def request_command(base_url: str, key_file: Path, *, dataset: str = "quotient_familial",
                     purpose: str = "tarification-restauration-scolaire",
-                    fields: str = "quotient_familial,enfants") -> str:
+                    fields: str = "quotient_familial,enfants", recipient: str = CONSUMER_SIRET,
+                    subject: dict[str, Any] | None = None, context: tuple[str, str] | None = None) -> str:
     # this interpreter's absolute path (the virtualenv's): the command runs as printed in a fresh terminal
     args = [sys.executable, "-m", "broker", "request", "--url", base_url, "--key", str(key_file),
             "--dataset", dataset, "--purpose", purpose,
-            "--recipient", CONSUMER_SIRET, "--fields", fields,
-            "--subject", json.dumps(DEMO_SUBJECT, ensure_ascii=False)]
+            "--recipient", recipient, "--fields", fields,
+            "--subject", json.dumps(subject or DEMO_SUBJECT, ensure_ascii=False)]
+    if context is not None:
+        args += ["--context", context[0], "--object", context[1]]
     return shlex.join(args)
 
 
@@ -153,7 +168,8 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect_port: int,
-               cantine_port: int, periscolaire_port: int, gateway_port: int, mailbox_port: int = 0) -> None:
+               cantine_port: int, periscolaire_port: int, gateway_port: int, mailbox_port: int = 0,
+               entreprise_port: int = 0) -> None:
     # SIGINT and SIGTERM only ask to stop: the start-up finishes (an embedded PostgreSQL half started could not
     # be stopped), then everything started is stopped, in reverse order, whatever stopped the demo.
     stop = asyncio.Event()
@@ -162,7 +178,7 @@ async def _run(config: Config, sandbox_port: int, dgfip_port: int, franceconnect
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as started:
         await _start(config, started, sandbox_port, dgfip_port, franceconnect_port, cantine_port, periscolaire_port,
-                     gateway_port, mailbox_port)
+                     gateway_port, mailbox_port, entreprise_port)
         await stop.wait()
         print("stopping the demo", file=sys.stderr, flush=True)
 
@@ -175,7 +191,7 @@ async def _stop_process(proc: asyncio.subprocess.Process) -> None:
 
 async def _start(config: Config, started: contextlib.AsyncExitStack, sandbox_port: int, dgfip_port: int,
                  franceconnect_port: int, cantine_port: int, periscolaire_port: int, gateway_port: int,
-                 mailbox_port: int) -> None:
+                 mailbox_port: int, entreprise_port: int = 0) -> None:
     demo_dir = config.state_dir / "demo"
     key_file = demo_dir / "consumer-commune-paris.jwk"
     key = consumer_key(key_file)
@@ -185,6 +201,12 @@ async def _start(config: Config, started: contextlib.AsyncExitStack, sandbox_por
     started.push_async_callback(sandbox_runner.cleanup)
     dgfip_runner, dgfip_url = await dgfip.start_sandbox(os.environ[DGFIP_KEY_ENV], port=dgfip_port)
     started.push_async_callback(dgfip_runner.cleanup)
+    os.environ[ENTREPRISE_TOKEN_ENV] = secrets.token_urlsafe(24)
+    entreprise_runner, entreprise_url = await api_entreprise.start_sandbox(os.environ[ENTREPRISE_TOKEN_ENV],
+                                                                           port=entreprise_port)
+    started.push_async_callback(entreprise_runner.cleanup)
+    prefecture_file = demo_dir / "consumer-prefecture-rhone.jwk"
+    prefecture_key = consumer_key(prefecture_file, kid="demo-prefecture-rhone")
     # the démarche's address goes in the registry (its OAuth redirect URI), the broker's in every URL printed
     cantine_key = consumer_key(demo_dir / "consumer-ville-lyon-cantine.jwk", kid="demo-ville-lyon-cantine")
     cantine_sock = started.enter_context(_listening_socket(config.host, cantine_port))
@@ -195,7 +217,8 @@ async def _start(config: Config, started: contextlib.AsyncExitStack, sandbox_por
     base_url = f"http://{config.host}:{broker_sock.getsockname()[1]}"
     registry_file = demo_dir / "registry.toml"
     write_registry(registry_file, key, sandbox_url, dgfip_url, cantine_key=cantine_key, cantine_url=cantine_url,
-                   periscolaire_key=periscolaire_key, periscolaire_url=periscolaire_url)
+                   periscolaire_key=periscolaire_key, periscolaire_url=periscolaire_url,
+                   prefecture_key=prefecture_key, entreprise_url=entreprise_url)
     login = config.citizen_login
     if login is None:
         # a FranceConnect configured in DLNUF_OIDC_* wins; otherwise the sandbox OP, with a fresh client secret
@@ -249,6 +272,7 @@ DLNUF demo is running.
   broker            {base_url}   (OpenAPI: {base_url}/openapi.json, JWKS: {base_url}/.well-known/jwks.json)
   API Particulier   {sandbox_url}   (sandbox, synthetic citizens)
   DGFiP             {dgfip_url}   (sandbox, revenu fiscal de référence, via a declarative http_json adapter)
+  API Entreprise    {entreprise_url}   (sandbox, synthetic businesses and associations)
   citizen login     {base_url}/citizen/login   (OpenID Provider {login.issuer}: {op_note})
   citizens' mails   {mailbox_line}
   database          embedded PostgreSQL in {config.state_dir / 'pgdata'}
@@ -263,6 +287,13 @@ and for her revenu fiscal de référence, from the DGFiP sandbox:
 
   {request_command(base_url, key_file, dataset="revenu_fiscal_reference", purpose="tarification-sociale",
                    fields="revenu_fiscal_reference,nombre_parts,annee_revenus")}
+
+A préfecture checking that a company bidding for a public tender is up to date with its social contributions
+(API Entreprise's attestation de vigilance; context and object are the call context API Entreprise requires):
+
+  {request_command(base_url, prefecture_file, dataset="attestation_vigilance", purpose="marches-publics",
+                   fields="entity_status,date_fin_validite", recipient=PREFECTURE_SIRET, subject=DEMO_COMPANY,
+                   context=(DEMO_CONTEXT, DEMO_OBJECT))}
 
 Catalogue of what can be asked: {base_url}/v1/catalogue
 
@@ -283,5 +314,5 @@ Ctrl-C (or SIGTERM) stops everything, the embedded PostgreSQL included.
 
 def run(args: argparse.Namespace, config: Config) -> int:
     asyncio.run(_run(config, args.sandbox_port, args.dgfip_port, args.franceconnect_port, args.demarche_port,
-                     args.periscolaire_port, args.gateway_port, args.mailbox_port))
+                     args.periscolaire_port, args.gateway_port, args.mailbox_port, args.entreprise_port))
     return 0

@@ -30,6 +30,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--recipient", required=True, help="consumer SIRET, or SIRET/sub-unit")
     p.add_argument("--fields", required=True, help="comma-separated field paths")
     p.add_argument("--subject", required=True, help="subject JSON, or @file")
+    p.add_argument("--context", help="the framework of the call (API Entreprise), e.g. 'Marchés publics'")
+    p.add_argument("--object", help="the procedure's reference (API Entreprise), at most 50 characters")
 
 
 async def _send(args: argparse.Namespace, key: PrivateKey, subject: Any) -> int:
@@ -38,6 +40,7 @@ async def _send(args: argparse.Namespace, key: PrivateKey, subject: Any) -> int:
             answer = await client.exchange(
                 dataset=args.dataset, version=args.version, purpose=args.purpose, recipient=args.recipient,
                 fields=[f.strip() for f in args.fields.split(",") if f.strip()], subject=subject,
+                context=args.context, object=args.object,
             )
         except BrokerProblem as exc:
             print(f"# {_PROVENANCE[exc.signature]}"

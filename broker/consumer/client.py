@@ -245,9 +245,12 @@ class BrokerClient:
 
     async def exchange(self, *, dataset: str, purpose: str, recipient: str, fields: Sequence[str],
                        subject: Mapping[str, Any] | None = None, access_token: str | None = None,
-                       version: int | None = None) -> ExchangeAnswer:
+                       version: int | None = None, context: str | None = None,
+                       object: str | None = None) -> ExchangeAnswer:
         """One exchange. Give the citizen's `subject`, or, for a consent-based habilitation, the `access_token`
-        the consent flow gave you (the consent then names the citizen; the token is bound to your key)."""
+        the consent flow gave you (the consent then names the citizen; the token is bound to your key).
+        `context` and `object` are the call context API Entreprise requires (the framework of the call and the
+        procedure's reference)."""
         if (subject is None) == (access_token is None):
             raise ValueError("give exactly one of subject and access_token")
         body: dict[str, Any] = {"dataset": dataset, "purpose": purpose, "recipient": recipient,
@@ -256,6 +259,10 @@ class BrokerClient:
             body["subject"] = dict(subject)
         if version is not None:
             body["version"] = version
+        if context is not None:
+            body["context"] = context
+        if object is not None:
+            body["object"] = object
         extra = {"Authorization": f"Bearer {access_token}"} if access_token else None
         payload = await self.post("/v1/exchanges", body, extra_headers=extra)
         if self.log_vkeys:

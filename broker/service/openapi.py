@@ -40,6 +40,12 @@ _EXCHANGE_REQUEST = {
         "fields": {"type": "array", "minItems": 1, "maxItems": 64, "uniqueItems": True,
                    "items": {"type": "string", "pattern": "^[a-z_][a-z0-9_]*(\\.[a-z_][a-z0-9_]*){0,7}$"},
                    "description": "Dotted paths into the dataset document."},
+        "context": {"type": "string", "maxLength": 100, "examples": ["Marchés publics"],
+                    "description": "The framework of the call (a public tender, a grant...). Required by API "
+                                   "Entreprise's datasets (provider-rejected-query without it); logged."},
+        "object": {"type": "string", "maxLength": 50, "examples": ["Marché 2026-127"],
+                   "description": "The procedure's reference, to trace the call back. Required by API "
+                                  "Entreprise's datasets; logged."},
         "subject": {
             "oneOf": [
                 {"type": "object", "required": ["pivot_identity"], "additionalProperties": False,

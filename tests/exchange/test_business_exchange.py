@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
+import shlex
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +17,15 @@ from aiohttp.test_utils import TestServer
 
 from adapters.sandbox.api_entreprise import create_app as sandbox_app
 from adapters.subjects import Siren, subject_key
+from broker.cli import demo
 from broker.service.state import STATE
+from broker.signing.keys import generate_private_key
 from broker.tlog.jcs import canonicalize
 from tests.broker_harness import Harness, broker_config, pivot, start_broker
 from tests.factories import SANDBOX_TOKEN, Consumer, consumer
 
 PROBLEM = "https://dlnuf.org/problems/"
+ROOT = Path(__file__).resolve().parents[2]
 PREFECTURE = "17690001700011"  # a préfecture (synthetic SIRET)
 PROVIDER = "13002526500013"
 TOKEN_ENV = "DLNUF_TEST_API_ENTREPRISE_TOKEN"
@@ -170,3 +177,33 @@ async def test_upstream_timeout_and_non_disclosable(broker: Harness) -> None:
     await refused(broker, await broker.exchange(body("unite_legale_diffusible", {"siren": "823456785"})),
                   "subject-not-disclosable", 451)
     await refused(broker, await broker.exchange(body(subject={"siren": "799123450"})), "subject-not-found", 404)
+
+
+async def test_the_request_the_demo_prints_for_the_prefecture_is_released(
+        database_url: str, aiohttp_client: Any, sandbox: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The demo's own registry and printed command, run as a user would (a subprocess of `python -m broker`).
+    monkeypatch.setenv(demo.ENTREPRISE_TOKEN_ENV, SANDBOX_TOKEN)
+    keys = {name: generate_private_key("ed25519", kid=name) for name in ("paris", "lyon", "marseille", "rhone")}
+    registry = tmp_path / "registry.toml"
+    demo.write_registry(registry, keys["paris"], "http://127.0.0.1:9", "http://127.0.0.1:9",
+                        cantine_key=keys["lyon"], cantine_url="http://127.0.0.1:9", periscolaire_key=keys["marseille"],
+                        periscolaire_url="http://127.0.0.1:9", prefecture_key=keys["rhone"], entreprise_url=sandbox)
+    prefecture = Consumer(demo.PREFECTURE_SIRET, keys["rhone"])
+    broker = await start_broker(aiohttp_client, broker_config(tmp_path, database_url, registry.read_text()),
+                                prefecture)
+    key_file = tmp_path / "prefecture.jwk"
+    key_file.write_text(json.dumps(keys["rhone"].to_jwk()))
+    command = demo.request_command(broker.url("/").rstrip("/"), key_file, dataset="attestation_vigilance",
+                                   purpose="marches-publics", fields="entity_status,date_fin_validite",
+                                   recipient=demo.PREFECTURE_SIRET, subject=demo.DEMO_COMPANY,
+                                   context=(demo.DEMO_CONTEXT, demo.DEMO_OBJECT))
+    args = shlex.split(command)
+    assert args[:4] == [sys.executable, "-m", "broker", "request"]
+    proc = await asyncio.create_subprocess_exec(
+        *args, cwd=ROOT, env={**os.environ, "DLNUF_STATE_DIR": str(tmp_path / "state")},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["data"]["entity_status"]["code"] == "ok"
+    [row] = await broker.log_rows()
+    assert (row["call_context"], row["call_object"]) == (demo.DEMO_CONTEXT, demo.DEMO_OBJECT)

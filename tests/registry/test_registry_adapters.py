@@ -13,7 +13,7 @@ from subprocess import PIPE
 import asyncpg
 import pytest
 
-from adapters import http_json
+from adapters import api_entreprise, http_json
 from adapters import registry as adapter_registry
 from broker import registry
 from broker.cli import demo
@@ -147,11 +147,17 @@ def test_demo_registry_is_valid_with_both_providers(tmp_path: Path) -> None:
     key = generate_private_key("ed25519", kid="demo-commune-paris")
     cantine = generate_private_key("ed25519", kid="demo-ville-lyon-cantine")
     periscolaire = generate_private_key("ed25519", kid="demo-ville-marseille-periscolaire")
+    prefecture = generate_private_key("ed25519", kid="demo-prefecture-rhone")
     demo.write_registry(path, key, "http://127.0.0.1:1", "http://127.0.0.1:2", cantine_key=cantine,
                         cantine_url="http://127.0.0.1:3", periscolaire_key=periscolaire,
-                        periscolaire_url="http://127.0.0.1:4")
+                        periscolaire_url="http://127.0.0.1:4", prefecture_key=prefecture,
+                        entreprise_url="http://127.0.0.1:5")
     reg = registry.parse_registry(path.read_text(), str(path))
-    assert {a.kind for a in reg.adapters} == {"api_particulier", "http_json"}
+    assert {a.kind for a in reg.adapters} == {"api_particulier", "http_json", "api_entreprise"}
+    # the préfecture, for every business dataset API Entreprise serves, and the request the demo prints
+    assert {h.dataset for h in reg.habilitations if h.consumer == demo.PREFECTURE_SIRET} == \
+        set(api_entreprise.SUPPORTED_DATASETS)
+    assert reg.habilitation(demo.PREFECTURE_SIRET, "attestation_vigilance") is not None
     assert reg.habilitation(demo.CONSUMER_SIRET, "revenu_fiscal_reference") is not None
     # the sample démarche's consent-based habilitation and its exact redirect URI
     lyon = reg.habilitation(demo.CANTINE_SIRET, "quotient_familial")
