@@ -30,7 +30,7 @@ def test_each_printed_command_runs_as_printed_in_a_fresh_terminal(tmp_path: Path
                 time.sleep(0.2)
             commands = [line.strip() for line in log_file.read_text().splitlines()
                         if line.strip().startswith(("/", "python", ".venv"))]
-            assert len(commands) == 2, log_file.read_text()
+            assert len(commands) == 3, log_file.read_text()  # Paris twice, the préfecture once
             # a fresh terminal: the login shell's PATH, no virtualenv, not the clone's directory
             fresh = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
             for command in commands:
