@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -394,3 +397,13 @@ def test_the_registry_builds_the_adapter_and_checks_its_datasets(session: aiohtt
                                                                           "attestation_vigilance": 1}
     with pytest.raises(registry.AdapterConfigError, match="cannot serve 'quotient_familial'"):
         registry.check_options("api_entreprise", {**options, "datasets": ["quotient_familial"]})
+
+
+def test_the_documented_registry_entry_is_valid() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "adapters.md").read_text("utf-8")
+    section = doc.split("## API Entreprise: a Python adapter", 1)[1]
+    block = re.search(r"```toml\n(.*?)```", section, re.DOTALL)
+    assert block is not None
+    [entry] = tomllib.loads(block.group(1))["adapters"]
+    assert entry["kind"] == "api_entreprise"
+    registry.check_options(entry["kind"], entry["options"] | {"datasets": entry["datasets"]})
