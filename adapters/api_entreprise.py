@@ -51,7 +51,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -70,6 +69,7 @@ from adapters.base import (
     ProviderUnavailable,
     SubjectNotDisclosable,
     SubjectNotFound,
+    parse_retry_after,
     read_body,
 )
 from adapters.subjects import RNA, SIREN, SIRET, Rna, Siren, Siret, Subject
@@ -192,21 +192,17 @@ def _first_error(body: bytes) -> tuple[str, str] | None:
 
 def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float:
     """Seconds to wait after a 429: `Retry-After` (seconds or an HTTP date), else `RateLimit-Reset` (upstream's
-    end of the current window, a Unix time), else `DEFAULT_RETRY_AFTER`."""
+    end of the current window, a Unix time), else `DEFAULT_RETRY_AFTER`: upstream documents RateLimit-* headers
+    rather than Retry-After, and a consumer told nothing would retry at once."""
     now = time.time() if now is None else now
-    value = headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    if value:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-        except (TypeError, ValueError):
-            pass
+    wait = parse_retry_after(headers.get("Retry-After"), now=now)
+    if wait is not None:
+        return wait
     reset = headers.get("RateLimit-Reset", "").strip()
-    if reset.isdigit():
+    if reset.isascii() and reset.isdigit():
         # Upstream documents a timestamp; a small number is the draft standard's delta-seconds.
         wait = float(reset) - now if int(reset) > 1_000_000_000 else float(reset)
-        return max(0.0, wait)
+        return min(max(0.0, wait), 86400.0)
     return DEFAULT_RETRY_AFTER
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import email.utils
 import math
 import time
 from abc import ABC, abstractmethod
@@ -56,16 +57,33 @@ class ProviderCircuitOpen(ProviderUnavailable):
 
 
 class ProviderRateLimited(ProviderUnavailable):
-    """The provider answered 429: the broker's calls are over the provider's rate limit for a while. The consumer
-    can act on it (come back after `retry_after` seconds), so the message is for the caller too. A 4xx, so never
-    retried within the call; it counts as a failure for the circuit breaker, which protects the provider."""
+    """The provider answered 429: too many calls. `retry_after` (seconds, from its Retry-After header, None when it
+    sent none) is passed on to the caller, who can act on it; the message is for the caller too."""
 
     slug = "provider-rate-limited"
     public = True
 
-    def __init__(self, message: str, *, retry_after: float) -> None:
+    def __init__(self, message: str, *, retry_after: float | None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (RFC 9110 §10.2.3: delay-seconds or an HTTP-date); None when
+    absent or unreadable. Capped at a day: a provider's typo must not park a consumer for a year."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(min(int(value), 86400))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    wait = when.timestamp() - (time.time() if now is None else now)
+    return float(min(max(math.ceil(wait), 0), 86400))
 
 
 class ProviderMisconfigured(AdapterError):
@@ -124,12 +142,13 @@ class AdapterQuery:
     subject: Subject
     fields: frozenset[str]
     request_id: str
-    # SIRET of the administration the data is for; API Particulier requires it on every call.
-    recipient: str = ""
     # API Entreprise's mandatory call context, from the exchange request: the framework of the call (a public
     # tender, a grant) and the procedure's reference, which the provider keeps to trace the call back.
     call_context: str = ""
     call_object: str = ""
+
+    # SIRET of the administration the data is for; API Particulier requires it on every call.
+    recipient: str = ""
 
 
 @dataclass(slots=True)
@@ -296,6 +315,10 @@ class _Failure:
     def of(cls, error: AdapterError, attempt: _Attempt, *, transport: bool = False) -> _Failure:
         if isinstance(error, ProviderAnswerMalformed | ProviderMisconfigured):
             return cls(error, False, Outcome.FAILURE)
+        if isinstance(error, ProviderRateLimited):
+            # An answer, from a provider alive enough to count our calls: never retried (it asked us to wait),
+            # and no mark against its health.
+            return cls(error, False, Outcome.NEUTRAL)
         if isinstance(error, ProviderUnavailable | ProviderTimeout):
             # With no response seen, the policy's `retries` already says the adapter's calls are idempotent.
             idempotent = attempt.method is None or attempt.method in _IDEMPOTENT_METHODS

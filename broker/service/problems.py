@@ -115,12 +115,13 @@ PROBLEMS: list[tuple[type[BaseException], ProblemType]] = [
                                                 "format. No data was released.")),
     (errors.InvalidProviderAnswer, _ANSWER_INVALID),
     (InvalidDocument, _ANSWER_INVALID),
+    (adapter_errors.ProviderRateLimited, _p("provider-rate-limited", 429, "Provider rate limited",
+                                            "The provider refuses more calls for now (its HTTP 429). Retry after "
+                                            "the Retry-After delay, when the provider gave one. No data was "
+                                            "released.")),
     (adapter_errors.ProviderMisconfigured, _p("provider-misconfigured", 502, "Provider misconfigured",
                                               "The provider's address answers, but not as the provider (a wrong "
                                               "URL in the broker's registry). No data was released.")),
-    (adapter_errors.ProviderRateLimited, _p("provider-rate-limited", 429, "Provider rate limit",
-                                            "The provider refuses the broker's calls for a while (its rate "
-                                            "limit). Retry after the Retry-After delay. No data was released.")),
     (adapter_errors.ProviderUnavailable, _p("provider-unavailable", 502, "Provider unavailable",
                                             "The provider could not be reached or failed, or is cut off for a "
                                             "while after repeated failures (then `detail` and Retry-After say "
