@@ -207,3 +207,35 @@ async def test_the_request_the_demo_prints_for_the_prefecture_is_released(
     assert json.loads(out)["data"]["entity_status"]["code"] == "ok"
     [row] = await broker.log_rows()
     assert (row["call_context"], row["call_object"]) == (demo.DEMO_CONTEXT, demo.DEMO_OBJECT)
+
+
+async def test_a_company_is_told_who_accessed_its_data_through_the_journal_api(
+        database_url: str, aiohttp_client: Any, sandbox: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same journal API as a citizen's, asked by a trusted organisation (DLNUF_JOURNAL_CLIENTS) on the company's
+    # behalf with the company's SIREN: the préfecture's access is there, another company's is not.
+    monkeypatch.setenv(TOKEN_ENV, SANDBOX_TOKEN)
+    prefecture, portal = consumer(PREFECTURE), consumer("13001234700014")
+    portal_jwk = ", ".join(f'{k} = "{v}"' for k, v in portal.key.public_jwk().items() if k != "kid")
+    text = registry_text(prefecture, sandbox) + f"""
+[[organisations]]
+siret = "{portal.siret}"
+name = "Portail des entreprises"
+roles = ["consumer"]
+
+[[organisations.keys]]
+kid = "{portal.key.kid}"
+jwk = {{ {portal_jwk} }}
+"""
+    config = broker_config(tmp_path, database_url, text, log_key_file=tmp_path / "log-note-key",
+                           log_origin="dlnuf.test/log", log_interval=0.05, journal_clients=frozenset({portal.siret}))
+    broker = await start_broker(aiohttp_client, config, prefecture)
+    assert (await broker.exchange(body())).status == 200
+    assert (await broker.exchange(body(subject={"siren": "888777661"}))).status == 200
+
+    raw = json.dumps({"subject": {"siren": COMPANY}}).encode()
+    answer = await broker.send(raw, broker.signed_headers(raw, path="/v1/journal", consumer=portal), path="/v1/journal")
+    assert answer.status == 200, answer.body
+    await broker.verify(answer)
+    [entry] = answer.json["entries"]
+    assert entry["entry"]["consumer"] == PREFECTURE and entry["consumer_name"] == "Préfecture du Rhône"
+    assert entry["entry"]["dataset"] == "attestation_vigilance" and entry["entry"]["outcome"] == "released"
