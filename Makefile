@@ -64,8 +64,8 @@ lint: $(DEV)
 test: lint audit browser
 	$(BIN)/pytest -q
 
-# Known advisories against the locked versions (pip-audit, PyPI's advisory data). Found ones fail; when the advisory
-# service cannot be reached, the script says that nothing was audited and does not fail the run.
+# Known advisories against the locked versions (pip-audit, the index's advisory data). Found ones fail; what could
+# not be audited is named "NOT AUDITED" and does not fail the run (scripts/audit_dependencies.py says why).
 audit: $(DEV)
 	$(BIN)/python scripts/audit_dependencies.py requirements/runtime.txt requirements/dev.txt
 
