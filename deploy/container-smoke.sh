@@ -34,7 +34,8 @@ runs_containers() {
   local root="$WORK/true-root"
   mkdir -p "$root"
   cp --parents /bin/true $(ldd /bin/true | grep -o '/[^ ]*') "$root" 2>/dev/null
-  tar -C "$root" -c . | "$ENGINE" import - localhost/dlnuf-probe:true >/dev/null 2>&1 || return 1
+  image_exists localhost/dlnuf-probe:true \
+    || tar -C "$root" -c . | "$ENGINE" import - localhost/dlnuf-probe:true >/dev/null 2>&1 || return 1
   "$ENGINE" run --rm --network none localhost/dlnuf-probe:true /bin/true >"$WORK/probe.log" 2>&1
 }
 
