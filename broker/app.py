@@ -35,7 +35,7 @@ from broker.service.openapi import openapi_document
 from broker.service.problems import problem_middleware
 from broker.service.state import STATE, AdapterSet, BrokerState, RegistryCache
 from broker.signing.keys import load_or_create_broker_key
-from broker.storage import db
+from broker.storage import db, roles
 from broker.storage.secretfile import create_once
 from broker.tlog import routes as tlog_routes
 from consent import records as consent_records
@@ -45,6 +45,9 @@ log = structlog.get_logger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 DSN = web.AppKey("dsn", str)
+ADMIN_DSN = web.AppKey("admin_dsn", str)
+"""The owner's (or the embedded server's superuser's) DSN: for what serving must not do, e.g. the demo creating
+its gateway's database; the same as DSN for a broker given one role."""
 MAIL_WORKER = web.AppKey("mail_worker", asyncio.Task[None])
 TRACER = web.AppKey("tracer", runtime.AllocationTracer)
 
@@ -66,10 +69,28 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("embedded PostgreSQL started", data_dir=str(embedded.data_dir))
     else:
         dsn = config.database_url
+    if config.admin_database_url is not None:
+        # migrations as the owner; the broker's role below only finds them done
+        admin = await db.connect(config.admin_database_url)
+        try:
+            await db.migrate(admin)
+        finally:
+            await admin.close()
+    app[ADMIN_DSN] = config.admin_database_url or dsn
+    if embedded is not None:
+        # the demo serves like production: migrated as the superuser, served by the least-privilege role
+        admin = await db.connect(dsn)
+        try:
+            await db.migrate(admin)
+        finally:
+            await admin.close()
+        dsn = await roles.embedded_broker_dsn(dsn)
     app[DSN] = dsn
     conn = await db.connect(dsn)
     try:
         await db.migrate(conn)
+        if embedded is not None:
+            await roles.verify_least_privilege(conn)
         if config.registry_file is not None:
             text = config.registry_file.read_text("utf-8")
             report = await registry.apply(conn, registry.parse_registry(text, str(config.registry_file)),

@@ -20,7 +20,7 @@ import structlog
 from broker import registry
 from broker.config import Config
 from broker.observability.logs import configure
-from broker.storage import db
+from broker.storage import db, roles
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +46,7 @@ def _worker(config: Config) -> None:
 
 async def _prepare(config: Config) -> None:
     assert config.database_url is not None
-    conn = await db.connect(config.database_url)
+    conn = await db.connect(config.admin_database_url or config.database_url)
     try:
         await db.migrate(conn)
         if config.registry_file is not None:
@@ -64,6 +64,9 @@ def serve_workers(config: Config, workers: int) -> int:
         config = replace(config, database_url=embedded.dsn())
     try:
         asyncio.run(_prepare(config))
+        if embedded is not None:
+            # the workers serve as the least-privilege role, as one embedded process does (broker/app.py)
+            config = replace(config, database_url=asyncio.run(roles.embedded_broker_dsn(embedded.dsn())))
         # done once here: the workers neither migrate concurrently nor each re-apply the registry file
         config = replace(config, registry_file=None)
         ctx = multiprocessing.get_context("spawn")
