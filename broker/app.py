@@ -34,10 +34,11 @@ from broker.service.middleware import request_id_middleware, signing_middleware
 from broker.service.openapi import openapi_document
 from broker.service.problems import problem_middleware
 from broker.service.state import STATE, AdapterSet, BrokerState, RegistryCache
-from broker.signing.keys import load_or_create_broker_key
-from broker.storage import db, roles
+from broker.signing.keys import jwk_thumbprint, load_or_create_broker_key
+from broker.storage import db, nodekeys, roles
 from broker.storage.secretfile import create_once
 from broker.tlog import routes as tlog_routes
+from broker.tlog.log import load_or_create_note_key
 from consent import records as consent_records
 from consent.sealing import Sealer
 
@@ -58,6 +59,26 @@ def load_or_create_secret(path: Path) -> bytes:
     if len(data) < 32:
         raise RuntimeError(f"{path} must hold at least 32 bytes")
     return data
+
+
+def node_keys(config: Config) -> dict[str, nodekeys.NodeKey]:
+    """The keys every node of one broker must share, by fingerprint (broker/storage/nodekeys.py); the files absent
+    are created, as serving creates them."""
+    signing = load_or_create_broker_key(config.signing_key_file)
+    note = load_or_create_note_key(config.log_key_file, config.log_origin)
+    subject = load_or_create_secret(config.subject_key_file)
+    Sealer.from_file(config.identity_key_file)  # creates it if absent
+    return {
+        "signing": nodekeys.NodeKey("response-signing key (DLNUF_SIGNING_KEY)",
+                                    jwk_thumbprint(signing.public_jwk()), str(config.signing_key_file)),
+        "log": nodekeys.NodeKey("log note key (DLNUF_LOG_KEY)", nodekeys.public_fingerprint(note.verifier.vkey()),
+                                str(config.log_key_file)),
+        "subject": nodekeys.NodeKey("subject-key secret (DLNUF_SUBJECT_KEY)", nodekeys.secret_fingerprint(subject),
+                                    str(config.subject_key_file)),
+        "identity": nodekeys.NodeKey("identity-sealing key (DLNUF_IDENTITY_KEY)",
+                                     nodekeys.secret_fingerprint(config.identity_key_file.read_bytes()),
+                                     str(config.identity_key_file)),
+    }
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -109,6 +130,13 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = await db.create_pool(app[DSN], min_size=config.pool_min, max_size=config.pool_max)
     claims_pool = await db.create_pool(app[DSN], min_size=1, max_size=config.pool_max,
                                        settings={"synchronous_commit": "off"})
+    try:
+        # before anything is signed or derived: a node with other keys must not serve a single request
+        await nodekeys.verify(pool, node_keys(config))
+    except BaseException:
+        await claims_pool.close()
+        await pool.close()
+        raise
     metrics = Metrics()
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),

@@ -28,7 +28,7 @@ from broker.cli import log as cli_log
 from broker.cli import request as cli_request
 from broker.config import Config, ConfigError, load_config, verify_servable
 from broker.observability.logs import configure
-from broker.storage import db, roles
+from broker.storage import db, nodekeys, roles
 
 
 def _database(config: Config) -> AbstractAsyncContextManager[str]:
@@ -90,6 +90,28 @@ async def _registry_apply(config: Config, file: Path, text: str, *, dry_run: boo
     return 0
 
 
+# The subject-key secret and the identity-sealing key cannot change: subject keys (a citizen's journal) and sealed
+# identities derive from them, and old ones could no longer be found or opened.
+ROTATABLE = ("signing", "log")
+
+
+async def _keys_rotate(config: Config, names: list[str]) -> int:
+    """The new key files are in place on this node (and, after this, on every node); the old public keys stay
+    where verifiers find them: key_history (evidence of old answers) and `log verify --vkey OLD --vkey NEW`."""
+    from broker.app import node_keys
+
+    keys = node_keys(config)
+    async with db.database_dsn(config.admin_database_url or config.database_url, config.state_dir) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            await db.migrate(conn)
+            changed = await nodekeys.rotate(conn, keys, sorted(set(names)))
+        finally:
+            await conn.close()
+    print("\n".join(changed) if changed else "nothing to rotate: these keys are already the current ones")
+    return 0
+
+
 def _keys_generate(alg: str, kid: str, out: Path | None) -> int:
     from broker.signing.keys import generate_private_key
 
@@ -146,7 +168,7 @@ def _explain(exc: Exception) -> tuple[str, int]:
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
         return (f"the database role lacks a privilege: {_first_line(exc)} (migrations and `log prune` run as the "
                 "owner role, DLNUF_ADMIN_DATABASE_URL; see docs/operations.md, « Database roles »)"), 2
-    if isinstance(exc, roles.UnsafeDatabaseRole):
+    if isinstance(exc, roles.UnsafeDatabaseRole | nodekeys.KeyMismatch):
         return str(exc), 2
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | ConnectionError | TimeoutError):
         return f"the database is unreachable or refused the command: {_first_line(exc)}", 3
@@ -191,6 +213,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("--alg", choices=["ed25519", "ecdsa-p256-sha256"], default="ed25519")
     gen.add_argument("--kid", required=True, help="key id, e.g. commune-paris-2026-01")
     gen.add_argument("--out", type=Path, help="write the private JWK here (mode 0600)")
+    rot = keys_sub.add_parser("rotate", help="make this node's response-signing and/or log key the ones every node "
+                                             "must use, the previous ones retired (as the owner role)")
+    rot.add_argument("--key", action="append", choices=list(ROTATABLE), required=True,
+                     help="signing (DLNUF_SIGNING_KEY) or log (DLNUF_LOG_KEY); repeatable")
 
     cli_request.add_parser(sub)
     database = sub.add_parser("db", help="database commands")
@@ -241,6 +267,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
             return 2
         return asyncio.run(_registry_apply(config, args.file, text, dry_run=args.dry_run, prune=args.prune))
+    if command == "keys" and args.keys_command == "rotate":
+        return asyncio.run(_keys_rotate(config, args.key))
     if command == "keys":
         return _keys_generate(args.alg, args.kid, args.out)
     if command == "request":

@@ -91,6 +91,10 @@ BEGIN
                    ' tlog_cosignatures FROM %I', broker_role);
     EXECUTE format('REVOKE INSERT, UPDATE, DELETE ON tlog_pruned, schema_migrations, database_roles FROM %I',
                    broker_role);
+    -- A node records the keys' fingerprints at first start; changing them (`keys rotate`) is the owner's.
+    IF to_regclass('node_keys') IS NOT NULL THEN
+        EXECUTE format('REVOKE UPDATE, DELETE ON node_keys FROM %I', broker_role);
+    END IF;
     -- The integrator gives each access-log row its index, once (the access_log_guard trigger refuses anything else).
     EXECUTE format('GRANT UPDATE (log_index) ON access_log TO %I', broker_role);
 END;
