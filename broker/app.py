@@ -28,7 +28,7 @@ from broker.exchange import catalogue
 from broker.exchange.pipeline import handle_exchange
 from broker.notify import worker as mail_worker
 from broker.observability import runtime
-from broker.observability.metrics import Metrics
+from broker.observability.metrics import Metrics, multiprocess
 from broker.service.attempts import AttemptStore, SourceBudget
 from broker.service.middleware import request_id_middleware, signing_middleware
 from broker.service.openapi import openapi_document
@@ -163,6 +163,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[STATE] = state
     tasks = [asyncio.create_task(cache.watch()), asyncio.create_task(_housekeeping(pool)),
+             asyncio.create_task(_sample_process(metrics)),
              asyncio.create_task(attempts.run())]
     yield
     for task in tasks:
@@ -172,6 +173,15 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
     await claims_pool.close()
     await pool.close()
+
+
+async def _sample_process(metrics: Metrics, every: float = 5.0) -> None:
+    """Each worker's CPU and memory for /metrics when several share it (broker/observability/metrics.py)."""
+    if not multiprocess():
+        return
+    while True:
+        await asyncio.sleep(every)
+        metrics.sample_process()
 
 
 async def _housekeeping(pool: asyncpg.Pool, every: float = 30.0) -> None:
