@@ -28,16 +28,17 @@ from broker.exchange import catalogue
 from broker.exchange.pipeline import handle_exchange
 from broker.notify import worker as mail_worker
 from broker.observability import runtime
-from broker.observability.metrics import Metrics
+from broker.observability.metrics import Metrics, multiprocess
 from broker.service.attempts import AttemptStore, SourceBudget
 from broker.service.middleware import request_id_middleware, signing_middleware
 from broker.service.openapi import openapi_document
 from broker.service.problems import problem_middleware
 from broker.service.state import STATE, AdapterSet, BrokerState, RegistryCache
-from broker.signing.keys import load_or_create_broker_key
-from broker.storage import db
+from broker.signing.keys import jwk_thumbprint, load_or_create_broker_key
+from broker.storage import db, nodekeys, roles
 from broker.storage.secretfile import create_once
 from broker.tlog import routes as tlog_routes
+from broker.tlog.log import load_or_create_note_key
 from consent import records as consent_records
 from consent.sealing import Sealer
 
@@ -45,6 +46,9 @@ log = structlog.get_logger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 DSN = web.AppKey("dsn", str)
+ADMIN_DSN = web.AppKey("admin_dsn", str)
+"""The owner's (or the embedded server's superuser's) DSN: for what serving must not do, e.g. the demo creating
+its gateway's database; the same as DSN for a broker given one role."""
 MAIL_WORKER = web.AppKey("mail_worker", asyncio.Task[None])
 TRACER = web.AppKey("tracer", runtime.AllocationTracer)
 
@@ -57,6 +61,26 @@ def load_or_create_secret(path: Path) -> bytes:
     return data
 
 
+def node_keys(config: Config) -> dict[str, nodekeys.NodeKey]:
+    """The keys every node of one broker must share, by fingerprint (broker/storage/nodekeys.py); the files absent
+    are created, as serving creates them."""
+    signing = load_or_create_broker_key(config.signing_key_file)
+    note = load_or_create_note_key(config.log_key_file, config.log_origin)
+    subject = load_or_create_secret(config.subject_key_file)
+    Sealer.from_file(config.identity_key_file)  # creates it if absent
+    return {
+        "signing": nodekeys.NodeKey("response-signing key (DLNUF_SIGNING_KEY)",
+                                    jwk_thumbprint(signing.public_jwk()), str(config.signing_key_file)),
+        "log": nodekeys.NodeKey("log note key (DLNUF_LOG_KEY)", nodekeys.public_fingerprint(note.verifier.vkey()),
+                                str(config.log_key_file)),
+        "subject": nodekeys.NodeKey("subject-key secret (DLNUF_SUBJECT_KEY)", nodekeys.secret_fingerprint(subject),
+                                    str(config.subject_key_file)),
+        "identity": nodekeys.NodeKey("identity-sealing key (DLNUF_IDENTITY_KEY)",
+                                     nodekeys.secret_fingerprint(config.identity_key_file.read_bytes()),
+                                     str(config.identity_key_file)),
+    }
+
+
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     embedded: db.EmbeddedPostgres | None = None
@@ -66,10 +90,28 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("embedded PostgreSQL started", data_dir=str(embedded.data_dir))
     else:
         dsn = config.database_url
+    if config.admin_database_url is not None:
+        # migrations as the owner; the broker's role below only finds them done
+        admin = await db.connect(config.admin_database_url)
+        try:
+            await db.migrate(admin)
+        finally:
+            await admin.close()
+    app[ADMIN_DSN] = config.admin_database_url or dsn
+    if embedded is not None:
+        # the demo serves like production: migrated as the superuser, served by the least-privilege role
+        admin = await db.connect(dsn)
+        try:
+            await db.migrate(admin)
+        finally:
+            await admin.close()
+        dsn = await roles.embedded_broker_dsn(dsn)
     app[DSN] = dsn
     conn = await db.connect(dsn)
     try:
         await db.migrate(conn)
+        if embedded is not None:
+            await roles.verify_least_privilege(conn)
         if config.registry_file is not None:
             text = config.registry_file.read_text("utf-8")
             report = await registry.apply(conn, registry.parse_registry(text, str(config.registry_file)),
@@ -88,6 +130,13 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = await db.create_pool(app[DSN], min_size=config.pool_min, max_size=config.pool_max)
     claims_pool = await db.create_pool(app[DSN], min_size=1, max_size=config.pool_max,
                                        settings={"synchronous_commit": "off"})
+    try:
+        # before anything is signed or derived: a node with other keys must not serve a single request
+        await nodekeys.verify(pool, node_keys(config))
+    except BaseException:
+        await claims_pool.close()
+        await pool.close()
+        raise
     metrics = Metrics()
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
@@ -114,6 +163,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[STATE] = state
     tasks = [asyncio.create_task(cache.watch()), asyncio.create_task(_housekeeping(pool)),
+             asyncio.create_task(_sample_process(metrics)),
              asyncio.create_task(attempts.run())]
     yield
     for task in tasks:
@@ -123,6 +173,15 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
     await claims_pool.close()
     await pool.close()
+
+
+async def _sample_process(metrics: Metrics, every: float = 5.0) -> None:
+    """Each worker's CPU and memory for /metrics when several share it (broker/observability/metrics.py)."""
+    if not multiprocess():
+        return
+    while True:
+        await asyncio.sleep(every)
+        metrics.sample_process()
 
 
 async def _housekeeping(pool: asyncpg.Pool, every: float = 30.0) -> None:

@@ -100,6 +100,11 @@ class Config:
     """E-mail notifications of citizens through an SMTP relay; None: not offered."""
     debug_runtime: bool = False
     """`GET /_debug/runtime` (memory, descriptors, pools, tasks, allocations) for soak runs; never on by default."""
+    admin_database_url: str | None = None
+    """The owner role's URL (DLNUF_ADMIN_DATABASE_URL): migrations and `log prune` use it, `serve` never serves
+    with it; None: DATABASE_URL does both (docs/operations.md, « Database roles »)."""
+    unsafe_superuser: bool = False
+    """`serve` accepts a superuser or the access log's owner as its database role (--unsafe-superuser)."""
 
     @property
     def embedded(self) -> bool:
@@ -478,6 +483,12 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     database_url = env.get("DATABASE_URL") or None
     if database_url is not None and not database_url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("DATABASE_URL must be a postgresql:// URL")
+    admin_database_url = env.get("DLNUF_ADMIN_DATABASE_URL") or None
+    if admin_database_url is not None and not admin_database_url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("DLNUF_ADMIN_DATABASE_URL must be a postgresql:// URL")
+    if admin_database_url is not None and database_url is None:
+        raise ConfigError("DLNUF_ADMIN_DATABASE_URL is set without DATABASE_URL: the embedded PostgreSQL makes its "
+                          "own roles; set both, or neither")
     public_url = (env.get("DLNUF_PUBLIC_URL") or "").rstrip("/") or None
     if public_url is not None and not public_url.startswith(("http://", "https://")):
         raise ConfigError("DLNUF_PUBLIC_URL must start with http:// or https://")
@@ -505,6 +516,8 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         site=_site(env),
         mail=_mail(env, public_url),
         database_url=database_url,
+        admin_database_url=admin_database_url,
+        unsafe_superuser=_bool(env, "DLNUF_UNSAFE_SUPERUSER", False),
         state_dir=state_dir,
         host=env.get("DLNUF_HOST") or "127.0.0.1",
         port=_int(env, "DLNUF_PORT", 8080, 0, 65535),

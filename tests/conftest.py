@@ -19,6 +19,10 @@ import pytest
 from broker.storage import db
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# The test server's one role is its superuser, which `serve` refuses without this (broker/storage/roles.py); the
+# brokers tests start as processes inherit it. tests/storage/test_roles.py serves without it, as the broker role.
+os.environ.setdefault("DLNUF_UNSAFE_SUPERUSER", "true")
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

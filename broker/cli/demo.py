@@ -36,7 +36,7 @@ from adapters.sandbox import api_entreprise, dgfip
 from adapters.sandbox.api_particulier import start_sandbox
 from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
 from adapters.sandbox.mailbox import start_mailbox
-from broker.app import DSN, create_app
+from broker.app import ADMIN_DSN, create_app
 from broker.config import CALLBACK_PATH, LOGGED_OUT_PATH, CitizenLoginConfig, Config, MailConfig
 from broker.gateway.app import Trust, create_gateway_app
 from broker.gateway.app import start as start_gateway
@@ -143,7 +143,7 @@ async def _gateway(config: Config, app: web.Application, key: PrivateKey, base_u
                    ) -> tuple[web.AppRunner, str]:
     """The consumer gateway of the Node démarche's organisation, its record in a database of its own on the demo's
     PostgreSQL."""
-    dsn = app[DSN]
+    dsn = app[ADMIN_DSN]  # the broker's own role may not create databases
     conn = await asyncpg.connect(dsn)
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", GATEWAY_DATABASE):

@@ -56,7 +56,8 @@ def add_parser(sub: Any) -> None:
     bar.add_argument("--no-progress", action="store_true")
 
     pr = log_sub.add_parser("prune", help="remove entry bodies past their habilitation's retention (leaves kept)")
-    pr.add_argument("--database-url", help="the broker's database (default: DATABASE_URL, or the embedded one)")
+    pr.add_argument("--database-url", help="the broker's database as its owner role (default: "
+                    "DLNUF_ADMIN_DATABASE_URL, else DATABASE_URL, or the embedded one)")
     pr.add_argument("--dry-run", action="store_true", help="list what would be pruned, change nothing")
     offline.add_parsers(log_sub)
 
@@ -186,7 +187,8 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _prune(args: argparse.Namespace, config: Config) -> int:
-    async with _database(args.database_url, config) as dsn:
+    # deleting from the log is the owner's privilege, never the serving role's (docs/operations.md)
+    async with _database(args.database_url or config.admin_database_url, config) as dsn:
         pool = await db.create_pool(dsn, min_size=1, max_size=2)
         try:
             pruned = await tlog.prune(pool, now=datetime.now(UTC), default_retention=config.log_retention,

@@ -21,13 +21,14 @@ import aiohttp
 import asyncpg
 
 from broker import registry
+from broker.cli import database as cli_database
 from broker.cli import dbshell, demo
 from broker.cli import gateway as cli_gateway
 from broker.cli import log as cli_log
 from broker.cli import request as cli_request
 from broker.config import Config, ConfigError, load_config, verify_servable
 from broker.observability.logs import configure
-from broker.storage import db
+from broker.storage import db, nodekeys, roles
 
 
 def _database(config: Config) -> AbstractAsyncContextManager[str]:
@@ -35,7 +36,8 @@ def _database(config: Config) -> AbstractAsyncContextManager[str]:
 
 
 async def _migrate(config: Config) -> int:
-    async with _database(config) as dsn:
+    # as the owner role when there is one (docs/operations.md): the serving role may not create tables
+    async with db.database_dsn(config.admin_database_url or config.database_url, config.state_dir) as dsn:
         conn = await db.connect(dsn)
         try:
             applied = await db.migrate(conn)
@@ -43,6 +45,25 @@ async def _migrate(config: Config) -> int:
             await conn.close()
     print(f"{len(applied)} migration(s) applied" + "".join(f"\n  {m.version:04d} {m.name}" for m in applied))
     return 0
+
+
+async def _verify_database_role(config: Config) -> None:
+    """`serve` refuses a role that could unprotect the access log (broker/storage/roles.py), unless told otherwise.
+    The embedded PostgreSQL needs no check here: the broker makes its own least-privilege role there."""
+    if config.database_url is None or config.unsafe_superuser:
+        return
+    if config.admin_database_url is not None:
+        # migrate first as the owner, so the check sees the log the broker will serve
+        conn = await db.connect(config.admin_database_url)
+        try:
+            await db.migrate(conn)
+        finally:
+            await conn.close()
+    conn = await db.connect(config.database_url)
+    try:
+        await roles.verify_least_privilege(conn)
+    finally:
+        await conn.close()
 
 
 async def _registry_apply(config: Config, file: Path, text: str, *, dry_run: bool, prune: bool) -> int:
@@ -66,6 +87,28 @@ async def _registry_apply(config: Config, file: Path, text: str, *, dry_run: boo
         finally:
             await conn.close()
     print(report)
+    return 0
+
+
+# The subject-key secret and the identity-sealing key cannot change: subject keys (a citizen's journal) and sealed
+# identities derive from them, and old ones could no longer be found or opened.
+ROTATABLE = ("signing", "log")
+
+
+async def _keys_rotate(config: Config, names: list[str]) -> int:
+    """The new key files are in place on this node (and, after this, on every node); the old public keys stay
+    where verifiers find them: key_history (evidence of old answers) and `log verify --vkey OLD --vkey NEW`."""
+    from broker.app import node_keys
+
+    keys = node_keys(config)
+    async with db.database_dsn(config.admin_database_url or config.database_url, config.state_dir) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            await db.migrate(conn)
+            changed = await nodekeys.rotate(conn, keys, sorted(set(names)))
+        finally:
+            await conn.close()
+    print("\n".join(changed) if changed else "nothing to rotate: these keys are already the current ones")
     return 0
 
 
@@ -122,6 +165,11 @@ def _explain(exc: Exception) -> tuple[str, int]:
         return f"configuration: {exc}", 2
     if isinstance(exc, aiohttp.ClientError):
         return f"the broker is unreachable: {exc}", 3
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return (f"the database role lacks a privilege: {_first_line(exc)} (migrations and `log prune` run as the "
+                "owner role, DLNUF_ADMIN_DATABASE_URL; see docs/operations.md, « Database roles »)"), 2
+    if isinstance(exc, roles.UnsafeDatabaseRole | nodekeys.KeyMismatch):
+        return str(exc), 2
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | ConnectionError | TimeoutError):
         return f"the database is unreachable or refused the command: {_first_line(exc)}", 3
     if isinstance(exc, OSError) and exc.filename:
@@ -144,6 +192,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--registry", type=Path, help="apply this registry file at start")
     serve.add_argument("--workers", type=int, default=1,
                        help="broker processes sharing the port (SO_REUSEPORT) and the database; one per core")
+    serve.add_argument("--unsafe-superuser", action="store_true", default=None,
+                       help="serve even when DATABASE_URL's role is a superuser or owns the access log, and so could "
+                            "disable its triggers (DLNUF_UNSAFE_SUPERUSER=true); see `db grant`")
 
     sub.add_parser("migrate", help="apply database migrations")
 
@@ -162,10 +213,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("--alg", choices=["ed25519", "ecdsa-p256-sha256"], default="ed25519")
     gen.add_argument("--kid", required=True, help="key id, e.g. commune-paris-2026-01")
     gen.add_argument("--out", type=Path, help="write the private JWK here (mode 0600)")
+    rot = keys_sub.add_parser("rotate", help="make this node's response-signing and/or log key the ones every node "
+                                             "must use, the previous ones retired (as the owner role)")
+    rot.add_argument("--key", action="append", choices=list(ROTATABLE), required=True,
+                     help="signing (DLNUF_SIGNING_KEY) or log (DLNUF_LOG_KEY); repeatable")
 
     cli_request.add_parser(sub)
     database = sub.add_parser("db", help="database commands")
-    dbshell.add_parser(database.add_subparsers(dest="db_command", required=True))
+    db_sub = database.add_subparsers(dest="db_command", required=True)
+    dbshell.add_parser(db_sub)
+    cli_database.add_parser(db_sub)
     cli_log.add_parser(sub)
     demo.add_parser(sub)
     cli_gateway.add_parser(sub)
@@ -177,6 +234,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         config = load_config(
             host=getattr(args, "host", None), port=getattr(args, "port", None),
             registry_file=getattr(args, "registry", None),
+            unsafe_superuser=getattr(args, "unsafe_superuser", None),
         )
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -191,6 +249,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             parser.error("--workers must be at least 1")
         verify_servable(config)
+        asyncio.run(_verify_database_role(config))
         from broker.cli.workers import serve_workers, use_event_loop
 
         if args.workers > 1:
@@ -208,6 +267,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
             return 2
         return asyncio.run(_registry_apply(config, args.file, text, dry_run=args.dry_run, prune=args.prune))
+    if command == "keys" and args.keys_command == "rotate":
+        return asyncio.run(_keys_rotate(config, args.key))
     if command == "keys":
         return _keys_generate(args.alg, args.kid, args.out)
     if command == "request":
@@ -216,6 +277,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return cli_log.run(args, config)
     if command == "demo":
         return demo.run(args, config)
+    if command == "db" and args.db_command == "grant":
+        return cli_database.run(args, config)
     if command == "db":
         return dbshell.run(args, config)
     parser.error("unknown command")

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 from types import FrameType
 
 import structlog
+from prometheus_client.multiprocess import mark_process_dead
 
 from broker import registry
 from broker.config import Config
 from broker.observability.logs import configure
-from broker.storage import db
+from broker.observability.metrics import MULTIPROCESS_DIR
+from broker.storage import db, roles
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +52,7 @@ def _worker(config: Config) -> None:
 
 async def _prepare(config: Config) -> None:
     assert config.database_url is not None
-    conn = await db.connect(config.database_url)
+    conn = await db.connect(config.admin_database_url or config.database_url)
     try:
         await db.migrate(conn)
         if config.registry_file is not None:
@@ -57,13 +63,38 @@ async def _prepare(config: Config) -> None:
         await conn.close()
 
 
+def _metrics_directory(config: Config) -> tuple[Path, bool]:
+    """Where the workers count (PROMETHEUS_MULTIPROC_DIR, or a directory of ours), emptied: a scrape must not sum
+    the files of processes from a previous run. True when it is ours to remove."""
+    given = os.environ.get(MULTIPROCESS_DIR)
+    where = Path(given) if given else Path(tempfile.mkdtemp(prefix="dlnuf-metrics-"))
+    where.mkdir(parents=True, exist_ok=True)
+    for stale in where.glob("*.db"):
+        stale.unlink()
+    return where, not given
+
+
 def serve_workers(config: Config, workers: int) -> int:
+    metrics_dir, ours = _metrics_directory(config)
+    # inherited by the spawned workers, read by prometheus_client when they import it
+    os.environ[MULTIPROCESS_DIR] = str(metrics_dir)
+    try:
+        return _serve_workers(config, workers, metrics_dir)
+    finally:
+        if ours:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_workers(config: Config, workers: int, metrics_dir: Path) -> int:
     embedded = None
     if config.database_url is None:
         embedded = db.EmbeddedPostgres(config.state_dir / "pgdata")
         config = replace(config, database_url=embedded.dsn())
     try:
         asyncio.run(_prepare(config))
+        if embedded is not None:
+            # the workers serve as the least-privilege role, as one embedded process does (broker/app.py)
+            config = replace(config, database_url=asyncio.run(roles.embedded_broker_dsn(embedded.dsn())))
         # done once here: the workers neither migrate concurrently nor each re-apply the registry file
         config = replace(config, registry_file=None)
         ctx = multiprocessing.get_context("spawn")
@@ -91,6 +122,9 @@ def serve_workers(config: Config, workers: int) -> int:
                 p.terminate()
         for p in procs:
             p.join(timeout=10)
+            if p.pid is not None:
+                # its live-only gauges (the pid series) leave the scrape with it; its counters stay summed
+                mark_process_dead(p.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
         return 0 if stopping else 1
     finally:
         if embedded is not None:

@@ -1,11 +1,22 @@
-"""Prometheus metrics. Labels carry datasets, outcomes and adapter names, never anything about a person."""
+"""Prometheus metrics. Labels carry datasets, outcomes and adapter names, never anything about a person.
+
+With `serve --workers N` every worker counts into files of one directory (prometheus_client's multiprocess mode,
+`PROMETHEUS_MULTIPROC_DIR`, set by the parent before it starts them), and a scrape, whichever worker answers it,
+sums them all: counters and histograms over every process, gauges as documented by each one's
+`multiprocess_mode`, and each live worker's process figures under its `pid`. One process alone keeps its values in
+memory and reports the standard `process_*` metrics.
+"""
 
 from __future__ import annotations
 
+import os
+import resource
+import time
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from adapters.base import Health
@@ -15,25 +26,37 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess() -> bool:
+    """Whether this process counts into the shared directory (it must be set before prometheus_client is
+    imported, which is why the workers are spawned, never forked, with it in their environment)."""
+    return bool(os.environ.get(MULTIPROCESS_DIR))
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # what only this process knows at scrape time (its adapters' breakers), never summed across workers
+        self._local = CollectorRegistry(auto_describe=True)
         self.exchanges = Counter("dlnuf_exchanges", "Exchange attempts by dataset and outcome (released or the "
                                  "problem type slug).", ["dataset", "outcome"], registry=self.registry)
         self.latency = Histogram("dlnuf_exchange_seconds", "Time from request to answer, whole pipeline.",
                                  ["outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.provider_errors = Counter("dlnuf_provider_errors", "Adapter failures by adapter and kind.",
                                        ["adapter", "kind"], registry=self.registry)
-        self.registry_version = Gauge("dlnuf_registry_version", "Registry version this process serves.",
-                                      registry=self.registry)
+        self.registry_version = Gauge("dlnuf_registry_version", "Registry version this process serves (with "
+                                      "several workers: the highest any live one serves).",
+                                      multiprocess_mode="livemax", registry=self.registry)
         self.tlog_lag = Histogram("dlnuf_tlog_integration_lag_seconds", "Time from an access-log commit to its "
                                   "integration into the transparency log (entries this process integrated).",
                                   buckets=LAG_BUCKETS, registry=self.registry)
         self.tlog_pending_age = Gauge("dlnuf_tlog_oldest_pending_seconds", "Age of the oldest access-log entry "
                                       "not yet integrated, 0 when none (as seen by this process's last round).",
-                                      registry=self.registry)
+                                      multiprocess_mode="livemax", registry=self.registry)
         self.tlog_size = Gauge("dlnuf_tlog_tree_size", "Entries in the transparency log (last size seen).",
-                               registry=self.registry)
+                               multiprocess_mode="max", registry=self.registry)
         self.unauthenticated = Counter("dlnuf_unauthenticated_refusals", "Requests refused before any signature "
                                        "verified, by stable reason; kept in the bounded attempts store, never in "
                                        "the access log.", ["reason"], registry=self.registry)
@@ -47,18 +70,44 @@ class Metrics:
         self.mails = Counter("dlnuf_mails", "Citizens' notification e-mails by kind (access, digest, confirmation) "
                              "and result (sent, skipped, failed, gave_up).", ["kind", "result"],
                              registry=self.registry)
+        if multiprocess():
+            # ProcessCollector reads only the process that answers the scrape: each worker writes its own figures
+            # instead (`sample_process`), reported per pid while it lives
+            self.worker_cpu = Gauge("dlnuf_worker_cpu_seconds", "CPU time (user + system) of each live worker.",
+                                    multiprocess_mode="liveall", registry=self.registry)
+            self.worker_memory = Gauge("dlnuf_worker_max_resident_memory_bytes", "Peak resident memory of each "
+                                       "live worker.", multiprocess_mode="liveall", registry=self.registry)
+            self.worker_start = Gauge("dlnuf_worker_start_time_seconds", "When each live worker started (Unix "
+                                      "time).", multiprocess_mode="liveall", registry=self.registry)
+            self.worker_start.set(time.time())
+            self.sample_process()
+        else:
+            ProcessCollector(registry=self._local)
+
+    def sample_process(self) -> None:
+        """This worker's process figures, for the next scrape (every few seconds, broker/app.py); nothing when one
+        process serves alone (ProcessCollector reads them at scrape time)."""
+        if not multiprocess():
+            return
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.worker_cpu.set(usage.ru_utime + usage.ru_stime)
+        self.worker_memory.set(usage.ru_maxrss * 1024)  # Linux reports kilobytes
 
     def watch_adapters(self, health: Callable[[], Mapping[str, Health]]) -> None:
         """Export each adapter's breaker and retry counts, read from `health()` at every scrape, so an adapter
         removed from the registry disappears from the metrics with it."""
-        self.registry.register(_AdapterCollector(health))
+        self._local.register(_AdapterCollector(health))
 
     def exchange(self, dataset: str, outcome: str, seconds: float) -> None:
         self.exchanges.labels(dataset, outcome).inc()
         self.latency.labels("released" if outcome == "released" else "refused").observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if multiprocess():
+            every = CollectorRegistry()
+            MultiProcessCollector(every)  # type: ignore[no-untyped-call]
+            return generate_latest(every) + generate_latest(self._local)
+        return generate_latest(self.registry) + generate_latest(self._local)
 
 
 class _AdapterCollector(Collector):

@@ -28,7 +28,7 @@ from joserfc import jwe, jws
 from joserfc.jwk import ECKey, JWKRegistry, Key, KeySet, OKPKey
 from joserfc.jws import JWSRegistry
 
-from broker.signing.keys import ED25519, PrivateKey, PublicKey
+from broker.signing.keys import ED25519, PrivateKey, PublicKey, sign_message
 
 __all__ = ["JoseError", "algorithms_for", "decrypt", "import_jwk", "peek", "sign_jwt", "signing_alg", "verify"]
 
@@ -85,8 +85,18 @@ def sign_jwt(claims: Mapping[str, Any], key: PrivateKey, *, typ: str | None,
     protected: dict[str, Any] = {"alg": signing_alg(key), "kid": key.kid, **(header or {})}
     if typ is not None:
         protected["typ"] = typ
-    alg = protected["alg"]
-    return jws.serialize_compact(protected, orjson.dumps(dict(claims)), _jose_key(key), registry=_registry([alg]))
+    if protected["alg"] != signing_alg(key):
+        raise ValueError(f"alg {protected['alg']!r} is not what key {key.kid!r} signs")
+    # Serialised here rather than by joserfc, so that the signature is the key's `Signer`'s (broker/signing/
+    # signer.py: an HSM's key has no private half to hand to joserfc). RFC 7515 §7.1: the signing input is
+    # BASE64URL(header) "." BASE64URL(payload); EdDSA signs it as is, ES256's signature is r||s (RFC 7518 §3.4),
+    # which is what sign_message returns. joserfc (and PyJWT, in the tests) verify what this writes.
+    signing_input = _b64url(orjson.dumps(protected)) + b"." + _b64url(orjson.dumps(dict(claims)))
+    return (signing_input + b"." + _b64url(sign_message(key.private_key, signing_input))).decode("ascii")
+
+
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def _b64(part: str, what: str) -> bytes:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from broker.signing.signer import Signer
 from broker.storage.secretfile import create_once
 
 Algorithm: TypeAlias = Literal["ed25519", "ecdsa-p256-sha256"]
@@ -51,6 +52,12 @@ class InvalidKey(ValueError):
 
 
 def _check_key_object(key: object, alg: str, *, private: bool) -> None:
+    if private and not isinstance(key, Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        # a key that stays elsewhere (an HSM's): its public half says what it is
+        if not isinstance(key, Signer):
+            raise InvalidKey(f"not a private key or a Signer: {type(key).__name__}")
+        _check_key_object(key.public_key(), alg, private=False)
+        return
     if alg == ED25519:
         expected: type = Ed25519PrivateKey if private else Ed25519PublicKey
         if not isinstance(key, expected):
@@ -124,7 +131,9 @@ class PrivateKey:
 
     kid: str
     alg: Algorithm
-    private_key: PrivateKeyObject = field(repr=False)
+    private_key: PrivateKeyObject | Signer = field(repr=False)
+    """A key object read from a file, or a `Signer` whose key stays where it is (an HSM): every signature goes
+    through `sign_message`."""
 
     def __post_init__(self) -> None:
         if not self.kid:
@@ -152,6 +161,8 @@ class PrivateKey:
         """The private JWK (with "d"). Handle it as a secret."""
         jwk = self.public_jwk()
         key = self.private_key
+        if not isinstance(key, Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+            raise InvalidKey(f"key {self.kid!r} is held by a Signer and cannot be exported")
         if isinstance(key, Ed25519PrivateKey):
             jwk["d"] = _b64url(key.private_bytes_raw())
         else:
@@ -163,12 +174,13 @@ class PrivateKey:
 BrokerKey: TypeAlias = PrivateKey
 
 
-def sign_message(private_key: PrivateKeyObject, message: bytes) -> bytes:
-    """Sign per RFC 9421 §3.3: Ed25519 as is, ECDSA P-256 with SHA-256 as raw 64-byte r||s (not DER)."""
-    if isinstance(private_key, Ed25519PrivateKey):
-        return private_key.sign(message)
-    r, s = decode_dss_signature(private_key.sign(message, _ECDSA_SHA256))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+def sign_message(private_key: PrivateKeyObject | Signer, message: bytes) -> bytes:
+    """Sign per RFC 9421 §3.3 (and JOSE, RFC 7518 §3.4, RFC 8037): Ed25519 as is, ECDSA P-256 with SHA-256 as raw
+    64-byte r||s (not DER). The one place a broker key signs (broker/signing/signer.py)."""
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        r, s = decode_dss_signature(private_key.sign(message, _ECDSA_SHA256))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return private_key.sign(message)  # Ed25519's own, or a Signer's (already in this form)
 
 
 def algorithm_of(key: PublicKeyObject | PrivateKeyObject) -> Algorithm:

@@ -39,6 +39,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from broker.signing import structured_fields as sf
 from broker.signing.keys import PrivateKey, PrivateKeyObject, PublicKey, algorithm_of, sign_message
+from broker.signing.signer import Signer
 
 __all__ = [
     "REASONS",
@@ -681,7 +682,8 @@ def _covered_ids(signature_params: str) -> frozenset[str]:
 
 
 def _signing_key(private_key: PrivateKey | PrivateKeyObject, kid: str | None, alg: str | None
-                 ) -> tuple[PrivateKeyObject, str, str]:
+                 ) -> tuple[PrivateKeyObject | Signer, str, str]:
+    key_object: PrivateKeyObject | Signer
     if isinstance(private_key, PrivateKey):
         if kid is not None and kid != private_key.kid:
             raise ValueError(f"kid {kid!r} contradicts the key's kid {private_key.kid!r}")
@@ -695,8 +697,8 @@ def _signing_key(private_key: PrivateKey | PrivateKeyObject, kid: str | None, al
     return key_object, kid, key_alg
 
 
-def _sign(label: str, components: list[sf.Item], params: sf.Params, msg: _Message, key: PrivateKeyObject
-          ) -> dict[str, str]:
+def _sign(label: str, components: list[sf.Item], params: sf.Params, msg: _Message,
+          key: PrivateKeyObject | Signer) -> dict[str, str]:
     inner = sf.InnerList(tuple(components), params)
     try:
         params_value = sf.serialize_inner_list(inner)

@@ -117,6 +117,12 @@ async def migrate(conn: asyncpg.Connection, *, package: str = "broker.storage",
     if not re.fullmatch(r"[a-z_]+", table):
         raise ValueError(f"bad migrations table name {table!r}")
     applied: list[Migration] = []
+    # Nothing pending is the usual case at a broker's start, and the broker's least-privilege role may not create
+    # the table below (docs/operations.md): look first, without the lock.
+    if await conn.fetchval("SELECT to_regclass($1)", table) is not None:
+        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {table}")}  # noqa: S608 - checked
+        if done.issuperset(mig.version for mig in migrations(package)):
+            return applied
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
         await conn.execute(
@@ -135,6 +141,9 @@ async def migrate(conn: asyncpg.Connection, *, package: str = "broker.storage",
                 )
             log.info("migration applied", version=mig.version, name=mig.name)
             applied.append(mig)
+        if applied and package == "broker.storage":
+            # the broker's role gets its privileges on the new tables (sql/roles.sql; nothing without roles)
+            await conn.execute(queries("broker.storage", "roles.sql")["apply_roles"])
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied

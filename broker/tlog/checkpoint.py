@@ -26,6 +26,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from broker.signing.signer import Signer
+
 ED25519_TYPE = 0x01
 ROOT_HASH_SIZE = 32
 # Go's note.Open refuses more; the spec requires accepting at least 16.
@@ -161,6 +163,14 @@ def parse_verifier_key(vkey: str) -> NoteVerifier:
     return verifier
 
 
+def ed25519_public(signer: Signer) -> Ed25519PublicKey:
+    """A note signer's public key, which must be Ed25519 (the only note signature type the log writes)."""
+    public = signer.public_key()
+    if not isinstance(public, Ed25519PublicKey):
+        raise InvalidKeyError(f"a note key is Ed25519, not {type(public).__name__}")
+    return public
+
+
 def signer_key(name: str, private_key: Ed25519PrivateKey) -> str:
     """The Go `note` signer key string, `PRIVATE+KEY+<name>+<key id hex>+<base64(0x01 || seed)>`. Secret."""
     seed = private_key.private_bytes_raw()
@@ -185,7 +195,7 @@ def sign_checkpoint(
     origin: str,
     size: int,
     root: bytes,
-    private_key: Ed25519PrivateKey,
+    private_key: Signer,
     key_name: str,
     *,
     extensions: Iterable[str] = (),
@@ -202,8 +212,8 @@ def sign_checkpoint(
     _check_text(body)
     if _parse_body(body) != checkpoint:
         raise MalformedCheckpointError("the checkpoint fields do not make a valid body")
-    key = key_id(key_name, private_key.public_key()).to_bytes(4, "big")
-    signature = private_key.sign(body.encode("utf-8"))
+    key = key_id(key_name, ed25519_public(private_key)).to_bytes(4, "big")
+    signature = private_key.sign(body.encode("utf-8"))  # the Signer's: a key file's, or an HSM's
     return f"{body}\n{_SIGNATURE_PREFIX}{key_name} {_b64(key + signature)}\n"
 
 

@@ -37,6 +37,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.observability.metrics import Metrics
+from broker.signing.signer import Signer
 from broker.storage import db
 from broker.storage.secretfile import create_once
 from broker.tlog import checkpoint, merkle
@@ -91,11 +92,12 @@ class NoteSigner:
     """The log's Ed25519 signed-note key. Its name is the log's origin, as sum.golang.org does."""
 
     name: str
-    private_key: Ed25519PrivateKey = field(repr=False)
+    private_key: Signer = field(repr=False)
+    """The key file's Ed25519 key, or a `Signer` whose key stays in an HSM (broker/signing/signer.py)."""
 
     @property
     def verifier(self) -> checkpoint.NoteVerifier:
-        return checkpoint.NoteVerifier.from_key(self.name, self.private_key.public_key())
+        return checkpoint.NoteVerifier.from_key(self.name, checkpoint.ed25519_public(self.private_key))
 
     def sign_checkpoint(self, size: int, root: bytes) -> str:
         return checkpoint.sign_checkpoint(self.name, size, root, self.private_key, self.name)
@@ -105,7 +107,7 @@ class NoteSigner:
         checkpoint bodies; promises are notes of their own format, opened with `checkpoint.open_note`."""
         if not text.endswith("\n") or "\n\n" in text:
             raise ValueError("a note text ends with one newline and has no blank line")
-        key_id = checkpoint.key_id(self.name, self.private_key.public_key()).to_bytes(4, "big")
+        key_id = checkpoint.key_id(self.name, checkpoint.ed25519_public(self.private_key)).to_bytes(4, "big")
         signature = self.private_key.sign(text.encode("utf-8"))
         return f"{text}\n{_SIGNATURE_PREFIX}{self.name} {b64(key_id + signature)}\n"
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 from aiohttp.test_utils import TestServer
 
@@ -52,6 +53,56 @@ async def test_two_workers_share_the_port_and_stop_together(database_url: str, a
         log.close()
     _, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, [w.pid for w in alive]
+    text = (tmp_path / "broker.log").read_text()
+    assert "Traceback" not in text, text[-3000:]
+
+
+def _samples(text: str, name: str) -> list[tuple[str, float]]:
+    """(labels, value) of each sample of metric `name` in a Prometheus text exposition."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, value = line.rsplit(" ", 1)
+            found.append((series[len(name):], float(value)))
+    return found
+
+
+async def test_metrics_count_every_worker_whichever_answers_the_scrape(database_url: str, tmp_path: Path) -> None:
+    """Unsigned requests are refused and counted (dlnuf_unauthenticated_refusals) by whichever worker the kernel
+    gives each new connection; every scrape, answered by either worker, shows them all, and each live worker's
+    process figures under its pid."""
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "DLNUF_STATE_DIR": str(tmp_path / "state"),
+           "DLNUF_LOG_FORMAT": "json", "DLNUF_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = (tmp_path / "broker.log").open("w")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker", "serve", "--workers", "2",
+                                                "--port", str(port), env=env, stdout=log, stderr=log, cwd=ROOT)
+    sent = 40
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await _ready(base, proc)
+        workers = {c.pid for c in psutil.Process(proc.pid).children()
+                   if "spawn_main" in " ".join(c.cmdline()) and "resource_tracker" not in " ".join(c.cmdline())}
+        assert len(workers) == 2
+        # a new connection per request, so that SO_REUSEPORT spreads them over both workers
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            for _ in range(sent):
+                async with session.post(base + "/v1/exchanges", json={}) as resp:
+                    assert resp.status == 401
+            await asyncio.sleep(6)  # one round of each worker's process sampling (every 5 s)
+            for _ in range(6):
+                async with session.get(base + "/metrics") as resp:
+                    text = await resp.text()
+                refusals = sum(v for _, v in _samples(text, "dlnuf_unauthenticated_refusals_total"))
+                assert refusals == sent, text
+                pids = {labels for labels, _ in _samples(text, "dlnuf_worker_cpu_seconds")}
+                assert pids == {f'{{pid="{pid}"}}' for pid in workers}, pids
+                assert all(v > 0 for _, v in _samples(text, "dlnuf_worker_cpu_seconds"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        log.close()
     text = (tmp_path / "broker.log").read_text()
     assert "Traceback" not in text, text[-3000:]
 

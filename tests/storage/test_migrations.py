@@ -52,7 +52,8 @@ async def test_migrate_twice_applies_nothing(database_url: str) -> None:
     assert versions == [m.version for m in db.migrations()]
 
 
-QUERY_FILES = [("broker.storage", "queries.sql"), ("broker.tlog", "tlog.sql"), ("consent", "consents.sql"),
+QUERY_FILES = [("broker.storage", "queries.sql"), ("broker.storage", "roles.sql"), ("broker.tlog", "tlog.sql"),
+               ("broker.storage", "nodekeys.sql"), ("consent", "consents.sql"),
                ("consent", "sessions.sql"), ("broker.notify", "notify.sql")]
 # Queries of the gateway's own database, prepared against its schema in tests/gateway/test_record.py.
 OTHER_DATABASES = [("broker.gateway", "gateway.sql")]

@@ -1,0 +1,230 @@
+"""The broker's least-privilege database role (broker/storage/sql/roles.sql) serves exchanges, appends to the
+access log, and can neither update, delete, truncate it nor disable its triggers; `serve` refuses a superuser and
+the log's owner, with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from adapters.sandbox.api_particulier import create_app as sandbox_app
+from broker.storage import db, roles
+from tests.broker_harness import broker_config, start_broker
+from tests.conftest import _with_database
+from tests.factories import SANDBOX_TOKEN, TOKEN_ENV, consumer, registry_toml
+
+ROOT = Path(__file__).resolve().parents[2]
+# The log's tables: the broker may read them and add to them, nothing else.
+APPEND_ONLY = ["access_log", "exchange_evidence", "tlog_nodes", "tlog_checkpoints", "tlog_cosignatures"]
+
+
+@dataclass(frozen=True)
+class Roles:
+    superuser: str
+    owner: str
+    broker: str
+    owner_name: str
+    broker_name: str
+
+
+@pytest.fixture
+async def granted(pg_server: str) -> AsyncIterator[Roles]:
+    """A fresh, empty database with its owner and broker roles, made by `db.migrate` and `roles.create` as the
+    superuser; roles are the server's, not the database's: unique names, dropped after the database."""
+    suffix = uuid.uuid4().hex[:10]
+    name, owner, broker = f"dlnuf_r_{suffix}", f"dlnuf_o_{suffix}", f"dlnuf_b_{suffix}"
+    admin = await asyncpg.connect(pg_server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    superuser = _with_database(pg_server, name)
+    conn = await db.connect(superuser)
+    try:
+        await db.migrate(conn)
+        await roles.create(conn, owner=owner, broker=broker)
+    finally:
+        await conn.close()
+    try:
+        yield Roles(superuser, roles.with_user(superuser, owner), roles.with_user(superuser, broker), owner, broker)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE IF EXISTS "{broker}"')
+        await admin.execute(f'DROP ROLE IF EXISTS "{owner}"')
+        await admin.close()
+
+
+async def test_the_broker_role_serves_an_exchange_and_cannot_rewrite_its_log(
+    granted: Roles, aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider = await aiohttp_server(sandbox_app(SANDBOX_TOKEN))
+    monkeypatch.setenv(TOKEN_ENV, SANDBOX_TOKEN)
+    paris = consumer()
+    text = registry_toml([paris], provider_url=str(provider.make_url("")).rstrip("/"))
+    h = await start_broker(aiohttp_client, broker_config(tmp_path, granted.broker, text, log_interval=0.05), paris)
+    answer = await h.exchange()
+    assert answer.status == 200, answer.body
+    await h.verify(answer)
+
+    conn = await asyncpg.connect(granted.broker)
+    try:
+        # the integrator, as the broker role, gave the row its index (the one column it may set, once)
+        for _ in range(100):
+            if await conn.fetchval("SELECT count(*) FROM access_log WHERE log_index IS NOT NULL"):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the integrator never indexed the entry")
+        assert await conn.fetchval("SELECT count(*) FROM exchange_evidence") == 1
+        for table in APPEND_ONLY:
+            for statement in (f"UPDATE {table} SET {await _a_column(conn, table)} = NULL",
+                              f"DELETE FROM {table}", f"TRUNCATE {table}",
+                              f"ALTER TABLE {table} DISABLE TRIGGER ALL",
+                              f"ALTER TABLE {table} OWNER TO {granted.broker_name}"):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(statement)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nor forge tombstones to make deletion legal
+            await conn.execute("INSERT INTO tlog_pruned SELECT * FROM tlog_pruned")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nor skip the triggers for the session
+            await conn.execute("SET session_replication_role = replica")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nor create its own tables
+            await conn.execute("CREATE TABLE mine (x int)")
+        assert await conn.fetchval("SELECT count(*) FROM access_log") == 1
+    finally:
+        await conn.close()
+
+
+async def _a_column(conn: asyncpg.Connection, table: str) -> str:
+    """A column of `table` other than the one the integrator may fill."""
+    name: str = await conn.fetchval(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = $1 AND column_name <> 'log_index' "
+        "ORDER BY ordinal_position LIMIT 1", table)
+    return name
+
+
+async def test_every_guarded_table_is_append_only_for_the_broker(granted: Roles) -> None:
+    """A table a trigger guards against UPDATE or DELETE is one the broker role may not update or delete: a future
+    migration adding such a table must add it to roles.sql's list, or this fails."""
+    conn = await asyncpg.connect(granted.superuser)
+    try:
+        guarded = [r["t"] for r in await conn.fetch(
+            "SELECT DISTINCT tgrelid::regclass::text AS t FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+            "WHERE NOT tgisinternal AND p.proname IN ('access_log_guard', 'tlog_append_only', "
+            "'exchange_evidence_guard') ORDER BY 1")]
+        assert set(APPEND_ONLY) <= set(guarded)
+        for table in guarded:
+            assert not await conn.fetchval("SELECT has_table_privilege($1, $2, 'DELETE')", granted.broker_name, table)
+            assert not await conn.fetchval("SELECT has_table_privilege($1, $2, 'UPDATE')", granted.broker_name, table)
+            assert await conn.fetchval("SELECT has_table_privilege($1, $2, 'SELECT')", granted.broker_name, table)
+        owners = {r["o"] for r in await conn.fetch(
+            "SELECT DISTINCT pg_get_userbyid(relowner) AS o FROM pg_class "
+            "WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'S', 'v')")}
+        assert owners == {granted.owner_name}
+    finally:
+        await conn.close()
+
+
+async def test_a_migration_run_by_the_owner_gives_the_broker_its_new_tables(granted: Roles) -> None:
+    """What `migrate` does with DLNUF_ADMIN_DATABASE_URL: the owner applies, then re-grants (roles.apply). Here
+    0017 (one new table) is made pending again by hand."""
+    conn = await db.connect(granted.owner)
+    try:
+        await conn.execute("DROP TABLE pushed_authorization_requests")
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 17")
+        assert [m.version for m in await db.migrate(conn)] == [17]
+        assert await conn.fetchval("SELECT pg_get_userbyid(relowner) FROM pg_class "
+                                   "WHERE oid = 'pushed_authorization_requests'::regclass") == granted.owner_name
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(granted.broker)
+    try:
+        await conn.execute("INSERT INTO pushed_authorization_requests (request_uri_sha256, client_id, parameters, "
+                           "expires_at) VALUES ('x', 'c', '{}', now())")
+        assert await conn.fetchval("DELETE FROM pushed_authorization_requests RETURNING client_id") == "c"
+        # and nothing pending is nothing to do, even for a role that could not create the migrations' table
+        assert await db.migrate(conn) == []
+    finally:
+        await conn.close()
+
+
+async def test_verify_least_privilege_names_the_reason(granted: Roles) -> None:
+    for dsn, words in ((granted.superuser, "a superuser"), (granted.owner, "owns the access log")):
+        conn = await asyncpg.connect(dsn)
+        try:
+            with pytest.raises(roles.UnsafeDatabaseRole, match=words) as caught:
+                await roles.verify_least_privilege(conn)
+            assert "--unsafe-superuser" in str(caught.value)
+        finally:
+            await conn.close()
+    conn = await asyncpg.connect(granted.broker)
+    try:
+        await roles.verify_least_privilege(conn)
+    finally:
+        await conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _env(tmp_path: Path, **more: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DLNUF_") and k != "DATABASE_URL"}
+    return {**base, "DLNUF_STATE_DIR": str(tmp_path / "state"), "DLNUF_PUBLIC_URL": "https://dlnuf.example", **more}
+
+
+def test_serve_refuses_a_superuser_and_the_owner_and_says_why(granted: Roles, tmp_path: Path) -> None:
+    for dsn, words in ((granted.superuser, "a superuser"), (granted.owner, "owns the access log")):
+        result = subprocess.run([sys.executable, "-m", "broker", "serve", "--port", "0"],
+                                env=_env(tmp_path, DATABASE_URL=dsn), cwd=ROOT, capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        assert words in line and "disable" in line.lower() and "--unsafe-superuser" in line, line
+
+
+async def test_serve_runs_as_the_broker_role_migrating_as_the_owner(granted: Roles, tmp_path: Path) -> None:
+    """The production split: DLNUF_ADMIN_DATABASE_URL migrates (here: nothing pending), DATABASE_URL serves."""
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "serve", "--port", str(port), cwd=ROOT, stdout=log, stderr=log,
+        env=_env(tmp_path, DATABASE_URL=granted.broker, DLNUF_ADMIN_DATABASE_URL=granted.owner))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                if proc.returncode is not None:
+                    pytest.fail((tmp_path / "serve.log").read_text())
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the broker never became ready: " + (tmp_path / "serve.log").read_text())
+    finally:
+        proc.terminate()
+        await proc.wait()
+        log.close()
+
+
+def test_db_grant_refuses_a_role_that_is_not_a_superuser(granted: Roles, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "broker", "db", "grant"],
+                            env=_env(tmp_path, DATABASE_URL=granted.owner), cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "superuser" in result.stderr.strip().splitlines()[-1]
