@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -52,12 +53,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--levels", default="1,8,32", help="closed-loop concurrency levels (default: %(default)s)")
     p.add_argument("--reps", type=int, default=3, help="repetitions of every cell (default: %(default)s)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per closed-loop cell (default: 3)")
-    p.add_argument("--rate", type=float, default=1000.0, help="open-loop requests/s (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s (default: %(default)s)")
     p.add_argument("--open-duration", type=float, default=4.0, help="seconds per open-loop cell (default: 4)")
     p.add_argument("--loadgen-procs", type=int, default=1, help="load generator processes (default: 1)")
     p.add_argument("--brokers", type=int, default=1,
                    help="broker processes, each on its own port, sharing the database; the load generator "
                         "spreads its connections over them (default: 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="`serve --workers N` for each broker: N processes on one port (default: %(default)s)")
+    p.add_argument("--upstream", choices=["fast", "python"], default="fast",
+                   help="the provider the broker calls: 'fast' = nginx serving the Python stub's recorded answer "
+                        "(the broker's own cost shows), 'python' = the Python sandbox (default: %(default)s)")
+    p.add_argument("--json", type=Path, metavar="FILE",
+                   help="also write the figures as JSON: per target and level req/s, p50, p99, CPU ms per request "
+                        "per process group, ratio broker/nginx")
     p.add_argument("--basis", choices=["information", "proactive"], default="information",
                    help="legal basis of the habilitation; 'proactive' adds the objection lookup (default: "
                         "%(default)s)")
@@ -98,8 +107,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         problems.append("--levels: concurrency levels between 1 and 512")
     if not 1 <= args.reps <= 20:
         problems.append("--reps: between 1 and 20")
-    if not 1 <= args.loadgen_procs <= 8 or not 1 <= args.brokers <= 8:
-        problems.append("--loadgen-procs, --brokers: between 1 and 8")
+    if not 1 <= args.loadgen_procs <= 8 or not 1 <= args.brokers <= 8 or not 1 <= args.workers <= 8:
+        problems.append("--loadgen-procs, --brokers, --workers: between 1 and 8")
+    if args.upstream == "fast" and nginx is None:
+        problems.append("--upstream fast is nginx serving the recorded answer: install nginx or use --upstream "
+                        "python")
     if not 10 <= args.rate <= 20_000:
         problems.append("--rate: between 10 and 20,000")
     if problems:
@@ -116,6 +128,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         loadgen_procs=args.loadgen_procs, brokers=args.brokers, basis=args.basis, embedded=args.embedded,
         admin_url=args.admin_url, nginx=nginx, pyspy=pyspy,
         profile_seconds=4.0 if quick else clamp(args.profile_seconds, 2.0, 30.0), keep_workdir=args.keep_workdir,
+        workers=args.workers, upstream=args.upstream,
         broker_env=tuple(tuple(kv.split("=", 1)) for kv in args.broker_env if kv.startswith("DLNUF_") and "=" in kv),
     )
 
@@ -172,7 +185,7 @@ def measure(bench: Bench, s: Settings, r: Results) -> None:
         broker = bench.stack.brokers[0]
         progress(f"\n== profile: py-spy on broker #1 (pid {broker.pid}), closed loop c=16, {s.profile_seconds:g} s")
         recorder = profiling.PySpy(s.pyspy, broker.pid, bench.stack.workdir / "pyspy.txt",
-                                   seconds=s.profile_seconds)
+                                   seconds=s.profile_seconds, subprocesses=s.workers > 1)
         try:
             r.profile_stats = st = bench.closed("broker", 16, duration=s.profile_seconds, on_ready=recorder.start)
         finally:
@@ -228,6 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n" + text, flush=True)
             if args.output is not None:
                 args.output.write_text(text + "\n")
+            if args.json is not None:
+                args.json.write_text(json.dumps(report.figures(st, s, results), indent=2) + "\n")
+                progress(f"figures written to {args.json}")
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
             status = 130

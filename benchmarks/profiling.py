@@ -91,10 +91,13 @@ OTHER = "other"
 class PySpy:
     """`py-spy record` on one process, started when the load is ready, for a fixed time."""
 
-    def __init__(self, executable: str, pid: int, output: Path, *, seconds: float, rate: int = 250) -> None:
+    def __init__(self, executable: str, pid: int, output: Path, *, seconds: float, rate: int = 250,
+                 subprocesses: bool = False) -> None:
         # --nonblocking: never pause the broker (--native would need that, and distorts far more)
         self.argv = [executable, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
                      "--rate", str(rate), "--format", "raw", "--output", str(output), "--nonblocking"]
+        if subprocesses:  # `serve --workers N`: the parent only waits, its workers do the exchanges
+            self.argv.append("--subprocesses")
         self.output = output
         self.process: subprocess.Popen[bytes] | None = None
         self.error = ""

@@ -18,7 +18,7 @@ from stack import Settings, Stack, source_state
 TARGET_ADDED_P99_MS = 5.0
 PROBES = 300
 TARGETS = ("broker", "stub", "nginx")
-LABELS = {"broker": "broker (full pipeline)", "stub": "stub direct", "nginx": "nginx -> stub",
+LABELS = {"broker": "broker (full pipeline)", "stub": "upstream direct", "nginx": "nginx -> upstream",
           "trivial": "trivial server"}
 
 
@@ -49,7 +49,8 @@ def report(stack: Stack, s: Settings, r: Results) -> str:
         f"{sys.version.split()[0]}, code {source_state()}",
         f"brokers: {s.brokers} process(es); load generator: {s.loadgen_procs} process(es); database: "
         f"{'embedded PostgreSQL' if s.embedded else 'fresh database on ' + s.admin_url.rsplit('@', 1)[-1]}; "
-        f"legal basis: {s.basis}",
+        f"legal basis: {s.basis}; broker workers: {s.workers}; upstream: "
+        f"{'nginx serving the stub recorded answer' if s.upstream == 'fast' else 'the Python sandbox'}",
         f"smoke test: {r.smoke}",
         f"machine before the run: {r.noise_before:.2f} of {os.cpu_count()} cores busy with other people's work, "
         f"load average {os.getloadavg()[0]:.2f} at the end",
@@ -154,7 +155,8 @@ def added_latency(r: Results, rate: float) -> dict[str, tuple[list[float], list[
 
 def obstacles(stack: Stack, s: Settings, r: Results) -> str:
     """What stands in the way of the targets, in this run's own figures."""
-    lines = ["What stands in the way of the targets (3,000 exchanges/s on 2 cores; p99 added <= 5 ms at 1,000/s)"]
+    lines = [f"What stands in the way of the targets (3,000 exchanges/s on 2 cores; p99 added <= 5 ms at "
+             f"{s.rate:,.0f}/s)"]
     level, rate = max(((lv, median([st.rate for st in r.closed.get(("broker", lv), [])])) for lv in s.levels),
                       key=lambda x: x[1])
     stats = r.closed.get(("broker", level), [])
@@ -228,3 +230,47 @@ def obstacles(stack: Stack, s: Settings, r: Results) -> str:
     if r.profile is not None and r.profile_stats is not None:
         lines.append("* Profile: " + profiling.headline(r.profile, broker_cpu(r.profile_stats)))
     return "\n".join(lines)
+
+
+def _cell(stats: Sequence[Stats], groups: Sequence[str]) -> dict[str, object]:
+    return {"rate": median([st.rate for st in stats]), "p50_ms": median([st.p50 for st in stats]),
+            "p99_ms": median([st.p99 for st in stats]), "errors": sum(st.errors for st in stats),
+            "cpu_ms_per_request": {g: median([st.cpu_ms(g) for st in stats]) for g in groups},
+            "others_cores": median([st.others for st in stats]), "reps": len(stats)}
+
+
+def _ratio(a: Sequence[Stats], b: Sequence[Stats]) -> float | None:
+    pairs = [(x, y) for x, y in zip(a, b, strict=False) if y.rate]
+    return median([x.rate / y.rate for x, y in pairs]) if pairs else None
+
+
+def figures(stack: Stack, s: Settings, r: Results) -> dict[str, object]:
+    """The run's figures for `--json FILE`: medians per target and level, ratios within repetitions."""
+    groups = _groups(stack)
+    closed: dict[str, dict[str, object]] = {}
+    for (target, level), stats in sorted(r.closed.items()):
+        cell = _cell(stats, groups)
+        if target == "broker":
+            cell["ratio_broker_nginx"] = _ratio(stats, r.closed.get(("nginx", level), []))
+            cell["ratio_broker_stub"] = _ratio(stats, r.closed.get(("stub", level), []))
+        closed.setdefault(target, {})[str(level)] = cell
+    opened: dict[str, dict[str, object]] = {}
+    for (target, rate), stats in sorted(r.open.items()):
+        cell = _cell(stats, groups)
+        added = added_latency(r, rate).get(target)
+        if added is not None:
+            cell["added_p50_ms"], cell["added_p99_ms"] = median(added[0]), median(added[1])
+        opened.setdefault(target, {})[f"{rate:g}"] = cell
+    out: dict[str, object] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": source_state(),
+        "cpus": os.cpu_count(), "brokers": s.brokers, "workers": s.workers, "upstream": s.upstream,
+        "reps": s.reps, "machine_busy_before": r.noise_before, "closed": closed, "open": opened,
+    }
+    if r.profile is not None and r.profile_stats is not None:
+        cpu = broker_cpu(r.profile_stats)
+        out["profile_us_per_exchange"] = {name: us for name, _, us in profiling.costs(r.profile, cpu)}
+        out["profile_families_us"] = dict(profiling.families(profiling.costs(r.profile, cpu)))
+    if r.db:
+        out["database_statements_ms"] = {name: {"p50": pr.p50, "p99": pr.p99, "pg_cpu_us": pr.pg_cpu_us}
+                                          for name, pr in r.db.items()}
+    return out

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,11 @@ class Settings:
     request_timeout: float = 10.0
     broker_env: tuple[tuple[str, str], ...] = ()
     """Extra DLNUF_* settings for the broker processes (e.g. DLNUF_EVENT_LOOP=uvloop), for A/B runs."""
+    workers: int = 1
+    """`serve --workers N`: N processes of each broker on one port (SO_REUSEPORT)."""
+    upstream: str = "fast"
+    """"fast": nginx serving the provider stub's recorded answer (the provider costs next to nothing, so the
+    broker's own cost shows); "python": the Python sandbox itself, as before."""
 
 
 # ---------------------------------------------------------------------------------------------- files for the run
@@ -141,6 +147,63 @@ http {{
     }}
 }}
 """
+
+
+def upstream_conf(workdir: Path, port: int, token: str) -> str:
+    """nginx as a fast provider: the stub's recorded answer to the adapter's request, under the same path, behind
+    the same bearer token check (anything else: 401, or 404 for another path)."""
+    d = workdir
+    return f"""# Written by benchmarks/exchange.py: the provider's recorded answer, served by nginx.
+daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d}/recorded;
+        location / {{ return 404; }}
+        location = {stub_path_query().split("?")[0]} {{
+            if ($http_authorization != "Bearer {token}") {{ return 401; }}
+            default_type application/json;
+            try_files /answer.json =500;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(es: contextlib.ExitStack, s: Settings, name: str, ngdir: Path, conf_text: str) -> procs.Service:
+    assert s.nginx is not None
+    ngdir.mkdir(parents=True, exist_ok=True)
+    conf = ngdir / "nginx.conf"
+    conf.write_text(conf_text)
+    common = ["-p", str(ngdir), "-e", str(ngdir / "error.log"), "-c", str(conf)]
+    test = subprocess.run([s.nginx, "-t", "-q", *common], capture_output=True, text=True, timeout=30, check=False)
+    if test.returncode != 0:
+        raise procs.SetupError(f"nginx refuses the generated configuration {conf}:\n{test.stderr}")
+    return procs.start(es, name, [s.nginx, *common], env=dict(os.environ), log=ngdir / "stdout.log")
+
+
+def record_answer(port: int, token: str) -> bytes:
+    """The stub's answer to the adapter's request, as the adapter receives it."""
+    request = urllib.request.Request(f"http://{HOST}:{port}{stub_path_query()}",
+                                     headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - our own loopback URL
+        body: bytes = resp.read()
+        if resp.status != 200:
+            raise procs.SetupError(f"the stub answered {resp.status} to the adapter's request")
+        return body
 
 
 def subject() -> dict[str, object]:
@@ -236,27 +299,37 @@ def build(es: contextlib.ExitStack, s: Settings) -> Stack:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DLNUF_") and k != "DATABASE_URL"}
     env["PYTHONPATH"] = str(ROOT)
 
-    # 1. The provider stub: the API Particulier sandbox, in the upstream format the adapter speaks.
-    stub_port = procs.free_port()
-    stub = procs.start(es, "provider stub", [PYTHON, "-m", "adapters.sandbox", "--host", HOST, "--port",
-                                             str(stub_port)],
-                       env={**env, "DLNUF_SANDBOX_TOKEN": token}, log=workdir / "stub.log", cwd=ROOT)
-    procs.wait_http(stub, f"http://{HOST}:{stub_port}/", ok=lambda st: st == 404)
+    # 1. The provider stub: the API Particulier sandbox, in the upstream format the adapter speaks. With the fast
+    #    upstream, nginx serves its recorded answer instead, and the sandbox stops once recorded.
+    sandbox_port = procs.free_port()
+    sandbox = procs.start(es, "provider stub", [PYTHON, "-m", "adapters.sandbox", "--host", HOST, "--port",
+                                                str(sandbox_port)],
+                          env={**env, "DLNUF_SANDBOX_TOKEN": token}, log=workdir / "stub.log", cwd=ROOT)
+    procs.wait_http(sandbox, f"http://{HOST}:{sandbox_port}/", ok=lambda st: st == 404)
+    stub, stub_port = sandbox, sandbox_port
+    if s.upstream == "fast":
+        if s.nginx is None:
+            raise procs.SetupError("the fast upstream is nginx: install it, or use --upstream python")
+        updir = workdir / "upstream"
+        (updir / "recorded").mkdir(parents=True)
+        (updir / "recorded" / "answer.json").write_bytes(record_answer(sandbox_port, token))
+        # nginx's worker runs as an unprivileged user when started as root: let it reach the answer (only that)
+        workdir.chmod(0o711)
+        for path in (updir, updir / "recorded"):
+            path.chmod(0o711)
+        (updir / "recorded" / "answer.json").chmod(0o644)
+        procs.stop(sandbox)
+        stub_port = procs.free_port()
+        stub = start_nginx(es, s, "fast upstream (nginx, recorded answer)", updir,
+                           upstream_conf(updir, stub_port, token))
+        procs.wait_http(stub, f"http://{HOST}:{stub_port}/", ok=lambda st: st == 404)
 
-    # 2. nginx in front of the same stub.
+    # 2. nginx in front of the same upstream.
     nginx, nginx_port = None, 0
     if s.nginx is not None:
-        ngdir = workdir / "nginx"
-        ngdir.mkdir()
         nginx_port = procs.free_port()
-        conf = ngdir / "nginx.conf"
-        conf.write_text(nginx_conf(ngdir, nginx_port, stub_port))
-        common = ["-p", str(ngdir), "-e", str(ngdir / "error.log"), "-c", str(conf)]
-        test = subprocess.run([s.nginx, "-t", "-q", *common], capture_output=True, text=True, timeout=30,
-                              check=False)
-        if test.returncode != 0:
-            raise procs.SetupError(f"nginx refuses the generated configuration {conf}:\n{test.stderr}")
-        nginx = procs.start(es, "nginx", [s.nginx, *common], env=env, log=ngdir / "stdout.log")
+        ngdir = workdir / "nginx"
+        nginx = start_nginx(es, s, "nginx", ngdir, nginx_conf(ngdir, nginx_port, stub_port))
         procs.wait_http(nginx, f"http://{HOST}:{nginx_port}/", ok=lambda st: st == 404)
 
     # 3. The database and the registry.
@@ -282,7 +355,7 @@ def build(es: contextlib.ExitStack, s: Settings) -> Stack:
     for i in range(s.brokers):
         port = procs.free_port()
         broker = procs.start(es, f"broker #{i + 1}", [PYTHON, "-m", "broker", "serve", "--host", HOST, "--port",
-                                                      str(port)],
+                                                      str(port), "--workers", str(s.workers)],
                              env={**broker_env, "DLNUF_PUBLIC_URL": f"http://{HOST}:{port}"},
                              log=workdir / f"broker-{i + 1}.log", cwd=ROOT)
         procs.wait_http(broker, f"http://{HOST}:{port}/readyz", ok=lambda st: st == 200, timeout=120)
