@@ -58,6 +58,7 @@ from broker.service.urls import issuer, target_uri
 from broker.signing import messages
 from broker.storage.db import DatabaseUnavailable
 from broker.tlog import accesslog, evidence
+from broker.tlog.groupcommit import LOG_WRITER
 from broker.tlog.jcs import CanonicalizationError, canonicalize
 from broker.tlog.log import TLOG
 from consent.basis import BasisRefused, verify_basis
@@ -295,7 +296,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
         answer["log"] = request.app[TLOG].receipt(entry)
         response = web.Response(status=200, body=orjson.dumps(answer), content_type="application/json",
                                 headers=usage.headers())
-        await accesslog.commit(state.pool, entry, _sign_with_evidence(request, state, response, entry))
+        await request.app[LOG_WRITER].commit(entry, _sign_with_evidence(request, state, response, entry))
     except REFUSALS as exc:
         if VERIFIED not in request:
             state.metrics.exchange("-", problem_for(exc).slug, time.perf_counter() - started)
@@ -337,7 +338,7 @@ async def _refuse(request: web.Request, state: BrokerState, entry: accesslog.Log
     if not isinstance(exc, LogUnavailable):
         try:
             # The refusal is signed now, so that its signature is in the evidence committed with the entry.
-            await accesslog.commit(state.pool, entry, _sign_with_evidence(request, state, response, entry))
+            await request.app[LOG_WRITER].commit(entry, _sign_with_evidence(request, state, response, entry))
         except LogUnavailable as log_exc:
             # a refusal carries no data, but an unlogged one must say so: 503, as any unlogged exchange
             problem, exc = problem_for(log_exc), log_exc

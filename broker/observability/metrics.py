@@ -63,6 +63,11 @@ class Metrics:
         self.unauthenticated_dropped = Counter("dlnuf_unauthenticated_dropped", "Unauthenticated refusals not "
                                                "stored (buffer full or database unavailable); still counted above.",
                                                registry=self.registry)
+        self.log_commits = Counter("dlnuf_access_log_commits", "Access-log transactions committed (group commit: "
+                                   "one per batch of concurrent exchanges).", registry=self.registry)
+        self.log_entries = Counter("dlnuf_access_log_entries", "Access-log entries committed through the group "
+                                   "commit; divided by dlnuf_access_log_commits, the mean batch.",
+                                   registry=self.registry)
         self.quota_refusals = Counter("dlnuf_quota_refusals", "Exchanges refused for a quota, by scope "
                                       "(consumer or habilitation).", ["scope"], registry=self.registry)
         self.outbox = Counter("dlnuf_outbox_deliveries", "Notification webhook deliveries by result (delivered, "
@@ -101,6 +106,10 @@ class Metrics:
     def exchange(self, dataset: str, outcome: str, seconds: float) -> None:
         self.exchanges.labels(dataset, outcome).inc()
         self.latency.labels("released" if outcome == "released" else "refused").observe(seconds)
+
+    def access_log_commit(self, entries: int) -> None:
+        self.log_commits.inc()
+        self.log_entries.inc(entries)
 
     def render(self) -> bytes:
         if multiprocess():

@@ -36,6 +36,7 @@ from broker.signing import messages
 from broker.storage import db
 from broker.storage.db import DatabaseUnavailable
 from broker.tlog import evidence, outbox, tiles, tlogproof, witness
+from broker.tlog.groupcommit import LOG_WRITER, GroupCommit
 from broker.tlog.log import (
     PROMISE_FORMAT,
     TLOG,
@@ -397,6 +398,7 @@ async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
                            max_merge_delay=config.log_max_merge_delay, batch=config.log_batch, metrics=state.metrics,
                            witness_quorum=config.log_witness_quorum)
     app[TLOG] = tlog
+    app[LOG_WRITER] = writer = GroupCommit(state.pool, on_commit=state.metrics.access_log_commit)
     app[WITNESSES] = witnesses
     app[TILE_CACHE] = tiles.TileCache()
     with contextlib.suppress(*db.DB_ERRORS):  # the integrator signs it on its first round instead
@@ -414,6 +416,7 @@ async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
     if worker is not None:
         tasks.append(asyncio.create_task(worker.run()))
     yield
+    await writer.close()  # what the last exchanges queued is committed before the pool closes
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
