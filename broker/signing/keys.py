@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from broker.signing import ed25519
 from broker.signing.signer import Signer
 from broker.storage.secretfile import create_once
 
@@ -107,7 +108,7 @@ class PublicKey:
         """
         key = self.key
         if isinstance(key, Ed25519PublicKey):
-            key.verify(signature, message)
+            ed25519.verify(key, signature, message)
             return
         if len(signature) != 64:
             raise InvalidSignature("ecdsa-p256-sha256 signatures are 64 bytes")
@@ -177,10 +178,12 @@ BrokerKey: TypeAlias = PrivateKey
 def sign_message(private_key: PrivateKeyObject | Signer, message: bytes) -> bytes:
     """Sign per RFC 9421 §3.3 (and JOSE, RFC 7518 §3.4, RFC 8037): Ed25519 as is, ECDSA P-256 with SHA-256 as raw
     64-byte r||s (not DER). The one place a broker key signs (broker/signing/signer.py)."""
+    if isinstance(private_key, Ed25519PrivateKey):
+        return ed25519.sign(private_key, message)  # a key file's key: through libsodium (ed25519.py says why)
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
         r, s = decode_dss_signature(private_key.sign(message, _ECDSA_SHA256))
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    return private_key.sign(message)  # Ed25519's own, or a Signer's (already in this form)
+    return private_key.sign(message)  # a Signer's (already in this form)
 
 
 def algorithm_of(key: PublicKeyObject | PrivateKeyObject) -> Algorithm:

@@ -37,6 +37,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.observability.metrics import Metrics
+from broker.signing import ed25519
 from broker.signing.signer import Signer
 from broker.storage import db
 from broker.storage.secretfile import create_once
@@ -108,7 +109,10 @@ class NoteSigner:
         if not text.endswith("\n") or "\n\n" in text:
             raise ValueError("a note text ends with one newline and has no blank line")
         key_id = checkpoint.key_id(self.name, checkpoint.ed25519_public(self.private_key)).to_bytes(4, "big")
-        signature = self.private_key.sign(text.encode("utf-8"))
+        data = text.encode("utf-8")
+        # one per exchange: a key file's key signs through libsodium (broker/signing/ed25519.py), an HSM's itself
+        key = self.private_key
+        signature = ed25519.sign(key, data) if isinstance(key, Ed25519PrivateKey) else key.sign(data)
         return f"{text}\n{_SIGNATURE_PREFIX}{self.name} {b64(key_id + signature)}\n"
 
 
