@@ -1,0 +1,166 @@
+"""What the access log's group commit buys (issue 14), side by side with one transaction per exchange.
+
+    .venv/bin/python benchmarks/group_commit.py                  # about a minute
+    .venv/bin/python benchmarks/group_commit.py --reps 5 --entries 400
+
+On a fresh database on the PostgreSQL at --admin-url (dropped at the end), released entries with their outbox row
+and evidence, as the pipeline commits them, `--concurrency` exchanges in flight at a time:
+
+- "each": `accesslog.commit`, one transaction (and one synchronous commit, one WAL flush) per entry, as before;
+- "group": `broker.tlog.groupcommit.GroupCommit`, one writer batching what queued while its last transaction ran.
+
+Per variant and level: entries/s, p50 and p99 of an exchange's wait for its commit, transactions per entry, and
+the CPU of this database's PostgreSQL backends and of this Python process per entry. Repetitions interleaved, the
+order rotated, medians (ratios within a repetition). It prints figures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import procs
+
+from broker.storage import db
+from broker.tlog import accesslog, evidence
+from broker.tlog.accesslog import LogEntry
+from broker.tlog.groupcommit import GroupCommit
+
+
+def entry() -> tuple[LogEntry, evidence.Evidence]:
+    e = LogEntry(request_id=str(uuid.uuid4()), consumer="21750001600019", kid="bench", dataset="quotient_familial",
+                 dataset_version=1, purpose="tarification-restauration-scolaire", recipient="21750001600019",
+                 fields_requested=("quotient_familial", "enfants"), fields_released=("quotient_familial",),
+                 outcome="released", http_status=200, latency_ms=3.2, subject_key="ab" * 32)
+    e.record_payload(b'{"quotient_familial":{"valeur":1234}}')
+    e.bind_request(secrets.token_bytes(64))
+    ev = evidence.Evidence(e.id, e.logged_at, "sig1", secrets.token_bytes(64), b"x" * 400, "thumb", 200,
+                           secrets.token_bytes(64), b"y" * 300, "broker-thumb")
+    return e, ev
+
+
+def backend_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        times = procs.cpu_times(pid)
+        if times is not None:
+            total += sum(times)
+    return total
+
+
+async def run(dsn: str, name: str, variant: str, concurrency: int, entries: int) -> dict[str, float]:
+    pool = await db.create_pool(dsn, min_size=min(concurrency, 10), max_size=10)
+    commits = [0]
+
+    def counted(n: int) -> None:
+        commits[0] += 1
+
+    writer = GroupCommit(pool, on_commit=counted)
+    each: Callable[[LogEntry, evidence.Evidence], Awaitable[None]]
+    if variant == "group":
+        each = writer.commit
+    else:
+        async def each(e: LogEntry, ev: evidence.Evidence) -> None:
+            await accesslog.commit(pool, e, ev)
+            commits[0] += 1
+
+    work = [entry() for _ in range(entries)]
+    latencies: list[float] = []
+    queue = list(reversed(work))
+
+    async def client() -> None:
+        while queue:
+            e, ev = queue.pop()
+            start = time.perf_counter()
+            await each(e, ev)
+            latencies.append(1000 * (time.perf_counter() - start))
+
+    try:
+        pids = await _pids(dsn, name)
+        pg0, py0, t0 = backend_cpu(pids), time.process_time(), time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+        pg = backend_cpu(pids) - pg0
+        py = time.process_time() - py0
+    finally:
+        await writer.close()
+        await pool.close()
+    latencies.sort()
+    return {"rate": entries / elapsed, "p50": statistics.median(latencies),
+            "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+            "commits_per_entry": commits[0] / entries, "pg_us": 1e6 * pg / entries, "py_us": 1e6 * py / entries}
+
+
+async def _pids(dsn: str, name: str) -> list[int]:
+    conn = await db.connect(dsn)
+    try:
+        return [r["pid"] for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name)]
+    finally:
+        await conn.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="benchmarks/group_commit.py", description=__doc__.splitlines()[0])
+    p.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL",
+                                                         "postgresql://postgres@127.0.0.1:5432/postgres"))
+    p.add_argument("--levels", default="1,8,32", help="exchanges in flight (default: %(default)s)")
+    p.add_argument("--entries", type=int, default=300, help="entries per cell (default: %(default)s)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions (default: %(default)s)")
+    args = p.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    name = f"dlnuf_groupcommit_{os.getpid()}_{secrets.token_hex(3)}"
+    with contextlib.ExitStack() as es:
+        dsn = procs.create_database(es, args.admin_url, name)
+
+        async def migrate() -> None:
+            conn = await db.connect(dsn)
+            try:
+                await db.migrate(conn)
+            finally:
+                await conn.close()
+
+        asyncio.run(migrate())
+        results: dict[tuple[str, int], list[dict[str, float]]] = {}
+        variants = ["each", "group"]
+        for rep in range(args.reps):
+            for level in levels:
+                for variant in (variants if (rep + level) % 2 == 0 else variants[::-1]):
+                    r = asyncio.run(run(dsn, name, variant, level, args.entries))
+                    results.setdefault((variant, level), []).append(r)
+                    print(f"rep {rep + 1} {variant:5s} c={level:<3d} {r['rate']:7.0f}/s p50 {r['p50']:6.2f} ms "
+                          f"p99 {r['p99']:6.2f} ms commits/entry {r['commits_per_entry']:.2f} PG {r['pg_us']:5.0f} us "
+                          f"Python {r['py_us']:5.0f} us", file=sys.stderr, flush=True)
+        print(f"\nAccess-log commits of released entries (row, outbox row, evidence), {args.entries} per cell, "
+              f"{args.reps} repetitions, medians; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        print(f"{'variant':8s} {'conc':>4s} {'entries/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'commits/entry':>13s} "
+              f"{'PG us/entry':>11s} {'Python us/entry':>15s}")
+        for level in levels:
+            for variant in variants:
+                rs = results[(variant, level)]
+
+                def med(k: str, rs: list[dict[str, float]] = rs) -> float:
+                    return statistics.median(r[k] for r in rs)
+
+                print(f"{variant:8s} {level:4d} {med('rate'):9.0f} {med('p50'):7.2f} {med('p99'):7.2f} "
+                      f"{med('commits_per_entry'):13.2f} {med('pg_us'):11.0f} {med('py_us'):15.0f}")
+            ratios = [g["rate"] / e["rate"] for g, e in zip(results[("group", level)], results[("each", level)],
+                                                            strict=True)]
+            print(f"  c={level}: group/each entries/s {statistics.median(ratios):.2f} (median of per-repetition "
+                  "ratios)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
