@@ -112,6 +112,11 @@ def _closed(s: Settings, r: Results, groups: Sequence[str]) -> str:
              table(["target", "conc", "req/s", "p50 ms", "p99 ms", "errors", *[f"CPU {g}" for g in groups],
                     "wait broker", "others"], rows),
              "('wait broker' = ms per exchange the broker was runnable but waiting for a CPU)",
+             "access-log commits per entry (group commit; one broker process, from its /metrics): " + ", ".join(
+                 f"c={level} {median(c):.2f}" for level in s.levels
+                 if (c := [st.log_commits_per_entry for st in r.closed.get(("broker", level), [])
+                           if st.log_commits_per_entry is not None])) + "; plus one nonce claim per exchange, "
+             "committed without waiting for the WAL flush",
              "throughput ratios, per repetition then median:"]
     for level in s.levels:
         parts = []
@@ -236,7 +241,9 @@ def _cell(stats: Sequence[Stats], groups: Sequence[str]) -> dict[str, object]:
     return {"rate": median([st.rate for st in stats]), "p50_ms": median([st.p50 for st in stats]),
             "p99_ms": median([st.p99 for st in stats]), "errors": sum(st.errors for st in stats),
             "cpu_ms_per_request": {g: median([st.cpu_ms(g) for st in stats]) for g in groups},
-            "others_cores": median([st.others for st in stats]), "reps": len(stats)}
+            "others_cores": median([st.others for st in stats]), "reps": len(stats),
+            "log_commits_per_entry": median(c) if (c := [st.log_commits_per_entry for st in stats
+                                                         if st.log_commits_per_entry is not None]) else None}
 
 
 def _ratio(a: Sequence[Stats], b: Sequence[Stats]) -> float | None:

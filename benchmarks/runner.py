@@ -8,6 +8,7 @@ for a cell is the servers' work on that cell's requests, not the signing before 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import multiprocessing
 import statistics
 from array import array
@@ -20,7 +21,7 @@ import loadgen
 import procs
 import profiling
 from loadgen import RunResult, SignedExchange
-from stack import Settings, Stack, stop_mp
+from stack import HOST, Settings, Stack, stop_mp
 
 TARGET_RATE = 3000.0
 
@@ -41,6 +42,9 @@ class Stats:
     dropped: int  # open loop: scheduled requests never sent because the server was too far behind
     cpu: procs.CpuUsage
     handled: int  # requests completed while the CPU meter ran (warm-up included)
+    log_commits_per_entry: float | None = None
+    """Broker only: access-log transactions per access-log entry during the cell, in the broker process that one
+    keep-alive connection reaches (its /metrics: dlnuf_access_log_commits / dlnuf_access_log_entries)."""
 
     def cpu_ms(self, group: str) -> float:
         """Milliseconds of CPU that `group` spent per request."""
@@ -146,6 +150,7 @@ class Bench:
         self.gens = gens
         # pre-signed batch sizing: start from the target rate, then follow what was measured
         self.last_rate: dict[str, float] = {}
+        self._metrics: http.client.HTTPConnection | None = None
 
     def meter(self, with_trivial: bool = False) -> procs.CpuMeter:
         st = self.stack
@@ -193,9 +198,13 @@ class Bench:
                      budget=b, request_timeout=s.request_timeout, inline_sign=inline_sign)
                 for c, b in zip(split(concurrency, n), split(budget, n), strict=True)]
         meter = self.meter(with_trivial=target == "trivial")
+        before = self.log_counters() if target == "broker" else None
         results = self.gens.run("closed", jobs, meter, timeout=s.warmup + duration + s.request_timeout + 60,
                                 on_ready=on_ready)
         stats = self._stats(target, results, meter.stop())
+        after = self.log_counters() if before is not None else None
+        if before is not None and after is not None and after[1] > before[1]:
+            stats.log_commits_per_entry = (after[0] - before[0]) / (after[1] - before[1])
         if not stats.exhausted:
             self.last_rate[target] = max(self.last_rate.get(target, 0.0) * 0.5, stats.rate)
         return stats
@@ -211,6 +220,31 @@ class Bench:
         meter = self.meter(with_trivial=target == "trivial")
         results = self.gens.run("open", jobs, meter, timeout=s.warmup + duration + 2 * s.request_timeout + 60)
         return self._stats(target, results, meter.stop())
+
+    def log_counters(self) -> tuple[float, float] | None:
+        """(access-log commits, entries) so far in the broker process behind one kept-alive connection: with
+        `--workers`, the kernel gives a connection to one worker, so both readings of a cell come from the same."""
+        text = None
+        for _ in range(2):  # the server may have closed an idle connection since the last cell: reconnect once
+            if self._metrics is None:
+                self._metrics = http.client.HTTPConnection(HOST, self.stack.broker_ports[0], timeout=5)
+            try:
+                self._metrics.request("GET", "/metrics")
+                text = self._metrics.getresponse().read().decode()
+                break
+            except (OSError, http.client.HTTPException):
+                self._metrics.close()
+                self._metrics = None
+        if text is None:
+            return None
+        found = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("dlnuf_access_log_commits_total", "dlnuf_access_log_entries_total"):
+                found[name] = float(value)
+        if len(found) != 2:
+            return None  # a broker without the group commit
+        return found["dlnuf_access_log_commits_total"], found["dlnuf_access_log_entries_total"]
 
     def signing_rate(self, seconds: float) -> float:
         """Complete signed requests per second, one process, nothing else."""

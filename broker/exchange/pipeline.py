@@ -10,6 +10,7 @@ unauthenticated attempts (broker/service/attempts.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -56,6 +57,7 @@ from broker.service.quotas import Usage
 from broker.service.state import STATE, BrokerState
 from broker.service.urls import issuer, target_uri
 from broker.signing import messages
+from broker.signing.keys import PrivateKey, PublicKey
 from broker.storage.db import DatabaseUnavailable
 from broker.tlog import accesslog, evidence
 from broker.tlog.groupcommit import LOG_WRITER
@@ -350,11 +352,17 @@ async def _refuse(request: web.Request, state: BrokerState, entry: accesslog.Log
     return response
 
 
+@functools.lru_cache(maxsize=4)
+def _broker_public_key(key: PrivateKey) -> PublicKey:
+    """The public half of the broker's answer key, derived once per key rather than once per answer."""
+    return key.public_key(owner=evidence.BROKER_OWNER)
+
+
 def _sign_with_evidence(request: web.Request, state: BrokerState, response: web.Response,
                         entry: accesslog.LogEntry) -> evidence.Evidence:
     key = state.signing_key
     return evidence.sign_with_evidence(response, request=request.get(VERIFIED), private_key=key,
-                                       broker_key=key.public_key(owner=evidence.BROKER_OWNER), entry_id=entry.id,
+                                       broker_key=_broker_public_key(key), entry_id=entry.id,
                                        logged_at=entry.logged_at, now=datetime.now(UTC))
 
 

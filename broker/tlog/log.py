@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import math
 import time
 import uuid
@@ -108,12 +109,22 @@ class NoteSigner:
         checkpoint bodies; promises are notes of their own format, opened with `checkpoint.open_note`."""
         if not text.endswith("\n") or "\n\n" in text:
             raise ValueError("a note text ends with one newline and has no blank line")
-        key_id = checkpoint.key_id(self.name, checkpoint.ed25519_public(self.private_key)).to_bytes(4, "big")
         data = text.encode("utf-8")
-        # one per exchange: a key file's key signs through libsodium (broker/signing/ed25519.py), an HSM's itself
+        # one per exchange: a key file's key signs through libsodium (broker/signing/ed25519.py) with its key ID
+        # computed once; an HSM's Signer signs itself
         key = self.private_key
-        signature = ed25519.sign(key, data) if isinstance(key, Ed25519PrivateKey) else key.sign(data)
+        if isinstance(key, Ed25519PrivateKey):
+            key_id, signature = _note_key_id(self.name, key), ed25519.sign(key, data)
+        else:
+            key_id = checkpoint.key_id(self.name, checkpoint.ed25519_public(key)).to_bytes(4, "big")
+            signature = key.sign(data)
         return f"{text}\n{_SIGNATURE_PREFIX}{self.name} {b64(key_id + signature)}\n"
+
+
+@functools.lru_cache(maxsize=8)
+def _note_key_id(name: str, private_key: Ed25519PrivateKey) -> bytes:
+    """The note key's ID, computed once per key: each exchange's promise is a note (keys hash by identity)."""
+    return checkpoint.key_id(name, private_key.public_key()).to_bytes(4, "big")
 
 
 def load_or_create_note_key(path: Path, origin: str) -> NoteSigner:
