@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import structlog
+
+
+def _dumps(event: object, **_: object) -> str:
+    return orjson.dumps(event, default=str).decode()
 
 
 def configure(fmt: str = "console", level: int = logging.INFO) -> None:
@@ -16,7 +21,10 @@ def configure(fmt: str = "console", level: int = logging.INFO) -> None:
     ]
     renderer: structlog.typing.Processor
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
+        # orjson: one line per exchange is on the hot path, and the standard library's encoder cost a third more
+        # per line (154 against 115 us on the shared box, benchmark in the commit); anything orjson cannot encode
+        # is written as its str(), as structlog's default writes its repr()
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
         shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
