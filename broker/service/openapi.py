@@ -6,6 +6,8 @@ from functools import cache
 from typing import Any
 
 import schemas
+from adapters.api_entreprise import MAX_CONTEXT, MAX_OBJECT
+from adapters.subjects import RESERVED_KINDS
 from broker.service.problems import PROBLEM_BASE, all_problem_types
 
 _PIVOT = {
@@ -14,25 +16,34 @@ _PIVOT = {
     "required": ["family_name", "given_name", "birthdate", "gender", "birthcountry"],
     "additionalProperties": False,
     "properties": {
-        "family_name": {"type": "string", "minLength": 1, "description": "Nom de naissance."},
-        "given_name": {"type": "string", "minLength": 1, "description": "Prénoms, separated by spaces."},
-        "birthdate": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-                      "description": "YYYY-MM-DD; 00 for an unknown day or month."},
+        "family_name": {"type": "string", "pattern": "\\S", "description": "Nom de naissance (not blank)."},
+        "given_name": {"type": "string", "pattern": "\\S", "description": "Prénoms, separated by spaces (not blank)."},
+        "birthdate": {"type": "string", "pattern": "^[0-9]{4}-((0[1-9]|1[0-2])-([0-2][0-9]|3[01])|00-00)$",
+                      "description": "YYYY-MM-DD, a calendar date; 00 for an unknown day, 00-00 for an unknown "
+                                     "month and day."},
         "gender": {"type": "string", "enum": ["male", "female"]},
         "birthplace": {"type": "string", "pattern": "^([0-9][0-9AB][0-9]{3})?$",
-                       "description": "INSEE COG commune code; empty when born abroad."},
+                       "description": "INSEE COG commune code, required when born in France (99100); empty or "
+                                      "absent when born abroad."},
         "birthcountry": {"type": "string", "pattern": "^99[0-9]{3}$", "description": "COG country, France 99100."},
         "preferred_name": {"type": "string", "description": "Nom d'usage (hint only)."},
     },
+    # born in France: a commune; born abroad: none
+    "if": {"properties": {"birthcountry": {"const": "99100"}}},
+    "then": {"required": ["birthplace"], "properties": {"birthplace": {"minLength": 5}}},
+    "else": {"properties": {"birthplace": {"maxLength": 0}}},
 }
 
 _EXCHANGE_REQUEST = {
     "type": "object",
     "required": ["dataset", "purpose", "recipient", "fields"],
+    "description": "A dataset or version not in the catalogue is unknown-dataset (404); `subject` below says when "
+                   "it may be absent.",
     "additionalProperties": False,
     "properties": {
         "dataset": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$", "examples": ["quotient_familial"]},
-        "version": {"type": "integer", "minimum": 1, "description": "Dataset version; latest when omitted."},
+        "version": {"type": "integer", "minimum": 1, "maximum": 999,
+                    "description": "Dataset version; latest when omitted."},
         "purpose": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$",
                     "description": "One of the purposes of the consumer's habilitation."},
         "recipient": {"type": "string", "pattern": "^[0-9]{14}(/[A-Za-z0-9_.-]{1,64})?$",
@@ -40,11 +51,12 @@ _EXCHANGE_REQUEST = {
         "fields": {"type": "array", "minItems": 1, "maxItems": 64, "uniqueItems": True,
                    "items": {"type": "string", "pattern": "^[a-z_][a-z0-9_]*(\\.[a-z_][a-z0-9_]*){0,7}$"},
                    "description": "Dotted paths into the dataset document."},
-        "context": {"type": "string", "maxLength": 100, "examples": ["Marchés publics"],
-                    "description": "The framework of the call (a public tender, a grant...). Required by API "
+        "context": {"type": "string", "maxLength": MAX_CONTEXT, "examples": ["Marchés publics"],
+                    "description": "Printable text: the framework of the call (a public tender, a grant...). "
+                                   "Required by API "
                                    "Entreprise's datasets (provider-rejected-query without it); logged."},
-        "object": {"type": "string", "maxLength": 50, "examples": ["Marché 2026-127"],
-                   "description": "The procedure's reference, to trace the call back. Required by API "
+        "object": {"type": "string", "maxLength": MAX_OBJECT, "examples": ["Marché 2026-127"],
+                   "description": "Printable text: the procedure's reference, to trace the call back. Required by API "
                                   "Entreprise's datasets; logged."},
         "subject": {
             "oneOf": [
@@ -53,8 +65,17 @@ _EXCHANGE_REQUEST = {
                 {"type": "object", "required": ["identifier"], "additionalProperties": False,
                  "properties": {"identifier": {
                      "type": "object", "required": ["scheme", "value"], "additionalProperties": False,
-                     "properties": {"scheme": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
-                                    "value": {"type": "string", "minLength": 1, "maxLength": 128}}}}},
+                     # an INE is API Particulier's pattern: 11 letters and digits
+                     "if": {"properties": {"scheme": {"const": "ine"}}},
+                     "then": {"properties": {"value": {"pattern": "^[0-9A-Za-z]{11}$"}}},
+                     "properties": {"scheme": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$",
+                                               "not": {"enum": sorted(RESERVED_KINDS)},
+                                               "description": "A provider's identifier scheme (ine, "
+                                                              "france_travail, ...), never a subject kind of "
+                                                              "its own."},
+                                    "value": {"type": "string", "minLength": 1, "maxLength": 128,
+                                              "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+                                              "description": "Printable characters (Python's isprintable)."}}}}},
                 {"type": "object", "required": ["siren"], "additionalProperties": False,
                  "properties": {"siren": {"type": "string", "pattern": "^[0-9]{9}$",
                                           "description": "A company; the Luhn check digit is verified."}}},
