@@ -12,6 +12,7 @@ Invariant: a refusal's message names where and which rule, never the value (a su
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -64,3 +65,18 @@ def verify(name: str, value: Any) -> None:
         "enum": f"must be one of {rule}",
     }.get(keyword, f"fails '{keyword}'" + (f" ({rule})" if isinstance(rule, int | float) else ""))
     raise ContractViolation(f"{where}: {hint}", path)
+
+
+@cache
+def _path_parameters(path: str, method: str) -> tuple[tuple[str, jsonschema_rs.Draft202012Validator], ...]:
+    operation = openapi_document()["paths"].get(path, {}).get(method.lower(), {})
+    return tuple((p["name"], jsonschema_rs.Draft202012Validator(p["schema"], validate_formats=True))
+                 for p in operation.get("parameters", ())
+                 if p.get("in") == "path" and p.get("schema", {}).get("type") == "string")
+
+
+def path_parameters_valid(path: str, method: str, values: Mapping[str, str]) -> bool:
+    """Whether the path parameters of a request match the document's schemas for the route `path` (its template,
+    as the document writes it) and `method`: a consent id that is not a UUID names no consent."""
+    return all(validator.is_valid(values[name])
+               for name, validator in _path_parameters(path, method) if name in values)

@@ -429,7 +429,8 @@ def _citizen_login_paths() -> dict[str, Any]:
 
 def _portal_paths() -> dict[str, Any]:
     """"Mes données", the citizen portal (`broker.portal`): HTML pages, present with citizen login. Without a session
-    every page redirects to the login; every POST needs the session's CSRF token (form field `csrf`)."""
+    every page redirects to the login and every POST answers 403 (a redirect would drop the form); every POST needs
+    the session's CSRF token (form field `csrf`)."""
     login = _redirect("Not logged in: to the login, which comes back here.")
     query = {"in": "query", "required": False, "schema": {"type": "string"}}
     filters = [{"name": "du", **query, "description": "First day (YYYY-MM-DD, Paris time), included."},
@@ -439,13 +440,17 @@ def _portal_paths() -> dict[str, Any]:
     item = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
     form = {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
         "type": "object", "required": ["csrf"], "properties": {"csrf": {"type": "string"}}}}}}
-    changed = {"303": _redirect("Done: back to the list, which says so."), "302": login,
-               "403": _html("The session's CSRF token is missing or wrong: nothing happened."),
+    changed = {"303": _redirect("Done: back to the list, which says so."),
+               "403": _html("Not logged in (the session ended: a page offers to log in again), or the session's "
+                            "CSRF token is missing or wrong: nothing happened."),
                "404": _html("Unknown, or another citizen's.")}
 
     def page(operation: str, summary: str, **extra: Any) -> dict[str, Any]:
+        responses = {"200": _html(summary), "302": login}
+        if "parameters" in extra and any(p["in"] == "path" for p in extra["parameters"]):
+            responses["404"] = _html("Unknown, or another citizen's (logged in or not, an id that is not a UUID).")
         return {"get": {"operationId": operation, "tags": ["citizen portal"], "summary": summary, **extra,
-                        "responses": {"200": _html(summary), "302": login}}}
+                        "responses": responses}}
 
     def export(operation: str, media: str) -> dict[str, Any]:
         return {"get": {"operationId": operation, "tags": ["citizen portal"], "parameters": filters,
@@ -506,8 +511,8 @@ def _notification_paths() -> dict[str, Any]:
                              "adresse": {"type": "string", "format": "email"}}}}}},
                      "responses": {"303": _redirect("Recorded: back to the settings, which say so."),
                                    "400": _html("The address or the choice is wrong: the form says what to fix."),
-                                   "403": _html("The session's CSRF token is missing or wrong: nothing happened."),
-                                   "302": _redirect("Not logged in: to the login.")}}},
+                                   "403": _html("Not logged in (the session ended), or the session's CSRF "
+                                                "token is missing or wrong: nothing happened.")}}},
         "/citizen/notifications/confirmer/{token}": {
             "get": {"operationId": "confirmAddressPage", "tags": ["mail links"], "parameters": token,
                     "summary": "A button to confirm an address (a GET confirms nothing: link scanners fetch links)",
@@ -609,7 +614,9 @@ def _consent_paths() -> dict[str, Any]:
                              "csrf": {"type": "string"}, "decision": {"enum": ["accept", "refuse"]},
                              "fields": {"type": "array", "items": {"type": "string"}}}}}}},
                      "responses": {"302": _redirect("Back to the client with `code` or `error=access_denied`."),
-                                   "403": _html("CSRF check failed."), "404": _html("Expired or decided."),
+                                   "403": _html("Not logged in (the session ended), CSRF check failed, or another "
+                                                "browser."),
+                                   "404": _html("Expired or decided."),
                                    "409": _html("Already decided.")}}},
         "/oauth/token": {"post": {
             "operationId": "oauthToken", "tags": ["consent"],
