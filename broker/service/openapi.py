@@ -538,10 +538,11 @@ def _site_paths() -> dict[str, Any]:
         return {"get": {"operationId": operation, "tags": ["site"], "summary": summary,
                         "responses": {"200": _html(summary)}}}
 
-    def icon(operation: str, media: str) -> dict[str, Any]:
+    def icon(operation: str, *media: str) -> dict[str, Any]:
         return {"get": {"operationId": operation, "tags": ["site"], "summary": "The site's icon",
-                        "responses": {"200": {"description": "The icon (the DSFR's when installed).",
-                                              "content": {media: {}}}}}}
+                        "responses": {"200": {"description": "The icon (the DSFR's when installed, else the "
+                                                             "broker's own SVG, which browsers read there too).",
+                                              "content": {m: {} for m in media}}}}}
 
     return {
         "/mentions-legales": page("legalNotice", "Mentions légales: who publishes and hosts the service"),
@@ -549,7 +550,7 @@ def _site_paths() -> dict[str, Any]:
                                       "rights"),
         "/accessibilite": page("accessibilityStatement", "The accessibility statement (RGAA)"),
         "/favicon.svg": icon("faviconSvg", "image/svg+xml"),
-        "/favicon.ico": icon("faviconIco", "image/x-icon"),
+        "/favicon.ico": icon("faviconIco", "image/x-icon", "image/svg+xml"),
     }
 
 
