@@ -142,8 +142,10 @@ _JOURNAL_REQUEST = {
     "additionalProperties": False,
     "properties": {
         "subject": _EXCHANGE_REQUEST["properties"]["subject"],  # type: ignore[index]
-        "since": {"type": "string", "description": "YYYY-MM-DD or RFC 3339 date-time with offset (inclusive)."},
-        "until": {"type": "string", "description": "YYYY-MM-DD or RFC 3339 date-time with offset (exclusive)."},
+        "since": {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}],
+                  "description": "YYYY-MM-DD or RFC 3339 date-time with offset (inclusive)."},
+        "until": {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}],
+                  "description": "YYYY-MM-DD or RFC 3339 date-time with offset (exclusive)."},
         "consumer": {"type": "string", "pattern": "^[0-9]{14}$"},
         "dataset": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
         "format": {"type": "string", "enum": ["json", "csv"], "default": "json"},

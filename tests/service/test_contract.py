@@ -148,3 +148,28 @@ def test_the_known_cases_of_the_issue() -> None:
     assert validator.is_valid(feb30)
     with pytest.raises(InvalidSubject, match="calendar date"):
         ExchangeRequest.parse(orjson.dumps(feb30))
+
+
+@pytest.mark.parametrize("moment", ["2026-01-31", "2026-01-31T00:00:00Z", "2026-01-31t00:00:00z",
+                                    "2026-01-31T00:00:00.123456789+01:00", "2026-12-31T23:59:60Z",
+                                    "2026-01-31 00:00:00Z", "2026-01-31T00:00:00", "2026-02-30", "2026-01-31\n",
+                                    "31/01/2026"])
+def test_the_journal_reads_every_moment_the_document_allows(moment: str) -> None:
+    from broker.tlog.routes import _journal_request
+
+    doc = orjson.loads(orjson.dumps(openapi_document()))
+    validator = jsonschema_rs.Draft202012Validator({**doc["components"]["schemas"]["JournalRequest"],
+                                                    "components": doc["components"]}, validate_formats=True)
+    body = {"subject": BASE["subject"], "since": moment, "until": moment, "consumer": "21750001600019",
+            "dataset": "quotient_familial", "limit": 5000, "format": "csv"}
+    try:
+        _journal_request(orjson.dumps(body))
+        accepted = True
+    except InvalidRequest:
+        accepted = False
+    assert accepted == validator.is_valid(body), moment
+    for member, bad in (("consumer", "21750001600019\n"), ("dataset", "quotient_familial\n"), ("limit", 5001),
+                        ("limit", 0), ("format", "xml")):
+        assert not validator.is_valid({**body, member: bad})
+        with pytest.raises(InvalidRequest, match=f"^{member}: "):
+            _journal_request(orjson.dumps({**body, "since": "2026-01-31", "until": "2026-01-31", member: bad}))
