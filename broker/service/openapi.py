@@ -268,7 +268,9 @@ def _note(description: str) -> dict[str, Any]:
 def _log_paths() -> dict[str, Any]:
     """The transparency log (broker/tlog/routes.py): public proofs and checkpoints, signed entries and journal."""
     signed: dict[str, Any] = {"security": [{"httpMessageSignature": []}]}
-    refused = {"401": _problem("signature-rejected"), "403": _problem("not-authorized")}
+    refused = {"401": _problem("signature-rejected"), "403": _problem("not-authorized"),
+               "429": _problem("too-many-attempts: an address that caused too many refusals before any signature "
+                               "verified (Retry-After)")}
     return {
         "/v1/log": {"get": {
             "operationId": "logInfo", "summary": "The log's origin, note verifier key and maximum merge delay",
@@ -295,7 +297,7 @@ def _log_paths() -> dict[str, Any]:
         "/v1/log/checkpoints/{size}": {"get": {
             "operationId": "checkpointAt", "summary": "The signed checkpoint of one tree size",
             "parameters": [{"name": "size", "in": "path", "required": True,
-                            "schema": {"type": "integer", "minimum": 0}}],
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}],
             "responses": {"200": _note("Signed note"), "400": _problem("invalid-request"),
                           "404": _problem("not-found")}}},
         "/v1/log/proof/inclusion": {"get": {
@@ -762,7 +764,8 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [
                     {"name": "dataset", "in": "path", "required": True,
                      "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"}},
-                    {"name": "version", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "version", "in": "path", "required": True,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 999}},
                 ],
                 "responses": {
                     "200": {"description": "The schema file as published", "headers": _SIG_HEADERS,
