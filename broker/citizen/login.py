@@ -52,6 +52,7 @@ from aiohttp import web
 from broker.citizen import pages
 from broker.config import LOGGED_OUT_PATH, CitizenLoginConfig, ConfigError
 from broker.errors import CsrfFailed, LoginRequired
+from broker.service import contract
 from broker.service.problems import REQUEST_ID, Handler, problem_for, problem_response
 from broker.storage import db
 from consent import oidc, oidc_keys
@@ -347,6 +348,11 @@ async def _csrf_token(request: web.Request) -> str | None:
     return None
 
 
+def _not_found_page(request: web.Request) -> web.Response:
+    return _page(request, "Page introuvable", "Cette page n'existe pas, ou elle ne vous concerne pas.",
+                 links=[(ACCOUNT_PATH, "Revenir à « Mes données »")], status=404)
+
+
 def _csrf_page(request: web.Request) -> web.Response:
     return _page(request, "Action refusée", "Ce formulaire a expiré ou ne vient pas de ce site. Revenez à votre "
                  "compte et recommencez.", links=[(ACCOUNT_PATH, "Revenir à « Mes données »")], status=403)
@@ -366,12 +372,25 @@ def citizen_required(*, html_page: bool) -> Callable[[CitizenHandler], Handler]:
     def decorate(handler: CitizenHandler) -> Handler:
         @functools.wraps(handler)
         async def guarded(request: web.Request) -> web.StreamResponse:
+            # what the published document refuses is refused first, logged in or not (a path naming nothing is a
+            # 404 for everyone: a login would only lead to the same 404)
+            resource = request.match_info.route.resource
+            if resource is not None and not contract.path_parameters_valid(resource.canonical, request.method,
+                                                                           request.match_info):
+                if html_page:
+                    return _not_found_page(request)
+                raise web.HTTPNotFound()
             session = await current_citizen(request)
             if session is None:
-                if html_page:
-                    back = request.path_qs if request.method in ("GET", "HEAD") else DEFAULT_NEXT
-                    return _redirect(login_url(back))
-                return problem_response(LOGIN_REQUIRED, request_id=request.get(REQUEST_ID))
+                if not html_page:
+                    return problem_response(LOGIN_REQUIRED, request_id=request.get(REQUEST_ID))
+                if request.method in ("GET", "HEAD"):
+                    return _redirect(login_url(request.path_qs))
+                # a form sent once the session ended: a redirect would drop what was sent and do nothing, a 403
+                # says so (as the document does) and offers to log in again
+                return _page(request, "Session terminée", "Votre session a pris fin : rien n'a été fait. "
+                             "Connectez-vous à nouveau, puis recommencez.", links=_login_again(DEFAULT_NEXT),
+                             status=403)
             if request.method not in ("GET", "HEAD", "OPTIONS"):
                 try:
                     verify_csrf(session, await _csrf_token(request))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ import structlog
 from aiohttp import web
 
 import schemas
-from adapters.api_entreprise import MAX_CONTEXT, MAX_OBJECT
 from adapters.base import AdapterError, AdapterQuery
 from adapters.identity import SubjectError
 from adapters.subjects import (
@@ -50,6 +48,7 @@ from broker.errors import (
 )
 from broker.exchange import authz
 from broker.exchange.consent_gate import bearer_token, consent_from_token, verify_consent_covers
+from broker.service import contract
 from broker.service.attempts import source_of
 from broker.service.middleware import VERIFIED
 from broker.service.problems import REQUEST_ID, detail_for, problem_for, problem_response, retry_after
@@ -71,10 +70,6 @@ from schemas.validation import InvalidDocument
 
 log = structlog.get_logger(__name__)
 
-_DATASET = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_PURPOSE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-_FIELD = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*){0,7}$")  # derived answers: "derived.<name>"
-_RECIPIENT = re.compile(r"^[0-9]{14}(/[A-Za-z0-9_.-]{1,64})?$")
 # Everything a step may raise on purpose; each maps to a problem type in broker/service/problems.py.
 REFUSALS = (BrokerError, AdapterError, BasisRefused, InvalidToken, InvalidDocument, messages.SignatureRejected,
             DatabaseUnavailable)
@@ -113,30 +108,23 @@ class ExchangeRequest:
             raw = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise InvalidRequest("the body is not valid JSON") from None
-        if not isinstance(raw, Mapping):
-            raise InvalidRequest("the body must be a JSON object")
-        unknown = set(raw) - {"dataset", "version", "purpose", "recipient", "fields", "subject", "context", "object"}
-        if unknown:
-            raise InvalidRequest(f"unknown members: {', '.join(sorted(unknown))}")
-        dataset = _member(raw, "dataset", _DATASET)
-        version = raw.get("version")
+        # The shape is the published schema's, compiled (broker/service/contract.py): no second copy to drift.
+        try:
+            contract.verify("ExchangeRequest", raw)
+        except contract.ContractViolation as exc:
+            if exc.path[:1] != ("subject",):
+                raise InvalidRequest(str(exc)) from None
+            if not with_token:
+                _subject(raw["subject"])  # its own message says more than "fails oneOf"
+            raise InvalidSubject(str(exc)) from None
+        dataset, version = raw["dataset"], raw.get("version")
         if version is None:
             try:
                 version = schemas.latest(dataset)
             except schemas.UnknownDataset:
                 raise UnknownDataset(f"dataset {dataset!r} is not in the catalogue") from None
-        elif not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise InvalidRequest("version must be a positive integer")
         if version not in schemas.catalogue().get(dataset, ()):
             raise UnknownDataset(f"dataset {dataset!r} version {version} is not in the catalogue")
-        fields = raw.get("fields")
-        if not isinstance(fields, list) or not fields or len(fields) > 64:
-            raise InvalidRequest("fields must be a non-empty list of at most 64 field paths")
-        for f in fields:
-            if not isinstance(f, str) or not _FIELD.match(f):
-                raise InvalidRequest(f"fields: {f!r} is not a field path like 'quotient_familial.valeur'")
-        if len(set(fields)) != len(fields):
-            raise InvalidRequest("fields has duplicates")
         subject: Subject | None = None
         france_connect = False
         if with_token:
@@ -147,15 +135,10 @@ class ExchangeRequest:
         elif "subject" not in raw:
             raise InvalidSubject("subject is missing")
         else:
-            try:
-                subject = parse_subject(raw["subject"])
-            except FranceConnectOutsideConsent as exc:
-                raise FranceConnectNeedsConsent(str(exc)) from None
-            except SubjectError as exc:
-                raise InvalidSubject(str(exc)) from None
-        return cls(dataset, version, _member(raw, "purpose", _PURPOSE), _member(raw, "recipient", _RECIPIENT),
-                   tuple(fields), subject, france_connect, _text(raw, "context", MAX_CONTEXT),
-                   _text(raw, "object", MAX_OBJECT))
+            # what the schema cannot say: a calendar date, a check digit, printable in Python's sense
+            subject = _subject(raw["subject"])
+        return cls(dataset, version, raw["purpose"], raw["recipient"], tuple(raw["fields"]), subject, france_connect,
+                   _text(raw, "context"), _text(raw, "object"))
 
     def verify_subject_kind(self) -> None:
         """Raise `SubjectKindNotAccepted` unless the dataset version declares this kind of subject (`x-subjects`)."""
@@ -165,21 +148,21 @@ class ExchangeRequest:
                                          f"{self.subject_kind} subject (accepted: {', '.join(sorted(accepted))})")
 
 
-def _text(raw: Mapping[str, Any], name: str, limit: int) -> str:
-    """An optional free-text member: printable, at most `limit` characters, surrounding spaces dropped."""
+def _text(raw: Mapping[str, Any], name: str) -> str:
+    """An optional free-text member (its length checked by the schema): printable, surrounding spaces dropped."""
     value = raw.get(name, "")
-    if not isinstance(value, str) or not value.isprintable() or len(value.strip()) > limit:
-        raise InvalidRequest(f"{name} must be a printable string of at most {limit} characters")
-    return value.strip()
+    if not value.isprintable():
+        raise InvalidRequest(f"{name} must be printable")
+    return str(value.strip())
 
 
-def _member(raw: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> str:
-    value = raw.get(name)
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{name} must be a string")
-    if not pattern.match(value):
-        raise InvalidRequest(f"{name} {value!r} does not match {pattern.pattern}")
-    return value
+def _subject(raw: Any) -> Subject:
+    try:
+        return parse_subject(raw)
+    except FranceConnectOutsideConsent as exc:
+        raise FranceConnectNeedsConsent(str(exc)) from None
+    except SubjectError as exc:
+        raise InvalidSubject(str(exc)) from None
 
 
 async def handle_exchange(request: web.Request) -> web.Response:

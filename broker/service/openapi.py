@@ -6,6 +6,8 @@ from functools import cache
 from typing import Any
 
 import schemas
+from adapters.api_entreprise import MAX_CONTEXT, MAX_OBJECT
+from adapters.subjects import RESERVED_KINDS
 from broker.service.problems import PROBLEM_BASE, all_problem_types
 
 _PIVOT = {
@@ -14,25 +16,34 @@ _PIVOT = {
     "required": ["family_name", "given_name", "birthdate", "gender", "birthcountry"],
     "additionalProperties": False,
     "properties": {
-        "family_name": {"type": "string", "minLength": 1, "description": "Nom de naissance."},
-        "given_name": {"type": "string", "minLength": 1, "description": "Prénoms, separated by spaces."},
-        "birthdate": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-                      "description": "YYYY-MM-DD; 00 for an unknown day or month."},
+        "family_name": {"type": "string", "pattern": "\\S", "description": "Nom de naissance (not blank)."},
+        "given_name": {"type": "string", "pattern": "\\S", "description": "Prénoms, separated by spaces (not blank)."},
+        "birthdate": {"type": "string", "pattern": "^[0-9]{4}-((0[1-9]|1[0-2])-([0-2][0-9]|3[01])|00-00)$",
+                      "description": "YYYY-MM-DD, a calendar date; 00 for an unknown day, 00-00 for an unknown "
+                                     "month and day."},
         "gender": {"type": "string", "enum": ["male", "female"]},
         "birthplace": {"type": "string", "pattern": "^([0-9][0-9AB][0-9]{3})?$",
-                       "description": "INSEE COG commune code; empty when born abroad."},
+                       "description": "INSEE COG commune code, required when born in France (99100); empty or "
+                                      "absent when born abroad."},
         "birthcountry": {"type": "string", "pattern": "^99[0-9]{3}$", "description": "COG country, France 99100."},
         "preferred_name": {"type": "string", "description": "Nom d'usage (hint only)."},
     },
+    # born in France: a commune; born abroad: none
+    "if": {"properties": {"birthcountry": {"const": "99100"}}},
+    "then": {"required": ["birthplace"], "properties": {"birthplace": {"minLength": 5}}},
+    "else": {"properties": {"birthplace": {"maxLength": 0}}},
 }
 
 _EXCHANGE_REQUEST = {
     "type": "object",
     "required": ["dataset", "purpose", "recipient", "fields"],
+    "description": "A dataset or version not in the catalogue is unknown-dataset (404); `subject` below says when "
+                   "it may be absent.",
     "additionalProperties": False,
     "properties": {
         "dataset": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$", "examples": ["quotient_familial"]},
-        "version": {"type": "integer", "minimum": 1, "description": "Dataset version; latest when omitted."},
+        "version": {"type": "integer", "minimum": 1, "maximum": 999,
+                    "description": "Dataset version; latest when omitted."},
         "purpose": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$",
                     "description": "One of the purposes of the consumer's habilitation."},
         "recipient": {"type": "string", "pattern": "^[0-9]{14}(/[A-Za-z0-9_.-]{1,64})?$",
@@ -40,11 +51,12 @@ _EXCHANGE_REQUEST = {
         "fields": {"type": "array", "minItems": 1, "maxItems": 64, "uniqueItems": True,
                    "items": {"type": "string", "pattern": "^[a-z_][a-z0-9_]*(\\.[a-z_][a-z0-9_]*){0,7}$"},
                    "description": "Dotted paths into the dataset document."},
-        "context": {"type": "string", "maxLength": 100, "examples": ["Marchés publics"],
-                    "description": "The framework of the call (a public tender, a grant...). Required by API "
+        "context": {"type": "string", "maxLength": MAX_CONTEXT, "examples": ["Marchés publics"],
+                    "description": "Printable text: the framework of the call (a public tender, a grant...). "
+                                   "Required by API "
                                    "Entreprise's datasets (provider-rejected-query without it); logged."},
-        "object": {"type": "string", "maxLength": 50, "examples": ["Marché 2026-127"],
-                   "description": "The procedure's reference, to trace the call back. Required by API "
+        "object": {"type": "string", "maxLength": MAX_OBJECT, "examples": ["Marché 2026-127"],
+                   "description": "Printable text: the procedure's reference, to trace the call back. Required by API "
                                   "Entreprise's datasets; logged."},
         "subject": {
             "oneOf": [
@@ -53,8 +65,17 @@ _EXCHANGE_REQUEST = {
                 {"type": "object", "required": ["identifier"], "additionalProperties": False,
                  "properties": {"identifier": {
                      "type": "object", "required": ["scheme", "value"], "additionalProperties": False,
-                     "properties": {"scheme": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
-                                    "value": {"type": "string", "minLength": 1, "maxLength": 128}}}}},
+                     # an INE is API Particulier's pattern: 11 letters and digits
+                     "if": {"properties": {"scheme": {"const": "ine"}}},
+                     "then": {"properties": {"value": {"pattern": "^[0-9A-Za-z]{11}$"}}},
+                     "properties": {"scheme": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$",
+                                               "not": {"enum": sorted(RESERVED_KINDS)},
+                                               "description": "A provider's identifier scheme (ine, "
+                                                              "france_travail, ...), never a subject kind of "
+                                                              "its own."},
+                                    "value": {"type": "string", "minLength": 1, "maxLength": 128,
+                                              "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+                                              "description": "Printable characters (Python's isprintable)."}}}}},
                 {"type": "object", "required": ["siren"], "additionalProperties": False,
                  "properties": {"siren": {"type": "string", "pattern": "^[0-9]{9}$",
                                           "description": "A company; the Luhn check digit is verified."}}},
@@ -121,8 +142,10 @@ _JOURNAL_REQUEST = {
     "additionalProperties": False,
     "properties": {
         "subject": _EXCHANGE_REQUEST["properties"]["subject"],  # type: ignore[index]
-        "since": {"type": "string", "description": "YYYY-MM-DD or RFC 3339 date-time with offset (inclusive)."},
-        "until": {"type": "string", "description": "YYYY-MM-DD or RFC 3339 date-time with offset (exclusive)."},
+        "since": {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}],
+                  "description": "YYYY-MM-DD or RFC 3339 date-time with offset (inclusive)."},
+        "until": {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}],
+                  "description": "YYYY-MM-DD or RFC 3339 date-time with offset (exclusive)."},
         "consumer": {"type": "string", "pattern": "^[0-9]{14}$"},
         "dataset": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
         "format": {"type": "string", "enum": ["json", "csv"], "default": "json"},
@@ -245,7 +268,9 @@ def _note(description: str) -> dict[str, Any]:
 def _log_paths() -> dict[str, Any]:
     """The transparency log (broker/tlog/routes.py): public proofs and checkpoints, signed entries and journal."""
     signed: dict[str, Any] = {"security": [{"httpMessageSignature": []}]}
-    refused = {"401": _problem("signature-rejected"), "403": _problem("not-authorized")}
+    refused = {"401": _problem("signature-rejected"), "403": _problem("not-authorized"),
+               "429": _problem("too-many-attempts: an address that caused too many refusals before any signature "
+                               "verified (Retry-After)")}
     return {
         "/v1/log": {"get": {
             "operationId": "logInfo", "summary": "The log's origin, note verifier key and maximum merge delay",
@@ -272,7 +297,7 @@ def _log_paths() -> dict[str, Any]:
         "/v1/log/checkpoints/{size}": {"get": {
             "operationId": "checkpointAt", "summary": "The signed checkpoint of one tree size",
             "parameters": [{"name": "size", "in": "path", "required": True,
-                            "schema": {"type": "integer", "minimum": 0}}],
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}],
             "responses": {"200": _note("Signed note"), "400": _problem("invalid-request"),
                           "404": _problem("not-found")}}},
         "/v1/log/proof/inclusion": {"get": {
@@ -408,7 +433,8 @@ def _citizen_login_paths() -> dict[str, Any]:
 
 def _portal_paths() -> dict[str, Any]:
     """"Mes données", the citizen portal (`broker.portal`): HTML pages, present with citizen login. Without a session
-    every page redirects to the login; every POST needs the session's CSRF token (form field `csrf`)."""
+    every page redirects to the login and every POST answers 403 (a redirect would drop the form); every POST needs
+    the session's CSRF token (form field `csrf`)."""
     login = _redirect("Not logged in: to the login, which comes back here.")
     query = {"in": "query", "required": False, "schema": {"type": "string"}}
     filters = [{"name": "du", **query, "description": "First day (YYYY-MM-DD, Paris time), included."},
@@ -418,13 +444,17 @@ def _portal_paths() -> dict[str, Any]:
     item = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
     form = {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
         "type": "object", "required": ["csrf"], "properties": {"csrf": {"type": "string"}}}}}}
-    changed = {"303": _redirect("Done: back to the list, which says so."), "302": login,
-               "403": _html("The session's CSRF token is missing or wrong: nothing happened."),
+    changed = {"303": _redirect("Done: back to the list, which says so."),
+               "403": _html("Not logged in (the session ended: a page offers to log in again), or the session's "
+                            "CSRF token is missing or wrong: nothing happened."),
                "404": _html("Unknown, or another citizen's.")}
 
     def page(operation: str, summary: str, **extra: Any) -> dict[str, Any]:
+        responses = {"200": _html(summary), "302": login}
+        if "parameters" in extra and any(p["in"] == "path" for p in extra["parameters"]):
+            responses["404"] = _html("Unknown, or another citizen's (logged in or not, an id that is not a UUID).")
         return {"get": {"operationId": operation, "tags": ["citizen portal"], "summary": summary, **extra,
-                        "responses": {"200": _html(summary), "302": login}}}
+                        "responses": responses}}
 
     def export(operation: str, media: str) -> dict[str, Any]:
         return {"get": {"operationId": operation, "tags": ["citizen portal"], "parameters": filters,
@@ -485,8 +515,8 @@ def _notification_paths() -> dict[str, Any]:
                              "adresse": {"type": "string", "format": "email"}}}}}},
                      "responses": {"303": _redirect("Recorded: back to the settings, which say so."),
                                    "400": _html("The address or the choice is wrong: the form says what to fix."),
-                                   "403": _html("The session's CSRF token is missing or wrong: nothing happened."),
-                                   "302": _redirect("Not logged in: to the login.")}}},
+                                   "403": _html("Not logged in (the session ended), or the session's CSRF "
+                                                "token is missing or wrong: nothing happened.")}}},
         "/citizen/notifications/confirmer/{token}": {
             "get": {"operationId": "confirmAddressPage", "tags": ["mail links"], "parameters": token,
                     "summary": "A button to confirm an address (a GET confirms nothing: link scanners fetch links)",
@@ -512,10 +542,11 @@ def _site_paths() -> dict[str, Any]:
         return {"get": {"operationId": operation, "tags": ["site"], "summary": summary,
                         "responses": {"200": _html(summary)}}}
 
-    def icon(operation: str, media: str) -> dict[str, Any]:
+    def icon(operation: str, *media: str) -> dict[str, Any]:
         return {"get": {"operationId": operation, "tags": ["site"], "summary": "The site's icon",
-                        "responses": {"200": {"description": "The icon (the DSFR's when installed).",
-                                              "content": {media: {}}}}}}
+                        "responses": {"200": {"description": "The icon (the DSFR's when installed, else the "
+                                                             "broker's own SVG, which browsers read there too).",
+                                              "content": {m: {} for m in media}}}}}
 
     return {
         "/mentions-legales": page("legalNotice", "Mentions légales: who publishes and hosts the service"),
@@ -523,7 +554,7 @@ def _site_paths() -> dict[str, Any]:
                                       "rights"),
         "/accessibilite": page("accessibilityStatement", "The accessibility statement (RGAA)"),
         "/favicon.svg": icon("faviconSvg", "image/svg+xml"),
-        "/favicon.ico": icon("faviconIco", "image/x-icon"),
+        "/favicon.ico": icon("faviconIco", "image/x-icon", "image/svg+xml"),
     }
 
 
@@ -588,7 +619,9 @@ def _consent_paths() -> dict[str, Any]:
                              "csrf": {"type": "string"}, "decision": {"enum": ["accept", "refuse"]},
                              "fields": {"type": "array", "items": {"type": "string"}}}}}}},
                      "responses": {"302": _redirect("Back to the client with `code` or `error=access_denied`."),
-                                   "403": _html("CSRF check failed."), "404": _html("Expired or decided."),
+                                   "403": _html("Not logged in (the session ended), CSRF check failed, or another "
+                                                "browser."),
+                                   "404": _html("Expired or decided."),
                                    "409": _html("Already decided.")}}},
         "/oauth/token": {"post": {
             "operationId": "oauthToken", "tags": ["consent"],
@@ -731,7 +764,8 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [
                     {"name": "dataset", "in": "path", "required": True,
                      "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"}},
-                    {"name": "version", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "version", "in": "path", "required": True,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 999}},
                 ],
                 "responses": {
                     "200": {"description": "The schema file as published", "headers": _SIG_HEADERS,

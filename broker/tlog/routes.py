@@ -27,6 +27,7 @@ from aiohttp import web
 from adapters.identity import SubjectError
 from adapters.subjects import Subject, parse_subject, subject_key
 from broker.errors import InvalidRequest, InvalidSubject, NotAuthorized, TooManyAttempts
+from broker.service import contract
 from broker.service.attempts import source_of
 from broker.service.middleware import VERIFIED
 from broker.service.problems import HTTP_PROBLEMS, REQUEST_ID, problem_for, problem_response
@@ -56,9 +57,8 @@ log = structlog.get_logger(__name__)
 MAX_ENTRIES = 1000
 MAX_CHECKPOINTS = 1000
 MAX_JOURNAL = 5000
+_LEAP_SECOND = re.compile(r"(T[0-9]{2}:[0-9]{2}):60")
 _MAX_INT = 2**63 - 1
-_SIRET = re.compile(r"^[0-9]{14}$")
-_DATASET = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 NOTE_TYPE = "text/plain; charset=utf-8"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -279,7 +279,8 @@ def _moment(raw: object, name: str) -> datetime | None:
     try:
         if len(raw) == 10:
             return datetime.combine(date.fromisoformat(raw), datetime.min.time(), UTC)
-        moment = datetime.fromisoformat(raw)
+        # RFC 3339 (the document's `date-time`) allows a lower-case t and z, and a leap second (read as :59)
+        moment = datetime.fromisoformat(_LEAP_SECOND.sub(r"\1:59", raw.upper()))
     except ValueError:
         raise InvalidRequest(f"{name} must be a date (YYYY-MM-DD) or an RFC 3339 date-time") from None
     if moment.tzinfo is None:
@@ -287,41 +288,29 @@ def _moment(raw: object, name: str) -> datetime | None:
     return moment
 
 
-def _optional(raw: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> str | None:
-    value = raw.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not pattern.match(value):
-        raise InvalidRequest(f"{name} must match {pattern.pattern}")
-    return value
-
-
 def _journal_request(body: bytes) -> tuple[Subject, JournalFilter, str]:
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidRequest("the body is not valid JSON") from None
-    if not isinstance(raw, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    unknown = set(raw) - {"subject", "since", "until", "consumer", "dataset", "format", "limit"}
-    if unknown:
-        raise InvalidRequest(f"unknown members: {', '.join(sorted(unknown))}")
-    if "subject" not in raw:
-        raise InvalidSubject("subject is missing")
+    # the shape is the published schema's (broker/service/contract.py); what follows reads values it let through
+    try:
+        contract.verify("JournalRequest", raw)
+    except contract.ContractViolation as exc:
+        if exc.path[:1] != ("subject",):
+            raise InvalidRequest(str(exc)) from None
+        try:  # its own message says more than "fails oneOf"
+            parse_subject(raw["subject"])
+        except SubjectError as detail:
+            raise InvalidSubject(str(detail)) from None
+        raise InvalidSubject(str(exc)) from None
     try:
         subject = parse_subject(raw["subject"])
     except SubjectError as exc:
         raise InvalidSubject(str(exc)) from None
-    fmt = raw.get("format", "json")
-    if fmt not in ("json", "csv"):
-        raise InvalidRequest("format is 'json' or 'csv'")
-    limit = raw.get("limit", 500)
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_JOURNAL:
-        raise InvalidRequest(f"limit is an integer from 1 to {MAX_JOURNAL}")
     wanted = JournalFilter(since=_moment(raw.get("since"), "since"), until=_moment(raw.get("until"), "until"),
-                           consumer=_optional(raw, "consumer", _SIRET), dataset=_optional(raw, "dataset", _DATASET),
-                           limit=limit)
-    return subject, wanted, fmt
+                           consumer=raw.get("consumer"), dataset=raw.get("dataset"), limit=raw.get("limit", 500))
+    return subject, wanted, raw.get("format", "json")
 
 
 CSV_COLUMNS = ("logged_at", "consumer", "consumer_name", "dataset", "dataset_version", "purpose", "recipient",

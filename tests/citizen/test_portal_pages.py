@@ -65,9 +65,13 @@ async def test_without_a_session_every_page_sends_to_the_login(stack: ConsentSta
             async with browser.get(stack.broker + path, allow_redirects=False) as resp:
                 assert resp.status == 302, path
                 assert resp.headers["Location"].startswith("/citizen/login?next="), path
+        # a form sent without a session: 403 and a page to log in again, nothing done (issue 18: a redirect dropped
+        # the form, and answered before the body was looked at, which the OpenAPI document did not say)
         for path in POSTS:
             async with browser.post(stack.broker + path, data={"csrf": "x"}, allow_redirects=False) as resp:
-                assert (resp.status, resp.headers["Location"]) == (302, "/citizen/login?next=%2Fcitizen%2F"), path
+                assert resp.status == 403 and "Location" not in resp.headers, path
+                page = await resp.text()
+                assert "Session terminée" in page and "/citizen/login?next=%2Fcitizen%2F" in page, path
 
 
 async def test_pages_keep_to_their_content_security_policy(stack: ConsentStack) -> None:
