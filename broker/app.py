@@ -27,7 +27,7 @@ from broker.config import Config, verify_servable
 from broker.exchange import catalogue
 from broker.exchange.pipeline import handle_exchange
 from broker.notify import worker as mail_worker
-from broker.observability import runtime
+from broker.observability import runtime, tracing
 from broker.observability.metrics import Metrics, multiprocess
 from broker.service.attempts import AttemptStore, SourceBudget
 from broker.service.middleware import request_id_middleware, signing_middleware
@@ -278,6 +278,10 @@ async def mail_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config) -> web.Application:
     verify_servable(config)
+    if tracing.wanted():
+        # before the Application is made: the instrumented one puts the server span outermost, so the request id
+        # and every log line of the request fall inside it
+        tracing.setup()
     app = web.Application(
         # html_errors innermost: a browser's 404 is a French page before it would become problem+json
         middlewares=[request_id_middleware, signing_middleware, problem_middleware, site.html_errors],

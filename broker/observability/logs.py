@@ -7,10 +7,13 @@ import sys
 
 import structlog
 
+from broker.observability import tracing
+
 
 def configure(fmt: str = "console", level: int = logging.INFO) -> None:
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        tracing.log_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
