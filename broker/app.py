@@ -27,18 +27,19 @@ from broker.config import Config, verify_servable
 from broker.exchange import catalogue
 from broker.exchange.pipeline import handle_exchange
 from broker.notify import worker as mail_worker
-from broker.observability import runtime
+from broker.observability import runtime, tracing
 from broker.observability.metrics import Metrics, multiprocess
 from broker.service.attempts import AttemptStore, SourceBudget
 from broker.service.middleware import request_id_middleware, signing_middleware
 from broker.service.openapi import openapi_document
 from broker.service.problems import problem_middleware
 from broker.service.state import STATE, AdapterSet, BrokerState, RegistryCache
-from broker.signing.keys import jwk_thumbprint, load_or_create_broker_key
+from broker.signing.keys import PrivateKey, jwk_thumbprint, load_or_create_broker_key
+from broker.signing.plugin import PluggedKeys, load_plugin
 from broker.storage import db, nodekeys, roles
 from broker.storage.secretfile import create_once
 from broker.tlog import routes as tlog_routes
-from broker.tlog.log import load_or_create_note_key
+from broker.tlog.log import NoteSigner, load_or_create_note_key
 from consent import records as consent_records
 from consent.sealing import Sealer
 
@@ -61,11 +62,20 @@ def load_or_create_secret(path: Path) -> bytes:
     return data
 
 
-def node_keys(config: Config) -> dict[str, nodekeys.NodeKey]:
+def signing_keys(config: Config) -> tuple[PrivateKey, NoteSigner]:
+    """The response key and the log's note key: a signer plug-in's (DLNUF_SIGNER_PLUGIN, an HSM's), else their
+    files' (created if absent)."""
+    plugged = load_plugin(config.signer_plugin, config) if config.signer_plugin else PluggedKeys()
+    signing = plugged.response or load_or_create_broker_key(config.signing_key_file)
+    note = (NoteSigner(config.log_origin, plugged.log) if plugged.log is not None
+            else load_or_create_note_key(config.log_key_file, config.log_origin))
+    return signing, note
+
+
+def node_keys(config: Config, keys: tuple[PrivateKey, NoteSigner] | None = None) -> dict[str, nodekeys.NodeKey]:
     """The keys every node of one broker must share, by fingerprint (broker/storage/nodekeys.py); the files absent
     are created, as serving creates them."""
-    signing = load_or_create_broker_key(config.signing_key_file)
-    note = load_or_create_note_key(config.log_key_file, config.log_origin)
+    signing, note = keys or signing_keys(config)
     subject = load_or_create_secret(config.subject_key_file)
     Sealer.from_file(config.identity_key_file)  # creates it if absent
     return {
@@ -131,8 +141,10 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     claims_pool = await db.create_pool(app[DSN], min_size=1, max_size=config.pool_max,
                                        settings={"synchronous_commit": "off"})
     try:
+        keys = signing_keys(config)
+        app[tlog_routes.NOTE_KEY] = keys[1]
         # before anything is signed or derived: a node with other keys must not serve a single request
-        await nodekeys.verify(pool, node_keys(config))
+        await nodekeys.verify(pool, node_keys(config, keys))
     except BaseException:
         await claims_pool.close()
         await pool.close()
@@ -154,7 +166,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         pool=pool,
         registry=cache,
         adapters=adapters,
-        signing_key=load_or_create_broker_key(config.signing_key_file),
+        signing_key=keys[0],
         subject_secret=load_or_create_secret(config.subject_key_file),
         metrics=metrics,
         sealer=Sealer.from_file(config.identity_key_file),
@@ -278,6 +290,10 @@ async def mail_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config) -> web.Application:
     verify_servable(config)
+    if tracing.wanted():
+        # before the Application is made: the instrumented one puts the server span outermost, so the request id
+        # and every log line of the request fall inside it
+        tracing.setup()
     app = web.Application(
         # html_errors innermost: a browser's 404 is a French page before it would become problem+json
         middlewares=[request_id_middleware, signing_middleware, problem_middleware, site.html_errors],

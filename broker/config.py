@@ -104,6 +104,9 @@ class Config:
     """The owner role's URL (DLNUF_ADMIN_DATABASE_URL): migrations and `log prune` use it, `serve` never serves
     with it; None: DATABASE_URL does both (docs/operations.md, « Database roles »)."""
     unsafe_superuser: bool = False
+    signer_plugin: str | None = None
+    """`module:function` giving the response key and/or the log key as `Signer`s (an HSM's):
+    broker/signing/plugin.py."""
     """`serve` accepts a superuser or the access log's owner as its database role (--unsafe-superuser)."""
 
     @property
@@ -476,6 +479,12 @@ def _mail(env: Mapping[str, str], public_url: str | None) -> MailConfig | None:
                       timeout=_float(env, "DLNUF_SMTP_TIMEOUT", 10.0, 0.1, 300.0))
 
 
+def _plugin(spec: str | None) -> str | None:
+    if spec is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec):
+        raise ConfigError(f"DLNUF_SIGNER_PLUGIN must be module:function, got {spec!r}")
+    return spec
+
+
 def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Config:
     """Read `DLNUF_*` and `DATABASE_URL`; keyword overrides (from the command line) win."""
     env = os.environ if env is None else env
@@ -518,6 +527,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         database_url=database_url,
         admin_database_url=admin_database_url,
         unsafe_superuser=_bool(env, "DLNUF_UNSAFE_SUPERUSER", False),
+        signer_plugin=_plugin(env.get("DLNUF_SIGNER_PLUGIN") or None),
         state_dir=state_dir,
         host=env.get("DLNUF_HOST") or "127.0.0.1",
         port=_int(env, "DLNUF_PORT", 8080, 0, 65535),

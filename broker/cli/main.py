@@ -27,6 +27,7 @@ from broker.cli import gateway as cli_gateway
 from broker.cli import log as cli_log
 from broker.cli import request as cli_request
 from broker.config import Config, ConfigError, load_config, verify_servable
+from broker.observability import tracing
 from broker.observability.logs import configure
 from broker.storage import db, nodekeys, roles
 
@@ -168,7 +169,7 @@ def _explain(exc: Exception) -> tuple[str, int]:
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
         return (f"the database role lacks a privilege: {_first_line(exc)} (migrations and `log prune` run as the "
                 "owner role, DLNUF_ADMIN_DATABASE_URL; see docs/operations.md, « Database roles »)"), 2
-    if isinstance(exc, roles.UnsafeDatabaseRole | nodekeys.KeyMismatch):
+    if isinstance(exc, roles.UnsafeDatabaseRole | nodekeys.KeyMismatch | tracing.TracingUnavailable):
         return str(exc), 2
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | ConnectionError | TimeoutError):
         return f"the database is unreachable or refused the command: {_first_line(exc)}", 3

@@ -8,6 +8,8 @@ import sys
 import orjson
 import structlog
 
+from broker.observability import tracing
+
 
 def _dumps(event: object, **_: object) -> str:
     return orjson.dumps(event, default=str).decode()
@@ -16,6 +18,7 @@ def _dumps(event: object, **_: object) -> str:
 def configure(fmt: str = "console", level: int = logging.INFO) -> None:
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        tracing.log_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

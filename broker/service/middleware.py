@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
+from broker.observability import tracing
 from broker.service.problems import REQUEST_ID, Handler
 from broker.service.state import STATE
 from broker.signing import messages
@@ -27,6 +28,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     bound = {"request_id": request_id, "method": request.method, "path": request.path}
     if _CLIENT_ID.match(client_id):
         bound["client_request_id"] = client_id
+    tracing.annotate(request_id)
     with structlog.contextvars.bound_contextvars(**bound):
         response = await handler(request)
     response.headers["X-Request-Id"] = request_id

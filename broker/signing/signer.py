@@ -34,3 +34,4 @@ class Signer(Protocol):
         """The signature of `message`: Ed25519's 64 bytes, or ECDSA P-256 with SHA-256 as 64 bytes r||s (the form
         RFC 9421 and JOSE both use)."""
         ...
+

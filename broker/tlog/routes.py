@@ -44,6 +44,7 @@ from broker.tlog.log import (
     BeyondTree,
     Journal,
     JournalFilter,
+    NoteSigner,
     NotYetIntegrated,
     PgNodeStore,
     TransparencyLog,
@@ -375,6 +376,8 @@ async def journal(request: web.Request) -> web.Response:
 
 WITNESSES = web.AppKey("tlog_witnesses", tuple[witness.Witness, ...])
 TILE_CACHE = web.AppKey("tlog_tile_cache", tiles.TileCache)
+NOTE_KEY = web.AppKey("tlog_note_key", NoteSigner)
+"""The log's key as the app loaded it (a key file's, or a signer plug-in's); absent: read from its file here."""
 
 
 async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -383,7 +386,8 @@ async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     config = state.config
     witnesses = tuple(witness.Witness(witness.parse_cosigner_key(vkey), url) for vkey, url in config.log_witnesses)
-    tlog = TransparencyLog(state.pool, load_or_create_note_key(config.log_key_file, config.log_origin),
+    note_key = app[NOTE_KEY] if NOTE_KEY in app else load_or_create_note_key(config.log_key_file, config.log_origin)
+    tlog = TransparencyLog(state.pool, note_key,
                            max_merge_delay=config.log_max_merge_delay, batch=config.log_batch, metrics=state.metrics,
                            witness_quorum=config.log_witness_quorum)
     app[TLOG] = tlog

@@ -5,7 +5,10 @@ verified with the public key alone."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -13,11 +16,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from adapters.sandbox.api_particulier import create_app as sandbox_app
+from broker.config import Config
 from broker.signing import jose, messages
 from broker.signing.keys import ECDSA_P256_SHA256, ED25519, InvalidKey, PrivateKey, sign_message
+from broker.signing.plugin import PluggedKeys
 from broker.signing.signer import Signer
 from broker.tlog import checkpoint
+from broker.tlog.checkpoint import NoteVerifier
 from broker.tlog.log import NoteSigner
+from tests.broker_harness import broker_config, start_broker
+from tests.factories import SANDBOX_TOKEN, TOKEN_ENV, consumer, registry_toml
 
 
 class FarAwaySigner:
@@ -88,3 +97,46 @@ def test_the_log_key_held_by_a_signer_signs_checkpoints_and_notes() -> None:
     assert text.startswith("dlnuf.org/inclusion-promise/v1\n")
     with pytest.raises(checkpoint.InvalidKeyError, match="Ed25519"):
         NoteSigner("dlnuf.test/log", FarAwaySigner(ECDSA_P256_SHA256)).sign_checkpoint(1, bytes(32))
+
+
+# DLNUF_SIGNER_PLUGIN: the signers a plug-in hands the broker, one pair per state directory (one "HSM" per test)
+_HSM: dict[str, tuple[FarAwaySigner, FarAwaySigner]] = {}
+
+
+def plugged_keys(config: Config) -> PluggedKeys:
+    response, log = _HSM.setdefault(str(config.state_dir), (FarAwaySigner(ECDSA_P256_SHA256), FarAwaySigner(ED25519)))
+    return PluggedKeys(response=PrivateKey(kid="hsm-response", alg=ECDSA_P256_SHA256,
+                                           private_key=response),  # type: ignore[arg-type]
+                       log=log)
+
+
+async def test_a_broker_signs_with_the_keys_of_its_signer_plugin(
+    database_url: str, aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider = await aiohttp_server(sandbox_app(SANDBOX_TOKEN))
+    monkeypatch.setenv(TOKEN_ENV, SANDBOX_TOKEN)
+    paris = consumer()
+    text = registry_toml([paris], provider_url=str(provider.make_url("")).rstrip("/"))
+    config = broker_config(tmp_path, database_url, text, log_interval=0.05,
+                           signer_plugin="tests.signing.test_signer:plugged_keys")
+    h = await start_broker(aiohttp_client, config, paris)
+    response, log = _HSM[str(config.state_dir)]
+    answer = await h.exchange()
+    assert answer.status == 200, answer.body
+    await h.verify(answer)  # with the JWKS the broker serves: the plug-in's public key
+    assert list(h.broker_keys) == ["hsm-response"]
+    served = h.broker_keys["hsm-response"].key
+    assert isinstance(served, ec.EllipticCurvePublicKey)
+    assert served.public_numbers() == response.public_key().public_numbers()  # type: ignore[union-attr]
+    assert response.calls  # the answer was signed through the plug-in's signer
+
+    verifier = NoteVerifier.from_key(config.log_origin, log.public_key())  # type: ignore[arg-type]
+    for _ in range(100):
+        async with h.client.get("/v1/log/checkpoint") as resp:
+            signed = await resp.text()
+        if resp.status == 200 and checkpoint.verify_checkpoint(signed, [verifier]).size >= 1:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("no checkpoint of the entry signed by the plug-in's log key")
+    assert log.calls

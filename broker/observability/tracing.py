@@ -1,0 +1,113 @@
+"""OpenTelemetry traces of the broker, exported when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+
+One trace per request: the server span (aiohttp), with the provider calls (aiohttp client) and the PostgreSQL
+statements (asyncpg) under it; the standard OTEL_* variables configure the exporter (endpoint, headers, service
+name). The span carries the broker's request id (`dlnuf.request_id`) and every log line written inside it carries
+the trace and span ids (`logs.configure`), so a log line, a trace and an X-Request-Id lead to one another. Span
+attributes never carry a person: asyncpg spans hold the statement text, never its parameters.
+
+The SDK is the `otel` extra (`pip install 'dlnuf[otel]'`): without it and without the variable, nothing here
+loads; with the variable but without the extra, the broker refuses to start rather than silently not tracing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import MutableMapping
+from typing import Any
+
+ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+_provider: Any = None
+
+
+class TracingUnavailable(RuntimeError):
+    """OTEL_EXPORTER_OTLP_ENDPOINT is set but the OpenTelemetry SDK is not installed."""
+
+
+def wanted() -> bool:
+    return bool(os.environ.get(ENDPOINT)) or _provider is not None
+
+
+def setup(exporter: Any = None) -> Any:
+    """The process's tracer provider, made once: spans go to `exporter` as they end (tests give an in-memory one)
+    or, batched, to the OTLP/HTTP endpoint of the environment; asyncpg and aiohttp's client are instrumented."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    try:
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+        from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    except ImportError as exc:
+        raise TracingUnavailable(f"{ENDPOINT} is set but OpenTelemetry is not installed: pip install "
+                                 f"'dlnuf[otel]' ({exc.name} is missing)") from None
+    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME")
+                                                        or "dlnuf-broker"}))
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    # asyncpg's statements only, never their parameters (which hold subject keys and identities)
+    AsyncPGInstrumentor(capture_parameters=False).instrument(  # type: ignore[no-untyped-call]
+        tracer_provider=provider)
+    AioHttpClientInstrumentor().instrument(tracer_provider=provider)
+    # every web.Application made after this gets the server span as its outermost middleware (broker/app.py
+    # calls setup before making its own)
+    with warnings.catch_warnings():
+        # aiohttp discourages subclassing Application, which is how the instrumentor adds its middleware
+        warnings.simplefilter("ignore", DeprecationWarning)
+        AioHttpServerInstrumentor().instrument(tracer_provider=provider)
+    _provider = provider
+    return provider
+
+
+def uninstall() -> None:
+    """Undo `setup` (tests: the next app of the process is not traced)."""
+    global _provider
+    if _provider is None:
+        return
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
+    AioHttpClientInstrumentor().uninstrument()
+    AioHttpServerInstrumentor().uninstrument()
+    _provider.shutdown()
+    _provider = None
+
+
+def shutdown() -> None:
+    """Flush what is batched (at the end of a process)."""
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def annotate(request_id: str) -> None:
+    """Give the current span the broker's request id (nothing when no trace is being recorded)."""
+    if _provider is None:
+        return
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("dlnuf.request_id", request_id)
+
+
+def log_ids(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: the current trace and span ids on the line, when there is a trace."""
+    if _provider is None:
+        return event
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event["trace_id"] = format(context.trace_id, "032x")
+        event["span_id"] = format(context.span_id, "016x")
+    return event
