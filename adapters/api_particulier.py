@@ -79,10 +79,13 @@ class Route:
     style: CivilStyle | None
     # identifier scheme -> (path, query parameter)
     identifiers: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # dataset parameter (the schema's x-parameters) -> upstream query parameter
+    parameters: Mapping[str, str] = field(default_factory=dict)
 
 
 ROUTES: Mapping[str, Route] = {
-    "quotient_familial": Route("/v3/dss/quotient_familial/identite", DSS),
+    "quotient_familial": Route("/v3/dss/quotient_familial/identite", DSS,
+                               parameters={"annee": "annee", "mois": "mois"}),
     "complementaire_sante_solidaire": Route("/v3/dss/complementaire_sante_solidaire/identite", DSS),
     "revenu_solidarite_active": Route("/v3/dss/revenu_solidarite_active/identite", DSS),
     "prime_activite": Route("/v3/dss/prime_activite/identite", DSS),
@@ -134,7 +137,10 @@ def request_for(query: AdapterQuery) -> tuple[str, list[tuple[str, str]]]:
         raise ProviderRejectedQuery(f"API Particulier does not serve dataset {query.dataset!r}")
     if not query.recipient:
         raise ProviderRejectedQuery("API Particulier requires the recipient's SIRET on every call")
-    recipient = [("recipient", query.recipient)]
+    # the dataset parameters the broker checked against the schema; the upstream defaults apply to the others
+    recipient = [("recipient", query.recipient)] + [
+        (upstream, str(query.parameters[name])) for name, upstream in route.parameters.items()
+        if name in query.parameters]
     subject = query.subject
     if isinstance(subject, PivotIdentity):
         if route.identity_path is None or route.style is None:

@@ -21,7 +21,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import aiohttp
@@ -149,6 +149,9 @@ class AdapterQuery:
 
     # SIRET of the administration the data is for; API Particulier requires it on every call.
     recipient: str = ""
+    # The dataset parameters of the request (a month, a fiscal year), already checked against the schema's
+    # `x-parameters`: integers and strings only.
+    parameters: Mapping[str, int | str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -54,10 +54,11 @@ Parameter sources for a pivot identity: family_name, given_name (space-separated
 given_names (the parameter repeated once per first name), first_given_name, preferred_name, birthdate
 (YYYY-MM-DD with 00 for unknown parts), birth_year, birth_month, birth_day (omitted when unknown), gender
 (male/female), sex (M/F), birthplace (omitted when born abroad), birthcountry, birthplace_or_country; for an
-identifier (an identifier's value, or the SIREN, SIRET or RNA number: `identifiers` are keyed by subject kind,
-an identifier's scheme or ``siren``, ``siret``, ``rna``). Always: recipient (omitted when empty) and
-``const:<text>``. Status outcomes: not_found, ambiguous, rejected, unavailable, timeout; unlisted statuses default
-to 404 not_found, 400 and 422 rejected, 504 timeout, anything else but 200 unavailable.
+identifier (an identifier's value, or the SIREN, SIRET or RNA number: `identifiers` are keyed by subject kind, an
+identifier's scheme or ``siren``, ``siret``, ``rna``). Always: recipient (omitted when empty) and ``const:<text>``;
+``parameter:<name>``, a dataset parameter of the request (omitted when not given; the schema's ``x-parameters``
+declares and checks them). Status outcomes: not_found, ambiguous, rejected, unavailable, timeout; unlisted statuses
+default to 404 not_found, 400 and 422 rejected, 504 timeout, anything else but 200 unavailable.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def _only(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
 def _source(source: Any, where: str, *, identifier: bool) -> str:
     if not isinstance(source, str):
         raise ValueError(f"{where}: must be a source name")
-    known = source.startswith("const:") or source == "recipient" or (
+    known = source.startswith(("const:", "parameter:")) or source == "recipient" or (
         source == "identifier" if identifier else source in PIVOT_SOURCES)
     if not known:
         raise ValueError(f"{where}: unknown source {source!r}")
@@ -372,6 +373,9 @@ def _values(source: str, query: AdapterQuery) -> list[str]:
         return [source.removeprefix("const:")]
     if source == "recipient":
         return [query.recipient] if query.recipient else []
+    if source.startswith("parameter:"):
+        value = query.parameters.get(source.removeprefix("parameter:"))
+        return [] if value is None else [str(value)]
     if source == "identifier":
         value = identifier_value(query.subject)
         assert value is not None

@@ -61,6 +61,13 @@ def subject_kinds(dataset: str, version: int) -> frozenset[str]:
     return frozenset(k for k in declared if isinstance(k, str))
 
 
+def parameters_schema(dataset: str, version: int) -> dict[str, Any] | None:
+    """The JSON Schema of a dataset version's parameters (``x-parameters``: what the provider needs beyond the
+    subject, a month, a fiscal year); None when it takes none."""
+    declared = load(dataset, version).get("x-parameters")
+    return declared if isinstance(declared, dict) else None
+
+
 def project(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
     """`value` with every object member the schema does not declare dropped, recursively; nothing else changed.
 

@@ -26,6 +26,13 @@ class InvalidDocument(ValueError):
         self.reason = reason
 
 
+class InvalidParameters(ValueError):
+    """The dataset parameters of a request are missing, unknown or malformed. The message is for the caller: it
+    names the parameter and what is expected (parameters are the caller's own values, not a citizen's)."""
+
+    public = True
+
+
 # Their messages name members of the schema, not values of the document.
 _MESSAGE_IS_SAFE = frozenset({"required", "additionalProperties"})
 
@@ -45,6 +52,24 @@ class Validators:
             validator = jsonschema_rs.Draft202012Validator(schemas.load(dataset, version), validate_formats=True)
             self._compiled[key] = validator
         return validator
+
+    def verify_parameters(self, dataset: str, version: int, parameters: Any) -> None:
+        """Return None when `parameters` are what the dataset version declares (``x-parameters``); raise
+        `InvalidParameters` otherwise. A version that declares none takes none."""
+        declared = schemas.parameters_schema(dataset, version)
+        if declared is None:
+            if parameters:
+                raise InvalidParameters(f"{dataset} v{version} takes no parameters")
+            return
+        key = (dataset, -version)  # beside the document validators, never mistaken for one
+        validator = self._compiled.get(key)
+        if validator is None:
+            validator = jsonschema_rs.Draft202012Validator(declared, validate_formats=True)
+            self._compiled[key] = validator
+        error = next(iter(validator.iter_errors(parameters)), None)
+        if error is not None:
+            where = _pointer(error.instance_path) if error.instance_path else "parameters"
+            raise InvalidParameters(f"{dataset} v{version} parameters at {where}: {error.message[:200]}")
 
     def verify(self, dataset: str, version: int, document: Any) -> None:
         """Return None when `document` is valid; raise `InvalidDocument` naming the first error's path."""

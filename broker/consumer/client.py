@@ -246,17 +246,25 @@ class BrokerClient:
     async def exchange(self, *, dataset: str, purpose: str, recipient: str, fields: Sequence[str],
                        subject: Mapping[str, Any] | None = None, access_token: str | None = None,
                        version: int | None = None, context: str | None = None,
-                       object: str | None = None) -> ExchangeAnswer:
-        """One exchange. Give the citizen's `subject`, or, for a consent-based habilitation, the `access_token`
-        the consent flow gave you (the consent then names the citizen; the token is bound to your key).
-        `context` and `object` are the call context API Entreprise requires (the framework of the call and the
-        procedure's reference)."""
+                       object: str | None = None, parameters: Mapping[str, int | str] | None = None,
+                       france_connect: bool = False) -> ExchangeAnswer:
+        """One exchange. Give the `subject` (a citizen, a business), or, for a consent-based habilitation, the
+        `access_token` the consent flow gave you (the consent then names the citizen; the token is bound to your
+        key), with `france_connect` to have the provider asked in FranceConnect mode. `parameters` are the
+        dataset's (the catalogue lists them: a month, a fiscal year). `context` and `object` are the call context
+        API Entreprise requires (the framework of the call and the procedure's reference)."""
         if (subject is None) == (access_token is None):
             raise ValueError("give exactly one of subject and access_token")
+        if france_connect and access_token is None:
+            raise ValueError("FranceConnect mode needs a consent's access_token")
         body: dict[str, Any] = {"dataset": dataset, "purpose": purpose, "recipient": recipient,
                                 "fields": list(fields)}
         if subject is not None:
             body["subject"] = dict(subject)
+        elif france_connect:
+            body["subject"] = {"france_connect": {}}
+        if parameters:
+            body["parameters"] = dict(parameters)
         if version is not None:
             body["version"] = version
         if context is not None:

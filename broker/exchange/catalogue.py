@@ -85,6 +85,21 @@ def _fields(node: Mapping[str, Any], root: Mapping[str, Any], prefix: str, reque
             yield from _fields(items, root, path + "[].", False)
 
 
+def _parameters(declared: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """A version's dataset parameters (`parameters` of an exchange request): name, type, whether required, and
+    the bounds the broker checks."""
+    if declared is None:
+        return []
+    found = []
+    for field in _fields(declared, declared, "", False):
+        node = _resolve(declared["properties"][field["path"]], declared)
+        found.append({"name": field["path"], "type": field["type"], "required": field["required"],
+                      "title": node.get("title"), "description": field["description"],
+                      **{k: node[k] for k in ("minimum", "maximum", "enum", "pattern", "format") if k in node},
+                      "requires": declared.get("dependentRequired", {}).get(field["path"], [])})
+    return found
+
+
 @cache
 def version_entry(dataset: str, version: int) -> dict[str, Any]:
     schema = schemas.load(dataset, version)
@@ -96,6 +111,7 @@ def version_entry(dataset: str, version: int) -> dict[str, Any]:
         "description": {"fr": schema.get("description"), "en": schema.get("x-description-en")},
         # the subject kinds (adapters.subjects) this version can be asked about; any other is refused
         "subjects": sorted(schemas.subject_kinds(dataset, version)),
+        "parameters": _parameters(schemas.parameters_schema(dataset, version)),
         "fields": list(_fields(schema, schema, "", True)),
     }
 

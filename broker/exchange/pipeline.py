@@ -14,7 +14,7 @@ import functools
 import hashlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,12 +66,13 @@ from consent.basis import BasisRefused, verify_basis
 from consent.records import use as use_consent
 from consent.sealing import CONSENT_SEAL
 from consent.tokens import InvalidToken
-from schemas.validation import InvalidDocument
+from schemas.validation import InvalidDocument, InvalidParameters
 
 log = structlog.get_logger(__name__)
 
 # Everything a step may raise on purpose; each maps to a problem type in broker/service/problems.py.
-REFUSALS = (BrokerError, AdapterError, BasisRefused, InvalidToken, InvalidDocument, messages.SignatureRejected,
+REFUSALS = (BrokerError, AdapterError, BasisRefused, InvalidToken, InvalidDocument, InvalidParameters,
+            messages.SignatureRejected,
             DatabaseUnavailable)
 
 
@@ -93,6 +94,9 @@ class ExchangeRequest:
     """The framework of the call (« Marchés publics », « Aide aux associations »), and `object` the procedure's
     reference: API Entreprise requires both on every call, to trace it back; logged in the access log."""
     object: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    """What the provider needs beyond the subject (a month, a fiscal year); checked at step 2 against the
+    schema's `x-parameters`."""
 
     @property
     def subject_kind(self) -> str:
@@ -112,6 +116,8 @@ class ExchangeRequest:
         try:
             contract.verify("ExchangeRequest", raw)
         except contract.ContractViolation as exc:
+            if exc.path[:1] == ("parameters",):
+                raise InvalidParameters(str(exc)) from None
             if exc.path[:1] != ("subject",):
                 raise InvalidRequest(str(exc)) from None
             if not with_token:
@@ -138,7 +144,7 @@ class ExchangeRequest:
             # what the schema cannot say: a calendar date, a check digit, printable in Python's sense
             subject = _subject(raw["subject"])
         return cls(dataset, version, raw["purpose"], raw["recipient"], tuple(raw["fields"]), subject, france_connect,
-                   _text(raw, "context"), _text(raw, "object"))
+                   _text(raw, "context"), _text(raw, "object"), dict(raw.get("parameters", {})))
 
     def verify_subject_kind(self) -> None:
         """Raise `SubjectKindNotAccepted` unless the dataset version declares this kind of subject (`x-subjects`)."""
@@ -204,6 +210,8 @@ async def handle_exchange(request: web.Request) -> web.Response:
         if ask.subject is not None:
             entry.subject_key = subject_key(state.subject_secret, ask.subject)
         ask.verify_subject_kind()  # after the key: a business's journal shows refusals too
+        entry.parameters = dict(ask.parameters)
+        state.validators.verify_parameters(ask.dataset, ask.version, entry.parameters)
 
         # 2b. Over a quota (the consumer's, or this habilitation's), nothing more is done, nor asked of a provider.
         usage.verify_within()
@@ -243,6 +251,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
         document = await adapter.fetch(AdapterQuery(
             dataset=ask.dataset, version=ask.version, subject=subject, fields=frozenset(ask.fields),
             request_id=entry.request_id, recipient=ask.recipient, call_context=ask.context, call_object=ask.object,
+            parameters=ask.parameters,
         ))
 
         # 6. Validate the whole answer against the dataset schema: an invalid answer is never released.

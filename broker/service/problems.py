@@ -21,7 +21,7 @@ from broker.signing.messages import SignatureRejected
 from broker.storage.db import DatabaseUnavailable
 from consent.basis import BasisRefused
 from consent.tokens import InvalidToken
-from schemas.validation import InvalidDocument
+from schemas.validation import InvalidDocument, InvalidParameters
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +87,9 @@ PROBLEMS: list[tuple[type[BaseException], ProblemType]] = [
     (errors.FranceConnectNeedsConsent, _p("france-connect-needs-consent", 400, "FranceConnect needs a consent",
                                           "A FranceConnect-mode request is only possible with the access token "
                                           "of a consent the citizen gave after logging in with FranceConnect.")),
+    (InvalidParameters, _p("invalid-parameters", 400, "Invalid dataset parameters",
+                           "The dataset's parameters (`parameters`: a month, a fiscal year...) are missing, unknown "
+                           "or malformed; the catalogue lists each dataset's parameters. `detail` says which.")),
     (errors.InvalidSubject, _p("invalid-subject", 400, "Invalid subject",
                                "The subject is missing or its pivot identity or identifier is malformed.")),
     (errors.InvalidRequest, _p("invalid-request", 400, "Invalid request",

@@ -27,13 +27,14 @@ from broker.tlog.evidence import store as store_evidence
 log = structlog.get_logger(__name__)
 
 
-# The columns `args()` fills, in its order: the fields of both leaf formats (`broker.tlog.leaves`), and the format.
+# The columns `args()` fills, in its order: the fields of both leaf formats (`broker.tlog.leaves`), the format,
+# and what the row keeps outside any leaf (the dataset parameters).
 COLUMNS = (
     "id", "logged_at", "request_id", "consumer", "kid", "dataset", "dataset_version", "purpose", "recipient",
     "habilitation_id", "legal_basis_type", "legal_basis_title", "legal_basis_url", "fields_requested",
     "fields_released", "outcome", "problem_type", "http_status", "latency_ms", "payload_sha256", "subject_key",
     "leaf_version", "retention", "latency_us", "payload_salt", "payload_commitment", "request_signature_sha256",
-    "call_context", "call_object",
+    "call_context", "call_object", "parameters",
 )
 
 
@@ -69,6 +70,9 @@ class LogEntry:
     # commits to the request signature, hence to the body that carries them.
     call_context: str | None = None
     call_object: str | None = None
+    parameters: dict[str, object] | None = None
+    """The dataset parameters the request sent (None: none); in the row, not in the leaf, for the same reason
+    (migration 0020)."""
 
     @property
     def retention(self) -> str:
@@ -107,6 +111,7 @@ class LogEntry:
             self.leaf_version, self.retention if v2 else None, latency_us if v2 else None,
             self.payload_salt if v2 else None, self.payload_commitment if v2 else None,
             self.request_signature_sha256 if v2 else None, self.call_context, self.call_object,
+            self.parameters or None,
         )
 
     def row(self) -> dict[str, object]:

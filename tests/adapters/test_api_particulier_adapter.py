@@ -71,9 +71,9 @@ def pivot(citizen_id: str) -> Subject:
     return directory().citizen(citizen_id).pivot
 
 
-def query(dataset: str, subject: Subject, recipient: str = RECIPIENT) -> AdapterQuery:
+def query(dataset: str, subject: Subject, recipient: str = RECIPIENT, **parameters: int | str) -> AdapterQuery:
     return AdapterQuery(dataset=dataset, version=ALL.get(dataset, 1), subject=subject, fields=frozenset(),
-                        request_id="test", recipient=recipient)
+                        request_id="test", recipient=recipient, parameters=parameters)
 
 
 def assert_valid(dataset: str, document: dict[str, Any]) -> None:
@@ -191,6 +191,18 @@ async def test_homonyms_with_all_first_names_are_told_apart(make_adapter: MakeAd
 
 
 # ------------------------------------------------------------------------------ every fault
+
+
+async def test_quotient_familial_of_a_given_month(make_adapter: MakeAdapter) -> None:
+    """`annee` and `mois` reach upstream; the sandbox keeps one month per household and says 404 for another."""
+    current = await make_adapter().fetch(query("quotient_familial", pivot("dupont-marie-claire")))
+    qf = current["quotient_familial"]
+    same = await make_adapter().fetch(query("quotient_familial", pivot("dupont-marie-claire"),
+                                            annee=qf["annee"], mois=qf["mois"]))
+    assert same == current
+    with pytest.raises(SubjectNotFound):
+        await make_adapter().fetch(query("quotient_familial", pivot("dupont-marie-claire"),
+                                         annee=qf["annee"] - 1, mois=qf["mois"]))
 
 
 async def test_not_found(make_adapter: MakeAdapter) -> None:

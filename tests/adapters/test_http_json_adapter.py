@@ -42,8 +42,8 @@ timeout = 3
 datasets = ["revenu_fiscal_reference"]
 
 [endpoints.revenu_fiscal_reference]
-pivot = { path = "/v1/revenu-fiscal", query = { nomNaissance = "family_name", prenoms = "given_name", dateNaissance = "birthdate", sexe = "sex", codeLieuNaissance = "birthplace_or_country" } }
-identifiers = { spi = { path = "/v1/revenu-fiscal/spi/{identifier}" } }
+pivot = { path = "/v1/revenu-fiscal", query = { nomNaissance = "family_name", prenoms = "given_name", dateNaissance = "birthdate", sexe = "sex", codeLieuNaissance = "birthplace_or_country", anneeRevenus = "parameter:annee_revenus" } }
+identifiers = { spi = { path = "/v1/revenu-fiscal/spi/{identifier}", query = { anneeRevenus = "parameter:annee_revenus" } } }
 statuses = { "409" = "ambiguous" }
 
 [endpoints.revenu_fiscal_reference.fields]
@@ -94,8 +94,9 @@ def pivot(citizen_id: str, **change: str) -> Subject:
     return PivotIdentity(**{**p.to_json(), **change})
 
 
-def query(subject: Subject, version: int = 1) -> AdapterQuery:
-    return AdapterQuery(DATASET, version, subject, frozenset(), "test", recipient="21750001600019")
+def query(subject: Subject, version: int = 1, **parameters: int | str) -> AdapterQuery:
+    return AdapterQuery(DATASET, version, subject, frozenset(), "test", recipient="21750001600019",
+                        parameters=parameters)
 
 
 def valid(document: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +128,16 @@ async def test_pivot_lookup(build: Build, citizen_id: str, expected: dict[str, A
 async def test_spi_lookup(build: Build) -> None:
     document = valid(await build().fetch(query(ProviderIdentifier("spi", "3123456789012"))))
     assert document["nombre_parts"] == 2.5
+
+
+async def test_a_dataset_parameter_is_sent_where_the_entry_says(build: Build) -> None:
+    """`parameter:annee_revenus` sends the request's fiscal year as `anneeRevenus`; absent, it is not sent and the
+    provider answers its latest year."""
+    subject = ProviderIdentifier("spi", "3012345678901")
+    assert valid(await build().fetch(query(subject, annee_revenus=2022)))["revenu_fiscal_reference"] == 9100
+    assert valid(await build().fetch(query(subject)))["revenu_fiscal_reference"] == 9800
+    by_identity = await build().fetch(query(pivot("dupont-marie-claire"), annee_revenus=2022))
+    assert valid(by_identity)["annee_revenus"] == 2022
 
 
 async def test_names_are_matched_after_normalisation(build: Build) -> None:

@@ -74,6 +74,17 @@ async def test_each_version_lists_the_subject_kinds_it_accepts(broker: Harness) 
     assert job["subjects"] == ["france_travail"]
 
 
+async def test_each_version_lists_its_dataset_parameters(broker: Harness) -> None:
+    doc = await catalogue(broker)
+    [qf] = entry(doc, "quotient_familial")["versions"]
+    annee, mois = qf["parameters"]
+    assert (annee["name"], annee["type"], annee["required"], annee["requires"]) == ("annee", ["integer"], False, [])
+    assert (mois["name"], mois["minimum"], mois["maximum"], mois["requires"]) == ("mois", 1, 12, ["annee"])
+    assert mois["title"] == "Mois" and mois["description"]["fr"] and mois["description"]["en"]
+    [student] = entry(doc, "statut_etudiant")["versions"]
+    assert student["parameters"] == []
+
+
 async def test_providers_come_from_the_registry(broker: Harness) -> None:
     doc = await catalogue(broker)
     assert entry(doc, "quotient_familial")["providers"] == [{

@@ -281,6 +281,39 @@ async def test_france_connect_mode_outside_a_consent_flow_is_refused(broker: Har
     assert row["subject_key"] is None  # there is no citizen to log it against
 
 
+async def test_dataset_parameters_reach_the_provider_and_the_access_log(broker: Harness) -> None:
+    current = await broker.exchange(exchange_body(fields=["quotient_familial"]))
+    qf = current.json["data"]["quotient_familial"]
+    asked = {"annee": qf["annee"], "mois": qf["mois"]}
+    answer = await broker.exchange(exchange_body(fields=["quotient_familial"], parameters=asked))
+    assert answer.status == 200 and answer.json["data"] == current.json["data"]
+    # the sandbox keeps one month: another month is not found, so the parameters did reach it
+    other = await broker.exchange(exchange_body(fields=["quotient_familial"],
+                                                parameters={"annee": qf["annee"] - 1, "mois": qf["mois"]}))
+    assert other.status == 404, other.body
+    rows = await broker.log_rows()
+    logged = [r["parameters"] if r["parameters"] is None else json.loads(r["parameters"]) for r in rows]
+    assert logged == [None, asked, {**asked, "annee": qf["annee"] - 1}]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [({"parameters": {"mois": 3}}, "annee"),  # a month needs its year
+     ({"parameters": {"annee": 2024, "mois": 13}}, "/mois"),
+     ({"parameters": {"annee": "2024"}}, "/annee"),
+     ({"parameters": {"annee": 2024, "semaine": 2}}, "semaine"),
+     ({"parameters": [2024]}, "parameters"),
+     ({"parameters": {"annee": 2024}, "dataset": "statut_etudiant", "fields": ["admissions"]}, "no parameters")],
+    ids=["missing", "out-of-range", "string", "unknown", "not-an-object", "dataset-without-parameters"],
+)
+async def test_missing_or_malformed_dataset_parameters(broker: Harness, overrides: dict[str, Any],
+                                                       named: str) -> None:
+    row = await assert_refused(broker, await broker.exchange(exchange_body(**overrides)), "invalid-parameters",
+                               400, detail=True)
+    assert named in (await broker.exchange(exchange_body(**overrides))).json["detail"]
+    assert row["outcome"] == "refused"
+
+
 async def test_not_json_and_wrong_shapes(broker: Harness) -> None:
     raw = b"{not json"
     await assert_refused(broker, await broker.send(raw, broker.signed_headers(raw)), "invalid-request", 400,
