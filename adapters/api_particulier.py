@@ -19,9 +19,11 @@ upstream                               adapter error
 404 not in it (a wrong base_url)       ProviderMisconfigured
 422 code 00391 (several people match)  IdentityAmbiguous
 400, other 422                         ProviderRejectedQuery (bad or insufficient parameters)
-504 code xx002 (provider timed out)    ProviderTimeout
+429 (too many calls)                   ProviderRateLimited, with the upstream's Retry-After
+504 (any code: xx002 the provider      ProviderTimeout
+timed out, others the gateway)
 401, 403, 409 (same request already    ProviderUnavailable
-in flight, code 00015), 429, 5xx
+in flight, code 00015), other 5xx
 200 that is not a JSON `{"data": {}}`  ProviderAnswerMalformed
 =====================================  =========================================================
 
@@ -45,10 +47,12 @@ from adapters.base import (
     ProviderAdapter,
     ProviderAnswerMalformed,
     ProviderMisconfigured,
+    ProviderRateLimited,
     ProviderRejectedQuery,
     ProviderTimeout,
     ProviderUnavailable,
     SubjectNotFound,
+    parse_retry_after,
     read_body,
 )
 from adapters.identity import FRANCE, PivotIdentity, normalise_name
@@ -104,7 +108,8 @@ def civil_status_params(pivot: PivotIdentity, style: CivilStyle) -> list[tuple[s
     """The query parameters for a pivot identity, in API Particulier's names.
 
     FranceConnect's space-separated `given_name` becomes repeated `prenoms[]` (a compound first name keeps its
-    hyphen); a 00 day or month is left out; the birth commune is sent only for people born in France.
+    hyphen); a 00 day or month is left out; the birth commune is sent for people born in France, and, where the
+    endpoint takes no birth country (MESRI, Cnous), the country's 99xxx code in its place for people born abroad.
     Raises `ProviderRejectedQuery` when the endpoint needs what the identity lacks (a full birth date).
     """
     year, month, day = pivot.birthdate.split("-")
@@ -125,8 +130,13 @@ def civil_status_params(pivot: PivotIdentity, style: CivilStyle) -> list[tuple[s
     params.append(("sexeEtatCivil", "M" if pivot.gender == "male" else "F"))
     if style.country_and_usage_name:
         params.append(("codeCogInseePaysNaissance", pivot.birthcountry))
-    if pivot.birthcountry == FRANCE:
-        params.append(("codeCogInseeCommuneNaissance", pivot.birthplace))
+        if pivot.birthcountry == FRANCE:
+            params.append(("codeCogInseeCommuneNaissance", pivot.birthplace))
+    else:
+        # MESRI and Cnous take no birth country: for someone born abroad they expect the country's COG code
+        # (99xxx) in the commune parameter, and without it match nobody.
+        params.append(("codeCogInseeCommuneNaissance",
+                       pivot.birthplace if pivot.birthcountry == FRANCE else pivot.birthcountry))
     return params
 
 
@@ -180,7 +190,7 @@ def _is_error_shape(body: bytes) -> bool:
     return isinstance(parsed, dict) and isinstance(parsed.get("errors"), list)
 
 
-def raise_for_status(endpoint: str, status: int, body: bytes) -> None:
+def raise_for_status(endpoint: str, status: int, body: bytes, *, retry_after: str | None = None) -> None:
     """Map a non-200 upstream status (and its error code) to the `AdapterError` leaf; see the module table."""
     if status == 200:
         return
@@ -196,7 +206,13 @@ def raise_for_status(endpoint: str, status: int, body: bytes) -> None:
         raise IdentityAmbiguous(what)
     if status in (400, 422):
         raise ProviderRejectedQuery(what)
-    if status == 504 and len(code) == 5 and code.endswith("002") and not code.startswith("00"):
+    if status == 429:
+        wait = parse_retry_after(retry_after)
+        raise ProviderRateLimited(f"API Particulier limits calls: try again "
+                                  f"{f'in {wait:.0f} s' if wait is not None else 'later'}", retry_after=wait)
+    if status == 504:
+        # Upstream's gateway says 504 both when the data provider timed out (code xx002) and when it timed out
+        # itself: either way the answer did not come in time.
         raise ProviderTimeout(what)
     raise ProviderUnavailable(what)
 
@@ -225,7 +241,8 @@ class ApiParticulierAdapter(ProviderAdapter):
                                     allow_redirects=False) as response:
             body = await read_body(response)
             status = response.status
-        raise_for_status(endpoint, status, body)
+            retry_after = response.headers.get("Retry-After")
+        raise_for_status(endpoint, status, body, retry_after=retry_after)
         try:
             answer = json.loads(body)
         except ValueError as exc:

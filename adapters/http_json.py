@@ -57,8 +57,9 @@ given_names (the parameter repeated once per first name), first_given_name, pref
 identifier (an identifier's value, or the SIREN, SIRET or RNA number: `identifiers` are keyed by subject kind, an
 identifier's scheme or ``siren``, ``siret``, ``rna``). Always: recipient (omitted when empty) and ``const:<text>``;
 ``parameter:<name>``, a dataset parameter of the request (omitted when not given; the schema's ``x-parameters``
-declares and checks them). Status outcomes: not_found, ambiguous, rejected, unavailable, timeout; unlisted statuses
-default to 404 not_found, 400 and 422 rejected, 504 timeout, anything else but 200 unavailable.
+declares and checks them). Status outcomes: not_found, ambiguous, rejected, unavailable, timeout,
+rate_limited (Retry-After passed on); unlisted statuses default to 404 not_found, 400 and 422 rejected, 429
+rate_limited, 504 timeout, anything else but 200 unavailable.
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ from adapters.base import (
     ProviderAdapter,
     ProviderAnswerMalformed,
     ProviderMisconfigured,
+    ProviderRateLimited,
     ProviderRejectedQuery,
     ProviderTimeout,
     ProviderUnavailable,
     SubjectNotFound,
+    parse_retry_after,
     read_body,
 )
 from adapters.identity import FRANCE, PivotIdentity
@@ -125,10 +128,12 @@ OUTCOMES: Mapping[str, type[AdapterError]] = {
     "rejected": ProviderRejectedQuery,
     "unavailable": ProviderUnavailable,
     "timeout": ProviderTimeout,
+    "rate_limited": ProviderRateLimited,
 }
 # Sources with several values: a query parameter repeated, a JSON array in a body. The others have one or none.
 MULTI_SOURCES = frozenset({"given_names"})
-DEFAULT_STATUSES: Mapping[int, str] = {404: "not_found", 400: "rejected", 422: "rejected", 504: "timeout"}
+DEFAULT_STATUSES: Mapping[int, str] = {404: "not_found", 400: "rejected", 422: "rejected", 429: "rate_limited",
+                                       504: "timeout"}
 METHODS = ("GET", "POST")
 _POINTER = re.compile(r"^(/([^~/]|~[01])*)*$")
 
@@ -451,13 +456,18 @@ def to_dataset(endpoint: Endpoint, dataset: str, version: int, answer: Any) -> d
     return projected
 
 
-def raise_for_status(endpoint: Endpoint, where: str, status: int, body: bytes = b"") -> None:
+def raise_for_status(endpoint: Endpoint, where: str, status: int, body: bytes = b"", *,
+                     retry_after: str | None = None) -> None:
     if status == 200:
         return
     outcome = endpoint.statuses.get(status) or DEFAULT_STATUSES.get(status, "unavailable")
     if outcome == "not_found" and not _is_json(body):
         # a provider says "not found" in JSON; an HTML 404 page is another server (a wrong base_url or path)
         raise ProviderMisconfigured(f"{where}: HTTP {status} that is not JSON: not the provider's answer")
+    if outcome == "rate_limited":
+        wait = parse_retry_after(retry_after)
+        raise ProviderRateLimited(f"the provider limits calls: try again "
+                                  f"{f'in {wait:.0f} s' if wait is not None else 'later'}", retry_after=wait)
     raise OUTCOMES[outcome](f"{where}: HTTP {status}")
 
 
@@ -503,11 +513,12 @@ class HttpJsonAdapter(ProviderAdapter):
                                             allow_redirects=False, ssl=self._ssl) as response:
                 body = await read_body(response)
                 status = response.status
+                retry_after = response.headers.get("Retry-After")
         except aiohttp.ClientSSLError as exc:
             # The provider's certificate does not verify, or the handshake failed: asking again will not help,
             # so this is raised as an answer (never retried), not left to the base as a transport failure.
             raise ProviderUnavailable(f"{where}: TLS handshake failed: {exc.__cause__ or exc}") from exc
-        raise_for_status(endpoint, where, status, body)
+        raise_for_status(endpoint, where, status, body, retry_after=retry_after)
         try:
             answer = json.loads(body)
         except ValueError as exc:

@@ -43,6 +43,10 @@ class PivotIdentity:
     birthplace: str
     birthcountry: str
     preferred_name: str = ""
+    given_name_array: tuple[str, ...] = ()
+    """FranceConnect v2's `given_name_array` claim: the first names one by one, so that a first name with a space
+    in it (« Marie Davida ») is not taken for two. Optional (empty: split `given_name` on spaces); when given, it
+    must be `given_name`'s words in order. Like the usage name it never enters `normalised()`."""
     kind: ClassVar[str] = "pivot_identity"
 
     def __post_init__(self) -> None:
@@ -65,6 +69,11 @@ class PivotIdentity:
                 raise SubjectError("birthdate is not a calendar date") from None
         elif month > 12:
             raise SubjectError("birthdate month is out of range")
+        if self.given_name_array:
+            if any(not n.strip() for n in self.given_name_array):
+                raise SubjectError("given_name_array has an empty first name")
+            if " ".join(self.given_name_array).split() != self.given_name.split():
+                raise SubjectError("given_name_array must be given_name's first names, in order")
         if not _COG_COUNTRY.match(self.birthcountry):
             raise SubjectError("birthcountry must be a 5-digit COG country code starting with 99")
         if self.birthcountry == FRANCE:
@@ -78,7 +87,7 @@ class PivotIdentity:
         if not isinstance(raw, Mapping):
             raise SubjectError("pivot_identity must be an object")
         fields = ("family_name", "given_name", "birthdate", "gender", "birthplace", "birthcountry")
-        unknown = set(raw) - {*fields, "preferred_name"}
+        unknown = set(raw) - {*fields, "preferred_name", "given_name_array"}
         if unknown:
             raise SubjectError(f"pivot_identity has unknown members: {', '.join(sorted(unknown))}")
         values: dict[str, str] = {}
@@ -90,10 +99,13 @@ class PivotIdentity:
         preferred = raw.get("preferred_name", "")
         if not isinstance(preferred, str):
             raise SubjectError("pivot_identity.preferred_name must be a string")
-        return cls(**values, preferred_name=preferred)
+        names = raw.get("given_name_array", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SubjectError("pivot_identity.given_name_array must be a list of strings")
+        return cls(**values, preferred_name=preferred, given_name_array=tuple(names))
 
-    def to_json(self) -> dict[str, str]:
-        out = {
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "family_name": self.family_name,
             "given_name": self.given_name,
             "birthdate": self.birthdate,
@@ -103,12 +115,15 @@ class PivotIdentity:
         }
         if self.preferred_name:
             out["preferred_name"] = self.preferred_name
+        if self.given_name_array:
+            out["given_name_array"] = list(self.given_name_array)
         return out
 
     @property
     def given_names(self) -> tuple[str, ...]:
-        """FranceConnect sends all first names in one space-separated claim."""
-        return tuple(self.given_name.split())
+        """The first names one by one: `given_name_array` when known, else FranceConnect's space-separated
+        `given_name` split on spaces."""
+        return tuple(n.strip() for n in self.given_name_array) or tuple(self.given_name.split())
 
     def normalised(self) -> tuple[str, str, str, str, str, str]:
         """The identity as upstream matching sees it; equal tuples mean the same person to a provider."""

@@ -330,6 +330,9 @@ def pivot_identity(claims: Mapping[str, Any], mapping: Mapping[str, str] | None 
                            ("family_name", "given_name", "birthdate", "gender", "birthcountry")}
     raw["birthplace"] = claims.get(names["birthplace"]) or ""
     raw["preferred_name"] = claims.get(names["preferred_name"]) or ""
+    array = claims.get("given_name_array")  # FranceConnect v2: a first name with a space in it stays one
+    if isinstance(array, list) and array:
+        raw["given_name_array"] = array
     try:
         return PivotIdentity.from_json(raw)
     except SubjectError as exc:

@@ -122,6 +122,11 @@ def _matches(c: Citizen, q: CivilQuery) -> bool:
     wanted = _tokens(q.first_names)
     if not wanted or _tokens(c.pivot.given_names)[: len(wanted)] != wanted:
         return False
+    # The first names asked must end where one of the person's ends: « Marie » is not « Marie Davida », a single
+    # first name with a space in it (as the civil registry, hence upstream, compares them).
+    boundaries = {len(_tokens(c.pivot.given_names[:n])) for n in range(len(c.pivot.given_names) + 1)}
+    if len(wanted) not in boundaries:
+        return False
     year, month, day = c.birth
     # Upstream ignores the month without a year and the day without a month.
     if q.year is not None:

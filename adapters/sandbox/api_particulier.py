@@ -222,7 +222,10 @@ def civil_query(request: web.Request, rules: CivilRules) -> CivilQuery:
     if q.get("nomCommuneNaissance"):
         raise _Refused(_unprocessable("Le bac à sable DLNUF ne gère que codeCogInseeCommuneNaissance"))
     country: str | None = None
-    if rules.country:
+    if not rules.country and commune is not None and commune.startswith("99"):
+        # MESRI and Cnous take the birth country's code (99xxx) in the commune parameter for people born abroad
+        country, commune = commune, None
+    elif rules.country:
         country = q.get("codeCogInseePaysNaissance") or None
         if country is None or not _COUNTRY.match(country):
             raise _Refused(_unprocessable())

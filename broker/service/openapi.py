@@ -27,6 +27,9 @@ _PIVOT = {
                                       "absent when born abroad."},
         "birthcountry": {"type": "string", "pattern": "^99[0-9]{3}$", "description": "COG country, France 99100."},
         "preferred_name": {"type": "string", "description": "Nom d'usage (hint only)."},
+        "given_name_array": {"type": "array", "items": {"type": "string", "minLength": 1},
+                             "description": "FranceConnect v2's first names one by one (given_name's words, in "
+                                            "order): a first name with a space in it stays one."},
     },
     # born in France: a commune; born abroad: none
     "if": {"properties": {"birthcountry": {"const": "99100"}}},

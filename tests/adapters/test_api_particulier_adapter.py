@@ -20,6 +20,7 @@ from adapters.api_particulier import (
     MESRI,
     SUPPORTED_DATASETS,
     ApiParticulierAdapter,
+    CivilStyle,
     civil_status_params,
 )
 from adapters.base import (
@@ -27,6 +28,7 @@ from adapters.base import (
     IdentityAmbiguous,
     ProviderAnswerMalformed,
     ProviderMisconfigured,
+    ProviderRateLimited,
     ProviderRejectedQuery,
     ProviderTimeout,
     ProviderUnavailable,
@@ -83,7 +85,7 @@ def assert_valid(dataset: str, document: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------ identity parameters
 
 
-def _pivot(**kw: str) -> PivotIdentity:
+def _pivot(**kw: Any) -> PivotIdentity:
     base = {"family_name": "Rousseau", "given_name": "Jean-Baptiste Louis Marie", "birthdate": "1979-07-02",
             "gender": "male", "birthplace": "69383", "birthcountry": "99100"}
     return PivotIdentity(**{**base, **kw})
@@ -126,6 +128,35 @@ def test_born_abroad_sends_the_country_and_no_commune() -> None:
     assert params["codeCogInseePaysNaissance"] == "99350"
     assert "codeCogInseeCommuneNaissance" not in params
     assert params["sexeEtatCivil"] == "F"
+
+
+def test_a_first_name_with_a_space_in_it_stays_one_first_name() -> None:
+    """FranceConnect's given_name_array says « Marie Davida » is one first name: never split into two."""
+    marie = _pivot(given_name="Marie Davida Awa", given_name_array=("Marie Davida", "Awa"))
+    assert [v for k, v in civil_status_params(marie, DSS) if k == "prenoms[]"] == ["Marie Davida", "Awa"]
+    assert [v for k, v in civil_status_params(marie, MESRI) if k == "prenoms[]"] == ["Marie Davida"]
+    # without the array, FranceConnect's space-separated claim is all there is
+    assert [v for k, v in civil_status_params(_pivot(given_name="Marie Davida"), MESRI) if k == "prenoms[]"] == \
+        ["Marie"]
+
+
+async def test_a_student_with_a_multi_word_first_name_is_found(make_adapter: MakeAdapter) -> None:
+    kone = pivot("kone-marie-davida")
+    document = await make_adapter().fetch(query("statut_etudiant", kone))
+    assert_valid("statut_etudiant", document)
+    # what a split first name sent: « Marie » alone, which is nobody's first name at MESRI
+    split = PivotIdentity.from_json({**kone.to_json(), "given_name_array": []})
+    with pytest.raises(SubjectNotFound):
+        await make_adapter().fetch(query("statut_etudiant", split))
+
+
+@pytest.mark.parametrize("style", [MESRI, CNOUS])
+def test_born_abroad_at_mesri_and_cnous_sends_the_country_code_as_the_commune(style: CivilStyle) -> None:
+    """These endpoints take no birth country: upstream expects the 99xxx code in codeCogInseeCommuneNaissance."""
+    params = dict(civil_status_params(_pivot(birthplace="", birthcountry="99350"), style))
+    assert params["codeCogInseeCommuneNaissance"] == "99350"
+    assert "codeCogInseePaysNaissance" not in params
+    assert dict(civil_status_params(_pivot(), style))["codeCogInseeCommuneNaissance"] == "69383"
 
 
 def test_usage_name_is_sent_only_where_taken_and_when_different() -> None:
@@ -341,10 +372,11 @@ async def test_fields_upstream_adds_later_are_not_released(aiohttp_server: Serve
 @pytest.mark.parametrize(("status", "body", "error"), [
     (409, {"errors": [{"code": "00015", "title": "Conflit", "detail": "", "source": None, "meta": {}}]},
      ProviderUnavailable),
-    (429, {"errors": [{"code": "00429", "title": "Trop de requêtes", "detail": ""}]}, ProviderUnavailable),
+    (429, {"errors": [{"code": "00429", "title": "Trop de requêtes", "detail": ""}]}, ProviderRateLimited),
     (403, {"errors": [{"code": "00100", "title": "Privilèges insuffisants", "detail": ""}]}, ProviderUnavailable),
     (502, "<html>Bad gateway</html>", ProviderUnavailable),
-    (504, {"errors": [{"code": "00501", "title": "Erreur réseau", "detail": ""}]}, ProviderUnavailable),
+    (504, {"errors": [{"code": "00501", "title": "Erreur réseau", "detail": ""}]}, ProviderTimeout),
+    (504, "<html>Gateway Timeout</html>", ProviderTimeout),
     (422, {"errors": [{"code": "00366", "title": "Entité non traitable", "detail": ""}]}, ProviderRejectedQuery),
     (400, "bad request", ProviderRejectedQuery),
     (302, "", ProviderUnavailable),
@@ -362,6 +394,19 @@ async def test_upstream_statuses_map_to_adapter_errors(aiohttp_server: ServerFac
     url = await _upstream(aiohttp_server, respond)
     with pytest.raises(error):
         await make_adapter(base_url=url).fetch(query("quotient_familial", pivot("dupont-marie-claire")))
+
+
+@pytest.mark.parametrize(("header", "wait"), [("30", 30.0), (None, None), ("soon", None), ("999999", 86400.0)])
+async def test_a_429_passes_on_when_to_come_back(aiohttp_server: ServerFactory, make_adapter: MakeAdapter,
+                                                 header: str | None, wait: float | None) -> None:
+    def respond(request: web.Request) -> web.StreamResponse:
+        body = {"errors": [{"code": "00429", "title": "Trop de requêtes", "detail": "", "meta": {}}]}
+        return web.json_response(body, status=429, headers={"Retry-After": header} if header else {})
+
+    url = await _upstream(aiohttp_server, respond)
+    with pytest.raises(ProviderRateLimited) as info:
+        await make_adapter(base_url=url).fetch(query("quotient_familial", pivot("dupont-marie-claire")))
+    assert info.value.retry_after == wait
 
 
 async def test_oversized_answer_is_malformed(aiohttp_server: ServerFactory, make_adapter: MakeAdapter) -> None:

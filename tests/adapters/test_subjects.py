@@ -12,7 +12,7 @@ import pytest
 from stdnum.fr import siren as stdnum_siren
 
 import schemas
-from adapters.identity import SubjectError
+from adapters.identity import PivotIdentity, SubjectError
 from adapters.sandbox import directory
 from adapters.subjects import (
     BUSINESS_KINDS,
@@ -147,3 +147,15 @@ def test_every_dataset_declares_the_subject_kinds_it_accepts() -> None:
             for kind in kinds:
                 assert kind in {"pivot_identity", "france_connect", *BUSINESS_KINDS} or \
                     re.fullmatch(r"[a-z][a-z0-9_]{0,31}", kind), (dataset, kind)
+
+
+def test_given_name_array_keeps_a_first_name_whole_without_changing_the_key() -> None:
+    raw = {**PIVOT.to_json(), "given_name": "Marie Davida Awa"}
+    split = PivotIdentity.from_json(raw)
+    whole = PivotIdentity.from_json({**raw, "given_name_array": ["Marie Davida", "Awa"]})
+    assert split.given_names == ("Marie", "Davida", "Awa") and whole.given_names == ("Marie Davida", "Awa")
+    assert subject_key(SECRET, whole) == subject_key(SECRET, split)  # the same person
+    assert PivotIdentity.from_json(whole.to_json()) == whole
+    for wrong in (["Marie", "Awa"], ["Awa", "Marie Davida"], ["Marie Davida", " "], "Marie Davida Awa"):
+        with pytest.raises(SubjectError):
+            PivotIdentity.from_json({**raw, "given_name_array": wrong})

@@ -73,3 +73,42 @@ def test_formats_are_asserted(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_deleted_marker_is_shared_with_the_schema_tests() -> None:
     # guards the import above: INVALID's deletions must reach _set as deletions, not as a value
     assert any(value is _DELETE for _, _, value in INVALID)
+
+
+def _date_paths(node: Any, root: dict[str, Any], path: str = "") -> list[str]:
+    """Dotted paths (through object members only) of every member whose schema, through $ref, says format date."""
+    while isinstance(node, dict) and "$ref" in node:
+        node = root["$defs"][node["$ref"].removeprefix("#/$defs/")]
+    if not isinstance(node, dict):
+        return []
+    found = [path] if path and (node.get("format") == "date" or
+                                any(b.get("format") == "date" for b in node.get("anyOf", ()))) else []
+    for name, sub in node.get("properties", {}).items():
+        found += _date_paths(sub, root, f"{path}.{name}" if path else name)
+    return found
+
+
+def test_impossible_dates_are_refused_at_the_hot_path_in_every_schema() -> None:
+    """Dates are `format: date`, asserted: 2021-06-31 matches every ISO pattern and is still refused."""
+    checked = 0
+    for dataset, version in ALL:
+        for path in _date_paths(schemas.load(dataset, version), schemas.load(dataset, version)):
+            try:
+                doc = _set(_example(dataset), path, "2021-06-31")
+            except (KeyError, IndexError, TypeError):
+                continue  # not in this example (an optional member, or under an array)
+            assert refusal(dataset, doc).startswith(f"{dataset} v1 at /"), (dataset, path)
+            checked += 1
+    assert checked >= 6
+
+
+@pytest.mark.parametrize(("birthdate", "accepted"), [
+    ("1985-02-00", True), ("1985-00-00", True), ("1984-02-29", True),
+    ("1985-02-29", False), ("1985-02-30", False), ("1985-00-05", False), ("1985-13-00", False),
+])
+def test_partial_birth_dates_pass_impossible_ones_do_not(birthdate: str, accepted: bool) -> None:
+    doc = {**_example("identite_pivot"), "birthdate": birthdate}
+    if accepted:
+        VALIDATORS.verify("identite_pivot", 1, doc)
+    else:
+        assert "at /birthdate:" in refusal("identite_pivot", doc)
