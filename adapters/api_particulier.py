@@ -20,8 +20,10 @@ upstream                               adapter error
 422 code 00391 (several people match)  IdentityAmbiguous
 400, other 422                         ProviderRejectedQuery (bad or insufficient parameters)
 429 (too many calls)                   ProviderRateLimited, with the upstream's Retry-After
-504 (any code: xx002 the provider      ProviderTimeout
-timed out, others the gateway)
+504 code xx001 (provider down)         ProviderUnavailable
+504 code xx008 (provider's own limit)  ProviderRateLimited, no delay known
+other 504 (xx002 the provider timed    ProviderTimeout
+out, 00501 or none: the gateway)
 401, 403, 409 (same request already    ProviderUnavailable
 in flight, code 00015), other 5xx
 200 that is not a JSON `{"data": {}}`  ProviderAnswerMalformed
@@ -66,13 +68,15 @@ class CivilStyle:
     max_first_names: int
     # MESR and Cnous mark year, month and day as required: a partial birth date cannot be sent.
     full_date: bool
-    # DSS endpoints take the birth country and the usage name; MESR and Cnous take neither.
+    # DSS endpoints take the birth country and the usage name; MESR and Cnous take neither; DSNJ the country only.
     country_and_usage_name: bool
+    usage_name: bool = True
 
 
 DSS = CivilStyle(max_first_names=3, full_date=False, country_and_usage_name=True)
 MESRI = CivilStyle(max_first_names=1, full_date=True, country_and_usage_name=False)
 CNOUS = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=False)
+DSNJ = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=True, usage_name=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,10 @@ ROUTES: Mapping[str, Route] = {
                                parameters={"annee": "annee", "mois": "mois"}),
     "complementaire_sante_solidaire": Route("/v3/dss/complementaire_sante_solidaire/identite", DSS),
     "revenu_solidarite_active": Route("/v3/dss/revenu_solidarite_active/identite", DSS),
+    "allocation_adulte_handicape": Route("/v3/dss/allocation_adulte_handicape/identite", DSS),
+    "allocation_enfant_handicape": Route("/v3/dss/allocation_enfant_handicape/identite", DSS),
+    "allocation_soutien_familial": Route("/v3/dss/allocation_soutien_familial/identite", DSS),
+    "service_national": Route("/v3/dsnj/service_national/identite", DSNJ),
     "prime_activite": Route("/v3/dss/prime_activite/identite", DSS),
     "statut_etudiant": Route("/v3/mesri/statut_etudiant/identite", MESRI,
                              {"ine": ("/v3/mesri/statut_etudiant/ine", "ine")}),
@@ -117,7 +125,7 @@ def civil_status_params(pivot: PivotIdentity, style: CivilStyle) -> list[tuple[s
         raise ProviderRejectedQuery("this endpoint requires a full birth date; the identity's day or month is "
                                     "unknown")
     params = [("nomNaissance", pivot.family_name)]
-    if (style.country_and_usage_name and pivot.preferred_name
+    if (style.country_and_usage_name and style.usage_name and pivot.preferred_name
             and normalise_name(pivot.preferred_name) != normalise_name(pivot.family_name)):
         # Upstream: "le nom d'usage n'est jamais identique au nom de famille".
         params.append(("nomUsage", pivot.preferred_name))
@@ -210,9 +218,15 @@ def raise_for_status(endpoint: str, status: int, body: bytes, *, retry_after: st
         wait = parse_retry_after(retry_after)
         raise ProviderRateLimited(f"API Particulier limits calls: try again "
                                   f"{f'in {wait:.0f} s' if wait is not None else 'later'}", retry_after=wait)
+    if status == 504 and code.endswith("001") and not code.startswith("00"):
+        raise ProviderUnavailable(what)  # xx001: the data provider is down or in maintenance
+    if status == 504 and code.endswith("008") and not code.startswith("00"):
+        # xx008: the data provider itself refuses more calls, behind upstream's gateway
+        raise ProviderRateLimited(f"the data provider behind API Particulier limits calls ({code}): try again "
+                                  "later", retry_after=None)
     if status == 504:
-        # Upstream's gateway says 504 both when the data provider timed out (code xx002) and when it timed out
-        # itself: either way the answer did not come in time.
+        # Upstream's gateway says 504 when the data provider timed out (code xx002) and when it timed out itself
+        # (network error 00501, no code at all): either way the answer did not come in time.
         raise ProviderTimeout(what)
     raise ProviderUnavailable(what)
 

@@ -41,7 +41,8 @@ DEFAULT_SLOW_DELAY = 10.0
 # Records a citizen may carry, by the key used in citizens.json.
 RECORDS = frozenset({
     "statut_etudiant", "etudiant_boursier", "france_travail_record", "complementaire_sante_solidaire",
-    "revenu_solidarite_active", "prime_activite", "dgfip_record",
+    "revenu_solidarite_active", "prime_activite", "dgfip_record", "allocation_adulte_handicape",
+    "allocation_enfant_handicape", "allocation_soutien_familial", "service_national",
 })
 
 

@@ -47,6 +47,7 @@ class CivilRules:
 DSS = CivilRules(max_first_names=3, full_date=False, sex_required=True, country=True)
 MESRI = CivilRules(max_first_names=1, full_date=True, sex_required=True, country=False)
 CNOUS = CivilRules(max_first_names=3, full_date=True, sex_required=False, country=False)
+DSNJ = CivilRules(max_first_names=3, full_date=True, sex_required=True, country=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              render=_record("revenu_solidarite_active"), civil=DSS),
     Endpoint("/v3/dss/prime_activite/identite", "identite", "CNAF & MSA", *_DSS_NOT_FOUND,
              render=_record("prime_activite"), civil=DSS),
+    Endpoint("/v3/dss/allocation_adulte_handicape/identite", "identite", "CNAF & MSA", *_DSS_NOT_FOUND,
+             render=_record("allocation_adulte_handicape"), civil=DSS),
+    Endpoint("/v3/dss/allocation_enfant_handicape/identite", "identite", "CNAF & MSA", *_DSS_NOT_FOUND,
+             render=_record("allocation_enfant_handicape"), civil=DSS),
+    Endpoint("/v3/dss/allocation_soutien_familial/identite", "identite", "CNAF & MSA", *_DSS_NOT_FOUND,
+             render=_record("allocation_soutien_familial"), civil=DSS),
+    Endpoint("/v3/dsnj/service_national/identite", "identite", "DSNJ", "39", "Entité non trouvée",
+             "Le ou les paramètre(s) d'entrée n'existent pas, ne sont pas connus, ou ne comportent aucun résultat.",
+             render=_record("service_national"), civil=DSNJ),
     Endpoint("/v3/mesri/statut_etudiant/identite", "identite", "MESRI", "25", "Entité non trouvée",
              "Aucun étudiant n'a pu être trouvé avec les critères de recherche fournis.",
              render=_statut_etudiant, civil=MESRI),

@@ -187,6 +187,12 @@ CASES = [
     ("revenu_solidarite_active", "el-amrani-fatima-zahra", lambda d: d["date_debut_droit"] == "2021-09-01"),
     ("prime_activite", "haddad-ines", lambda d: d["est_beneficiaire"] is True),
     ("prime_activite", "coeur-chloe", lambda d: d["est_beneficiaire"] is False),
+    ("allocation_adulte_handicape", "fournier-gerard", lambda d: d["date_debut_droit"] == "2010-06-01"),
+    ("allocation_adulte_handicape", "dupont-marie-claire", lambda d: d["est_beneficiaire"] is False),
+    ("allocation_enfant_handicape", "berger-camille", lambda d: d["status"] == "allocataire"),
+    ("allocation_soutien_familial", "dupont-marie-claire", lambda d: d["est_beneficiaire"] is True),
+    ("service_national", "bouaziz-yanis", lambda d: d["statut_service_national"] == "en_regle"),
+    ("service_national", "garnier-lucas", lambda d: d["commentaires"].startswith("Journée")),
 ]
 
 

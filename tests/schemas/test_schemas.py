@@ -20,6 +20,8 @@ DATASETS = {
     "association", "effectifs_annuels", "certification_qualibat", "certification_rge", "certification_qualiopi",
     "certification_opqibi", "certification_qualifelec", "conformite_cotisations_msa", "conformite_cotisations_probtp",
     "numero_tva",
+    # API Particulier, added with the subject union
+    "allocation_adulte_handicape", "allocation_enfant_handicape", "allocation_soutien_familial", "service_national",
 }
 ALL = [(d, v) for d, versions in schemas.catalogue().items() for v in versions]
 
