@@ -159,6 +159,9 @@ def test_demo_registry_is_valid_with_both_providers(tmp_path: Path) -> None:
         set(api_entreprise.SUPPORTED_DATASETS)
     assert reg.habilitation(demo.PREFECTURE_SIRET, "attestation_vigilance") is not None
     assert reg.habilitation(demo.CONSUMER_SIRET, "revenu_fiscal_reference") is not None
+    # issue 11's new API Particulier datasets, habilitated for the commune
+    assert reg.habilitation(demo.CONSUMER_SIRET, "allocation_adulte_handicape") is not None
+    assert reg.habilitation(demo.CONSUMER_SIRET, "allocation_soutien_familial") is not None
     # the sample démarche's consent-based habilitation and its exact redirect URI
     lyon = reg.habilitation(demo.CANTINE_SIRET, "quotient_familial")
     assert lyon is not None and lyon.legal_basis.type == "consent"
