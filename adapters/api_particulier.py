@@ -4,7 +4,8 @@ France Travail and RNCPS data.
 Invariants:
 
 * the request carries the bearer token, the consumer's SIRET as `recipient`, and only the identity parameters
-  the endpoint's published OpenAPI lists; an unknown birth day or month is omitted, never guessed;
+  the endpoint's published OpenAPI lists; an unknown birth day or month is omitted, never guessed; in
+  FranceConnect mode the bearer is the citizen's FranceConnect access token and no identity is sent;
 * the answer's `data` is projected onto the dataset schema (fields upstream adds later are not released) and
   otherwise passed through unchanged, so a wrong type is caught by the broker's schema validation;
 * error messages name the endpoint and the upstream error code, never the query string: it holds the
@@ -58,7 +59,7 @@ from adapters.base import (
     read_body,
 )
 from adapters.identity import FRANCE, PivotIdentity, normalise_name
-from adapters.subjects import ProviderIdentifier
+from adapters.subjects import FranceConnectSubject, ProviderIdentifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,18 +90,28 @@ class Route:
     identifiers: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     # dataset parameter (the schema's x-parameters) -> upstream query parameter
     parameters: Mapping[str, str] = field(default_factory=dict)
+    # FranceConnect mode, at the `/france_connect` sibling of the `/identite` path: the citizen's FranceConnect
+    # access token as the bearer, no identity in the query
+    france_connect: bool = False
+
+    @property
+    def france_connect_path(self) -> str | None:
+        if not self.france_connect or self.identity_path is None:
+            return None
+        return self.identity_path.removesuffix("/identite") + "/france_connect"
 
 
 ROUTES: Mapping[str, Route] = {
     "quotient_familial": Route("/v3/dss/quotient_familial/identite", DSS,
-                               parameters={"annee": "annee", "mois": "mois"}),
-    "complementaire_sante_solidaire": Route("/v3/dss/complementaire_sante_solidaire/identite", DSS),
-    "revenu_solidarite_active": Route("/v3/dss/revenu_solidarite_active/identite", DSS),
-    "allocation_adulte_handicape": Route("/v3/dss/allocation_adulte_handicape/identite", DSS),
-    "allocation_enfant_handicape": Route("/v3/dss/allocation_enfant_handicape/identite", DSS),
-    "allocation_soutien_familial": Route("/v3/dss/allocation_soutien_familial/identite", DSS),
-    "service_national": Route("/v3/dsnj/service_national/identite", DSNJ),
-    "prime_activite": Route("/v3/dss/prime_activite/identite", DSS),
+                               parameters={"annee": "annee", "mois": "mois"}, france_connect=True),
+    "complementaire_sante_solidaire": Route("/v3/dss/complementaire_sante_solidaire/identite", DSS,
+                                            france_connect=True),
+    "revenu_solidarite_active": Route("/v3/dss/revenu_solidarite_active/identite", DSS, france_connect=True),
+    "allocation_adulte_handicape": Route("/v3/dss/allocation_adulte_handicape/identite", DSS, france_connect=True),
+    "allocation_enfant_handicape": Route("/v3/dss/allocation_enfant_handicape/identite", DSS, france_connect=True),
+    "allocation_soutien_familial": Route("/v3/dss/allocation_soutien_familial/identite", DSS, france_connect=True),
+    "service_national": Route("/v3/dsnj/service_national/identite", DSNJ, france_connect=True),
+    "prime_activite": Route("/v3/dss/prime_activite/identite", DSS, france_connect=True),
     "statut_etudiant": Route("/v3/mesri/statut_etudiant/identite", MESRI,
                              {"ine": ("/v3/mesri/statut_etudiant/ine", "ine")}),
     "etudiant_boursier": Route("/v3/cnous/etudiant_boursier/identite", CNOUS,
@@ -160,6 +171,10 @@ def request_for(query: AdapterQuery) -> tuple[str, list[tuple[str, str]]]:
         (upstream, str(query.parameters[name])) for name, upstream in route.parameters.items()
         if name in query.parameters]
     subject = query.subject
+    if isinstance(subject, FranceConnectSubject):
+        if route.france_connect_path is None:
+            raise ProviderRejectedQuery(f"{query.dataset} has no FranceConnect mode here")
+        return route.france_connect_path, recipient
     if isinstance(subject, PivotIdentity):
         if route.identity_path is None or route.style is None:
             raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by pivot identity, only by "
@@ -250,7 +265,10 @@ class ApiParticulierAdapter(ProviderAdapter):
             raise ProviderRejectedQuery(f"{self.name} does not serve {query.dataset} v{query.version}")
         path, params = request_for(query)
         endpoint = f"{self.name} {path}"
-        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        # FranceConnect mode: upstream takes the citizen's FranceConnect token in place of ours, and asks
+        # FranceConnect whom it names
+        bearer = query.subject.access_token if isinstance(query.subject, FranceConnectSubject) else self._token
+        headers = {"Authorization": f"Bearer {bearer}", "Accept": "application/json"}
         async with self.session.get(self.base_url + path, params=params, headers=headers,
                                     allow_redirects=False) as response:
             body = await read_body(response)

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from adapters.sandbox.api_particulier import start_sandbox
+from adapters.sandbox.api_particulier import FC_CHECK, start_sandbox
 from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
 from broker.app import create_app
 from broker.config import CitizenLoginConfig, MailConfig
@@ -138,6 +138,8 @@ async def start_consent_stack(database_url: str, tmp_path: Path, monkeypatch: py
                                              [broker + "/citizen/logged-out"], name="DLNUF")}
         op_runner, issuer = await start_franceconnect(clients, host="127.0.0.2")
         runners.append(op_runner)
+        # the API Particulier sandbox checks FranceConnect-mode bearers at this OP, as upstream does at FranceConnect
+        sandbox_runner.app[FC_CHECK].userinfo = issuer.rstrip("/") + "/userinfo"
         login = CitizenLoginConfig(issuer=issuer, client_id=OIDC_CLIENT, client_secret_env=OIDC_SECRET_ENV,
                                    redirect_uri=broker + "/citizen/callback",
                                    post_logout_redirect_uri=broker + "/citizen/logged-out", session_lifetime=1800.0,

@@ -59,6 +59,7 @@ async def _run(args: argparse.Namespace, token: str, fc_secret: str, notes: list
     app.add_subapp("/franceconnect", fc_app)
     runner, url = await serve(app, host=args.host, port=args.port)
     fc_app[franceconnect.PROVIDER].issuer = url + "/franceconnect"
+    app[api_particulier.FC_CHECK].userinfo = url + "/franceconnect/userinfo"
     print(f"API Particulier sandbox on {url} (paths /v3/...), DGFiP sandbox on {url}/dgfip (header X-Api-Key), "
           f"API Entreprise sandbox on {url}/entreprise (paths /v3/..., /v4/...), "
           f"FranceConnect sandbox issuer {url}/franceconnect (client {args.fc_client_id}, redirect URI "

@@ -10,23 +10,41 @@ production adapter is tested against it unchanged. Deliberate differences from u
 * only `codeCogInseeCommuneNaissance` designates the birth commune; the `nomCommuneNaissance` triplet is
   refused with 422/00366 rather than resolved;
 * the quotient familial has one month per household; `annee`/`mois` for another month answer 404;
-* `recipient` is required but its SIRET is not checked against any directory.
+* `recipient` is required but its SIRET is not checked against any directory;
+* the `/france_connect` endpoints check the bearer as upstream does, by asking FranceConnect whom it names: the
+  sandbox calls the userinfo endpoint it is given (`france_connect_userinfo`, the FranceConnect sandbox's), and
+  answers about the citizen whose pivot identity that is; without one configured they answer 401.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import aiohttp
 from aiohttp import web
 
+from adapters.identity import PivotIdentity, SubjectError
 from adapters.sandbox import DEFAULT_SLOW_DELAY, Citizen, CivilQuery, Directory, directory, serve
 
 TOKEN = web.AppKey("token", str)
+
+
+@dataclass(slots=True)
+class FranceConnectCheck:
+    """Where the `/france_connect` endpoints check their bearer: FranceConnect's userinfo URL (None: nowhere, 401).
+    Mutable, so that it can be set once the FranceConnect sandbox listens, after this app started."""
+
+    userinfo: str | None = None
+
+
+FC_CHECK = web.AppKey("france_connect_check", FranceConnectCheck)
 DIRECTORY = web.AppKey("directory", Directory)
 SLOW_DELAY = web.AppKey("slow_delay", float)
 
@@ -53,7 +71,7 @@ DSNJ = CivilRules(max_first_names=3, full_date=True, sex_required=True, country=
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     path: str
-    lookup: Literal["identite", "ine", "identifiant"]
+    lookup: Literal["identite", "ine", "identifiant", "france_connect"]
     provider: str
     # Upstream error codes are <provider prefix><3 digits>: 001 unavailable, 002 timed out, 003 not found.
     prefix: str
@@ -126,6 +144,8 @@ def _record(name: str) -> Render:
     return render
 
 
+# The endpoint families whose `/identite` endpoints have a `/france_connect` sibling answering the same data.
+FRANCE_CONNECT_FAMILIES = ("/v3/dss/", "/v3/dsnj/")
 _DSS_NOT_FOUND = ("35", "Allocataire non référencé", "L'allocataire n'est pas référencé auprès des caisses éligibles")
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -275,16 +295,48 @@ def _find(ep: Endpoint, request: web.Request, d: Directory) -> Citizen | None:
     return found[0] if found else None
 
 
+async def _france_connect_citizen(request: web.Request, d: Directory) -> Citizen | None:
+    """The citizen the FranceConnect access token names, asked of FranceConnect's userinfo as upstream asks it;
+    raises `_Refused` (401) for a token FranceConnect does not know (expired after its 60 seconds, or forged)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    userinfo_url = request.app[FC_CHECK].userinfo
+    if scheme.lower() != "bearer" or not presented.strip() or not userinfo_url:
+        raise _Refused(_unauthorized())
+    async with aiohttp.ClientSession() as session, session.get(
+            userinfo_url, headers={"Authorization": f"Bearer {presented.strip()}"}) as answer:
+        if answer.status != 200:
+            raise _Refused(error(401, "00103", "Jeton expiré", "Votre token est expiré. Vous devez refaire une "
+                                 "demande", parameter="token"))
+        text = await answer.text()
+        if answer.content_type == "application/jwt":
+            # FranceConnect v2 signs userinfo; fetched straight from FranceConnect, its payload is what it says
+            payload = text.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        else:
+            claims = json.loads(text)
+    try:
+        identity = PivotIdentity.from_json({k: claims.get(k, "") for k in (
+            "family_name", "given_name", "birthdate", "gender", "birthplace", "birthcountry")})
+    except SubjectError:
+        raise _Refused(error(403, "00100", "Privilèges insuffisants", "Le jeton FranceConnect ne porte pas "
+                             "l'identité pivot", parameter="token")) from None
+    return next((c for c in d.citizens if c.pivot.normalised() == identity.normalised()), None)
+
+
 def _handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
-        if not _authorized(request):
+        if ep.lookup != "france_connect" and not _authorized(request):
             return _unauthorized()
         if not request.query.get("recipient"):
             return error(422, "00203", "Entité non traitable", "Le paramètre recipient est obligatoire",
                          parameter="recipient")
         d = request.app[DIRECTORY]
         try:
-            citizen = _find(ep, request, d)
+            if ep.lookup == "france_connect":
+                citizen = await _france_connect_citizen(request, d)
+            else:
+                citizen = _find(ep, request, d)
         except _Refused as refused:
             return refused.response
         meta = {"provider": ep.provider}
@@ -308,17 +360,24 @@ def _handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRespon
     return handle
 
 
-def create_app(token: str, *, slow_delay: float = DEFAULT_SLOW_DELAY,
-               citizens: Directory | None = None) -> web.Application:
-    """The API Particulier sandbox. `token` is the only bearer accepted; `slow_delay` is the slow citizen's delay."""
+def create_app(token: str, *, slow_delay: float = DEFAULT_SLOW_DELAY, citizens: Directory | None = None,
+               france_connect_userinfo: str | None = None) -> web.Application:
+    """The API Particulier sandbox. `token` is the only bearer accepted; `slow_delay` is the slow citizen's delay;
+    `france_connect_userinfo` the FranceConnect userinfo URL that checks the `/france_connect` endpoints' bearer
+    (may be set later in `app[FC_CHECK]`, once the FranceConnect sandbox listens)."""
     if not token:
         raise ValueError("the sandbox needs a non-empty token")
     app = web.Application()
     app[TOKEN] = token
     app[DIRECTORY] = citizens if citizens is not None else directory()
     app[SLOW_DELAY] = float(slow_delay)
+    app[FC_CHECK] = FranceConnectCheck(france_connect_userinfo)
     for ep in ENDPOINTS:
         app.router.add_get(ep.path, _handler(ep))
+        if ep.lookup == "identite" and ep.path.startswith(FRANCE_CONNECT_FAMILIES):
+            fc = replace(ep, path=ep.path.removesuffix("/identite") + "/france_connect", lookup="france_connect",
+                         civil=None)
+            app.router.add_get(fc.path, _handler(fc))
     return app
 
 

@@ -33,7 +33,7 @@ import asyncpg
 from aiohttp import web
 
 from adapters.sandbox import api_entreprise, dgfip
-from adapters.sandbox.api_particulier import start_sandbox
+from adapters.sandbox.api_particulier import FC_CHECK, start_sandbox
 from adapters.sandbox.franceconnect import ClientConfig, start_franceconnect
 from adapters.sandbox.mailbox import start_mailbox
 from broker.app import ADMIN_DSN, create_app
@@ -227,6 +227,8 @@ async def _start(config: Config, started: contextlib.AsyncExitStack, sandbox_por
                               name="DLNUF (démonstration)")
         fc_runner, fc_url = await start_franceconnect({OIDC_CLIENT_ID: client}, port=franceconnect_port)
         started.push_async_callback(fc_runner.cleanup)
+        # API Particulier's FranceConnect-mode endpoints check their bearer at this OP, as upstream at FranceConnect
+        sandbox_runner.app[FC_CHECK].userinfo = fc_url.rstrip("/") + "/userinfo"
         login = CitizenLoginConfig(issuer=fc_url, client_id=OIDC_CLIENT_ID, client_secret_env=OIDC_SECRET_ENV,
                                    redirect_uri=base_url + CALLBACK_PATH,
                                    post_logout_redirect_uri=base_url + LOGGED_OUT_PATH, session_lifetime=1800.0,

@@ -65,6 +65,25 @@ async def test_consent_then_one_exchange_of_exactly_what_was_agreed(stack: Conse
     assert {r["consumer"] for r in rows} == {LYON}  # the preview is logged under the administration that asked
 
 
+async def test_france_connect_mode_inside_a_consent_flow(stack: ConsentStack) -> None:
+    """The consent carries the citizen's FranceConnect token (sealed): in FranceConnect mode the provider is asked
+    with it, not with the identity; the entry is logged against the same citizen as by identity."""
+    async with stack.browser() as browser:
+        _, token = await consent_and_token(stack, browser, frequency="periodic")
+    async with stack.client() as client:
+        by_token = await client.exchange(dataset="quotient_familial", purpose=PURPOSE, recipient=LYON,
+                                         fields=["quotient_familial"], access_token=token.access_token,
+                                         france_connect=True)
+        by_identity = await client.exchange(dataset="quotient_familial", purpose=PURPOSE, recipient=LYON,
+                                            fields=["quotient_familial"], access_token=token.access_token)
+        assert by_token.data == by_identity.data and by_token.data["quotient_familial"]["valeur"] == 582
+    rows = await stack.sql("SELECT outcome, subject_key FROM access_log WHERE purpose = $1 ORDER BY seq", PURPOSE)
+    assert [r["outcome"] for r in rows] == ["released", "released"]
+    assert len({r["subject_key"] for r in rows}) == 1
+    [consent] = await stack.sql("SELECT identity_ciphertext FROM consents")
+    assert b"access_token" not in bytes(consent["identity_ciphertext"])  # sealed, never in clear
+
+
 async def test_unticked_field_is_refused(stack: ConsentStack) -> None:
     async with stack.browser() as browser:
         _, token = await consent_and_token(stack, browser, untick=("adresse",), frequency="periodic")

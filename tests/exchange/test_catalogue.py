@@ -67,7 +67,7 @@ async def test_lists_every_dataset_and_version(broker: Harness) -> None:
 async def test_each_version_lists_the_subject_kinds_it_accepts(broker: Harness) -> None:
     doc = await catalogue(broker)
     [qf] = entry(doc, "quotient_familial")["versions"]
-    assert qf["subjects"] == ["pivot_identity"]
+    assert qf["subjects"] == ["france_connect", "pivot_identity"]
     [student] = entry(doc, "statut_etudiant")["versions"]
     assert student["subjects"] == ["ine", "pivot_identity"]
     [job] = entry(doc, "statut_demandeur_emploi")["versions"]

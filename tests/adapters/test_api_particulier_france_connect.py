@@ -1,0 +1,95 @@
+"""API Particulier's FranceConnect mode, end to end between sandboxes: a citizen logs in at the FranceConnect sandbox,
+the token it gives goes to the API Particulier sandbox as the bearer, which asks FranceConnect's userinfo whom it
+names, as upstream does. The adapter sends no identity at all."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from adapters.api_particulier import ApiParticulierAdapter
+from adapters.base import AdapterQuery, ProviderRejectedQuery, ProviderUnavailable, SubjectNotFound
+from adapters.sandbox import directory
+from adapters.sandbox.api_particulier import create_app as particulier_app
+from adapters.sandbox.franceconnect import create_app as franceconnect_app
+from adapters.subjects import FranceConnectSubject
+from schemas.validation import Validators
+from tests.adapters.test_franceconnect_sandbox import CLIENTS, authorize, code_form, token_request
+
+TOKEN = "particulier-token"
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+async def op(aiohttp_client: Callable[[web.Application], Awaitable[Client]]) -> Client:
+    return await aiohttp_client(franceconnect_app(CLIENTS))
+
+
+@pytest.fixture
+async def particulier(aiohttp_server: Callable[[web.Application], Awaitable[TestServer]], op: Client) -> str:
+    app = particulier_app(TOKEN, france_connect_userinfo=str(op.make_url("/userinfo")))
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")
+
+
+async def login(op: Client, citizen_id: str) -> str:
+    """The citizen's FranceConnect access token, from the sandbox's real authorization code flow."""
+    status, tokens = await token_request(op, code_form(await authorize(op, citizen_id)))
+    assert status == 200, tokens
+    token: str = tokens["access_token"]
+    return token
+
+
+async def fetch(base_url: str, dataset: str, subject: FranceConnectSubject) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        adapter = ApiParticulierAdapter(name="api-particulier", datasets={dataset: 1}, session=session,
+                                        base_url=base_url, token=TOKEN)
+        return await adapter.fetch(AdapterQuery(dataset, 1, subject, frozenset(), "t", recipient="21750001600019"))
+
+
+@pytest.mark.parametrize(("dataset", "citizen_id"), [
+    ("quotient_familial", "dupont-marie-claire"), ("revenu_solidarite_active", "dupont-marie-claire"),
+    ("allocation_enfant_handicape", "berger-camille"), ("service_national", "bouaziz-yanis"),
+])
+async def test_france_connect_mode_answers_about_the_token_s_citizen(op: Client, particulier: str, dataset: str,
+                                                                      citizen_id: str) -> None:
+    pivot = directory().citizen(citizen_id).pivot
+    subject = FranceConnectSubject(pivot, await login(op, citizen_id))
+    document = await fetch(particulier, dataset, subject)
+    Validators().verify(dataset, 1, document)
+    # the same answer as by identity: the token named that citizen
+    by_identity = await fetch_by_identity(particulier, dataset, citizen_id)
+    assert document == by_identity
+
+
+async def fetch_by_identity(base_url: str, dataset: str, citizen_id: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        adapter = ApiParticulierAdapter(name="api-particulier", datasets={dataset: 1}, session=session,
+                                        base_url=base_url, token=TOKEN)
+        return await adapter.fetch(AdapterQuery(dataset, 1, directory().citizen(citizen_id).pivot, frozenset(),
+                                                "t", recipient="21750001600019"))
+
+
+async def test_the_token_not_the_identity_decides(op: Client, particulier: str) -> None:
+    """The pivot identity beside the token is only for the subject key: upstream answers about the token's citizen."""
+    token = await login(op, "roche-bernard")  # known to no provider
+    with pytest.raises(SubjectNotFound):
+        await fetch(particulier, "quotient_familial",
+                    FranceConnectSubject(directory().citizen("dupont-marie-claire").pivot, token))
+
+
+async def test_a_token_franceconnect_does_not_know_is_refused(particulier: str) -> None:
+    forged = FranceConnectSubject(directory().citizen("dupont-marie-claire").pivot, "not-a-franceconnect-token")
+    with pytest.raises(ProviderUnavailable, match="401"):
+        await fetch(particulier, "quotient_familial", forged)
+
+
+async def test_a_dataset_without_france_connect_mode_is_refused_before_calling(op: Client, particulier: str) -> None:
+    subject = FranceConnectSubject(directory().citizen("moreau-lea").pivot, "t")
+    with pytest.raises(ProviderRejectedQuery, match="FranceConnect"):
+        await fetch(particulier, "statut_etudiant", subject)
