@@ -120,7 +120,21 @@ ROUTES: Mapping[str, Route] = {
                                      {"france_travail": ("/v3/france_travail/statut/identifiant",
                                                          "identifiant")}),
 }
+# Where upstream moved an answer to a new shape under a new path, that shape is a new dataset version, served beside
+# the old one (the routes above are every dataset's version 1).
+VERSIONED_ROUTES: Mapping[tuple[str, int], Route] = {
+    # Cnous v4: `est_boursier` became `statut_boursier` {est_boursier, est_radie, date_radiation}
+    ("etudiant_boursier", 2): Route("/v4/cnous/etudiant_boursier/identite", CNOUS,
+                                    {"ine": ("/v4/cnous/etudiant_boursier/ine", "ine")}),
+}
 SUPPORTED_DATASETS = frozenset(ROUTES)
+
+
+def route_for(dataset: str, version: int) -> Route | None:
+    """The route of a dataset version; None when API Particulier does not serve that version."""
+    if (dataset, version) in VERSIONED_ROUTES:
+        return VERSIONED_ROUTES[dataset, version]
+    return ROUTES.get(dataset) if version == 1 else None
 
 
 def civil_status_params(pivot: PivotIdentity, style: CivilStyle) -> list[tuple[str, str]]:
@@ -161,9 +175,9 @@ def civil_status_params(pivot: PivotIdentity, style: CivilStyle) -> list[tuple[s
 
 def request_for(query: AdapterQuery) -> tuple[str, list[tuple[str, str]]]:
     """Path and query parameters for `query`; raises `ProviderRejectedQuery` when it cannot be expressed."""
-    route = ROUTES.get(query.dataset)
+    route = route_for(query.dataset, query.version)
     if route is None:
-        raise ProviderRejectedQuery(f"API Particulier does not serve dataset {query.dataset!r}")
+        raise ProviderRejectedQuery(f"API Particulier does not serve dataset {query.dataset!r} v{query.version}")
     if not query.recipient:
         raise ProviderRejectedQuery("API Particulier requires the recipient's SIRET on every call")
     # the dataset parameters the broker checked against the schema; the upstream defaults apply to the others
@@ -261,7 +275,8 @@ class ApiParticulierAdapter(ProviderAdapter):
         self._token = token
 
     async def _fetch(self, query: AdapterQuery) -> dict[str, Any]:
-        if self.datasets.get(query.dataset) != query.version:
+        # any version of a dataset the adapter serves that has a route: old and new shapes side by side
+        if query.dataset not in self.datasets or route_for(query.dataset, query.version) is None:
             raise ProviderRejectedQuery(f"{self.name} does not serve {query.dataset} v{query.version}")
         path, params = request_for(query)
         endpoint = f"{self.name} {path}"

@@ -123,6 +123,16 @@ def _etudiant_boursier(c: Citizen, d: Directory, request: web.Request) -> dict[s
     }
 
 
+def _etudiant_boursier_v4(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+    v3 = _etudiant_boursier(c, d, request)
+    if v3 is None:
+        return None
+    boursier = v3.pop("est_boursier")
+    radiation = c.records["etudiant_boursier"].get("date_radiation")
+    return {"statut_boursier": {"est_boursier": boursier, "est_radie": radiation is not None,
+                                "date_radiation": radiation}, **v3}
+
+
 def _france_travail(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
     rec = c.records.get("france_travail_record")
     if rec is None or c.france_travail is None:
@@ -180,6 +190,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Aucun étudiant boursier n'a pu être trouvé avec les critères de recherche fournis. Veuillez "
              "vérifier que l'identifiant correspond au périmètre couvert par l'API.",
              render=_etudiant_boursier),
+    Endpoint("/v4/cnous/etudiant_boursier/identite", "identite", "CNOUS", "26", "Entité non trouvée",
+             "Aucun étudiant boursier n'a pu être trouvé avec les critères de recherche fournis.",
+             render=_etudiant_boursier_v4, civil=CNOUS),
+    Endpoint("/v4/cnous/etudiant_boursier/ine", "ine", "CNOUS", "26", "Entité non trouvée",
+             "Aucun étudiant boursier n'a pu être trouvé avec les critères de recherche fournis.",
+             render=_etudiant_boursier_v4),
     Endpoint("/v3/france_travail/statut/identifiant", "identifiant", "France Travail", "24", "Entité non trouvée",
              "Aucune situation France Travail n'a pu être trouvée avec les critères de recherche fournis.",
              render=_france_travail),

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from adapters.api_particulier import ROUTES, ApiParticulierAdapter, raise_for_status
+from adapters.api_particulier import ROUTES, VERSIONED_ROUTES, ApiParticulierAdapter, Route, raise_for_status
 from adapters.base import (
     AdapterError,
     AdapterQuery,
@@ -27,7 +27,7 @@ from adapters.base import (
 from adapters.sandbox import directory
 from adapters.subjects import ProviderIdentifier, Subject
 from broker.service.problems import problem_for
-from schemas.validation import Validators
+from schemas.validation import InvalidDocument, Validators
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "api_particulier_v3_reference.json").read_text("utf-8"))
 TOKEN = "reference-token"
@@ -51,25 +51,26 @@ def example_of(schema: dict[str, Any]) -> Any:
     raise AssertionError(f"no example for {schema}")
 
 
-def _lookups() -> list[tuple[str, str, Subject]]:
-    found: list[tuple[str, str, Subject]] = []
+def _lookups() -> list[tuple[str, int, str, Subject]]:
+    found: list[tuple[str, int, str, Subject]] = []
     pivot = directory().citizen("dupont-marie-claire").pivot
-    for dataset, route in ROUTES.items():
+    routes: list[tuple[str, int, Route]] = [(d, 1, r) for d, r in ROUTES.items()]
+    routes += [(d, v, r) for (d, v), r in VERSIONED_ROUTES.items()]
+    for dataset, version, route in routes:
         if route.identity_path is not None:
-            found.append((dataset, route.identity_path, pivot))
+            found.append((dataset, version, route.identity_path, pivot))
         for scheme, (path, _) in route.identifiers.items():
             value = "0000000503A" if scheme == "ine" else "identifiant-1"
-            found.append((dataset, path, ProviderIdentifier(scheme, value)))
+            found.append((dataset, version, path, ProviderIdentifier(scheme, value)))
     return found
 
 
 LOOKUPS = _lookups()
 
 
-@pytest.mark.parametrize(("dataset", "path", "subject"), LOOKUPS, ids=[p for _, p, _ in LOOKUPS])
-async def test_upstream_example_goes_through_the_adapter_and_validates(aiohttp_server: ServerFactory, dataset: str,
-                                                                       path: str, subject: Subject) -> None:
-    example = example_of(REFERENCE["paths"][path])
+async def through_the_adapter(aiohttp_server: ServerFactory, dataset: str, version: int, path: str, subject: Subject,
+                              example: Any) -> dict[str, Any]:
+    """Serve `example` as upstream's answer at `path`; what the adapter makes of it for `dataset` v`version`."""
 
     async def answer(request: web.Request) -> web.Response:
         assert request.headers["Authorization"] == f"Bearer {TOKEN}"
@@ -79,16 +80,42 @@ async def test_upstream_example_goes_through_the_adapter_and_validates(aiohttp_s
     app.router.add_get(path, answer)
     server = await aiohttp_server(app)
     async with aiohttp.ClientSession() as session:
-        adapter = ApiParticulierAdapter(name="api-particulier", datasets={dataset: 1}, session=session,
+        adapter = ApiParticulierAdapter(name="api-particulier", datasets={dataset: version}, session=session,
                                         base_url=str(server.make_url("")), token=TOKEN)
-        document = await adapter.fetch(AdapterQuery(dataset, 1, subject, frozenset(), "t",
-                                                    recipient="21750001600019"))
-    VALIDATORS.verify(dataset, 1, document)
+        document: dict[str, Any] = await adapter.fetch(AdapterQuery(dataset, version, subject, frozenset(), "t",
+                                                                    recipient="21750001600019"))
+    return document
+
+
+@pytest.mark.parametrize(("dataset", "version", "path", "subject"), LOOKUPS, ids=[p for _, _, p, _ in LOOKUPS])
+async def test_upstream_example_goes_through_the_adapter_and_validates(aiohttp_server: ServerFactory, dataset: str,
+                                                                       version: int, path: str,
+                                                                       subject: Subject) -> None:
+    example = example_of(REFERENCE["paths"][path])
+    document = await through_the_adapter(aiohttp_server, dataset, version, path, subject, example)
+    VALIDATORS.verify(dataset, version, document)
     assert document, dataset
 
 
+@pytest.mark.parametrize(("asked", "answered"), [(1, "/v4/cnous/etudiant_boursier/identite"),
+                                                 (2, "/v3/cnous/etudiant_boursier/identite")],
+                         ids=["newer-shape-for-v1", "older-shape-for-v2"])
+async def test_an_answer_of_another_shape_than_the_version_asked_is_refused(aiohttp_server: ServerFactory,
+                                                                           asked: int, answered: str) -> None:
+    """Upstream answering the Cnous v4 shape where v1 (its v3 shape) is asked, or the reverse, is never released:
+    projection keeps only what the asked version declares, and validation finds what it requires missing."""
+    path = (VERSIONED_ROUTES["etudiant_boursier", 2] if asked == 2 else ROUTES["etudiant_boursier"]).identity_path
+    assert path is not None
+    example = example_of(REFERENCE["paths"][answered])
+    document = await through_the_adapter(aiohttp_server, "etudiant_boursier", asked, path,
+                                         directory().citizen("ndiaye-noel").pivot, example)
+    with pytest.raises(InvalidDocument) as refused:
+        VALIDATORS.verify("etudiant_boursier", asked, document)
+    assert "required" in refused.value.reason
+
+
 def test_every_endpoint_of_a_served_dataset_is_in_the_reference() -> None:
-    for _, path, _ in LOOKUPS:
+    for _, _, path, _ in LOOKUPS:
         assert path in REFERENCE["paths"], path
 
 

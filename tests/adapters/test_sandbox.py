@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 import schemas
-from adapters.api_particulier import ROUTES
+from adapters.api_particulier import ROUTES, VERSIONED_ROUTES
 from adapters.sandbox import FAULTS, Citizen, directory
 from adapters.sandbox.api_particulier import ENDPOINTS, create_app, start_sandbox
 
@@ -94,14 +94,15 @@ def test_directory_covers_the_documented_cases() -> None:
                for b in normalised[i + 1:]), "a homonym pair differing only in first names"
 
 
-def _dataset_for(path: str) -> str:
-    for dataset, route in ROUTES.items():
+def _dataset_for(path: str) -> tuple[str, int]:
+    routes = [((d, 1), r) for d, r in ROUTES.items()] + list(VERSIONED_ROUTES.items())
+    for version, route in routes:
         if route.identity_path == path or any(p == path for p, _ in route.identifiers.values()):
-            return dataset
+            return version
     raise AssertionError(path)
 
 
-def _rendered(c: Citizen) -> list[tuple[str, dict[str, Any]]]:
+def _rendered(c: Citizen) -> list[tuple[tuple[str, int], dict[str, Any]]]:
     d = directory()
     request: Any = type("R", (), {"query": {}})()
     out = []
@@ -115,15 +116,15 @@ def _rendered(c: Citizen) -> list[tuple[str, dict[str, Any]]]:
 @pytest.mark.parametrize("citizen", [c for c in directory().citizens if c.fault != "schema_violation"],
                          ids=lambda c: c.id)
 def test_every_record_is_a_valid_dataset_document(citizen: Citizen) -> None:
-    for dataset, data in _rendered(citizen):
-        jsonschema.Draft202012Validator(schemas.load(dataset, 1)).validate(data)
+    for (dataset, version), data in _rendered(citizen):
+        jsonschema.Draft202012Validator(schemas.load(dataset, version)).validate(data)
 
 
 def test_the_schema_violation_citizen_breaks_every_dataset() -> None:
     rendered = _rendered(directory().citizen("panne-invalide"))
     assert len(rendered) >= 6
-    for dataset, data in rendered:
-        assert not jsonschema.Draft202012Validator(schemas.load(dataset, 1)).is_valid(data), dataset
+    for (dataset, version), data in rendered:
+        assert not jsonschema.Draft202012Validator(schemas.load(dataset, version)).is_valid(data), dataset
 
 
 # ----------------------------------------------------------------------------------- token, recipient

@@ -32,7 +32,8 @@ def validator(dataset: str, version: int) -> jsonschema.Draft202012Validator:
 
 def test_catalogue_has_every_dataset() -> None:
     assert set(schemas.catalogue()) == DATASETS
-    assert all(schemas.latest(d) == 1 for d in DATASETS)
+    # a new upstream shape is a new version beside the old one: Cnous v4's statut_boursier
+    assert {d: schemas.latest(d) for d in DATASETS if schemas.latest(d) != 1} == {"etudiant_boursier": 2}
 
 
 def test_no_stray_json_files() -> None:
