@@ -123,6 +123,9 @@ ROUTES: Mapping[str, Route] = {
 # Where upstream moved an answer to a new shape under a new path, that shape is a new dataset version, served beside
 # the old one (the routes above are every dataset's version 1).
 VERSIONED_ROUTES: Mapping[tuple[str, int], Route] = {
+    # MESRI's FranceConnect mode answers without `identite`: v2 is the shape without it, for every mode
+    ("statut_etudiant", 2): Route("/v3/mesri/statut_etudiant/identite", MESRI,
+                                  {"ine": ("/v3/mesri/statut_etudiant/ine", "ine")}, france_connect=True),
     # Cnous v4: `est_boursier` became `statut_boursier` {est_boursier, est_radie, date_radiation}
     ("etudiant_boursier", 2): Route("/v4/cnous/etudiant_boursier/identite", CNOUS,
                                     {"ine": ("/v4/cnous/etudiant_boursier/ine", "ine")}),

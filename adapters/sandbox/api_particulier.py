@@ -133,6 +133,14 @@ def _etudiant_boursier_v4(c: Citizen, d: Directory, request: web.Request) -> dic
                                 "date_radiation": radiation}, **v3}
 
 
+def _without_identity(render: Render) -> Render:
+    def without(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+        data = render(c, d, request)
+        return None if data is None else {k: v for k, v in data.items() if k != "identite"}
+
+    return without
+
+
 def _france_travail(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
     rec = c.records.get("france_travail_record")
     if rec is None or c.france_travail is None:
@@ -155,7 +163,9 @@ def _record(name: str) -> Render:
 
 
 # The endpoint families whose `/identite` endpoints have a `/france_connect` sibling answering the same data.
-FRANCE_CONNECT_FAMILIES = ("/v3/dss/", "/v3/dsnj/")
+FRANCE_CONNECT_FAMILIES = ("/v3/dss/", "/v3/dsnj/", "/v3/mesri/")
+# ... of which these answer without the person's `identite` (FranceConnect already knows who it is)
+_WITHOUT_IDENTITY = ("/v3/mesri/",)
 _DSS_NOT_FOUND = ("35", "Allocataire non référencé", "L'allocataire n'est pas référencé auprès des caisses éligibles")
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -391,8 +401,9 @@ def create_app(token: str, *, slow_delay: float = DEFAULT_SLOW_DELAY, citizens: 
     for ep in ENDPOINTS:
         app.router.add_get(ep.path, _handler(ep))
         if ep.lookup == "identite" and ep.path.startswith(FRANCE_CONNECT_FAMILIES):
+            render = _without_identity(ep.render) if ep.path.startswith(_WITHOUT_IDENTITY) else ep.render
             fc = replace(ep, path=ep.path.removesuffix("/identite") + "/france_connect", lookup="france_connect",
-                         civil=None)
+                         civil=None, render=render)
             app.router.add_get(fc.path, _handler(fc))
     return app
 

@@ -45,11 +45,12 @@ async def login(op: Client, citizen_id: str) -> str:
     return token
 
 
-async def fetch(base_url: str, dataset: str, subject: FranceConnectSubject) -> dict[str, Any]:
+async def fetch(base_url: str, dataset: str, subject: FranceConnectSubject, version: int = 1) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session:
-        adapter = ApiParticulierAdapter(name="api-particulier", datasets={dataset: 1}, session=session,
+        adapter = ApiParticulierAdapter(name="api-particulier", datasets={dataset: version}, session=session,
                                         base_url=base_url, token=TOKEN)
-        return await adapter.fetch(AdapterQuery(dataset, 1, subject, frozenset(), "t", recipient="21750001600019"))
+        return await adapter.fetch(AdapterQuery(dataset, version, subject, frozenset(), "t",
+                                                recipient="21750001600019"))
 
 
 @pytest.mark.parametrize(("dataset", "citizen_id"), [
@@ -89,7 +90,18 @@ async def test_a_token_franceconnect_does_not_know_is_refused(particulier: str) 
         await fetch(particulier, "quotient_familial", forged)
 
 
+async def test_mesri_s_france_connect_answer_has_its_own_version(op: Client, particulier: str) -> None:
+    """MESRI answers FranceConnect mode without `identite`: v1 requires it, so v2 (without) is what FranceConnect
+    mode serves; by identity, v2 is the same answer with identite left out."""
+    subject = FranceConnectSubject(directory().citizen("moreau-lea").pivot, await login(op, "moreau-lea"))
+    document = await fetch(particulier, "statut_etudiant", subject, version=2)
+    Validators().verify("statut_etudiant", 2, document)
+    assert "identite" not in document and len(document["admissions"]) == 2
+
+
 async def test_a_dataset_without_france_connect_mode_is_refused_before_calling(op: Client, particulier: str) -> None:
     subject = FranceConnectSubject(directory().citizen("moreau-lea").pivot, "t")
     with pytest.raises(ProviderRejectedQuery, match="FranceConnect"):
-        await fetch(particulier, "statut_etudiant", subject)
+        await fetch(particulier, "statut_etudiant", subject)  # v1 requires identite, which this mode lacks
+    with pytest.raises(ProviderRejectedQuery, match="FranceConnect"):
+        await fetch(particulier, "statut_demandeur_emploi", subject)
