@@ -61,6 +61,10 @@ _EXCHANGE_REQUEST = {
         "object": {"type": "string", "maxLength": MAX_OBJECT, "examples": ["Marché 2026-127"],
                    "description": "Printable text: the procedure's reference, to trace the call back. Required by API "
                                   "Entreprise's datasets; logged."},
+        "parameters": {"type": "object", "maxProperties": 16,
+                       "description": "The dataset's parameters (a month, a fiscal year), as the catalogue lists them "
+                                      "per version; checked against the schema's x-parameters "
+                                      "(invalid-parameters) and logged."},
         "subject": {
             "oneOf": [
                 {"type": "object", "required": ["pivot_identity"], "additionalProperties": False,
