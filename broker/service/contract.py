@@ -63,6 +63,13 @@ def verify(name: str, value: Any) -> None:
         "additionalProperties": error.message.replace('"', "'"),
         "type": f"must be of type {rule}",
         "enum": f"must be one of {rule}",
+        "uniqueItems": "has duplicates",
+        "minItems": f"needs at least {rule} item(s)",
+        "maxItems": f"has more than {rule} items",
+        "minLength": f"is shorter than {rule} characters",
+        "maxLength": f"is longer than {rule} characters",
+        "minimum": f"is less than {rule}",
+        "maximum": f"is more than {rule}",
     }.get(keyword, f"fails '{keyword}'" + (f" ({rule})" if isinstance(rule, int | float) else ""))
     raise ContractViolation(f"{where}: {hint}", path)
 

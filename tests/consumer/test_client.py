@@ -90,7 +90,7 @@ async def test_a_key_not_yet_valid_gets_the_brokers_401_problem(database_url: st
 
 @pytest.mark.parametrize(("change", "status", "slug", "detail"), [
     ({"purpose": "curiosite"}, 403, "not-authorized", None),
-    ({"fields": ["quotient_familial", "quotient_familial"]}, 400, "invalid-request", "fields has duplicates"),
+    ({"fields": ["quotient_familial", "quotient_familial"]}, 400, "invalid-request", "fields: has duplicates"),
 ], ids=["not-authorized", "invalid-request"])
 async def test_a_refusal_of_a_verified_request_is_bound_to_it(broker: Harness, change: dict[str, Any], status: int,
                                                               slug: str, detail: str | None) -> None:
