@@ -110,6 +110,8 @@ ROUTES: Mapping[str, Route] = {
     "allocation_adulte_handicape": Route("/v3/dss/allocation_adulte_handicape/identite", DSS, france_connect=True),
     "allocation_enfant_handicape": Route("/v3/dss/allocation_enfant_handicape/identite", DSS, france_connect=True),
     "allocation_soutien_familial": Route("/v3/dss/allocation_soutien_familial/identite", DSS, france_connect=True),
+    "participation_familiale_eaje": Route("/v3/dss/participation_familiale_eaje/identite", DSS,
+                                          france_connect=True),
     "service_national": Route("/v3/dsnj/service_national/identite", DSNJ, france_connect=True),
     "prime_activite": Route("/v3/dss/prime_activite/identite", DSS, france_connect=True),
     "statut_etudiant": Route("/v3/mesri/statut_etudiant/identite", MESRI,

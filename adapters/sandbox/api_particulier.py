@@ -30,7 +30,7 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
-from adapters.identity import PivotIdentity, SubjectError
+from adapters.identity import FRANCE, PivotIdentity, SubjectError
 from adapters.sandbox import DEFAULT_SLOW_DELAY, Citizen, CivilQuery, Directory, directory, serve
 
 TOKEN = web.AppKey("token", str)
@@ -98,6 +98,24 @@ def _quotient_familial(c: Citizen, d: Directory, request: web.Request) -> dict[s
         if asked is not None and asked != str(qf[param]):
             return None
     return data
+
+
+def _participation_familiale_eaje(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+    rec = c.records.get("participation_familiale_eaje")
+    if c.household is None or rec is None:
+        return None
+    household = d.households[c.household]
+    asked = (c.pivot.family_name.upper(), " ".join(c.pivot.given_names).upper())
+    # upstream gives the birth commune of the claimant asked about only, null for the others
+    commune = c.pivot.birthplace if c.pivot.birthcountry == FRANCE else None
+
+    def person(p: Mapping[str, Any], main: bool) -> dict[str, Any]:
+        known = main and (p["nom_naissance"], p["prenoms"]) == asked
+        return {**p, "code_cog_insee_commune_naissance": commune if known else None}
+
+    return {"allocataires": [person(p, True) for p in household["allocataires"]],
+            "enfants": [person(p, False) for p in household["enfants"]],
+            "adresse": household["adresse"], "parametres_calcul_participation_familiale": rec}
 
 
 def _statut_etudiant(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
@@ -184,6 +202,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              render=_record("allocation_enfant_handicape"), civil=DSS),
     Endpoint("/v3/dss/allocation_soutien_familial/identite", "identite", "CNAF & MSA", *_DSS_NOT_FOUND,
              render=_record("allocation_soutien_familial"), civil=DSS),
+    Endpoint("/v3/dss/participation_familiale_eaje/identite", "identite", "CNAF & MSA", *_DSS_NOT_FOUND,
+             render=_participation_familiale_eaje, civil=DSS),
     Endpoint("/v3/dsnj/service_national/identite", "identite", "DSNJ", "39", "Entité non trouvée",
              "Le ou les paramètre(s) d'entrée n'existent pas, ne sont pas connus, ou ne comportent aucun résultat.",
              render=_record("service_national"), civil=DSNJ),

@@ -192,6 +192,12 @@ CASES = [
     ("allocation_adulte_handicape", "dupont-marie-claire", lambda d: d["est_beneficiaire"] is False),
     ("allocation_enfant_handicape", "berger-camille", lambda d: d["status"] == "allocataire"),
     ("allocation_soutien_familial", "dupont-marie-claire", lambda d: d["est_beneficiaire"] is True),
+    ("participation_familiale_eaje", "dupont-marie-claire",
+     lambda d: d["allocataires"][0]["code_cog_insee_commune_naissance"] == "75114"
+     and d["parametres_calcul_participation_familiale"]["base_ressources_annuelles"]["valeur"] == 28450),
+    ("participation_familiale_eaje", "rousseau-jean-baptiste",
+     lambda d: d["parametres_calcul_participation_familiale"]["nombre_enfants_beneficiaire_aeeh"] == 1
+     and all(p["code_cog_insee_commune_naissance"] is None for p in d["enfants"])),
     ("service_national", "bouaziz-yanis", lambda d: d["statut_service_national"] == "en_regle"),
     ("service_national", "garnier-lucas", lambda d: d["commentaires"].startswith("Journée")),
 ]
