@@ -60,12 +60,15 @@ class CivilRules:
     sex_required: bool
     # DSS endpoints take (and require) the birth country, and take `nomUsage`; MESR and Cnous take neither.
     country: bool
+    # GIP-MDS (service civique) reads names and the full birth date only
+    sex_and_birthplace: bool = True
 
 
 DSS = CivilRules(max_first_names=3, full_date=False, sex_required=True, country=True)
 MESRI = CivilRules(max_first_names=1, full_date=True, sex_required=True, country=False)
 CNOUS = CivilRules(max_first_names=3, full_date=True, sex_required=False, country=False)
 DSNJ = CivilRules(max_first_names=3, full_date=True, sex_required=True, country=True)
+GIP_MDS = CivilRules(max_first_names=3, full_date=True, sex_required=False, country=False, sex_and_birthplace=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +184,13 @@ def _record(name: str) -> Render:
 
 
 # The endpoint families whose `/identite` endpoints have a `/france_connect` sibling answering the same data.
-FRANCE_CONNECT_FAMILIES = ("/v3/dss/", "/v3/dsnj/", "/v3/mesri/")
+FRANCE_CONNECT_FAMILIES = ("/v3/dss/", "/v3/dsnj/", "/v3/mesri/", "/v3/gip_mds/")
 # ... of which these answer without the person's `identite` (FranceConnect already knows who it is)
 _WITHOUT_IDENTITY = ("/v3/mesri/",)
+# GIP-MDS, SDH and ANTS say "not found" in these words
+_NOT_KNOWN = ("Entité non trouvée", "Le ou les paramètre(s) d'entrée n'existent pas, ne sont pas connus, ou ne "
+              "comportent aucune information pour cet appel. Veuillez vérifier que votre recherche est couverte par "
+              "le périmètre de l'API.")
 _DSS_NOT_FOUND = ("35", "Allocataire non référencé", "L'allocataire n'est pas référencé auprès des caisses éligibles")
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -204,6 +211,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              render=_record("allocation_soutien_familial"), civil=DSS),
     Endpoint("/v3/dss/participation_familiale_eaje/identite", "identite", "CNAF & MSA", *_DSS_NOT_FOUND,
              render=_participation_familiale_eaje, civil=DSS),
+    Endpoint("/v3/gip_mds/service_civique/identite", "identite", "GIP-MDS", "31", *_NOT_KNOWN,
+             render=_record("service_civique"), civil=GIP_MDS),
     Endpoint("/v3/dsnj/service_national/identite", "identite", "DSNJ", "39", "Entité non trouvée",
              "Le ou les paramètre(s) d'entrée n'existent pas, ne sont pas connus, ou ne comportent aucun résultat.",
              render=_record("service_national"), civil=DSNJ),
@@ -289,6 +298,9 @@ def civil_query(request: web.Request, rules: CivilRules) -> CivilQuery:
     day = _int(request, "jourDateNaissance", 1, 31)
     if rules.full_date and None in (year, month, day):
         raise _Refused(_unprocessable())
+    if not rules.sex_and_birthplace:
+        # what the endpoint does not take, it does not read
+        return CivilQuery(birth_name=birth_name, first_names=first_names, year=year, month=month, day=day)
     sex = q.get("sexeEtatCivil") or None
     if sex not in (None, "M", "F") or (rules.sex_required and sex is None):
         raise _Refused(_unprocessable())

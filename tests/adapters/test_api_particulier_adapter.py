@@ -17,6 +17,7 @@ from adapters import registry
 from adapters.api_particulier import (
     CNOUS,
     DSS,
+    GIP_MDS,
     MESRI,
     SUPPORTED_DATASETS,
     ApiParticulierAdapter,
@@ -166,6 +167,13 @@ def test_usage_name_is_sent_only_where_taken_and_when_different() -> None:
     assert "nomUsage" not in dict(civil_status_params(_pivot(preferred_name="ROUSSEAU"), DSS))
 
 
+def test_service_civique_takes_names_and_the_full_birth_date_only() -> None:
+    # GIP-MDS's /identite declares no sex and no birthplace: sending them would be data it does not need
+    sent = civil_status_params(_pivot(preferred_name="Dubois"), GIP_MDS)
+    assert {name for name, _ in sent} == {"nomNaissance", "prenoms[]", "anneeDateNaissance", "moisDateNaissance",
+                                         "jourDateNaissance"}
+
+
 # ------------------------------------------------------------------------------ every dataset, end to end
 
 CASES = [
@@ -198,6 +206,9 @@ CASES = [
     ("participation_familiale_eaje", "rousseau-jean-baptiste",
      lambda d: d["parametres_calcul_participation_familiale"]["nombre_enfants_beneficiaire_aeeh"] == 1
      and all(p["code_cog_insee_commune_naissance"] is None for p in d["enfants"])),
+    ("service_civique", "moreau-lea", lambda d: d["statut_actuel"]["date_fin_contrat"] == "2026-05-31"),
+    ("service_civique", "garnier-lucas",
+     lambda d: d["statut_passe"]["contrat_trouve"] and d["statut_actuel"]["organisme_accueil"]["siret"] is None),
     ("service_national", "bouaziz-yanis", lambda d: d["statut_service_national"] == "en_regle"),
     ("service_national", "garnier-lucas", lambda d: d["commentaires"].startswith("Journée")),
 ]

@@ -56,6 +56,7 @@ async def fetch(base_url: str, dataset: str, subject: FranceConnectSubject, vers
 @pytest.mark.parametrize(("dataset", "citizen_id"), [
     ("quotient_familial", "dupont-marie-claire"), ("revenu_solidarite_active", "dupont-marie-claire"),
     ("allocation_enfant_handicape", "berger-camille"), ("service_national", "bouaziz-yanis"),
+    ("participation_familiale_eaje", "dupont-marie-claire"), ("service_civique", "moreau-lea"),
 ])
 async def test_france_connect_mode_answers_about_the_token_s_citizen(op: Client, particulier: str, dataset: str,
                                                                       citizen_id: str) -> None:
