@@ -122,6 +122,7 @@ ROUTES: Mapping[str, Route] = {
                              {"ine": ("/v3/mesri/statut_etudiant/ine", "ine")}),
     "etudiant_boursier": Route("/v3/cnous/etudiant_boursier/identite", CNOUS,
                                {"ine": ("/v3/cnous/etudiant_boursier/ine", "ine")}),
+    "statut_sportif": Route(None, None, {"sdh": ("/v3/sdh/statut_sportif/identifiant", "identifiant")}),
     "statut_demandeur_emploi": Route(None, None,
                                      {"france_travail": ("/v3/france_travail/statut/identifiant",
                                                          "identifiant")}),

@@ -43,7 +43,7 @@ RECORDS = frozenset({
     "statut_etudiant", "etudiant_boursier", "france_travail_record", "complementaire_sante_solidaire",
     "revenu_solidarite_active", "prime_activite", "dgfip_record", "allocation_adulte_handicape",
     "allocation_enfant_handicape", "allocation_soutien_familial", "service_national",
-    "participation_familiale_eaje", "service_civique",
+    "participation_familiale_eaje", "service_civique", "statut_sportif",
 })
 
 
@@ -56,6 +56,8 @@ class Citizen:
     birthplace_label: str
     ine: str | None = None
     france_travail: str | None = None
+    # the athlete's identifier at the ministry of Sports (SDH)
+    sdh: str | None = None
     fault: str | None = None
     # Key of the CAF/MSA household in `Directory.households`; both spouses of a household point at it.
     household: str | None = None
@@ -108,6 +110,9 @@ class Directory:
         """By numéro fiscal (SPI), the DGFiP's identifier of a taxpayer."""
         return next((c for c in self.citizens if c.records.get("dgfip_record", {}).get("spi") == spi), None)
 
+    def by_sdh(self, identifiant: str) -> Citizen | None:
+        return next((c for c in self.citizens if c.sdh is not None and c.sdh == identifiant), None)
+
     def by_france_travail(self, identifiant: str) -> Citizen | None:
         wanted = identifiant.casefold()
         return next((c for c in self.citizens
@@ -151,7 +156,7 @@ _INE = re.compile(r"^[0-9a-zA-Z]{11}$")
 
 def _citizen(raw: Mapping[str, Any]) -> Citizen:
     cid = raw["id"]
-    unknown = set(raw) - {"id", "tests", "pivot_identity", "birthplace_label", "ine", "france_travail", "fault",
+    unknown = set(raw) - {"id", "tests", "pivot_identity", "birthplace_label", "ine", "france_travail", "sdh", "fault",
                           "household", *RECORDS}
     if unknown:
         raise ValueError(f"citizen {cid}: unknown members {sorted(unknown)}")
@@ -168,6 +173,7 @@ def _citizen(raw: Mapping[str, Any]) -> Citizen:
         birthplace_label=raw["birthplace_label"],
         ine=ine,
         france_travail=raw.get("france_travail"),
+        sdh=raw.get("sdh"),
         fault=fault,
         household=raw.get("household"),
         records={k: raw[k] for k in RECORDS if k in raw},

@@ -82,6 +82,8 @@ class Endpoint:
     not_found_detail: str
     render: Render
     civil: CivilRules | None = None
+    # whose identifier an `identifiant` lookup takes
+    scheme: Literal["france_travail", "sdh"] = "france_travail"
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -235,6 +237,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/v4/cnous/etudiant_boursier/ine", "ine", "CNOUS", "26", "Entité non trouvée",
              "Aucun étudiant boursier n'a pu être trouvé avec les critères de recherche fournis.",
              render=_etudiant_boursier_v4),
+    Endpoint("/v3/sdh/statut_sportif/identifiant", "identifiant", "SDH", "41", *_NOT_KNOWN,
+             render=_record("statut_sportif"), scheme="sdh"),
     Endpoint("/v3/france_travail/statut/identifiant", "identifiant", "France Travail", "24", "Entité non trouvée",
              "Aucune situation France Travail n'a pu être trouvée avec les critères de recherche fournis.",
              render=_france_travail),
@@ -345,7 +349,7 @@ def _find(ep: Endpoint, request: web.Request, d: Directory) -> Citizen | None:
         identifiant = request.query.get("identifiant", "").strip()
         if not identifiant:
             raise _Refused(_unprocessable("L'identifiant est manquant", code="00380"))
-        return d.by_france_travail(identifiant)
+        return d.by_sdh(identifiant) if ep.scheme == "sdh" else d.by_france_travail(identifiant)
     assert ep.civil is not None
     found = d.match(civil_query(request, ep.civil))
     if len(found) > 1:
