@@ -85,7 +85,8 @@ def sign_jwt(claims: Mapping[str, Any], key: PrivateKey, *, typ: str | None,
     protected: dict[str, Any] = {"alg": signing_alg(key), "kid": key.kid, **(header or {})}
     if typ is not None:
         protected["typ"] = typ
-    if protected["alg"] != signing_alg(key):
+    # RFC 9864: "Ed25519" names the same signature as the deprecated "EdDSA" (clients choose it from metadata)
+    if protected["alg"] not in ((signing_alg(key), "Ed25519") if key.alg == ED25519 else (signing_alg(key),)):
         raise ValueError(f"alg {protected['alg']!r} is not what key {key.kid!r} signs")
     # Serialised here rather than by joserfc, so that the signature is the key's `Signer`'s (broker/signing/
     # signer.py: an HSM's key has no private half to hand to joserfc). RFC 7515 §7.1: the signing input is
