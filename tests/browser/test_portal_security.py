@@ -121,12 +121,16 @@ async def test_session_cookie_csrf_and_expiry(stack: ConsentStack, demarche: Dem
     assert await consent_state(stack) == "active"
     await page.goto(url)
 
-    # the session ends while the confirmation page is open: confirming sends her to log in, and changes nothing
+    # the session ends while the confirmation page is open: confirming changes nothing and says so (403, as the
+    # OpenAPI document says), with a link to log in again that leads to the identity provider
     await stack.sql("UPDATE citizen_sessions SET created_at = now() - interval '1 hour', "
                     "expires_at = now() - interval '1 second'")
     await page.get_by_role("button", name="Oui, retirer mon consentement").click()
-    await page.wait_for_url(re.compile(re.escape(stack.issuer) + r"/authorize\?"))
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Session terminée")
+    await assert_accessible(page, "ended session")
     assert await consent_state(stack) == "active"
+    await page.get_by_role("link", name="Se connecter à nouveau").click()
+    await page.wait_for_url(re.compile(re.escape(stack.issuer) + r"/authorize\?"))
     # a page asked for after the expiry also goes through the login, then comes back to it
     await login(page, stack, MARIE, "/citizen/journal")
     await expect(page.get_by_role("heading", level=1)).to_have_text("Journal des accès à vos données")
