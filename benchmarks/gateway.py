@@ -163,6 +163,7 @@ def main() -> int:
         broker_env = {**env, "DLNUF_STATE_DIR": str(workdir / "state"), "DLNUF_LOG_FORMAT": "json",
                       stack.TOKEN_ENV: token, "DLNUF_REGISTRY_FILE": str(registry),
                       "DLNUF_PUBLIC_URL": f"http://{HOST}:{broker_port}", "DLNUF_QUOTA_DEFAULT": "10000000/60",
+                      **procs.SUPERUSER_OK,
                       "DATABASE_URL": procs.create_database(es, args.admin_url, f"dlnuf_gwbench_b_{suffix}")}
         broker = procs.start(es, "broker", [stack.PYTHON, "-m", "broker", "serve", "--host", HOST, "--port",
                                             str(broker_port)], env=broker_env, log=workdir / "broker.log",

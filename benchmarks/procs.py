@@ -27,6 +27,11 @@ import asyncpg
 
 TICK = os.sysconf("SC_CLK_TCK")
 
+# Brokers started by a benchmark connect to its throwaway database as whoever --admin-url names (a superuser here),
+# which `serve` refuses by default (docs/operations.md, "Database roles"). The role changes nothing per exchange;
+# a benchmark on a production-shaped database passes a least-privilege DATABASE_URL instead.
+SUPERUSER_OK = {"DLNUF_UNSAFE_SUPERUSER": "true"}
+
 
 class SetupError(RuntimeError):
     """Something the benchmark needs is missing or did not start; the message says what and where to look."""

@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> None:
             url = f"http://127.0.0.1:{port}"
             broker = procs.start(stack, f"broker #{i + 1}",
                                  [sys.executable, "-m", "broker", "serve", "--port", str(port)],
-                                 env={**env, "DLNUF_PUBLIC_URL": url}, log=tmp / f"broker-{i + 1}.log", cwd=ROOT)
+                                 env={**env, "DLNUF_PUBLIC_URL": url, **procs.SUPERUSER_OK},
+                                 log=tmp / f"broker-{i + 1}.log", cwd=ROOT)
             procs.wait_http(broker, url + "/readyz", ok=lambda st: st == 200)
             urls.append(url)
         # start on a window boundary (the brokers count on the database's clock, the same machine's here)

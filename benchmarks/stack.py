@@ -338,7 +338,8 @@ def build(es: contextlib.ExitStack, s: Settings) -> Stack:
     # a quota far above any load this machine makes: its counting is measured, it never refuses
     # one transparency log for every broker, whatever the address each is reached at (DLNUF_PUBLIC_URL below)
     broker_env = {**env, "DLNUF_STATE_DIR": str(state_dir), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: token,
-                  "DLNUF_QUOTA_DEFAULT": "10000000/60", "DLNUF_LOG_ORIGIN": "bench.dlnuf/log"}
+                  "DLNUF_QUOTA_DEFAULT": "10000000/60", "DLNUF_LOG_ORIGIN": "bench.dlnuf/log",
+                  **procs.SUPERUSER_OK}
     if s.embedded:
         db_name = "postgres"
         es.callback(procs.stop_embedded, state_dir / "pgdata")  # runs after the brokers stop

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, source_limit: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DLNUF_") and k != "DATABASE_URL"}
         env.update({"DATABASE_URL": dsn, "DLNUF_STATE_DIR": str(tmp / "state"), "DLNUF_REGISTRY_FILE": str(registry),
                     "DLNUF_PUBLIC_URL": base, "DLNUF_LOG_FORMAT": "json", "DLNUF_SOURCE_LIMIT": source_limit,
-                    "DLNUF_TEST_API_PARTICULIER_TOKEN": secrets.token_urlsafe(8)})
+                    "DLNUF_TEST_API_PARTICULIER_TOKEN": secrets.token_urlsafe(8), **procs.SUPERUSER_OK})
         # from --root's checkout (its `broker` package comes first on the path), to compare with another version
         env["PYTHONPATH"] = str(args.root)
         broker = procs.start(stack, "broker", [sys.executable, "-m", "broker", "serve", "--port", str(port)],
