@@ -177,6 +177,13 @@ def _france_travail(c: Citizen, d: Directory, request: web.Request) -> dict[str,
     }
 
 
+def _france_travail_indemnites(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+    payments = c.records.get("france_travail_indemnites")
+    if not payments or c.france_travail is None:
+        return None  # upstream lists at least one payment, else answers 404
+    return {"identifiant": c.france_travail, "paiements": payments}
+
+
 def _record(name: str) -> Render:
     def render(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
         rec = c.records.get(name)
@@ -239,6 +246,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              render=_etudiant_boursier_v4),
     Endpoint("/v3/sdh/statut_sportif/identifiant", "identifiant", "SDH", "41", *_NOT_KNOWN,
              render=_record("statut_sportif"), scheme="sdh"),
+    Endpoint("/v3/france_travail/indemnites/identifiant", "identifiant", "France Travail", "24",
+             "Entité non trouvée",
+             "Aucune situation France Travail n'a pu être trouvée avec les critères de recherche fournis.",
+             render=_france_travail_indemnites),
     Endpoint("/v3/france_travail/statut/identifiant", "identifiant", "France Travail", "24", "Entité non trouvée",
              "Aucune situation France Travail n'a pu être trouvée avec les critères de recherche fournis.",
              render=_france_travail),

@@ -230,6 +230,10 @@ async def test_pivot_identity_lookups(make_adapter: MakeAdapter, dataset: str, c
     ("statut_demandeur_emploi", "france_travail", "s.oconnor", lambda d: d["identite"]["nom_usage"] == "DUBOIS"),
     ("statut_demandeur_emploi", "france_travail", "ahmed.benali70",
      lambda d: d["identite"]["date_naissance"] == "1970-04-00"),
+    ("indemnites_france_travail", "france_travail", "thierry.lambert",
+     lambda d: [p["montant_aides"] for p in d["paiements"]] == [0, 200.0]),
+    ("indemnites_france_travail", "france_travail", "s.oconnor",
+     lambda d: d["identifiant"] == "s.oconnor" and d["paiements"][0]["montant_autres"] == 100.0),
     ("statut_sportif", "sdh", "100234567", lambda d: d["est_sportif_de_haut_niveau"]
      and d["informations_statuts_precedents"][0]["categorie"]["nom_categorie"] == "Relève"),
     ("statut_sportif", "sdh", "100876543", lambda d: not d["est_sportif_de_haut_niveau"]
