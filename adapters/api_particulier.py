@@ -72,15 +72,18 @@ class CivilStyle:
     # DSS endpoints take the birth country and the usage name; MESR and Cnous take neither; DSNJ the country only.
     country_and_usage_name: bool
     usage_name: bool = True
-    # GIP-MDS (service civique) takes names and the full birth date only: no sex, no birthplace.
-    sex_and_birthplace: bool = True
+    # GIP-MDS (service civique) takes names and the full birth date only: no sex, no birthplace; MEN (scolarités)
+    # takes the sex but no birthplace.
+    sex: bool = True
+    birthplace: bool = True
 
 
 DSS = CivilStyle(max_first_names=3, full_date=False, country_and_usage_name=True)
 MESRI = CivilStyle(max_first_names=1, full_date=True, country_and_usage_name=False)
 CNOUS = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=False)
 DSNJ = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=True, usage_name=False)
-GIP_MDS = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=False, sex_and_birthplace=False)
+GIP_MDS = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=False, sex=False, birthplace=False)
+MEN = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=False, birthplace=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,12 @@ ROUTES: Mapping[str, Route] = {
     "allocation_soutien_familial": Route("/v3/dss/allocation_soutien_familial/identite", DSS, france_connect=True),
     "participation_familiale_eaje": Route("/v3/dss/participation_familiale_eaje/identite", DSS,
                                           france_connect=True),
+    # MEN's v3 and v4 paths answer the same shape; v4 is the current one
+    "scolarites": Route("/v4/men/scolarites/identite", MEN,
+                        parameters={"annee_scolaire": "anneeScolaire", "code_etablissement": "codeEtablissement",
+                                    "degre_etablissement": "degreEtablissement",
+                                    "code_bcn_departement": "codesBcnDepartements[]",
+                                    "code_bcn_region": "codesBcnRegions[]"}),
     "service_civique": Route("/v3/gip_mds/service_civique/identite", GIP_MDS, france_connect=True),
     "service_national": Route("/v3/dsnj/service_national/identite", DSNJ, france_connect=True),
     "prime_activite": Route("/v3/dss/prime_activite/identite", DSS, france_connect=True),
@@ -173,9 +182,10 @@ def civil_status_params(pivot: PivotIdentity, style: CivilStyle) -> list[tuple[s
         params.append(("moisDateNaissance", str(int(month))))
         if day != "00":
             params.append(("jourDateNaissance", str(int(day))))
-    if not style.sex_and_birthplace:
+    if style.sex:
+        params.append(("sexeEtatCivil", "M" if pivot.gender == "male" else "F"))
+    if not style.birthplace:
         return params
-    params.append(("sexeEtatCivil", "M" if pivot.gender == "male" else "F"))
     if style.country_and_usage_name:
         params.append(("codeCogInseePaysNaissance", pivot.birthcountry))
         if pivot.birthcountry == FRANCE:
