@@ -99,9 +99,13 @@ class Route:
     # FranceConnect mode, at the `/france_connect` sibling of the `/identite` path: the citizen's FranceConnect
     # access token as the bearer, no identity in the query
     france_connect: bool = False
+    # an endpoint that exists only in FranceConnect mode (ANTS), at its own path
+    france_connect_only: str | None = None
 
     @property
     def france_connect_path(self) -> str | None:
+        if self.france_connect_only is not None:
+            return self.france_connect_only
         if not self.france_connect or self.identity_path is None:
             return None
         return self.identity_path.removesuffix("/identite") + "/france_connect"
@@ -134,6 +138,10 @@ ROUTES: Mapping[str, Route] = {
     "indemnites_france_travail": Route(None, None,
                                        {"france_travail": ("/v3/france_travail/indemnites/identifiant",
                                                            "identifiant")}),
+    # ANTS answers only about the FranceConnect user, for a registration number attached to them
+    "extrait_immatriculation_vehicule": Route(
+        None, None, parameters={"immatriculation": "immatriculation"},
+        france_connect_only="/v3/ants/extrait_immatriculation_vehicule/france_connect"),
     "statut_sportif": Route(None, None, {"sdh": ("/v3/sdh/statut_sportif/identifiant", "identifiant")}),
     "statut_demandeur_emploi": Route(None, None,
                                      {"france_travail": ("/v3/france_travail/statut/identifiant",
@@ -216,8 +224,9 @@ def request_for(query: AdapterQuery) -> tuple[str, list[tuple[str, str]]]:
         return route.france_connect_path, recipient
     if isinstance(subject, PivotIdentity):
         if route.identity_path is None or route.style is None:
+            ways = ", ".join(sorted(route.identifiers)) or "none: only through FranceConnect"
             raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by pivot identity, only by "
-                                        f"identifier ({', '.join(sorted(route.identifiers))})")
+                                        f"identifier ({ways})")
         return route.identity_path, recipient + civil_status_params(subject, route.style)
     target = route.identifiers.get(subject.kind) if isinstance(subject, ProviderIdentifier) else None
     if target is None or not isinstance(subject, ProviderIdentifier):

@@ -44,6 +44,7 @@ RECORDS = frozenset({
     "revenu_solidarite_active", "prime_activite", "dgfip_record", "allocation_adulte_handicape",
     "allocation_enfant_handicape", "allocation_soutien_familial", "service_national",
     "participation_familiale_eaje", "service_civique", "statut_sportif", "france_travail_indemnites", "scolarites",
+    "extrait_immatriculation_vehicule",
 })
 
 

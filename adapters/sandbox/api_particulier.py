@@ -214,6 +214,12 @@ def _scolarites_query(request: web.Request) -> web.Response | None:
     return None
 
 
+def _immatriculation_query(request: web.Request) -> web.Response | None:
+    if not request.query.get("immatriculation", "").strip():
+        return _unprocessable("Le paramètre immatriculation est obligatoire")
+    return None
+
+
 def _scolarites(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
     rec = c.records.get("scolarites")
     if rec is None:
@@ -230,6 +236,13 @@ def _scolarites(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any
     if q.get("anneeScolaire", "").split("-")[0] != first_year or not in_perimeter or not degree_ok:
         return None
     return data
+
+
+def _extrait_immatriculation(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+    """The vehicle whose registration number is asked, if it is attached to the FranceConnect user."""
+    vehicle: dict[str, Any] | None = c.records.get("extrait_immatriculation_vehicule", {}).get(
+        request.query.get("immatriculation", ""))
+    return vehicle
 
 
 def _record(name: str) -> Render:
@@ -301,6 +314,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Entité non trouvée",
              "Aucune situation France Travail n'a pu être trouvée avec les critères de recherche fournis.",
              render=_france_travail_indemnites),
+    Endpoint("/v3/ants/extrait_immatriculation_vehicule/france_connect", "france_connect", "ANTS", "42",
+             *_NOT_KNOWN, render=_extrait_immatriculation, check=_immatriculation_query),
     Endpoint("/v3/france_travail/statut/identifiant", "identifiant", "France Travail", "24", "Entité non trouvée",
              "Aucune situation France Travail n'a pu être trouvée avec les critères de recherche fournis.",
              render=_france_travail),
