@@ -1,5 +1,5 @@
 """Adapter for API Particulier v3 (https://particulier.api.gouv.fr), the State's gateway to CAF/MSA, MESR, Cnous,
-France Travail and RNCPS data.
+France Travail, RNCPS, DSNJ, GIP-MDS, SDH, MEN and ANTS data.
 
 Invariants:
 

@@ -11,6 +11,8 @@ production adapter is tested against it unchanged. Deliberate differences from u
   refused with 422/00366 rather than resolved;
 * the quotient familial has one month per household; `annee`/`mois` for another month answer 404;
 * `recipient` is required but its SIRET is not checked against any directory;
+* scolarités (MEN) matches a pupil by the school year's first year and one perimeter (the school's UAI, or the
+  département or academic region stored beside the record); `degreEtablissement` 1D finds no collège or lycée pupil;
 * the `/france_connect` endpoints check the bearer as upstream does, by asking FranceConnect whom it names: the
   sandbox calls the userinfo endpoint it is given (`france_connect_userinfo`, the FranceConnect sandbox's), and
   answers about the citizen whose pivot identity that is; without one configured they answer 401.
