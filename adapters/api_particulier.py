@@ -1,5 +1,5 @@
 """Adapter for API Particulier v3 (https://particulier.api.gouv.fr), the State's gateway to CAF/MSA, MESR, Cnous,
-France Travail and RNCPS data.
+France Travail, RNCPS, DSNJ, GIP-MDS, SDH, MEN and ANTS data.
 
 Invariants:
 
@@ -72,15 +72,18 @@ class CivilStyle:
     # DSS endpoints take the birth country and the usage name; MESR and Cnous take neither; DSNJ the country only.
     country_and_usage_name: bool
     usage_name: bool = True
-    # GIP-MDS (service civique) takes names and the full birth date only: no sex, no birthplace.
-    sex_and_birthplace: bool = True
+    # GIP-MDS (service civique) takes names and the full birth date only: no sex, no birthplace; MEN (scolarités)
+    # takes the sex but no birthplace.
+    sex: bool = True
+    birthplace: bool = True
 
 
 DSS = CivilStyle(max_first_names=3, full_date=False, country_and_usage_name=True)
 MESRI = CivilStyle(max_first_names=1, full_date=True, country_and_usage_name=False)
 CNOUS = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=False)
 DSNJ = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=True, usage_name=False)
-GIP_MDS = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=False, sex_and_birthplace=False)
+GIP_MDS = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=False, sex=False, birthplace=False)
+MEN = CivilStyle(max_first_names=3, full_date=True, country_and_usage_name=False, birthplace=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +99,13 @@ class Route:
     # FranceConnect mode, at the `/france_connect` sibling of the `/identite` path: the citizen's FranceConnect
     # access token as the bearer, no identity in the query
     france_connect: bool = False
+    # an endpoint that exists only in FranceConnect mode (ANTS), at its own path
+    france_connect_only: str | None = None
 
     @property
     def france_connect_path(self) -> str | None:
+        if self.france_connect_only is not None:
+            return self.france_connect_only
         if not self.france_connect or self.identity_path is None:
             return None
         return self.identity_path.removesuffix("/identite") + "/france_connect"
@@ -115,6 +122,12 @@ ROUTES: Mapping[str, Route] = {
     "allocation_soutien_familial": Route("/v3/dss/allocation_soutien_familial/identite", DSS, france_connect=True),
     "participation_familiale_eaje": Route("/v3/dss/participation_familiale_eaje/identite", DSS,
                                           france_connect=True),
+    # MEN's v3 and v4 paths answer the same shape; v4 is the current one
+    "scolarites": Route("/v4/men/scolarites/identite", MEN,
+                        parameters={"annee_scolaire": "anneeScolaire", "code_etablissement": "codeEtablissement",
+                                    "degre_etablissement": "degreEtablissement",
+                                    "code_bcn_departement": "codesBcnDepartements[]",
+                                    "code_bcn_region": "codesBcnRegions[]"}),
     "service_civique": Route("/v3/gip_mds/service_civique/identite", GIP_MDS, france_connect=True),
     "service_national": Route("/v3/dsnj/service_national/identite", DSNJ, france_connect=True),
     "prime_activite": Route("/v3/dss/prime_activite/identite", DSS, france_connect=True),
@@ -122,6 +135,13 @@ ROUTES: Mapping[str, Route] = {
                              {"ine": ("/v3/mesri/statut_etudiant/ine", "ine")}),
     "etudiant_boursier": Route("/v3/cnous/etudiant_boursier/identite", CNOUS,
                                {"ine": ("/v3/cnous/etudiant_boursier/ine", "ine")}),
+    "indemnites_france_travail": Route(None, None,
+                                       {"france_travail": ("/v3/france_travail/indemnites/identifiant",
+                                                           "identifiant")}),
+    # ANTS answers only about the FranceConnect user, for a registration number attached to them
+    "extrait_immatriculation_vehicule": Route(
+        None, None, parameters={"immatriculation": "immatriculation"},
+        france_connect_only="/v3/ants/extrait_immatriculation_vehicule/france_connect"),
     "statut_sportif": Route(None, None, {"sdh": ("/v3/sdh/statut_sportif/identifiant", "identifiant")}),
     "statut_demandeur_emploi": Route(None, None,
                                      {"france_travail": ("/v3/france_travail/statut/identifiant",
@@ -170,9 +190,10 @@ def civil_status_params(pivot: PivotIdentity, style: CivilStyle) -> list[tuple[s
         params.append(("moisDateNaissance", str(int(month))))
         if day != "00":
             params.append(("jourDateNaissance", str(int(day))))
-    if not style.sex_and_birthplace:
+    if style.sex:
+        params.append(("sexeEtatCivil", "M" if pivot.gender == "male" else "F"))
+    if not style.birthplace:
         return params
-    params.append(("sexeEtatCivil", "M" if pivot.gender == "male" else "F"))
     if style.country_and_usage_name:
         params.append(("codeCogInseePaysNaissance", pivot.birthcountry))
         if pivot.birthcountry == FRANCE:
@@ -203,8 +224,9 @@ def request_for(query: AdapterQuery) -> tuple[str, list[tuple[str, str]]]:
         return route.france_connect_path, recipient
     if isinstance(subject, PivotIdentity):
         if route.identity_path is None or route.style is None:
+            ways = ", ".join(sorted(route.identifiers)) or "none: only through FranceConnect"
             raise ProviderRejectedQuery(f"{query.dataset} cannot be looked up by pivot identity, only by "
-                                        f"identifier ({', '.join(sorted(route.identifiers))})")
+                                        f"identifier ({ways})")
         return route.identity_path, recipient + civil_status_params(subject, route.style)
     target = route.identifiers.get(subject.kind) if isinstance(subject, ProviderIdentifier) else None
     if target is None or not isinstance(subject, ProviderIdentifier):

@@ -43,7 +43,8 @@ RECORDS = frozenset({
     "statut_etudiant", "etudiant_boursier", "france_travail_record", "complementaire_sante_solidaire",
     "revenu_solidarite_active", "prime_activite", "dgfip_record", "allocation_adulte_handicape",
     "allocation_enfant_handicape", "allocation_soutien_familial", "service_national",
-    "participation_familiale_eaje", "service_civique", "statut_sportif",
+    "participation_familiale_eaje", "service_civique", "statut_sportif", "france_travail_indemnites", "scolarites",
+    "extrait_immatriculation_vehicule",
 })
 
 

@@ -11,6 +11,8 @@ production adapter is tested against it unchanged. Deliberate differences from u
   refused with 422/00366 rather than resolved;
 * the quotient familial has one month per household; `annee`/`mois` for another month answer 404;
 * `recipient` is required but its SIRET is not checked against any directory;
+* scolarités (MEN) matches a pupil by the school year's first year and one perimeter (the school's UAI, or the
+  département or academic region stored beside the record); `degreEtablissement` 1D finds no collège or lycée pupil;
 * the `/france_connect` endpoints check the bearer as upstream does, by asking FranceConnect whom it names: the
   sandbox calls the userinfo endpoint it is given (`france_connect_userinfo`, the FranceConnect sandbox's), and
   answers about the citizen whose pivot identity that is; without one configured they answer 401.
@@ -60,15 +62,18 @@ class CivilRules:
     sex_required: bool
     # DSS endpoints take (and require) the birth country, and take `nomUsage`; MESR and Cnous take neither.
     country: bool
-    # GIP-MDS (service civique) reads names and the full birth date only
-    sex_and_birthplace: bool = True
+    # GIP-MDS (service civique) reads names and the full birth date only, MEN (scolarités) also the sex
+    sex: bool = True
+    birthplace: bool = True
 
 
 DSS = CivilRules(max_first_names=3, full_date=False, sex_required=True, country=True)
 MESRI = CivilRules(max_first_names=1, full_date=True, sex_required=True, country=False)
 CNOUS = CivilRules(max_first_names=3, full_date=True, sex_required=False, country=False)
 DSNJ = CivilRules(max_first_names=3, full_date=True, sex_required=True, country=True)
-GIP_MDS = CivilRules(max_first_names=3, full_date=True, sex_required=False, country=False, sex_and_birthplace=False)
+GIP_MDS = CivilRules(max_first_names=3, full_date=True, sex_required=False, country=False, sex=False,
+                     birthplace=False)
+MEN = CivilRules(max_first_names=3, full_date=True, sex_required=True, country=False, birthplace=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,8 @@ class Endpoint:
     civil: CivilRules | None = None
     # whose identifier an `identifiant` lookup takes
     scheme: Literal["france_travail", "sdh"] = "france_travail"
+    # the endpoint's own parameters, checked before the lookup: the 422 to answer, or None
+    check: Callable[[web.Request], web.Response | None] | None = None
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -177,6 +184,69 @@ def _france_travail(c: Citizen, d: Directory, request: web.Request) -> dict[str,
     }
 
 
+def _france_travail_indemnites(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+    payments = c.records.get("france_travail_indemnites")
+    if not payments or c.france_travail is None:
+        return None  # upstream lists at least one payment, else answers 404
+    return {"identifiant": c.france_travail, "paiements": payments}
+
+
+_SCHOOL_YEAR = re.compile(r"^([0-9]{4})(-([0-9]{4}))?$")
+_PERIMETERS = ("codeEtablissement", "codesBcnDepartements[]", "codesBcnRegions[]")
+
+
+def _values(request: web.Request, name: str) -> list[str]:
+    return [v for v in request.query.getall(name, []) if v]
+
+
+def _scolarites_query(request: web.Request) -> web.Response | None:
+    """MEN requires the school year and exactly one perimeter: the school, départements or academic regions."""
+    q = request.query
+    year = _SCHOOL_YEAR.match(q.get("anneeScolaire", ""))
+    if year is None or (year[3] is not None and int(year[3]) != int(year[1]) + 1):
+        return _unprocessable("Le paramètre anneeScolaire n'est pas correctement formaté")
+    if q.get("degreEtablissement") not in (None, "1D", "2D"):
+        return _unprocessable("Le paramètre degreEtablissement n'est pas correctement formaté")
+    if q.get("codeEtablissement") and (_values(request, "codesBcnDepartements[]")
+                                       or _values(request, "codesBcnRegions[]")):
+        return _unprocessable("Les paramètres codeEtablissement et périmètre (codesBcnRegions/codesBcnDepartements) "
+                              "sont mutuellement exclusifs", code="00419")
+    if sum(1 for name in _PERIMETERS if _values(request, name)) != 1:
+        return _unprocessable("Exactement un type de périmètre doit être fourni")
+    return None
+
+
+def _immatriculation_query(request: web.Request) -> web.Response | None:
+    if not request.query.get("immatriculation", "").strip():
+        return _unprocessable("Le paramètre immatriculation est obligatoire")
+    return None
+
+
+def _scolarites(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+    rec = c.records.get("scolarites")
+    if rec is None:
+        return None
+    q = request.query
+    data = {k: v for k, v in rec.items() if k != "perimetre"}
+    perimeter = rec["perimetre"]
+    first_year = data["annee_scolaire"].split("-")[0]
+    in_perimeter = (q.get("codeEtablissement") == data["etablissement"]["code_uai"]
+                    or perimeter["departement"] in _values(request, "codesBcnDepartements[]")
+                    or perimeter["region_academique"] in _values(request, "codesBcnRegions[]"))
+    # a pupil in a collège or lycée is in the second degree
+    degree_ok = q.get("degreEtablissement") in (None, "2D")
+    if q.get("anneeScolaire", "").split("-")[0] != first_year or not in_perimeter or not degree_ok:
+        return None
+    return data
+
+
+def _extrait_immatriculation(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
+    """The vehicle whose registration number is asked, if it is attached to the FranceConnect user."""
+    vehicle: dict[str, Any] | None = c.records.get("extrait_immatriculation_vehicule", {}).get(
+        request.query.get("immatriculation", ""))
+    return vehicle
+
+
 def _record(name: str) -> Render:
     def render(c: Citizen, d: Directory, request: web.Request) -> dict[str, Any] | None:
         rec = c.records.get(name)
@@ -215,6 +285,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              render=_participation_familiale_eaje, civil=DSS),
     Endpoint("/v3/gip_mds/service_civique/identite", "identite", "GIP-MDS", "31", *_NOT_KNOWN,
              render=_record("service_civique"), civil=GIP_MDS),
+    *(Endpoint(f"/{v}/men/scolarites/identite", "identite", "MEN", "30", "Entité non trouvée",
+               "Aucun eleve n'a pu etre trouve avec les criteres de recherche fournis",
+               render=_scolarites, civil=MEN, check=_scolarites_query) for v in ("v3", "v4")),
     Endpoint("/v3/dsnj/service_national/identite", "identite", "DSNJ", "39", "Entité non trouvée",
              "Le ou les paramètre(s) d'entrée n'existent pas, ne sont pas connus, ou ne comportent aucun résultat.",
              render=_record("service_national"), civil=DSNJ),
@@ -239,6 +312,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              render=_etudiant_boursier_v4),
     Endpoint("/v3/sdh/statut_sportif/identifiant", "identifiant", "SDH", "41", *_NOT_KNOWN,
              render=_record("statut_sportif"), scheme="sdh"),
+    Endpoint("/v3/france_travail/indemnites/identifiant", "identifiant", "France Travail", "24",
+             "Entité non trouvée",
+             "Aucune situation France Travail n'a pu être trouvée avec les critères de recherche fournis.",
+             render=_france_travail_indemnites),
+    Endpoint("/v3/ants/extrait_immatriculation_vehicule/france_connect", "france_connect", "ANTS", "42",
+             *_NOT_KNOWN, render=_extrait_immatriculation, check=_immatriculation_query),
     Endpoint("/v3/france_travail/statut/identifiant", "identifiant", "France Travail", "24", "Entité non trouvée",
              "Aucune situation France Travail n'a pu être trouvée avec les critères de recherche fournis.",
              render=_france_travail),
@@ -302,12 +381,12 @@ def civil_query(request: web.Request, rules: CivilRules) -> CivilQuery:
     day = _int(request, "jourDateNaissance", 1, 31)
     if rules.full_date and None in (year, month, day):
         raise _Refused(_unprocessable())
-    if not rules.sex_and_birthplace:
-        # what the endpoint does not take, it does not read
-        return CivilQuery(birth_name=birth_name, first_names=first_names, year=year, month=month, day=day)
-    sex = q.get("sexeEtatCivil") or None
+    # what the endpoint does not take, it does not read
+    sex = (q.get("sexeEtatCivil") or None) if rules.sex else None
     if sex not in (None, "M", "F") or (rules.sex_required and sex is None):
         raise _Refused(_unprocessable())
+    if not rules.birthplace:
+        return CivilQuery(birth_name=birth_name, first_names=first_names, year=year, month=month, day=day, sex=sex)
     commune = q.get("codeCogInseeCommuneNaissance") or None
     if commune is not None and not _COMMUNE.match(commune):
         raise _Refused(_unprocessable())
@@ -393,6 +472,8 @@ def _handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRespon
         if not request.query.get("recipient"):
             return error(422, "00203", "Entité non traitable", "Le paramètre recipient est obligatoire",
                          parameter="recipient")
+        if ep.check is not None and (refusal := ep.check(request)) is not None:
+            return refusal
         d = request.app[DIRECTORY]
         try:
             if ep.lookup == "france_connect":

@@ -39,6 +39,7 @@ from adapters.identity import PivotIdentity
 from adapters.sandbox import directory
 from adapters.sandbox.api_particulier import create_app
 from adapters.subjects import ProviderIdentifier, Subject
+from schemas.validation import InvalidParameters, Validators
 
 TOKEN = "adapter-test-token"
 RECIPIENT = "13002526500013"
@@ -230,6 +231,10 @@ async def test_pivot_identity_lookups(make_adapter: MakeAdapter, dataset: str, c
     ("statut_demandeur_emploi", "france_travail", "s.oconnor", lambda d: d["identite"]["nom_usage"] == "DUBOIS"),
     ("statut_demandeur_emploi", "france_travail", "ahmed.benali70",
      lambda d: d["identite"]["date_naissance"] == "1970-04-00"),
+    ("indemnites_france_travail", "france_travail", "thierry.lambert",
+     lambda d: [p["montant_aides"] for p in d["paiements"]] == [0, 200.0]),
+    ("indemnites_france_travail", "france_travail", "s.oconnor",
+     lambda d: d["identifiant"] == "s.oconnor" and d["paiements"][0]["montant_autres"] == 100.0),
     ("statut_sportif", "sdh", "100234567", lambda d: d["est_sportif_de_haut_niveau"]
      and d["informations_statuts_precedents"][0]["categorie"]["nom_categorie"] == "Relève"),
     ("statut_sportif", "sdh", "100876543", lambda d: not d["est_sportif_de_haut_niveau"]
@@ -262,6 +267,47 @@ async def test_quotient_familial_of_a_given_month(make_adapter: MakeAdapter) -> 
     with pytest.raises(SubjectNotFound):
         await make_adapter().fetch(query("quotient_familial", pivot("dupont-marie-claire"),
                                          annee=qf["annee"] - 1, mois=qf["mois"]))
+
+
+@pytest.mark.parametrize("perimeter", [{"code_etablissement": "0440012K"}, {"code_bcn_departement": "044"},
+                                       {"code_bcn_region": "17", "degre_etablissement": "2D"}],
+                         ids=["school", "departement", "region"])
+async def test_scolarites_by_school_year_and_perimeter(make_adapter: MakeAdapter, perimeter: dict[str, str]) -> None:
+    """The school year and the one perimeter reach MEN; a pupil is found within it and that year only."""
+    document = await make_adapter().fetch(query("scolarites", pivot("rousseau-lena"), annee_scolaire="2026-2027",
+                                                **perimeter))
+    assert_valid("scolarites", document)
+    assert document["echelon_bourse"] == 2 and document["etablissement"]["code_uai"] == "0440012K"
+    with pytest.raises(SubjectNotFound):
+        await make_adapter().fetch(query("scolarites", pivot("rousseau-lena"), annee_scolaire="2025-2026",
+                                         **perimeter))
+    with pytest.raises(SubjectNotFound):
+        await make_adapter().fetch(query("scolarites", pivot("rousseau-lena"), annee_scolaire="2026",
+                                         code_bcn_departement="075"))
+
+
+async def test_scolarites_without_a_perimeter_is_refused_upstream(make_adapter: MakeAdapter) -> None:
+    # the broker refuses it first (x-parameters' oneOf); upstream's own 422 is the second line
+    with pytest.raises(ProviderRejectedQuery):
+        await make_adapter().fetch(query("scolarites", pivot("rousseau-hugo"), annee_scolaire="2026-2027"))
+    with pytest.raises(ProviderRejectedQuery):
+        await make_adapter().fetch(query("scolarites", pivot("rousseau-hugo"), annee_scolaire="2026-2027",
+                                         code_etablissement="0440021V", code_bcn_region="17"))
+    document = await make_adapter().fetch(query("scolarites", pivot("rousseau-hugo"), annee_scolaire="2026",
+                                                code_etablissement="0440021V"))
+    assert document["est_boursier"] is False and document["echelon_bourse"] is None
+
+
+@pytest.mark.parametrize("parameters", [
+    {}, {"annee_scolaire": "2026-2027"},
+    {"annee_scolaire": "2026-2027", "code_etablissement": "0440012K", "code_bcn_region": "17"},
+    {"annee_scolaire": "26-27", "code_etablissement": "0440012K"},
+    {"annee_scolaire": "2026", "code_etablissement": "044001"},
+], ids=["no-year", "no-perimeter", "two-perimeters", "bad-year", "bad-uai"])
+def test_scolarites_parameters_are_checked_by_the_broker(parameters: dict[str, str]) -> None:
+    with pytest.raises(InvalidParameters):
+        Validators().verify_parameters("scolarites", 1, parameters)
+    Validators().verify_parameters("scolarites", 1, {"annee_scolaire": "2026", "code_bcn_departement": "044"})
 
 
 async def test_not_found(make_adapter: MakeAdapter) -> None:

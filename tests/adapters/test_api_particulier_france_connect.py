@@ -106,3 +106,34 @@ async def test_a_dataset_without_france_connect_mode_is_refused_before_calling(o
         await fetch(particulier, "statut_etudiant", subject)  # v1 requires identite, which this mode lacks
     with pytest.raises(ProviderRejectedQuery, match="FranceConnect"):
         await fetch(particulier, "statut_demandeur_emploi", subject)
+
+
+async def test_ants_answers_for_a_vehicle_of_the_france_connect_user_only(op: Client, particulier: str) -> None:
+    """ANTS exists only in FranceConnect mode, with the registration number as a dataset parameter: a vehicle of
+    the token's citizen is answered, the same number for another citizen, or another number, is not found."""
+
+    async def extract(citizen_id: str, plate: str) -> dict[str, Any]:
+        subject = FranceConnectSubject(directory().citizen(citizen_id).pivot, await login(op, citizen_id))
+        async with aiohttp.ClientSession() as session:
+            adapter = ApiParticulierAdapter(name="api-particulier", datasets={"extrait_immatriculation_vehicule": 1},
+                                            session=session, base_url=particulier, token=TOKEN)
+            return await adapter.fetch(AdapterQuery("extrait_immatriculation_vehicule", 1, subject, frozenset(), "t",
+                                                    recipient="21750001600019",
+                                                    parameters={"immatriculation": "GH-482-KT"} if plate else {}))
+
+    document = await extract("dupont-marie-claire", "GH-482-KT")
+    Validators().verify("extrait_immatriculation_vehicule", 1, document)
+    assert document["donnees_immatriculation_vehicule"]["numero_immatriculation"] == "GH-482-KT"
+    with pytest.raises(SubjectNotFound):
+        await extract("berger-camille", "GH-482-KT")
+    with pytest.raises(ProviderRejectedQuery):
+        await extract("dupont-marie-claire", "")  # upstream requires the number (422)
+    # by pivot identity there is no such endpoint at all
+    async with aiohttp.ClientSession() as session:
+        adapter = ApiParticulierAdapter(name="api-particulier", datasets={"extrait_immatriculation_vehicule": 1},
+                                        session=session, base_url=particulier, token=TOKEN)
+        with pytest.raises(ProviderRejectedQuery, match="FranceConnect"):
+            await adapter.fetch(AdapterQuery("extrait_immatriculation_vehicule", 1,
+                                             directory().citizen("dupont-marie-claire").pivot, frozenset(), "t",
+                                             recipient="21750001600019",
+                                             parameters={"immatriculation": "GH-482-KT"}))

@@ -25,12 +25,13 @@ from adapters.base import (
     SubjectNotFound,
 )
 from adapters.sandbox import directory
-from adapters.subjects import ProviderIdentifier, Subject
+from adapters.subjects import FranceConnectSubject, ProviderIdentifier, Subject
 from broker.service.problems import problem_for
 from schemas.validation import InvalidDocument, Validators
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "api_particulier_v3_reference.json").read_text("utf-8"))
 TOKEN = "reference-token"
+CITIZEN_TOKEN = "a-citizen-s-france-connect-token"
 VALIDATORS = Validators()
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 
@@ -62,6 +63,8 @@ def _lookups() -> list[tuple[str, int, str, Subject]]:
         for scheme, (path, _) in route.identifiers.items():
             value = "0000000503A" if scheme == "ine" else "identifiant-1"
             found.append((dataset, version, path, ProviderIdentifier(scheme, value)))
+        if route.france_connect_only is not None:
+            found.append((dataset, version, route.france_connect_only, FranceConnectSubject(pivot, CITIZEN_TOKEN)))
     return found
 
 
@@ -72,8 +75,11 @@ async def through_the_adapter(aiohttp_server: ServerFactory, dataset: str, versi
                               example: Any) -> dict[str, Any]:
     """Serve `example` as upstream's answer at `path`; what the adapter makes of it for `dataset` v`version`."""
 
+    # FranceConnect mode: the citizen's token is the bearer, never the adapter's own
+    bearer = subject.access_token if isinstance(subject, FranceConnectSubject) else TOKEN
+
     async def answer(request: web.Request) -> web.Response:
-        assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+        assert request.headers["Authorization"] == f"Bearer {bearer}"
         return web.json_response({"data": example, "links": {}, "meta": {}})
 
     app = web.Application()

@@ -22,7 +22,8 @@ DATASETS = {
     "numero_tva",
     # API Particulier, added with the subject union
     "allocation_adulte_handicape", "allocation_enfant_handicape", "allocation_soutien_familial", "service_national",
-    "participation_familiale_eaje", "service_civique", "statut_sportif",
+    "participation_familiale_eaje", "service_civique", "statut_sportif", "indemnites_france_travail", "scolarites",
+    "extrait_immatriculation_vehicule",
 }
 ALL = [(d, v) for d, versions in schemas.catalogue().items() for v in versions]
 
