@@ -152,8 +152,11 @@ def request_for(query: AdapterQuery, *, now: datetime | None = None) -> tuple[st
     if len(context) > MAX_CONTEXT or len(reference) > MAX_OBJECT:
         raise ProviderRejectedQuery(f"API Entreprise takes a context of at most {MAX_CONTEXT} characters and an "
                                     f"object of at most {MAX_OBJECT}")
-    # The yearly headcount of the last full year: the current year's is not computed before it ends.
-    year = str((now or datetime.now(UTC)).year - 1)
+    # The year asked for (`annee`, checked against the schema's `x-parameters` at step 2), else the last full year:
+    # the current year's headcount is not computed before it ends.
+    year = str(query.parameters.get("annee") or (now or datetime.now(UTC)).year - 1)
+    if not re.fullmatch(r"\d{4}", year):
+        raise ProviderRejectedQuery(f"{query.dataset} takes a year of four digits, not {year!r}")
     path = re.sub(r"\{(siren|siret|siren_or_rna)\}", quote(number, safe=""), endpoint.path).replace("{year}", year)
     # The broker's recipient may name a service after the SIRET (`<siret>/<service>`); upstream takes the SIRET.
     return path, [("recipient", query.recipient.split("/", 1)[0]), ("context", context), ("object", reference)]

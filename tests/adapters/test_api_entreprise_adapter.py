@@ -43,8 +43,8 @@ from adapters.base import (
 from adapters.identity import PivotIdentity
 from adapters.sandbox import api_entreprise as sandbox
 from adapters.subjects import ProviderIdentifier, Rna, Siren, Siret, Subject
-from broker.service.problems import PROBLEMS
-from schemas.validation import Validators
+from broker.service.problems import PROBLEMS, problem_for
+from schemas.validation import InvalidParameters, Validators
 
 TOKEN = "api-entreprise-test-token"
 RECIPIENT = "13002526500013"
@@ -88,9 +88,9 @@ def business(kind: str, number: str) -> Subject:
 
 
 def query(dataset: str, subject: Subject, *, context: str = CONTEXT, obj: str = OBJECT,
-          recipient: str = RECIPIENT) -> AdapterQuery:
+          recipient: str = RECIPIENT, **parameters: int | str) -> AdapterQuery:
     return AdapterQuery(dataset=dataset, version=ALL[dataset], subject=subject, fields=frozenset(), request_id="t",
-                        recipient=recipient, call_context=context, call_object=obj)
+                        recipient=recipient, call_context=context, call_object=obj, parameters=parameters)
 
 
 def subject_for(dataset: str, siren: str, siret: str) -> Subject:
@@ -222,6 +222,32 @@ def test_the_call_context_goes_in_every_query() -> None:
     assert path == f"/v4/djepva/api-association/associations/{ASSOCIATION_RNA}"
 
 
+def test_the_year_asked_for_reaches_the_upstream_path() -> None:
+    path, _ = request_for(query("effectifs_annuels", business("siren", COMPANY), annee=2022),
+                          now=datetime(2026, 12, 2, tzinfo=UTC))
+    assert path == f"/v3/gip_mds/unites_legales/{COMPANY}/effectifs_annuels/2022"
+    # Checked at step 2 already; the adapter still never puts anything but four digits in the path.
+    with pytest.raises(ProviderRejectedQuery, match="four digits"):
+        request_for(query("effectifs_annuels", business("siren", COMPANY), annee="20/2"))
+
+
+@pytest.mark.parametrize("parameters", [
+    {"annee": "2022"}, {"annee": 22}, {"annee": 1999}, {"annee": 2022.5}, {"annee": None}, {"year": 2022},
+    {"annee": 2022, "mois": 3},
+])
+def test_a_malformed_year_is_refused_as_invalid_parameters(parameters: dict[str, Any]) -> None:
+    with pytest.raises(InvalidParameters, match=r"effectifs_annuels v1 parameters") as refused:
+        Validators().verify_parameters("effectifs_annuels", 1, parameters)
+    assert problem_for(refused.value).slug == "invalid-parameters"
+
+
+def test_the_year_is_optional_and_declared() -> None:
+    Validators().verify_parameters("effectifs_annuels", 1, {})
+    Validators().verify_parameters("effectifs_annuels", 1, {"annee": 2022})
+    declared = schemas.parameters_schema("effectifs_annuels", 1)
+    assert declared is not None and "required" not in declared and set(declared["properties"]) == {"annee"}
+
+
 @pytest.mark.parametrize(("dataset", "subject", "why"), [
     ("unite_legale", business("siret", HEAD_OFFICE), "looked up by siren"),
     ("etablissement", business("siren", COMPANY), "looked up by siret"),
@@ -268,6 +294,8 @@ async def test_a_company(adapter: ApiEntrepriseAdapter) -> None:
     assert attestation["entity_status"]["code"] == "ok" and attestation["date_fin_validite"]
     tva = await adapter.fetch(query("numero_tva", business("siren", COMPANY)))
     assert tva == {"tva_number": "FR62912345675"}
+    headcount = await adapter.fetch(query("effectifs_annuels", business("siren", COMPANY), annee=2022))
+    assert headcount["annee"] == "2022" and headcount["siren"] == COMPANY
     for dataset in sorted(SUPPORTED_DATASETS - {"association"}):
         document = await adapter.fetch(query(dataset, subject_for(dataset, COMPANY, HEAD_OFFICE)))
         Validators().verify(dataset, ALL[dataset], document)

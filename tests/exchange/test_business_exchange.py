@@ -39,6 +39,7 @@ DATASETS = {
     "etablissement": ["siret", "etat_administratif", "date_fermeture"],
     "unite_legale_diffusible": ["siren", "status_diffusion"],
     "association": ["nom", "active"],
+    "effectifs_annuels": ["siren", "annee"],
 }
 
 
@@ -150,6 +151,17 @@ async def test_without_its_call_context_api_entreprise_is_not_called(broker: Har
 async def test_a_call_context_too_long_is_an_invalid_request(broker: Harness) -> None:
     await refused(broker, await broker.exchange(body(object="x" * 51)), "invalid-request", 400)
     await refused(broker, await broker.exchange(body(context=["Marchés publics"])), "invalid-request", 400)
+
+
+async def test_the_headcount_of_the_year_asked_for(broker: Harness) -> None:
+    answer = await broker.exchange(body("effectifs_annuels", parameters={"annee": 2022}))
+    assert answer.status == 200, answer.body
+    assert answer.json["data"] == {"siren": COMPANY, "annee": "2022"}
+    assert json.loads((await broker.log_rows())[-1]["parameters"]) == {"annee": 2022}
+    for malformed in ({"annee": "2022"}, {"annee": 22}, {"year": 2022}):
+        answer = await broker.exchange(body("effectifs_annuels", parameters=malformed))
+        await refused(broker, answer, "invalid-parameters", 400)
+        assert answer.json["detail"].startswith("effectifs_annuels v1 parameters")
 
 
 async def test_a_siret_with_a_wrong_check_digit_is_refused(broker: Harness) -> None:
