@@ -156,6 +156,9 @@ VERSIONED_ROUTES: Mapping[tuple[str, int], Route] = {
     # Cnous v4: `est_boursier` became `statut_boursier` {est_boursier, est_radie, date_radiation}
     ("etudiant_boursier", 2): Route("/v4/cnous/etudiant_boursier/identite", CNOUS,
                                     {"ine": ("/v4/cnous/etudiant_boursier/ine", "ine")}),
+    # Cnous v4's FranceConnect mode answers without `identite`: v3 is v2's shape without it, for every mode
+    ("etudiant_boursier", 3): Route("/v4/cnous/etudiant_boursier/identite", CNOUS,
+                                    {"ine": ("/v4/cnous/etudiant_boursier/ine", "ine")}, france_connect=True),
 }
 SUPPORTED_DATASETS = frozenset(ROUTES)
 

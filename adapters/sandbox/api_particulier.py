@@ -256,9 +256,9 @@ def _record(name: str) -> Render:
 
 
 # The endpoint families whose `/identite` endpoints have a `/france_connect` sibling answering the same data.
-FRANCE_CONNECT_FAMILIES = ("/v3/dss/", "/v3/dsnj/", "/v3/mesri/", "/v3/gip_mds/")
+FRANCE_CONNECT_FAMILIES = ("/v3/dss/", "/v3/dsnj/", "/v3/mesri/", "/v3/gip_mds/", "/v3/cnous/", "/v4/cnous/")
 # ... of which these answer without the person's `identite` (FranceConnect already knows who it is)
-_WITHOUT_IDENTITY = ("/v3/mesri/",)
+_WITHOUT_IDENTITY = ("/v3/mesri/", "/v3/cnous/", "/v4/cnous/")
 # GIP-MDS, SDH and ANTS say "not found" in these words
 _NOT_KNOWN = ("Entité non trouvée", "Le ou les paramètre(s) d'entrée n'existent pas, ne sont pas connus, ou ne "
               "comportent aucune information pour cet appel. Veuillez vérifier que votre recherche est couverte par "

@@ -43,8 +43,8 @@ from schemas.validation import InvalidParameters, Validators
 
 TOKEN = "adapter-test-token"
 RECIPIENT = "13002526500013"
-# v1 of each (statut_etudiant v1 keeps identite, which these tests check); Cnous at its latest, /v4
-ALL = {**{d: 1 for d in SUPPORTED_DATASETS}, "etudiant_boursier": schemas.latest("etudiant_boursier")}
+# v1 of each (statut_etudiant v1 keeps identite, which these tests check); Cnous /v4 with identite (v2)
+ALL = {**{d: 1 for d in SUPPORTED_DATASETS}, "etudiant_boursier": 2}
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 MakeAdapter = Callable[..., ApiParticulierAdapter]

@@ -100,6 +100,25 @@ async def test_mesri_s_france_connect_answer_has_its_own_version(op: Client, par
     assert "identite" not in document and len(document["admissions"]) == 2
 
 
+@pytest.mark.parametrize("citizen_id", ["moreau-lea", "ndiaye-noel"])
+async def test_cnous_s_france_connect_answer_has_its_own_version(op: Client, particulier: str,
+                                                                  citizen_id: str) -> None:
+    """Cnous answers FranceConnect mode (/v4/cnous/etudiant_boursier/france_connect) without `identite`: v2 requires
+    it, so v3 (without) is what FranceConnect mode serves; it is v2's answer by identity, identite left out."""
+    subject = FranceConnectSubject(directory().citizen(citizen_id).pivot, await login(op, citizen_id))
+    document = await fetch(particulier, "etudiant_boursier", subject, version=3)
+    Validators().verify("etudiant_boursier", 3, document)
+    assert "identite" not in document and "statut_boursier" in document
+    async with aiohttp.ClientSession() as session:
+        adapter = ApiParticulierAdapter(name="api-particulier", datasets={"etudiant_boursier": 2}, session=session,
+                                        base_url=particulier, token=TOKEN)
+        by_identity = await adapter.fetch(AdapterQuery("etudiant_boursier", 2, directory().citizen(citizen_id).pivot,
+                                                       frozenset(), "t", recipient="21750001600019"))
+    assert by_identity.pop("identite") and by_identity == document
+    with pytest.raises(ProviderRejectedQuery, match="FranceConnect"):
+        await fetch(particulier, "etudiant_boursier", subject, version=2)  # v2 requires identite
+
+
 async def test_a_dataset_without_france_connect_mode_is_refused_before_calling(op: Client, particulier: str) -> None:
     subject = FranceConnectSubject(directory().citizen("moreau-lea").pivot, "t")
     with pytest.raises(ProviderRejectedQuery, match="FranceConnect"):

@@ -63,8 +63,8 @@ def _lookups() -> list[tuple[str, int, str, Subject]]:
         for scheme, (path, _) in route.identifiers.items():
             value = "0000000503A" if scheme == "ine" else "identifiant-1"
             found.append((dataset, version, path, ProviderIdentifier(scheme, value)))
-        if route.france_connect_only is not None:
-            found.append((dataset, version, route.france_connect_only, FranceConnectSubject(pivot, CITIZEN_TOKEN)))
+        if route.france_connect_path is not None:
+            found.append((dataset, version, route.france_connect_path, FranceConnectSubject(pivot, CITIZEN_TOKEN)))
     return found
 
 

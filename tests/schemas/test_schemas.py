@@ -35,8 +35,8 @@ def validator(dataset: str, version: int) -> jsonschema.Draft202012Validator:
 def test_catalogue_has_every_dataset() -> None:
     assert set(schemas.catalogue()) == DATASETS
     # a new upstream shape is a new version beside the old one: Cnous v4's statut_boursier
-    # and MESRI's answers without identite, as its FranceConnect mode gives them
-    assert {d: schemas.latest(d) for d in DATASETS if schemas.latest(d) != 1} == {"etudiant_boursier": 2,
+    # and the answers without identite of the FranceConnect modes of MESRI (statut_etudiant v2) and Cnous (v3)
+    assert {d: schemas.latest(d) for d in DATASETS if schemas.latest(d) != 1} == {"etudiant_boursier": 3,
                                                                                     "statut_etudiant": 2}
 
 
