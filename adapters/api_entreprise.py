@@ -211,7 +211,7 @@ def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> floa
 
 # 504 codes that say the provider is down or unreachable, not slow: xx001 "Service non disponible", xx004 DNS, and
 # API Entreprise's own 00501 "Erreur réseau".
-_UNAVAILABLE_504 = re.compile(r"^(?:(?!00)[0-9]{2}(?:001|004)|00501)$")
+_UNAVAILABLE_504 = re.compile(r"(?:(?!00)[0-9]{2}(?:001|004)|00501)")
 
 
 def raise_for_status(endpoint: str, status: int, body: bytes, headers: Mapping[str, str]) -> None:
@@ -235,7 +235,7 @@ def raise_for_status(endpoint: str, status: int, body: bytes, headers: Mapping[s
                                   f"limit; retry in {math.ceil(wait)} s".replace("429 :", "429:"), retry_after=wait)
     if status == 451:
         raise SubjectNotDisclosable(what)
-    if status == 504 and not _UNAVAILABLE_504.match(code):
+    if status == 504 and not _UNAVAILABLE_504.fullmatch(code):
         raise ProviderTimeout(what)
     raise ProviderUnavailable(what)
 

@@ -135,7 +135,7 @@ MULTI_SOURCES = frozenset({"given_names"})
 DEFAULT_STATUSES: Mapping[int, str] = {404: "not_found", 400: "rejected", 422: "rejected", 429: "rate_limited",
                                        504: "timeout"}
 METHODS = ("GET", "POST")
-_POINTER = re.compile(r"^(/([^~/]|~[01])*)*$")
+_POINTER = re.compile(r"(/([^~/]|~[01])*)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +238,7 @@ def _field(raw: Any, where: str) -> Field:
     raw = _table(raw, where)
     _only(raw, {"pointer", "values"}, where)
     pointer = raw.get("pointer")
-    if not isinstance(pointer, str) or not _POINTER.match(pointer):
+    if not isinstance(pointer, str) or not _POINTER.fullmatch(pointer):
         raise ValueError(f"{where}.pointer: must be a JSON pointer (RFC 6901) such as /a/b")
     values = raw.get("values")
     if values is not None:

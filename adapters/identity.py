@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, ClassVar
 
-_COG_COMMUNE = re.compile(r"^[0-9][0-9AB][0-9]{3}$")
-_COG_COUNTRY = re.compile(r"^99[0-9]{3}$")
+_COG_COMMUNE = re.compile(r"[0-9][0-9AB][0-9]{3}")
+_COG_COUNTRY = re.compile(r"99[0-9]{3}")
 FRANCE = "99100"
 
 
@@ -74,10 +74,10 @@ class PivotIdentity:
                 raise SubjectError("given_name_array has an empty first name")
             if " ".join(self.given_name_array).split() != self.given_name.split():
                 raise SubjectError("given_name_array must be given_name's first names, in order")
-        if not _COG_COUNTRY.match(self.birthcountry):
+        if not _COG_COUNTRY.fullmatch(self.birthcountry):
             raise SubjectError("birthcountry must be a 5-digit COG country code starting with 99")
         if self.birthcountry == FRANCE:
-            if not _COG_COMMUNE.match(self.birthplace):
+            if not _COG_COMMUNE.fullmatch(self.birthplace):
                 raise SubjectError("birthplace must be a 5-character COG commune code when born in France")
         elif self.birthplace:
             raise SubjectError("birthplace must be empty when born abroad")

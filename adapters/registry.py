@@ -83,8 +83,8 @@ class AdapterConfigError(ValueError):
     """An adapter's registry options are wrong. The message names the key."""
 
 
-_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 MAX_TIMEOUT = 60.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_RETRIES, MAX_RETRIES = 2, 5
@@ -143,7 +143,7 @@ def _tls_files(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_http_json(options: Mapping[str, Any]) -> None:
     header = options.get("auth_header", "Authorization")
-    if not isinstance(header, str) or not _HEADER_NAME.match(header):
+    if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
         raise AdapterConfigError("auth_header: must be an HTTP header name")
     try:
         http_json.parse_endpoints(options["endpoints"], _served(options))
@@ -283,7 +283,7 @@ def check_options(kind: str, options: Mapping[str, Any]) -> None:
 
     _check_url(options["base_url"])
     token_env = options.get("token_env", "TOKEN")
-    if not isinstance(token_env, str) or not _ENV_NAME.match(token_env):
+    if not isinstance(token_env, str) or not _ENV_NAME.fullmatch(token_env):
         raise AdapterConfigError("token_env: must be an environment variable name (A-Z, 0-9, _)")
     timeout = options.get("timeout", DEFAULT_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT:

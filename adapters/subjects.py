@@ -50,10 +50,10 @@ SPORTIF = "sportif"
 RESERVED_KINDS = frozenset({PIVOT_IDENTITY, FRANCE_CONNECT, SIREN, SIRET, RNA})
 BUSINESS_KINDS = frozenset({SIREN, SIRET, RNA})
 
-_SCHEME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_SCHEME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # API Particulier's own pattern: 10 digits and a letter, or (since 2018) 9 digits and 2 letters.
-_INE = re.compile(r"^[0-9A-Za-z]{11}$")
-_RNA = re.compile(r"^W[0-9][0-9AB][0-9]{7}$")
+_INE = re.compile(r"[0-9A-Za-z]{11}")
+_RNA = re.compile(r"W[0-9][0-9AB][0-9]{7}")
 
 
 class FranceConnectOutsideConsent(SubjectError):
@@ -70,14 +70,14 @@ class ProviderIdentifier:
     value: str
 
     def __post_init__(self) -> None:
-        if not _SCHEME.match(self.scheme):
+        if not _SCHEME.fullmatch(self.scheme):
             raise SubjectError("identifier.scheme must be a lower-case word")
         if self.scheme in RESERVED_KINDS:
             raise SubjectError(f"identifier.scheme {self.scheme!r} is a subject kind of its own: send "
                                f"{{{self.scheme!r}: ...}}")
         if not self.value or len(self.value) > 128 or not self.value.isprintable():
             raise SubjectError("identifier.value must be 1 to 128 printable characters")
-        if self.scheme == INE and not _INE.match(self.value):
+        if self.scheme == INE and not _INE.fullmatch(self.value):
             raise SubjectError("an INE is 11 letters and digits")
 
     @property
@@ -164,7 +164,7 @@ class Rna:
     kind: ClassVar[str] = RNA
 
     def __post_init__(self) -> None:
-        if not _RNA.match(self.value):
+        if not _RNA.fullmatch(self.value):
             raise SubjectError("rna must be W followed by nine digits (e.g. W751234567)")
 
     def canonical(self) -> str:

@@ -110,8 +110,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if not 1 <= args.loadgen_procs <= 8 or not 1 <= args.brokers <= 8 or not 1 <= args.workers <= 8:
         problems.append("--loadgen-procs, --brokers, --workers: between 1 and 8")
     if args.upstream == "fast" and nginx is None:
-        problems.append("--upstream fast is nginx serving the recorded answer: install nginx or use --upstream "
-                        "python")
+        problems.append("--upstream fast is nginx serving the recorded answer: it needs nginx, which --no-nginx "
+                        "leaves out (with --no-nginx use --upstream python; without nginx, install it)")
     if not 10 <= args.rate <= 20_000:
         problems.append("--rate: between 10 and 20,000")
     if problems:

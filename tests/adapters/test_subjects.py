@@ -159,3 +159,17 @@ def test_given_name_array_keeps_a_first_name_whole_without_changing_the_key() ->
     for wrong in (["Marie", "Awa"], ["Awa", "Marie Davida"], ["Marie Davida", " "], "Marie Davida Awa"):
         with pytest.raises(SubjectError):
             PivotIdentity.from_json({**raw, "given_name_array": wrong})
+
+
+@pytest.mark.parametrize("raw", [
+    {"identifier": {"scheme": "ine", "value": "0000000503A\n"}},
+    {"identifier": {"scheme": "spi\n", "value": "3123456789012"}},
+    {"rna": "W751234567\n"},
+    {"pivot_identity": {**PIVOT.to_json(), "birthplace": PIVOT.birthplace + "\n"}},
+    {"pivot_identity": {**PIVOT.to_json(), "birthcountry": PIVOT.birthcountry + "\n"}},
+])
+def test_a_value_ending_in_a_newline_is_not_well_formed(raw: dict[str, Any]) -> None:
+    # Python's `$` matches before a final newline: every format is checked whole (fullmatch), so the domain types
+    # hold their invariant without relying on the HTTP contract that refuses such values first
+    with pytest.raises(SubjectError):
+        parse_subject(raw)
