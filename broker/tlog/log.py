@@ -326,6 +326,7 @@ class TransparencyLog:
         self.max_merge_delay = math.ceil(max_merge_delay)
         self.batch = batch
         self.metrics = metrics
+        self._warned_default = False
 
     # Sequencing ------------------------------------------------------------------------------------------------
 
@@ -377,7 +378,12 @@ class TransparencyLog:
 
     async def observe(self) -> None:
         row = await self.pool.fetchrow(_q()["tlog_status"])
+        if row["default_rows"] and not self._warned_default:
+            log.warning("access-log rows in the default partition: their month has no partition; run `python -m "
+                        "broker log partitions` as the owner role (docs/operations.md)", rows=row["default_rows"])
+        self._warned_default = bool(row["default_rows"])
         if self.metrics is not None:
+            self.metrics.log_default_rows.set(row["default_rows"])
             oldest = row["oldest_pending"]
             self.metrics.tlog_pending_age.set(0 if oldest is None else max(0.0, time.time() - oldest.timestamp()))
             self.metrics.tlog_size.set(row["size"])

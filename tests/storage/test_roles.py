@@ -228,3 +228,58 @@ def test_db_grant_refuses_a_role_that_is_not_a_superuser(granted: Roles, tmp_pat
                             text=True, timeout=120, check=False)
     assert result.returncode == 2, result.stderr
     assert "superuser" in result.stderr.strip().splitlines()[-1]
+
+
+async def test_the_broker_role_can_neither_alter_nor_write_a_partition_of_the_log(granted: Roles) -> None:
+    """Partitions are reached through access_log: directly, the broker role may only read one."""
+    owner = await asyncpg.connect(granted.owner)
+    try:
+        part = await owner.fetchval("SELECT inhrelid::regclass::text FROM pg_inherits "
+                                    "WHERE inhparent = 'access_log'::regclass ORDER BY 1 LIMIT 1")
+    finally:
+        await owner.close()
+    conn = await asyncpg.connect(granted.broker)
+    try:
+        assert await conn.fetchval(f"SELECT count(*) FROM {part}") == 0
+        for statement in (f"UPDATE {part} SET consumer = NULL", f"DELETE FROM {part}", f"TRUNCATE {part}",
+                          f"INSERT INTO {part} (id, request_id, outcome, http_status, latency_ms, seq) "
+                          "VALUES (gen_random_uuid(), 'r', 'refused', 403, 1, 1)",
+                          f"ALTER TABLE access_log DETACH PARTITION {part}", f"DROP TABLE {part}",
+                          f"ALTER TABLE {part} DISABLE TRIGGER ALL",
+                          "SELECT access_log_drop_partition('access_log_default'::regclass)",
+                          "SELECT access_log_create_partition('2001-01-01')"):
+            with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.InvalidParameterValueError)):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def _log_partitions(granted: Roles, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "broker", "log", "partitions", "--ahead", "15"],
+                          env=_env(tmp_path, DATABASE_URL=granted.broker, DLNUF_ADMIN_DATABASE_URL=granted.owner),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_log_partitions_runs_as_the_owner(granted: Roles, tmp_path: Path) -> None:
+    result = _log_partitions(granted, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("created partition access_log_y") == 12, result.stdout  # 4 made by the migration
+    assert "access_log_default" in result.stdout
+    result = _log_partitions(granted, tmp_path)
+    assert result.returncode == 0 and "created" not in result.stdout, result.stdout
+
+
+async def test_new_partitions_are_read_only_for_the_broker(granted: Roles, tmp_path: Path) -> None:
+    assert _log_partitions(granted, tmp_path).returncode == 0
+    conn = await asyncpg.connect(granted.superuser)
+    try:
+        for r in await conn.fetch("SELECT inhrelid::regclass::text AS part FROM pg_inherits "
+                                  "WHERE inhparent = 'access_log'::regclass"):
+            assert await conn.fetchval("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = $1::regclass",
+                                       r["part"]) == granted.owner_name
+            for privilege, held in (("SELECT", True), ("INSERT", False), ("UPDATE", False), ("DELETE", False),
+                                    ("TRUNCATE", False)):
+                assert await conn.fetchval("SELECT has_table_privilege($1, $2, $3)", granted.broker_name,
+                                           r["part"], privilege) == held, (r["part"], privilege)
+    finally:
+        await conn.close()

@@ -19,11 +19,13 @@ SELECT id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpo
 FROM access_log WHERE log_index IS NULL ORDER BY seq LIMIT $1;
 
 -- name: tlog_status
--- The tree size, and when the oldest entry not yet integrated was committed (about logged_at + latency).
+-- The tree size, when the oldest entry not yet integrated was committed (about logged_at + latency), and how many
+-- rows (up to 1000: this runs every round) wait in the access log's default partition for their month's.
 SELECT (SELECT size FROM tlog_head) AS size,
        (SELECT min(logged_at + COALESCE(latency_us / 1000.0, latency_ms) * interval '1 millisecond')
             FROM access_log WHERE log_index IS NULL)
-           AS oldest_pending;
+           AS oldest_pending,
+       (SELECT count(*) FROM (SELECT 1 FROM access_log_default LIMIT 1000) d) AS default_rows;
 
 -- name: tlog_pending_late
 SELECT id, logged_at FROM access_log
