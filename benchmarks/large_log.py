@@ -195,12 +195,13 @@ def main() -> int:
     p.add_argument("command", choices=["generate", "compare", "drop"])
     p.add_argument("--rows", type=int, default=10_000_000)
     p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    p.add_argument("--workdir", type=Path, help="where the note key is kept (default: /var/tmp/dlnuf-large-<rows>)")
+    p.add_argument("--workdir", type=Path,
+                   help="where the note key is kept (default: ~/.cache/dlnuf-large-<rows>)")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--exchange-args", default="--quick --workers 2 --levels 1,32 --no-profile",
                    help="exchange.py's options for every run (default: %(default)s)")
     args = p.parse_args()
-    workdir = args.workdir or Path(f"/var/tmp/dlnuf-large-{args.rows}")
+    workdir = args.workdir or Path.home() / ".cache" / f"dlnuf-large-{args.rows}"
     workdir.mkdir(parents=True, exist_ok=True)
     if args.command == "generate":
         asyncio.run(generate(args.admin_url, args.rows, workdir))

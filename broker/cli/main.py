@@ -63,7 +63,6 @@ async def _verify_database_role(config: Config) -> None:
         conn = await db.connect(config.admin_database_url)
         try:
             await db.migrate(conn)
-            await partitions.ensure(conn, now=datetime.now(UTC))
         finally:
             await conn.close()
     conn = await db.connect(config.database_url)
