@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,12 @@ import pytest
 
 from adapters.sandbox.api_particulier import create_app as sandbox_app
 from broker.storage import db, roles
+from broker.tlog import accesslog, partitions
+from broker.tlog.log import TransparencyLog, prune
 from tests.broker_harness import broker_config, start_broker
 from tests.conftest import _with_database
 from tests.factories import SANDBOX_TOKEN, TOKEN_ENV, consumer, registry_toml
+from tests.tlog.test_tlog import log_entry, signer
 
 ROOT = Path(__file__).resolve().parents[2]
 # The log's tables: the broker may read them and add to them, nothing else.
@@ -283,3 +287,30 @@ async def test_new_partitions_are_read_only_for_the_broker(granted: Roles, tmp_p
                                            r["part"], privilege) == held, (r["part"], privilege)
     finally:
         await conn.close()
+
+
+async def test_the_owner_moves_rows_out_of_the_default_and_prunes_a_month_whole(granted: Roles) -> None:
+    """What the owner's timer and `log prune` do, without the superuser: create a month's partition (moving its
+    rows out of the default one, whose guard it turns off for that), then write tombstones, detach and drop."""
+    old = [log_entry(n, logged_at=datetime.now(UTC) - timedelta(days=500 + n)) for n in range(3)]
+    serving = await db.create_pool(granted.broker, min_size=1, max_size=2)
+    try:
+        tlog = TransparencyLog(serving, signer(), max_merge_delay=60)
+        await tlog.ensure_checkpoint()
+        for e in old:
+            await accesslog.commit(serving, e)
+        await tlog.drain()
+    finally:
+        await serving.close()
+    owner = await db.create_pool(granted.owner, min_size=1, max_size=2)
+    try:
+        async with owner.acquire() as conn:
+            created = await partitions.ensure(conn, now=datetime.now(UTC))
+        assert len(created) >= 1 and await partitions.default_rows(owner) == 0
+        pruned = await prune(owner, now=datetime.now(UTC), default_retention="P1Y")
+        assert {p.entry_id for p in pruned} == {str(e.id) for e in old}
+        assert {p.partition for p in pruned} <= set(created) and None not in {p.partition for p in pruned}
+        assert await owner.fetchval("SELECT count(*) FROM access_log") == 0
+        assert await owner.fetchval("SELECT count(*) FROM tlog_pruned") == 3
+    finally:
+        await owner.close()
