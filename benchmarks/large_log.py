@@ -19,7 +19,8 @@ outbox rows (both are keyed by entry id, and the exchange path never reads old o
 
 `compare` runs `exchange.py --quick --workers 2 --levels 1,32 --no-profile` (or the --exchange-args given)
 alternately against a fresh, empty database and against the large one (`--database-url`: used as it is, not
-dropped; the node keys a previous run recorded are removed first, since each run makes new keys), `--reps` times
+dropped; the node keys and consumer key a previous run recorded are removed first, since each run makes new
+keys), `--reps` times
 each, order swapped every repetition so that the drifts of a shared machine hit both alike, and prints the broker's
 requests/s per concurrency level for both and their ratio (median over repetitions). Prints figures; asserts
 nothing.
@@ -148,10 +149,13 @@ async def generate(admin_url: str, rows: int, workdir: Path) -> None:
     say(f"generated {rows:,} entries in {name} ({size}) in {time.monotonic() - started:.0f} s; key in {workdir}")
 
 
-async def forget_node_keys(dsn: str) -> None:
+async def forget_previous_run(dsn: str) -> None:
+    """Each exchange.py run makes new keys: the node keys and the consumer key a previous run recorded would stop
+    the broker (a node with other keys refuses to start; registry apply refuses to remove a key unasked)."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("DELETE FROM node_keys")
+        await conn.execute("DELETE FROM organisation_keys")
     finally:
         await conn.close()
 
@@ -174,7 +178,7 @@ def compare(admin_url: str, rows: int, workdir: Path, reps: int, exchange_args: 
             order = ["empty", "large"] if rep % 2 == 0 else ["large", "empty"]
             for which in order:
                 if which == "large":
-                    asyncio.run(forget_node_keys(dsn))
+                    asyncio.run(forget_previous_run(dsn))
                 rates[which].append(run_exchange(large_args if which == "large" else ["--admin-url", admin_url],
                                                  exchange_args, Path(tmp) / f"{which}-{rep}.json"))
                 say(f"  rep {rep + 1} {which}: " + ", ".join(f"c={k} {v:,.0f}/s" for k, v in
