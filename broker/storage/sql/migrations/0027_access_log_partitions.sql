@@ -18,8 +18,8 @@
 --   month nobody created land in the DEFAULT partition, so an exchange never fails for want of one, and the next
 --   `log partitions` moves them into their month.
 --
--- Converting copies every row once, in this migration's transaction: on a large log, plan the downtime (about a
--- minute per million rows here).
+-- Converting copies every row once, in this migration's transaction: on a large log, plan the downtime (25 s for
+-- a million rows on a busy 2-core machine, docs/operations.md).
 
 ALTER TABLE notification_outbox DROP CONSTRAINT notification_outbox_entry_id_fkey;
 
