@@ -6,6 +6,8 @@ Invariants:
   rule (no data leaves before its log row is committed) is unchanged. Each exchange awaits its own batch;
 - a batch holds what queued while the previous transaction ran, nothing waits on purpose: alone, an exchange
   commits at once, as before; under load, one synchronous commit (one WAL flush) serves many exchanges;
+- a batch is one statement sent outside any explicit transaction (tlog.sql `log_batch_insert`): one round trip,
+  one implicit transaction, all or nothing;
 - a batch the database refuses for its content (a constraint, a value) is retried entry by entry, so one bad entry
   never fails the others; a batch lost to the connection or the server fails all its entries (503, no data);
 - the entries' nonce claims committed earlier without waiting for the WAL flush (broker/service/quotas.py): the
@@ -20,15 +22,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
+import orjson
 import structlog
 from aiohttp import web
 
 from broker.errors import LogUnavailable
 from broker.storage import db
-from broker.tlog.accesslog import LogEntry
+from broker.tlog.accesslog import COLUMNS, LogEntry
+from broker.tlog.evidence import COLUMNS as EVIDENCE_COLUMNS
 from broker.tlog.evidence import Evidence
 
 log = structlog.get_logger(__name__)
+
+
+class _RowsRefused(Exception):
+    """A batch's rows could not be written as JSON: retried entry by entry, like a batch PostgreSQL refuses."""
 
 # Bounded so that one transaction stays short and its statements small; a larger backlog takes several batches.
 MAX_BATCH = 256
@@ -94,7 +102,7 @@ class GroupCommit:
         except _CONNECTION_ERRORS as exc:
             _fail(batch, exc)
             return
-        except asyncpg.PostgresError as exc:
+        except (asyncpg.PostgresError, _RowsRefused) as exc:
             if len(batch) == 1:
                 _fail(batch, exc)
                 return
@@ -116,18 +124,29 @@ class GroupCommit:
 LOG_WRITER = web.AppKey("log_writer", GroupCommit)
 
 
+def _json_value(value: object) -> str:
+    # orjson writes uuids, aware datetimes (RFC 3339, microseconds), lists and dicts itself; bytea goes as PostgreSQL's
+    # hex input form, which jsonb_populate_recordset casts back to the same bytes.
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    raise TypeError(f"{type(value).__name__} is not a column value")
+
+
+def _rows(columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> bytes:
+    return orjson.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=_json_value)
+
+
 async def _write(pool: asyncpg.Pool, batch: list[_Pending]) -> None:
-    released = [(p.entry.id,) for p in batch if p.entry.outcome == "released"]
-    evidence = [p.evidence.args() for p in batch if p.evidence is not None]
+    try:
+        entries = _rows(COLUMNS, [p.entry.args() for p in batch])
+        evidence = _rows(EVIDENCE_COLUMNS, [p.evidence.args() for p in batch if p.evidence is not None])
+    except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. a lone surrogate in a string: about the rows
+        raise _RowsRefused(str(exc)) from exc
     async with pool.acquire() as conn:
         try:
-            async with conn.transaction():
-                # executemany pipelines the rows of one statement in one round trip
-                await conn.executemany(db.queries()["access_log_insert"], [p.entry.args() for p in batch])
-                if released:
-                    await conn.executemany(db.queries("broker.tlog", "tlog.sql")["outbox_insert"], released)
-                if evidence:
-                    await conn.executemany(db.queries("broker.tlog", "tlog.sql")["evidence_insert"], evidence)
+            # one statement, no explicit transaction: one round trip and one implicit, synchronous commit
+            await conn.fetchrow(db.queries("broker.tlog", "tlog.sql")["log_batch_insert"],
+                                entries.decode(), evidence.decode())
         except _CONNECTION_ERRORS:
             conn.terminate()  # as in db.fetchval: a connection the server dropped must not go back to the pool
             raise
