@@ -30,6 +30,7 @@ from broker.notify import worker as mail_worker
 from broker.observability import runtime, tracing
 from broker.observability.metrics import Metrics, multiprocess
 from broker.service.attempts import AttemptStore, SourceBudget
+from broker.service.claims import ClaimBatcher
 from broker.service.middleware import request_id_middleware, signing_middleware
 from broker.service.openapi import openapi_document
 from broker.service.problems import problem_middleware
@@ -172,6 +173,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         sealer=Sealer.from_file(config.identity_key_file),
         attempts=attempts,
         claims_pool=claims_pool,
+        claims=ClaimBatcher(claims_pool),
     )
     app[STATE] = state
     tasks = [asyncio.create_task(cache.watch()), asyncio.create_task(_housekeeping(pool)),
@@ -183,6 +185,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
     await attempts.flush()  # what the last interval refused
     await session.close()
+    await state.claims.close()
     await claims_pool.close()
     await pool.close()
 
