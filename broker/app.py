@@ -153,6 +153,9 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = Metrics()
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
+        # one session serves every consumer and citizen: a cookie a provider set for one exchange must never go
+        # with the next (tests/exchange/test_provider_cookies.py)
+        cookie_jar=aiohttp.DummyCookieJar(),
         json_serialize=lambda o: orjson.dumps(o).decode(),
     )
     cache = RegistryCache(pool, poll=config.registry_poll)
