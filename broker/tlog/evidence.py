@@ -60,6 +60,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+# The columns `Evidence.args()` fills, in its order.
+COLUMNS = ("entry_id", "logged_at", "request_label", "request_signature", "request_signature_base", "request_key",
+           "response_status", "response_signature", "response_signature_base", "response_key")
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """What is stored for one entry. The request part is None when the request's signature did not verify."""

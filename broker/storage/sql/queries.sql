@@ -88,6 +88,37 @@ WITH claim AS (
 SELECT EXISTS (SELECT 1 FROM claim) AS claimed, counted.scope, counted.used, counted.reset
 FROM (SELECT 1) AS one LEFT JOIN counted ON true;
 
+-- name: nonce_claim_batch
+-- The claims of concurrent exchanges in one statement (broker/service/claims.py), each as `nonce_claim_counted`
+-- would make it: claim i is ($1[i], $2[i], $3[i]); its quota scopes are the rows of ($5, $6) whose $4 is i. Only
+-- claimed nonces count. Each scope's counter moves once, by the number of its claims; the caller gives each claim
+-- its own count from the total (the claims of one batch are consecutive: the counter's row lock is held until
+-- commit). Counters are locked in scope order, as `nonce_claim_counted` does (consumer, then habilitation), so two
+-- concurrent batches never wait on each other in a cycle. The caller sends no (kid, nonce) twice in one batch.
+-- Rows: ('claimed', i) for each claimed nonce, ('counted', scope, used, reset) for each counted scope.
+WITH input AS (
+    SELECT kid, nonce, expires_at, ord
+    FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS i(kid, nonce, expires_at, ord)
+), claim AS (
+    INSERT INTO seen_nonces (kid, nonce, expires_at) SELECT kid, nonce, expires_at FROM input
+    ON CONFLICT (kid, nonce) DO NOTHING RETURNING kid, nonce
+), claimed AS (
+    SELECT i.ord FROM input i JOIN claim c ON c.kid = i.kid AND c.nonce = i.nonce
+), counted AS (
+    INSERT INTO quota_usage AS q (scope, window_seconds, window_start, used)
+    SELECT s.scope, s.w, (floor(extract(epoch FROM now()) / s.w) * s.w)::bigint, count(*)
+    FROM unnest($4::bigint[], $5::text[], $6::integer[]) AS s(ord, scope, w) JOIN claimed c ON c.ord = s.ord
+    GROUP BY s.scope, s.w
+    ORDER BY s.scope
+    ON CONFLICT (scope) DO UPDATE SET
+        used = CASE WHEN EXCLUDED.window_start > q.window_start THEN EXCLUDED.used ELSE q.used + EXCLUDED.used END,
+        window_start = GREATEST(q.window_start, EXCLUDED.window_start)
+    RETURNING q.scope, q.used, (q.window_start + q.window_seconds - extract(epoch FROM now()))::float8 AS reset
+)
+SELECT 'claimed' AS kind, ord, NULL::text AS scope, NULL::integer AS used, NULL::float8 AS reset FROM claimed
+UNION ALL
+SELECT 'counted', NULL, scope, used, reset FROM counted;
+
 -- name: quota_purge
 DELETE FROM quota_usage WHERE window_start + window_seconds < extract(epoch FROM now()) - 3600;
 
