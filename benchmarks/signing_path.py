@@ -146,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", type=Path, help="another checkout, measured as 'before'")
     parser.add_argument("--reps", type=int, default=7, help="repetitions (child processes per tree)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per child, of %d exchanges each" % BATCH)
+    parser.add_argument("--rounds", type=int, default=5, help=f"rounds per child, of {BATCH} exchanges each")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
