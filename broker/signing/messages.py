@@ -716,15 +716,18 @@ def _signing_key(private_key: PrivateKey | PrivateKeyObject, kid: str | None, al
 def _sign(label: str, components: list[sf.Item], params: sf.Params, msg: _Message,
           key: PrivateKeyObject | Signer) -> tuple[dict[str, str], bytes, bytes]:
     """The Signature-Input and Signature fields, the signature base and the signature."""
-    inner = sf.InnerList(tuple(components), params)
     try:
-        params_value = sf.serialize_inner_list(inner)
-        base = _build_base(components, [sf.serialize_item(c) for c in components], params_value, msg)
-        signature_input = sf.serialize_dictionary({label: inner})
+        ids = [sf.serialize_item(c) for c in components]
+        # The inner list serialised once (it was three times: identifiers, @signature-params, Signature-Input):
+        # what sf.serialize_inner_list gives, from the identifiers just serialised.
+        params_value = "(" + " ".join(ids) + ")" + sf.serialize_params(params)
+        base = _build_base(components, ids, params_value, msg)
+        label = sf.serialize_key(label)
     except (sf.StructuredFieldError, SignatureRejected) as exc:
         raise ValueError(f"cannot sign: {exc}") from None
     signature = sign_message(key, base)
-    fields = {"Signature-Input": signature_input, "Signature": sf.serialize_dictionary({label: sf.Item(signature)})}
+    fields = {"Signature-Input": label + "=" + params_value,
+              "Signature": label + "=" + sf.serialize_bare_item(signature)}
     return fields, base, signature
 
 
