@@ -104,16 +104,17 @@ def sign_with_evidence(response: web.Response, *, request: messages.VerifiedRequ
         request_label=None if request is None else request.label,
         request_signature=None if request is None else request.signature,
         request_signature_base=None if request is None else request.signature_base,
-        request_key=None if request is None else jwk_thumbprint(request.key.to_jwk()),
+        request_key=None if request is None else _thumbprint(request.key),
         response_status=response.status, response_signature=signed.signature,
         response_signature_base=signed.signature_base, response_key=_thumbprint(broker_key),
     )
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4096)
 def _thumbprint(key: PublicKey) -> str:
-    """The broker key's RFC 7638 thumbprint: the same key signs every answer, and hashing its JWK each time cost
-    about a sixth of a signature (keys compare by value, so a rotated key gets its own)."""
+    """A key's RFC 7638 thumbprint: the broker's signs every answer and a consumer's many requests, and hashing
+    its JWK each time cost about a sixth of a signature. Keys compare by value, so a rotated key gets its own;
+    the size bounds the memory to a few thousand keys (the registry's consumers and the broker's)."""
     return jwk_thumbprint(key.to_jwk())
 
 
