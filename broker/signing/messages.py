@@ -218,7 +218,7 @@ class _Message:
         # Dictionary fields already parsed from these very lines (a verified request's Signature, parsed when it
         # was verified): a response's `"signature";req;key=...` then costs no second parse. A message's fields do
         # not change while it is in use, so what was parsed once stays true.
-        self._dictionaries = {} if dictionaries is None else dictionaries
+        self._dictionaries = dictionaries
 
     def field_lines(self, name: str) -> list[str]:
         if self.overrides is not None and name in self.overrides:
@@ -236,6 +236,8 @@ class _Message:
 
     def dictionary(self, name: str, lines: list[str]) -> dict[str, sf.Member]:
         """The field `name`, whose lines are `lines`, parsed as a dictionary (raises `StructuredFieldError`)."""
+        if self._dictionaries is None:
+            self._dictionaries = {}
         parsed = self._dictionaries.get(name)
         if parsed is None:
             parsed = self._dictionaries[name] = sf.parse_dictionary(", ".join(lines))
@@ -613,7 +615,7 @@ class VerifiedRequest:
     signature: bytes  # the verified signature, from the Signature field
     signature_params: str  # the @signature-params value, i.e. the Signature-Input member
     signature_base: bytes  # what was signed, kept for the message log
-    _covered: frozenset[str] = field(repr=False)  # the serialised identifiers of the covered components
+    _covered: tuple[str, ...] = field(repr=False)  # the serialised identifiers of the covered components
     # `headers` as a signature base reads them, holding the dictionaries parsed to verify them (the answer's base
     # covers this request's Signature: it is not parsed a second time)
     _message: _Message = field(repr=False)
@@ -672,7 +674,9 @@ async def verify_request(
     # 4. The key: known, valid now, of the algorithm the signature names.
     key = _verify_key(sig, lookup_key, now)
     # 5. The signature over the base rebuilt from this message.
-    msg = _Message(headers, is_request=True, method=method, target_uri=target_uri)
+    # Signature was parsed with unique keys, so equal to what RFC 8941's "last wins" would give a base covering it.
+    msg = _Message(headers, is_request=True, method=method, target_uri=target_uri,
+                   dictionaries={"signature": signatures})
     base = _build_base(sig.components, sig.ids, sig.params_value, msg)
     _verify_signature(sig, key, base)
     # 6. The body against the (now authenticated) Content-Digest.
@@ -685,15 +689,15 @@ async def verify_request(
     if not await claim_nonce(key.kid, nonce, _to_datetime(acceptable_until)):
         raise SignatureRejected("nonce-replay", f"nonce {nonce!r} already used with key {key.kid!r}")
     copy = CIMultiDictProxy(CIMultiDict(headers))
-    # Parsed with unique keys, so equal to what a parse with RFC 8941's "last wins" would give the answer's base.
-    verified_msg = _Message(copy, is_request=True, method=method, target_uri=target_uri,
-                            dictionaries={"signature-input": inputs, "signature": signatures})
+    # The message verified, now reading the private copy (the same lines), keeps the parsed Signature for the
+    # answer's `"signature";req` (and only it: what a request holds lives as long as its exchange).
+    msg.headers = copy
     return VerifiedRequest(
         method=method, target_uri=target_uri, headers=copy, body=body,
         key=key, label=sig.label, created=_to_datetime(created),
         expires=None if sig.expires is None else _to_datetime(sig.expires), nonce=nonce,
         signature=sig.signature, signature_params=sig.params_value, signature_base=base,
-        _covered=frozenset(sig.ids), _message=verified_msg, _guard=_GUARD,
+        _covered=sig.ids, _message=msg, _guard=_GUARD,
     )
 
 
