@@ -898,9 +898,10 @@ def verify_response(
     now_ts = _aware_timestamp(now)
     request_signatures = _field_lines(request_headers, "signature")
     try:
-        request_labels = frozenset(sf.parse_dictionary(", ".join(request_signatures)))
+        request_signature = sf.parse_dictionary(", ".join(request_signatures))
     except sf.StructuredFieldError as exc:
         raise _malformed(f"the request's Signature field: {exc}") from None
+    request_labels = frozenset(request_signature)
     has_content_type = bool(_field_lines(headers, "content-type"))
     # 1. Parse: exactly one label; 2. the policy.
     sig = _the_signature(*_signature_dictionaries(headers))
@@ -911,7 +912,7 @@ def verify_response(
     key = _verify_key(sig, lookup_key, now)
     # 5. The signature, over a base that includes the request's signature.
     msg = _Message(headers, is_request=False, status=status,
-                   request=_Message(request_headers, is_request=True))
+                   request=_Message(request_headers, is_request=True, dictionaries={"signature": request_signature}))
     _verify_signature(sig, key, _build_base(sig.components, sig.ids, sig.params_value, msg))
     # 6. The body.
     _verify_body_digest(msg, body)
