@@ -73,6 +73,7 @@ class LogEntry:
     parameters: dict[str, object] | None = None
     """The dataset parameters the request sent (None: none); in the row, not in the leaf, for the same reason
     (migration 0020)."""
+    _leaf: tuple[tuple[object, ...], bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def retention(self) -> str:
@@ -118,12 +119,25 @@ class LogEntry:
         """The row as committed, by column name."""
         return dict(zip(COLUMNS, self.args(), strict=True))
 
+    def leaf(self) -> bytes:
+        """The RFC 9162 leaf hash of the entry as it stands: its receipt's, and the row's `leaf_hash` (migration
+        0028). Computed once per state of the entry: a change after a receipt (a refusal at the last step) gives
+        the leaf of what is then committed."""
+        args = self.args()
+        if self._leaf is None or self._leaf[0] != args:
+            self._leaf = (args, leaves.leaf_of(leaves.entry_document(dict(zip(COLUMNS, args, strict=True)))))
+        return self._leaf[1]
+
+    def insert_args(self) -> tuple[object, ...]:
+        """`access_log_insert`'s parameters: the row and its leaf hash."""
+        return (*self.args(), self.leaf())
+
 
 async def _commit(pool: asyncpg.Pool, entry: LogEntry, evidence: Evidence | None) -> None:
     async with pool.acquire() as conn:
         try:
             async with conn.transaction():
-                await conn.execute(db.queries()["access_log_insert"], *entry.args())
+                await conn.execute(db.queries()["access_log_insert"], *entry.insert_args())
                 if entry.outcome == "released":
                     await conn.execute(db.queries("broker.tlog", "tlog.sql")["outbox_insert"], entry.id)
                 if evidence is not None:
@@ -140,7 +154,7 @@ async def commit(pool: asyncpg.Pool, entry: LogEntry, evidence: Evidence | None 
         if entry.outcome == "released" or evidence is not None:
             await _commit(pool, entry, evidence)
         else:
-            await db.fetchval(pool, db.queries()["access_log_insert"], *entry.args())
+            await db.fetchval(pool, db.queries()["access_log_insert"], *entry.insert_args())
     except db.DB_ERRORS as exc:
         log.error("access log commit failed", error=f"{type(exc).__name__}: {exc}", entry_id=str(entry.id))
         raise LogUnavailable("access log commit failed") from exc

@@ -50,7 +50,7 @@ class GroupCommit(Batcher[_Item, None]):
 
     async def _write(self, conn: asyncpg.Connection, items: Sequence[_Item]) -> list[None]:
         try:
-            entries = _rows(COLUMNS, [entry.args() for entry, _ in items])
+            entries = _rows((*COLUMNS, "leaf_hash"), [entry.insert_args() for entry, _ in items])
             evidence = _rows(EVIDENCE_COLUMNS, [ev.args() for _, ev in items if ev is not None])
         except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. a lone surrogate in a string: about the rows
             raise RowsRefused(str(exc)) from exc

@@ -15,7 +15,7 @@ UPDATE tlog_head SET size = $1;
 SELECT id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient, habilitation_id,
        legal_basis_type, legal_basis_title, legal_basis_url, fields_requested, fields_released, outcome,
        problem_type, http_status, latency_ms, payload_sha256, subject_key, leaf_version, retention, latency_us,
-       payload_commitment, request_signature_sha256
+       payload_commitment, request_signature_sha256, leaf_hash
 FROM access_log WHERE log_index IS NULL ORDER BY seq LIMIT $1;
 
 -- name: tlog_status
@@ -188,12 +188,13 @@ WITH entries AS (
                             habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url,
                             fields_requested, fields_released, outcome, problem_type, http_status, latency_ms,
                             payload_sha256, subject_key, leaf_version, retention, latency_us, payload_salt,
-                            payload_commitment, request_signature_sha256, call_context, call_object, parameters)
+                            payload_commitment, request_signature_sha256, call_context, call_object, parameters,
+                            leaf_hash)
     SELECT id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient,
            habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url,
            fields_requested, fields_released, outcome, problem_type, http_status, latency_ms,
            payload_sha256, subject_key, leaf_version, retention, latency_us, payload_salt,
-           payload_commitment, request_signature_sha256, call_context, call_object, parameters
+           payload_commitment, request_signature_sha256, call_context, call_object, parameters, leaf_hash
     FROM entries
     RETURNING 1
 ), outbox AS (
