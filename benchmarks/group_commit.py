@@ -7,7 +7,8 @@
 On a fresh database on the PostgreSQL at --admin-url (dropped at the end), released entries with their outbox row
 and evidence, as the pipeline commits them, `--concurrency` exchanges in flight at a time:
 
-- "each": `accesslog.commit`, one transaction (and one synchronous commit, one WAL flush) per entry, as before;
+- "each": `accesslog.commit`, one statement (one implicit transaction, one synchronous commit, one WAL flush) per
+  entry;
 - "group": `broker.tlog.groupcommit.GroupCommit`, one writer batching what queued while its last transaction ran.
 
 With `--what claims`, the exchanges' nonce claims with a consumer and a habilitation quota, on a pool that does not

@@ -123,11 +123,6 @@ def _thumbprint(key: PublicKey) -> str:
     return jwk_thumbprint(key.to_jwk())
 
 
-async def store(conn: asyncpg.Connection, evidence: Evidence) -> None:
-    """Insert the evidence; call it in the transaction of the entry's row."""
-    await conn.execute(_q()["evidence_insert"], *evidence.args())
-
-
 async def remember_key(pool: asyncpg.Pool, key: PublicKey, owner: str) -> None:
     """Keep a key in the history (the broker's response key at start: registry keys get there by trigger)."""
     jwk = key.to_jwk()

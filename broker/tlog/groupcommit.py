@@ -17,15 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import asyncpg
-import orjson
 import structlog
 from aiohttp import web
 
 from broker.errors import LogUnavailable
-from broker.storage import db
-from broker.storage.batch import MAX_BATCH, Batcher, RowsRefused
-from broker.tlog.accesslog import COLUMNS, LogEntry
-from broker.tlog.evidence import COLUMNS as EVIDENCE_COLUMNS
+from broker.storage.batch import MAX_BATCH, Batcher
+from broker.tlog import accesslog
+from broker.tlog.accesslog import LogEntry
 from broker.tlog.evidence import Evidence
 
 log = structlog.get_logger(__name__)
@@ -49,14 +47,7 @@ class GroupCommit(Batcher[_Item, None]):
         await self.submit((entry, evidence))
 
     async def _write(self, conn: asyncpg.Connection, items: Sequence[_Item]) -> list[None]:
-        try:
-            entries = _rows((*COLUMNS, "leaf_hash"), [entry.insert_args() for entry, _ in items])
-            evidence = _rows(EVIDENCE_COLUMNS, [ev.args() for _, ev in items if ev is not None])
-        except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. a lone surrogate in a string: about the rows
-            raise RowsRefused(str(exc)) from exc
-        # one statement, no explicit transaction: one round trip and one implicit, synchronous commit
-        await conn.fetchrow(db.queries("broker.tlog", "tlog.sql")["log_batch_insert"], entries.decode(),
-                            evidence.decode())
+        await accesslog.write(conn, items)
         return [None] * len(items)
 
     def _written(self, count: int) -> None:
@@ -71,15 +62,3 @@ class GroupCommit(Batcher[_Item, None]):
 
 
 LOG_WRITER = web.AppKey("log_writer", GroupCommit)
-
-
-def _json_value(value: object) -> str:
-    # orjson writes uuids, aware datetimes (RFC 3339, microseconds), lists and dicts itself; bytea goes as PostgreSQL's
-    # hex input form, which jsonb_populate_recordset casts back to the same bytes.
-    if isinstance(value, bytes):
-        return "\\x" + value.hex()
-    raise TypeError(f"{type(value).__name__} is not a column value")
-
-
-def _rows(columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> bytes:
-    return orjson.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=_json_value)

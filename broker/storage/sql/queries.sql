@@ -125,16 +125,6 @@ DELETE FROM quota_usage WHERE window_start + window_seconds < extract(epoch FROM
 -- name: nonce_purge
 DELETE FROM seen_nonces WHERE expires_at < now();
 
--- name: access_log_insert
-INSERT INTO access_log (id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient,
-                        habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url,
-                        fields_requested, fields_released, outcome, problem_type, http_status, latency_ms,
-                        payload_sha256, subject_key, leaf_version, retention, latency_us, payload_salt,
-                        payload_commitment, request_signature_sha256, call_context, call_object, parameters,
-                        leaf_hash)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-        $24, $25, $26, $27, $28, $29, $30, $31);
-
 -- name: access_log_recent
 SELECT * FROM access_log ORDER BY logged_at DESC, id LIMIT $1;
 

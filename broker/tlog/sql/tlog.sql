@@ -149,9 +149,6 @@ DELETE FROM exchange_evidence WHERE entry_id = ANY($1::uuid[]);
 -- name: tlog_prune_delete
 DELETE FROM access_log WHERE id = ANY($1::uuid[]);
 
--- name: outbox_insert
-INSERT INTO notification_outbox (entry_id) VALUES ($1);
-
 -- name: outbox_claim
 -- Lease due notifications: pushing next_attempt_at past the lease makes another worker skip them, and a worker that
 -- dies mid-delivery only delays them by the lease.
@@ -176,11 +173,12 @@ UPDATE notification_outbox SET next_attempt_at = now() + make_interval(secs => $
 WHERE id = $1;
 
 -- name: log_batch_insert
--- The group commit's one statement (broker/tlog/groupcommit.py): a batch of access-log rows ($1), the outbox rows of
--- the released ones and the batch's evidence ($2), both as JSON arrays of rows by column name. Sent on its own
--- (no BEGIN, no COMMIT) it is one round trip and one implicit transaction with one synchronous commit, instead of
--- five round trips (BEGIN, three INSERTs, COMMIT). All or nothing, as a transaction. The outbox's foreign key is
--- checked at the end of the statement, when the access-log rows are there.
+-- How entries are written (broker/tlog/accesslog.py `write`; the pipeline's in batches, groupcommit.py): access-log
+-- rows with their leaf hashes ($1), the outbox rows of the released ones and their evidence ($2), both as JSON
+-- arrays of rows by column name (as text: the pool's jsonb codec would encode a str as a JSON string). Sent on its
+-- own (no BEGIN, no COMMIT) it is one round trip and one implicit transaction with one synchronous commit, instead
+-- of five round trips (BEGIN, three INSERTs, COMMIT). All or nothing, as a transaction. The outbox's foreign key
+-- is checked at the end of the statement, when the access-log rows are there.
 WITH entries AS (
     SELECT * FROM jsonb_populate_recordset(NULL::access_log, $1::text::jsonb)
 ), logged AS (
@@ -211,11 +209,6 @@ WITH entries AS (
 )
 SELECT (SELECT count(*) FROM logged) AS entries, (SELECT count(*) FROM outbox) AS outbox,
        (SELECT count(*) FROM evidence) AS evidence;
-
--- name: evidence_insert
-INSERT INTO exchange_evidence (entry_id, logged_at, request_label, request_signature, request_signature_base,
-                               request_key, response_status, response_signature, response_signature_base, response_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
 
 -- name: evidence_export
 -- An entry's evidence with its row and both keys from the key history (retired keys included).
