@@ -2,12 +2,18 @@
 
     .venv/bin/python benchmarks/group_commit.py                  # about a minute
     .venv/bin/python benchmarks/group_commit.py --reps 5 --entries 400
+    .venv/bin/python benchmarks/group_commit.py --what claims    # the nonce claims, batched or one by one
 
 On a fresh database on the PostgreSQL at --admin-url (dropped at the end), released entries with their outbox row
 and evidence, as the pipeline commits them, `--concurrency` exchanges in flight at a time:
 
-- "each": `accesslog.commit`, one transaction (and one synchronous commit, one WAL flush) per entry, as before;
+- "each": `accesslog.commit`, one statement (one implicit transaction, one synchronous commit, one WAL flush) per
+  entry;
 - "group": `broker.tlog.groupcommit.GroupCommit`, one writer batching what queued while its last transaction ran.
+
+With `--what claims`, the exchanges' nonce claims with a consumer and a habilitation quota, on a pool that does not
+wait for the WAL flush (as the broker's claims pool): "each" = `nonce_claim_counted`, one statement per claim, as
+before; "group" = `broker.service.claims.ClaimBatcher`, one statement per batch.
 
 Per variant and level: entries/s, p50 and p99 of an exchange's wait for its commit, transactions per entry, and
 the CPU of this database's PostgreSQL backends and of this Python process per entry. Repetitions interleaved, the
@@ -26,12 +32,16 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import procs
 
+from broker.service.claims import Claim, ClaimBatcher
 from broker.storage import db
 from broker.tlog import accesslog, evidence
 from broker.tlog.accesslog import LogEntry
@@ -59,31 +69,64 @@ def backend_cpu(pids: list[int]) -> float:
     return total
 
 
-async def run(dsn: str, name: str, variant: str, concurrency: int, entries: int) -> dict[str, float]:
-    pool = await db.create_pool(dsn, min_size=min(concurrency, 10), max_size=10)
+SCOPES = (("c:21750001600019:86400", 86400), ("h:bench:86400", 86400))
+
+
+class _CountedClaims(ClaimBatcher):
+    def __init__(self, pool: asyncpg.Pool, commits: list[int]) -> None:
+        super().__init__(pool)
+        self._commits = commits
+
+    def _written(self, count: int) -> None:
+        self._commits[0] += 1
+
+
+async def run(dsn: str, name: str, variant: str, concurrency: int, entries: int,
+              what: str = "log") -> dict[str, float]:
+    settings = {"synchronous_commit": "off"} if what == "claims" else None
+    pool = await db.create_pool(dsn, min_size=min(concurrency, 10), max_size=10, settings=settings)
     commits = [0]
 
     def counted(n: int) -> None:
         commits[0] += 1
 
-    writer = GroupCommit(pool, on_commit=counted)
-    each: Callable[[LogEntry, evidence.Evidence], Awaitable[None]]
-    if variant == "group":
-        each = writer.commit
+    writer: GroupCommit | ClaimBatcher = GroupCommit(pool, on_commit=counted)
+    each: Callable[[], Awaitable[object]]
+    if what == "claims":
+        writer = claims = _CountedClaims(pool, commits)
+
+        def claim() -> Claim:
+            return Claim("bench", secrets.token_urlsafe(16), datetime.now(UTC) + timedelta(minutes=5), SCOPES)
+
+        if variant == "group":
+            async def each() -> object:
+                return await claims.claim(claim())
+        else:
+            async def each() -> object:
+                c = claim()
+                commits[0] += 1
+                return await db.fetch(pool, db.queries()["nonce_claim_counted"], c.kid, c.nonce, c.expires_at,
+                                      [s for s, _ in c.scopes], [w for _, w in c.scopes])
     else:
-        async def each(e: LogEntry, ev: evidence.Evidence) -> None:
+        log_writer = writer
+        work = [entry() for _ in range(entries)]
+
+        async def each() -> object:
+            e, ev = work.pop()
+            if variant == "group":
+                return await log_writer.commit(e, ev)  # type: ignore[union-attr]
             await accesslog.commit(pool, e, ev)
             commits[0] += 1
+            return None
 
-    work = [entry() for _ in range(entries)]
     latencies: list[float] = []
-    queue = list(reversed(work))
+    queue = list(range(entries))
 
     async def client() -> None:
         while queue:
-            e, ev = queue.pop()
+            queue.pop()
             start = time.perf_counter()
-            await each(e, ev)
+            await each()
             latencies.append(1000 * (time.perf_counter() - start))
 
     try:
@@ -118,6 +161,8 @@ def main() -> int:
     p.add_argument("--levels", default="1,8,32", help="exchanges in flight (default: %(default)s)")
     p.add_argument("--entries", type=int, default=300, help="entries per cell (default: %(default)s)")
     p.add_argument("--reps", type=int, default=3, help="repetitions (default: %(default)s)")
+    p.add_argument("--what", choices=["log", "claims"], default="log",
+                   help="the access log's commits, or the nonce claims (default: %(default)s)")
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     name = f"dlnuf_groupcommit_{os.getpid()}_{secrets.token_hex(3)}"
@@ -137,12 +182,14 @@ def main() -> int:
         for rep in range(args.reps):
             for level in levels:
                 for variant in (variants if (rep + level) % 2 == 0 else variants[::-1]):
-                    r = asyncio.run(run(dsn, name, variant, level, args.entries))
+                    r = asyncio.run(run(dsn, name, variant, level, args.entries, args.what))
                     results.setdefault((variant, level), []).append(r)
                     print(f"rep {rep + 1} {variant:5s} c={level:<3d} {r['rate']:7.0f}/s p50 {r['p50']:6.2f} ms "
                           f"p99 {r['p99']:6.2f} ms commits/entry {r['commits_per_entry']:.2f} PG {r['pg_us']:5.0f} us "
                           f"Python {r['py_us']:5.0f} us", file=sys.stderr, flush=True)
-        print(f"\nAccess-log commits of released entries (row, outbox row, evidence), {args.entries} per cell, "
+        subject = ("Access-log commits of released entries (row, outbox row, evidence)" if args.what == "log" else
+                   "Nonce claims with two quota scopes (claims pool, no WAL flush wait)")
+        print(f"\n{subject}, {args.entries} per cell, "
               f"{args.reps} repetitions, medians; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
         print(f"{'variant':8s} {'conc':>4s} {'entries/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'commits/entry':>13s} "
               f"{'PG us/entry':>11s} {'Python us/entry':>15s}")

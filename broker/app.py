@@ -30,6 +30,7 @@ from broker.notify import worker as mail_worker
 from broker.observability import runtime, tracing
 from broker.observability.metrics import Metrics, multiprocess
 from broker.service.attempts import AttemptStore, SourceBudget
+from broker.service.claims import ClaimBatcher
 from broker.service.middleware import request_id_middleware, signing_middleware
 from broker.service.openapi import openapi_document
 from broker.service.problems import problem_middleware
@@ -155,6 +156,9 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = Metrics()
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
+        # one session serves every consumer and citizen: a cookie a provider set for one exchange must never go
+        # with the next (tests/exchange/test_provider_cookies.py)
+        cookie_jar=aiohttp.DummyCookieJar(),
         json_serialize=lambda o: orjson.dumps(o).decode(),
     )
     cache = RegistryCache(pool, poll=config.registry_poll)
@@ -175,6 +179,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         sealer=Sealer.from_file(config.identity_key_file),
         attempts=attempts,
         claims_pool=claims_pool,
+        claims=ClaimBatcher(claims_pool),
     )
     app[STATE] = state
     tasks = [asyncio.create_task(cache.watch()), asyncio.create_task(_housekeeping(pool)),
@@ -186,6 +191,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
     await attempts.flush()  # what the last interval refused
     await session.close()
+    await state.claims.close()
     await claims_pool.close()
     await pool.close()
 

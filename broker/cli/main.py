@@ -188,6 +188,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _workers(text: str) -> int:
+    """`--workers`: a positive count, or "auto" for the cores this process may use."""
+    if text == "auto":
+        from broker.cli.cores import usable_cpus
+
+        return usable_cpus()
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'auto'") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return count
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m broker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,8 +211,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--registry", type=Path, help="apply this registry file at start")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="broker processes sharing the port (SO_REUSEPORT) and the database; one per core")
+    serve.add_argument("--workers", type=_workers, default=1,
+                       help="broker processes sharing the port (SO_REUSEPORT) and the database; one per core: "
+                            "'auto' starts one per core this process may use (its CPU affinity and container "
+                            "quota); default 1")
     serve.add_argument("--unsafe-superuser", action="store_true", default=None,
                        help="serve even when DATABASE_URL's role is a superuser or owns the access log, and so could "
                             "disable its triggers (DLNUF_UNSAFE_SUPERUSER=true); see `db grant`")
@@ -252,8 +269,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
         from broker.app import create_app
         from broker.service.runner import serve as serve_app
 
-        if args.workers < 1:
-            parser.error("--workers must be at least 1")
         verify_servable(config)
         asyncio.run(_verify_database_role(config))
         from broker.cli.workers import serve_workers, use_event_loop

@@ -3,7 +3,8 @@
 Invariants:
 
 - one count for every broker process and node: the counters are rows of PostgreSQL, incremented by the statement
-  that claims the request's nonce (`nonce_claim_counted`), so a quota adds no round trip to an exchange;
+  that claims the request's nonce (`nonce_claim_counted`; under load, the claims of concurrent exchanges go in one
+  statement, `nonce_claim_batch`, with the same answers: broker/service/claims.py), so a quota adds no round trip;
 - exact: one row per scope, so every claim sees every claim before it; fixed windows on the database's clock (a
   window of w seconds starts at a multiple of w since the epoch), so at most `limit` exchanges are counted in any
   one window whatever the number of processes, and a client bursting astride a boundary gets at most 2 x `limit`
@@ -32,15 +33,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-import asyncpg
-
 from broker.errors import QuotaExceeded
 from broker.registry import Registry
 from broker.registry.quota import Quota
+from broker.service.claims import Claim, ClaimBatcher
 from broker.signing import structured_fields as sf
 from broker.signing.keys import PublicKey
-from broker.storage import db
-from broker.storage.db import DatabaseUnavailable
 
 PolicyName = Literal["consumer", "habilitation"]
 
@@ -124,9 +122,9 @@ class QuotaMeter:
     signature and the body's digest verified, so by then it is the dataset the consumer signed for.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, registry: Callable[[], Registry],
+    def __init__(self, claims: ClaimBatcher, *, registry: Callable[[], Registry],
                  lookup_key: Callable[[str], PublicKey | None], default: Quota | None, dataset: str | None) -> None:
-        self._pool = pool
+        self._claims = claims
         self._registry = registry
         self._lookup_key = lookup_key
         self._default = default
@@ -136,12 +134,9 @@ class QuotaMeter:
     async def claim(self, kid: str, nonce: str, expires_at: datetime) -> bool:
         key = self._lookup_key(kid)
         counted = [] if key is None else scopes(self._registry(), key.owner, self._dataset, self._default)
-        try:
-            rows = await db.fetch(self._pool, db.queries()["nonce_claim_counted"], kid, nonce, expires_at,
-                                  [s.key for s in counted], [s.quota.window for s in counted])
-        except db.DB_ERRORS as exc:
-            raise DatabaseUnavailable(f"nonce claim failed: {type(exc).__name__}") from exc
+        # batched with the claims of concurrent exchanges: one statement for all (broker/service/claims.py)
+        result = await self._claims.claim(Claim(kid, nonce, expires_at, tuple((s.key, s.quota.window)
+                                                                              for s in counted)))
         by_key = {s.key: s for s in counted}
-        self.usage = Usage(tuple(Count(by_key[r["scope"]], r["used"], r["reset"]) for r in rows
-                                 if r["scope"] is not None))
-        return bool(rows[0]["claimed"])
+        self.usage = Usage(tuple(Count(by_key[c.scope], c.used, c.reset) for c in result.counts))
+        return result.claimed

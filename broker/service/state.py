@@ -26,6 +26,7 @@ from broker.observability.metrics import Metrics
 from broker.registry import AdapterEntry, Registry, load
 from broker.registry.quota import Quota
 from broker.service.attempts import AttemptStore
+from broker.service.claims import ClaimBatcher
 from broker.service.quotas import QuotaMeter
 from broker.signing.keys import PrivateKey, PublicKey, public_key_from_jwk
 from broker.storage import db
@@ -180,6 +181,8 @@ class BrokerState:
     attempts: AttemptStore
     claims_pool: asyncpg.Pool
     """For the exchanges' nonce claims only: commits that do not wait for the WAL flush (quotas.py says why)."""
+    claims: ClaimBatcher
+    """The nonce claims of this process's concurrent exchanges, one statement per batch, on `claims_pool`."""
     validators: Validators = field(default_factory=Validators)
 
     def lookup_key(self, kid: str) -> PublicKey | None:
@@ -192,7 +195,7 @@ class BrokerState:
     def quota_meter(self, dataset: str | None) -> QuotaMeter:
         """A nonce claim that also counts the exchange against its consumer's and habilitation's quotas."""
         default = self.config.quota_default
-        return QuotaMeter(self.claims_pool, registry=lambda: self.registry.current, lookup_key=self.lookup_key,
+        return QuotaMeter(self.claims, registry=lambda: self.registry.current, lookup_key=self.lookup_key,
                           default=None if default is None else Quota(*default), dataset=dataset)
 
     async def claim_nonce(self, kid: str, nonce: str, expires_at: datetime) -> bool:

@@ -22,14 +22,13 @@ The signature base is built per RFC 9421 §2.5 byte for byte, for every componen
 from __future__ import annotations
 
 import binascii
-import functools
 import hashlib
 import hmac
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import InitVar, dataclass
+from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal, TypeAlias, cast, get_args
 from urllib.parse import unquote_to_bytes
@@ -48,10 +47,12 @@ __all__ = [
     "PublicKey",
     "Reason",
     "SignatureRejected",
+    "SignedResponse",
     "VerifiedRequest",
     "content_digest",
     "sign_request",
     "sign_response",
+    "sign_response_with_base",
     "signature_base",
     "verify_content_digest",
     "verify_request",
@@ -197,11 +198,13 @@ def _field_lines(headers: Headers, name: str) -> list[str]:
 class _Message:
     """One HTTP message as the signature base sees it; `request` is the request a response answers."""
 
-    __slots__ = ("_uri", "headers", "is_request", "method", "overrides", "request", "status", "target_uri")
+    __slots__ = ("_dictionaries", "_uri", "headers", "is_request", "method", "overrides", "request", "status",
+                 "target_uri")
 
     def __init__(
         self, headers: Headers, *, is_request: bool, method: str | None = None, target_uri: str | None = None,
         status: int | None = None, request: _Message | None = None, overrides: Mapping[str, str] | None = None,
+        dictionaries: dict[str, dict[str, sf.Member]] | None = None,
     ) -> None:
         self.headers = headers
         self.is_request = is_request
@@ -212,6 +215,10 @@ class _Message:
         # fields the signer is adding (Content-Digest), which the caller's headers do not hold yet
         self.overrides = overrides
         self._uri: tuple[str, str, str, str | None] | None = None
+        # Dictionary fields already parsed from these very lines (a verified request's Signature, parsed when it
+        # was verified): a response's `"signature";req;key=...` then costs no second parse. A message's fields do
+        # not change while it is in use, so what was parsed once stays true.
+        self._dictionaries = dictionaries
 
     def field_lines(self, name: str) -> list[str]:
         if self.overrides is not None and name in self.overrides:
@@ -226,6 +233,15 @@ class _Message:
                 raise _malformed(f"target URI {self.target_uri!r} is not an absolute http(s) URI")
             self._uri = (m.group(1), m.group(2), m.group(3), m.group(4))
         return self._uri
+
+    def dictionary(self, name: str, lines: list[str]) -> dict[str, sf.Member]:
+        """The field `name`, whose lines are `lines`, parsed as a dictionary (raises `StructuredFieldError`)."""
+        if self._dictionaries is None:
+            self._dictionaries = {}
+        parsed = self._dictionaries.get(name)
+        if parsed is None:
+            parsed = self._dictionaries[name] = sf.parse_dictionary(", ".join(lines))
+        return parsed
 
 
 def _component_value(component: sf.Item, msg: _Message) -> str:
@@ -332,7 +348,7 @@ def _field_value(name: str, params: sf.Params, msg: _Message) -> str:
         if not isinstance(key, str) or isinstance(key, sf.Token):
             raise _malformed(f"{name}: 'key' must be a string")
         try:
-            member = sf.parse_dictionary(", ".join(lines)).get(key)
+            member = msg.dictionary(name, lines).get(key)
         except sf.StructuredFieldError as exc:
             raise _malformed(f"{name} is not a dictionary: {exc}") from None
         if member is None:
@@ -433,9 +449,9 @@ def _signature_dictionaries(headers: Headers) -> tuple[dict[str, sf.Member], dic
         raise _malformed(f"Signature-Input / Signature: {exc}") from None
 
 
-def _the_signature(headers: Headers) -> _Signature:
-    """The message's one signature (see the module's invariants: a second label is refused, not ignored)."""
-    inputs, signatures = _signature_dictionaries(headers)
+def _the_signature(inputs: dict[str, sf.Member], signatures: dict[str, sf.Member]) -> _Signature:
+    """The message's one signature (see the module's invariants: a second label is refused, not ignored), from its
+    Signature-Input and Signature dictionaries."""
     if len(inputs) > 1 or len(signatures) > 1:
         raise SignatureRejected("several-signatures", f"labels {', '.join(sorted({*inputs, *signatures}))}: "
                                 "the broker accepts exactly one signature")
@@ -599,6 +615,10 @@ class VerifiedRequest:
     signature: bytes  # the verified signature, from the Signature field
     signature_params: str  # the @signature-params value, i.e. the Signature-Input member
     signature_base: bytes  # what was signed, kept for the message log
+    _covered: tuple[str, ...] = field(repr=False)  # the serialised identifiers of the covered components
+    # `headers` as a signature base reads them, holding the dictionaries parsed to verify them (the answer's base
+    # covers this request's Signature: it is not parsed a second time)
+    _message: _Message = field(repr=False)
     _guard: InitVar[object]
 
     def __post_init__(self, _guard: object) -> None:
@@ -611,7 +631,7 @@ class VerifiedRequest:
 
     def covers(self, component: str) -> bool:
         """Whether the verified signature covered this component (e.g. "authorization"), without parameters."""
-        return f'"{component}"' in _covered_ids(self.signature_params)
+        return f'"{component}"' in self._covered
 
     @property
     def kid(self) -> str:
@@ -645,7 +665,8 @@ async def verify_request(
     """
     now_ts = _aware_timestamp(now)
     # 1. Parse Signature-Input and Signature: exactly one label, nothing repeated.
-    sig = _the_signature(headers)
+    inputs, signatures = _signature_dictionaries(headers)
+    sig = _the_signature(inputs, signatures)
     # 2. The broker's policy on covered components and parameters.
     _verify_request_policy(sig, has_body=bool(body))
     # 3. Freshness: created within the window, not expired.
@@ -653,7 +674,9 @@ async def verify_request(
     # 4. The key: known, valid now, of the algorithm the signature names.
     key = _verify_key(sig, lookup_key, now)
     # 5. The signature over the base rebuilt from this message.
-    msg = _Message(headers, is_request=True, method=method, target_uri=target_uri)
+    # Signature was parsed with unique keys, so equal to what RFC 8941's "last wins" would give a base covering it.
+    msg = _Message(headers, is_request=True, method=method, target_uri=target_uri,
+                   dictionaries={"signature": signatures})
     base = _build_base(sig.components, sig.ids, sig.params_value, msg)
     _verify_signature(sig, key, base)
     # 6. The body against the (now authenticated) Content-Digest.
@@ -665,20 +688,17 @@ async def verify_request(
     nonce = cast(str, sig.nonce)
     if not await claim_nonce(key.kid, nonce, _to_datetime(acceptable_until)):
         raise SignatureRejected("nonce-replay", f"nonce {nonce!r} already used with key {key.kid!r}")
+    copy = CIMultiDictProxy(CIMultiDict(headers))
+    # The message verified, now reading the private copy (the same lines), keeps the parsed Signature for the
+    # answer's `"signature";req` (and only it: what a request holds lives as long as its exchange).
+    msg.headers = copy
     return VerifiedRequest(
-        method=method, target_uri=target_uri, headers=CIMultiDictProxy(CIMultiDict(headers)), body=body,
+        method=method, target_uri=target_uri, headers=copy, body=body,
         key=key, label=sig.label, created=_to_datetime(created),
         expires=None if sig.expires is None else _to_datetime(sig.expires), nonce=nonce,
-        signature=sig.signature, signature_params=sig.params_value, signature_base=base, _guard=_GUARD,
+        signature=sig.signature, signature_params=sig.params_value, signature_base=base,
+        _covered=sig.ids, _message=msg, _guard=_GUARD,
     )
-
-
-@functools.lru_cache(maxsize=1024)
-def _covered_ids(signature_params: str) -> frozenset[str]:
-    # the @signature-params value is an inner list: parse it as the only member of a dictionary
-    inner = sf.parse_dictionary("x=" + signature_params)["x"]
-    assert isinstance(inner, sf.InnerList)
-    return frozenset(sf.serialize_item(c) for c in inner.items)
 
 
 def _signing_key(private_key: PrivateKey | PrivateKeyObject, kid: str | None, alg: str | None
@@ -698,16 +718,21 @@ def _signing_key(private_key: PrivateKey | PrivateKeyObject, kid: str | None, al
 
 
 def _sign(label: str, components: list[sf.Item], params: sf.Params, msg: _Message,
-          key: PrivateKeyObject | Signer) -> dict[str, str]:
-    inner = sf.InnerList(tuple(components), params)
+          key: PrivateKeyObject | Signer) -> tuple[dict[str, str], bytes, bytes]:
+    """The Signature-Input and Signature fields, the signature base and the signature."""
     try:
-        params_value = sf.serialize_inner_list(inner)
-        base = _build_base(components, [sf.serialize_item(c) for c in components], params_value, msg)
-        signature_input = sf.serialize_dictionary({label: inner})
+        ids = [sf.serialize_item(c) for c in components]
+        # The inner list serialised once (it was three times: identifiers, @signature-params, Signature-Input):
+        # what sf.serialize_inner_list gives, from the identifiers just serialised.
+        params_value = "(" + " ".join(ids) + ")" + sf.serialize_params(params)
+        base = _build_base(components, ids, params_value, msg)
+        label = sf.serialize_key(label)
     except (sf.StructuredFieldError, SignatureRejected) as exc:
         raise ValueError(f"cannot sign: {exc}") from None
     signature = sign_message(key, base)
-    return {"Signature-Input": signature_input, "Signature": sf.serialize_dictionary({label: sf.Item(signature)})}
+    fields = {"Signature-Input": label + "=" + params_value,
+              "Signature": label + "=" + sf.serialize_bare_item(signature)}
+    return fields, base, signature
 
 
 def sign_request(
@@ -755,13 +780,24 @@ def sign_request(
         params["expires"] = int(_aware_timestamp(expires))
     overrides = {"content-digest": added["Content-Digest"]} if body else None
     msg = _Message(headers, is_request=True, method=method, target_uri=url, overrides=overrides)
-    added.update(_sign(label, components, params, msg, key_object))
+    added.update(_sign(label, components, params, msg, key_object)[0])
     return added
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Responses
 # ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignedResponse:
+    """A response's signature with what was signed, for the evidence of an exchange: the base kept is the very
+    bytes signed, not a rebuild of them."""
+
+    headers: dict[str, str]  # Content-Digest, Signature-Input, Signature
+    label: str
+    signature: bytes
+    signature_base: bytes
 
 
 def sign_response(
@@ -781,6 +817,22 @@ def sign_response(
 
     `request` is None for a request that did not verify (a refusal is signed too, without the binding).
     """
+    return sign_response_with_base(status=status, headers=headers, body=body, request=request,
+                                   private_key=private_key, kid=kid, now=now, label=label).headers
+
+
+def sign_response_with_base(
+    *,
+    status: int,
+    headers: Headers,
+    body: bytes,
+    request: VerifiedRequest | None,
+    private_key: PrivateKey | PrivateKeyObject,
+    kid: str | None = None,
+    now: datetime,
+    label: str = "sig1",
+) -> SignedResponse:
+    """`sign_response`, also giving the signature and its base (what the exchange's evidence keeps)."""
     key_object, kid, key_alg = _signing_key(private_key, kid, None)
     if not 100 <= status <= 999:
         raise ValueError(f"invalid status {status}")
@@ -791,12 +843,13 @@ def sign_response(
     request_msg = None
     if request is not None:
         components.append(sf.Item("signature", {"req": True, "key": request.label}))
-        request_msg = _Message(request.headers, is_request=True, method=request.method,
-                               target_uri=request.target_uri)
+        request_msg = request._message
     params: sf.Params = {"created": int(_aware_timestamp(now)), "keyid": kid, "alg": key_alg}
     msg = _Message(headers, is_request=False, status=status, request=request_msg,
                    overrides={"content-digest": digest})
-    return {"Content-Digest": digest, **_sign(label, components, params, msg, key_object)}
+    fields, base, signature = _sign(label, components, params, msg, key_object)
+    return SignedResponse(headers={"Content-Digest": digest, **fields}, label=label, signature=signature,
+                          signature_base=base)
 
 
 def _is_request_signature(component: sf.Item, request_labels: Iterable[str]) -> bool:
@@ -845,12 +898,13 @@ def verify_response(
     now_ts = _aware_timestamp(now)
     request_signatures = _field_lines(request_headers, "signature")
     try:
-        request_labels = frozenset(sf.parse_dictionary(", ".join(request_signatures)))
+        request_signature = sf.parse_dictionary(", ".join(request_signatures))
     except sf.StructuredFieldError as exc:
         raise _malformed(f"the request's Signature field: {exc}") from None
+    request_labels = frozenset(request_signature)
     has_content_type = bool(_field_lines(headers, "content-type"))
     # 1. Parse: exactly one label; 2. the policy.
-    sig = _the_signature(headers)
+    sig = _the_signature(*_signature_dictionaries(headers))
     _verify_response_policy(sig, has_content_type=has_content_type, request_labels=request_labels, bound=bound)
     # 3. Freshness.
     _verify_window(sig, now_ts, max_skew)
@@ -858,7 +912,7 @@ def verify_response(
     key = _verify_key(sig, lookup_key, now)
     # 5. The signature, over a base that includes the request's signature.
     msg = _Message(headers, is_request=False, status=status,
-                   request=_Message(request_headers, is_request=True))
+                   request=_Message(request_headers, is_request=True, dictionaries={"signature": request_signature}))
     _verify_signature(sig, key, _build_base(sig.components, sig.ids, sig.params_value, msg))
     # 6. The body.
     _verify_body_digest(msg, body)

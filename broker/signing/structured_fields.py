@@ -363,6 +363,12 @@ def _serialize_decimal(value: Decimal) -> str:
     return whole + "." + (frac.rstrip("0") or "0")
 
 
+def serialize_key(key: str) -> str:
+    """A dictionary or parameter key, checked (what a serialised dictionary member starts with)."""
+    _check_key(key)
+    return key
+
+
 def _check_key(key: str) -> None:
     if _KEY_RE.fullmatch(key) is None:
         raise StructuredFieldError(f"invalid key {key!r}")

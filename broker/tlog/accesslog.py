@@ -11,18 +11,21 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 import structlog
 
 from broker.errors import LogUnavailable
 from broker.registry import Habilitation
 from broker.storage import db
+from broker.storage.batch import CONNECTION_ERRORS, RowsRefused
 from broker.tlog import leaves
+from broker.tlog.evidence import COLUMNS as EVIDENCE_COLUMNS
 from broker.tlog.evidence import Evidence
-from broker.tlog.evidence import store as store_evidence
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +76,7 @@ class LogEntry:
     parameters: dict[str, object] | None = None
     """The dataset parameters the request sent (None: none); in the row, not in the leaf, for the same reason
     (migration 0020)."""
+    _leaf: tuple[tuple[object, ...], bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def retention(self) -> str:
@@ -118,30 +122,54 @@ class LogEntry:
         """The row as committed, by column name."""
         return dict(zip(COLUMNS, self.args(), strict=True))
 
+    def leaf(self) -> bytes:
+        """The RFC 9162 leaf hash of the entry as it stands: its receipt's, and the row's `leaf_hash` (migration
+        0028). Computed once per state of the entry: a change after a receipt (a refusal at the last step) gives
+        the leaf of what is then committed."""
+        args = self.args()
+        if self._leaf is None or self._leaf[0] != args:
+            self._leaf = (args, leaves.leaf_of(leaves.entry_document(dict(zip(COLUMNS, args, strict=True)))))
+        return self._leaf[1]
 
-async def _commit(pool: asyncpg.Pool, entry: LogEntry, evidence: Evidence | None) -> None:
-    async with pool.acquire() as conn:
-        try:
-            async with conn.transaction():
-                await conn.execute(db.queries()["access_log_insert"], *entry.args())
-                if entry.outcome == "released":
-                    await conn.execute(db.queries("broker.tlog", "tlog.sql")["outbox_insert"], entry.id)
-                if evidence is not None:
-                    await store_evidence(conn, evidence)
-        except (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError, OSError):
-            # as in db.fetchval: a connection the server dropped must not go back to the pool
-            conn.terminate()
-            raise
+
+def _json_value(value: object) -> str:
+    # orjson writes uuids, aware datetimes (RFC 3339, microseconds), lists and dicts itself; bytea goes as PostgreSQL's
+    # hex input form, which jsonb_populate_recordset casts back to the same bytes.
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    raise TypeError(f"{type(value).__name__} is not a column value")
+
+
+def _json_rows(columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
+    try:
+        return orjson.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=_json_value).decode()
+    except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. a lone surrogate in a string: about the rows
+        raise RowsRefused(str(exc)) from exc
+
+
+async def write(conn: asyncpg.Connection, items: Sequence[tuple[LogEntry, Evidence | None]]) -> None:
+    """Write entries, the outbox rows of the released ones and their evidence with one statement (tlog.sql
+    `log_batch_insert`), outside any explicit transaction: one round trip, one implicit transaction and its
+    synchronous commit, all or nothing. Each row carries its leaf hash (`LogEntry.leaf`)."""
+    entries = _json_rows((*COLUMNS, "leaf_hash"), [(*entry.args(), entry.leaf()) for entry, _ in items])
+    evidence = _json_rows(EVIDENCE_COLUMNS, [ev.args() for _, ev in items if ev is not None])
+    await conn.fetchrow(db.queries("broker.tlog", "tlog.sql")["log_batch_insert"], entries, evidence)
+
+
+_COMMIT_ERRORS: tuple[type[BaseException], ...] = (*db.DB_ERRORS, RowsRefused)
 
 
 async def commit(pool: asyncpg.Pool, entry: LogEntry, evidence: Evidence | None = None) -> None:
-    """Commit the entry, its outbox row if released, and the exchange's evidence, in one transaction."""
+    """Commit the entry, its outbox row if released, and the exchange's evidence, in one transaction (the pipeline
+    goes through `broker.tlog.groupcommit`, which writes concurrent exchanges' entries together)."""
     try:
-        if entry.outcome == "released" or evidence is not None:
-            await _commit(pool, entry, evidence)
-        else:
-            await db.fetchval(pool, db.queries()["access_log_insert"], *entry.args())
-    except db.DB_ERRORS as exc:
+        async with pool.acquire() as conn:
+            try:
+                await write(conn, [(entry, evidence)])
+            except CONNECTION_ERRORS:
+                conn.terminate()  # as in db.fetchval: a connection the server dropped must not go back to the pool
+                raise
+    except _COMMIT_ERRORS as exc:
         log.error("access log commit failed", error=f"{type(exc).__name__}: {exc}", entry_id=str(entry.id))
         raise LogUnavailable("access log commit failed") from exc
 

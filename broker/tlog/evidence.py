@@ -60,6 +60,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+# The columns `Evidence.args()` fills, in its order.
+COLUMNS = ("entry_id", "logged_at", "request_label", "request_signature", "request_signature_base", "request_key",
+           "response_status", "response_signature", "response_signature_base", "response_key")
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """What is stored for one entry. The request part is None when the request's signature did not verify."""
@@ -96,42 +101,26 @@ def sign_with_evidence(response: web.Response, *, request: messages.VerifiedRequ
     body = response.body
     if not isinstance(body, bytes):
         raise TypeError("evidence needs a response with a bytes body")
-    headers = messages.sign_response(status=response.status, headers=response.headers, body=body, request=request,
-                                     private_key=private_key, now=now)
-    response.headers.update(headers)
-    label = next(iter(sf.parse_dictionary(headers["Signature"])))
-    response_base = messages.signature_base(
-        label, headers=response.headers, status=response.status,
-        request_headers=None if request is None else request.headers,
-        request_method=None if request is None else request.method,
-        request_target_uri=None if request is None else request.target_uri)
+    signed = messages.sign_response_with_base(status=response.status, headers=response.headers, body=body,
+                                              request=request, private_key=private_key, now=now)
+    response.headers.update(signed.headers)
     return Evidence(
         entry_id=entry_id, logged_at=logged_at,
         request_label=None if request is None else request.label,
         request_signature=None if request is None else request.signature,
         request_signature_base=None if request is None else request.signature_base,
-        request_key=None if request is None else jwk_thumbprint(request.key.to_jwk()),
-        response_status=response.status, response_signature=_signature_of(headers["Signature"], label),
-        response_signature_base=response_base, response_key=_thumbprint(broker_key),
+        request_key=None if request is None else _thumbprint(request.key),
+        response_status=response.status, response_signature=signed.signature,
+        response_signature_base=signed.signature_base, response_key=_thumbprint(broker_key),
     )
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4096)
 def _thumbprint(key: PublicKey) -> str:
-    """The broker key's RFC 7638 thumbprint: the same key signs every answer, and hashing its JWK each time cost
-    about a sixth of a signature (keys compare by value, so a rotated key gets its own)."""
+    """A key's RFC 7638 thumbprint: the broker's signs every answer and a consumer's many requests, and hashing
+    its JWK each time cost about a sixth of a signature. Keys compare by value, so a rotated key gets its own;
+    the size bounds the memory to a few thousand keys (the registry's consumers and the broker's)."""
     return jwk_thumbprint(key.to_jwk())
-
-
-def _signature_of(field_value: str, label: str) -> bytes:
-    member = sf.parse_dictionary(field_value)[label]
-    assert isinstance(member, sf.Item) and isinstance(member.value, bytes)
-    return member.value
-
-
-async def store(conn: asyncpg.Connection, evidence: Evidence) -> None:
-    """Insert the evidence; call it in the transaction of the entry's row."""
-    await conn.execute(_q()["evidence_insert"], *evidence.args())
 
 
 async def remember_key(pool: asyncpg.Pool, key: PublicKey, owner: str) -> None:

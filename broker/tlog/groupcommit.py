@@ -4,138 +4,61 @@ Invariants:
 - `GroupCommit.commit` returns only after the COMMIT of a transaction holding the entry, its outbox row (when
   released) and its evidence, or raises `LogUnavailable`: exactly `accesslog.commit`'s promise, so the pipeline's
   rule (no data leaves before its log row is committed) is unchanged. Each exchange awaits its own batch;
-- a batch holds what queued while the previous transaction ran, nothing waits on purpose: alone, an exchange
-  commits at once, as before; under load, one synchronous commit (one WAL flush) serves many exchanges;
-- a batch the database refuses for its content (a constraint, a value) is retried entry by entry, so one bad entry
-  never fails the others; a batch lost to the connection or the server fails all its entries (503, no data);
+- batching as `broker.storage.batch` says: alone, an exchange commits at once; under load, one synchronous commit
+  (one WAL flush) serves many exchanges; one bad entry fails alone, a lost database fails its batch (503, no data);
+- a batch is one statement sent outside any explicit transaction (tlog.sql `log_batch_insert`): one round trip,
+  one implicit transaction, all or nothing;
 - the entries' nonce claims committed earlier without waiting for the WAL flush (broker/service/quotas.py): the
   batch's synchronous commit flushes the WAL up to its own record, those claims included, before any answer.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import structlog
 from aiohttp import web
 
 from broker.errors import LogUnavailable
-from broker.storage import db
+from broker.storage.batch import MAX_BATCH, Batcher
+from broker.tlog import accesslog
 from broker.tlog.accesslog import LogEntry
 from broker.tlog.evidence import Evidence
 
 log = structlog.get_logger(__name__)
 
-# Bounded so that one transaction stays short and its statements small; a larger backlog takes several batches.
-MAX_BATCH = 256
-# What a lost connection or server raises: the whole batch fails. Anything else asyncpg.PostgresError raises is
-# about the rows (a constraint, a value), and is retried one entry at a time.
-_CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-                      asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                      asyncpg.exceptions.AdminShutdownError)
+_Item = tuple[LogEntry, Evidence | None]
 
 
-@dataclass(slots=True)
-class _Pending:
-    entry: LogEntry
-    evidence: Evidence | None
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-class GroupCommit:
+class GroupCommit(Batcher[_Item, None]):
     """The access-log writer of one event loop. `on_commit(entries)` is told of each committed transaction."""
+
+    name = "access-log group commit"
 
     def __init__(self, pool: asyncpg.Pool, *, on_commit: Callable[[int], None] | None = None,
                  max_batch: int = MAX_BATCH) -> None:
-        self._pool = pool
+        super().__init__(pool, max_batch=max_batch)
         self._on_commit = on_commit
-        self._max_batch = max_batch
-        self._queue: list[_Pending] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
 
     async def commit(self, entry: LogEntry, evidence: Evidence | None = None) -> None:
         """Return once the entry (with its outbox row when released, and its evidence) is committed; else raise
         `LogUnavailable`."""
-        if self._closed:
-            raise LogUnavailable("access log writer stopped")
-        pending = _Pending(entry, evidence)
-        self._queue.append(pending)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="access-log group commit")
-        self._wake.set()
-        # shielded: a cancelled handler (client gone) must not cancel the batch it shares with others
-        await asyncio.shield(pending.done)
+        await self.submit((entry, evidence))
 
-    async def close(self) -> None:
-        """Commit what is queued, then stop; later commits raise `LogUnavailable`."""
-        self._closed = True
-        if self._task is not None:
-            self._wake.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def _write(self, conn: asyncpg.Connection, items: Sequence[_Item]) -> list[None]:
+        await accesslog.write(conn, items)
+        return [None] * len(items)
 
-    async def _run(self) -> None:
-        while not (self._closed and not self._queue):
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
-                await self._commit_batch(batch)
-
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
-        try:
-            await _write(self._pool, batch)
-        except _CONNECTION_ERRORS as exc:
-            _fail(batch, exc)
-            return
-        except asyncpg.PostgresError as exc:
-            if len(batch) == 1:
-                _fail(batch, exc)
-                return
-            log.warning("access log batch refused, committing its entries one by one", entries=len(batch),
-                        error=type(exc).__name__)
-            for one in batch:
-                await self._commit_batch([one])
-            return
-        except Exception as exc:  # never leave an exchange waiting forever on a writer that died
-            _fail(batch, exc)
-            raise
+    def _written(self, count: int) -> None:
         if self._on_commit is not None:
-            self._on_commit(len(batch))
-        for p in batch:
-            if not p.done.done():
-                p.done.set_result(None)
+            self._on_commit(count)
+
+    def _failed(self, item: _Item, exc: BaseException | None) -> Exception:
+        if exc is None:
+            return LogUnavailable("access log writer stopped")
+        log.error("access log commit failed", error=f"{type(exc).__name__}: {exc}", entry_id=str(item[0].id))
+        return LogUnavailable("access log commit failed")
 
 
 LOG_WRITER = web.AppKey("log_writer", GroupCommit)
-
-
-async def _write(pool: asyncpg.Pool, batch: list[_Pending]) -> None:
-    released = [(p.entry.id,) for p in batch if p.entry.outcome == "released"]
-    evidence = [p.evidence.args() for p in batch if p.evidence is not None]
-    async with pool.acquire() as conn:
-        try:
-            async with conn.transaction():
-                # executemany pipelines the rows of one statement in one round trip
-                await conn.executemany(db.queries()["access_log_insert"], [p.entry.args() for p in batch])
-                if released:
-                    await conn.executemany(db.queries("broker.tlog", "tlog.sql")["outbox_insert"], released)
-                if evidence:
-                    await conn.executemany(db.queries("broker.tlog", "tlog.sql")["evidence_insert"], evidence)
-        except _CONNECTION_ERRORS:
-            conn.terminate()  # as in db.fetchval: a connection the server dropped must not go back to the pool
-            raise
-
-
-def _fail(batch: list[_Pending], exc: BaseException) -> None:
-    for p in batch:
-        log.error("access log commit failed", error=f"{type(exc).__name__}: {exc}", entry_id=str(p.entry.id))
-        if not p.done.done():
-            p.done.set_exception(LogUnavailable("access log commit failed"))
-

@@ -342,9 +342,14 @@ class TransparencyLog:
             if not rows:
                 return 0
             edge = await PgNodeStore(conn).get_nodes(merkle.right_edge_ids(size))
-            # About 0.1 ms of pure-Python JCS per entry: off the event loop, so exchanges keep being answered.
-            result = await asyncio.to_thread(
-                lambda: merkle.append_leaves(size, edge, [leaf_of(entry_document(r)) for r in rows]))
+            # The leaf the committing broker stored with the row (its receipt's; `log verify` recomputes each);
+            # rows from before migration 0028 have none, and are canonicalized here, off the event loop.
+            stored = [r["leaf_hash"] for r in rows]
+            if all(leaf is not None for leaf in stored):
+                result = merkle.append_leaves(size, edge, stored)
+            else:
+                result = await asyncio.to_thread(lambda: merkle.append_leaves(size, edge, [
+                    r["leaf_hash"] if r["leaf_hash"] is not None else leaf_of(entry_document(r)) for r in rows]))
             await write_nodes(conn, result.nodes)
             await conn.execute(q["tlog_assign"], [r["id"] for r in rows], list(range(size, result.size)))
             await conn.execute(q["tlog_head_update"], result.size)
@@ -419,7 +424,7 @@ class TransparencyLog:
         """What a 200 exchange answer carries about its committed log entry: the entry, its leaf hash, and the
         signed promise."""
         document = entry_document(entry.row())
-        leaf = leaf_of(document)
+        leaf = entry.leaf()
         receipt: dict[str, JsonValue] = {
             "entry": document, "leaf_hash": b64(leaf),
             "inclusion_promise": self.promise(str(entry.id), leaf, str(document["logged_at"]))}

@@ -955,6 +955,38 @@ async def test_response_req_components_reach_the_request(private: PrivateKey) ->
     assert exc.value.reason == "component-absent"  # the SDK did not say which method it used
 
 
+@pytest.mark.parametrize("bound", [True, False])
+async def test_signed_response_keeps_the_very_base_it_signed(private: PrivateKey, bound: bool) -> None:
+    # the evidence stores this base instead of rebuilding it: it must be what a verifier rebuilds from the answer
+    request, request_headers = await verified_request(private)
+    key = broker_key()
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+    kept = messages.sign_response_with_base(status=200, headers=headers, body=RESPONSE_BODY,
+                                            request=request if bound else None, private_key=key, now=NOW)
+    assert kept.headers == messages.sign_response(status=200, headers=headers, body=RESPONSE_BODY,
+                                                  request=request if bound else None, private_key=key, now=NOW)
+    headers.update(kept.headers)
+    assert kept.label == "sig1"
+    assert sf.parse_dictionary(headers["Signature"])["sig1"] == sf.Item(kept.signature)
+    assert kept.signature_base == messages.signature_base(
+        "sig1", headers=headers, status=200, request_headers=request_headers if bound else None)
+    broker_lookup()(key.kid).verify(kept.signature, kept.signature_base)  # type: ignore[union-attr]
+
+
+async def test_response_binds_the_request_signature_member_as_sent(private: PrivateKey) -> None:
+    # the request's Signature, parsed once when it was verified, serves the answer's `"signature";req`: with a
+    # parameter on the member and odd spacing, the value is still the member re-serialised (RFC 9421 §2.1.2)
+    headers = signed(private)
+    member = headers["Signature"].removeprefix("sig1=")
+    headers["Signature"] = f"sig1={member};  p=1"
+    request = await verify(headers, lookup_for(public(private)))
+    response = signed_response(request)
+    base = messages.signature_base("sig1", headers=response, status=200, request_headers=headers)
+    assert f'"signature";req;key="sig1": {member};p=1\n'.encode() in base
+    messages.verify_response(status=200, headers=response, body=RESPONSE_BODY, request_headers=headers,
+                             lookup_key=broker_lookup(), now=NOW)
+
+
 def test_sign_response_refuses_bad_status() -> None:
     with pytest.raises(ValueError):
         messages.sign_response(status=42, headers={}, body=b"", request=None, private_key=broker_key(), now=NOW)

@@ -100,3 +100,44 @@ async def test_close_commits_what_is_queued_then_refuses(pool: asyncpg.Pool) -> 
     assert await asyncio.gather(*pending) == [None] * 5
     with pytest.raises(LogUnavailable):
         await writer.commit(log_entry(9))
+
+
+async def test_every_value_is_stored_exactly_as_the_entry_holds_it(pool: asyncpg.Pool) -> None:
+    """The batch travels as JSON (one statement): what is read back must equal what the receipt's leaf was computed
+    from, for both leaf formats, bytes, arrays with separators and quotes, non-ASCII text and parameters."""
+    v1 = log_entry(1, version=1)
+    v2 = log_entry(2)
+    v2.fields_requested = v2.fields_released = ('a,b', 'c"d', "e\\f", "é ✓ 𝄞", "{g}", "NULL")
+    v2.call_context, v2.call_object = "Dossier n°42 \"urgent\"\n", "objet\ttab"
+    v2.parameters = {"annee_scolaire": "2025-2026", "nested": {"list": [1, 2.5, None, True]}}
+    v2.logged_at = v2.logged_at.replace(microsecond=0)  # orjson writes no fraction then
+    refused = log_entry(3, released=False)
+    proof = some_evidence(v2)
+    signed = evidence.Evidence(v1.id, v1.logged_at, "sig1", bytes(range(256)), b"\x00base\xff", "thumb", 200,
+                               b"\x00\x01", b"response base", "k")
+    writer = GroupCommit(pool)
+    await asyncio.gather(writer.commit(v1, signed), writer.commit(v2, proof), writer.commit(refused))
+    await writer.close()
+    for entry in (v1, v2, refused):
+        row = await pool.fetchrow("SELECT * FROM access_log WHERE id = $1", entry.id)
+        stored = {k: row[k] for k in entry.row()}
+        expected = entry.row()
+        for k in ("fields_requested", "fields_released"):
+            expected[k] = list(expected[k])  # type: ignore[call-overload]
+        assert stored == expected
+    for ev in (signed, proof):
+        row = await pool.fetchrow("SELECT * FROM exchange_evidence WHERE entry_id = $1", ev.entry_id)
+        assert tuple(row[k] for k in evidence.COLUMNS) == ev.args()
+    assert await committed(pool, [v1, v2, refused]) == (3, 2, 2)
+
+
+async def test_a_value_json_cannot_carry_fails_its_entry_alone(pool: asyncpg.Pool) -> None:
+    writer = GroupCommit(pool)
+    good = [log_entry(n) for n in range(3)]
+    bad = log_entry(9)
+    bad.call_context = "lone surrogate \ud800"
+    results = await asyncio.gather(*(writer.commit(e) for e in good), writer.commit(bad), return_exceptions=True)
+    await writer.close()
+    assert results[:3] == [None] * 3
+    assert isinstance(results[3], LogUnavailable)
+    assert await committed(pool, [*good, bad]) == (3, 3, 0)

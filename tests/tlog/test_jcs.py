@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.tlog import jcs
 from broker.tlog.jcs import CanonicalizationError, canonicalize, serialize_number
 
 # RFC 8785 §3.2.2 and §3.2.4: the input, as text, and its canonical form.
@@ -220,3 +221,40 @@ def test_canonical_form_is_a_fixed_point_of_parse_and_canonicalize(value: Any) -
     out = canonicalize(value)
     # The output is JSON, and canonicalizing what it parses to gives the same bytes: one value, one spelling.
     assert canonicalize(json.loads(out)) == out
+
+
+def assert_as_the_general_path(value: Any) -> None:
+    """`canonicalize` gives the general path's bytes, or refuses what it refuses."""
+    try:
+        general = jcs._general(value)
+    except CanonicalizationError:
+        with pytest.raises(CanonicalizationError):
+            canonicalize(value)
+        return
+    assert canonicalize(value) == general
+
+
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**53), max_value=2**53) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_values | plain_values)
+def test_the_fast_path_spells_every_value_as_the_general_one(value: Any) -> None:
+    """`canonicalize` hands documents without floats to the standard library's C encoder: byte for byte what the
+    general path writes, keys beyond the BMP, control characters, lone surrogates and 2**53 included."""
+    assert_as_the_general_path(value)
+
+
+@pytest.mark.parametrize("value", [
+    {"\ufb33": 1, "\U0001F600": 2, "\u20ac": 3},  # code point order would put the emoji last
+    {"a": "\ud800"},  # a lone surrogate
+    {"k": [1, 2**53, -(2**53), "\x00\x1f\x7f\u2028\"\\/"]},
+    {"n": 2**53 + 2},
+    ("tuple", True, None),
+])
+def test_the_fast_path_on_its_edges(value: Any) -> None:
+    assert_as_the_general_path(value)

@@ -387,3 +387,22 @@ def test_log_settings_defaults() -> None:
     assert config.log_auditors == {"11000201100044", "21750001600019"} and config.journal_clients == frozenset()
     assert (config.log_interval, config.log_max_merge_delay, config.log_retention) == (1.0, 60.0, "P1Y")
     assert config.notify_webhook is None and config.log_key_file.name == "log-note-key"
+
+
+def test_an_entrys_leaf_follows_its_last_change() -> None:
+    """`LogEntry.leaf` is computed once per state: the receipt's leaf, and the one stored with the row, are those of
+    what is committed, even when the entry changed after a first leaf (a refusal at the last step)."""
+    entry = log_entry(1)
+    first = entry.leaf()
+    assert first == leaf_of(entry_document(entry.row())) and entry.leaf() is first
+    entry.outcome, entry.http_status, entry.problem_type = "failed", 503, "https://dlnuf.org/problems/log-unavailable"
+    entry.fields_released = ()
+    entry.clear_payload()
+    assert entry.leaf() != first and entry.leaf() == leaf_of(entry_document(entry.row()))
+
+
+async def test_the_stored_leaf_is_the_receipts(pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
+    entries = await commit_entries(pool, 4)
+    rows = await pool.fetch("SELECT id, leaf_hash FROM access_log ORDER BY seq")
+    assert [bytes(r["leaf_hash"]) for r in rows] == [base64.b64decode(str(tlog.receipt(e)["leaf_hash"]))
+                                                     for e in entries]

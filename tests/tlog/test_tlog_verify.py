@@ -294,3 +294,30 @@ async def test_prune_command(database_url: str, pool: asyncpg.Pool, tlog: Transp
     assert done.returncode == 0 and "pruned 1 entry" in done.stdout
     out = run_cli("verify", "--database-url", database_url, "--vkey", tlog.signer.verifier.vkey(), state=tmp_path)
     assert out.returncode == 0 and f"{SIZE} ({old.id})" in out.stdout
+
+
+async def test_a_wrong_stored_leaf_hash_is_integrated_as_is_and_named(database_url: str, pool: asyncpg.Pool) -> None:
+    """The integrator appends the leaf hash the committing broker stored (migration 0028) without recomputing it;
+    `log verify` recomputes every leaf from its row, so a row whose stored leaf does not match it is named."""
+    t = TransparencyLog(pool, signer(), max_merge_delay=60, batch=7)
+    await t.ensure_checkpoint()
+    await commit_entries(pool, 3)
+    await tamper(database_url, "UPDATE access_log SET leaf_hash = sha256('not this row') WHERE seq = "
+                               "(SELECT min(seq) + 1 FROM access_log)")
+    await t.drain()
+    victim = await entry_at(pool, 1)
+    assert kinds(await verify(database_url, t))[0] == ("modified", 1, victim)
+
+
+async def test_rows_without_a_stored_leaf_are_integrated_from_their_content(database_url: str, pool: asyncpg.Pool,
+                                                                            ) -> None:
+    """Rows committed before migration 0028 carry no leaf hash: the integrator canonicalizes them, as before."""
+    t = TransparencyLog(pool, signer(), max_merge_delay=60, batch=7)
+    await t.ensure_checkpoint()
+    entries = await commit_entries(pool, 9)
+    await tamper(database_url, "UPDATE access_log SET leaf_hash = NULL WHERE seq % 2 = 0")
+    await t.drain()
+    assert (await verify(database_url, t)).ok
+    stored = [bytes(r["hash"]) for r in await pool.fetch(
+        "SELECT hash FROM tlog_nodes WHERE level = 0 ORDER BY idx")]
+    assert stored == [e.leaf() for e in entries]

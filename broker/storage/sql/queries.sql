@@ -88,20 +88,42 @@ WITH claim AS (
 SELECT EXISTS (SELECT 1 FROM claim) AS claimed, counted.scope, counted.used, counted.reset
 FROM (SELECT 1) AS one LEFT JOIN counted ON true;
 
+-- name: nonce_claim_batch
+-- The claims of concurrent exchanges in one statement (broker/service/claims.py), each as `nonce_claim_counted`
+-- would make it: claim i is ($1[i], $2[i], $3[i]); its quota scopes are the rows of ($5, $6) whose $4 is i. Only
+-- claimed nonces count. Each scope's counter moves once, by the number of its claims; the caller gives each claim
+-- its own count from the total (the claims of one batch are consecutive: the counter's row lock is held until
+-- commit). Counters are locked in scope order, as `nonce_claim_counted` does (consumer, then habilitation), so two
+-- concurrent batches never wait on each other in a cycle. The caller sends no (kid, nonce) twice in one batch.
+-- Rows: ('claimed', i) for each claimed nonce, ('counted', scope, used, reset) for each counted scope.
+WITH input AS (
+    SELECT kid, nonce, expires_at, ord
+    FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS i(kid, nonce, expires_at, ord)
+), claim AS (
+    INSERT INTO seen_nonces (kid, nonce, expires_at) SELECT kid, nonce, expires_at FROM input
+    ON CONFLICT (kid, nonce) DO NOTHING RETURNING kid, nonce
+), claimed AS (
+    SELECT i.ord FROM input i JOIN claim c ON c.kid = i.kid AND c.nonce = i.nonce
+), counted AS (
+    INSERT INTO quota_usage AS q (scope, window_seconds, window_start, used)
+    SELECT s.scope, s.w, (floor(extract(epoch FROM now()) / s.w) * s.w)::bigint, count(*)
+    FROM unnest($4::bigint[], $5::text[], $6::integer[]) AS s(ord, scope, w) JOIN claimed c ON c.ord = s.ord
+    GROUP BY s.scope, s.w
+    ORDER BY s.scope
+    ON CONFLICT (scope) DO UPDATE SET
+        used = CASE WHEN EXCLUDED.window_start > q.window_start THEN EXCLUDED.used ELSE q.used + EXCLUDED.used END,
+        window_start = GREATEST(q.window_start, EXCLUDED.window_start)
+    RETURNING q.scope, q.used, (q.window_start + q.window_seconds - extract(epoch FROM now()))::float8 AS reset
+)
+SELECT 'claimed' AS kind, ord, NULL::text AS scope, NULL::integer AS used, NULL::float8 AS reset FROM claimed
+UNION ALL
+SELECT 'counted', NULL, scope, used, reset FROM counted;
+
 -- name: quota_purge
 DELETE FROM quota_usage WHERE window_start + window_seconds < extract(epoch FROM now()) - 3600;
 
 -- name: nonce_purge
 DELETE FROM seen_nonces WHERE expires_at < now();
-
--- name: access_log_insert
-INSERT INTO access_log (id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient,
-                        habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url,
-                        fields_requested, fields_released, outcome, problem_type, http_status, latency_ms,
-                        payload_sha256, subject_key, leaf_version, retention, latency_us, payload_salt,
-                        payload_commitment, request_signature_sha256, call_context, call_object, parameters)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-        $24, $25, $26, $27, $28, $29, $30);
 
 -- name: access_log_recent
 SELECT * FROM access_log ORDER BY logged_at DESC, id LIMIT $1;

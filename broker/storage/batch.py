@@ -1,0 +1,134 @@
+"""One writer per event loop that sends what concurrent callers queued as one statement (group commit).
+
+Invariants:
+- `Batcher.submit` returns its own item's result only after the statement holding the item succeeded, or raises
+  what `fail` makes of the error: a caller never proceeds on a write that did not happen;
+- a batch holds what queued while the previous statement ran; nothing waits on purpose: alone, an item is written at
+  once; under load, one round trip (and one commit) serves many callers;
+- a batch the database refuses for its content (`RowsRefused`, or a PostgreSQL error that is not about the
+  connection) is retried item by item, so one bad item never fails the others; a batch lost to the connection or
+  the server fails all its items;
+- a cancelled caller (client gone) does not cancel the batch it shares with others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+# Bounded so that one statement stays short; a larger backlog takes several batches.
+MAX_BATCH = 256
+# What a lost connection or server raises: the whole batch fails. Anything else asyncpg.PostgresError raises is
+# about the rows (a constraint, a value), and is retried one item at a time.
+CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                     asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                     asyncpg.exceptions.AdminShutdownError)
+
+
+class RowsRefused(Exception):
+    """A batch's rows cannot be sent (e.g. a value the encoding cannot carry): retried item by item."""
+
+
+@dataclass(slots=True)
+class _Pending(Generic[In, Out]):
+    item: In
+    done: asyncio.Future[Out] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Batcher(ABC, Generic[In, Out]):
+    """Subclasses write `_write` (one statement for the batch, a result per item, in order) and `_failed` (the
+    exception a caller sees when its item could not be written)."""
+
+    name = "batch writer"
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._queue: list[_Pending[In, Out]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @abstractmethod
+    async def _write(self, conn: asyncpg.Connection, items: Sequence[In]) -> Sequence[Out]: ...
+
+    @abstractmethod
+    def _failed(self, item: In, exc: BaseException | None) -> Exception:
+        """What the caller of `item` raises: `exc` is the cause, None once the writer is closed."""
+
+    def _written(self, count: int) -> None:
+        """Told of each successful statement and its number of items (metrics)."""
+
+    async def submit(self, item: In) -> Out:
+        if self._closed:
+            raise self._failed(item, None)
+        pending: _Pending[In, Out] = _Pending(item)
+        self._queue.append(pending)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=self.name)
+        self._wake.set()
+        return await asyncio.shield(pending.done)
+
+    async def close(self) -> None:
+        """Write what is queued, then stop; later submissions raise."""
+        self._closed = True
+        if self._task is not None:
+            self._wake.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while not (self._closed and not self._queue):
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
+                await self._send(batch)
+
+    async def _send(self, batch: list[_Pending[In, Out]]) -> None:
+        try:
+            results = await self._statement([p.item for p in batch])
+        except CONNECTION_ERRORS as exc:
+            self._fail(batch, exc)
+            return
+        except (asyncpg.PostgresError, RowsRefused) as exc:
+            if len(batch) == 1:
+                self._fail(batch, exc)
+                return
+            log.warning(f"{self.name}: batch refused, writing its items one by one", items=len(batch),
+                        error=type(exc).__name__)
+            for one in batch:
+                await self._send([one])
+            return
+        except Exception as exc:  # never leave a caller waiting forever on a writer that died
+            self._fail(batch, exc)
+            raise
+        self._written(len(batch))
+        for p, result in zip(batch, results, strict=True):
+            if not p.done.done():
+                p.done.set_result(result)
+
+    async def _statement(self, items: list[In]) -> Sequence[Out]:
+        async with self._pool.acquire() as conn:
+            try:
+                return await self._write(conn, items)
+            except CONNECTION_ERRORS:
+                conn.terminate()  # as in db.fetchval: a connection the server dropped must not go back to the pool
+                raise
+
+    def _fail(self, batch: list[_Pending[In, Out]], exc: BaseException) -> None:
+        for p in batch:
+            if not p.done.done():
+                p.done.set_exception(self._failed(p.item, exc))
