@@ -1,4 +1,4 @@
-"""The access log's monthly partitions (migration 0027): which exist, creating the coming months', and the rows
+"""The access log's monthly partitions (migration 0029): which exist, creating the coming months', and the rows
 that fell into the default partition.
 
 Invariant: an insert never fails for want of a partition. A month nobody created a partition for goes to

@@ -1,4 +1,4 @@
-"""The access log's monthly partitions (migration 0027): created ahead by the owner, a default partition for a
+"""The access log's monthly partitions (migration 0029): created ahead by the owner, a default partition for a
 month nobody created (its rows moved out later), and `log prune` dropping a month whose every entry is past its
 retention as one partition, after its tombstones, while the log still verifies and every proof still holds."""
 
@@ -205,8 +205,8 @@ async def test_ensure_makes_the_months_ahead_of_a_given_clock(pool: asyncpg.Pool
 
 
 @pytest.fixture
-async def at_0026(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
-    """An empty database migrated up to 0026 only: the log as it was before partitioning."""
+async def at_0028(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    """An empty database migrated up to 0028 only: the log as it was before partitioning."""
     name = f"dlnuf_m_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(pg_server)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -214,7 +214,7 @@ async def at_0026(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     every = db.migrations
     with monkeypatch.context() as patched:
         patched.setattr(db, "migrations", lambda package="broker.storage": [
-            m for m in every(package) if m.version <= 26])
+            m for m in every(package) if m.version <= 28])
         conn = await db.connect(dsn)
         try:
             await db.migrate(conn)
@@ -227,9 +227,9 @@ async def at_0026(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         await admin.close()
 
 
-async def test_migration_0027_keeps_every_row_and_the_log_verifies(at_0026: str) -> None:
+async def test_migration_0029_keeps_every_row_and_the_log_verifies(at_0028: str) -> None:
     snapshot = "SELECT to_jsonb(a) AS row FROM access_log a ORDER BY seq"
-    pool = await db.create_pool(at_0026, min_size=1, max_size=4)
+    pool = await db.create_pool(at_0028, min_size=1, max_size=4)
     try:
         assert await pool.fetchval("SELECT relkind::text FROM pg_class WHERE oid = 'access_log'::regclass") == "r"
         tlog = TransparencyLog(pool, signer(), max_merge_delay=60, batch=7)
@@ -245,7 +245,7 @@ async def test_migration_0027_keeps_every_row_and_the_log_verifies(at_0026: str)
         before = [r["row"] for r in await pool.fetch(snapshot)]
         outbox = await pool.fetchval("SELECT count(*) FROM notification_outbox")
         async with pool.acquire() as conn:
-            assert [m.version for m in await db.migrate(conn)] == [27]
+            assert [m.version for m in await db.migrate(conn)] == [29]
         after = [r["row"] for r in await pool.fetch(snapshot)]
         assert after == before and len(after) == len(entries) + 1
         assert await pool.fetchval("SELECT count(*) FROM notification_outbox") == outbox
@@ -261,13 +261,13 @@ async def test_migration_0027_keeps_every_row_and_the_log_verifies(at_0026: str)
         seqs = await pool.fetch("SELECT id, seq FROM access_log WHERE id = ANY($1::uuid[])", [pending.id, newer.id])
         assert dict((r["id"], r["seq"]) for r in seqs)[newer.id] > max(row["seq"] for row in before)
         await tlog.drain()
-        report = await verify(at_0026, tlog)
+        report = await verify(at_0028, tlog)
         assert report.ok, report.findings
         assert report.tree_size == len(entries) + 2
         pruned = await prune(pool, now=datetime.now(UTC), default_retention="P1Y")
         assert {p.entry_id for p in pruned} == {str(e.id) for e in entries[:4]}
         assert {p.partition for p in pruned} == {name_of(entries[0].logged_at)}
-        report = await verify(at_0026, tlog)
+        report = await verify(at_0028, tlog)
         assert report.ok, report.findings
     finally:
         await pool.close()

@@ -91,7 +91,7 @@ BEGIN
                    ' tlog_cosignatures FROM %I', broker_role);
     EXECUTE format('REVOKE INSERT, UPDATE, DELETE ON tlog_pruned, schema_migrations, database_roles FROM %I',
                    broker_role);
-    -- The access log's monthly partitions (migration 0027) are reached through access_log: the broker role may
+    -- The access log's monthly partitions (migration 0029) are reached through access_log: the broker role may
     -- read one, never write, truncate, detach or drop it (the owner's, as `log prune`).
     FOR obj IN SELECT inhrelid::regclass AS name FROM pg_inherits WHERE inhparent = to_regclass('access_log') LOOP
         EXECUTE format('REVOKE ALL ON %s FROM %I', obj.name, broker_role);

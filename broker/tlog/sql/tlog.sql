@@ -149,7 +149,7 @@ FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::text[], $6::bytea[]
 DELETE FROM exchange_evidence WHERE entry_id = ANY($1::uuid[]);
 
 -- name: tlog_prune_outbox
--- Their notifications, delivered or not (no foreign key since access_log is partitioned, migration 0027).
+-- Their notifications, delivered or not (no foreign key since access_log is partitioned, migration 0029).
 DELETE FROM notification_outbox WHERE entry_id = ANY($1::uuid[]);
 
 -- name: tlog_prune_delete
@@ -292,7 +292,7 @@ WHERE p.pruned_at > $1 AND p.log_index < $2
 ORDER BY p.log_index;
 
 -- name: partition_create
--- The month's partition of access_log (migration 0027), created if missing with the month's rows moved out of the
+-- The month's partition of access_log (migration 0029), created if missing with the month's rows moved out of the
 -- default partition; its name, or NULL when it existed.
 SELECT access_log_create_partition($1::date);
 

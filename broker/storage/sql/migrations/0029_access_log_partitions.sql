@@ -24,12 +24,12 @@
 ALTER TABLE notification_outbox DROP CONSTRAINT notification_outbox_entry_id_fkey;
 
 -- The old table steps aside with its index names and its identity sequence, which the new table takes.
-ALTER TABLE access_log RENAME TO access_log_0026;
-ALTER SEQUENCE access_log_seq_seq RENAME TO access_log_0026_seq_seq;
-ALTER TABLE access_log_0026 DROP CONSTRAINT access_log_pkey, DROP CONSTRAINT access_log_log_index_key;
+ALTER TABLE access_log RENAME TO access_log_0028;
+ALTER SEQUENCE access_log_seq_seq RENAME TO access_log_0028_seq_seq;
+ALTER TABLE access_log_0028 DROP CONSTRAINT access_log_pkey, DROP CONSTRAINT access_log_log_index_key;
 DROP INDEX access_log_subject, access_log_consumer, access_log_logged_at, access_log_pending, access_log_v1;
 
--- Columns in the order migrations 0002 to 0023 left them (SELECT * and COPY see the same table as before).
+-- Columns in the order migrations 0002 to 0028 left them (SELECT * and COPY see the same table as before).
 CREATE TABLE access_log (
     id                  uuid NOT NULL,
     logged_at           timestamptz NOT NULL DEFAULT now(),
@@ -65,6 +65,7 @@ CREATE TABLE access_log (
     parameters          jsonb,
     call_context        text,
     call_object         text,
+    leaf_hash           bytea CONSTRAINT access_log_leaf_hash_check CHECK (octet_length(leaf_hash) = 32),
     CONSTRAINT access_log_pkey PRIMARY KEY (id, logged_at),
     CONSTRAINT access_log_log_index_key UNIQUE (log_index, logged_at),
     CONSTRAINT access_log_released_payload CHECK (
@@ -180,23 +181,24 @@ $$;
 
 -- The months the rows are in, from the oldest to three months ahead, then the rows, then the old table.
 SELECT access_log_create_partition(m::date)
-FROM generate_series(date_trunc('month', LEAST((SELECT min(logged_at) FROM access_log_0026), now()) AT TIME ZONE 'UTC'),
+FROM generate_series(date_trunc('month', LEAST((SELECT min(logged_at) FROM access_log_0028), now()) AT TIME ZONE 'UTC'),
                      date_trunc('month', now() AT TIME ZONE 'UTC') + interval '3 months', interval '1 month') AS m;
 
 INSERT INTO access_log (id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient,
                         habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url, fields_requested,
                         fields_released, outcome, problem_type, http_status, latency_ms, payload_sha256,
                         subject_key, seq, log_index, leaf_version, retention, latency_us, payload_salt,
-                        payload_commitment, request_signature_sha256, parameters, call_context, call_object)
+                        payload_commitment, request_signature_sha256, parameters, call_context, call_object,
+                        leaf_hash)
 OVERRIDING SYSTEM VALUE
 SELECT id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient,
        habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url, fields_requested,
        fields_released, outcome, problem_type, http_status, latency_ms, payload_sha256,
        subject_key, seq, log_index, leaf_version, retention, latency_us, payload_salt,
-       payload_commitment, request_signature_sha256, parameters, call_context, call_object
-FROM access_log_0026;
+       payload_commitment, request_signature_sha256, parameters, call_context, call_object, leaf_hash
+FROM access_log_0028;
 
 -- seq goes on from where the old sequence was (rolled-back inserts included), so insertion order stays total.
-SELECT setval(pg_get_serial_sequence('access_log', 'seq'), last_value, is_called) FROM access_log_0026_seq_seq;
+SELECT setval(pg_get_serial_sequence('access_log', 'seq'), last_value, is_called) FROM access_log_0028_seq_seq;
 
-DROP TABLE access_log_0026;
+DROP TABLE access_log_0028;
