@@ -75,6 +75,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                          "postgresql://postgres@127.0.0.1:5432/postgres"),
                    help="PostgreSQL on which the run's database is created and dropped (default: %(default)s, "
                         "or BENCH_ADMIN_DATABASE_URL)")
+    p.add_argument("--database-url", help="serve from this existing database, used as it is and kept (e.g. a "
+                   "prefilled log: benchmarks/large_log.py); default: a fresh one, dropped at the end")
     p.add_argument("--no-nginx", action="store_true", help="leave out the nginx target")
     p.add_argument("--broker-env", action="append", default=[], metavar="NAME=VALUE",
                    help="a DLNUF_* setting for the broker processes, e.g. DLNUF_EVENT_LOOP=uvloop (repeatable)")
@@ -128,7 +130,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         loadgen_procs=args.loadgen_procs, brokers=args.brokers, basis=args.basis, embedded=args.embedded,
         admin_url=args.admin_url, nginx=nginx, pyspy=pyspy,
         profile_seconds=4.0 if quick else clamp(args.profile_seconds, 2.0, 30.0), keep_workdir=args.keep_workdir,
-        workers=args.workers, upstream=args.upstream,
+        workers=args.workers, upstream=args.upstream, database_url=args.database_url,
         broker_env=tuple(tuple(kv.split("=", 1)) for kv in args.broker_env if kv.startswith("DLNUF_") and "=" in kv),
     )
 

@@ -73,6 +73,8 @@ class Settings:
     upstream: str = "fast"
     """"fast": nginx serving the provider stub's recorded answer (the provider costs next to nothing, so the
     broker's own cost shows); "python": the Python sandbox itself, as before."""
+    database_url: str | None = None
+    """An existing database to serve from, neither created nor dropped (benchmarks/large_log.py's prefilled log)."""
 
 
 # ---------------------------------------------------------------------------------------------- files for the run
@@ -340,7 +342,10 @@ def build(es: contextlib.ExitStack, s: Settings) -> Stack:
     broker_env = {**env, "DLNUF_STATE_DIR": str(state_dir), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: token,
                   "DLNUF_QUOTA_DEFAULT": "10000000/60", "DLNUF_LOG_ORIGIN": "bench.dlnuf/log",
                   **procs.SUPERUSER_OK}
-    if s.embedded:
+    if s.database_url is not None:
+        db_name = s.database_url.rsplit("/", 1)[-1].partition("?")[0]
+        broker_env["DATABASE_URL"] = s.database_url
+    elif s.embedded:
         db_name = "postgres"
         es.callback(procs.stop_embedded, state_dir / "pgdata")  # runs after the brokers stop
     else:

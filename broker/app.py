@@ -39,6 +39,7 @@ from broker.signing.keys import PrivateKey, jwk_thumbprint, load_or_create_broke
 from broker.signing.plugin import PluggedKeys, load_plugin
 from broker.storage import db, nodekeys, roles
 from broker.storage.secretfile import create_once
+from broker.tlog import partitions
 from broker.tlog import routes as tlog_routes
 from broker.tlog.log import NoteSigner, load_or_create_note_key
 from consent import records as consent_records
@@ -106,6 +107,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         admin = await db.connect(config.admin_database_url)
         try:
             await db.migrate(admin)
+            await partitions.ensure(admin, now=datetime.now(UTC))  # the broker role cannot create them
         finally:
             await admin.close()
     app[ADMIN_DSN] = config.admin_database_url or dsn
@@ -114,6 +116,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         admin = await db.connect(dsn)
         try:
             await db.migrate(admin)
+            await partitions.ensure(admin, now=datetime.now(UTC))
         finally:
             await admin.close()
         dsn = await roles.embedded_broker_dsn(dsn)

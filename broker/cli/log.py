@@ -1,4 +1,5 @@
-"""`python -m broker log verify|prune`: audit the transparency log, and remove entry bodies past their retention.
+"""`python -m broker log verify|prune|partitions`: audit the transparency log, remove entry bodies past their
+retention, create the access log's monthly partitions.
 
 `log verify` exits 0 when the whole log verifies, 1 with the list of findings otherwise, 2 when it cannot run.
 """
@@ -22,6 +23,7 @@ from broker.config import Config
 from broker.signing.keys import InvalidKey, PrivateKey, private_key_from_jwk
 from broker.storage import db
 from broker.tlog import log as tlog
+from broker.tlog import partitions
 from broker.tlog import verify as tlog_verify
 from broker.tlog.checkpoint import CheckpointError, NoteVerifier, parse_verifier_key
 from broker.tlog.witness import WitnessError
@@ -59,6 +61,12 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--database-url", help="the broker's database as its owner role (default: "
                     "DLNUF_ADMIN_DATABASE_URL, else DATABASE_URL, or the embedded one)")
     pr.add_argument("--dry-run", action="store_true", help="list what would be pruned, change nothing")
+    pa = log_sub.add_parser("partitions", help="create the access log's coming monthly partitions, move rows out "
+                            "of the default partition, list them (as the owner role; run it from a timer)")
+    pa.add_argument("--database-url", help="the broker's database as its owner role (default: "
+                    "DLNUF_ADMIN_DATABASE_URL, else DATABASE_URL, or the embedded one)")
+    pa.add_argument("--ahead", type=int, default=partitions.MONTHS_AHEAD,
+                    help="months after the current one to create (default: %(default)s)")
     offline.add_parsers(log_sub)
 
 
@@ -186,19 +194,58 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
     return 0 if report.ok else 1
 
 
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
 async def _prune(args: argparse.Namespace, config: Config) -> int:
     # deleting from the log is the owner's privilege, never the serving role's (docs/operations.md)
     async with _database(args.database_url or config.admin_database_url, config) as dsn:
         pool = await db.create_pool(dsn, min_size=1, max_size=2)
         try:
+            if not args.dry_run:
+                async with pool.acquire() as conn:
+                    _print_created(await partitions.ensure(conn, now=datetime.now(UTC)))
             pruned = await tlog.prune(pool, now=datetime.now(UTC), default_retention=config.log_retention,
                                       dry_run=args.dry_run)
         finally:
             await pool.close()
     verb = "would prune" if args.dry_run else "pruned"
-    print(f"{verb} {len(pruned)} entr{'y' if len(pruned) == 1 else 'ies'} (leaf hashes kept)")
+    print(f"{verb} {_entries(len(pruned))} (leaf hashes kept)")
+    whole: dict[str, int] = {}
     for p in pruned:
-        print(f"  {p.index} {p.entry_id} logged {p.logged_at.isoformat()}")
+        if p.partition is not None:
+            whole[p.partition] = whole.get(p.partition, 0) + 1
+    for name, count in whole.items():
+        print(f"  partition {name}: {_entries(count)}, {'would be ' if args.dry_run else ''}dropped whole")
+    for p in pruned:
+        if p.partition is None:
+            print(f"  {p.index} {p.entry_id} logged {p.logged_at.isoformat()}")
+    return 0
+
+
+def _print_created(created: list[str]) -> None:
+    for name in created:
+        print(f"created partition {name}")
+
+
+async def _partitions(args: argparse.Namespace, config: Config) -> int:
+    async with _database(args.database_url or config.admin_database_url, config) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            _print_created(await partitions.ensure(conn, now=datetime.now(UTC), ahead=args.ahead))
+            found = await partitions.listing(conn)
+            waiting = await partitions.default_rows(conn)
+        finally:
+            await conn.close()
+    for p in found:
+        span = "default" if p.lower is None or p.upper is None else \
+            f"[{p.lower.astimezone(UTC):%Y-%m-%d}, {p.upper.astimezone(UTC):%Y-%m-%d})"
+        print(f"{p.name:<24} {span:<26} ~{p.estimated_rows} rows")
+    if waiting:
+        # ensure just moved every row out of the default partition: a row here arrived since, or failed to move
+        print(f"warning: {waiting} row(s) still in the default partition", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -208,6 +255,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.log_command == "verify":
         return _verify(args, config)
     try:
+        if args.log_command == "partitions":
+            return asyncio.run(_partitions(args, config))
         return asyncio.run(_prune(args, config))
     except db.DB_ERRORS as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -30,6 +31,7 @@ from broker.config import Config, ConfigError, load_config, verify_servable
 from broker.observability import tracing
 from broker.observability.logs import configure
 from broker.storage import db, nodekeys, roles
+from broker.tlog import partitions
 
 
 def _database(config: Config) -> AbstractAsyncContextManager[str]:
@@ -42,9 +44,12 @@ async def _migrate(config: Config) -> int:
         conn = await db.connect(dsn)
         try:
             applied = await db.migrate(conn)
+            # the coming months of the access log (a timer runs `log partitions` too: docs/operations.md)
+            created = await partitions.ensure(conn, now=datetime.now(UTC))
         finally:
             await conn.close()
     print(f"{len(applied)} migration(s) applied" + "".join(f"\n  {m.version:04d} {m.name}" for m in applied))
+    print("".join(f"created partition {name}\n" for name in created), end="")
     return 0
 
 

@@ -57,6 +57,10 @@ class Metrics:
                                       multiprocess_mode="livemax", registry=self.registry)
         self.tlog_size = Gauge("dlnuf_tlog_tree_size", "Entries in the transparency log (last size seen).",
                                multiprocess_mode="max", registry=self.registry)
+        self.log_default_rows = Gauge("dlnuf_access_log_default_rows", "Access-log rows in the default partition "
+                                      "(up to 1000), waiting for their month's partition: `log partitions` has not "
+                                      "run in time (docs/operations.md).", multiprocess_mode="livemax",
+                                      registry=self.registry)
         self.unauthenticated = Counter("dlnuf_unauthenticated_refusals", "Requests refused before any signature "
                                        "verified, by stable reason; kept in the bounded attempts store, never in "
                                        "the access log.", ["reason"], registry=self.registry)

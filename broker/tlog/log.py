@@ -42,7 +42,7 @@ from broker.signing import ed25519
 from broker.signing.signer import Signer
 from broker.storage import db
 from broker.storage.secretfile import create_once
-from broker.tlog import checkpoint, merkle
+from broker.tlog import checkpoint, merkle, partitions
 from broker.tlog.accesslog import LogEntry
 from broker.tlog.jcs import JsonValue
 
@@ -308,6 +308,8 @@ class PrunedEntry:
     index: int
     entry_id: str
     logged_at: datetime
+    partition: str | None = None
+    """The monthly partition dropped whole with this entry; None for an entry deleted on its own."""
 
 
 # -- The log ------------------------------------------------------------------------------------------------------
@@ -324,6 +326,7 @@ class TransparencyLog:
         self.max_merge_delay = math.ceil(max_merge_delay)
         self.batch = batch
         self.metrics = metrics
+        self._warned_default = False
 
     # Sequencing ------------------------------------------------------------------------------------------------
 
@@ -380,7 +383,12 @@ class TransparencyLog:
 
     async def observe(self) -> None:
         row = await self.pool.fetchrow(_q()["tlog_status"])
+        if row["default_rows"] and not self._warned_default:
+            log.warning("access-log rows in the default partition: their month has no partition; run `python -m "
+                        "broker log partitions` as the owner role (docs/operations.md)", rows=row["default_rows"])
+        self._warned_default = bool(row["default_rows"])
         if self.metrics is not None:
+            self.metrics.log_default_rows.set(row["default_rows"])
             oldest = row["oldest_pending"]
             self.metrics.tlog_pending_age.set(0 if oldest is None else max(0.0, time.time() - oldest.timestamp()))
             self.metrics.tlog_size.set(row["size"])
@@ -538,9 +546,57 @@ class TransparencyLog:
 
 async def prune(pool: asyncpg.Pool, *, now: datetime, default_retention: str, dry_run: bool = False,
                 batch: int = 1000) -> list[PrunedEntry]:
-    """Remove the bodies of integrated entries past their habilitation's retention (`default_retention` when the
-    habilitation is unknown or gone). Each leaf stays in the tree and a tombstone names the entry, so proofs and
-    `log verify` still hold. Returns what was (or, with `dry_run`, would be) pruned."""
+    """Remove the bodies of integrated entries past their retention: the one a v2 entry carries, else its
+    habilitation's, else `default_retention`. Each leaf stays in the tree and a tombstone names the entry, so proofs
+    and `log verify` still hold. A monthly partition whose every entry is past its retention goes whole (its
+    tombstones, then DETACH and DROP: no row-by-row delete); the other entries one by one. Returns what was (or,
+    with `dry_run`, would be) pruned."""
+    whole = await _prune_partitions(pool, now=now, default_retention=default_retention, dry_run=dry_run,
+                                    batch=batch)
+    single = await _prune_rows(pool, now=now, default_retention=default_retention, dry_run=dry_run, batch=batch)
+    if dry_run:  # nothing was dropped: the row path saw the whole partitions' entries too
+        listed = {p.entry_id for p in whole}
+        single = [p for p in single if p.entry_id not in listed]
+    return whole + single
+
+
+async def _write_tombstones(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], now: datetime) -> None:
+    # A v2 tombstone keeps the public leaf: its retention stays checkable, its entry bundle unchanged.
+    public = [leaf_data(entry_document(r)) if r["leaf_version"] == 2 else None for r in rows]
+    await conn.execute(_q()["tlog_prune_tombstones"], [r["log_index"] for r in rows], [r["id"] for r in rows],
+                       [r["logged_at"] for r in rows], [r["habilitation_id"] for r in rows], now, public)
+
+
+async def _prune_partitions(pool: asyncpg.Pool, *, now: datetime, default_retention: str, dry_run: bool,
+                            batch: int) -> list[PrunedEntry]:
+    """Months that ended, and hold nothing to keep, go whole: one transaction each, which writes every
+    tombstone, then lets `access_log_drop_partition` check them, remove the evidence and the outbox rows, detach
+    and drop. The detach locks access_log for the end of that transaction only."""
+    q = _q()
+    done: list[PrunedEntry] = []
+    for part in await partitions.listing(pool):
+        if part.lower is None or part.upper is None or part.upper > now:
+            continue
+        async with pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(q["partition_keeps_something"], part.lower, part.upper, now, default_retention):
+                continue
+            found: list[PrunedEntry] = []
+            after = -1
+            while rows := await conn.fetch(q["partition_rows"], part.lower, part.upper, after, batch):
+                after = rows[-1]["log_index"]
+                found.extend(PrunedEntry(r["log_index"], str(r["id"]), r["logged_at"], part.name) for r in rows)
+                if not dry_run:
+                    await _write_tombstones(conn, rows, now)
+            if not dry_run:
+                await conn.fetchval(q["partition_drop"], part.name)
+        log.info("access-log partition pruned" if not dry_run else "access-log partition prunable",
+                 partition=part.name, entries=len(found))
+        done.extend(found)
+    return done
+
+
+async def _prune_rows(pool: asyncpg.Pool, *, now: datetime, default_retention: str, dry_run: bool,
+                      batch: int) -> list[PrunedEntry]:
     q = _q()
     done: list[PrunedEntry] = []
     while True:
@@ -549,13 +605,11 @@ async def prune(pool: asyncpg.Pool, *, now: datetime, default_retention: str, dr
                                     2**62 if dry_run else batch)
             found = [PrunedEntry(r["log_index"], str(r["id"]), r["logged_at"]) for r in rows]
             if not dry_run and rows:
-                # A v2 tombstone keeps the public leaf: its retention stays checkable, its entry bundle unchanged.
-                public = [leaf_data(entry_document(r)) if r["leaf_version"] == 2 else None for r in rows]
-                await conn.execute(q["tlog_prune_tombstones"], [r["log_index"] for r in rows],
-                                   [r["id"] for r in rows], [r["logged_at"] for r in rows],
-                                   [r["habilitation_id"] for r in rows], now, public)
-                await conn.execute(q["tlog_prune_evidence"], [r["id"] for r in rows])
-                await conn.execute(q["tlog_prune_delete"], [r["id"] for r in rows])
+                ids = [r["id"] for r in rows]
+                await _write_tombstones(conn, rows, now)
+                await conn.execute(q["tlog_prune_evidence"], ids)
+                await conn.execute(q["tlog_prune_outbox"], ids)
+                await conn.execute(q["tlog_prune_delete"], ids)
         done.extend(found)
         if dry_run or len(rows) < batch:
             return done

@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,12 @@ import pytest
 
 from adapters.sandbox.api_particulier import create_app as sandbox_app
 from broker.storage import db, roles
+from broker.tlog import accesslog, partitions
+from broker.tlog.log import TransparencyLog, prune
 from tests.broker_harness import broker_config, start_broker
 from tests.conftest import _with_database
 from tests.factories import SANDBOX_TOKEN, TOKEN_ENV, consumer, registry_toml
+from tests.tlog.test_tlog import log_entry, signer
 
 ROOT = Path(__file__).resolve().parents[2]
 # The log's tables: the broker may read them and add to them, nothing else.
@@ -228,3 +232,85 @@ def test_db_grant_refuses_a_role_that_is_not_a_superuser(granted: Roles, tmp_pat
                             text=True, timeout=120, check=False)
     assert result.returncode == 2, result.stderr
     assert "superuser" in result.stderr.strip().splitlines()[-1]
+
+
+async def test_the_broker_role_can_neither_alter_nor_write_a_partition_of_the_log(granted: Roles) -> None:
+    """Partitions are reached through access_log: directly, the broker role may only read one."""
+    owner = await asyncpg.connect(granted.owner)
+    try:
+        part = await owner.fetchval("SELECT inhrelid::regclass::text FROM pg_inherits "
+                                    "WHERE inhparent = 'access_log'::regclass ORDER BY 1 LIMIT 1")
+    finally:
+        await owner.close()
+    conn = await asyncpg.connect(granted.broker)
+    try:
+        assert await conn.fetchval(f"SELECT count(*) FROM {part}") == 0
+        for statement in (f"UPDATE {part} SET consumer = NULL", f"DELETE FROM {part}", f"TRUNCATE {part}",
+                          f"INSERT INTO {part} (id, request_id, outcome, http_status, latency_ms, seq) "
+                          "VALUES (gen_random_uuid(), 'r', 'refused', 403, 1, 1)",
+                          f"ALTER TABLE access_log DETACH PARTITION {part}", f"DROP TABLE {part}",
+                          f"ALTER TABLE {part} DISABLE TRIGGER ALL",
+                          "SELECT access_log_drop_partition('access_log_default'::regclass)",
+                          "SELECT access_log_create_partition('2001-01-01')"):
+            with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.InvalidParameterValueError)):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def _log_partitions(granted: Roles, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "broker", "log", "partitions", "--ahead", "15"],
+                          env=_env(tmp_path, DATABASE_URL=granted.broker, DLNUF_ADMIN_DATABASE_URL=granted.owner),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_log_partitions_runs_as_the_owner(granted: Roles, tmp_path: Path) -> None:
+    result = _log_partitions(granted, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("created partition access_log_y") == 12, result.stdout  # 4 made by the migration
+    assert "access_log_default" in result.stdout
+    result = _log_partitions(granted, tmp_path)
+    assert result.returncode == 0 and "created" not in result.stdout, result.stdout
+
+
+async def test_new_partitions_are_read_only_for_the_broker(granted: Roles, tmp_path: Path) -> None:
+    assert _log_partitions(granted, tmp_path).returncode == 0
+    conn = await asyncpg.connect(granted.superuser)
+    try:
+        for r in await conn.fetch("SELECT inhrelid::regclass::text AS part FROM pg_inherits "
+                                  "WHERE inhparent = 'access_log'::regclass"):
+            assert await conn.fetchval("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = $1::regclass",
+                                       r["part"]) == granted.owner_name
+            for privilege, held in (("SELECT", True), ("INSERT", False), ("UPDATE", False), ("DELETE", False),
+                                    ("TRUNCATE", False)):
+                assert await conn.fetchval("SELECT has_table_privilege($1, $2, $3)", granted.broker_name,
+                                           r["part"], privilege) == held, (r["part"], privilege)
+    finally:
+        await conn.close()
+
+
+async def test_the_owner_moves_rows_out_of_the_default_and_prunes_a_month_whole(granted: Roles) -> None:
+    """What the owner's timer and `log prune` do, without the superuser: create a month's partition (moving its
+    rows out of the default one, whose guard it turns off for that), then write tombstones, detach and drop."""
+    old = [log_entry(n, logged_at=datetime.now(UTC) - timedelta(days=500 + n)) for n in range(3)]
+    serving = await db.create_pool(granted.broker, min_size=1, max_size=2)
+    try:
+        tlog = TransparencyLog(serving, signer(), max_merge_delay=60)
+        await tlog.ensure_checkpoint()
+        for e in old:
+            await accesslog.commit(serving, e)
+        await tlog.drain()
+    finally:
+        await serving.close()
+    owner = await db.create_pool(granted.owner, min_size=1, max_size=2)
+    try:
+        async with owner.acquire() as conn:
+            created = await partitions.ensure(conn, now=datetime.now(UTC))
+        assert len(created) >= 1 and await partitions.default_rows(owner) == 0
+        pruned = await prune(owner, now=datetime.now(UTC), default_retention="P1Y")
+        assert {p.entry_id for p in pruned} == {str(e.id) for e in old}
+        assert {p.partition for p in pruned} <= set(created) and None not in {p.partition for p in pruned}
+        assert await owner.fetchval("SELECT count(*) FROM access_log") == 0
+        assert await owner.fetchval("SELECT count(*) FROM tlog_pruned") == 3
+    finally:
+        await owner.close()

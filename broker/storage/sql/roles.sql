@@ -91,6 +91,12 @@ BEGIN
                    ' tlog_cosignatures FROM %I', broker_role);
     EXECUTE format('REVOKE INSERT, UPDATE, DELETE ON tlog_pruned, schema_migrations, database_roles FROM %I',
                    broker_role);
+    -- The access log's monthly partitions (migration 0029) are reached through access_log: the broker role may
+    -- read one, never write, truncate, detach or drop it (the owner's, as `log prune`).
+    FOR obj IN SELECT inhrelid::regclass AS name FROM pg_inherits WHERE inhparent = to_regclass('access_log') LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %I', obj.name, broker_role);
+        EXECUTE format('GRANT SELECT ON %s TO %I', obj.name, broker_role);
+    END LOOP;
     -- A node records the keys' fingerprints at first start; changing them (`keys rotate`) is the owner's.
     IF to_regclass('node_keys') IS NOT NULL THEN
         EXECUTE format('REVOKE UPDATE, DELETE ON node_keys FROM %I', broker_role);

@@ -19,11 +19,13 @@ SELECT id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpo
 FROM access_log WHERE log_index IS NULL ORDER BY seq LIMIT $1;
 
 -- name: tlog_status
--- The tree size, and when the oldest entry not yet integrated was committed (about logged_at + latency).
+-- The tree size, when the oldest entry not yet integrated was committed (about logged_at + latency), and how many
+-- rows (up to 1000: this runs every round) wait in the access log's default partition for their month's.
 SELECT (SELECT size FROM tlog_head) AS size,
        (SELECT min(logged_at + COALESCE(latency_us / 1000.0, latency_ms) * interval '1 millisecond')
             FROM access_log WHERE log_index IS NULL)
-           AS oldest_pending;
+           AS oldest_pending,
+       (SELECT count(*) FROM (SELECT 1 FROM access_log_default LIMIT 1000) d) AS default_rows;
 
 -- name: tlog_pending_late
 SELECT id, logged_at FROM access_log
@@ -145,6 +147,10 @@ FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::text[], $6::bytea[]
 
 -- name: tlog_prune_evidence
 DELETE FROM exchange_evidence WHERE entry_id = ANY($1::uuid[]);
+
+-- name: tlog_prune_outbox
+-- Their notifications, delivered or not (no foreign key since access_log is partitioned, migration 0029).
+DELETE FROM notification_outbox WHERE entry_id = ANY($1::uuid[]);
 
 -- name: tlog_prune_delete
 DELETE FROM access_log WHERE id = ANY($1::uuid[]);
@@ -284,3 +290,45 @@ LEFT JOIN habilitations h ON h.id = p.habilitation_id
 LEFT JOIN tlog_nodes n ON n.level = 0 AND n.idx = p.log_index
 WHERE p.pruned_at > $1 AND p.log_index < $2
 ORDER BY p.log_index;
+
+-- name: partition_create
+-- The month's partition of access_log (migration 0029), created if missing with the month's rows moved out of the
+-- default partition; its name, or NULL when it existed.
+SELECT access_log_create_partition($1::date);
+
+-- name: partition_default_months
+-- The months (UTC) of the rows that landed in the default partition, for want of their month's.
+SELECT DISTINCT date_trunc('month', logged_at AT TIME ZONE 'UTC')::date AS month FROM access_log_default ORDER BY 1;
+
+-- name: partition_default_rows
+SELECT count(*) FROM access_log_default;
+
+-- name: partition_list
+-- The monthly partitions with their bounds [lower, upper), oldest first; the default partition has none.
+SELECT c.relname AS name, b[1]::timestamptz AS lower, b[2]::timestamptz AS upper,
+       greatest(c.reltuples, 0)::bigint AS estimated_rows
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+LEFT JOIN LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                               'FROM \(''([^'']*)''\) TO \(''([^'']*)''\)') AS b ON true
+WHERE i.inhparent = 'access_log'::regclass
+ORDER BY b[1]::timestamptz NULLS LAST;
+
+-- name: partition_keeps_something
+-- Whether [$1, $2) holds an entry `log prune` must keep as of $3: not yet integrated, or within its retention (the
+-- entry's own, else its habilitation's, else $4). Stops at the first such entry.
+SELECT EXISTS (
+    SELECT 1 FROM access_log a LEFT JOIN habilitations h ON h.id = a.habilitation_id
+    WHERE a.logged_at >= $1 AND a.logged_at < $2
+      AND (a.log_index IS NULL
+           OR a.logged_at >= $3::timestamptz - COALESCE(a.retention, h.retention, $4)::interval));
+
+-- name: partition_rows
+-- The next $4 entries of [$1, $2) after leaf index $3, for the tombstones of a partition dropped whole (every one
+-- is integrated: partition_keeps_something said so).
+SELECT a.* FROM access_log a WHERE a.logged_at >= $1 AND a.logged_at < $2 AND a.log_index > $3
+ORDER BY a.log_index LIMIT $4;
+
+-- name: partition_drop
+-- Checks that every row has its tombstone, removes the rows' evidence and outbox rows, detaches, drops.
+SELECT access_log_drop_partition($1::regclass);
