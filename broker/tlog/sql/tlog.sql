@@ -183,8 +183,7 @@ WHERE id = $1;
 -- rows with their leaf hashes ($1), the outbox rows of the released ones and their evidence ($2), both as JSON
 -- arrays of rows by column name (as text: the pool's jsonb codec would encode a str as a JSON string). Sent on its
 -- own (no BEGIN, no COMMIT) it is one round trip and one implicit transaction with one synchronous commit, instead
--- of five round trips (BEGIN, three INSERTs, COMMIT). All or nothing, as a transaction. The outbox's foreign key
--- is checked at the end of the statement, when the access-log rows are there.
+-- of five round trips (BEGIN, three INSERTs, COMMIT). All or nothing, as a transaction.
 WITH entries AS (
     SELECT * FROM jsonb_populate_recordset(NULL::access_log, $1::text::jsonb)
 ), logged AS (
