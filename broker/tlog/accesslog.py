@@ -26,6 +26,7 @@ from broker.storage.batch import CONNECTION_ERRORS, RowsRefused
 from broker.tlog import leaves
 from broker.tlog.evidence import COLUMNS as EVIDENCE_COLUMNS
 from broker.tlog.evidence import Evidence
+from broker.tlog.jcs import JsonValue
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +77,8 @@ class LogEntry:
     parameters: dict[str, object] | None = None
     """The dataset parameters the request sent (None: none); in the row, not in the leaf, for the same reason
     (migration 0020)."""
-    _leaf: tuple[tuple[object, ...], bytes] | None = field(default=None, repr=False, compare=False)
+    _leaf: tuple[tuple[object, ...], dict[str, JsonValue], bytes] | None = field(
+        default=None, repr=False, compare=False)
 
     @property
     def retention(self) -> str:
@@ -126,10 +128,16 @@ class LogEntry:
         """The RFC 9162 leaf hash of the entry as it stands: its receipt's, and the row's `leaf_hash` (migration
         0028). Computed once per state of the entry: a change after a receipt (a refusal at the last step) gives
         the leaf of what is then committed."""
+        return self.document_and_leaf()[1]
+
+    def document_and_leaf(self) -> tuple[dict[str, JsonValue], bytes]:
+        """The entry's document (its leaf format's fields) and its leaf hash, computed once per state; the document
+        is shared: read it, do not change it."""
         args = self.args()
         if self._leaf is None or self._leaf[0] != args:
-            self._leaf = (args, leaves.leaf_of(leaves.entry_document(dict(zip(COLUMNS, args, strict=True)))))
-        return self._leaf[1]
+            document = leaves.entry_document(dict(zip(COLUMNS, args, strict=True)))
+            self._leaf = (args, document, leaves.leaf_of(document))
+        return self._leaf[1], self._leaf[2]
 
 
 def _json_value(value: object) -> str:

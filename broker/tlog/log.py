@@ -423,8 +423,7 @@ class TransparencyLog:
     def receipt(self, entry: LogEntry) -> dict[str, JsonValue]:
         """What a 200 exchange answer carries about its committed log entry: the entry, its leaf hash, and the
         signed promise."""
-        document = entry_document(entry.row())
-        leaf = entry.leaf()
+        document, leaf = entry.document_and_leaf()
         receipt: dict[str, JsonValue] = {
             "entry": document, "leaf_hash": b64(leaf),
             "inclusion_promise": self.promise(str(entry.id), leaf, str(document["logged_at"]))}
