@@ -342,14 +342,14 @@ class TransparencyLog:
             if not rows:
                 return 0
             edge = await PgNodeStore(conn).get_nodes(merkle.right_edge_ids(size))
-            # The leaf the committing broker stored with the row (its receipt's; `log verify` recomputes each);
-            # rows from before migration 0028 have none, and are canonicalized here, off the event loop.
-            stored = [r["leaf_hash"] for r in rows]
-            if all(leaf is not None for leaf in stored):
-                result = merkle.append_leaves(size, edge, stored)
-            else:
-                result = await asyncio.to_thread(lambda: merkle.append_leaves(size, edge, [
-                    r["leaf_hash"] if r["leaf_hash"] is not None else leaf_of(entry_document(r)) for r in rows]))
+            # The leaf the committing broker stored with the row (its receipt's; `log verify` recomputes each):
+            # only it is read, not the entry's columns. Rows from before migration 0028 have none, and are read
+            # whole and canonicalized here, off the event loop.
+            leaves_of: dict[object, bytes] = {r["id"]: r["leaf_hash"] for r in rows if r["leaf_hash"] is not None}
+            if len(leaves_of) < len(rows):
+                old = await conn.fetch(q["tlog_pending_entries"], [r["id"] for r in rows if r["id"] not in leaves_of])
+                leaves_of.update(await asyncio.to_thread(lambda: {r["id"]: leaf_of(entry_document(r)) for r in old}))
+            result = merkle.append_leaves(size, edge, [leaves_of[r["id"]] for r in rows])
             await write_nodes(conn, result.nodes)
             await conn.execute(q["tlog_assign"], [r["id"] for r in rows], list(range(size, result.size)))
             await conn.execute(q["tlog_head_update"], result.size)

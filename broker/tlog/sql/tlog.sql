@@ -11,12 +11,17 @@ SELECT size FROM tlog_head;
 UPDATE tlog_head SET size = $1;
 
 -- name: tlog_pending
--- The entry columns (see ENTRY_COLUMNS in broker/tlog/log.py) of committed rows not yet in the tree, oldest first.
+-- Committed rows not yet in the tree, oldest first: their stored leaf (migration 0028) and what the lag gauge needs.
+SELECT id, leaf_hash, logged_at, latency_us, latency_ms
+FROM access_log WHERE log_index IS NULL ORDER BY seq LIMIT $1;
+
+-- name: tlog_pending_entries
+-- The entry columns of pending rows without a stored leaf (committed before migration 0028), to canonicalize.
 SELECT id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient, habilitation_id,
        legal_basis_type, legal_basis_title, legal_basis_url, fields_requested, fields_released, outcome,
        problem_type, http_status, latency_ms, payload_sha256, subject_key, leaf_version, retention, latency_us,
-       payload_commitment, request_signature_sha256, leaf_hash
-FROM access_log WHERE log_index IS NULL ORDER BY seq LIMIT $1;
+       payload_commitment, request_signature_sha256
+FROM access_log WHERE id = ANY($1::uuid[]) AND log_index IS NULL;
 
 -- name: tlog_status
 -- The tree size, when the oldest entry not yet integrated was committed (about logged_at + latency), and how many
