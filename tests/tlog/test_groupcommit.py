@@ -4,7 +4,6 @@ once its own rows are committed, a bad entry fails alone, a lost database fails 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -15,13 +14,6 @@ from broker.tlog import evidence
 from broker.tlog.accesslog import LogEntry
 from broker.tlog.groupcommit import GroupCommit
 from tests.tlog.test_tlog import log_entry
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
 
 
 def some_evidence(entry: LogEntry, *, broken: bool = False) -> evidence.Evidence:

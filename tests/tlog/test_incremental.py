@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,13 +24,6 @@ from tests.tlog.test_tlog_verify import kinds, tamper
 from tests.tlog.test_tombstones import delete_with_tombstone
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(database_url, min_size=1, max_size=4)
-    yield p
-    await p.close()
 
 
 @pytest.fixture

@@ -21,13 +21,6 @@ from tests.tlog.test_tlog_verify import verify
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(database_url, min_size=1, max_size=4)
-    yield p
-    await p.close()
-
-
-@pytest.fixture
 async def tlog(pool: asyncpg.Pool) -> TransparencyLog:
     t = TransparencyLog(pool, signer(), max_merge_delay=60, batch=7)
     await t.ensure_checkpoint()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -75,13 +74,6 @@ async def commit_entries(pool: asyncpg.Pool, count: int, **kwargs: object) -> li
     for e in entries:
         await accesslog.commit(pool, e)
     return entries
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(database_url, min_size=1, max_size=6)
-    yield p
-    await p.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,13 +23,6 @@ from tests.tlog.test_tlog import ORIGIN, commit_entries, log_entry, signer
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 20  # checkpoints at 0, 7, 14, 20
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(database_url, min_size=1, max_size=4)
-    yield p
-    await p.close()
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ server's superuser with triggers off (session_replication_role = replica), as so
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
-from broker.storage import db
 from broker.tlog import accesslog, leaves
 from broker.tlog.log import TransparencyLog, entry_document, prune
 from broker.tlog.verify import add_duration
@@ -18,13 +16,6 @@ from tests.tlog.test_tlog import log_entry, signer
 from tests.tlog.test_tlog_verify import SIZE, commit_entries, kinds, tamper, verify
 
 DAY = timedelta(days=1)
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await db.create_pool(database_url, min_size=1, max_size=4)
-    yield p
-    await p.close()
 
 
 @pytest.fixture
