@@ -50,7 +50,9 @@ def verify(key: bytes, action: str, token: str) -> uuid.UUID:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         raise InvalidLink("malformed link token") from None
-    if len(raw) != 16 + _MAC:
+    # Only the spelling `sign` makes: the last character of 32 bytes in base64 carries 2 spare bits, and the decoder
+    # drops characters outside the alphabet, so other strings would name the same bytes: one link, one token.
+    if len(raw) != 16 + _MAC or base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
         raise InvalidLink("malformed link token")
     subscription_id = uuid.UUID(bytes=raw[:16])
     if not hmac.compare_digest(raw[16:], _mac(key, action, subscription_id)):
