@@ -351,7 +351,8 @@ class TransparencyLog:
                 leaves_of.update(await asyncio.to_thread(lambda: {r["id"]: leaf_of(entry_document(r)) for r in old}))
             result = merkle.append_leaves(size, edge, [leaves_of[r["id"]] for r in rows])
             await write_nodes(conn, result.nodes)
-            await conn.execute(q["tlog_assign"], [r["id"] for r in rows], list(range(size, result.size)))
+            await conn.execute(q["tlog_assign"], [r["id"] for r in rows], [r["logged_at"] for r in rows],
+                               list(range(size, result.size)))
             await conn.execute(q["tlog_head_update"], result.size)
             await conn.execute(q["tlog_checkpoint_insert"], result.size,
                                self.signer.sign_checkpoint(result.size, result.root))

@@ -238,7 +238,7 @@ async def test_migration_0029_keeps_every_row_and_the_log_verifies(at_0028: str)
         before = [r["row"] for r in await pool.fetch(snapshot)]
         outbox = await pool.fetchval("SELECT count(*) FROM notification_outbox")
         async with pool.acquire() as conn:
-            assert [m.version for m in await db.migrate(conn)] == [29]
+            assert [m.version for m in await db.migrate(conn)][:1] == [29]  # and any later one
         after = [r["row"] for r in await pool.fetch(snapshot)]
         assert after == before and len(after) == len(entries) + 1
         assert await pool.fetchval("SELECT count(*) FROM notification_outbox") == outbox

@@ -231,6 +231,12 @@ async def test_integrated_rows_are_immutable(pool: asyncpg.Pool, tlog: Transpare
     await pool.execute("UPDATE access_log SET log_index = NULL WHERE id = $1", uuid.uuid4())  # no row: no-op
     with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
         await pool.execute("UPDATE access_log SET purpose = 'autre' WHERE id = $1", pending.id)  # even pending
+    # The index may be set, but nothing else with it: a value where there was NULL, NULL where there was a value,
+    # the same text in other bytes (the guard compares the rows column by column, two NULLs as equal).
+    for change in ("call_context = 'autre'", "subject_key = NULL", "purpose = purpose || ' '",
+                   "parameters = '{\"annee\": 2025}'", "leaf_hash = NULL"):
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
+            await pool.execute(f"UPDATE access_log SET log_index = 1, {change} WHERE id = $1", pending.id)
     await tlog.drain()
     for sql in ("UPDATE access_log SET consumer = '21690123100011' WHERE id = $1",
                 "UPDATE access_log SET log_index = 7 WHERE id = $1",

@@ -37,9 +37,11 @@ SELECT id, logged_at FROM access_log
 WHERE log_index IS NULL AND logged_at < now() - make_interval(secs => $1) ORDER BY seq LIMIT $2;
 
 -- name: tlog_assign
+-- With each row's logged_at, the partition key: each row is looked up in its month's partition only (run-time
+-- pruning), not in every month's primary key.
 UPDATE access_log SET log_index = a.log_index
-FROM unnest($1::uuid[], $2::bigint[]) AS a(id, log_index)
-WHERE access_log.id = a.id;
+FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]) AS a(id, logged_at, log_index)
+WHERE access_log.id = a.id AND access_log.logged_at = a.logged_at;
 
 -- name: tlog_nodes_get
 SELECT q.level, q.idx, n.hash
