@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from broker.errors import LogUnavailable
-from broker.storage import db
+from broker.storage import batch, db
 from broker.tlog import evidence
 from broker.tlog.accesslog import LogEntry
 from broker.tlog.groupcommit import GroupCommit
@@ -133,3 +133,39 @@ async def test_a_value_json_cannot_carry_fails_its_entry_alone(pool: asyncpg.Poo
     assert results[:3] == [None] * 3
     assert isinstance(results[3], LogUnavailable)
     assert await committed(pool, [*good, bad]) == (3, 3, 0)
+
+
+async def test_a_connection_the_server_drops_fails_its_batch_and_the_next_batch_gets_another(
+        database_url: str) -> None:
+    """The writer keeps its connection between statements: when the server drops it, the batch then in flight fails
+    (503 for its exchanges, no data), and the writer takes another connection for the next batch."""
+    pool = await db.create_pool(database_url, min_size=1, max_size=2)
+    admin = await db.connect(database_url)
+    writer = GroupCommit(pool)
+    first, lost, after = log_entry(1), log_entry(2), log_entry(3)
+    try:
+        await writer.commit(first)
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        with pytest.raises(LogUnavailable):
+            await writer.commit(lost)
+        await writer.commit(after)
+        count = "SELECT count(*) FROM access_log WHERE id = $1"
+        assert [await admin.fetchval(count, e.id) for e in (first, lost, after)] == [1, 0, 1]
+    finally:
+        await writer.close()
+        await admin.close()
+        await pool.close()
+
+
+async def test_an_idle_writer_gives_its_connection_back(pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch, "KEEP", 0.05)
+    writer = GroupCommit(pool)
+    idle = pool.get_idle_size()
+    await writer.commit(log_entry(1))
+    assert pool.get_idle_size() == idle - 1  # kept for the next statement
+    await asyncio.sleep(0.2)
+    assert pool.get_idle_size() == idle  # given back once nothing came for KEEP seconds
+    await writer.commit(log_entry(2))  # and taken again
+    await writer.close()
+    assert pool.get_idle_size() == idle
