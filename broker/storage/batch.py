@@ -43,6 +43,13 @@ CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.Inte
                      asyncpg.exceptions.AdminShutdownError)
 
 
+def _open(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # lost, and asyncpg has already returned its holder to the pool
+        return False
+
+
 class RowsRefused(Exception):
     """A batch's rows cannot be sent (e.g. a value the encoding cannot carry): retried item by item."""
 
@@ -144,12 +151,15 @@ class Batcher(ABC, Generic[In, Out]):
                 p.done.set_result(result)
 
     async def _statement(self, items: list[In]) -> Sequence[Out]:
+        if self._conn is not None and not _open(self._conn):  # dropped while idle: noticed, as the pool notices it
+            await self._give_back()                             # on acquire
         if self._conn is None:
             self._conn = await self._pool.acquire()
         try:
             return await self._write(self._conn, items)
         except CONNECTION_ERRORS:
-            self._conn.terminate()  # as in db.fetchval: a connection the server dropped must not be used again
+            if _open(self._conn):
+                self._conn.terminate()  # as in db.fetchval: a connection the server dropped must not be used again
             await self._give_back()
             raise
 
