@@ -1,0 +1,169 @@
+"""Two versions of the broker side by side in one run: which is faster, measured so that the machine's drift hits both.
+
+    .venv/bin/python benchmarks/compare.py bb6f0e5                  # this checkout against a commit
+    .venv/bin/python benchmarks/compare.py ../other-checkout --reps 8 --json ab.json
+
+On a shared machine two runs of `exchange.py` a few minutes apart differed by up to 2x on the same code (c=1 p50
+2.1 then 4.5 ms): comparing a run of each version compares the minutes more than the versions. Here both stacks
+(each its own broker, upstream and database, built as `exchange.py` builds them) run at once, idle but for the one
+measured, and every cell (closed loop at each level, open loop at `--rate`) is measured on one version then at
+once on the other, the order alternating, `--reps` times. Each repetition gives a ratio or a difference taken
+within it; the report prints their medians and in how many repetitions the head was ahead. It prints figures and
+never fails on them.
+
+BASE is a git revision of this repository (checked out into a temporary worktree, removed at the end) or the path
+of another checkout. HEAD is this checkout, as it is on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import procs
+import stack
+from runner import Bench, LoadGenerators, Stats
+
+HERE = stack.ROOT
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("base", help="a git revision of this repository, or the path of another checkout")
+    p.add_argument("--levels", default="1,32", help="closed-loop concurrency levels (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s (default: %(default)s)")
+    p.add_argument("--reps", type=int, default=6, help="repetitions of every cell (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=2.0, help="seconds per closed-loop cell (default: %(default)s)")
+    p.add_argument("--open-duration", type=float, default=4.0,
+                   help="seconds per open-loop cell (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="`serve --workers N` for both (default: %(default)s)")
+    p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                   help="PostgreSQL on which both runs' databases are created and dropped (default: %(default)s)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write every cell's figures as JSON")
+    return p.parse_args(argv)
+
+
+@contextlib.contextmanager
+def checkout(base: str) -> Iterator[Path]:
+    """The directory of BASE: a path as it is, or a detached worktree of the revision, removed afterwards."""
+    path = Path(base)
+    if path.is_dir():
+        yield path.resolve()
+        return
+    where = Path(tempfile.mkdtemp(prefix="dlnuf-compare-"))
+    subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", "--quiet", str(where), base], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(where)], check=False)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def build(es: contextlib.ExitStack, s: stack.Settings, root: Path) -> stack.Stack:
+    """`stack.build` with the broker and the sandbox run from `root` (PYTHONPATH and working directory)."""
+    saved = stack.ROOT
+    stack.ROOT = root
+    try:
+        built = stack.build(es, s)
+        print(f"{root}: {stack.smoke_test(built)}", file=sys.stderr)
+        return built
+    finally:
+        stack.ROOT = saved
+
+
+def revision(root: Path) -> str:
+    out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "broker", "adapters", "consent",
+                            "schemas"], capture_output=True, text=True).stdout.strip()
+    return (out.stdout.strip() or "?") + ("+changes" if dirty else "")
+
+
+def figures(st: Stats) -> dict[str, float]:
+    return {"rate": st.rate, "p50_ms": st.p50, "p99_ms": st.p99, "errors": st.errors,
+            "cpu_broker_ms": st.cpu_ms("broker"), "cpu_postgres_ms": st.cpu_ms("postgres"), "others": st.others}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        print("compare.py needs nginx for the fast upstream (Debian package nginx)", file=sys.stderr)
+        return 2
+    levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
+    s = stack.Settings(levels=levels, reps=args.reps, warmup=0.5, duration=args.duration, rate=args.rate,
+                       open_duration=args.open_duration, open_connections=64, loadgen_procs=1, brokers=1,
+                       basis="information", embedded=False, admin_url=args.admin_url, nginx=nginx, pyspy=None,
+                       profile_seconds=0, keep_workdir=False, workers=args.workers)
+    cells: list[tuple[str, Callable[[Bench], Stats]]] = [
+        (f"c={lv}", lambda b, lv=lv: b.closed("broker", lv)) for lv in levels]
+    cells.append((f"{args.rate:g}/s", lambda b: b.open("broker", args.rate)))
+    got: dict[tuple[str, str], list[Stats]] = {}
+    es = contextlib.ExitStack()
+    try:
+        base_root = es.enter_context(checkout(args.base))
+        names = {"base": revision(base_root), "head": revision(HERE)}
+        gens = LoadGenerators(es, 1)
+        benches = {"base": Bench(build(es, s, base_root), s, gens), "head": Bench(build(es, s, HERE), s, gens)}
+        for rep in range(args.reps):
+            for cell, run in cells:
+                order = ("base", "head") if rep % 2 == 0 else ("head", "base")
+                for which in order:
+                    st = run(benches[which])
+                    got.setdefault((cell, which), []).append(st)
+                    print(f"  rep {rep + 1} {cell:8s} {which} {st.rate:8,.0f}/s p50 {st.p50:6.2f} p99 {st.p99:7.2f} ms"
+                          f" broker {st.cpu_ms('broker'):.3f} ms/req", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        with procs.ignoring_interrupts():
+            es.close()
+    print(report(names, cells, got, args))
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "base": names["base"], "head": names["head"], "reps": args.reps, "workers": args.workers,
+            "cells": {cell: {which: [figures(st) for st in got[(cell, which)]] for which in ("base", "head")}
+                      for cell, _ in cells}}, indent=2) + "\n")
+    return 0
+
+
+def report(names: dict[str, str], cells: Sequence[tuple[str, object]], got: dict[tuple[str, str], list[Stats]],
+           args: argparse.Namespace) -> str:
+    med = statistics.median
+    lines = [f"DLNUF compare, {time.strftime('%Y-%m-%d %H:%M:%S')}: base {names['base']} vs head {names['head']}, "
+             f"{args.reps} repetitions alternated, --workers {args.workers}",
+             "Medians over repetitions; 'head/base' and 'head-base' are taken within each repetition, then their "
+             "median; 'ahead' = repetitions in which the head did better.", ""]
+    header = (f"{'cell':8s} {'figure':18s} {'base':>9s} {'head':>9s} {'head/base':>10s} {'head-base':>10s}"
+              f" {'ahead':>6s}")
+    lines += [header, "-" * len(header)]
+    measures: list[tuple[str, Callable[[Stats], float], bool]] = [
+        ("req/s", lambda st: st.rate, True), ("p50 ms", lambda st: st.p50, False),
+        ("p99 ms", lambda st: st.p99, False), ("CPU broker ms/req", lambda st: st.cpu_ms("broker"), False),
+        ("CPU PG ms/req", lambda st: st.cpu_ms("postgres"), False)]
+    for cell, _ in cells:
+        base, head = got[(cell, "base")], got[(cell, "head")]
+        for label, value, higher_is_better in measures:
+            pairs = [(value(b), value(h)) for b, h in zip(base, head, strict=True)]
+            ahead = sum((h > b) if higher_is_better else (h < b) for b, h in pairs)
+            ratio = med([h / b for b, h in pairs if b > 0]) if any(b > 0 for b, _ in pairs) else float("nan")
+            lines.append(f"{cell:8s} {label:18s} {med([b for b, _ in pairs]):9.3f} {med([h for _, h in pairs]):9.3f}"
+                         f" {ratio:10.3f} {med([h - b for b, h in pairs]):+10.3f} {ahead:>3d}/{len(pairs)}")
+        errors = sum(st.errors for st in base + head)
+        if errors:
+            lines.append(f"{cell:8s} non-200 answers: {errors}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
