@@ -316,8 +316,8 @@ class PrunedEntry:
 
 
 class TransparencyLog:
-    def __init__(self, pool: asyncpg.Pool, signer: NoteSigner, *, max_merge_delay: float, batch: int = 64,
-                 metrics: Metrics | None = None, witness_quorum: int = 0, pause: float = 0.005) -> None:
+    def __init__(self, pool: asyncpg.Pool, signer: NoteSigner, *, max_merge_delay: float, batch: int = 1000,
+                 metrics: Metrics | None = None, witness_quorum: int = 0) -> None:
         self.pool = pool
         self.witness_quorum = witness_quorum
         """Proofs for consumers and citizens lead to the latest checkpoint this many witnesses cosigned."""
@@ -325,17 +325,14 @@ class TransparencyLog:
         self.origin = signer.name
         self.max_merge_delay = math.ceil(max_merge_delay)
         self.batch = batch
-        """Rows per transaction: a round takes its rows in slices of this many, `pause` seconds apart."""
-        self.pause = pause
         self.metrics = metrics
         self._warned_default = False
 
     # Sequencing ------------------------------------------------------------------------------------------------
 
-    async def integrate(self, *, sign: bool = True) -> int:
-        """One transaction: integrate up to `batch` committed rows and sign a checkpoint of the new size (with
-        `sign=False`, only when fewer than `batch` rows were pending: the round's last slice); 0 when there are
-        none or another process holds the round."""
+    async def integrate(self) -> int:
+        """One round: integrate up to `batch` committed rows; 0 when there are none or another process holds the
+        round."""
         q = _q()
         async with self.pool.acquire() as conn, conn.transaction():
             size = await conn.fetchval(q["tlog_head_lock"])
@@ -343,11 +340,6 @@ class TransparencyLog:
                 return 0
             rows = await conn.fetch(q["tlog_pending"], self.batch)
             if not rows:
-                # A slice that was full, then nothing (or a round cut between two slices, by an error or a crash)
-                # left the head without a checkpoint: the next holder of the head signs it.
-                if await conn.fetchval(q["tlog_checkpoint_at"], size) is None:
-                    root = await merkle.tree_root(size, PgNodeStore(conn))
-                    await conn.execute(q["tlog_checkpoint_insert"], size, self.signer.sign_checkpoint(size, root))
                 return 0
             edge = await PgNodeStore(conn).get_nodes(merkle.right_edge_ids(size))
             # The leaf the committing broker stored with the row (its receipt's; `log verify` recomputes each):
@@ -362,9 +354,8 @@ class TransparencyLog:
             await conn.execute(q["tlog_assign"], [r["id"] for r in rows], [r["logged_at"] for r in rows],
                                list(range(size, result.size)))
             await conn.execute(q["tlog_head_update"], result.size)
-            if sign or len(rows) < self.batch:
-                await conn.execute(q["tlog_checkpoint_insert"], result.size,
-                                   self.signer.sign_checkpoint(result.size, result.root))
+            await conn.execute(q["tlog_checkpoint_insert"], result.size,
+                               self.signer.sign_checkpoint(result.size, result.root))
         if self.metrics is not None:
             now = time.time()
             for r in rows:
@@ -374,19 +365,10 @@ class TransparencyLog:
         return len(rows)
 
     async def drain(self) -> int:
-        """Integrate until nothing is pending (or another process holds the round), in slices of `batch` rows,
-        each its own short transaction, `pause` seconds apart; the last slice signs the checkpoint.
-
-        One transaction for a whole round (200 rows a second at 200 exchanges/s) kept a server core busy for
-        about 20 ms with the rows' UPDATE and flushed its WAL in one go, and the exchanges' own statements queued
-        behind it: their slow answers came in bursts a round apart. Slices leave the exchanges room in between.
-        The head between two slices has no checkpoint yet; nothing is promised about it (proofs lead to signed
-        checkpoints only), and the next slice signs it, or the next round after an interruption (`integrate`
-        signs an unsigned head when it finds nothing pending)."""
+        """Integrate until nothing is pending (or another process holds the round)."""
         total = 0
-        while (n := await self.integrate(sign=False)) == self.batch:
+        while (n := await self.integrate()) == self.batch:
             total += n
-            await asyncio.sleep(self.pause)
         return total + n
 
     async def ensure_checkpoint(self) -> None:

@@ -106,28 +106,12 @@ async def test_rows_get_contiguous_indices_in_commit_order_and_the_root_is_signe
     latest = await tlog.latest_checkpoint()
     assert latest is not None and latest.size == 17
     assert checkpoint.verify_checkpoint(latest.note, tlog.signer.verifier).root == merkle.root(leaves)
-    # a checkpoint per round (drain's slices sign only the last of theirs), all kept, each the root of its prefix
+    # a checkpoint per round, all kept, each the root of its prefix
     kept = await tlog.checkpoints_after(-1, 100)
-    assert [c.size for c in kept] == [0, 7, 17]
+    assert [c.size for c in kept] == [0, 7, 14, 17]
     for c in kept:
         assert checkpoint.verify_checkpoint(c.note, tlog.signer.verifier).root == merkle.root(leaves[: c.size])
     assert await tlog.integrate() == 0
-
-
-async def test_a_round_ending_on_a_full_slice_or_cut_between_two_still_signs_its_head(
-        pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
-    await commit_entries(pool, 14)
-    assert await tlog.drain() == 14  # two full slices of 7, then nothing: the empty third signs size 14
-    assert [c.size for c in await tlog.checkpoints_after(-1, 100)] == [0, 14]
-    await commit_entries(pool, 7)
-    assert await tlog.integrate(sign=False) == 7  # a round cut after a full slice (an error, a crash)
-    latest = await tlog.latest_checkpoint()
-    assert latest is not None and latest.size == 14
-    assert await tlog.integrate() == 0  # the next holder of the head finds nothing pending, and signs it
-    latest = await tlog.latest_checkpoint()
-    assert latest is not None and latest.size == 21
-    assert await tlog.integrate() == 0
-    assert [c.size for c in await tlog.checkpoints_after(-1, 100)] == [0, 14, 21]  # once
 
 
 async def test_proofs_from_the_database_match_the_in_memory_tree(pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
