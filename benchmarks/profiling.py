@@ -234,9 +234,9 @@ class Probe:
 
 NONCE_POOL = "nonce claim, as the broker does it (pool, own commit)"
 LOG_POOL = "access log of a release, as the broker does it"
-SELECT_POOL = "SELECT 1 through the pool (acquire, query, reset on release)"
+SELECT_POOL = "SELECT 1 through the pool (acquire, query, release)"
 SELECT_BARE = "SELECT 1 on a bare connection (the round-trip floor)"
-NONCE_BARE = "nonce claim on a bare connection (no pool reset)"
+NONCE_BARE = "nonce claim on a bare connection (no pool)"
 NONCE_ASYNC = "nonce claim, bare, synchronous_commit=off (no WAL flush wait)"
 
 

@@ -209,10 +209,10 @@ def obstacles(stack: Stack, s: Settings, r: Results) -> str:
         pooled, bare = r.db.get(profiling.SELECT_POOL), r.db.get(profiling.SELECT_BARE)
         if flushed and unflushed and pooled and bare:
             lines.append(f"  - In the database part: each of the two commits waits for its WAL flush (about "
-                         f"{flushed.p50 - unflushed.p50:.2f} ms by the probe), and each pool acquire costs an extra "
-                         f"round trip for asyncpg's reset query on release (SELECT 1: {pooled.p50:.2f} ms and "
-                         f"{pooled.pg_cpu_us:.0f} us of PostgreSQL CPU pooled, {bare.p50:.2f} ms and "
-                         f"{bare.pg_cpu_us:.0f} us bare).")
+                         f"{flushed.p50 - unflushed.p50:.2f} ms by the probe); a pool acquire and release, which the "
+                         f"claim and log writers no longer make per statement (they keep their connection), costs "
+                         f"the client side (SELECT 1: {pooled.p50:.2f} ms and {pooled.pg_cpu_us:.0f} us of "
+                         f"PostgreSQL CPU pooled, {bare.p50:.2f} ms and {bare.pg_cpu_us:.0f} us bare).")
     for rate_open in sorted({rt for _, rt in r.open}, reverse=True):
         added = added_latency(r, rate_open).get("broker")
         broker_open = r.open.get(("broker", rate_open), [])
