@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/compare.py bb6f0e5                  # this checkout against a commit
     .venv/bin/python benchmarks/compare.py ../other-checkout --reps 8 --json ab.json
+    .venv/bin/python benchmarks/compare.py . --head-env DLNUF_EVENT_LOOP=uvloop      # a setting, this same checkout
 
 On a shared machine two runs of `exchange.py` a few minutes apart differed by up to 2x on the same code (c=1 p50
 2.1 then 4.5 ms): comparing a run of each version compares the minutes more than the versions. Here both stacks
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import shutil
 import statistics
@@ -51,6 +53,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                    help="PostgreSQL on which both runs' databases are created and dropped (default: %(default)s)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every cell's figures as JSON")
+    p.add_argument("--base-env", action="append", default=[], metavar="DLNUF_X=V",
+                   help="a broker setting for the base only (repeatable); with BASE = ., compares a setting")
+    p.add_argument("--head-env", action="append", default=[], metavar="DLNUF_X=V",
+                   help="a broker setting for the head only (repeatable), e.g. DLNUF_EVENT_LOOP=uvloop")
     return p.parse_args(argv)
 
 
@@ -70,12 +76,25 @@ def checkout(base: str) -> Iterator[Path]:
         shutil.rmtree(where, ignore_errors=True)
 
 
-def build(es: contextlib.ExitStack, s: stack.Settings, root: Path) -> stack.Stack:
-    """`stack.build` with the broker and the sandbox run from `root` (PYTHONPATH and working directory)."""
+def settings_env(pairs: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """`DLNUF_X=V` pairs; anything else is refused (the broker reads only DLNUF_* settings)."""
+    out = []
+    for kv in pairs:
+        key, eq, value = kv.partition("=")
+        if not key.startswith("DLNUF_") or not eq:
+            raise SystemExit(f"--base-env/--head-env take DLNUF_NAME=VALUE, not {kv!r}")
+        out.append((key, value))
+    return tuple(out)
+
+
+def build(es: contextlib.ExitStack, s: stack.Settings, root: Path, env: tuple[tuple[str, str], ...] = ()
+          ) -> stack.Stack:
+    """`stack.build` with the broker and the sandbox run from `root` (PYTHONPATH and working directory) and the
+    broker settings `env` on top of the run's."""
     saved = stack.ROOT
     stack.ROOT = root
     try:
-        built = stack.build(es, s)
+        built = stack.build(es, dataclasses.replace(s, broker_env=s.broker_env + env))
         print(f"{root}: {stack.smoke_test(built)}", file=sys.stderr)
         return built
     finally:
@@ -112,14 +131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     es = contextlib.ExitStack()
     try:
         roots = {"base": es.enter_context(checkout(args.base)), "head": HERE}
-        names = {which: revision(root) for which, root in roots.items()}
+        envs = {"base": settings_env(args.base_env), "head": settings_env(args.head_env)}
+        names = {which: revision(root) + "".join(f" {k}={v}" for k, v in envs[which])
+                 for which, root in roots.items()}
         gens = LoadGenerators(es, 1)
         # The stack built second came out slower in an A/A run (HEAD against itself: c=1 p50 +11 %, ahead in 1 of
         # 8), whatever the cause: each half of the repetitions builds the two stacks anew, in the other order.
         for half, first in enumerate(("base", "head")):
             with contextlib.ExitStack() as stacks:
                 order = (first, "head" if first == "base" else "base")
-                benches = {which: Bench(build(stacks, s, roots[which]), s, gens) for which in order}
+                benches = {which: Bench(build(stacks, s, roots[which], envs[which]), s, gens) for which in order}
                 for rep in range(half * args.reps // 2, (half + 1) * args.reps // 2 if half == 0 else args.reps):
                     for cell, run in cells:
                         for which in order if rep % 2 == 0 else order[::-1]:

@@ -164,6 +164,7 @@ class Bench:
             groups["nginx"] = st.nginx.pids
         if with_trivial:
             groups["trivial"] = lambda: [st.trivial_pid]
+        groups.update(st.extra_pids)
         return procs.CpuMeter(groups)
 
     def _stats(self, target: str, results: list[RunResult], cpu: procs.CpuUsage) -> Stats:

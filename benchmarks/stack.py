@@ -20,7 +20,8 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import loadgen
@@ -259,10 +260,16 @@ class Stack:
     nginx_port: int = 0
     trivial_port: int = 0
     trivial_pid: int = 0
+    extra_targets: dict[str, tuple[list[RequestMaker], list[Endpoint]]] = field(default_factory=dict)
+    """Targets a script adds (benchmarks/floor.py's reference servers): what to send them, where."""
+    extra_pids: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
+    """Their process groups, metered like the others."""
 
     def makers(self, target: str) -> tuple[list[RequestMaker], list[Endpoint]]:
         """What the load generator sends to `target`: signed exchanges (broker; and the trivial server, to
         measure the generator with the same work), or the adapter's own GET (stub, nginx)."""
+        if target in self.extra_targets:
+            return self.extra_targets[target]
         if target == "broker":
             endpoints = [Endpoint(HOST, p) for p in self.broker_ports]
             return [SignedExchange(e, exchange_body(), self.key.to_jwk()) for e in endpoints], endpoints

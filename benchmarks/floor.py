@@ -1,0 +1,240 @@
+"""The latency floor of the broker's guarantees on this machine, measured beside the broker in one run.
+
+    .venv/bin/python benchmarks/floor.py                     # 200/s open loop, 8 repetitions, about 5 minutes
+    .venv/bin/python benchmarks/floor.py --rate 200 --reps 12 --json floor.json
+
+Issue 14 asks for at most 5 ms of p99 latency added over a direct call to the provider at 200 requests/s. Two of
+the broker's guarantees cost round trips no implementation can skip: a nonce is claimed in PostgreSQL before the
+provider is called (a replay never reaches a provider, whichever process or node receives it), and the access-log
+row is committed, durably, before the answer leaves. This script measures what those round trips cost here, with
+none of the broker's own work around them, so that the broker's p99 splits into what the guarantees cost on this
+host and what the broker adds on top.
+
+The reference servers (one Python process, asyncio and asyncpg, the least code that keeps the guarantees):
+- "floor": read the request; claim a fresh nonce (one INSERT, committed without waiting for the WAL flush, as the
+  broker's claims are); GET the provider's answer from the same fast upstream over a kept-alive connection;
+  INSERT the answer into a log table, committed durably (synchronous_commit = on: the WAL flush is awaited);
+  answer with the provider's bytes;
+- "floor, no flush": the same, the log row committed without waiting for the WAL flush. What "floor" costs more is
+  the durable commit alone: the fsync of this machine's disk, as PostgreSQL meets it.
+
+Cells, alternated and rotated over `--reps` repetitions: the upstream direct, "floor, no flush", "floor" and the
+broker (`--workers`, fast upstream, as benchmarks/exchange.py builds it), each at `--rate` open loop. Printed: the
+medians, and per repetition then median, the p99 each adds over the direct upstream. It prints figures and never
+fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import secrets
+import shutil
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import asyncpg
+import procs
+import stack
+from loadgen import Endpoint, SignedExchange
+from runner import Bench, LoadGenerators, Stats
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS floor_claims (nonce text PRIMARY KEY, claimed_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS floor_log (id bigserial PRIMARY KEY, nonce text NOT NULL, answer bytea NOT NULL,
+                                      logged_at timestamptz NOT NULL DEFAULT now());
+"""
+
+
+class _Upstream:
+    """Kept-alive HTTP/1.1 connections to the fast upstream: a GET, its answer's body (nginx sends a length)."""
+
+    def __init__(self, port: int, request: bytes) -> None:
+        self.port = port
+        self.request = request
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self) -> bytes:
+        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(stack.HOST, self.port)
+        writer.write(self.request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.lower().split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                length = int(line[15:])
+        body = await reader.readexactly(length)
+        if not head.startswith(b"HTTP/1.1 200"):
+            writer.close()
+            raise RuntimeError(f"upstream answered {head[:40]!r}")
+        self.idle.append((reader, writer))
+        return body
+
+
+async def _serve(ports: dict[str, int], dsn: str, upstream_port: int, upstream_request: bytes) -> None:
+    claims = await asyncpg.create_pool(dsn, min_size=4, max_size=16, server_settings={"synchronous_commit": "off"})
+    logs = {mode: await asyncpg.create_pool(dsn, min_size=4, max_size=16,
+                                            server_settings={"synchronous_commit": "on" if mode == "floor" else "off"})
+            for mode in ports}
+    upstream = _Upstream(upstream_port, upstream_request)
+
+    def handler(mode: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = 0
+                    for line in head.lower().split(b"\r\n"):
+                        if line.startswith(b"content-length:"):
+                            length = int(line[15:])
+                    await reader.readexactly(length)
+                    nonce = secrets.token_hex(16)
+                    await claims.execute("INSERT INTO floor_claims (nonce) VALUES ($1)", nonce)
+                    answer = await upstream.get()
+                    await logs[mode].execute("INSERT INTO floor_log (nonce, answer) VALUES ($1, $2)", nonce, answer)
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                 + str(len(answer)).encode() + b"\r\n\r\n" + answer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+        return one
+
+    servers = [await asyncio.start_server(handler(mode), stack.HOST, port, backlog=1024)
+               for mode, port in ports.items()]
+    try:
+        await asyncio.sleep(24 * 3600)  # bounded; the parent terminates us long before
+    finally:
+        for server in servers:
+            server.close()
+
+
+def serve_floor(ports: dict[str, int], dsn: str, upstream_port: int, upstream_request: bytes) -> None:
+    """Entry point of the reference servers' process (127.0.0.1 only, until terminated)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(_serve(ports, dsn, upstream_port, upstream_request))
+
+
+def start_floor(es: contextlib.ExitStack, st: stack.Stack) -> None:
+    """The reference servers beside the stack, on its database and fast upstream, added to its targets."""
+
+    async def tables() -> None:
+        conn = await asyncpg.connect(st.db_dsn)
+        try:
+            await conn.execute(_TABLES)
+        finally:
+            await conn.close()
+
+    asyncio.run(tables())
+    get = (f"GET {stack.stub_path_query()} HTTP/1.1\r\nHost: {stack.HOST}:{st.stub_port}\r\n"
+           f"Authorization: Bearer {st.token}\r\nAccept: application/json\r\n\r\n").encode()
+    ports = {"floor": procs.free_port(), "floor-noflush": procs.free_port()}
+    process = multiprocessing.get_context("spawn").Process(
+        target=serve_floor, args=(ports, st.db_dsn, st.stub_port, get), daemon=True, name="floor-servers")
+    process.start()
+    es.callback(stack.stop_mp, process)
+    for target, port in ports.items():
+        stack._wait_port(port)
+        endpoint = Endpoint(stack.HOST, port)
+        # the broker's very request, signature and all: the floor reads as many bytes, and checks none of them
+        st.extra_targets[target] = ([SignedExchange(endpoint, stack.exchange_body(), st.key.to_jwk())], [endpoint])
+    pid = process.pid or 0
+    st.extra_pids["floor"] = lambda: [pid]
+
+
+TARGETS = ("stub", "floor-noflush", "floor", "broker")
+LABELS = {"stub": "upstream direct", "floor-noflush": "floor, log commit not flushed",
+          "floor": "floor: claim, upstream, durable commit", "broker": "broker (full pipeline)"}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s (default: %(default)s)")
+    p.add_argument("--reps", type=int, default=8, help="repetitions of every cell (default: %(default)s)")
+    p.add_argument("--open-duration", type=float, default=6.0, help="seconds per cell (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="`serve --workers N` (default: %(default)s)")
+    p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                   help="PostgreSQL on which the run's database is created and dropped (default: %(default)s)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write every cell's figures as JSON")
+    return p.parse_args(argv)
+
+
+def report(got: dict[str, list[Stats]], args: argparse.Namespace) -> str:
+    med = statistics.median
+    lines = [f"DLNUF latency floor, {time.strftime('%Y-%m-%d %H:%M:%S')}, {stack.source_state()}: open loop at "
+             f"{args.rate:g}/s, {args.reps} repetitions of {args.open_duration:g} s, targets alternated; broker "
+             f"--workers {args.workers}",
+             "Medians over repetitions; 'p99 added' = target p99 - direct p99 within each repetition, then the "
+             "median (and its range).", ""]
+    header = (f"{'target':40s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} {'p99 added':>10s} {'range':>16s} "
+              f"{'CPU ms/req':>11s}")
+    lines += [header, "-" * len(header)]
+    direct = got["stub"]
+    for target in TARGETS:
+        runs = got[target]
+        added = [st.p99 - d.p99 for st, d in zip(runs, direct, strict=True)]
+        group = {"stub": "stub", "broker": "broker"}.get(target, "floor")
+        lines.append(f"{LABELS[target]:40s} {med([s.p50 for s in runs]):7.2f} {med([s.p99 for s in runs]):7.2f} "
+                     f"{med([s.max for s in runs]):7.2f} {med(added):+10.2f} "
+                     f"{f'{min(added):+.1f} .. {max(added):+.1f}':>16s} {med([s.cpu_ms(group) for s in runs]):11.3f}")
+        errors = sum(s.errors for s in runs)
+        if errors:
+            lines.append(f"  {errors} answers other than 200")
+    flush = [f.p99 - n.p99 for f, n in zip(got["floor"], got["floor-noflush"], strict=True)]
+    above = [b.p99 - f.p99 for b, f in zip(got["broker"], got["floor"], strict=True)]
+    lines += ["", f"the durable commit alone (floor - floor without flush), p99: {med(flush):+.2f} ms "
+                  f"(per repetition {', '.join(f'{x:+.1f}' for x in flush)})",
+              f"the broker over the floor, p99: {med(above):+.2f} ms "
+              f"(per repetition {', '.join(f'{x:+.1f}' for x in above)})"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        print("floor.py needs nginx for the fast upstream (Debian package nginx)", file=sys.stderr)
+        return 2
+    s = stack.Settings(levels=(), reps=args.reps, warmup=0.5, duration=2.0, rate=args.rate,
+                       open_duration=args.open_duration, open_connections=64, loadgen_procs=1, brokers=1,
+                       basis="information", embedded=False, admin_url=args.admin_url, nginx=nginx, pyspy=None,
+                       profile_seconds=0, keep_workdir=False, workers=args.workers)
+    got: dict[str, list[Stats]] = {t: [] for t in TARGETS}
+    es = contextlib.ExitStack()
+    try:
+        st = stack.build(es, s)
+        print(stack.smoke_test(st), file=sys.stderr)
+        start_floor(es, st)
+        bench = Bench(st, s, LoadGenerators(es, 1))
+        for target in TARGETS:  # warm every path once: connections, pools, caches
+            bench.open(target, args.rate, duration=1.0)
+        for rep in range(args.reps):
+            for target in TARGETS[rep % len(TARGETS):] + TARGETS[:rep % len(TARGETS)]:
+                stats = bench.open(target, args.rate)
+                got[target].append(stats)
+                print(f"  rep {rep + 1} {LABELS[target]:40s} p50 {stats.p50:6.2f} p99 {stats.p99:7.2f} ms "
+                      f"(n={stats.count}, errors {stats.errors}, others {stats.others:.2f} cores)", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except procs.SetupError as exc:
+        print(f"setup failed: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        with procs.ignoring_interrupts():
+            es.close()
+    print(report(got, args))
+    if args.json is not None:
+        args.json.write_text(json.dumps({t: [{"p50_ms": x.p50, "p99_ms": x.p99, "max_ms": x.max, "errors": x.errors,
+                                              "others": x.others} for x in runs] for t, runs in got.items()},
+                                        indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
