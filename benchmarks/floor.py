@@ -22,6 +22,9 @@ Cells, alternated and rotated over `--reps` repetitions: the upstream direct, "f
 broker (`--workers`, fast upstream, as benchmarks/exchange.py builds it), each at `--rate` open loop. Printed: the
 medians, and per repetition then median, the p99 each adds over the direct upstream. It prints figures and never
 fails on them.
+
+Each repetition also times the disk alone: 8 KiB written and `fdatasync`ed at `--rate` in `--fsync-dir` (put it on
+the disk of PostgreSQL's WAL), so that a slow durable commit can be told from the disk under it.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import secrets
 import shutil
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -146,6 +151,28 @@ def start_floor(es: contextlib.ExitStack, st: stack.Stack) -> None:
     st.extra_pids["floor"] = lambda: [pid]
 
 
+def fsync_probe(directory: Path, rate: float, seconds: float) -> list[float]:
+    """Milliseconds of each 8 KiB write + fdatasync of a file in `directory`, paced at `rate` a second: what the
+    disk under PostgreSQL's WAL (when `directory` is on it) does with a commit's flush, without PostgreSQL."""
+    fd, name = tempfile.mkstemp(prefix="dlnuf-fsync-", dir=directory)
+    block = b"\0" * 8192
+    out: list[float] = []
+    try:
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            t = time.perf_counter()
+            os.pwrite(fd, block, (i % 128) * 8192)
+            os.fdatasync(fd)
+            out.append((time.perf_counter() - t) * 1000)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return sorted(out)
+
+
 TARGETS = ("stub", "floor-noflush", "floor", "broker")
 LABELS = {"stub": "upstream direct", "floor-noflush": "floor, log commit not flushed",
           "floor": "floor: claim, upstream, durable commit", "broker": "broker (full pipeline)"}
@@ -161,10 +188,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                    help="PostgreSQL on which the run's database is created and dropped (default: %(default)s)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every cell's figures as JSON")
+    p.add_argument("--fsync-dir", type=Path, default=Path(tempfile.gettempdir()),
+                   help="where the disk probe writes (put it on the disk of PostgreSQL's WAL; default: %(default)s)")
     return p.parse_args(argv)
 
 
-def report(got: dict[str, list[Stats]], args: argparse.Namespace) -> str:
+def report(got: dict[str, list[Stats]], disk: list[list[float]], args: argparse.Namespace) -> str:
     med = statistics.median
     lines = [f"DLNUF latency floor, {time.strftime('%Y-%m-%d %H:%M:%S')}, {stack.source_state()}: open loop at "
              f"{args.rate:g}/s, {args.reps} repetitions of {args.open_duration:g} s, targets alternated; broker "
@@ -191,6 +220,15 @@ def report(got: dict[str, list[Stats]], args: argparse.Namespace) -> str:
                   f"(per repetition {', '.join(f'{x:+.1f}' for x in flush)})",
               f"the broker over the floor, p99: {med(above):+.2f} ms "
               f"(per repetition {', '.join(f'{x:+.1f}' for x in above)})"]
+    if disk:
+        def q(values: list[float], p: float) -> float:
+            return values[min(len(values) - 1, int(len(values) * p))]
+
+        lines += [f"the disk alone, 8 KiB write + fdatasync at {args.rate:g}/s in {args.fsync_dir} (medians over "
+                  f"repetitions): p50 {med([q(d, 0.5) for d in disk]):.2f} ms, "
+                  f"p99 {med([q(d, 0.99) for d in disk]):.2f}, "
+                  f"p99.9 {med([q(d, 0.999) for d in disk]):.2f}, max {med([d[-1] for d in disk]):.2f} "
+                  f"(max of all {max(d[-1] for d in disk):.2f})"]
     return "\n".join(lines)
 
 
@@ -205,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        basis="information", embedded=False, admin_url=args.admin_url, nginx=nginx, pyspy=None,
                        profile_seconds=0, keep_workdir=False, workers=args.workers)
     got: dict[str, list[Stats]] = {t: [] for t in TARGETS}
+    disk: list[list[float]] = []
     es = contextlib.ExitStack()
     try:
         st = stack.build(es, s)
@@ -219,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 got[target].append(stats)
                 print(f"  rep {rep + 1} {LABELS[target]:40s} p50 {stats.p50:6.2f} p99 {stats.p99:7.2f} ms "
                       f"(n={stats.count}, errors {stats.errors}, others {stats.others:.2f} cores)", file=sys.stderr)
+            disk.append(fsync_probe(args.fsync_dir, args.rate, args.open_duration))
+            print(f"  rep {rep + 1} {'disk: write + fdatasync':40s} p99 {disk[-1][int(len(disk[-1]) * 0.99)]:7.2f} ms",
+                  file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -228,11 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         with procs.ignoring_interrupts():
             es.close()
-    print(report(got, args))
+    print(report(got, disk, args))
     if args.json is not None:
         args.json.write_text(json.dumps({t: [{"p50_ms": x.p50, "p99_ms": x.p99, "max_ms": x.max, "errors": x.errors,
-                                              "others": x.others} for x in runs] for t, runs in got.items()},
-                                        indent=2) + "\n")
+                                              "others": x.others} for x in runs] for t, runs in got.items()}
+                                        | {"disk_fdatasync_ms": disk}, indent=2) + "\n")
     return 0
 
 
