@@ -50,6 +50,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--open-duration", type=float, default=4.0,
                    help="seconds per open-loop cell (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="`serve --workers N` for both (default: %(default)s)")
+    p.add_argument("--head-workers", type=int, metavar="N", help="`serve --workers N` for the head only")
     p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                    help="PostgreSQL on which both runs' databases are created and dropped (default: %(default)s)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every cell's figures as JSON")
@@ -87,14 +88,14 @@ def settings_env(pairs: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def build(es: contextlib.ExitStack, s: stack.Settings, root: Path, env: tuple[tuple[str, str], ...] = ()
-          ) -> stack.Stack:
-    """`stack.build` with the broker and the sandbox run from `root` (PYTHONPATH and working directory) and the
-    broker settings `env` on top of the run's."""
+def build(es: contextlib.ExitStack, s: stack.Settings, root: Path, env: tuple[tuple[str, str], ...] = (),
+          workers: int | None = None) -> stack.Stack:
+    """`stack.build` with the broker and the sandbox run from `root` (PYTHONPATH and working directory), the
+    broker settings `env` on top of the run's, and `workers` in place of the run's if given."""
     saved = stack.ROOT
     stack.ROOT = root
     try:
-        built = stack.build(es, dataclasses.replace(s, broker_env=s.broker_env + env))
+        built = stack.build(es, dataclasses.replace(s, broker_env=s.broker_env + env, workers=workers or s.workers))
         print(f"{root}: {stack.smoke_test(built)}", file=sys.stderr)
         return built
     finally:
@@ -132,15 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         roots = {"base": es.enter_context(checkout(args.base)), "head": HERE}
         envs = {"base": settings_env(args.base_env), "head": settings_env(args.head_env)}
+        workers = {"base": None, "head": args.head_workers}
         names = {which: revision(root) + "".join(f" {k}={v}" for k, v in envs[which])
-                 for which, root in roots.items()}
+                 + (f" --workers {workers[which]}" if workers[which] else "") for which, root in roots.items()}
         gens = LoadGenerators(es, 1)
         # The stack built second came out slower in an A/A run (HEAD against itself: c=1 p50 +11 %, ahead in 1 of
         # 8), whatever the cause: each half of the repetitions builds the two stacks anew, in the other order.
         for half, first in enumerate(("base", "head")):
             with contextlib.ExitStack() as stacks:
                 order = (first, "head" if first == "base" else "base")
-                benches = {which: Bench(build(stacks, s, roots[which], envs[which]), s, gens) for which in order}
+                benches = {which: Bench(build(stacks, s, roots[which], envs[which], workers[which]), s, gens)
+                           for which in order}
                 for rep in range(half * args.reps // 2, (half + 1) * args.reps // 2 if half == 0 else args.reps):
                     for cell, run in cells:
                         for which in order if rep % 2 == 0 else order[::-1]:
