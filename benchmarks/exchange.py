@@ -13,7 +13,8 @@ interleaved so that slow drifts of a shared machine hit every target alike:
 
 1. the load generator's ceiling: signing alone, sending to a trivial loopback server pre-signed and inline;
 2. closed loop at a few concurrency levels: requests/s, p50, p99 and CPU per request of every process, for the
-   broker, the stub called directly (the very request the broker's adapter sends) and the stub through nginx;
+   broker, the stub called directly (the very request the broker's adapter sends), the stub through nginx, and
+   the floor (floor.py: the least code that claims a nonce, calls the stub and commits a log row durably);
 3. open loop at a fixed rate (1,000/s), and at half the broker's measured capacity: p50, p99, and the p99 the
    broker adds over the direct stub;
 4. a py-spy profile of the broker under load, folded into costs per exchange (profiling.py), and the database
@@ -38,6 +39,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import floor
 import procs
 import profiling
 import report
@@ -78,6 +80,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--database-url", help="serve from this existing database, used as it is and kept (e.g. a "
                    "prefilled log: benchmarks/large_log.py); default: a fresh one, dropped at the end")
     p.add_argument("--no-nginx", action="store_true", help="leave out the nginx target")
+    p.add_argument("--no-floor", action="store_true",
+                   help="leave out the floor target (benchmarks/floor.py: the least code that claims, calls and "
+                        "commits durably)")
     p.add_argument("--broker-env", action="append", default=[], metavar="NAME=VALUE",
                    help="a DLNUF_* setting for the broker processes, e.g. DLNUF_EVENT_LOOP=uvloop (repeatable)")
     p.add_argument("--no-profile", action="store_true", help="leave out the py-spy profile")
@@ -152,7 +157,8 @@ def rotate(items: Sequence[str], k: int) -> list[str]:
 
 
 def measure(bench: Bench, s: Settings, r: Results) -> None:
-    targets = [t for t in TARGETS if t != "nginx" or bench.stack.nginx is not None]
+    targets = [t for t in TARGETS if (t != "nginx" or bench.stack.nginx is not None)
+               and (t != "floor" or t in bench.stack.extra_targets)]
 
     progress("\n== load generator ceiling")
     r.sign_rate = bench.signing_rate(1.0 if s.reps == 1 else 2.0)
@@ -237,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             st = stack.build(es, s)
             results.smoke = stack.smoke_test(st)
+            if not args.no_floor:
+                floor.start_floor(es, st)
             progress(f"smoke test: {results.smoke}")
             measure(Bench(st, s, LoadGenerators(es, s.loadgen_procs)), s, results)
             text = report.report(st, s, results)

@@ -17,8 +17,9 @@ from stack import Settings, Stack, source_state
 
 TARGET_ADDED_P99_MS = 5.0
 PROBES = 300
-TARGETS = ("broker", "stub", "nginx")
+TARGETS = ("broker", "stub", "nginx", "floor")
 LABELS = {"broker": "broker (full pipeline)", "stub": "upstream direct", "nginx": "nginx -> upstream",
+          "floor": "floor (claim, call, commit)",
           "trivial": "trivial server"}
 
 
@@ -38,7 +39,8 @@ def _cpu(stats: Sequence[Stats], groups: Sequence[str]) -> list[str]:
 
 
 def _groups(stack: Stack) -> list[str]:
-    return ["broker", "postgres", "stub", *(["nginx"] if stack.nginx else []), "loadgen"]
+    return ["broker", "postgres", "stub", *(["nginx"] if stack.nginx else []),
+            *(["floor"] if "floor" in stack.extra_pids else []), "loadgen"]
 
 
 def report(stack: Stack, s: Settings, r: Results) -> str:
@@ -151,7 +153,7 @@ def added_latency(r: Results, rate: float) -> dict[str, tuple[list[float], list[
     """Per repetition, target minus direct stub, at p50 and p99."""
     added = {}
     stub = r.open.get(("stub", rate), [])
-    for name in ("broker", "nginx"):
+    for name in ("broker", "nginx", "floor"):
         pairs = list(zip(r.open.get((name, rate), []), stub, strict=False))
         if pairs:
             added[name] = ([b.p50 - st.p50 for b, st in pairs], [b.p99 - st.p99 for b, st in pairs])
@@ -213,6 +215,13 @@ def obstacles(stack: Stack, s: Settings, r: Results) -> str:
                          f"claim and log writers no longer make per statement (they keep their connection), costs "
                          f"the client side (SELECT 1: {pooled.p50:.2f} ms and {pooled.pg_cpu_us:.0f} us of "
                          f"PostgreSQL CPU pooled, {bare.p50:.2f} ms and {bare.pg_cpu_us:.0f} us bare).")
+        f1 = r.closed.get(("floor", 1), [])
+        if f1:
+            beyond = median([b.p50 - f.p50 for b, f in zip(b1, f1, strict=False)])
+            floor_cpu = median([st.cpu_ms("floor") for st in f1])
+            lines.append(f"  - The floor (claim, call, durable commit, nothing else) takes "
+                         f"{median([st.p50 for st in f1]):.2f} ms at p50 and {floor_cpu:.2f} ms of CPU: the "
+                         f"broker's p50 is {beyond:+.2f} ms beyond it.")
     for rate_open in sorted({rt for _, rt in r.open}, reverse=True):
         added = added_latency(r, rate_open).get("broker")
         broker_open = r.open.get(("broker", rate_open), [])
@@ -232,6 +241,14 @@ def obstacles(stack: Stack, s: Settings, r: Results) -> str:
             why += "; requests queue, and the added latency is that queue"
         lines.append(f"* Latency at {rate_open:,.0f}/s: the broker adds {p99:+.2f} ms at p99 over the direct stub, "
                      f"{verdict} the {TARGET_ADDED_P99_MS:.0f} ms target; it completed {achieved:,.0f}/s{why}.")
+        floor = added_latency(r, rate_open).get("floor")
+        if floor:
+            beyond = [b - f for b, f in zip(added[1], floor[1], strict=False)]
+            lines.append(f"  - The floor (the least code that claims the nonce, calls the upstream and commits the log "
+                         f"row durably: benchmarks/floor.py) adds {median(floor[1]):+.2f} ms at p99 (p50 "
+                         f"{median(floor[0]):+.2f}): what the guarantees' round trips cost on this machine, "
+                         f"{'within' if median(floor[1]) <= TARGET_ADDED_P99_MS else 'over'} the target by themselves; "
+                         f"the broker adds {median(beyond):+.2f} ms of p99 beyond it, its own work.")
     if r.profile is not None and r.profile_stats is not None:
         lines.append("* Profile: " + profiling.headline(r.profile, broker_cpu(r.profile_stats)))
     return "\n".join(lines)
