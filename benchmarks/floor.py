@@ -18,6 +18,11 @@ The reference servers (one Python process, asyncio and asyncpg, the least code t
 - "floor, no flush": the same, the log row committed without waiting for the WAL flush. What "floor" costs more is
   the durable commit alone: the fsync of this machine's disk, as PostgreSQL meets it.
 
+The floor is a lower bound of those round trips, not a rival implementation: its claim counts no quota and its log
+row is a nonce and the answer under one index, where the broker's claim updates quota counters and its access-log
+row (with evidence and outbox) goes under six. What it measures is what no implementation of the guarantees escapes
+on this machine: the loopback round trips to PostgreSQL and the upstream, the commits, the WAL flush.
+
 Cells, alternated and rotated over `--reps` repetitions: the upstream direct, "floor, no flush", "floor" and the
 broker (`--workers`, fast upstream, as benchmarks/exchange.py builds it), each at `--rate` open loop. Printed: the
 medians, and per repetition then median, the p99 each adds over the direct upstream. It prints figures and never
