@@ -232,11 +232,11 @@ class Probe:
     pg_cpu_us: float  # CPU of the PostgreSQL backend per statement (nan when its /proc is not readable)
 
 
-NONCE_POOL = "nonce claim, as the broker does it (pool, own commit)"
+NONCE_POOL = "nonce claim, as the broker does it (claims pool, commit not flushed)"
 LOG_POOL = "access log of a release, as the broker does it"
 SELECT_POOL = "SELECT 1 through the pool (acquire, query, release)"
 SELECT_BARE = "SELECT 1 on a bare connection (the round-trip floor)"
-NONCE_BARE = "nonce claim on a bare connection (no pool)"
+NONCE_BARE = "nonce claim on a bare connection, flushed commit"
 NONCE_ASYNC = "nonce claim, bare, synchronous_commit=off (no WAL flush wait)"
 
 
@@ -259,7 +259,11 @@ async def _probe(dsn: str, n: int) -> dict[str, Probe]:
         entry.record_payload(b"{}")
         return entry
 
-    pools = {name: await db.create_pool(dsn, min_size=1, max_size=1) for name in (NONCE_POOL, LOG_POOL, SELECT_POOL)}
+    # the claim as the broker sends it: on a pool whose commits do not wait for the WAL flush (broker/app.py's
+    # claims pool; step 8's synchronous commit flushes it before anything is answered)
+    pools = {name: await db.create_pool(dsn, min_size=1, max_size=1,
+                                        settings={"synchronous_commit": "off"} if name == NONCE_POOL else None)
+             for name in (NONCE_POOL, LOG_POOL, SELECT_POOL)}
     conns = {name: await db.connect(dsn) for name in (SELECT_BARE, NONCE_BARE, NONCE_ASYNC)}
     calls: dict[str, Callable[[], Awaitable[object]]] = {
         NONCE_POOL: lambda: db.fetchval(pools[NONCE_POOL], q["nonce_claim"], "bench-probe", nonce(), expires),
