@@ -120,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if nginx is None:
         print("compare.py needs nginx for the fast upstream (Debian package nginx)", file=sys.stderr)
         return 2
+    if args.head_workers is not None and args.head_workers < 1:
+        print("--head-workers must be at least 1", file=sys.stderr)
+        return 2
     levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
     s = stack.Settings(levels=levels, reps=args.reps, warmup=0.5, duration=args.duration, rate=args.rate,
                        open_duration=args.open_duration, open_connections=64, loadgen_procs=1, brokers=1,
@@ -161,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps({
             "base": names["base"], "head": names["head"], "reps": args.reps, "workers": args.workers,
+            "head_workers": args.head_workers or args.workers,
             "cells": {cell: {which: [figures(st) for st in got[(cell, which)]] for which in ("base", "head")}
                       for cell, _ in cells}}, indent=2) + "\n")
     return 0

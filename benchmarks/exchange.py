@@ -175,7 +175,7 @@ def measure(bench: Bench, s: Settings, r: Results) -> None:
             for target in rotate(targets, rep + level):
                 st = bench.closed(target, level)
                 r.closed.setdefault((target, level), []).append(st)
-                progress(f"  rep {rep + 1} {LABELS[target]:22s} c={level:<3d} {describe(st)}")
+                progress(f"  rep {rep + 1} {LABELS[target]:27s} c={level:<3d} {describe(st)}")
 
     capacity = max(median([st.rate for st in r.closed.get(("broker", lv), [])]) for lv in s.levels)
     r.sustainable_rate = max(20.0, round(capacity / 2, -1))
@@ -187,7 +187,7 @@ def measure(bench: Bench, s: Settings, r: Results) -> None:
             for target in rotate(targets if rate == s.rate else ["broker", "stub"], rep):
                 st = bench.open(target, rate)
                 r.open.setdefault((target, rate), []).append(st)
-                progress(f"  rep {rep + 1} {LABELS[target]:22s} {rate:6,.0f}/s {describe(st)}")
+                progress(f"  rep {rep + 1} {LABELS[target]:27s} {rate:6,.0f}/s {describe(st)}")
 
     if s.pyspy is not None:
         broker = bench.stack.brokers[0]

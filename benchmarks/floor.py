@@ -10,18 +10,22 @@ row is committed, durably, before the answer leaves. This script measures what t
 none of the broker's own work around them, so that the broker's p99 splits into what the guarantees cost on this
 host and what the broker adds on top.
 
-The reference servers (one Python process, asyncio and asyncpg, the least code that keeps the guarantees):
-- "floor": read the request; claim a fresh nonce (one INSERT, committed without waiting for the WAL flush, as the
-  broker's claims are); GET the provider's answer from the same fast upstream over a kept-alive connection;
-  INSERT the answer into a log table, committed durably (synchronous_commit = on: the WAL flush is awaited);
-  answer with the provider's bytes;
+The reference servers (one Python process, asyncio and asyncpg, the least code that makes the guarantees' round
+trips):
+- "floor": read the request; claim the nonce of its Signature-Input (one INSERT, committed without waiting for the
+  WAL flush, as the broker's claims are; a nonce seen before is refused with a 401 before the upstream is called;
+  the signature itself is not verified); GET the provider's answer from the same fast upstream over a kept-alive
+  connection; INSERT the answer into a log table, committed durably (synchronous_commit = on: the WAL flush is
+  awaited); answer with the provider's bytes;
 - "floor, no flush": the same, the log row committed without waiting for the WAL flush. What "floor" costs more is
-  the durable commit alone: the fsync of this machine's disk, as PostgreSQL meets it.
+  the durable commit: the fsync of this machine's disk, as PostgreSQL meets it (a difference between the tails of
+  two cells measured one after the other, not the commit's own p99).
 
-The floor is a lower bound of those round trips, not a rival implementation: its claim counts no quota and its log
-row is a nonce and the answer under one index, where the broker's claim updates quota counters and its access-log
-row (with evidence and outbox) goes under six. What it measures is what no implementation of the guarantees escapes
-on this machine: the loopback round trips to PostgreSQL and the upstream, the commits, the WAL flush.
+The floor is a reference point for those round trips, not a rival implementation: it verifies no signature, its
+claim counts no quota, and its log row is a nonce and the answer under one index, where the broker's claim updates
+quota counters and its access-log row (with evidence and outbox) goes under six. What it measures is what any
+implementation of the guarantees pays on this machine: the loopback round trips to PostgreSQL and the upstream, the
+commits, the WAL flush, and one Python process's hop.
 
 Cells, alternated and rotated over `--reps` repetitions: the upstream direct, "floor, no flush", "floor" and the
 broker (`--workers`, fast upstream, as benchmarks/exchange.py builds it), each at `--rate` open loop. Printed: the
@@ -40,7 +44,7 @@ import contextlib
 import json
 import multiprocessing
 import os
-import secrets
+import re
 import shutil
 import signal
 import statistics
@@ -64,7 +68,8 @@ CREATE TABLE IF NOT EXISTS floor_log (id bigserial PRIMARY KEY, nonce text NOT N
 
 
 class _Upstream:
-    """Kept-alive HTTP/1.1 connections to the fast upstream: a GET, its answer's body (nginx sends a length)."""
+    """Kept-alive HTTP/1.1 connections to the fast upstream: a GET, its answer's body (a Content-Length answer,
+    as nginx and aiohttp send; anything else is refused rather than misread)."""
 
     def __init__(self, port: int, request: bytes) -> None:
         self.port = port
@@ -72,19 +77,45 @@ class _Upstream:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def get(self) -> bytes:
-        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(stack.HOST, self.port)
-        writer.write(self.request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.lower().split(b"\r\n"):
-            if line.startswith(b"content-length:"):
-                length = int(line[15:])
-        body = await reader.readexactly(length)
-        if not head.startswith(b"HTTP/1.1 200"):
-            writer.close()
-            raise RuntimeError(f"upstream answered {head[:40]!r}")
-        self.idle.append((reader, writer))
-        return body
+        # a kept connection the upstream closed meanwhile (its keep-alive timeout) fails at once: one retry on a
+        # fresh connection, as an HTTP client does, so that the floor is not charged a failure it would not have
+        for attempt in (1, 2):
+            reader, writer = (self.idle.pop() if self.idle and attempt == 1
+                              else await asyncio.open_connection(stack.HOST, self.port))
+            try:
+                writer.write(self.request)
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+                if attempt == 2:
+                    raise
+                continue
+            length = _content_length(head)
+            if length is None:
+                writer.close()
+                raise RuntimeError("upstream answer without Content-Length")
+            body = await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 200"):
+                writer.close()
+                raise RuntimeError(f"upstream answered {head[:40]!r}")
+            self.idle.append((reader, writer))
+            return body
+        raise AssertionError("unreachable")
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.lower().split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return int(line[15:])
+    return None
+
+
+_NONCE = re.compile(rb'nonce="([^"]{1,256})"')
+
+
+def _answer(status: str, body: bytes = b"") -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            .encode() + body)
 
 
 async def _serve(ports: dict[str, int], dsn: str, upstream_port: int, upstream_request: bytes) -> None:
@@ -94,23 +125,32 @@ async def _serve(ports: dict[str, int], dsn: str, upstream_port: int, upstream_r
             for mode in ports}
     upstream = _Upstream(upstream_port, upstream_request)
 
+    async def exchange(mode: str, head: bytes) -> bytes:
+        # the request's own nonce, from its Signature-Input (not verified: the floor checks no signature), so that
+        # a replay is refused before the upstream is called, as the broker refuses it
+        found = _NONCE.search(head)
+        if found is None:
+            return _answer("400 Bad Request")
+        nonce = found.group(1).decode("ascii", "replace")
+        try:
+            await claims.execute("INSERT INTO floor_claims (nonce) VALUES ($1)", nonce)
+        except asyncpg.UniqueViolationError:
+            return _answer("401 Unauthorized")
+        answer = await upstream.get()
+        await logs[mode].execute("INSERT INTO floor_log (nonce, answer) VALUES ($1, $2)", nonce, answer)
+        return _answer("200 OK", answer)
+
     def handler(mode: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 while True:
                     head = await reader.readuntil(b"\r\n\r\n")
-                    length = 0
-                    for line in head.lower().split(b"\r\n"):
-                        if line.startswith(b"content-length:"):
-                            length = int(line[15:])
-                    await reader.readexactly(length)
-                    nonce = secrets.token_hex(16)
-                    await claims.execute("INSERT INTO floor_claims (nonce) VALUES ($1)", nonce)
-                    answer = await upstream.get()
-                    await logs[mode].execute("INSERT INTO floor_log (nonce, answer) VALUES ($1, $2)", nonce, answer)
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                                 + str(len(answer)).encode() + b"\r\n\r\n" + answer)
-            except (asyncio.IncompleteReadError, ConnectionError):
+                    await reader.readexactly(_content_length(head) or 0)
+                    try:
+                        writer.write(await exchange(mode, head))
+                    except Exception as exc:  # a failed upstream call or statement: a 502, never a silent close
+                        writer.write(_answer("502 Bad Gateway", repr(exc).encode()[:200]))
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                 writer.close()
         return one
 
@@ -129,6 +169,20 @@ def serve_floor(ports: dict[str, int], dsn: str, upstream_port: int, upstream_re
     asyncio.run(_serve(ports, dsn, upstream_port, upstream_request))
 
 
+def _drop_tables(dsn: str) -> None:
+    """The floor's tables go with it: a database the run keeps (exchange.py --database-url) keeps none of them."""
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("DROP TABLE IF EXISTS floor_claims, floor_log")
+        finally:
+            await conn.close()
+
+    with contextlib.suppress(OSError, asyncpg.PostgresError):
+        asyncio.run(drop())
+
+
 def start_floor(es: contextlib.ExitStack, st: stack.Stack) -> None:
     """The reference servers beside the stack, on its database and fast upstream, added to its targets."""
 
@@ -140,6 +194,7 @@ def start_floor(es: contextlib.ExitStack, st: stack.Stack) -> None:
             await conn.close()
 
     asyncio.run(tables())
+    es.callback(_drop_tables, st.db_dsn)
     get = (f"GET {stack.stub_path_query()} HTTP/1.1\r\nHost: {stack.HOST}:{st.stub_port}\r\n"
            f"Authorization: Bearer {st.token}\r\nAccept: application/json\r\n\r\n").encode()
     ports = {"floor": procs.free_port(), "floor-noflush": procs.free_port()}
@@ -163,6 +218,10 @@ def fsync_probe(directory: Path, rate: float, seconds: float) -> list[float]:
     block = b"\0" * 8192
     out: list[float] = []
     try:
+        # written and flushed once before timing, as PostgreSQL's WAL segments are: an overwrite's fdatasync has no
+        # file size to record, an extending write's has
+        os.pwrite(fd, block * 128, 0)
+        os.fsync(fd)
         start = time.perf_counter()
         for i in range(int(rate * seconds)):
             delay = start + i / rate - time.perf_counter()
@@ -239,6 +298,9 @@ def report(got: dict[str, list[Stats]], disk: list[list[float]], args: argparse.
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.reps < 1 or args.rate <= 0 or args.open_duration <= 0:
+        print("floor.py: --reps, --rate and --open-duration must be positive", file=sys.stderr)
+        return 2
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if nginx is None:
         print("floor.py needs nginx for the fast upstream (Debian package nginx)", file=sys.stderr)
@@ -258,7 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for target in TARGETS:  # warm every path once: connections, pools, caches
             bench.open(target, args.rate, duration=1.0)
         for rep in range(args.reps):
-            for target in TARGETS[rep % len(TARGETS):] + TARGETS[:rep % len(TARGETS)]:
+            # rotated, and reversed every other repetition, so that no target always follows the same one (the
+            # broker's background work spilling into the next cell would otherwise weigh on one target only)
+            order = TARGETS[rep % len(TARGETS):] + TARGETS[:rep % len(TARGETS)]
+            for target in order if rep % 2 == 0 else order[::-1]:
                 stats = bench.open(target, args.rate)
                 got[target].append(stats)
                 print(f"  rep {rep + 1} {LABELS[target]:40s} p50 {stats.p50:6.2f} p99 {stats.p99:7.2f} ms "
