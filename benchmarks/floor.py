@@ -161,6 +161,10 @@ async def _serve(ports: dict[str, int], dsn: str, upstream_port: int, upstream_r
     finally:
         for server in servers:
             server.close()
+        for _, writer in upstream.idle:
+            writer.close()
+        for pool in (claims, *logs.values()):
+            await pool.close()
 
 
 def serve_floor(ports: dict[str, int], dsn: str, upstream_port: int, upstream_request: bytes) -> None:
