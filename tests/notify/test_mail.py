@@ -109,9 +109,11 @@ async def test_each_access_is_mailed_and_unsubscribing_needs_no_login(
     body = _body(mail)
     today = datetime.now(UTC).astimezone().date()
     assert f"{stack.broker}/citizen/journal?du=" in body
-    # nothing about her beyond the administration and the dataset: no value, no field, no name
+    # nothing about her beyond the administration and the dataset: no value, no field, no name (checked outside
+    # the broker's own address, whose random port may hold the digits of her quotient, e.g. 127.0.0.1:55829)
+    text = body.replace(stack.broker, "")
     for personal in ("582", "DUPONT", "Marie", "Valeur du quotient familial", "quotient_familial"):
-        assert personal not in body, personal
+        assert personal not in text, personal
     assert str(today.year) in body
 
     # the consent screen's preview is shown to her, not told to her; Lyon's exchange under her consent is
@@ -280,7 +282,7 @@ async def test_weekly_digest(start_consent_stack: StartConsentStack, catcher: Ma
     assert digest["Subject"] == "Vos données cette semaine : 2 accès"
     body = _body(digest)
     assert body.count("Ville de Paris, « Quotient familial CAF ou MSA »") == 2
-    assert "582" not in body
+    assert "582" not in body.replace(stack.broker, "")  # her quotient, not the digits of a random port
     # a week without access sends nothing
     assert await mailer.schedule_digests(week_later + timedelta(days=7, minutes=1)) == 1
     await _settled(stack)
