@@ -173,31 +173,26 @@ def serve_floor(ports: dict[str, int], dsn: str, upstream_port: int, upstream_re
     asyncio.run(_serve(ports, dsn, upstream_port, upstream_request))
 
 
-def _drop_tables(dsn: str) -> None:
-    """The floor's tables go with it: a database the run keeps (exchange.py --database-url) keeps none of them."""
-
-    async def drop() -> None:
+def _execute(dsn: str, sql: str) -> None:
+    async def run() -> None:
         conn = await asyncpg.connect(dsn)
         try:
-            await conn.execute("DROP TABLE IF EXISTS floor_claims, floor_log")
+            await conn.execute(sql)
         finally:
             await conn.close()
 
+    asyncio.run(run())
+
+
+def _drop_tables(dsn: str) -> None:
+    """The floor's tables go with it: a database the run keeps (exchange.py --database-url) keeps none of them."""
     with contextlib.suppress(OSError, asyncpg.PostgresError):
-        asyncio.run(drop())
+        _execute(dsn, "DROP TABLE IF EXISTS floor_claims, floor_log")
 
 
 def start_floor(es: contextlib.ExitStack, st: stack.Stack) -> None:
     """The reference servers beside the stack, on its database and fast upstream, added to its targets."""
-
-    async def tables() -> None:
-        conn = await asyncpg.connect(st.db_dsn)
-        try:
-            await conn.execute(_TABLES)
-        finally:
-            await conn.close()
-
-    asyncio.run(tables())
+    _execute(st.db_dsn, _TABLES)
     es.callback(_drop_tables, st.db_dsn)
     get = (f"GET {stack.stub_path_query()} HTTP/1.1\r\nHost: {stack.HOST}:{st.stub_port}\r\n"
            f"Authorization: Bearer {st.token}\r\nAccept: application/json\r\n\r\n").encode()
@@ -209,7 +204,8 @@ def start_floor(es: contextlib.ExitStack, st: stack.Stack) -> None:
     for target, port in ports.items():
         stack._wait_port(port)
         endpoint = Endpoint(stack.HOST, port)
-        # the broker's very request, signature and all: the floor reads as many bytes, and checks none of them
+        # the broker's very request, signature and all: the floor reads as many bytes and claims its nonce,
+        # but verifies no signature
         st.extra_targets[target] = ([SignedExchange(endpoint, stack.exchange_body(), st.key.to_jwk())], [endpoint])
     pid = process.pid or 0
     st.extra_pids["floor"] = lambda: [pid]
@@ -284,7 +280,8 @@ def report(got: dict[str, list[Stats]], disk: list[list[float]], args: argparse.
             lines.append(f"  {errors} answers other than 200")
     flush = [f.p99 - n.p99 for f, n in zip(got["floor"], got["floor-noflush"], strict=True)]
     above = [b.p99 - f.p99 for b, f in zip(got["broker"], got["floor"], strict=True)]
-    lines += ["", f"the durable commit alone (floor - floor without flush), p99: {med(flush):+.2f} ms "
+    lines += ["", "the durable commit (floor - floor without flush, a difference of two cells' tails), p99: "
+                  f"{med(flush):+.2f} ms "
                   f"(per repetition {', '.join(f'{x:+.1f}' for x in flush)})",
               f"the broker over the floor, p99: {med(above):+.2f} ms "
               f"(per repetition {', '.join(f'{x:+.1f}' for x in above)})"]
