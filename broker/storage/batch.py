@@ -61,38 +61,20 @@ class _Pending(Generic[In, Out]):
     done: asyncio.Future[Out] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-class _Writer:
-    """One statement at a time, on a connection it keeps while items keep coming."""
-
-    __slots__ = ("conn", "wake")
-
-    def __init__(self) -> None:
-        self.conn: asyncpg.pool.PoolConnectionProxy | None = None
-        self.wake = asyncio.Event()
-
-
 class Batcher(ABC, Generic[In, Out]):
     """Subclasses write `_write` (one statement for the batch, a result per item, in order) and `_failed` (the
-    exception a caller sees when its item could not be written).
-
-    `writers` statements may be in flight at once, each on its own connection, all taking from one queue: an item
-    that arrives while a statement runs goes out at once on an idle writer instead of waiting for that statement
-    and its commit. An idle writer is woken alone, the one used last first, so that below the rate at which
-    statements overlap one writer (and one connection) does all the work. One writer keeps the queue's order
-    across statements (the claims' quota counters rely on it)."""
+    exception a caller sees when its item could not be written)."""
 
     name = "batch writer"
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH, writers: int = 1) -> None:
-        if writers < 1:
-            raise ValueError("a batcher needs at least one writer")
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH) -> None:
         self._pool = pool
         self._max_batch = max_batch
-        self._writers = writers
         self._queue: list[_Pending[In, Out]] = []
-        self._idle: list[_Writer] = []  # waiting for items; the last one was busy most recently
-        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._conn: asyncpg.pool.PoolConnectionProxy | None = None
 
     @abstractmethod
     async def _write(self, conn: asyncpg.Connection, items: Sequence[In]) -> Sequence[Out]: ...
@@ -109,59 +91,46 @@ class Batcher(ABC, Generic[In, Out]):
             raise self._failed(item, None)
         pending: _Pending[In, Out] = _Pending(item)
         self._queue.append(pending)
-        if self._idle:
-            self._idle.pop().wake.set()
-        elif len(self._tasks) < self._writers or any(t.done() for t in self._tasks):
-            self._start_writers()
-        # Awaited directly: a cancelled caller cancels its own future only, which its batch then skips; the
-        # statement runs in the writer's task, for the others.
-        return await pending.done
-
-    def _start_writers(self) -> None:
-        self._tasks = [t for t in self._tasks if not t.done()]
-        while len(self._tasks) < self._writers:
-            self._tasks.append(asyncio.create_task(self._run(_Writer()), name=self.name))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=self.name)
+        self._wake.set()
+        return await asyncio.shield(pending.done)
 
     async def close(self) -> None:
         """Write what is queued, then stop; later submissions raise."""
         self._closed = True
-        for writer in self._idle:
-            writer.wake.set()
-        self._idle.clear()
-        for task in self._tasks:
+        if self._task is not None:
+            self._wake.set()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._task
 
-    async def _run(self, w: _Writer) -> None:
+    async def _run(self) -> None:
         try:
             while not (self._closed and not self._queue):
-                if not self._queue:
-                    w.wake.clear()
-                    self._idle.append(w)
+                if self._conn is None:
+                    await self._wake.wait()
+                else:
                     try:
-                        async with asyncio.timeout(KEEP if w.conn is not None else None):
-                            await w.wake.wait()
+                        async with asyncio.timeout(KEEP):
+                            await self._wake.wait()
                     except TimeoutError:
-                        if w in self._idle:  # not handed an item at the very moment the timeout fired
-                            self._idle.remove(w)
-                        await self._give_back(w)
+                        await self._give_back()
                         continue
+                self._wake.clear()
                 while self._queue:
                     batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
-                    await self._send(w, batch)
+                    await self._send(batch)
         finally:
-            if w in self._idle:
-                self._idle.remove(w)
-            await self._give_back(w)
+            await self._give_back()
 
-    async def _give_back(self, w: _Writer) -> None:
-        conn, w.conn = w.conn, None
+    async def _give_back(self) -> None:
+        conn, self._conn = self._conn, None
         if conn is not None:
             await self._pool.release(conn)
 
-    async def _send(self, w: _Writer, batch: list[_Pending[In, Out]]) -> None:
+    async def _send(self, batch: list[_Pending[In, Out]]) -> None:
         try:
-            results = await self._statement(w, [p.item for p in batch])
+            results = await self._statement([p.item for p in batch])
         except CONNECTION_ERRORS as exc:
             self._fail(batch, exc)
             return
@@ -172,7 +141,7 @@ class Batcher(ABC, Generic[In, Out]):
             log.warning(f"{self.name}: batch refused, writing its items one by one", items=len(batch),
                         error=type(exc).__name__)
             for one in batch:
-                await self._send(w, [one])
+                await self._send([one])
             return
         except Exception as exc:  # never leave a caller waiting forever on a writer that died
             self._fail(batch, exc)
@@ -182,17 +151,17 @@ class Batcher(ABC, Generic[In, Out]):
             if not p.done.done():
                 p.done.set_result(result)
 
-    async def _statement(self, w: _Writer, items: list[In]) -> Sequence[Out]:
-        if w.conn is not None and not _open(w.conn):  # dropped while idle: noticed, as the pool notices it on
-            await self._give_back(w)                    # acquire
-        if w.conn is None:
-            w.conn = await self._pool.acquire()
+    async def _statement(self, items: list[In]) -> Sequence[Out]:
+        if self._conn is not None and not _open(self._conn):  # dropped while idle: noticed, as the pool notices it
+            await self._give_back()                             # on acquire
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
         try:
-            return await self._write(w.conn, items)
+            return await self._write(self._conn, items)
         except CONNECTION_ERRORS:
-            if _open(w.conn):
-                w.conn.terminate()  # as in db.fetchval: a connection the server dropped must not be used again
-            await self._give_back(w)
+            if _open(self._conn):
+                self._conn.terminate()  # as in db.fetchval: a connection the server dropped must not be used again
+            await self._give_back()
             raise
 
     def _fail(self, batch: list[_Pending[In, Out]], exc: BaseException) -> None:

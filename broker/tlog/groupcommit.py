@@ -30,11 +30,6 @@ log = structlog.get_logger(__name__)
 
 _Item = tuple[LogEntry, Evidence | None]
 
-# Two statements in flight: an entry that arrives while a batch commits is sent at once rather than after that
-# batch's WAL flush; PostgreSQL flushes concurrent commits together anyway. Entries are independent rows: their
-# order across statements does not matter (the integrator orders the log).
-WRITERS = 2
-
 
 class GroupCommit(Batcher[_Item, None]):
     """The access-log writer of one event loop. `on_commit(entries)` is told of each committed transaction."""
@@ -42,8 +37,8 @@ class GroupCommit(Batcher[_Item, None]):
     name = "access-log group commit"
 
     def __init__(self, pool: asyncpg.Pool, *, on_commit: Callable[[int], None] | None = None,
-                 max_batch: int = MAX_BATCH, writers: int = WRITERS) -> None:
-        super().__init__(pool, max_batch=max_batch, writers=writers)
+                 max_batch: int = MAX_BATCH) -> None:
+        super().__init__(pool, max_batch=max_batch)
         self._on_commit = on_commit
 
     async def commit(self, entry: LogEntry, evidence: Evidence | None = None) -> None:
