@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/group_commit.py                  # about a minute
     .venv/bin/python benchmarks/group_commit.py --reps 5 --entries 400
     .venv/bin/python benchmarks/group_commit.py --what claims    # the nonce claims, batched or one by one
+    .venv/bin/python benchmarks/group_commit.py --levels 32 --rates 100,400 --reps 7   # arrivals at random times
 
 On a fresh database on the PostgreSQL at --admin-url (dropped at the end), released entries with their outbox row
 and evidence, as the pipeline commits them, `--concurrency` exchanges in flight at a time:
@@ -10,6 +11,9 @@ and evidence, as the pipeline commits them, `--concurrency` exchanges in flight 
 - "each": `accesslog.commit`, one statement (one implicit transaction, one synchronous commit, one WAL flush) per
   entry;
 - "group": `broker.tlog.groupcommit.GroupCommit`, one writer batching what queued while its last transaction ran.
+
+`--rates` adds open-loop cells: entries arrive at random (exponential gaps, the same sequence for every variant of a
+repetition), and each one's wait counts from its arrival, so a commit that queues behind another is charged for it.
 
 With `--what claims`, the exchanges' nonce claims with a consumer and a habilitation quota, on a pool that does not
 wait for the WAL flush (as the broker's claims pool): "each" = `nonce_claim_counted`, one statement per claim, as
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import secrets
 import statistics
 import sys
@@ -82,7 +87,7 @@ class _CountedClaims(ClaimBatcher):
 
 
 async def run(dsn: str, name: str, variant: str, concurrency: int, entries: int,
-              what: str = "log") -> dict[str, float]:
+              what: str = "log", rate: float | None = None, seed: int = 0) -> dict[str, float]:
     settings = {"synchronous_commit": "off"} if what == "claims" else None
     pool = await db.create_pool(dsn, min_size=min(concurrency, 10), max_size=10, settings=settings)
     commits = [0]
@@ -129,10 +134,22 @@ async def run(dsn: str, name: str, variant: str, concurrency: int, entries: int,
             await each()
             latencies.append(1000 * (time.perf_counter() - start))
 
+    async def arrival(at: float) -> None:
+        await asyncio.sleep(at - time.perf_counter())
+        await each()
+        latencies.append(1000 * (time.perf_counter() - at))
+
     try:
         pids = await _pids(dsn, name)
         pg0, py0, t0 = backend_cpu(pids), time.process_time(), time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        if rate is None:
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+        else:
+            arrivals, at, draw = [], t0 + 0.01, random.Random(seed)
+            for _ in range(entries):
+                at += draw.expovariate(rate)
+                arrivals.append(at)
+            await asyncio.gather(*(arrival(a) for a in arrivals))
         elapsed = time.perf_counter() - t0
         pg = backend_cpu(pids) - pg0
         py = time.process_time() - py0
@@ -161,6 +178,8 @@ def main() -> int:
     p.add_argument("--levels", default="1,8,32", help="exchanges in flight (default: %(default)s)")
     p.add_argument("--entries", type=int, default=300, help="entries per cell (default: %(default)s)")
     p.add_argument("--reps", type=int, default=3, help="repetitions (default: %(default)s)")
+    p.add_argument("--rates", default="", help="open-loop cells: entries arriving at random at these mean rates per "
+                                               "second (e.g. 100,400; default: none)")
     p.add_argument("--what", choices=["log", "claims"], default="log",
                    help="the access log's commits, or the nonce claims (default: %(default)s)")
     args = p.parse_args()
@@ -177,35 +196,41 @@ def main() -> int:
                 await conn.close()
 
         asyncio.run(migrate())
-        results: dict[tuple[str, int], list[dict[str, float]]] = {}
+        results: dict[tuple[str, str], list[dict[str, float]]] = {}
         variants = ["each", "group"]
+        cells: list[tuple[str, int, float | None]] = [(f"c={level}", level, None) for level in levels]
+        cells += [(f"{float(rate):g}/s", 10, float(rate)) for rate in args.rates.split(",") if rate]
         for rep in range(args.reps):
-            for level in levels:
-                for variant in (variants if (rep + level) % 2 == 0 else variants[::-1]):
-                    r = asyncio.run(run(dsn, name, variant, level, args.entries, args.what))
-                    results.setdefault((variant, level), []).append(r)
-                    print(f"rep {rep + 1} {variant:5s} c={level:<3d} {r['rate']:7.0f}/s p50 {r['p50']:6.2f} ms "
+            for n, (cell, level, rate) in enumerate(cells):
+                order = variants[(rep + n) % len(variants):] + variants[:(rep + n) % len(variants)]
+                for variant in (order if rep % 2 == 0 else order[::-1]):
+                    r = asyncio.run(run(dsn, name, variant, level, args.entries, args.what, rate, seed=rep))
+                    results.setdefault((variant, cell), []).append(r)
+                    print(f"rep {rep + 1} {variant:6s} {cell:6s} {r['rate']:7.0f}/s p50 {r['p50']:6.2f} ms "
                           f"p99 {r['p99']:6.2f} ms commits/entry {r['commits_per_entry']:.2f} PG {r['pg_us']:5.0f} us "
                           f"Python {r['py_us']:5.0f} us", file=sys.stderr, flush=True)
         subject = ("Access-log commits of released entries (row, outbox row, evidence)" if args.what == "log" else
                    "Nonce claims with two quota scopes (claims pool, no WAL flush wait)")
         print(f"\n{subject}, {args.entries} per cell, "
               f"{args.reps} repetitions, medians; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-        print(f"{'variant':8s} {'conc':>4s} {'entries/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'commits/entry':>13s} "
+        print(f"{'variant':8s} {'cell':>6s} {'entries/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'commits/entry':>13s} "
               f"{'PG us/entry':>11s} {'Python us/entry':>15s}")
-        for level in levels:
+        for cell, _, _ in cells:
             for variant in variants:
-                rs = results[(variant, level)]
+                rs = results[(variant, cell)]
 
                 def med(k: str, rs: list[dict[str, float]] = rs) -> float:
                     return statistics.median(r[k] for r in rs)
 
-                print(f"{variant:8s} {level:4d} {med('rate'):9.0f} {med('p50'):7.2f} {med('p99'):7.2f} "
+                print(f"{variant:8s} {cell:>6s} {med('rate'):9.0f} {med('p50'):7.2f} {med('p99'):7.2f} "
                       f"{med('commits_per_entry'):13.2f} {med('pg_us'):11.0f} {med('py_us'):15.0f}")
-            ratios = [g["rate"] / e["rate"] for g, e in zip(results[("group", level)], results[("each", level)],
-                                                            strict=True)]
-            print(f"  c={level}: group/each entries/s {statistics.median(ratios):.2f} (median of per-repetition "
-                  "ratios)")
+            def ratio(a: str, b: str, k: str, cell: str = cell) -> str:
+                rs = [x[k] / y[k] for x, y in zip(results[(a, cell)], results[(b, cell)], strict=True)]
+                better = sum(1 for r in rs if (r > 1 if k == "rate" else r < 1))
+                return f"{statistics.median(rs):.2f} (better in {better}/{len(rs)})"
+
+            print(f"  {cell}: group/each entries/s {ratio('group', 'each', 'rate')}, p99 "
+                  f"{ratio('group', 'each', 'p99')} (medians of per-repetition ratios)")
     return 0
 
 

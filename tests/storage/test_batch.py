@@ -1,0 +1,71 @@
+"""The batch writer on a real PostgreSQL: what arrives while a statement runs goes in the next one, together; a
+cancelled caller costs nobody else their result, and its item is written all the same."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import pytest
+
+from broker.storage import db
+from broker.storage.batch import Batcher
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(database_url, min_size=1, max_size=4)
+    yield p
+    await p.close()
+
+
+class Echo(Batcher[str, str]):
+    """Writes nothing: asks the database for its items back, and holds a batch holding "slow" until `release`."""
+
+    name = "echo"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()  # set once a "slow" batch is in flight
+        self.statements: list[tuple[int, list[str]]] = []  # (backend pid, items)
+
+    async def _write(self, conn: asyncpg.Connection, items: Sequence[str]) -> list[str]:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        self.statements.append((pid, list(items)))
+        if "slow" in items:
+            self.held.set()
+            await self.release.wait()
+        return list(await conn.fetchval("SELECT $1::text[]", list(items)))
+
+    def _failed(self, item: str, exc: BaseException | None) -> Exception:
+        return RuntimeError(f"{item}: {exc!r}")
+
+
+async def test_what_arrives_during_a_statement_waits_for_it_then_goes_together(pool: asyncpg.Pool) -> None:
+    echo = Echo(pool)
+    slow = asyncio.create_task(echo.submit("slow"))
+    await echo.held.wait()
+    later = [asyncio.create_task(echo.submit(name)) for name in ("second", "third")]
+    await asyncio.sleep(0.05)
+    assert not any(t.done() for t in later) and len(echo.statements) == 1
+    echo.release.set()
+    assert (await slow, *[await t for t in later]) == ("slow", "second", "third")
+    await echo.close()
+    assert [items for _, items in echo.statements] == [["slow"], ["second", "third"]]
+
+
+async def test_a_cancelled_caller_leaves_the_others_their_results(pool: asyncpg.Pool) -> None:
+    echo = Echo(pool)
+    slow = asyncio.create_task(echo.submit("slow"))
+    await echo.held.wait()
+    gone = asyncio.create_task(echo.submit("gone"))
+    stays = asyncio.create_task(echo.submit("stays"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    echo.release.set()
+    assert (await slow, await stays) == ("slow", "stays")
+    assert gone.cancelled()
+    await echo.close()
+    assert [items for _, items in echo.statements] == [["slow"], ["gone", "stays"]]  # written all the same
