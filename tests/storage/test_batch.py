@@ -43,23 +43,45 @@ class Echo(Batcher[str, str]):
         return RuntimeError(f"{item}: {exc!r}")
 
 
-async def test_what_arrives_during_a_statement_waits_for_it_then_goes_together(pool: asyncpg.Pool) -> None:
-    echo = Echo(pool)
+@pytest.fixture
+async def echo(pool: asyncpg.Pool) -> AsyncIterator[Echo]:
+    e = Echo(pool)
+    yield e
+    e.release.set()  # a failed assertion must not leave the writer holding its connection: the pool would wait
+    await asyncio.wait_for(e.close(), 10)
+
+
+async def held(echo: Echo) -> None:
+    await asyncio.wait_for(echo.held.wait(), 10)
+
+
+async def test_what_arrives_during_a_statement_waits_for_it_then_goes_together(echo: Echo) -> None:
     slow = asyncio.create_task(echo.submit("slow"))
-    await echo.held.wait()
+    await held(echo)
     later = [asyncio.create_task(echo.submit(name)) for name in ("second", "third")]
     await asyncio.sleep(0.05)
     assert not any(t.done() for t in later) and len(echo.statements) == 1
     echo.release.set()
     assert (await slow, *[await t for t in later]) == ("slow", "second", "third")
-    await echo.close()
     assert [items for _, items in echo.statements] == [["slow"], ["second", "third"]]
 
 
-async def test_a_cancelled_caller_leaves_the_others_their_results(pool: asyncpg.Pool) -> None:
-    echo = Echo(pool)
+async def test_a_caller_cancelled_while_its_batch_runs_cancels_neither_the_batch_nor_the_others(echo: Echo) -> None:
     slow = asyncio.create_task(echo.submit("slow"))
-    await echo.held.wait()
+    gone = asyncio.create_task(echo.submit("gone"))
+    await held(echo)
+    assert [items for _, items in echo.statements] == [["slow", "gone"]]  # one statement, still running
+    gone.cancel()
+    await asyncio.sleep(0)
+    echo.release.set()
+    assert await slow == "slow"
+    assert gone.cancelled()
+    assert await echo.submit("after") == "after"  # and the writer goes on
+
+
+async def test_a_caller_cancelled_while_queued_leaves_the_others_their_results(echo: Echo) -> None:
+    slow = asyncio.create_task(echo.submit("slow"))
+    await held(echo)
     gone = asyncio.create_task(echo.submit("gone"))
     stays = asyncio.create_task(echo.submit("stays"))
     await asyncio.sleep(0)
@@ -67,5 +89,4 @@ async def test_a_cancelled_caller_leaves_the_others_their_results(pool: asyncpg.
     echo.release.set()
     assert (await slow, await stays) == ("slow", "stays")
     assert gone.cancelled()
-    await echo.close()
     assert [items for _, items in echo.statements] == [["slow"], ["gone", "stays"]]  # written all the same
