@@ -21,7 +21,7 @@ before; "group" = `broker.service.claims.ClaimBatcher`, one statement per batch.
 
 Per variant and cell: entries/s, p50 and p99 of an exchange's wait for its commit, transactions per entry, and
 the CPU of this database's PostgreSQL backends and of this Python process per entry. Repetitions interleaved, the
-which variant goes first alternating, medians (ratios within a repetition). It prints figures; it asserts nothing.
+variant that goes first alternating, medians (ratios within a repetition). It prints figures; it asserts nothing.
 """
 
 from __future__ import annotations
