@@ -15,8 +15,8 @@ interleaved so that slow drifts of a shared machine hit every target alike:
 2. closed loop at a few concurrency levels: requests/s, p50, p99 and CPU per request of every process, for the
    broker, the stub called directly (the very request the broker's adapter sends), the stub through nginx, and
    the floor (floor.py: the least code that claims a nonce, calls the stub and commits a log row durably);
-3. open loop at a fixed rate (1,000/s), and at half the broker's measured capacity: p50, p99, and the p99 the
-   broker adds over the direct stub;
+3. open loop at a fixed rate (--rate, 200/s), and at half the broker's measured capacity when that is below 80 %
+   of it: p50, p99, and the p99 the broker adds over the direct stub;
 4. a py-spy profile of the broker under load, folded into costs per exchange (profiling.py), and the database
    statements an exchange waits for.
 
