@@ -29,11 +29,10 @@ class Echo(Batcher[str, str]):
         super().__init__(pool)
         self.release = asyncio.Event()
         self.held = asyncio.Event()  # set once a "slow" batch is in flight
-        self.statements: list[tuple[int, list[str]]] = []  # (backend pid, items)
+        self.statements: list[list[str]] = []  # the items of each statement, in order
 
     async def _write(self, conn: asyncpg.Connection, items: Sequence[str]) -> list[str]:
-        pid = await conn.fetchval("SELECT pg_backend_pid()")
-        self.statements.append((pid, list(items)))
+        self.statements.append(list(items))
         if "slow" in items:
             self.held.set()
             await self.release.wait()
@@ -63,14 +62,14 @@ async def test_what_arrives_during_a_statement_waits_for_it_then_goes_together(e
     assert not any(t.done() for t in later) and len(echo.statements) == 1
     echo.release.set()
     assert (await slow, *[await t for t in later]) == ("slow", "second", "third")
-    assert [items for _, items in echo.statements] == [["slow"], ["second", "third"]]
+    assert echo.statements == [["slow"], ["second", "third"]]
 
 
 async def test_a_caller_cancelled_while_its_batch_runs_cancels_neither_the_batch_nor_the_others(echo: Echo) -> None:
     slow = asyncio.create_task(echo.submit("slow"))
     gone = asyncio.create_task(echo.submit("gone"))
     await held(echo)
-    assert [items for _, items in echo.statements] == [["slow", "gone"]]  # one statement, still running
+    assert echo.statements == [["slow", "gone"]]  # one statement, still running
     gone.cancel()
     await asyncio.sleep(0)
     echo.release.set()
@@ -89,4 +88,4 @@ async def test_a_caller_cancelled_while_queued_leaves_the_others_their_results(e
     echo.release.set()
     assert (await slow, await stays) == ("slow", "stays")
     assert gone.cancelled()
-    assert [items for _, items in echo.statements] == [["slow"], ["gone", "stays"]]  # written all the same
+    assert echo.statements == [["slow"], ["gone", "stays"]]  # written all the same
