@@ -1,14 +1,17 @@
-"""What one integration round costs the database, with the access-log guard of migration 0029 and of 0030.
+"""What one integration round costs the database: as the broker does it, against as it did before migration 0031.
 
     .venv/bin/python benchmarks/integrator_round.py [--admin-url URL] [--rows 200] [--reps 7]
 
-A round (broker/tlog/log.py `TransparencyLog.integrate`) gives each pending access-log row its index in one
-UPDATE, and the guard trigger checks every updated row. At 200 exchanges/s a round holds about 200 rows, and the
-exchanges' own statements wait behind it on a small server. In a fresh database (created, migrated, dropped at the
-end), each repetition commits `--rows` entries, then integrates them once under each guard (the other's rows
-committed anew), the two alternating: the round's wall time, its PostgreSQL backend's CPU (from /proc), per
-round and per row. The 0029 guard is taken from its migration file and installed for its turn only. It prints
-figures and never fails on them.
+A round (broker/tlog/log.py `TransparencyLog.integrate`) gives each pending entry its leaf index. Since migration
+0031 it inserts one narrow line per entry into tlog_entries and takes the entry off the queue (tlog_queue, written
+with the entry); before, it updated the access-log row itself (`UPDATE access_log SET log_index`: a new version of
+the whole row, an entry in five of its indexes, a dead version for autovacuum). Two fresh databases (created,
+migrated, dropped at the end): one at the latest migration with the broker's statements, one migrated up to 0030
+with the statements of that time (tests/tlog/before_0031.py). Each repetition commits `--rows` entries one by one
+(one exchange each, as at low load), then integrates them in one round, in each database, the order alternating:
+the round's wall time, its PostgreSQL backend's CPU (from /proc), and the WAL the round wrote, and the WAL the
+entries' own commits wrote (pg_current_wal_insert_lsn, which is the whole server's: run it on a quiet server).
+It prints figures and never fails on them.
 """
 
 from __future__ import annotations
@@ -16,37 +19,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import re
 import secrets
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import asyncpg
 import procs
 
 from broker.storage import db
 from broker.tlog import accesslog, leaves
 from broker.tlog.accesslog import LogEntry
 from broker.tlog.log import NoteSigner, TransparencyLog
+from tests.tlog import before_0031
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "broker" / "storage" / "sql" / "migrations"
 CONSUMER = "21750001600019"
-
-
-def guard(migration: str) -> str:
-    """The CREATE OR REPLACE FUNCTION access_log_guard() statement of a migration file."""
-    text = next(MIGRATIONS.glob(f"{migration}_*.sql")).read_text()
-    found = re.search(r"CREATE OR REPLACE FUNCTION access_log_guard\(\).*?\$\$;", text, re.S)
-    if found is None:
-        raise SystemExit(f"no access_log_guard in migration {migration}")
-    return found.group(0)
 
 
 def entry(n: int) -> LogEntry:
@@ -70,34 +65,74 @@ def backend_cpu(pid: int) -> float:
         return float("nan")
 
 
-async def run(dsn: str, rows: int, reps: int) -> dict[str, list[tuple[float, float]]]:
-    pool = await db.create_pool(dsn, min_size=1, max_size=1)  # one backend: its CPU is the round's
+async def _wal(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"))
+
+
+@dataclass
+class Variant:
+    name: str
+    dsn: str
+    old: bool
+    pool: asyncpg.Pool | None = None
+    tlog: TransparencyLog | None = None
+    pid: int = 0
+    rounds: list[tuple[float, float, int, int]] = field(default_factory=list)
+    """(wall s, PostgreSQL CPU s, WAL bytes of the round, WAL bytes of the entries' commits)"""
+
+    def statements(self) -> contextlib.AbstractContextManager[None]:
+        return before_0031.old_statements() if self.old else contextlib.nullcontext()
+
+
+async def run(variants: list[Variant], rows: int, reps: int) -> None:
+    for v in variants:
+        # one backend: its CPU is the round's
+        v.pool = await db.create_pool(v.dsn, min_size=1, max_size=1)
+        async with v.pool.acquire() as conn:
+            v.pid = conn.get_server_pid()
+        v.tlog = TransparencyLog(v.pool, NoteSigner("bench.dlnuf/log", Ed25519PrivateKey.generate()),
+                                 max_merge_delay=60, batch=rows)
+        with v.statements():
+            await v.tlog.ensure_checkpoint()
     try:
-        async with pool.acquire() as conn:
-            await db.migrate(conn)
-            pid = conn.get_server_pid()
-        tlog = TransparencyLog(pool, NoteSigner("bench.dlnuf/log", Ed25519PrivateKey.generate()),
-                               max_merge_delay=60, batch=rows)
-        await tlog.ensure_checkpoint()
-        guards = {"0029 (rows compared as jsonb)": guard("0029"), "0030 (rows compared as records)": guard("0030")}
-        got: dict[str, list[tuple[float, float]]] = {name: [] for name in guards}
         n = 0
         for rep in range(reps):
-            for name in list(guards)[:: 1 if rep % 2 == 0 else -1]:
-                await pool.execute(guards[name])
-                for _ in range(rows):
-                    await accesslog.commit(pool, entry(n))
-                    n += 1
-                cpu, start = backend_cpu(pid), time.perf_counter()
-                done = await tlog.integrate()
-                wall, cpu = time.perf_counter() - start, backend_cpu(pid) - cpu
+            for v in variants[:: 1 if rep % 2 == 0 else -1]:
+                assert v.pool is not None and v.tlog is not None
+                with v.statements():
+                    async with v.pool.acquire() as conn:
+                        wal0 = await _wal(conn)
+                    for _ in range(rows):
+                        await accesslog.commit(v.pool, entry(n))
+                        n += 1
+                    async with v.pool.acquire() as conn:
+                        wal1 = await _wal(conn)
+                    cpu, start = backend_cpu(v.pid), time.perf_counter()
+                    done = await v.tlog.integrate()
+                    wall, cpu = time.perf_counter() - start, backend_cpu(v.pid) - cpu
+                    async with v.pool.acquire() as conn:
+                        wal2 = await _wal(conn)
                 if done != rows:
-                    raise SystemExit(f"integrated {done} rows, expected {rows}")
-                got[name].append((wall, cpu))
-        await pool.execute(guards["0030 (rows compared as records)"])
-        return got
+                    raise SystemExit(f"{v.name}: integrated {done} rows, expected {rows}")
+                v.rounds.append((wall, cpu, wal2 - wal1, wal1 - wal0))
     finally:
-        await pool.close()
+        for v in variants:
+            if v.pool is not None:
+                await v.pool.close()
+
+
+async def migrate(dsn: str, upto: int | None) -> None:
+    every = db.migrations
+    if upto is not None:
+        db.migrations = lambda package="broker.storage": [m for m in every(package) if m.version <= upto]
+    try:
+        conn = await db.connect(dsn)
+        try:
+            await db.migrate(conn)
+        finally:
+            await conn.close()
+    finally:
+        db.migrations = every
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,16 +141,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=200)
     p.add_argument("--reps", type=int, default=7)
     args = p.parse_args(argv)
+    variants = []
     with contextlib.ExitStack() as es:
-        dsn = procs.create_database(es, args.admin_url, f"dlnuf_round_{secrets.token_hex(3)}")
-        got = asyncio.run(run(dsn, args.rows, args.reps))
-    print(f"integration rounds of {args.rows} rows, {args.reps} per guard, alternated; medians per round "
-          "(PostgreSQL CPU: the round's backend, from /proc/<pid>/schedstat)")
-    print(f"{'guard':34s} {'wall ms':>8s} {'PG CPU ms':>10s} {'PG CPU us/row':>14s}")
-    for name, values in got.items():
-        wall = statistics.median(w for w, _ in values) * 1000
-        cpu = statistics.median(c for _, c in values) * 1000
-        print(f"{name:34s} {wall:8.1f} {cpu:10.1f} {cpu * 1000 / args.rows:14.1f}")
+        for name, upto in (("before 0031: UPDATE access_log SET log_index", 30),
+                           ("now: INSERT INTO tlog_entries, queue", None)):
+            dsn = procs.create_database(es, args.admin_url, f"dlnuf_round_{secrets.token_hex(3)}")
+            asyncio.run(migrate(dsn, upto))
+            variants.append(Variant(name, dsn, old=upto is not None))
+        asyncio.run(run(variants, args.rows, args.reps))
+    print(f"integration rounds of {args.rows} entries, {args.reps} per variant, alternated; medians per round "
+          "(PostgreSQL CPU: the round's backend, from /proc/<pid>/schedstat; WAL: pg_current_wal_insert_lsn)")
+    print(f"{'variant':46s} {'wall ms':>8s} {'PG CPU ms':>10s} {'CPU us/row':>11s} {'WAL kB':>8s} {'WAL B/row':>10s}"
+          f" {'entries WAL B/row':>18s}")
+    for v in variants:
+        wall, cpu, wal, entries = (statistics.median(r[i] for r in v.rounds) for i in range(4))
+        print(f"{v.name:46s} {wall * 1000:8.1f} {cpu * 1000:10.1f} {cpu * 1e6 / args.rows:11.1f} {wal / 1000:8.1f}"
+              f" {wal / args.rows:10.0f} {entries / args.rows:18.0f}")
+    pairs = list(zip(variants[0].rounds, variants[1].rounds, strict=True))
+    print("ratios now / before, per repetition then median: "
+          + ", ".join(f"{label} {statistics.median(n[i] / o[i] for o, n in pairs):.2f}"
+                      for i, label in ((1, "PG CPU"), (2, "round WAL"), (3, "entries WAL"))))
     return 0
 
 

@@ -74,12 +74,18 @@ def bench_entry(n: int, logged_at: datetime | None = None) -> accesslog.LogEntry
 
 
 async def copy_rows(conn: asyncpg.Connection, entries: list[accesslog.LogEntry], indices: range | None) -> None:
-    columns = list(accesslog.COLUMNS)
-    records = [e.args() for e in entries]
-    if indices is not None:
-        columns.append("log_index")
-        records = [(*r, i) for r, i in zip(records, indices, strict=True)]
-    await conn.copy_records_to_table("access_log", records=records, columns=columns)
+    """Rows as the broker leaves them (migration 0031): waiting in the integrator's queue, or, with `indices`, given
+    those indices (a prefilled log: its leaves must be stored first, tlog_entries' guard checks)."""
+    await conn.copy_records_to_table("access_log", records=[e.args() for e in entries],
+                                     columns=list(accesslog.COLUMNS))
+    if indices is None:
+        await conn.execute("INSERT INTO tlog_queue (seq, entry_id, logged_at) "
+                           "SELECT seq, id, logged_at FROM access_log WHERE id = ANY($1::uuid[])",
+                           [e.id for e in entries])
+    else:
+        await conn.copy_records_to_table(
+            "tlog_entries", columns=["log_index", "entry_id", "logged_at"],
+            records=[(i, e.id, e.logged_at) for e, i in zip(entries, indices, strict=True)])
 
 
 # -- 1. evidence and tiles, on a real broker ---------------------------------------------------------------------
@@ -110,7 +116,7 @@ async def evidence_and_tiles(s: stack.Stack, args: argparse.Namespace) -> None:
             n = min(20_000, args.tile_entries - start)
             await copy_rows(conn, [bench_entry(i, base) for i in range(start, start + n)], None)
         for _ in range(3000):  # the broker's integrator takes them; give up after 5 minutes
-            pending = await conn.fetchval("SELECT count(*) FROM access_log WHERE log_index IS NULL")
+            pending = await conn.fetchval("SELECT count(*) FROM tlog_queue")
             if not pending:
                 break
             await asyncio.sleep(0.1)
@@ -182,8 +188,8 @@ async def fill_log(pool: asyncpg.Pool, signer: NoteSigner, entries: int) -> None
         leaf_hashes = [leaves.leaf_of(leaves.entry_document(e.row())) for e in batch]
         result = merkle.append_leaves(size, edge, leaf_hashes)
         async with pool.acquire() as conn, conn.transaction():
-            await copy_rows(conn, batch, range(size, size + n))
             await write_nodes(conn, result.nodes)
+            await copy_rows(conn, batch, range(size, size + n))
             await conn.execute("UPDATE tlog_head SET size = $1", result.size)
             await conn.execute("INSERT INTO tlog_checkpoints (size, note) VALUES ($1, $2)", result.size,
                                signer.sign_checkpoint(result.size, result.root))

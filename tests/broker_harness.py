@@ -107,7 +107,9 @@ class Harness:
     async def log_rows(self) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.database_url)
         try:
-            return list(await conn.fetch("SELECT * FROM access_log ORDER BY logged_at, id"))
+            # with each row's leaf index, NULL until the integrator gives it (migration 0031)
+            return list(await conn.fetch("SELECT a.*, x.log_index FROM access_log a "
+                                         "LEFT JOIN tlog_entries x ON x.entry_id = a.id ORDER BY a.logged_at, a.id"))
         finally:
             await conn.close()
 

@@ -5,11 +5,12 @@ as its keyed `subject_key`. The leaf does not depend on its index, so the pipeli
 inclusion promise over it, before the row is committed.
 
 Sequencing. Every broker process runs an integrator. A round locks the single `tlog_head` row (FOR UPDATE SKIP
-LOCKED: a process that finds it locked leaves the round to the holder), takes committed rows without an index in
-insertion order, gives them the next indices, stores the new tree nodes, advances the head and signs a checkpoint,
-all in one transaction. Hence:
+LOCKED: a process that finds it locked leaves the round to the holder), takes the committed entries of the queue
+(`tlog_queue`, written with each entry) in insertion order, gives them the next indices (`tlog_entries`, taking them
+off the queue), stores the new tree nodes, advances the head and signs a checkpoint, all in one transaction. The
+access-log row itself is never updated (migration 0031). Hence:
 - indices are contiguous and unique: one integrator at a time, and indices, nodes, head and checkpoint commit
-  together or not at all (the UNIQUE constraint on `log_index` backs this up);
+  together or not at all (the primary key of `tlog_entries` backs this up, across months and pruning);
 - a row committed before a round starts gets a lower index than any row committed after it ends; within one round,
   rows are in insertion order;
 - a checkpoint never names a size whose nodes are not all readable, and nodes never change once written;
@@ -248,7 +249,10 @@ def _opt_str(value: object) -> str | None:
 
 async def logged_rows(conn: asyncpg.Connection | asyncpg.Pool, start: int, end: int) -> list[LoggedRow]:
     out = []
-    for r in await conn.fetch(_q()["tlog_range"], start, end):
+    found = await conn.fetch(_q()["tlog_range"], start, end)
+    strays = [r["stray_id"] for r in found if r["stray_id"] is not None]
+    moved = {r["id"]: r for r in await conn.fetch(_q()["tlog_rows_by_id"], strays)} if strays else {}
+    for r in found:
         pruned = None
         if r["pruned_entry_id"] is not None:
             data = r["pruned_leaf_data"]
@@ -258,7 +262,8 @@ async def logged_rows(conn: asyncpg.Connection | asyncpg.Pool, start: int, end: 
         out.append(LoggedRow(
             index=r["log_index"],
             stored_leaf=bytes(r["stored_leaf"]) if r["stored_leaf"] is not None else None,
-            entry=entry_document(r) if r["id"] is not None else None,
+            entry=(entry_document(r) if r["id"] is not None
+                   else entry_document(moved[r["stray_id"]]) if r["stray_id"] in moved else None),
             pruned=pruned,
         ))
     return out
@@ -352,7 +357,7 @@ class TransparencyLog:
             result = merkle.append_leaves(size, edge, [leaves_of[r["id"]] for r in rows])
             await write_nodes(conn, result.nodes)
             await conn.execute(q["tlog_assign"], [r["id"] for r in rows], [r["logged_at"] for r in rows],
-                               list(range(size, result.size)))
+                               list(range(size, result.size)), [r["seq"] for r in rows])
             await conn.execute(q["tlog_head_update"], result.size)
             await conn.execute(q["tlog_checkpoint_insert"], result.size,
                                self.signer.sign_checkpoint(result.size, result.root))

@@ -130,7 +130,7 @@ async def integrate(stack: ConsentStack) -> None:
     A round of the broker's own integrator may hold the log (a drain then does nothing): wait for it to commit."""
     while True:
         await stack.app[TLOG].drain()
-        if not await stack.sql("SELECT 1 FROM access_log WHERE log_index IS NULL LIMIT 1"):
+        if not await stack.sql("SELECT 1 FROM tlog_queue LIMIT 1"):
             return
         await asyncio.sleep(0.05)
 

@@ -31,7 +31,7 @@ from tests.tlog.test_tlog import log_entry, signer
 
 ROOT = Path(__file__).resolve().parents[2]
 # The log's tables: the broker may read them and add to them, nothing else.
-APPEND_ONLY = ["access_log", "exchange_evidence", "tlog_nodes", "tlog_checkpoints", "tlog_cosignatures"]
+APPEND_ONLY = ["access_log", "exchange_evidence", "tlog_nodes", "tlog_checkpoints", "tlog_cosignatures", "tlog_entries"]
 
 
 @dataclass(frozen=True)
@@ -81,14 +81,15 @@ async def test_the_broker_role_serves_an_exchange_and_cannot_rewrite_its_log(
 
     conn = await asyncpg.connect(granted.broker)
     try:
-        # the integrator, as the broker role, gave the row its index (the one column it may set, once)
+        # the integrator, as the broker role, gave the entry its index (a line in tlog_entries, off the queue)
         for _ in range(100):
-            if await conn.fetchval("SELECT count(*) FROM access_log WHERE log_index IS NOT NULL"):
+            if await conn.fetchval("SELECT count(*) FROM tlog_entries"):
                 break
             await asyncio.sleep(0.05)
         else:
             pytest.fail("the integrator never indexed the entry")
         assert await conn.fetchval("SELECT count(*) FROM exchange_evidence") == 1
+        assert await conn.fetchval("SELECT count(*) FROM tlog_queue") == 0
         for table in APPEND_ONLY:
             for statement in (f"UPDATE {table} SET {await _a_column(conn, table)} = NULL",
                               f"DELETE FROM {table}", f"TRUNCATE {table}",
@@ -108,10 +109,10 @@ async def test_the_broker_role_serves_an_exchange_and_cannot_rewrite_its_log(
 
 
 async def _a_column(conn: asyncpg.Connection, table: str) -> str:
-    """A column of `table` other than the one the integrator may fill."""
+    """A column of `table`."""
     name: str = await conn.fetchval(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = $1 AND column_name <> 'log_index' "
-        "ORDER BY ordinal_position LIMIT 1", table)
+        "SELECT column_name FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position LIMIT 1",
+        table)
     return name
 
 
@@ -123,7 +124,7 @@ async def test_every_guarded_table_is_append_only_for_the_broker(granted: Roles)
         guarded = [r["t"] for r in await conn.fetch(
             "SELECT DISTINCT tgrelid::regclass::text AS t FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
             "WHERE NOT tgisinternal AND p.proname IN ('access_log_guard', 'tlog_append_only', "
-            "'exchange_evidence_guard') ORDER BY 1")]
+            "'exchange_evidence_guard', 'tlog_entries_guard') ORDER BY 1")]
         assert set(APPEND_ONLY) <= set(guarded)
         for table in guarded:
             assert not await conn.fetchval("SELECT has_table_privilege($1, $2, 'DELETE')", granted.broker_name, table)

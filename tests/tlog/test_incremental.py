@@ -20,7 +20,7 @@ from broker.tlog import accesslog, leaves
 from broker.tlog.log import TransparencyLog, entry_document, prune
 from broker.tlog.verify import DatabaseSource, Report, Resume, verify_log
 from tests.tlog.test_tlog import ORIGIN, commit_entries, log_entry, signer
-from tests.tlog.test_tlog_verify import kinds, tamper
+from tests.tlog.test_tlog_verify import kinds, row_at, tamper
 from tests.tlog.test_tombstones import delete_with_tombstone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ async def test_a_new_row_modified_is_found(database_url: str, pool: asyncpg.Pool
     assert full.resume is not None
     await commit_entries(pool, 5)
     await tlog.drain()
-    await tamper(database_url, "UPDATE access_log SET consumer = '21690123100011' WHERE log_index = 33")
+    await tamper(database_url, f"UPDATE access_log SET consumer = '21690123100011' WHERE {row_at(33)}")
     report = await verify(database_url, tlog, full.resume)
     assert kinds(report)[0][:2] == ("modified", 33) and report.resume is None
 
@@ -80,7 +80,7 @@ async def test_a_row_deleted_below_the_verified_size_is_found(database_url: str,
                                                              tlog: TransparencyLog) -> None:
     full = await verify(database_url, tlog)
     assert full.resume is not None
-    await tamper(database_url, "DELETE FROM access_log WHERE log_index = 4")
+    await tamper(database_url, f"DELETE FROM access_log WHERE {row_at(4)}")
     report = await verify(database_url, tlog, full.resume)
     assert [(f.kind, "1 entries below 30 were deleted" in f.detail) for f in report.findings] == [("missing", True)]
 

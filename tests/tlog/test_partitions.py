@@ -16,6 +16,7 @@ from broker.storage import db
 from broker.tlog import accesslog, checkpoint, leaves, merkle, partitions
 from broker.tlog.log import TransparencyLog, entry_document, leaf_of, prune
 from tests.conftest import _with_database
+from tests.tlog.before_0031 import old_statements
 from tests.tlog.test_tlog import log_entry, signer
 from tests.tlog.test_tlog_verify import verify
 
@@ -60,7 +61,9 @@ async def test_the_migration_made_the_coming_months_and_each_is_guarded_like_the
             "SELECT tgname FROM pg_trigger WHERE tgrelid = $1::regclass", name)}
         assert triggers == {"access_log_guard", "access_log_no_truncate"}, name
         indexes = await pool.fetchval("SELECT count(*) FROM pg_index WHERE indrelid = $1::regclass", name)
-        assert indexes == 7, name  # the primary key, UNIQUE (log_index, logged_at) and the five indexes
+        # the primary key (id, logged_at), subject, consumer, logged_at and the v1 entries' (on id): the leaf
+        # indices are in tlog_entries since migration 0031
+        assert indexes == 5, name
         with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="truncated"):
             await pool.execute(f"TRUNCATE {name}")
 
@@ -75,7 +78,9 @@ async def test_a_month_without_partition_goes_to_the_default_and_moves_out_whole
     assert await partitions.default_rows(pool) == 1
     await tlog.drain()
     await tlog.observe()
-    before = await pool.fetchrow("SELECT seq, log_index, to_jsonb(a) AS row FROM access_log a WHERE id = $1", old.id)
+    row = ("SELECT a.seq, x.log_index, to_jsonb(a) AS row FROM access_log a JOIN tlog_entries x ON x.entry_id = a.id "
+           "WHERE a.id = $1")
+    before = await pool.fetchrow(row, old.id)
     with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="log prune"):  # the default is guarded too
         await pool.execute("DELETE FROM access_log_default")
 
@@ -85,7 +90,7 @@ async def test_a_month_without_partition_goes_to_the_default_and_moves_out_whole
         assert await partitions.ensure(conn, now=datetime.now(UTC)) == []
     assert await where(pool, old) == name_of(old.logged_at)
     assert await partitions.default_rows(pool) == 0
-    after = await pool.fetchrow("SELECT seq, log_index, to_jsonb(a) AS row FROM access_log a WHERE id = $1", old.id)
+    after = await pool.fetchrow(row, old.id)
     assert after == before  # the same row: same seq, same index, every value
     assert await pool.fetchval("SELECT tgenabled::text FROM pg_trigger WHERE tgname = 'access_log_guard' "
                                "AND tgrelid = 'access_log_default'::regclass") == "O"  # the guard is back on
@@ -94,17 +99,25 @@ async def test_a_month_without_partition_goes_to_the_default_and_moves_out_whole
 
 
 async def test_an_index_is_given_once_across_months(pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
-    """UNIQUE (log_index, logged_at) holds within a month; the guard holds across months."""
-    await accesslog.commit(pool, log_entry(1))
+    """tlog_entries (migration 0031), not partitioned, holds one line per index whatever the month of its entry (its
+    primary key), and its guard refuses to move a line or to give an index with no leaf stored."""
+    first = log_entry(1)
+    await accesslog.commit(pool, first)
     await tlog.drain()
     other = log_entry(2, logged_at=months_ago(1))
     await accesslog.commit(pool, other)
-    with pytest.raises(asyncpg.UniqueViolationError, match="not a free leaf"):  # taken, in another month
-        await pool.execute("UPDATE access_log SET log_index = 0 WHERE id = $1", other.id)
-    with pytest.raises(asyncpg.UniqueViolationError, match="not a free leaf"):  # no leaf stored there
-        await pool.execute("UPDATE access_log SET log_index = 5 WHERE id = $1", other.id)
+    give = "INSERT INTO tlog_entries (log_index, entry_id, logged_at) VALUES ($1, $2, $3)"
+    with pytest.raises(asyncpg.UniqueViolationError, match="tlog_entries_pkey"):  # taken, in another month
+        await pool.execute(give, 0, other.id, other.logged_at)
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="not a stored leaf"):  # no leaf stored there
+        await pool.execute(give, 5, other.id, other.logged_at)
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):  # nor given over again
+        await pool.execute("UPDATE tlog_entries SET entry_id = $1, logged_at = $2 WHERE log_index = 0",
+                           other.id, other.logged_at)
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
+        await pool.execute("UPDATE tlog_entries SET log_index = 5 WHERE entry_id = $1", first.id)
     await tlog.drain()
-    assert await pool.fetchval("SELECT log_index FROM access_log WHERE id = $1", other.id) == 1
+    assert await pool.fetchval("SELECT log_index FROM tlog_entries WHERE entry_id = $1", other.id) == 1
 
 
 async def test_prune_drops_a_wholly_expired_month_and_deletes_the_rest_row_by_row(
@@ -221,7 +234,11 @@ async def at_0028(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
 
 
 async def test_migration_0029_keeps_every_row_and_the_log_verifies(at_0028: str) -> None:
-    snapshot = "SELECT to_jsonb(a) AS row FROM access_log a ORDER BY seq"
+    """A log written before partitioning, migrated to the latest schema: 0029 keeps every row, and 0031 moves each
+    row's index to tlog_entries and the pending row to the integrator's queue. Before the migration the broker
+    writes and integrates with the statements of the time (today's need 0031's tables: tests/tlog/before_0031.py)."""
+    # log_index is not a column of access_log after 0031: the rows are compared without it, their indices apart
+    snapshot = "SELECT to_jsonb(a) - 'log_index' AS row FROM access_log a ORDER BY seq"
     pool = await db.create_pool(at_0028, min_size=1, max_size=4)
     try:
         assert await pool.fetchval("SELECT relkind::text FROM pg_class WHERE oid = 'access_log'::regclass") == "r"
@@ -230,17 +247,22 @@ async def test_migration_0029_keeps_every_row_and_the_log_verifies(at_0028: str)
         entries = [log_entry(n, logged_at=months_ago(14, day=1 + n)) for n in range(4)]
         entries += [log_entry(10 + n, version=leaves.V1, logged_at=months_ago(2, day=1 + n)) for n in range(3)]
         entries += [log_entry(20 + n, released=n % 2 == 0) for n in range(5)]
-        for e in entries:
-            await accesslog.commit(pool, e)
-        await tlog.drain()
-        pending = log_entry(30)
-        await accesslog.commit(pool, pending)
+        with old_statements():
+            for e in entries:
+                await accesslog.commit(pool, e)
+            await tlog.drain()
+            pending = log_entry(30)
+            await accesslog.commit(pool, pending)
         before = [r["row"] for r in await pool.fetch(snapshot)]
+        indices = {r["id"]: r["log_index"] for r in await pool.fetch("SELECT id, log_index FROM access_log")}
         outbox = await pool.fetchval("SELECT count(*) FROM notification_outbox")
         async with pool.acquire() as conn:
             assert [m.version for m in await db.migrate(conn)][:1] == [29]  # and any later one
         after = [r["row"] for r in await pool.fetch(snapshot)]
         assert after == before and len(after) == len(entries) + 1
+        assert {r["entry_id"]: r["log_index"] for r in await pool.fetch(
+            "SELECT entry_id, log_index FROM tlog_entries")} == {i: n for i, n in indices.items() if n is not None}
+        assert [r["entry_id"] for r in await pool.fetch("SELECT entry_id FROM tlog_queue")] == [pending.id]
         assert await pool.fetchval("SELECT count(*) FROM notification_outbox") == outbox
         assert await pool.fetchval("SELECT relkind::text FROM pg_class WHERE oid = 'access_log'::regclass") == "p"
         assert await partitions.default_rows(pool) == 0

@@ -84,7 +84,8 @@ async def tlog(pool: asyncpg.Pool) -> TransparencyLog:
 
 
 async def indices(pool: asyncpg.Pool) -> list[int | None]:
-    return [r["log_index"] for r in await pool.fetch("SELECT log_index FROM access_log ORDER BY seq")]
+    return [r["log_index"] for r in await pool.fetch(
+        "SELECT x.log_index FROM access_log a LEFT JOIN tlog_entries x ON x.entry_id = a.id ORDER BY a.seq")]
 
 
 async def test_a_new_log_publishes_the_empty_tree(tlog: TransparencyLog) -> None:
@@ -214,7 +215,8 @@ async def test_concurrent_integrators_leave_no_hole_and_no_duplicate(database_ur
         sizes = [c.size for c in await logs[0].checkpoints_after(-1, 1000)]
         assert sizes == sorted(set(sizes)) and sizes[-1] == 120
         # the whole tree still recomputes from the rows in index order
-        rows = await pools[0].fetch("SELECT * FROM access_log ORDER BY log_index")
+        rows = await pools[0].fetch(
+            "SELECT a.* FROM access_log a JOIN tlog_entries x ON x.entry_id = a.id ORDER BY x.log_index")
         latest = await logs[0].latest_checkpoint()
         assert latest is not None
         assert checkpoint.verify_checkpoint(latest.note, key.verifier).root == \
@@ -228,21 +230,31 @@ async def test_integrated_rows_are_immutable(pool: asyncpg.Pool, tlog: Transpare
     [entry] = await commit_entries(pool, 1)
     pending = log_entry(5)
     await accesslog.commit(pool, pending)
-    await pool.execute("UPDATE access_log SET log_index = NULL WHERE id = $1", uuid.uuid4())  # no row: no-op
-    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
-        await pool.execute("UPDATE access_log SET purpose = 'autre' WHERE id = $1", pending.id)  # even pending
-    # The index may be set, but nothing else with it: a value where there was NULL, NULL where there was a value,
-    # the same text in other bytes (the guard compares the rows column by column, two NULLs as equal).
-    for change in ("call_context = 'autre'", "subject_key = NULL", "purpose = purpose || ' '",
-                   "parameters = '{\"annee\": 2025}'", "leaf_hash = NULL"):
+    await pool.execute("UPDATE access_log SET purpose = 'autre' WHERE id = $1", uuid.uuid4())  # no row: no-op
+    # No row is ever updated (migration 0031), pending or integrated: the index lives in tlog_entries.
+    for change in ("purpose = 'autre'", "call_context = 'autre'", "subject_key = NULL", "purpose = purpose",
+                   "leaf_hash = NULL"):
         with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
-            await pool.execute(f"UPDATE access_log SET log_index = 1, {change} WHERE id = $1", pending.id)
+            await pool.execute(f"UPDATE access_log SET {change} WHERE id = $1", pending.id)
     await tlog.drain()
-    for sql in ("UPDATE access_log SET consumer = '21690123100011' WHERE id = $1",
-                "UPDATE access_log SET log_index = 7 WHERE id = $1",
-                "UPDATE access_log SET log_index = NULL WHERE id = $1"):
-        with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
+        await pool.execute("UPDATE access_log SET consumer = '21690123100011' WHERE id = $1", entry.id)
+    # An index is given once, for good: no second line for it, no change, no removal.
+    for sql in ("UPDATE tlog_entries SET log_index = 7 WHERE entry_id = $1",
+                "DELETE FROM tlog_entries WHERE entry_id = $1"):
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
             await pool.execute(sql, entry.id)
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
+        await pool.execute("TRUNCATE tlog_entries")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await pool.execute("INSERT INTO tlog_entries SELECT 1, id, logged_at FROM access_log WHERE id = $1",
+                           entry.id)
+    # ...and only for a leaf the integrator stored, to an entry that is in the log.
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="not a stored leaf"):
+        await pool.execute("INSERT INTO tlog_entries SELECT 99, id, logged_at FROM access_log WHERE id = $1",
+                           entry.id)
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="names no access-log entry"):
+        await pool.execute("INSERT INTO tlog_entries VALUES (1, $1, now())", uuid.uuid4())
     with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="log prune"):
         await pool.execute("DELETE FROM access_log WHERE id = $1", entry.id)
     with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="truncated"):

@@ -344,9 +344,9 @@ async def test_log_verify_command_over_http_names_a_tampered_row(
 
     conn = await asyncpg.connect(broker.database_url)
     try:
-        victim = await conn.fetchval("SELECT id FROM access_log WHERE log_index = 1")
+        victim = await conn.fetchval("SELECT entry_id FROM tlog_entries WHERE log_index = 1")
         await conn.execute("SET session_replication_role = replica")
-        await conn.execute("UPDATE access_log SET fields_released = '{}' WHERE log_index = 1")
+        await conn.execute("UPDATE access_log SET fields_released = '{}' WHERE id = $1", victim)
     finally:
         await conn.close()
     code, out, _ = await verify_command()

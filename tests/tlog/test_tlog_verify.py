@@ -55,7 +55,20 @@ async def tamper(database_url: str, *statements: str) -> None:
 
 
 async def entry_at(pool: asyncpg.Pool, index: int) -> str:
-    return str(await pool.fetchval("SELECT id FROM access_log WHERE log_index = $1", index))
+    return str(await pool.fetchval("SELECT entry_id FROM tlog_entries WHERE log_index = $1", index))
+
+
+def row_at(index: int) -> str:
+    """The access-log row logged at `index`, in a statement (its index is a line of tlog_entries, migration 0031)."""
+    return f"id = (SELECT entry_id FROM tlog_entries WHERE log_index = {index})"
+
+
+def line_for(entry: accesslog.LogEntry, index: int) -> tuple[str, str]:
+    """Give `entry` the index `index` behind the integrator's back: a line in tlog_entries, and the entry off the
+    integrator's queue (as the integrator would), so that no later round integrates it."""
+    return (f"INSERT INTO tlog_entries (log_index, entry_id, logged_at) "
+            f"VALUES ({index}, '{entry.id}', '{entry.logged_at.isoformat()}')",
+            f"DELETE FROM tlog_queue WHERE entry_id = '{entry.id}'")
 
 
 def kinds(report: Report) -> list[tuple[str, int | None, str | None]]:
@@ -72,7 +85,7 @@ async def test_an_untouched_log_verifies(database_url: str, tlog: TransparencyLo
 
 async def test_a_modified_row_is_named(database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
     victim = await entry_at(pool, 5)
-    await tamper(database_url, "UPDATE access_log SET consumer = '21690123100011' WHERE log_index = 5")
+    await tamper(database_url, f"UPDATE access_log SET consumer = '21690123100011' WHERE {row_at(5)}")
     report = await verify(database_url, tlog)
     assert kinds(report)[0] == ("modified", 5, victim)
     # every later checkpoint's root follows from it; none before
@@ -80,21 +93,31 @@ async def test_a_modified_row_is_named(database_url: str, pool: asyncpg.Pool, tl
     assert len(roots) == 3 and "below 7" in roots[0]
 
 
+async def test_a_row_whose_logged_at_changed_is_named(database_url: str, pool: asyncpg.Pool,
+                                                      tlog: TransparencyLog) -> None:
+    """tlog_entries gives the index with the row's logged_at (its partition key): a row whose logged_at changed is
+    not where its index says, and is still found and named, not reported as deleted."""
+    victim = await entry_at(pool, 5)
+    await tamper(database_url, f"UPDATE access_log SET logged_at = logged_at + interval '1 second' WHERE {row_at(5)}")
+    assert kinds(await verify(database_url, tlog))[0] == ("modified", 5, victim)
+
+
 async def test_any_column_counts(database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
     victim = await entry_at(pool, 11)
-    await tamper(database_url, "UPDATE access_log SET latency_us = latency_us + 1 WHERE log_index = 11")
+    await tamper(database_url, f"UPDATE access_log SET latency_us = latency_us + 1 WHERE {row_at(11)}")
     assert kinds(await verify(database_url, tlog))[0] == ("modified", 11, victim)
 
 
 async def test_a_deleted_row_is_named(database_url: str, tlog: TransparencyLog) -> None:
-    await tamper(database_url, "DELETE FROM access_log WHERE log_index = 9")
+    await tamper(database_url, f"DELETE FROM access_log WHERE {row_at(9)}")
     report = await verify(database_url, tlog)
     assert kinds(report) == [("missing", 9, None)]
     assert "deleted" in report.findings[0].detail
 
 
 async def test_a_deleted_tail_is_named(database_url: str, tlog: TransparencyLog) -> None:
-    await tamper(database_url, "DELETE FROM access_log WHERE log_index >= 18")
+    await tamper(database_url,
+                 "DELETE FROM access_log WHERE id IN (SELECT entry_id FROM tlog_entries WHERE log_index >= 18)")
     assert kinds(await verify(database_url, tlog)) == [("missing", 18, None), ("missing", 19, None)]
 
 
@@ -103,10 +126,10 @@ async def test_an_inserted_row_is_named(database_url: str, pool: asyncpg.Pool, t
     shifted = [await entry_at(pool, i) for i in range(12, SIZE)]
     fake = log_entry(99)
     await tamper(database_url,
-                 "UPDATE access_log SET log_index = log_index + 1000 WHERE log_index >= 12",
-                 "UPDATE access_log SET log_index = log_index - 999 WHERE log_index >= 1000")
+                 "UPDATE tlog_entries SET log_index = log_index + 1000 WHERE log_index >= 12",
+                 "UPDATE tlog_entries SET log_index = log_index - 999 WHERE log_index >= 1000")
     await accesslog.commit(pool, fake)
-    await tamper(database_url, f"UPDATE access_log SET log_index = 12 WHERE id = '{fake.id}'")
+    await tamper(database_url, *line_for(fake, 12))
     found = kinds(await verify(database_url, tlog))
     assert ("modified", 12, str(fake.id)) in found
     for i, entry_id in enumerate(shifted[:-1], 13):
@@ -118,16 +141,16 @@ async def test_a_row_appended_behind_the_integrators_back_is_named(
         database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
     fake = log_entry(98)
     await accesslog.commit(pool, fake)
-    await tamper(database_url, f"UPDATE access_log SET log_index = {SIZE} WHERE id = '{fake.id}'")
+    await tamper(database_url, *line_for(fake, SIZE))
     assert kinds(await verify(database_url, tlog)) == [("extra", SIZE, str(fake.id))]
 
 
 async def test_reordered_rows_are_named(database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
     a, b = await entry_at(pool, 3), await entry_at(pool, 4)
     await tamper(database_url,
-                 "UPDATE access_log SET log_index = 1003 WHERE log_index = 3",
-                 "UPDATE access_log SET log_index = 3 WHERE log_index = 4",
-                 "UPDATE access_log SET log_index = 4 WHERE log_index = 1003")
+                 "UPDATE tlog_entries SET log_index = 1003 WHERE log_index = 3",
+                 "UPDATE tlog_entries SET log_index = 3 WHERE log_index = 4",
+                 "UPDATE tlog_entries SET log_index = 4 WHERE log_index = 1003")
     report = await verify(database_url, tlog)
     assert kinds(report)[:2] == [("moved", 3, b), ("moved", 4, a)]
     assert "logged at index 4" in report.findings[0].detail
@@ -136,8 +159,9 @@ async def test_reordered_rows_are_named(database_url: str, pool: asyncpg.Pool, t
 async def test_a_duplicated_index_is_named(database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
     copy = log_entry(97)
     await accesslog.commit(pool, copy)
-    await tamper(database_url, "ALTER TABLE access_log DROP CONSTRAINT access_log_log_index_key",
-                 f"UPDATE access_log SET log_index = 6 WHERE id = '{copy.id}'")
+    # Since migration 0031 the primary key of tlog_entries forbids two lines for one index; whoever holds the
+    # database can drop it (as `tamper` does, a superuser), and the verifier must still name both rows.
+    await tamper(database_url, "ALTER TABLE tlog_entries DROP CONSTRAINT tlog_entries_pkey", *line_for(copy, 6))
     found = await verify(database_url, tlog)
     assert ("duplicate", 6, None) in kinds(found)
     assert ("modified", 6, str(copy.id)) in kinds(found)
@@ -249,8 +273,8 @@ async def test_the_command_exits_0_then_1_naming_the_tampered_rows(
     assert f"log {ORIGIN}: {SIZE} of {SIZE} entries and 4 checkpoints checked" in ok.stdout and "OK" in ok.stdout
 
     victim = await entry_at(pool, 16)
-    await tamper(database_url, "UPDATE access_log SET purpose = 'curiosite' WHERE log_index = 16",
-                 "DELETE FROM access_log WHERE log_index = 2")
+    await tamper(database_url, f"UPDATE access_log SET purpose = 'curiosite' WHERE {row_at(16)}",
+                 f"DELETE FROM access_log WHERE {row_at(2)}")
     bad = run_cli("verify", "--database-url", database_url, "--vkey", vkey, "--progress", state=tmp_path)
     assert bad.returncode == 1
     assert "missing index 2: no row and no pruning tombstone" in bad.stdout

@@ -41,8 +41,9 @@ def quoted(data: bytes) -> str:
 async def delete_with_tombstone(database_url: str, pool: asyncpg.Pool, entry: accesslog.LogEntry, *,
                                 pruned_at: datetime, leaf_data: bytes | None = None,
                                 logged_at: datetime | None = None, entry_id: str | None = None) -> None:
-    """Remove the row behind the triggers' back and leave a tombstone that says what we choose."""
-    index = await pool.fetchval("SELECT log_index FROM access_log WHERE id = $1", entry.id)
+    """Remove the row behind the triggers' back and leave a tombstone that says what we choose (the entry's line in
+    tlog_entries stays, as `log prune` leaves it)."""
+    index = await pool.fetchval("SELECT log_index FROM tlog_entries WHERE entry_id = $1", entry.id)
     data = "NULL" if leaf_data is None else quoted(leaf_data)
     await tamper(database_url,
                  f"DELETE FROM access_log WHERE id = '{entry.id}'",

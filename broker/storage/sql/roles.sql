@@ -3,8 +3,8 @@
 -- owner:  owns every table, sequence and function of the schema; runs migrations (DLNUF_ADMIN_DATABASE_URL) and
 --         `log prune`. Not a superuser.
 -- broker: the role `serve` connects with (DATABASE_URL). It reads and writes what serving needs, but on the
---         transparency log's tables it may only append: no UPDATE or DELETE (except the one column the integrator
---         fills once, access_log.log_index, which the row trigger still guards), no TRUNCATE, and, not being the
+--         transparency log's tables it may only append: no UPDATE or DELETE (the integrator's queue aside:
+--         tlog_queue, whose entries it takes off once they have their index), no TRUNCATE, and, not being the
 --         owner, no ALTER TABLE ... DISABLE TRIGGER. So a compromised broker process cannot rewrite history.
 --
 -- Role names are identifiers, which a $n parameter cannot carry: they travel as the settings dlnuf.owner_role and
@@ -87,8 +87,10 @@ BEGIN
     -- ...but the log's tables only grow (tests/storage/test_roles.py checks that every table with an append-only
     -- guard trigger is in this list), the tombstones are `log prune`'s (the owner's) alone, and the roles and the
     -- migrations are the owner's business.
+    -- (The integrator's queue, tlog_queue, is the broker's to take entries off once tlog_entries gives them their
+    -- index.)
     EXECUTE format('REVOKE UPDATE, DELETE ON access_log, exchange_evidence, tlog_nodes, tlog_checkpoints,'
-                   ' tlog_cosignatures FROM %I', broker_role);
+                   ' tlog_cosignatures, tlog_entries FROM %I', broker_role);
     EXECUTE format('REVOKE INSERT, UPDATE, DELETE ON tlog_pruned, schema_migrations, database_roles FROM %I',
                    broker_role);
     -- The access log's monthly partitions (migration 0029) are reached through access_log: the broker role may
@@ -101,8 +103,6 @@ BEGIN
     IF to_regclass('node_keys') IS NOT NULL THEN
         EXECUTE format('REVOKE UPDATE, DELETE ON node_keys FROM %I', broker_role);
     END IF;
-    -- The integrator gives each access-log row its index, once (the access_log_guard trigger refuses anything else).
-    EXECUTE format('GRANT UPDATE (log_index) ON access_log TO %I', broker_role);
 END;
 $$;
 

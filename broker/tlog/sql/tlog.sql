@@ -11,9 +11,12 @@ SELECT size FROM tlog_head;
 UPDATE tlog_head SET size = $1;
 
 -- name: tlog_pending
--- Committed rows not yet in the tree, oldest first: their stored leaf (migration 0028) and what the lag gauge needs.
-SELECT id, leaf_hash, logged_at, latency_us, latency_ms
-FROM access_log WHERE log_index IS NULL ORDER BY seq LIMIT $1;
+-- Committed entries not yet in the tree (the queue, migration 0031), oldest first: their stored leaf (migration
+-- 0028) and what the lag gauge needs.
+SELECT q.seq, a.id, a.leaf_hash, a.logged_at, a.latency_us, a.latency_ms
+FROM (SELECT seq, entry_id, logged_at FROM tlog_queue ORDER BY seq LIMIT $1) q
+JOIN access_log a ON a.id = q.entry_id AND a.logged_at = q.logged_at
+ORDER BY q.seq;
 
 -- name: tlog_pending_entries
 -- The entry columns of pending rows without a stored leaf (committed before migration 0028), to canonicalize.
@@ -21,27 +24,31 @@ SELECT id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpo
        legal_basis_type, legal_basis_title, legal_basis_url, fields_requested, fields_released, outcome,
        problem_type, http_status, latency_ms, payload_sha256, subject_key, leaf_version, retention, latency_us,
        payload_commitment, request_signature_sha256
-FROM access_log WHERE id = ANY($1::uuid[]) AND log_index IS NULL;
+FROM access_log WHERE id = ANY($1::uuid[]);
 
 -- name: tlog_status
 -- The tree size, when the oldest entry not yet integrated was committed (about logged_at + latency), and how many
 -- rows (up to 1000: this runs every round) wait in the access log's default partition for their month's.
 SELECT (SELECT size FROM tlog_head) AS size,
-       (SELECT min(logged_at + COALESCE(latency_us / 1000.0, latency_ms) * interval '1 millisecond')
-            FROM access_log WHERE log_index IS NULL)
+       (SELECT min(a.logged_at + COALESCE(a.latency_us / 1000.0, a.latency_ms) * interval '1 millisecond')
+            FROM tlog_queue q JOIN access_log a ON a.id = q.entry_id AND a.logged_at = q.logged_at)
            AS oldest_pending,
        (SELECT count(*) FROM (SELECT 1 FROM access_log_default LIMIT 1000) d) AS default_rows;
 
 -- name: tlog_pending_late
-SELECT id, logged_at FROM access_log
-WHERE log_index IS NULL AND logged_at < now() - make_interval(secs => $1) ORDER BY seq LIMIT $2;
+-- Entries older than the merge delay without an index: whatever the queue says (`log verify` trusts no one table).
+SELECT a.id, a.logged_at FROM access_log a
+WHERE a.logged_at < now() - make_interval(secs => $1)
+  AND NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = a.id)
+ORDER BY a.seq LIMIT $2;
 
 -- name: tlog_assign
--- With each row's logged_at, the partition key: each row is looked up in its month's partition only (run-time
--- pruning), not in every month's primary key.
-UPDATE access_log SET log_index = a.log_index
-FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]) AS a(id, logged_at, log_index)
-WHERE access_log.id = a.id AND access_log.logged_at = a.logged_at;
+-- The round's entries get their indices and leave the queue, in one statement (migration 0031).
+WITH dequeued AS (
+    DELETE FROM tlog_queue WHERE seq = ANY($4::bigint[])
+)
+INSERT INTO tlog_entries (entry_id, logged_at, log_index)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]);
 
 -- name: tlog_nodes_get
 SELECT q.level, q.idx, n.hash
@@ -95,17 +102,18 @@ ON CONFLICT (size, witness) DO NOTHING;
 
 -- name: tlog_entry_index
 -- The leaf index of an entry, whether its body is still there or was pruned.
-SELECT log_index FROM access_log WHERE id = $1
-UNION ALL
-SELECT log_index FROM tlog_pruned WHERE entry_id = $1;
+-- tlog_entries keeps the indices of pruned entries too.
+SELECT log_index FROM tlog_entries WHERE entry_id = $1;
 
 -- name: tlog_entry_known
 SELECT EXISTS (SELECT 1 FROM access_log WHERE id = $1) OR EXISTS (SELECT 1 FROM tlog_pruned WHERE entry_id = $1);
 
 -- name: tlog_range
--- Everything the log holds for leaf indices [$1, $2): the stored leaf, the row (several if indices were tampered
--- with), or the tombstone of a pruned entry. An index with neither row nor tombstone is a deleted entry.
+-- Everything the log holds for leaf indices [$1, $2): the stored leaf, the row its index names, or the tombstone
+-- of a pruned entry. An index with neither row nor tombstone is a deleted entry. The row is looked up in the
+-- partition of the logged_at tlog_entries gives; `stray_id` names the entry when it is not there (tlog_rows_by_id).
 SELECT i AS log_index, n.hash AS stored_leaf,
+       CASE WHEN a.id IS NULL AND p.log_index IS NULL THEN x.entry_id END AS stray_id,
        a.id, a.logged_at, a.request_id, a.consumer, a.kid, a.dataset, a.dataset_version, a.purpose, a.recipient,
        a.habilitation_id, a.legal_basis_type, a.legal_basis_title, a.legal_basis_url, a.fields_requested,
        a.fields_released, a.outcome, a.problem_type, a.http_status, a.latency_ms, a.payload_sha256, a.subject_key,
@@ -114,37 +122,50 @@ SELECT i AS log_index, n.hash AS stored_leaf,
        p.leaf_data AS pruned_leaf_data, h.retention AS pruned_habilitation_retention
 FROM generate_series($1::bigint, $2::bigint - 1) AS i
 LEFT JOIN tlog_nodes n ON n.level = 0 AND n.idx = i
-LEFT JOIN access_log a ON a.log_index = i
+LEFT JOIN tlog_entries x ON x.log_index = i
+LEFT JOIN access_log a ON a.id = x.entry_id AND a.logged_at = x.logged_at
 LEFT JOIN tlog_pruned p ON p.log_index = i
 LEFT JOIN habilitations h ON h.id = p.habilitation_id
 ORDER BY i, a.seq;
 
+-- name: tlog_rows_by_id
+-- Rows whose logged_at is no longer the one their index was given with (someone changed it): found by id alone, in
+-- every partition, so that `log verify` names them.
+SELECT id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient, habilitation_id,
+       legal_basis_type, legal_basis_title, legal_basis_url, fields_requested, fields_released, outcome,
+       problem_type, http_status, latency_ms, payload_sha256, subject_key, leaf_version, retention, latency_us,
+       payload_commitment, request_signature_sha256
+FROM access_log WHERE id = ANY($1::uuid[]);
+
 -- name: tlog_rows_outside
--- Rows whose index is not a leaf of the tree of size $1: inserted behind the integrator's back.
-SELECT log_index, id FROM access_log WHERE log_index >= $1 ORDER BY log_index, seq LIMIT $2;
+-- Indices that are not leaves of the tree of size $1: given behind the integrator's back.
+SELECT log_index, entry_id AS id FROM tlog_entries WHERE log_index >= $1 ORDER BY log_index LIMIT $2;
 
 -- name: tlog_journal
 -- One subject's entries, newest first, with optional filters ($2 since, $3 until, $4 consumer, $5 dataset).
-SELECT log_index, id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose, recipient,
-       habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url, fields_requested, fields_released,
-       outcome, problem_type, http_status, latency_ms, payload_sha256, subject_key, leaf_version, retention,
-       latency_us, payload_salt, payload_commitment, request_signature_sha256
-FROM access_log
-WHERE subject_key = $1
-  AND ($2::timestamptz IS NULL OR logged_at >= $2)
-  AND ($3::timestamptz IS NULL OR logged_at < $3)
-  AND ($4::text IS NULL OR consumer = $4)
-  AND ($5::text IS NULL OR dataset = $5)
-ORDER BY logged_at DESC, id
+SELECT x.log_index, a.id, a.logged_at, a.request_id, a.consumer, a.kid, a.dataset, a.dataset_version, a.purpose,
+       a.recipient, a.habilitation_id, a.legal_basis_type, a.legal_basis_title, a.legal_basis_url,
+       a.fields_requested, a.fields_released, a.outcome, a.problem_type, a.http_status, a.latency_ms,
+       a.payload_sha256, a.subject_key, a.leaf_version, a.retention, a.latency_us, a.payload_salt,
+       a.payload_commitment, a.request_signature_sha256
+FROM access_log a
+LEFT JOIN tlog_entries x ON x.entry_id = a.id
+WHERE a.subject_key = $1
+  AND ($2::timestamptz IS NULL OR a.logged_at >= $2)
+  AND ($3::timestamptz IS NULL OR a.logged_at < $3)
+  AND ($4::text IS NULL OR a.consumer = $4)
+  AND ($5::text IS NULL OR a.dataset = $5)
+ORDER BY a.logged_at DESC, a.id
 LIMIT $6;
 
 -- name: tlog_prune_candidates
 -- Integrated entries older than their retention as of $1: the one a v2 entry carries, else its habilitation's, else
 -- $2 (an ISO 8601 duration) for entries whose habilitation is unknown or gone.
-SELECT a.*
-FROM access_log a LEFT JOIN habilitations h ON h.id = a.habilitation_id
-WHERE a.log_index IS NOT NULL AND a.logged_at < $1::timestamptz - COALESCE(a.retention, h.retention, $2)::interval
-ORDER BY a.log_index LIMIT $3;
+SELECT a.*, x.log_index
+FROM access_log a JOIN tlog_entries x ON x.entry_id = a.id
+LEFT JOIN habilitations h ON h.id = a.habilitation_id
+WHERE a.logged_at < $1::timestamptz - COALESCE(a.retention, h.retention, $2)::interval
+ORDER BY x.log_index LIMIT $3;
 
 -- name: tlog_prune_tombstones
 INSERT INTO tlog_pruned (log_index, entry_id, logged_at, habilitation_id, pruned_at, leaf_data)
@@ -187,7 +208,8 @@ WHERE id = $1;
 
 -- name: log_batch_insert
 -- How entries are written (broker/tlog/accesslog.py `write`; the pipeline's in batches, groupcommit.py): access-log
--- rows with their leaf hashes ($1), the outbox rows of the released ones and their evidence ($2), both as JSON
+-- rows with their leaf hashes ($1) and their places in the integrator's queue (tlog_queue, migration 0031), the
+-- outbox rows of the released ones and their evidence ($2), both as JSON
 -- arrays of rows by column name (as text: the pool's jsonb codec would encode a str as a JSON string). Sent on its
 -- own (no BEGIN, no COMMIT) it is one round trip and one implicit transaction with one synchronous commit, instead
 -- of five round trips (BEGIN, three INSERTs, COMMIT). All or nothing, as a transaction.
@@ -206,7 +228,9 @@ WITH entries AS (
            payload_sha256, subject_key, leaf_version, retention, latency_us, payload_salt,
            payload_commitment, request_signature_sha256, call_context, call_object, parameters, leaf_hash
     FROM entries
-    RETURNING 1
+    RETURNING seq, id, logged_at
+), queued AS (
+    INSERT INTO tlog_queue (seq, entry_id, logged_at) SELECT seq, id, logged_at FROM logged
 ), outbox AS (
     INSERT INTO notification_outbox (entry_id) SELECT id FROM entries WHERE outcome = 'released'
     RETURNING 1
@@ -229,13 +253,14 @@ SELECT e.request_label, e.request_signature, e.request_signature_base, e.respons
        a.id, a.logged_at, a.request_id, a.consumer, a.kid, a.dataset, a.dataset_version, a.purpose, a.recipient,
        a.habilitation_id, a.legal_basis_type, a.legal_basis_title, a.legal_basis_url, a.fields_requested,
        a.fields_released, a.outcome, a.problem_type, a.http_status, a.latency_ms, a.payload_sha256, a.subject_key,
-       a.leaf_version, a.retention, a.latency_us, a.payload_commitment, a.request_signature_sha256, a.log_index,
+       a.leaf_version, a.retention, a.latency_us, a.payload_commitment, a.request_signature_sha256, x.log_index,
        rk.jwk AS req_jwk, rk.kid AS req_kid, rk.owner AS req_owner, rk.not_before AS req_not_before,
        rk.not_after AS req_not_after, rk.retired_at AS req_retired_at,
        bk.jwk AS resp_jwk, bk.kid AS resp_kid, bk.owner AS resp_owner, bk.not_before AS resp_not_before,
        bk.not_after AS resp_not_after, bk.retired_at AS resp_retired_at
 FROM exchange_evidence e
 JOIN access_log a ON a.id = e.entry_id
+LEFT JOIN tlog_entries x ON x.entry_id = a.id
 LEFT JOIN key_history rk ON rk.thumbprint = e.request_key
 LEFT JOIN key_history bk ON bk.thumbprint = e.response_key
 WHERE e.entry_id = $1;
@@ -257,13 +282,15 @@ SELECT i AS log_index, p.leaf_data AS pruned_leaf_data,
        a.fields_released, a.outcome, a.problem_type, a.http_status, a.latency_ms, a.payload_sha256, a.subject_key,
        a.leaf_version, a.retention, a.latency_us, a.payload_commitment, a.request_signature_sha256
 FROM generate_series($1::bigint, $2::bigint - 1) AS i
-LEFT JOIN access_log a ON a.log_index = i
+LEFT JOIN tlog_entries x ON x.log_index = i
+LEFT JOIN access_log a ON a.id = x.entry_id AND a.logged_at = x.logged_at
 LEFT JOIN tlog_pruned p ON p.log_index = i
 WHERE a.id IS NOT NULL OR p.log_index IS NOT NULL
 ORDER BY i;
 
 -- name: tile_last_v1
-SELECT greatest((SELECT max(log_index) FROM access_log WHERE leaf_version = 1),
+SELECT greatest((SELECT max(x.log_index) FROM access_log a JOIN tlog_entries x ON x.entry_id = a.id
+                 WHERE a.leaf_version = 1),
                 (SELECT max(log_index) FROM tlog_pruned WHERE leaf_data IS NULL));
 
 -- name: tlog_public_leaf
@@ -279,10 +306,11 @@ SELECT leaf_data, entry_id, logged_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
 FROM tlog_pruned WHERE entry_id = $1;
 
 -- name: tlog_held_below
--- How many leaf indices below $1 hold a row or a tombstone (index-only scans of both).
-SELECT (SELECT count(*) FROM access_log WHERE log_index < $1)
-     + (SELECT count(*) FROM tlog_pruned p WHERE p.log_index < $1
-        AND NOT EXISTS (SELECT 1 FROM access_log a WHERE a.log_index = p.log_index));
+-- How many leaf indices below $1 hold a row or a tombstone.
+SELECT count(*) FROM tlog_entries x
+WHERE x.log_index < $1
+  AND (EXISTS (SELECT 1 FROM access_log a WHERE a.id = x.entry_id AND a.logged_at = x.logged_at)
+       OR EXISTS (SELECT 1 FROM tlog_pruned p WHERE p.log_index = x.log_index));
 
 -- name: tlog_tombstone_count
 SELECT count(*) FROM tlog_pruned;
@@ -326,14 +354,15 @@ ORDER BY b[1]::timestamptz NULLS LAST;
 SELECT EXISTS (
     SELECT 1 FROM access_log a LEFT JOIN habilitations h ON h.id = a.habilitation_id
     WHERE a.logged_at >= $1 AND a.logged_at < $2
-      AND (a.log_index IS NULL
+      AND (NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = a.id)
            OR a.logged_at >= $3::timestamptz - COALESCE(a.retention, h.retention, $4)::interval));
 
 -- name: partition_rows
 -- The next $4 entries of [$1, $2) after leaf index $3, for the tombstones of a partition dropped whole (every one
 -- is integrated: partition_keeps_something said so).
-SELECT a.* FROM access_log a WHERE a.logged_at >= $1 AND a.logged_at < $2 AND a.log_index > $3
-ORDER BY a.log_index LIMIT $4;
+SELECT a.*, x.log_index FROM access_log a JOIN tlog_entries x ON x.entry_id = a.id
+WHERE a.logged_at >= $1 AND a.logged_at < $2 AND x.log_index > $3
+ORDER BY x.log_index LIMIT $4;
 
 -- name: partition_drop
 -- Checks that every row has its tombstone, removes the rows' evidence and outbox rows, detaches, drops.

@@ -1,0 +1,108 @@
+-- The access log becomes strictly append-only (issue 14): a row is never updated, not even to receive its leaf
+-- index. The integrator used to give each row its index with `UPDATE access_log SET log_index`. Each such update
+-- wrote a new version of a ~700-byte row and an entry in five of its seven indexes: about 1.4 kB of WAL per row,
+-- as much WAL as the exchanges' own inserts (benchmarks/integrator_round.py, « WAL »), committed and flushed in
+-- one round. The exchanges' commits waited behind that flush (pg_stat_activity during the slowest requests at
+-- 200/s: WALSync and the WALWrite lock), and its dead row versions fed autovacuum.
+--
+-- Now:
+-- - tlog_entries maps each leaf index to its entry (log_index -> entry id, logged_at, the partition key). It only
+--   grows: pruning an entry keeps its line, so an index is given once in the log's whole life (its primary key),
+--   across months (UNIQUE (log_index, logged_at) held within a month only, the guard across them).
+-- - tlog_queue holds the entries not yet in the tree, written by the statement that writes the entry, in its
+--   transaction: the integrator takes them in `seq` order and deletes them in the round that maps them.
+-- - access_log loses log_index, and with it three indexes: UNIQUE (log_index, logged_at), the pending rows' and the
+--   v1 rows' (now on id). Its guard refuses every UPDATE.
+
+CREATE TABLE tlog_entries (
+    log_index   bigint PRIMARY KEY CHECK (log_index >= 0),
+    entry_id    uuid NOT NULL UNIQUE,
+    logged_at   timestamptz NOT NULL
+);
+
+CREATE TABLE tlog_queue (
+    seq         bigint PRIMARY KEY,
+    entry_id    uuid NOT NULL,
+    logged_at   timestamptz NOT NULL
+);
+
+-- Every index given so far: the rows', then the pruned entries' (a tampered database may hold both for one index;
+-- the row wins, and `log verify` reports the rest as it did).
+INSERT INTO tlog_entries (log_index, entry_id, logged_at)
+SELECT log_index, id, logged_at FROM access_log WHERE log_index IS NOT NULL
+ON CONFLICT DO NOTHING;
+INSERT INTO tlog_entries (log_index, entry_id, logged_at)
+SELECT log_index, entry_id, logged_at FROM tlog_pruned
+ON CONFLICT DO NOTHING;
+INSERT INTO tlog_queue (seq, entry_id, logged_at)
+SELECT seq, id, logged_at FROM access_log WHERE log_index IS NULL;
+
+-- The new guard goes in before the column goes: the old one reads NEW.log_index.
+CREATE OR REPLACE FUNCTION access_log_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        RAISE EXCEPTION 'access_log entry % is immutable', OLD.id USING ERRCODE = 'integrity_constraint_violation';
+    ELSIF TG_OP = 'DELETE' THEN
+        IF EXISTS (SELECT 1 FROM tlog_pruned WHERE entry_id = OLD.id) THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'access_log entry % can only be removed by log prune', OLD.id
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RAISE EXCEPTION 'access_log cannot be truncated' USING ERRCODE = 'integrity_constraint_violation';
+END;
+$$;
+
+DROP INDEX access_log_pending, access_log_v1;
+ALTER TABLE access_log DROP CONSTRAINT access_log_log_index_key;
+ALTER TABLE access_log DROP COLUMN log_index;
+-- The v1 entries (before migration 0010) for tile_last_v1; a new log has none, and the index stays empty.
+CREATE INDEX access_log_v1 ON access_log (id) WHERE leaf_version = 1;
+
+-- An index is given once, to an entry that is in the access log, and only if the integrator stored its leaf (it
+-- writes the nodes, then the entries, in one transaction). Nothing is ever updated or deleted here.
+CREATE FUNCTION tlog_entries_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NOT EXISTS (SELECT 1 FROM tlog_nodes WHERE level = 0 AND idx = NEW.log_index) THEN
+            RAISE EXCEPTION 'log index % is not a stored leaf of the tree', NEW.log_index
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM access_log WHERE id = NEW.entry_id AND logged_at = NEW.logged_at) THEN
+            RAISE EXCEPTION 'log index % names no access-log entry (%)', NEW.log_index, NEW.entry_id
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'tlog_entries is append-only' USING ERRCODE = 'integrity_constraint_violation';
+END;
+$$;
+CREATE TRIGGER tlog_entries_guard BEFORE INSERT OR UPDATE OR DELETE ON tlog_entries
+    FOR EACH ROW EXECUTE FUNCTION tlog_entries_guard();
+CREATE TRIGGER tlog_entries_no_truncate BEFORE TRUNCATE ON tlog_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION tlog_entries_guard();
+
+-- A month dropped whole: every row must have its tombstone (by entry; the index is in tlog_entries for good).
+CREATE OR REPLACE FUNCTION access_log_drop_partition(part regclass) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    total bigint;
+    bare uuid;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = part AND inhparent = 'access_log'::regclass)
+       OR part = 'access_log_default'::regclass THEN
+        RAISE EXCEPTION '% is not a monthly partition of access_log', part USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE format('SELECT a.id FROM %s a WHERE NOT EXISTS (SELECT 1 FROM tlog_pruned p '
+                   'WHERE p.entry_id = a.id) LIMIT 1', part) INTO bare;
+    IF bare IS NOT NULL THEN
+        RAISE EXCEPTION 'access_log entry % has no tombstone: partition % cannot be dropped', bare, part
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    EXECUTE format('DELETE FROM exchange_evidence e USING %s a WHERE e.entry_id = a.id', part);
+    EXECUTE format('DELETE FROM notification_outbox o USING %s a WHERE o.entry_id = a.id', part);
+    EXECUTE format('SELECT count(*) FROM %s', part) INTO total;
+    EXECUTE format('ALTER TABLE access_log DETACH PARTITION %s', part);
+    EXECUTE format('DROP TABLE %s', part);
+    RETURN total;
+END;
+$$;
