@@ -246,6 +246,7 @@ class Recorder:
     last_done: float = 0.0
     completed: int = 0
     handled: int = 0  # every completion, warm-up included: what the servers did while the CPU meter ran
+    trace: list[tuple[float, float]] | None = None  # (start, done) of each response that counts, when asked
 
     def add(self, started: float, done: float, status: int) -> None:
         self.handled += 1
@@ -254,6 +255,8 @@ class Recorder:
         if self.window_start <= started if self.by_schedule else in_window:
             self.latencies.append(done - started)
             self.statuses[status] += 1
+            if self.trace is not None:
+                self.trace.append((started, done))
             self.last_done = max(self.last_done, done)
 
 
@@ -328,7 +331,8 @@ async def closed_loop(makers: list[RequestMaker], endpoints: list[Endpoint], *, 
 
 async def open_loop(makers: list[RequestMaker], endpoints: list[Endpoint], *, rate: float, warmup: float,
                     duration: float, connections: int, request_timeout: float, phase: float = 0.0,
-                    start_at: float | None = None, ready: Callable[[], float] | None = None) -> RunResult:
+                    start_at: float | None = None, ready: Callable[[], float] | None = None,
+                    trace: list[tuple[float, float]] | None = None) -> RunResult:
     """Requests scheduled every 1/`rate` seconds whatever the answers, over `connections` keep-alive
     connections; a request finding them all busy waits for one, and its latency includes that wait."""
     total = int(rate * (warmup + duration))
@@ -343,7 +347,7 @@ async def open_loop(makers: list[RequestMaker], endpoints: list[Endpoint], *, ra
     if ready is not None:
         start_at = ready()
     start = max(now(), start_at or 0.0) + phase
-    rec = Recorder(window_start=start + warmup, window_end=start + warmup + duration, by_schedule=True)
+    rec = Recorder(window_start=start + warmup, window_end=start + warmup + duration, by_schedule=True, trace=trace)
     interval = 1.0 / rate
     pending: set[asyncio.Task[None]] = set()
     hard_deadline = start + warmup + duration + request_timeout
