@@ -416,3 +416,30 @@ async def test_the_stored_leaf_is_the_receipts(pool: asyncpg.Pool, tlog: Transpa
     rows = await pool.fetch("SELECT id, leaf_hash FROM access_log ORDER BY seq")
     assert [bytes(r["leaf_hash"]) for r in rows] == [base64.b64decode(str(tlog.receipt(e)["leaf_hash"]))
                                                      for e in entries]
+
+
+async def test_the_per_round_and_per_request_queries_never_scan_the_log(pool: asyncpg.Pool,
+                                                                        tlog: TransparencyLog) -> None:
+    """What runs every round (the queue, the status) and on every API request (a range of entries, a bundle, a
+    journal) reaches access_log and tlog_entries by index, one entry at a time: a plain join was planned as a merge
+    join over the whole log once the tables had statistics (27 ms a round at 20,000 rows, and growing)."""
+    async with pool.acquire() as conn:
+        for start in range(0, 3000, 500):
+            await accesslog.write(conn, [(log_entry(n), None) for n in range(start, start + 500)])
+    await tlog.drain()
+    await commit_entries(pool, 10)
+    await pool.execute("ANALYZE")
+    q = db.queries("broker.tlog", "tlog.sql")
+    async with pool.acquire() as conn:
+        for name, args in (("tlog_pending", (1000,)), ("tlog_status", ()), ("tlog_range", (100, 356)),
+                           ("tile_entries", (100, 356)), ("tlog_journal", (SUBJECT_KEY, None, None, None, None, 50)),
+                           ("partition_rows", (datetime.now(UTC) - timedelta(days=1), datetime.now(UTC)
+                                               + timedelta(days=1), 100, 100))):
+            for _ in range(7):  # past the custom plans: the generic plan is the one a broker keeps
+                await conn.fetch(q[name], *args)
+            plan = [r[0] for r in await (await conn.prepare(f"EXPLAIN (ANALYZE, COSTS OFF) {q[name]}")).fetch(*args)]
+            scans = [line for line in plan if "Scan" in line and ("on access_log" in line or "on tlog_entries" in line)
+                     and "Index" not in line and "never executed" not in line
+                     # the status counts the default partition's rows on purpose (at most 1,000; it is meant empty)
+                     and not (name == "tlog_status" and "on access_log_default " in line)]
+            assert not scans, (name, "\n".join(plan))

@@ -13,9 +13,14 @@ UPDATE tlog_head SET size = $1;
 -- name: tlog_pending
 -- Committed entries not yet in the tree (the queue, migration 0031), oldest first: their stored leaf (migration
 -- 0028) and what the lag gauge needs.
+-- Each row is looked up by its primary key in its month's partition: the lateral subquery (OFFSET 0 keeps the
+-- planner from flattening it) is what makes that the plan, whatever the queue's statistics say. A plain join was
+-- planned as a merge join over the whole access log, every round (EXPLAIN ANALYZE: 27 ms for 100 entries of a
+-- 20,000-row log, growing with the log).
 SELECT q.seq, a.id, a.leaf_hash, a.logged_at, a.latency_us, a.latency_ms
 FROM (SELECT seq, entry_id, logged_at FROM tlog_queue ORDER BY seq LIMIT $1) q
-JOIN access_log a ON a.id = q.entry_id AND a.logged_at = q.logged_at
+CROSS JOIN LATERAL (SELECT id, leaf_hash, logged_at, latency_us, latency_ms FROM access_log
+                    WHERE id = q.entry_id AND logged_at = q.logged_at OFFSET 0) a
 ORDER BY q.seq;
 
 -- name: tlog_pending_entries
@@ -27,11 +32,14 @@ SELECT id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpo
 FROM access_log WHERE id = ANY($1::uuid[]);
 
 -- name: tlog_status
--- The tree size, when the oldest entry not yet integrated was committed (about logged_at + latency), and how many
--- rows (up to 1000: this runs every round) wait in the access log's default partition for their month's.
+-- The tree size, when the next entry to integrate (the queue's first) was committed (about logged_at + latency),
+-- and how many rows (up to 1000: this runs every round) wait in the access log's default partition for their
+-- month's. One lookup, however long the queue: this runs every round.
 SELECT (SELECT size FROM tlog_head) AS size,
-       (SELECT min(a.logged_at + COALESCE(a.latency_us / 1000.0, a.latency_ms) * interval '1 millisecond')
-            FROM tlog_queue q JOIN access_log a ON a.id = q.entry_id AND a.logged_at = q.logged_at)
+       (SELECT a.logged_at + COALESCE(a.latency_us / 1000.0, a.latency_ms) * interval '1 millisecond'
+            FROM (SELECT entry_id, logged_at FROM tlog_queue ORDER BY seq LIMIT 1) q
+            CROSS JOIN LATERAL (SELECT logged_at, latency_us, latency_ms FROM access_log
+                                WHERE id = q.entry_id AND logged_at = q.logged_at OFFSET 0) a)
            AS oldest_pending,
        (SELECT count(*) FROM (SELECT 1 FROM access_log_default LIMIT 1000) d) AS default_rows;
 
@@ -112,6 +120,8 @@ SELECT EXISTS (SELECT 1 FROM access_log WHERE id = $1) OR EXISTS (SELECT 1 FROM 
 -- Everything the log holds for leaf indices [$1, $2): the stored leaf, the row its index names, or the tombstone
 -- of a pruned entry. An index with neither row nor tombstone is a deleted entry. The row is looked up in the
 -- partition of the logged_at tlog_entries gives; `stray_id` names the entry when it is not there (tlog_rows_by_id).
+-- The lateral lookups (OFFSET 0: not flattened) keep the plan to index probes per index of the range, never a
+-- scan of the whole log.
 SELECT i AS log_index, n.hash AS stored_leaf,
        CASE WHEN a.id IS NULL AND p.log_index IS NULL THEN x.entry_id END AS stray_id,
        a.id, a.logged_at, a.request_id, a.consumer, a.kid, a.dataset, a.dataset_version, a.purpose, a.recipient,
@@ -121,10 +131,10 @@ SELECT i AS log_index, n.hash AS stored_leaf,
        p.entry_id AS pruned_entry_id, p.logged_at AS pruned_logged_at, p.pruned_at, p.habilitation_id AS pruned_habilitation,
        p.leaf_data AS pruned_leaf_data, h.retention AS pruned_habilitation_retention
 FROM generate_series($1::bigint, $2::bigint - 1) AS i
-LEFT JOIN tlog_nodes n ON n.level = 0 AND n.idx = i
-LEFT JOIN tlog_entries x ON x.log_index = i
-LEFT JOIN access_log a ON a.id = x.entry_id AND a.logged_at = x.logged_at
-LEFT JOIN tlog_pruned p ON p.log_index = i
+LEFT JOIN LATERAL (SELECT hash FROM tlog_nodes WHERE level = 0 AND idx = i OFFSET 0) n ON true
+LEFT JOIN LATERAL (SELECT * FROM tlog_entries WHERE log_index = i OFFSET 0) x ON true
+LEFT JOIN LATERAL (SELECT * FROM access_log WHERE id = x.entry_id AND logged_at = x.logged_at OFFSET 0) a ON true
+LEFT JOIN LATERAL (SELECT * FROM tlog_pruned WHERE log_index = i OFFSET 0) p ON true
 LEFT JOIN habilitations h ON h.id = p.habilitation_id
 ORDER BY i, a.seq;
 
@@ -149,7 +159,7 @@ SELECT x.log_index, a.id, a.logged_at, a.request_id, a.consumer, a.kid, a.datase
        a.payload_sha256, a.subject_key, a.leaf_version, a.retention, a.latency_us, a.payload_salt,
        a.payload_commitment, a.request_signature_sha256
 FROM access_log a
-LEFT JOIN tlog_entries x ON x.entry_id = a.id
+LEFT JOIN LATERAL (SELECT log_index FROM tlog_entries WHERE entry_id = a.id OFFSET 0) x ON true
 WHERE a.subject_key = $1
   AND ($2::timestamptz IS NULL OR a.logged_at >= $2)
   AND ($3::timestamptz IS NULL OR a.logged_at < $3)
@@ -260,7 +270,7 @@ SELECT e.request_label, e.request_signature, e.request_signature_base, e.respons
        bk.not_after AS resp_not_after, bk.retired_at AS resp_retired_at
 FROM exchange_evidence e
 JOIN access_log a ON a.id = e.entry_id
-LEFT JOIN tlog_entries x ON x.entry_id = a.id
+LEFT JOIN LATERAL (SELECT log_index FROM tlog_entries WHERE entry_id = a.id OFFSET 0) x ON true
 LEFT JOIN key_history rk ON rk.thumbprint = e.request_key
 LEFT JOIN key_history bk ON bk.thumbprint = e.response_key
 WHERE e.entry_id = $1;
@@ -282,14 +292,16 @@ SELECT i AS log_index, p.leaf_data AS pruned_leaf_data,
        a.fields_released, a.outcome, a.problem_type, a.http_status, a.latency_ms, a.payload_sha256, a.subject_key,
        a.leaf_version, a.retention, a.latency_us, a.payload_commitment, a.request_signature_sha256
 FROM generate_series($1::bigint, $2::bigint - 1) AS i
-LEFT JOIN tlog_entries x ON x.log_index = i
-LEFT JOIN access_log a ON a.id = x.entry_id AND a.logged_at = x.logged_at
-LEFT JOIN tlog_pruned p ON p.log_index = i
+LEFT JOIN LATERAL (SELECT * FROM tlog_entries WHERE log_index = i OFFSET 0) x ON true
+LEFT JOIN LATERAL (SELECT * FROM access_log WHERE id = x.entry_id AND logged_at = x.logged_at OFFSET 0) a ON true
+LEFT JOIN LATERAL (SELECT * FROM tlog_pruned WHERE log_index = i OFFSET 0) p ON true
 WHERE a.id IS NOT NULL OR p.log_index IS NOT NULL
 ORDER BY i;
 
 -- name: tile_last_v1
-SELECT greatest((SELECT max(x.log_index) FROM access_log a JOIN tlog_entries x ON x.entry_id = a.id
+-- The v1 rows through their partial index (access_log_v1), each index looked up: never a scan of tlog_entries.
+SELECT greatest((SELECT max(x.log_index) FROM access_log a
+                 CROSS JOIN LATERAL (SELECT log_index FROM tlog_entries WHERE entry_id = a.id OFFSET 0) x
                  WHERE a.leaf_version = 1),
                 (SELECT max(log_index) FROM tlog_pruned WHERE leaf_data IS NULL));
 
@@ -360,8 +372,12 @@ SELECT EXISTS (
 -- name: partition_rows
 -- The next $4 entries of [$1, $2) after leaf index $3, for the tombstones of a partition dropped whole (every one
 -- is integrated: partition_keeps_something said so).
-SELECT a.*, x.log_index FROM access_log a JOIN tlog_entries x ON x.entry_id = a.id
-WHERE a.logged_at >= $1 AND a.logged_at < $2 AND x.log_index > $3
+-- Walked in index order from tlog_entries' primary key (the month's indices are about contiguous), each row looked
+-- up in its partition.
+SELECT a.*, x.log_index
+FROM tlog_entries x
+CROSS JOIN LATERAL (SELECT * FROM access_log WHERE id = x.entry_id AND logged_at = x.logged_at OFFSET 0) a
+WHERE x.logged_at >= $1 AND x.logged_at < $2 AND x.log_index > $3
 ORDER BY x.log_index LIMIT $4;
 
 -- name: partition_drop
