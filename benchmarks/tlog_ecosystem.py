@@ -74,18 +74,16 @@ def bench_entry(n: int, logged_at: datetime | None = None) -> accesslog.LogEntry
 
 
 async def copy_rows(conn: asyncpg.Connection, entries: list[accesslog.LogEntry], indices: range | None) -> None:
-    """Rows as the broker leaves them (migration 0031): waiting in the integrator's queue, or, with `indices`, given
-    those indices (a prefilled log: its leaves must be stored first, tlog_entries' guard checks)."""
+    """Rows as the broker leaves them (migration 0031): waiting in the integrator's queue (access_log's trigger puts
+    them there), or, with `indices`, given those indices and taken off the queue (a prefilled log: its leaves must
+    be stored first, tlog_entries' guard checks)."""
     await conn.copy_records_to_table("access_log", records=[e.args() for e in entries],
                                      columns=list(accesslog.COLUMNS))
-    if indices is None:
-        await conn.execute("INSERT INTO tlog_queue (seq, entry_id, logged_at) "
-                           "SELECT seq, id, logged_at FROM access_log WHERE id = ANY($1::uuid[])",
-                           [e.id for e in entries])
-    else:
+    if indices is not None:
         await conn.copy_records_to_table(
             "tlog_entries", columns=["log_index", "entry_id", "logged_at"],
             records=[(i, e.id, e.logged_at) for e, i in zip(entries, indices, strict=True)])
+        await conn.execute("DELETE FROM tlog_queue WHERE entry_id = ANY($1::uuid[])", [e.id for e in entries])
 
 
 # -- 1. evidence and tiles, on a real broker ---------------------------------------------------------------------

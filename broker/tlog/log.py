@@ -350,14 +350,20 @@ class TransparencyLog:
             # The leaf the committing broker stored with the row (its receipt's; `log verify` recomputes each):
             # only it is read, not the entry's columns. Rows from before migration 0028 have none, and are read
             # whole and canonicalized here, off the event loop.
-            leaves_of: dict[object, bytes] = {r["id"]: r["leaf_hash"] for r in rows if r["leaf_hash"] is not None}
+            # An entry is (id, logged_at): id alone is unique only within a month.
+            leaves_of: dict[tuple[object, object], bytes] = {
+                (r["id"], r["logged_at"]): r["leaf_hash"] for r in rows if r["leaf_hash"] is not None}
             if len(leaves_of) < len(rows):
-                old = await conn.fetch(q["tlog_pending_entries"], [r["id"] for r in rows if r["id"] not in leaves_of])
-                leaves_of.update(await asyncio.to_thread(lambda: {r["id"]: leaf_of(entry_document(r)) for r in old}))
-            result = merkle.append_leaves(size, edge, [leaves_of[r["id"]] for r in rows])
+                bare = [r for r in rows if (r["id"], r["logged_at"]) not in leaves_of]
+                old = await conn.fetch(q["tlog_pending_entries"], [r["id"] for r in bare],
+                                       [r["logged_at"] for r in bare])
+                leaves_of.update(await asyncio.to_thread(
+                    lambda: {(r["id"], r["logged_at"]): leaf_of(entry_document(r)) for r in old}))
+            result = merkle.append_leaves(size, edge, [leaves_of[(r["id"], r["logged_at"])] for r in rows])
             await write_nodes(conn, result.nodes)
             await conn.execute(q["tlog_assign"], [r["id"] for r in rows], [r["logged_at"] for r in rows],
-                               list(range(size, result.size)), [r["seq"] for r in rows])
+                               list(range(size, result.size)))
+            await conn.execute(q["tlog_dequeue"], [r["seq"] for r in rows])
             await conn.execute(q["tlog_head_update"], result.size)
             await conn.execute(q["tlog_checkpoint_insert"], result.size,
                                self.signer.sign_checkpoint(result.size, result.root))
@@ -586,9 +592,9 @@ async def _prune_partitions(pool: asyncpg.Pool, *, now: datetime, default_retent
             if await conn.fetchval(q["partition_keeps_something"], part.lower, part.upper, now, default_retention):
                 continue
             found: list[PrunedEntry] = []
-            after = -1
-            while rows := await conn.fetch(q["partition_rows"], part.lower, part.upper, after, batch):
-                after = rows[-1]["log_index"]
+            after: tuple[datetime | None, uuid.UUID | None] = (None, None)
+            while rows := await conn.fetch(q["partition_rows"], part.lower, part.upper, *after, batch):
+                after = (rows[-1]["logged_at"], rows[-1]["id"])
                 found.extend(PrunedEntry(r["log_index"], str(r["id"]), r["logged_at"], part.name) for r in rows)
                 if not dry_run:
                     await _write_tombstones(conn, rows, now)
@@ -610,11 +616,11 @@ async def _prune_rows(pool: asyncpg.Pool, *, now: datetime, default_retention: s
                                     2**62 if dry_run else batch)
             found = [PrunedEntry(r["log_index"], str(r["id"]), r["logged_at"]) for r in rows]
             if not dry_run and rows:
-                ids = [r["id"] for r in rows]
+                ids, times = [r["id"] for r in rows], [r["logged_at"] for r in rows]
                 await _write_tombstones(conn, rows, now)
-                await conn.execute(q["tlog_prune_evidence"], ids)
+                await conn.execute(q["tlog_prune_evidence"], ids, times)
                 await conn.execute(q["tlog_prune_outbox"], ids)
-                await conn.execute(q["tlog_prune_delete"], ids)
+                await conn.execute(q["tlog_prune_delete"], ids, times)
         done.extend(found)
         if dry_run or len(rows) < batch:
             return done

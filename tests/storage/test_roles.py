@@ -99,6 +99,10 @@ async def test_the_broker_role_serves_an_exchange_and_cannot_rewrite_its_log(
                     await conn.execute(statement)
         with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nor forge tombstones to make deletion legal
             await conn.execute("INSERT INTO tlog_pruned SELECT * FROM tlog_pruned")
+        for statement in ("INSERT INTO tlog_queue SELECT seq + 1000, id, logged_at FROM access_log",  # nor queue
+                          "UPDATE tlog_queue SET seq = seq", "TRUNCATE tlog_queue"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(statement)
         with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nor skip the triggers for the session
             await conn.execute("SET session_replication_role = replica")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nor create its own tables

@@ -35,12 +35,13 @@ async def tlog(pool: asyncpg.Pool) -> TransparencyLog:
     return t
 
 
-async def verify(database_url: str, tlog: TransparencyLog, resume: Resume | None = None) -> Report:
+async def verify(database_url: str, tlog: TransparencyLog, resume: Resume | None = None,
+                 max_merge_delay: float | None = None) -> Report:
     conn = await db.connect(database_url)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             return await verify_log(DatabaseSource(conn), [tlog.signer.verifier], origin=ORIGIN, page=8,
-                                    now=datetime.now(UTC), resume=resume)
+                                    now=datetime.now(UTC), resume=resume, max_merge_delay=max_merge_delay)
     finally:
         await conn.close()
 
@@ -140,3 +141,15 @@ async def test_the_command_records_and_resumes(database_url: str, pool: asyncpg.
     assert json.loads((tmp_path / "state.json").read_text())["size"] == 33
     again = run("--full")
     assert again.returncode == 0 and "33 of 33 entries and" in again.stdout
+
+
+async def test_an_entry_late_since_the_last_verification_is_named(database_url: str, pool: asyncpg.Pool,
+                                                                  tlog: TransparencyLog) -> None:
+    """Resuming, only the entries logged since the last run (less the merge delay and a margin) are looked at for
+    lateness, not the whole log: one logged then, and never integrated, is still named."""
+    full = await verify(database_url, tlog, max_merge_delay=60)
+    assert full.ok and full.resume is not None
+    stuck = log_entry(99, logged_at=datetime.now(UTC) - timedelta(minutes=5))
+    await accesslog.commit(pool, stuck)  # and no round integrates it
+    report = await verify(database_url, tlog, full.resume, max_merge_delay=60)
+    assert kinds(report) == [("late", None, str(stuck.id))]

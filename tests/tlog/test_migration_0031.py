@@ -60,8 +60,10 @@ async def test_migration_0031_moves_the_indices_and_the_queue_and_the_log_goes_o
                 gone = await conn.fetch("SELECT * FROM access_log WHERE id = ANY($1::uuid[]) ORDER BY log_index",
                                         [entries[2].id, entries[7].id])
                 await _write_tombstones(conn, gone, datetime.now(UTC))
-                for step in ("tlog_prune_evidence", "tlog_prune_outbox", "tlog_prune_delete"):
-                    await conn.execute(_q()[step], [r["id"] for r in gone])
+                ids, times = [r["id"] for r in gone], [r["logged_at"] for r in gone]
+                await conn.execute(_q()["tlog_prune_evidence"], ids, times)
+                await conn.execute(_q()["tlog_prune_outbox"], ids)
+                await conn.execute(_q()["tlog_prune_delete"], ids, times)
             for e in reversed(pending):  # committed last, in this order: the queue keeps it
                 await accesslog.commit(pool, e)
             given = {r["id"]: r["log_index"] for r in await pool.fetch(

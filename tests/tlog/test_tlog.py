@@ -434,7 +434,8 @@ async def test_the_per_round_and_per_request_queries_never_scan_the_log(pool: as
         for name, args in (("tlog_pending", (1000,)), ("tlog_status", ()), ("tlog_range", (100, 356)),
                            ("tile_entries", (100, 356)), ("tlog_journal", (SUBJECT_KEY, None, None, None, None, 50)),
                            ("partition_rows", (datetime.now(UTC) - timedelta(days=1), datetime.now(UTC)
-                                               + timedelta(days=1), 100, 100))):
+                                               + timedelta(days=1), None, None, 100)),
+                           ("tlog_prune_candidates", (datetime.now(UTC), "P1D", 100))):
             for _ in range(7):  # past the custom plans: the generic plan is the one a broker keeps
                 await conn.fetch(q[name], *args)
             plan = [r[0] for r in await (await conn.prepare(f"EXPLAIN (ANALYZE, COSTS OFF) {q[name]}")).fetch(*args)]

@@ -3,8 +3,8 @@
 -- owner:  owns every table, sequence and function of the schema; runs migrations (DLNUF_ADMIN_DATABASE_URL) and
 --         `log prune`. Not a superuser.
 -- broker: the role `serve` connects with (DATABASE_URL). It reads and writes what serving needs, but on the
---         transparency log's tables it may only append: no UPDATE or DELETE (the integrator's queue aside:
---         tlog_queue, whose entries it takes off once they have their index), no TRUNCATE, and, not being the
+--         transparency log's tables it may only append: no UPDATE or DELETE (the integrator's queue aside: it may
+--         delete a line of tlog_queue once its entry has its index, and add none), no TRUNCATE, and, not being the
 --         owner, no ALTER TABLE ... DISABLE TRIGGER. So a compromised broker process cannot rewrite history.
 --
 -- Role names are identifiers, which a $n parameter cannot carry: they travel as the settings dlnuf.owner_role and
@@ -87,8 +87,9 @@ BEGIN
     -- ...but the log's tables only grow (tests/storage/test_roles.py checks that every table with an append-only
     -- guard trigger is in this list), the tombstones are `log prune`'s (the owner's) alone, and the roles and the
     -- migrations are the owner's business.
-    -- (The integrator's queue, tlog_queue, is the broker's to take entries off once tlog_entries gives them their
-    -- index.)
+    -- The integrator's queue: access_log's trigger (as its owner) adds the lines; the broker reads them and takes an
+    -- entry off once tlog_entries holds its index (tlog_queue's trigger checks).
+    EXECUTE format('REVOKE INSERT, UPDATE, TRUNCATE ON tlog_queue FROM %I', broker_role);
     EXECUTE format('REVOKE UPDATE, DELETE ON access_log, exchange_evidence, tlog_nodes, tlog_checkpoints,'
                    ' tlog_cosignatures, tlog_entries FROM %I', broker_role);
     EXECUTE format('REVOKE INSERT, UPDATE, DELETE ON tlog_pruned, schema_migrations, database_roles FROM %I',

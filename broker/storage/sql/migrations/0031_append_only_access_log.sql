@@ -9,15 +9,20 @@
 -- - tlog_entries maps each leaf index to its entry (log_index -> entry id, logged_at, the partition key). It only
 --   grows: pruning an entry keeps its line, so an index is given once in the log's whole life (its primary key),
 --   across months (UNIQUE (log_index, logged_at) held within a month only, the guard across them).
--- - tlog_queue holds the entries not yet in the tree, written by the statement that writes the entry, in its
---   transaction: the integrator takes them in `seq` order and deletes them in the round that maps them.
+-- - tlog_queue holds the entries not yet in the tree. A statement trigger on access_log writes their lines, in the
+--   inserting statement's transaction, whoever inserts (a broker of the previous release during a rolling upgrade,
+--   COPY): an entry cannot escape integration by being written some other way. The broker role may only read the
+--   queue and delete a line whose entry already has its index; the integrator takes the lines in `seq` order.
+-- - An entry is (id, logged_at), access_log's primary key: id alone is unique only within a month's partition, so
+--   every line that names an entry names both.
 -- - access_log loses log_index, and with it three indexes: UNIQUE (log_index, logged_at), the pending rows' and the
 --   v1 rows' (now on id). Its guard refuses every UPDATE.
 
 CREATE TABLE tlog_entries (
     log_index   bigint PRIMARY KEY CHECK (log_index >= 0),
-    entry_id    uuid NOT NULL UNIQUE,
-    logged_at   timestamptz NOT NULL
+    entry_id    uuid NOT NULL,
+    logged_at   timestamptz NOT NULL,
+    UNIQUE (entry_id, logged_at)
 );
 
 CREATE TABLE tlog_queue (
@@ -26,14 +31,13 @@ CREATE TABLE tlog_queue (
     logged_at   timestamptz NOT NULL
 );
 
--- Every index given so far: the rows', then the pruned entries' (a tampered database may hold both for one index;
--- the row wins, and `log verify` reports the rest as it did).
+-- Every index given so far: the rows', then the pruned entries'. A database whose log was tampered with (two rows,
+-- or a row and a tombstone, holding one index) makes this fail on the primary key, naming the index, rather than
+-- keep one of them and lose the evidence: run `log verify`, deal with what it reports, then migrate.
 INSERT INTO tlog_entries (log_index, entry_id, logged_at)
-SELECT log_index, id, logged_at FROM access_log WHERE log_index IS NOT NULL
-ON CONFLICT DO NOTHING;
+SELECT log_index, id, logged_at FROM access_log WHERE log_index IS NOT NULL;
 INSERT INTO tlog_entries (log_index, entry_id, logged_at)
-SELECT log_index, entry_id, logged_at FROM tlog_pruned
-ON CONFLICT DO NOTHING;
+SELECT log_index, entry_id, logged_at FROM tlog_pruned;
 INSERT INTO tlog_queue (seq, entry_id, logged_at)
 SELECT seq, id, logged_at FROM access_log WHERE log_index IS NULL;
 
@@ -43,7 +47,7 @@ BEGIN
     IF TG_OP = 'UPDATE' THEN
         RAISE EXCEPTION 'access_log entry % is immutable', OLD.id USING ERRCODE = 'integrity_constraint_violation';
     ELSIF TG_OP = 'DELETE' THEN
-        IF EXISTS (SELECT 1 FROM tlog_pruned WHERE entry_id = OLD.id) THEN
+        IF EXISTS (SELECT 1 FROM tlog_pruned WHERE entry_id = OLD.id AND logged_at = OLD.logged_at) THEN
             RETURN OLD;
         END IF;
         RAISE EXCEPTION 'access_log entry % can only be removed by log prune', OLD.id
@@ -82,7 +86,41 @@ CREATE TRIGGER tlog_entries_guard BEFORE INSERT OR UPDATE OR DELETE ON tlog_entr
 CREATE TRIGGER tlog_entries_no_truncate BEFORE TRUNCATE ON tlog_entries
     FOR EACH STATEMENT EXECUTE FUNCTION tlog_entries_guard();
 
--- A month dropped whole: every row must have its tombstone (by entry; the index is in tlog_entries for good).
+-- Every statement that inserts into access_log queues what it inserted (one INSERT per statement, from its
+-- transition table). SECURITY DEFINER: the function runs as its owner, so the broker role needs no INSERT on the
+-- queue and cannot forge a line. Rows moved between partitions by access_log_create_partition go into a table not
+-- yet attached: they are not queued again.
+CREATE FUNCTION access_log_enqueue() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = public, pg_temp AS $$
+BEGIN
+    INSERT INTO tlog_queue (seq, entry_id, logged_at) SELECT seq, id, logged_at FROM added;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER access_log_enqueue AFTER INSERT ON access_log
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION access_log_enqueue();
+
+-- A line leaves the queue only once its entry has its index (the integrator inserts into tlog_entries first).
+CREATE FUNCTION tlog_queue_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF EXISTS (SELECT 1 FROM tlog_entries WHERE entry_id = OLD.entry_id AND logged_at = OLD.logged_at) THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION 'entry % has no index yet: it stays in the queue', OLD.entry_id
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RAISE EXCEPTION 'tlog_queue lines are only added by access_log''s trigger and removed once integrated'
+        USING ERRCODE = 'integrity_constraint_violation';
+END;
+$$;
+CREATE TRIGGER tlog_queue_guard BEFORE UPDATE OR DELETE ON tlog_queue
+    FOR EACH ROW EXECUTE FUNCTION tlog_queue_guard();
+CREATE TRIGGER tlog_queue_no_truncate BEFORE TRUNCATE ON tlog_queue
+    FOR EACH STATEMENT EXECUTE FUNCTION tlog_queue_guard();
+
+-- A month dropped whole: every row must have its tombstone (by entry, id and logged_at; the index is in
+-- tlog_entries for good).
 CREATE OR REPLACE FUNCTION access_log_drop_partition(part regclass) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     total bigint;
@@ -93,7 +131,7 @@ BEGIN
         RAISE EXCEPTION '% is not a monthly partition of access_log', part USING ERRCODE = 'invalid_parameter_value';
     END IF;
     EXECUTE format('SELECT a.id FROM %s a WHERE NOT EXISTS (SELECT 1 FROM tlog_pruned p '
-                   'WHERE p.entry_id = a.id) LIMIT 1', part) INTO bare;
+                   'WHERE p.entry_id = a.id AND p.logged_at = a.logged_at) LIMIT 1', part) INTO bare;
     IF bare IS NOT NULL THEN
         RAISE EXCEPTION 'access_log entry % has no tombstone: partition % cannot be dropped', bare, part
             USING ERRCODE = 'integrity_constraint_violation';
