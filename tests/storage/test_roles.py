@@ -103,6 +103,11 @@ async def test_the_broker_role_serves_an_exchange_and_cannot_rewrite_its_log(
                           "UPDATE tlog_queue SET seq = seq", "TRUNCATE tlog_queue"):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(statement)
+        # nor borrow the owner's queueing function (SECURITY DEFINER) for a trigger of its own, on a temporary table
+        await conn.execute("CREATE TEMP TABLE forged (seq bigint, id uuid, logged_at timestamptz)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CREATE TRIGGER forge AFTER INSERT ON forged REFERENCING NEW TABLE AS added "
+                               "FOR EACH STATEMENT EXECUTE FUNCTION access_log_enqueue()")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nor skip the triggers for the session
             await conn.execute("SET session_replication_role = replica")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nor create its own tables

@@ -88,3 +88,19 @@ async def test_an_id_reused_in_another_month_is_another_entry(database_url: str,
     assert await pool.fetchval("SELECT count(*) FROM access_log WHERE id = $1", genuine.id) == 1
     report = await verify(database_url, tlog)
     assert report.ok, report.findings
+    # the genuine one's turn comes too: its tombstone beside the other's, same id
+    later = datetime.now(UTC) + timedelta(days=400)
+    assert [p.index for p in await prune(pool, now=later, default_retention="P1Y")] == [0]
+
+
+async def test_a_pruned_entry_cannot_be_logged_again(pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
+    """Its row is gone, so access_log's primary key would take the same (id, logged_at) again: the queue's trigger
+    refuses it (it has its index), and integration goes on for the others."""
+    old = log_entry(1, released=False, logged_at=datetime.now(UTC) - timedelta(days=730))
+    await accesslog.commit(pool, old)
+    await tlog.drain()
+    assert len(await prune(pool, now=datetime.now(UTC), default_retention="P1Y")) == 1
+    with pytest.raises(accesslog.LogUnavailable):
+        await accesslog.commit(pool, old)
+    await commit_entries(pool, 2)
+    assert await tlog.drain() == 2

@@ -19,10 +19,13 @@ UPDATE tlog_head SET size = $1;
 -- 20,000-row log, growing with the log).
 -- A line whose row is gone (only someone who can bypass the guards can do that) is skipped, not counted against
 -- the batch: it cannot stall the queue.
+-- So is a line whose entry already has its index (access_log's trigger refuses to write one; only someone who can
+-- bypass it could): integrating it again would fail every round.
 SELECT q.seq, a.id, a.leaf_hash, a.logged_at, a.latency_us, a.latency_ms
 FROM tlog_queue q
 CROSS JOIN LATERAL (SELECT id, leaf_hash, logged_at, latency_us, latency_ms FROM access_log
                     WHERE id = q.entry_id AND logged_at = q.logged_at OFFSET 0) a
+WHERE NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = q.entry_id AND x.logged_at = q.logged_at)
 ORDER BY q.seq LIMIT $1;
 
 -- name: tlog_pending_entries

@@ -18,6 +18,11 @@
 -- - access_log loses log_index, and with it three indexes: UNIQUE (log_index, logged_at), the pending rows' and the
 --   v1 rows' (now on id). Its guard refuses every UPDATE.
 
+-- Nothing writes the log while it is copied: a broker of the previous release, still serving, would otherwise
+-- commit an index or an entry between the copies below, and it would be lost. Reads go on; writes wait for the
+-- end of this migration (and those of the previous release then fail, the column they write being gone).
+LOCK TABLE access_log IN EXCLUSIVE MODE;
+
 CREATE TABLE tlog_entries (
     log_index   bigint PRIMARY KEY CHECK (log_index >= 0),
     entry_id    uuid NOT NULL,
@@ -40,6 +45,9 @@ INSERT INTO tlog_entries (log_index, entry_id, logged_at)
 SELECT log_index, entry_id, logged_at FROM tlog_pruned;
 INSERT INTO tlog_queue (seq, entry_id, logged_at)
 SELECT seq, id, logged_at FROM access_log WHERE log_index IS NULL;
+
+-- A tombstone names its entry by (id, logged_at) too: two entries of different months may share an id.
+ALTER TABLE tlog_pruned DROP CONSTRAINT tlog_pruned_entry_id_key, ADD UNIQUE (entry_id, logged_at);
 
 -- The new guard goes in before the column goes: the old one reads NEW.log_index.
 CREATE OR REPLACE FUNCTION access_log_guard() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -90,13 +98,29 @@ CREATE TRIGGER tlog_entries_no_truncate BEFORE TRUNCATE ON tlog_entries
 -- transition table). SECURITY DEFINER: the function runs as its owner, so the broker role needs no INSERT on the
 -- queue and cannot forge a line. Rows moved between partitions by access_log_create_partition go into a table not
 -- yet attached: they are not queued again.
+-- A row may reuse a pruned entry's (id, logged_at) (its row is gone, so the primary key allows it): it would
+-- name an entry that already has its index, and wedge the integrator; it is refused. Nobody but this trigger may
+-- run the function (EXECUTE revoked below), and only for access_log: a role that made a trigger of its own with
+-- it could otherwise write any line into the queue as the owner.
 CREATE FUNCTION access_log_enqueue() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = public, pg_temp AS $$
+DECLARE
+    known uuid;
 BEGIN
+    IF TG_RELID <> 'access_log'::regclass THEN
+        RAISE EXCEPTION 'access_log_enqueue() queues access_log''s rows only' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    SELECT a.id INTO known FROM added a
+    WHERE EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = a.id AND x.logged_at = a.logged_at) LIMIT 1;
+    IF known IS NOT NULL THEN
+        RAISE EXCEPTION 'access_log entry % was logged before (it has its index)', known
+            USING ERRCODE = 'unique_violation';
+    END IF;
     INSERT INTO tlog_queue (seq, entry_id, logged_at) SELECT seq, id, logged_at FROM added;
     RETURN NULL;
 END;
 $$;
+REVOKE EXECUTE ON FUNCTION access_log_enqueue() FROM PUBLIC;
 CREATE TRIGGER access_log_enqueue AFTER INSERT ON access_log
     REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION access_log_enqueue();
 
@@ -130,13 +154,16 @@ BEGIN
        OR part = 'access_log_default'::regclass THEN
         RAISE EXCEPTION '% is not a monthly partition of access_log', part USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- No row may arrive between the check and the detach: it would go with the partition, without a tombstone.
+    EXECUTE format('LOCK TABLE %s IN SHARE MODE', part);
     EXECUTE format('SELECT a.id FROM %s a WHERE NOT EXISTS (SELECT 1 FROM tlog_pruned p '
                    'WHERE p.entry_id = a.id AND p.logged_at = a.logged_at) LIMIT 1', part) INTO bare;
     IF bare IS NOT NULL THEN
         RAISE EXCEPTION 'access_log entry % has no tombstone: partition % cannot be dropped', bare, part
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
-    EXECUTE format('DELETE FROM exchange_evidence e USING %s a WHERE e.entry_id = a.id', part);
+    EXECUTE format('DELETE FROM exchange_evidence e USING %s a WHERE e.entry_id = a.id AND e.logged_at = a.logged_at',
+                   part);
     EXECUTE format('DELETE FROM notification_outbox o USING %s a WHERE o.entry_id = a.id', part);
     EXECUTE format('SELECT count(*) FROM %s', part) INTO total;
     EXECUTE format('ALTER TABLE access_log DETACH PARTITION %s', part);
