@@ -43,7 +43,7 @@ from broker.signing import ed25519
 from broker.signing.signer import Signer
 from broker.storage import db
 from broker.storage.secretfile import create_once
-from broker.tlog import checkpoint, merkle, partitions
+from broker.tlog import checkpoint, leaves, merkle, partitions
 from broker.tlog.accesslog import LogEntry
 from broker.tlog.jcs import JsonValue
 
@@ -362,7 +362,7 @@ class TransparencyLog:
             result = merkle.append_leaves(size, edge, [leaves_of[(r["id"], r["logged_at"])] for r in rows])
             await write_nodes(conn, result.nodes)
             await conn.execute(q["tlog_assign"], [r["id"] for r in rows], [r["logged_at"] for r in rows],
-                               list(range(size, result.size)))
+                               list(range(size, result.size)), [r["leaf_version"] == leaves.V1 for r in rows])
             await conn.execute(q["tlog_dequeue"], [r["seq"] for r in rows])
             await conn.execute(q["tlog_head_update"], result.size)
             await conn.execute(q["tlog_checkpoint_insert"], result.size,

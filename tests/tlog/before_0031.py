@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from broker.storage import db
 
 PENDING = """
-SELECT seq, id, leaf_hash, logged_at, latency_us, latency_ms
+SELECT seq, id, leaf_hash, logged_at, latency_us, latency_ms, leaf_version
 FROM access_log WHERE log_index IS NULL ORDER BY seq LIMIT $1
 """
 
 ASSIGN = """
 UPDATE access_log SET log_index = a.log_index
 FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]) AS a(id, logged_at, log_index)
-WHERE access_log.id = a.id AND access_log.logged_at = a.logged_at
+WHERE access_log.id = a.id AND access_log.logged_at = a.logged_at AND cardinality($4::boolean[]) >= 0
 """
 
 DEQUEUE = "SELECT cardinality($1::bigint[])"  # there was no queue

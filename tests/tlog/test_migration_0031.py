@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from broker.storage import db
-from broker.tlog import accesslog
+from broker.tlog import accesslog, leaves
 from broker.tlog.log import TransparencyLog, _q, _write_tombstones
 from tests.conftest import _with_database
 from tests.tlog.before_0031 import old_statements
@@ -48,7 +48,8 @@ async def test_migration_0031_moves_the_indices_and_the_queue_and_the_log_goes_o
     try:
         tlog = TransparencyLog(pool, signer(), max_merge_delay=60, batch=5)
         old = datetime.now(UTC) - timedelta(days=800)  # past the default retention, P1Y: 2 and 7 are pruned
-        entries = [log_entry(n, released=n % 3 != 0, logged_at=old if n in (2, 7) else None) for n in range(12)]
+        entries = [log_entry(n, released=n % 3 != 0, logged_at=old if n in (2, 7) else None,
+                             version=leaves.V1 if n == 4 else leaves.V2) for n in range(12)]
         pending = [log_entry(20 + n) for n in range(3)]
         with old_statements():
             await tlog.ensure_checkpoint()
@@ -77,6 +78,9 @@ async def test_migration_0031_moves_the_indices_and_the_queue_and_the_log_goes_o
         assert [r["row"] for r in await pool.fetch(rows_sql)] == before
         mapped = {r["entry_id"]: r["log_index"] for r in await pool.fetch("SELECT * FROM tlog_entries")}
         assert mapped == {**given, entries[2].id: 2, entries[7].id: 7}
+        assert [r["entry_id"] for r in await pool.fetch("SELECT entry_id FROM tlog_entries WHERE v1")] \
+            == [entries[4].id]
+        assert await pool.fetchval(_q()["tile_last_v1"]) == 4
         assert [r["entry_id"] for r in await pool.fetch("SELECT entry_id FROM tlog_queue ORDER BY seq")] == seqs
         assert seqs == [e.id for e in reversed(pending)]
 

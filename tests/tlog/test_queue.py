@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from broker.tlog import accesslog
+from broker.tlog import accesslog, leaves, tiles
 from broker.tlog.log import JournalFilter, TransparencyLog, _q, prune
 from tests.tlog.test_tlog import SUBJECT_KEY, commit_entries, log_entry, signer
 from tests.tlog.test_tlog_verify import tamper, verify
@@ -104,3 +104,17 @@ async def test_a_pruned_entry_cannot_be_logged_again(pool: asyncpg.Pool, tlog: T
         await accesslog.commit(pool, old)
     await commit_entries(pool, 2)
     assert await tlog.drain() == 2
+
+
+async def test_a_v1_entry_is_marked_and_bundles_start_after_it(pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
+    """A v1 leaf's entry is not public: tlog_entries marks the line (its guard checks the mark against the row), and
+    the entry bundles GET /v1/log announces start after the last one."""
+    await commit_entries(pool, 2)
+    await accesslog.commit(pool, log_entry(7, version=leaves.V1))
+    await commit_entries(pool, 1)
+    assert await tlog.drain() == 4
+    assert [r["log_index"] for r in await pool.fetch("SELECT log_index FROM tlog_entries WHERE v1")] == [2]
+    assert await tiles.public_from(pool) == tiles.WIDTH
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="names no access-log entry"):
+        await pool.execute("INSERT INTO tlog_entries (log_index, entry_id, logged_at, v1) "
+                           "SELECT 3, id, logged_at, true FROM access_log WHERE leaf_version = 2 LIMIT 1")

@@ -21,9 +21,9 @@ UPDATE tlog_head SET size = $1;
 -- the batch: it cannot stall the queue.
 -- So is a line whose entry already has its index (access_log's trigger refuses to write one; only someone who can
 -- bypass it could): integrating it again would fail every round.
-SELECT q.seq, a.id, a.leaf_hash, a.logged_at, a.latency_us, a.latency_ms
+SELECT q.seq, a.id, a.leaf_hash, a.logged_at, a.latency_us, a.latency_ms, a.leaf_version
 FROM tlog_queue q
-CROSS JOIN LATERAL (SELECT id, leaf_hash, logged_at, latency_us, latency_ms FROM access_log
+CROSS JOIN LATERAL (SELECT id, leaf_hash, logged_at, latency_us, latency_ms, leaf_version FROM access_log
                     WHERE id = q.entry_id AND logged_at = q.logged_at OFFSET 0) a
 WHERE NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = q.entry_id AND x.logged_at = q.logged_at)
 ORDER BY q.seq LIMIT $1;
@@ -61,8 +61,8 @@ ORDER BY a.seq LIMIT $2;
 
 -- name: tlog_assign
 -- The round's entries get their indices (migration 0031)...
-INSERT INTO tlog_entries (entry_id, logged_at, log_index)
-SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[]);
+INSERT INTO tlog_entries (entry_id, logged_at, log_index, v1)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::boolean[]);
 
 -- name: tlog_dequeue
 -- ...then leave the queue, in a statement of their own: the queue's guard lets a line go only once tlog_entries
@@ -316,12 +316,8 @@ WHERE a.id IS NOT NULL OR p.log_index IS NOT NULL
 ORDER BY i;
 
 -- name: tile_last_v1
--- The v1 rows through their partial index (access_log_v1), each index looked up: never a scan of tlog_entries.
-SELECT greatest((SELECT max(x.log_index) FROM access_log a
-                 CROSS JOIN LATERAL (SELECT log_index FROM tlog_entries
-                                     WHERE entry_id = a.id AND logged_at = a.logged_at OFFSET 0) x
-                 WHERE a.leaf_version = 1),
-                (SELECT max(log_index) FROM tlog_pruned WHERE leaf_data IS NULL));
+-- tlog_entries marks its v1 lines, pruned entries' included (partial index tlog_entries_v1).
+SELECT max(log_index) FROM tlog_entries WHERE v1;
 
 -- name: tlog_public_leaf
 -- What a v2 entry's public leaf is computed from: its row, or its tombstone.

@@ -16,7 +16,7 @@
 -- - An entry is (id, logged_at), access_log's primary key: id alone is unique only within a month's partition, so
 --   every line that names an entry names both.
 -- - access_log loses log_index, and with it three indexes: UNIQUE (log_index, logged_at), the pending rows' and the
---   v1 rows' (now on id). Its guard refuses every UPDATE.
+--   v1 rows' (tlog_entries marks its v1 lines). Its guard refuses every UPDATE.
 
 -- Nothing writes the log while it is copied: a broker of the previous release, still serving, would otherwise
 -- commit an index or an entry between the copies below, and it would be lost. Reads go on; writes wait for the
@@ -27,8 +27,11 @@ CREATE TABLE tlog_entries (
     log_index   bigint PRIMARY KEY CHECK (log_index >= 0),
     entry_id    uuid NOT NULL,
     logged_at   timestamptz NOT NULL,
+    v1          boolean NOT NULL DEFAULT false,  -- a v1 leaf (before migration 0010): its entry is not public
     UNIQUE (entry_id, logged_at)
 );
+-- The last v1 index, which GET /v1/log names (public entry bundles start after it): a max over a few lines.
+CREATE INDEX tlog_entries_v1 ON tlog_entries (log_index) WHERE v1;
 
 CREATE TABLE tlog_queue (
     seq         bigint PRIMARY KEY,
@@ -39,10 +42,11 @@ CREATE TABLE tlog_queue (
 -- Every index given so far: the rows', then the pruned entries'. A database whose log was tampered with (two rows,
 -- or a row and a tombstone, holding one index) makes this fail on the primary key, naming the index, rather than
 -- keep one of them and lose the evidence: run `log verify`, deal with what it reports, then migrate.
-INSERT INTO tlog_entries (log_index, entry_id, logged_at)
-SELECT log_index, id, logged_at FROM access_log WHERE log_index IS NOT NULL;
-INSERT INTO tlog_entries (log_index, entry_id, logged_at)
-SELECT log_index, entry_id, logged_at FROM tlog_pruned;
+INSERT INTO tlog_entries (log_index, entry_id, logged_at, v1)
+SELECT log_index, id, logged_at, leaf_version = 1 FROM access_log WHERE log_index IS NOT NULL;
+-- a v1 tombstone has no public leaf (migration 0010)
+INSERT INTO tlog_entries (log_index, entry_id, logged_at, v1)
+SELECT log_index, entry_id, logged_at, leaf_data IS NULL FROM tlog_pruned;
 INSERT INTO tlog_queue (seq, entry_id, logged_at)
 SELECT seq, id, logged_at FROM access_log WHERE log_index IS NULL;
 
@@ -68,11 +72,10 @@ $$;
 DROP INDEX access_log_pending, access_log_v1;
 ALTER TABLE access_log DROP CONSTRAINT access_log_log_index_key;
 ALTER TABLE access_log DROP COLUMN log_index;
--- The v1 entries (before migration 0010) for tile_last_v1; a new log has none, and the index stays empty.
-CREATE INDEX access_log_v1 ON access_log (id) WHERE leaf_version = 1;
 
--- An index is given once, to an entry that is in the access log, and only if the integrator stored its leaf (it
--- writes the nodes, then the entries, in one transaction). Nothing is ever updated or deleted here.
+-- An index is given once, to an entry that is in the access log (its v1 mark true to the row), and only if the
+-- integrator stored its leaf (it writes the nodes, then the entries, in one transaction). Nothing is ever updated
+-- or deleted here.
 CREATE FUNCTION tlog_entries_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -80,7 +83,8 @@ BEGIN
             RAISE EXCEPTION 'log index % is not a stored leaf of the tree', NEW.log_index
                 USING ERRCODE = 'foreign_key_violation';
         END IF;
-        IF NOT EXISTS (SELECT 1 FROM access_log WHERE id = NEW.entry_id AND logged_at = NEW.logged_at) THEN
+        IF NOT EXISTS (SELECT 1 FROM access_log WHERE id = NEW.entry_id AND logged_at = NEW.logged_at
+                       AND (leaf_version = 1) = NEW.v1) THEN
             RAISE EXCEPTION 'log index % names no access-log entry (%)', NEW.log_index, NEW.entry_id
                 USING ERRCODE = 'foreign_key_violation';
         END IF;
