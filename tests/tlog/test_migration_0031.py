@@ -4,42 +4,24 @@ new integrator goes on from the same tree, and `log verify` finds nothing wrong.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 
 from broker.storage import db
 from broker.tlog import accesslog, leaves
 from broker.tlog.log import TransparencyLog, _q, _write_tombstones
-from tests.conftest import _with_database
 from tests.tlog.before_0031 import old_statements
+from tests.tlog.test_partitions import migrated_up_to
 from tests.tlog.test_tlog import log_entry, signer
 from tests.tlog.test_tlog_verify import verify
 
 
 @pytest.fixture
 async def at_0030(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
-    name = f"dlnuf_m_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _with_database(pg_server, name)
-    every = db.migrations
-    with monkeypatch.context() as patched:
-        patched.setattr(db, "migrations", lambda package="broker.storage": [
-            m for m in every(package) if m.version <= 30])
-        conn = await db.connect(dsn)
-        try:
-            await db.migrate(conn)
-        finally:
-            await conn.close()
-    try:
+    async with migrated_up_to(pg_server, 30, monkeypatch) as dsn:
         yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_migration_0031_moves_the_indices_and_the_queue_and_the_log_goes_on(at_0030: str) -> None:

@@ -4,6 +4,7 @@ retention as one partition, after its tombstones, while the log still verifies a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator
@@ -210,9 +211,9 @@ async def test_ensure_makes_the_months_ahead_of_a_given_clock(pool: asyncpg.Pool
     assert await where(pool, entry) == name_of(later)
 
 
-@pytest.fixture
-async def at_0028(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
-    """An empty database migrated up to 0028 only: the log as it was before partitioning."""
+@contextlib.asynccontextmanager
+async def migrated_up_to(pg_server: str, version: int, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    """An empty database migrated up to `version` only (the log as an earlier release left it), dropped after."""
     name = f"dlnuf_m_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(pg_server)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -220,7 +221,7 @@ async def at_0028(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     every = db.migrations
     with monkeypatch.context() as patched:
         patched.setattr(db, "migrations", lambda package="broker.storage": [
-            m for m in every(package) if m.version <= 28])
+            m for m in every(package) if m.version <= version])
         conn = await db.connect(dsn)
         try:
             await db.migrate(conn)
@@ -231,6 +232,13 @@ async def at_0028(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def at_0028(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    """The log as it was before partitioning."""
+    async with migrated_up_to(pg_server, 28, monkeypatch) as dsn:
+        yield dsn
 
 
 async def test_migration_0029_keeps_every_row_and_the_log_verifies(at_0028: str) -> None:
