@@ -53,6 +53,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--head-workers", type=int, metavar="N", help="`serve --workers N` for the head only")
     p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                    help="PostgreSQL on which both runs' databases are created and dropped (default: %(default)s)")
+    p.add_argument("--tmpfs", action="store_true",
+                   help="each side on its own embedded PostgreSQL with its data in /dev/shm: no disk waits, so a "
+                        "change to the broker's own tail shows (stack.Settings.tmpfs)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every cell's figures as JSON")
     p.add_argument("--base-env", action="append", default=[], metavar="DLNUF_X=V",
                    help="a broker setting for the base only (repeatable); with BASE = ., compares a setting")
@@ -126,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
     s = stack.Settings(levels=levels, reps=args.reps, warmup=0.5, duration=args.duration, rate=args.rate,
                        open_duration=args.open_duration, open_connections=64, loadgen_procs=1, brokers=1,
-                       basis="information", embedded=False, admin_url=args.admin_url, nginx=nginx, pyspy=None,
-                       profile_seconds=0, keep_workdir=False, workers=args.workers)
+                       basis="information", embedded=args.tmpfs, tmpfs=args.tmpfs, admin_url=args.admin_url,
+                       nginx=nginx, pyspy=None, profile_seconds=0, keep_workdir=False, workers=args.workers)
     cells: list[tuple[str, Callable[[Bench], Stats]]] = [
         (f"c={lv}", lambda b, lv=lv: b.closed("broker", lv)) for lv in levels]
     cells.append((f"{args.rate:g}/s", lambda b: b.open("broker", args.rate)))

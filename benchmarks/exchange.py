@@ -6,10 +6,10 @@
 
 Starts, as separate processes on 127.0.0.1 (see stack.py): the API Particulier sandbox as the provider stub,
 nginx proxying to it, a fresh database (on the PostgreSQL at --admin-url, dropped at the end; or the broker's
-embedded one with --embedded), and the broker (`python -m broker serve`) with a registry written for the run: a
-consumer key generated now, a habilitation for quotient_familial. Then, from load generator processes that sign
-every broker request with its own RFC 9421 signature (loadgen.py), it measures in one run, repetitions
-interleaved so that slow drifts of a shared machine hit every target alike:
+embedded one with --embedded, in memory with --tmpfs), and the broker (`python -m broker serve`) with a registry
+written for the run: a consumer key generated now, a habilitation for quotient_familial. Then, from load generator
+processes that sign every broker request with its own RFC 9421 signature (loadgen.py), it measures in one run,
+repetitions interleaved so that slow drifts of a shared machine hit every target alike:
 
 1. the load generator's ceiling: signing alone, sending to a trivial loopback server pre-signed and inline;
 2. closed loop at a few concurrency levels: requests/s, p50, p99 and CPU per request of every process, for the
@@ -73,6 +73,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="legal basis of the habilitation; 'proactive' adds the objection lookup (default: "
                         "%(default)s)")
     p.add_argument("--embedded", action="store_true", help="use the broker's embedded PostgreSQL")
+    p.add_argument("--tmpfs", action="store_true",
+                   help="the embedded PostgreSQL (implies --embedded) with its data in /dev/shm: WAL flushes wait "
+                        "for no disk, so the figures are the broker's own and its round trips' (never a deployment)")
     p.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL",
                                                          "postgresql://postgres@127.0.0.1:5432/postgres"),
                    help="PostgreSQL on which the run's database is created and dropped (default: %(default)s, "
@@ -132,7 +135,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         levels=levels, reps=1 if quick else args.reps, warmup=0.5,
         duration=2.0 if quick else clamp(args.duration, 1.0, 30.0), rate=args.rate,
         open_duration=2.0 if quick else clamp(args.open_duration, 1.0, 30.0), open_connections=64,
-        loadgen_procs=args.loadgen_procs, brokers=args.brokers, basis=args.basis, embedded=args.embedded,
+        loadgen_procs=args.loadgen_procs, brokers=args.brokers, basis=args.basis,
+        embedded=args.embedded or args.tmpfs, tmpfs=args.tmpfs,
         admin_url=args.admin_url, nginx=nginx, pyspy=pyspy,
         profile_seconds=4.0 if quick else clamp(args.profile_seconds, 2.0, 30.0), keep_workdir=args.keep_workdir,
         workers=args.workers, upstream=args.upstream, database_url=args.database_url,

@@ -23,6 +23,12 @@ LABELS = {"broker": "broker (full pipeline)", "stub": "upstream direct", "nginx"
           "trivial": "trivial server"}
 
 
+def _database(s: Settings) -> str:
+    if not s.embedded:
+        return "fresh database on " + s.admin_url.rsplit("@", 1)[-1]
+    return "embedded PostgreSQL" + (", its data in memory (--tmpfs: no disk waits)" if s.tmpfs else "")
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned first column, right-aligned figures."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
@@ -50,7 +56,7 @@ def report(stack: Stack, s: Settings, r: Results) -> str:
         f"DLNUF exchange benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, Python "
         f"{sys.version.split()[0]}, code {source_state()}",
         f"brokers: {s.brokers} process(es); load generator: {s.loadgen_procs} process(es); database: "
-        f"{'embedded PostgreSQL' if s.embedded else 'fresh database on ' + s.admin_url.rsplit('@', 1)[-1]}; "
+        f"{_database(s)}; "
         f"legal basis: {s.basis}; broker workers: {s.workers}; upstream: "
         f"{'nginx serving the stub recorded answer' if s.upstream == 'fast' else 'the Python sandbox'}",
         f"smoke test: {r.smoke}",

@@ -39,6 +39,8 @@ from broker.signing.keys import PrivateKey, generate_private_key
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 HOST = "127.0.0.1"
+# Linux's memory file system, mounted on every distribution and in containers; only --tmpfs runs put anything there
+TMPFS = "/dev/shm"  # noqa: S108
 PROVIDER_SIRET = "13002526500013"
 CONSUMER_SIRET = "21750001600019"  # Commune de Paris, the consumer of the demo and the tests
 CITIZEN = "dupont-marie-claire"  # a sandbox citizen whose household has a quotient familial
@@ -76,6 +78,10 @@ class Settings:
     broker's own cost shows); "python": the Python sandbox itself, as before."""
     database_url: str | None = None
     """An existing database to serve from, neither created nor dropped (benchmarks/large_log.py's prefilled log)."""
+    tmpfs: bool = False
+    """With `embedded`: the embedded server's data directory in /dev/shm (memory). Its WAL flushes then cost no
+    disk wait, so what remains of the latency is the broker's own and its round trips': a measurement setting that
+    takes the disk out of the figures, never a deployment (nothing survives a reboot)."""
 
 
 # ---------------------------------------------------------------------------------------------- files for the run
@@ -256,6 +262,7 @@ class Stack:
     db_dsn: str  # for the probes and pg_stat_activity
     db_name: str
     embedded: bool
+    state_dir: Path
     nginx: procs.Service | None = None
     nginx_port: int = 0
     trivial_port: int = 0
@@ -287,7 +294,7 @@ class Stack:
         """The server processes doing the broker's database work: the embedded server entirely, or the
         backends connected to the run's database."""
         if self.embedded:
-            pgdata = self.workdir / "state" / "pgdata"
+            pgdata = self.state_dir / "pgdata"
             try:
                 postmaster = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
             except (OSError, ValueError, IndexError):
@@ -344,6 +351,12 @@ def build(es: contextlib.ExitStack, s: Settings) -> Stack:
     # 3. The database and the registry.
     db_name = f"dlnuf_bench_{os.getpid()}_{secrets.token_hex(3)}"
     state_dir = workdir / "state"
+    if s.tmpfs:
+        if not s.embedded or not Path(TMPFS).is_dir():
+            raise procs.SetupError(f"--tmpfs puts the embedded server's data in {TMPFS}: it needs --embedded and "
+                                   f"{TMPFS}")
+        state_dir = Path(tempfile.mkdtemp(prefix="dlnuf-bench-state-", dir=TMPFS))
+        es.callback(shutil.rmtree, state_dir, ignore_errors=True)  # after the server stops (registered before it)
     # a quota far above any load this machine makes: its counting is measured, it never refuses
     # one transparency log for every broker, whatever the address each is reached at (DLNUF_PUBLIC_URL below)
     broker_env = {**env, "DLNUF_STATE_DIR": str(state_dir), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: token,
@@ -375,7 +388,7 @@ def build(es: contextlib.ExitStack, s: Settings) -> Stack:
         brokers.append(broker)
         ports.append(port)
     dsn = broker_env.get("DATABASE_URL") or procs.embedded_dsn(state_dir / "pgdata") or ""
-    stack = Stack(workdir, key, token, stub, stub_port, brokers, ports, dsn, db_name, s.embedded, nginx,
+    stack = Stack(workdir, key, token, stub, stub_port, brokers, ports, dsn, db_name, s.embedded, state_dir, nginx,
                   nginx_port)
 
     # 5. The trivial server, for the load generator's ceiling.

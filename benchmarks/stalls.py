@@ -182,10 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL",
                                                          "postgresql://postgres@127.0.0.1:5432/postgres"))
     p.add_argument("--broker-env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--tmpfs", action="store_true",
+                   help="the broker's embedded PostgreSQL with its data in /dev/shm (no disk waits; stack.py)")
     args = p.parse_args(argv)
     s = Settings(levels=(1,), reps=1, warmup=1.0, duration=args.seconds, rate=args.rate, open_duration=args.seconds,
-                 open_connections=64, loadgen_procs=1, brokers=1, basis="information", embedded=False,
-                 admin_url=args.admin_url, nginx=shutil.which("nginx"), pyspy=None, profile_seconds=0,
+                 open_connections=64, loadgen_procs=1, brokers=1, basis="information", embedded=args.tmpfs,
+                 tmpfs=args.tmpfs, admin_url=args.admin_url, nginx=shutil.which("nginx"), pyspy=None, profile_seconds=0,
                  keep_workdir=False, workers=args.workers,
                  broker_env=tuple((e.partition("=")[0], e.partition("=")[2]) for e in args.broker_env))
     with contextlib.ExitStack() as es, tempfile.TemporaryDirectory() as tmp:
