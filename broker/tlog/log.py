@@ -508,9 +508,10 @@ class TransparencyLog:
         leaf, *hashes = await PgNodeStore(self.pool).get_nodes([merkle.NodeId(0, index), *plan.node_ids])
         return EntryProof(index, size, leaf, plan.assemble(hashes), None if found is None else found.note)
 
-    async def public_leaf(self, entry_id: uuid.UUID) -> bytes | None:
-        """A v2 entry's public leaf (from its row, or its tombstone once pruned); None for a v1 entry."""
-        row = await self.pool.fetchrow(_q()["tlog_public_leaf"], entry_id)
+    async def public_leaf(self, index: int) -> bytes | None:
+        """The public leaf of the v2 entry at `index` (from its row, or its tombstone once pruned); None for a v1
+        entry."""
+        row = await self.pool.fetchrow(_q()["tlog_public_leaf"], index)
         if row is None:
             return None
         if row["pruned_leaf_data"] is not None:

@@ -251,7 +251,7 @@ async def entry_tlog_proof(request: web.Request) -> web.Response:
     found = await tlog.entry_proof(entry_id, size)
     if found.checkpoint is None:
         raise NotYetIntegrated(f"no checkpoint was signed at size {found.tree_size}")
-    text = tlogproof.make(found.index, found.proof, found.checkpoint, await tlog.public_leaf(entry_id))
+    text = tlogproof.make(found.index, found.proof, found.checkpoint, await tlog.public_leaf(found.index))
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={
         "Content-Disposition": f'attachment; filename="{entry_id}.tlog-proof"'})
 

@@ -432,7 +432,8 @@ async def test_the_per_round_and_per_request_queries_never_scan_the_log(pool: as
     q = db.queries("broker.tlog", "tlog.sql")
     async with pool.acquire() as conn:
         for name, args in (("tlog_pending", (1000,)), ("tlog_status", ()), ("tlog_range", (100, 356)),
-                           ("tile_entries", (100, 356)), ("tlog_journal", (SUBJECT_KEY, None, None, None, None, 50)),
+                           ("tile_entries", (100, 356)), ("tlog_public_leaf", (100,)),
+                           ("tlog_journal", (SUBJECT_KEY, None, None, None, None, 50)),
                            ("partition_rows", (datetime.now(UTC) - timedelta(days=1), datetime.now(UTC)
                                                + timedelta(days=1), None, None, 100)),
                            ("tlog_prune_candidates", (datetime.now(UTC), "P1D", 100))):

@@ -320,16 +320,17 @@ ORDER BY i;
 SELECT max(log_index) FROM tlog_entries WHERE v1;
 
 -- name: tlog_public_leaf
--- What a v2 entry's public leaf is computed from: its row, or its tombstone.
-SELECT NULL::bytea AS pruned_leaf_data, id, logged_at, request_id, consumer, kid, dataset, dataset_version, purpose,
-       recipient, habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url, fields_requested,
-       fields_released, outcome, problem_type, http_status, latency_ms, payload_sha256, subject_key, leaf_version,
-       retention, latency_us, payload_commitment, request_signature_sha256
-FROM access_log WHERE id = $1
-UNION ALL
-SELECT leaf_data, entry_id, logged_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM tlog_pruned WHERE entry_id = $1;
+-- What the v2 entry at leaf index $1 has as public leaf: the row its index names (tlog_entries), or its tombstone.
+-- By index, never by id: a row reusing the entry's id in another month must not lend its leaf to this index's proof.
+SELECT p.leaf_data AS pruned_leaf_data, a.id, a.logged_at, a.request_id, a.consumer, a.kid, a.dataset,
+       a.dataset_version, a.purpose, a.recipient, a.habilitation_id, a.legal_basis_type, a.legal_basis_title,
+       a.legal_basis_url, a.fields_requested, a.fields_released, a.outcome, a.problem_type, a.http_status,
+       a.latency_ms, a.payload_sha256, a.subject_key, a.leaf_version, a.retention, a.latency_us,
+       a.payload_commitment, a.request_signature_sha256
+FROM tlog_entries x
+LEFT JOIN LATERAL (SELECT * FROM access_log WHERE id = x.entry_id AND logged_at = x.logged_at OFFSET 0) a ON true
+LEFT JOIN LATERAL (SELECT leaf_data FROM tlog_pruned WHERE log_index = x.log_index OFFSET 0) p ON true
+WHERE x.log_index = $1 AND (a.id IS NOT NULL OR p.leaf_data IS NOT NULL);
 
 -- name: tlog_held_below
 -- How many leaf indices below $1 hold a row or a tombstone: a join of the whole log (`log verify` only; about
