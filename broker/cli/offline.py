@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,9 @@ async def _export(args: argparse.Namespace, config: Config) -> dict[str, Any]:
             log = tlog.TransparencyLog(pool, signer, max_merge_delay=config.log_max_merge_delay,
                                        witness_quorum=config.log_witness_quorum)
             try:
-                found = await log.entry_proof(args.entry_id)
+                # the evidence's own entry, should a row in another month reuse its id
+                found = await log.entry_proof(args.entry_id,
+                                              logged_at=datetime.fromisoformat(str(document["entry"]["logged_at"])))
                 document["log"] = {"origin": log.origin, "verifier_key": signer.verifier.vkey(),
                                    "index": found.index, "tree_size": found.tree_size,
                                    "inclusion_proof": [tlog.b64(h) for h in found.proof],

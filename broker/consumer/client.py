@@ -289,7 +289,9 @@ class BrokerClient:
         after the promised merge delay."""
         if not self.log_vkeys:
             raise ValueError("checking a proof needs the log's verifier key (log_vkeys)")
-        async with self._session.get(f"{self.base_url}/v1/log/entries/{answer.log_entry_id}/tlog-proof") as resp:
+        # logged_at names the entry should a row in another month reuse its id
+        async with self._session.get(f"{self.base_url}/v1/log/entries/{answer.log_entry_id}/tlog-proof",
+                                     params={"logged_at": str(answer.log_entry["logged_at"])}) as resp:
             text = await resp.text()
             if resp.status != 200:
                 raise BrokerProblem(resp.status, orjson.loads(text) if text.startswith("{") else {})

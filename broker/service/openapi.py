@@ -267,6 +267,12 @@ def _query(name: str, description: str, *, required: bool = True, minimum: int =
             "schema": {"type": "integer", "minimum": minimum, "maximum": 2**63 - 1}}
 
 
+_LOGGED_AT = {"name": "logged_at", "in": "query", "required": False,
+              "description": "the entry's logged_at, as in its receipt or journal; needed when several entries share "
+                             "the id (400 otherwise)",
+              "schema": {"type": "string", "format": "date-time"}}
+
+
 def _note(description: str) -> dict[str, Any]:
     return {"description": description, "headers": _SIG_HEADERS,
             "content": {"text/plain": {"schema": {"type": "string"}}}}
@@ -329,7 +335,8 @@ def _log_paths() -> dict[str, Any]:
             "operationId": "entryProof", "summary": "An entry's inclusion proof, with the signed checkpoint",
             "parameters": [{"name": "entry_id", "in": "path", "required": True,
                             "schema": {"type": "string", "format": "uuid"}},
-                           _query("tree_size", "default: the latest checkpoint's", required=False, minimum=1)],
+                           _query("tree_size", "default: the latest checkpoint's", required=False, minimum=1),
+                           _LOGGED_AT],
             "responses": {"200": _json("Proof", {"type": "object", "properties": {
                 "entry_id": {"type": "string"}, "index": {"type": "integer"}, "tree_size": {"type": "integer"},
                 "leaf_hash": _B64_HASH, "inclusion_proof": _PROOF, "checkpoint": {"type": ["string", "null"]}}}),
@@ -343,7 +350,7 @@ def _log_paths() -> dict[str, Any]:
             "parameters": [{"name": "entry_id", "in": "path", "required": True,
                             "schema": {"type": "string", "format": "uuid"}},
                            _query("tree_size", "default: the latest witnessed checkpoint's", required=False,
-                                  minimum=1)],
+                                  minimum=1), _LOGGED_AT],
             "responses": {"200": _note("The .tlog-proof file"), "400": _problem("invalid-request"),
                           "404": _problem("not-found: unknown entry, or not integrated yet")}}},
         "/v1/log/tile/{level}/{rest}": {"get": {

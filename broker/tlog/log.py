@@ -71,6 +71,11 @@ class UnknownEntry(TransparencyLogError):
     """No entry has this id."""
 
 
+class AmbiguousEntry(TransparencyLogError):
+    """Several entries have this id (a row reused it in another month): the caller must name one by its logged_at.
+    The message is safe to show."""
+
+
 class NotYetIntegrated(TransparencyLogError):
     """The entry is committed but has no index yet: ask again after the maximum merge delay."""
 
@@ -483,20 +488,27 @@ class TransparencyLog:
             raise BeyondTree("a consistency proof needs 0 < first <= second")
         return await merkle.consistency_proof(first, second, PgNodeStore(self.pool))
 
-    async def entry_index(self, entry_id: uuid.UUID) -> int:
-        """The leaf index of an entry, pruned or not; `UnknownEntry` or `NotYetIntegrated` otherwise."""
+    async def entry_index(self, entry_id: uuid.UUID, logged_at: datetime | None = None) -> int:
+        """The leaf index of the entry `entry_id` logged at `logged_at`, pruned or not; without `logged_at`, of the
+        only entry with that id (`AmbiguousEntry` when there are several). `UnknownEntry` or `NotYetIntegrated`
+        otherwise."""
         q = _q()
-        index = await self.pool.fetchval(q["tlog_entry_index"], entry_id)
-        if index is not None:
-            return int(index)
-        if await self.pool.fetchval(q["tlog_entry_known"], entry_id):
+        found = await self.pool.fetch(q["tlog_entry_index"], entry_id, logged_at)
+        if len(found) > 1:
+            raise AmbiguousEntry(f"several entries have id {entry_id}: name the one you mean by its logged_at "
+                                 "(as in its receipt or journal)")
+        if found:
+            return int(found[0]["log_index"])
+        if await self.pool.fetchval(q["tlog_entry_known"], entry_id, logged_at):
             raise NotYetIntegrated(f"entry {entry_id} is not integrated yet")
-        raise UnknownEntry(f"no entry {entry_id}")
+        raise UnknownEntry(f"no entry {entry_id}" if logged_at is None
+                           else f"no entry {entry_id} logged at {timestamp(logged_at)}")
 
-    async def entry_proof(self, entry_id: uuid.UUID, tree_size: int | None = None) -> EntryProof:
+    async def entry_proof(self, entry_id: uuid.UUID, tree_size: int | None = None, *,
+                          logged_at: datetime | None = None) -> EntryProof:
         """An entry's leaf hash and inclusion proof in the tree of `tree_size` (default: the latest checkpoint's),
-        with one query for the leaf and the proof's nodes."""
-        index = await self.entry_index(entry_id)
+        with one query for the leaf and the proof's nodes. The entry as `entry_index` finds it."""
+        index = await self.entry_index(entry_id, logged_at)
         found = await (self.witnessed_checkpoint() if tree_size is None else self.checkpoint_at(tree_size))
         size = tree_size if tree_size is not None else (0 if found is None else found.size)
         if index >= size:

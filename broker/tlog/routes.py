@@ -41,6 +41,7 @@ from broker.tlog.groupcommit import LOG_WRITER, GroupCommit
 from broker.tlog.log import (
     PROMISE_FORMAT,
     TLOG,
+    AmbiguousEntry,
     BeyondTree,
     Journal,
     JournalFilter,
@@ -81,7 +82,7 @@ def _answering_problems(handler: Handler) -> Handler:
             return problem_response(problem_for(exc), request_id=request_id)
         except (UnknownEntry, NotYetIntegrated) as exc:
             return problem_response(HTTP_PROBLEMS[404], detail=str(exc), request_id=request_id)
-        except BeyondTree as exc:
+        except (BeyondTree, AmbiguousEntry) as exc:
             return problem_response(problem_for(InvalidRequest(str(exc))), detail=str(exc), request_id=request_id)
         except _DB_FAILURES as exc:
             log.warning("log request failed", error=f"{type(exc).__name__}: {exc}")
@@ -114,6 +115,12 @@ async def _verified(request: web.Request, body: bytes, allowed: frozenset[str], 
     if verified.organisation not in allowed:
         raise NotAuthorized("not authorized", reason=f"{verified.organisation} may not read {what}")
     return verified
+
+
+def _logged_at(request: web.Request) -> datetime | None:
+    """The entry's `logged_at` (its receipt's, or its journal line's), which names it when a row in another month
+    reuses its id."""
+    return _moment(request.query.get("logged_at"), "logged_at")
 
 
 def _proof_json(proof: list[bytes]) -> list[str]:
@@ -193,13 +200,14 @@ async def consistency_proof(request: web.Request) -> web.Response:
 
 @_answering_problems
 async def entry_proof(request: web.Request) -> web.Response:
-    """An entry's inclusion proof by its id: what a consumer holding an inclusion promise asks for."""
+    """An entry's inclusion proof by its id and `logged_at`: what a consumer holding an inclusion promise asks
+    for."""
     try:
         entry_id = uuid.UUID(request.match_info["entry_id"])
     except ValueError:
         raise InvalidRequest("the entry id is a UUID") from None
     size = _int_param(request, "tree_size", low=1) if "tree_size" in request.query else None
-    found = await request.app[TLOG].entry_proof(entry_id, size)
+    found = await request.app[TLOG].entry_proof(entry_id, size, logged_at=_logged_at(request))
     return web.json_response({
         "entry_id": str(entry_id), "index": found.index, "tree_size": found.tree_size,
         "leaf_hash": b64(found.leaf_hash), "inclusion_proof": _proof_json(found.proof), "checkpoint": found.checkpoint,
@@ -248,7 +256,7 @@ async def entry_tlog_proof(request: web.Request) -> web.Response:
         raise InvalidRequest("the entry id is a UUID") from None
     tlog = request.app[TLOG]
     size = _int_param(request, "tree_size", low=1) if "tree_size" in request.query else None
-    found = await tlog.entry_proof(entry_id, size)
+    found = await tlog.entry_proof(entry_id, size, logged_at=_logged_at(request))
     if found.checkpoint is None:
         raise NotYetIntegrated(f"no checkpoint was signed at size {found.tree_size}")
     text = tlogproof.make(found.index, found.proof, found.checkpoint, await tlog.public_leaf(found.index))

@@ -72,3 +72,30 @@ async def test_a_tlog_proofs_public_leaf_is_its_indexs(pool: asyncpg.Pool, tlog:
     found, _ = tlogproof.verify(text, tlog.signer.verifier, origin=ORIGIN)  # the public leaf it carries
     assert (found.index, found.extra) == (0, leaves.leaf_data(document(genuine)))
     tlogproof.verify(text, tlog.signer.verifier, origin=ORIGIN, entry=document(genuine))
+
+
+async def test_an_entrys_proof_is_named_by_its_logged_at(pool: asyncpg.Pool, tlog: TransparencyLog,
+                                                        client: Any) -> None:
+    """A row with the genuine entry's id, inserted while the genuine entry waited for its index and given a lower
+    `seq`, holds the first index. Asked by id and logged_at (the receipt's), the API answers the genuine entry's
+    proof; by id alone it refuses, as the id names two entries: before, it answered the copy's (the first index)."""
+    genuine = log_entry(0)
+    await accesslog.commit(pool, genuine)
+    forged = await forge_first(pool, genuine, datetime.now(UTC) - timedelta(days=730))
+    assert await tlog.drain() == 2
+    indices = {r["logged_at"]: r["log_index"] for r in await pool.fetch(
+        "SELECT logged_at, log_index FROM tlog_entries WHERE entry_id = $1", genuine.id)}
+    assert indices == {forged.logged_at: 0, genuine.logged_at: 1}
+
+    for route in ("proof", "tlog-proof"):
+        resp = await client.get(f"/v1/log/entries/{genuine.id}/{route}", params={"logged_at": at(genuine)})
+        assert resp.status == 200, await resp.text()
+        if route == "proof":
+            assert (await resp.json())["index"] == 1
+        else:
+            tlogproof.verify(await resp.text(), tlog.signer.verifier, origin=ORIGIN, entry=document(genuine))
+        resp = await client.get(f"/v1/log/entries/{genuine.id}/{route}")
+        assert resp.status == 400, await resp.text()
+        assert "logged_at" in (await resp.json())["detail"]
+    resp = await client.get(f"/v1/log/entries/{genuine.id}/proof", params={"logged_at": "2020-01-01T00:00:00Z"})
+    assert resp.status == 404

@@ -120,13 +120,17 @@ INSERT INTO tlog_cosignatures (size, witness, line, signed_at) VALUES ($1, $2, $
 ON CONFLICT (size, witness) DO NOTHING;
 
 -- name: tlog_entry_index
--- The leaf index of an entry, whether its body is still there or was pruned (tlog_entries keeps both). Entries are
--- named by id here (the API's): a second entry with the same id, in another month, can only be a forgery, and the
--- first one indexed is the one meant.
-SELECT log_index FROM tlog_entries WHERE entry_id = $1 ORDER BY log_index LIMIT 1;
+-- The leaf index of an entry, whether its body is still there or was pruned (tlog_entries keeps both): the entry
+-- $1 logged at $2 (its receipt and its journal line give both), or, with $2 NULL, the entries of that id. Two
+-- lines mean a row reused the id in another month; which one is genuine is not for the log to guess: the first
+-- index is not it when the copy was inserted while the genuine entry waited, with a lower `seq`
+-- (OVERRIDING SYSTEM VALUE). The caller refuses, and asks for logged_at.
+SELECT log_index FROM tlog_entries WHERE entry_id = $1 AND ($2::timestamptz IS NULL OR logged_at = $2)
+ORDER BY log_index LIMIT 2;
 
 -- name: tlog_entry_known
-SELECT EXISTS (SELECT 1 FROM access_log WHERE id = $1) OR EXISTS (SELECT 1 FROM tlog_pruned WHERE entry_id = $1);
+SELECT EXISTS (SELECT 1 FROM access_log WHERE id = $1 AND ($2::timestamptz IS NULL OR logged_at = $2))
+    OR EXISTS (SELECT 1 FROM tlog_pruned WHERE entry_id = $1 AND ($2::timestamptz IS NULL OR logged_at = $2));
 
 -- name: tlog_range
 -- Everything the log holds for leaf indices [$1, $2): the stored leaf, the row its index names, or the tombstone
