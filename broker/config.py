@@ -104,10 +104,14 @@ class Config:
     """The owner role's URL (DLNUF_ADMIN_DATABASE_URL): migrations and `log prune` use it, `serve` never serves
     with it; None: DATABASE_URL does both (docs/operations.md, « Database roles »)."""
     unsafe_superuser: bool = False
+    """`serve` accepts a superuser or the access log's owner as its database role (--unsafe-superuser)."""
     signer_plugin: str | None = None
     """`module:function` giving the response key and/or the log key as `Signer`s (an HSM's):
     broker/signing/plugin.py."""
-    """`serve` accepts a superuser or the access log's owner as its database role (--unsafe-superuser)."""
+    log_tasks: bool = True
+    """This process runs the log's background work: the integrator, the witnesses' cosigning, the notification
+    outbox. Not a setting: `serve --workers N` turns it off in the N exchange workers and runs that work in one
+    process of its own (broker/cli/workers.py), so that no exchange waits behind an integration round."""
 
     @property
     def embedded(self) -> bool:
