@@ -632,7 +632,7 @@ async def _prune_rows(pool: asyncpg.Pool, *, now: datetime, default_retention: s
                 ids, times = [r["id"] for r in rows], [r["logged_at"] for r in rows]
                 await _write_tombstones(conn, rows, now)
                 await conn.execute(q["tlog_prune_evidence"], ids, times)
-                await conn.execute(q["tlog_prune_outbox"], ids)
+                await conn.execute(q["tlog_prune_outbox"], ids, times)
                 await conn.execute(q["tlog_prune_delete"], ids, times)
         done.extend(found)
         if dry_run or len(rows) < batch:

@@ -89,8 +89,11 @@ class Outbox:
         claimed = await self.pool.fetch(_q()["outbox_claim"], self.batch, self.lease)
         if not claimed:
             return 0
-        rows = {r["id"]: r for r in await self.pool.fetch(_q()["outbox_payload"], [c["entry_id"] for c in claimed])}
-        await asyncio.gather(*(self._deliver(c["id"], c["attempts"], rows.get(c["entry_id"])) for c in claimed))
+        # An entry is (id, logged_at): a row of another month with the same id is another entry (migration 0032).
+        rows = {(r["id"], r["logged_at"]): r for r in await self.pool.fetch(
+            _q()["outbox_payload"], [c["entry_id"] for c in claimed], [c["logged_at"] for c in claimed])}
+        await asyncio.gather(*(self._deliver(c["id"], c["attempts"], rows.get((c["entry_id"], c["logged_at"])))
+                               for c in claimed))
         return len(claimed)
 
     async def _deliver(self, outbox_id: int, attempts: int, row: asyncpg.Record | None) -> None:

@@ -45,7 +45,7 @@ async def test_migration_0031_moves_the_indices_and_the_queue_and_the_log_goes_o
                 await _write_tombstones(conn, gone, datetime.now(UTC))
                 ids, times = [r["id"] for r in gone], [r["logged_at"] for r in gone]
                 await conn.execute(_q()["tlog_prune_evidence"], ids, times)
-                await conn.execute(_q()["tlog_prune_outbox"], ids)
+                await conn.execute("DELETE FROM notification_outbox WHERE entry_id = ANY($1::uuid[])", ids)  # pre-0032
                 await conn.execute(_q()["tlog_prune_delete"], ids, times)
             for e in reversed(pending):  # committed last, in this order: the queue keeps it
                 await accesslog.commit(pool, e)
@@ -55,7 +55,7 @@ async def test_migration_0031_moves_the_indices_and_the_queue_and_the_log_goes_o
             before = [r["row"] for r in await pool.fetch(rows_sql)]
 
         async with pool.acquire() as conn:
-            assert [m.version for m in await db.migrate(conn)] == [31]
+            assert [m.version for m in await db.migrate(conn)] == [31, 32]
 
         assert [r["row"] for r in await pool.fetch(rows_sql)] == before
         mapped = {r["entry_id"]: r["log_index"] for r in await pool.fetch("SELECT * FROM tlog_entries")}

@@ -4,6 +4,7 @@ with the genuine entry: in the API's proofs, in a tlog-proof's public leaf, or i
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,9 +12,14 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from broker.signing.keys import generate_private_key
+from broker.storage import db
 from broker.tlog import accesslog, leaves, routes, tlogproof
 from broker.tlog.accesslog import LogEntry
-from broker.tlog.log import TLOG, TransparencyLog
+from broker.tlog.log import TLOG, TransparencyLog, prune
+from broker.tlog.outbox import Outbox
+from tests.tlog.before_0031 import log_insert_before_0032
+from tests.tlog.test_partitions import migrated_up_to
 from tests.tlog.test_tlog import ORIGIN, log_entry, signer
 
 
@@ -99,3 +105,78 @@ async def test_an_entrys_proof_is_named_by_its_logged_at(pool: asyncpg.Pool, tlo
         assert "logged_at" in (await resp.json())["detail"]
     resp = await client.get(f"/v1/log/entries/{genuine.id}/proof", params={"logged_at": "2020-01-01T00:00:00Z"})
     assert resp.status == 404
+
+
+async def test_a_notification_is_its_entrys(pool: asyncpg.Pool, tlog: TransparencyLog, aiohttp_server: Any) -> None:
+    """A released entry's notification is sent with its own row, and stays when a row reusing its id in another
+    month (two years back, past its retention) is pruned. Before, the outbox named its entry by id alone: both rows
+    were read, the one listed last (the copy, in the default partition) was sent, and pruning the copy deleted the
+    genuine entry's notification."""
+    genuine = log_entry(0)
+    await accesslog.commit(pool, genuine)
+    forged = log_entry(1, released=False, subject_key="f" * 64)
+    forged.id, forged.logged_at = genuine.id, datetime.now(UTC) - timedelta(days=730)
+    await accesslog.commit(pool, forged)
+
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app)
+    box = Outbox(pool, str(server.make_url("/hook")), signing_key=generate_private_key(), max_attempts=3,
+                 backoff=0.05, max_backoff=0.2, timeout=2.0)
+    try:
+        assert await box.deliver_due() == 1
+    finally:
+        await box.close()
+    assert [(n["entry_id"], n["logged_at"], n["subject_key"]) for n in received] \
+        == [(str(genuine.id), at(genuine), genuine.subject_key)]
+
+    assert await tlog.drain() == 2
+    pruned = await prune(pool, now=datetime.now(UTC), default_retention="P1Y")
+    assert [p.logged_at for p in pruned] == [forged.logged_at]
+    assert await pool.fetchval("SELECT count(*) FROM notification_outbox WHERE entry_id = $1", genuine.id) == 1
+
+
+async def test_a_previous_release_notification_gets_its_own_entrys_logged_at(pool: asyncpg.Pool) -> None:
+    """A broker of the release before 0032, serving during the rolling restart, writes the outbox line without
+    logged_at: the table's trigger gives it that of the row its own statement logged, not of an older row with the
+    same id."""
+    genuine = log_entry(0)
+    forged = log_entry(1, released=False)
+    forged.id, forged.logged_at = genuine.id, datetime.now(UTC) - timedelta(days=730)
+    await accesslog.commit(pool, forged)
+    with log_insert_before_0032():
+        await accesslog.commit(pool, genuine)
+    assert [r["logged_at"] for r in await pool.fetch(
+        "SELECT logged_at FROM notification_outbox WHERE entry_id = $1", genuine.id)] == [genuine.logged_at]
+
+
+@pytest.fixture
+async def at_0031(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    async with migrated_up_to(pg_server, 31, monkeypatch) as dsn:
+        yield dsn
+
+
+async def test_migration_0032_ties_each_notification_to_the_entry_written_with_it(at_0031: str) -> None:
+    """The outbox lines already there get the logged_at of the row their own transaction wrote, even when a copy
+    with the same id holds the first index."""
+    pool = await db.create_pool(at_0031, min_size=1, max_size=2)
+    try:
+        tlog = TransparencyLog(pool, signer(), max_merge_delay=60, batch=7)
+        await tlog.ensure_checkpoint()
+        genuine = log_entry(0)
+        with log_insert_before_0032():
+            await accesslog.commit(pool, genuine)
+            await forge_first(pool, genuine, datetime.now(UTC) - timedelta(days=730))
+            assert await tlog.drain() == 2
+        async with pool.acquire() as conn:
+            assert [m.version for m in await db.migrate(conn)] == [32]
+        assert [r["logged_at"] for r in await pool.fetch(
+            "SELECT logged_at FROM notification_outbox WHERE entry_id = $1", genuine.id)] == [genuine.logged_at]
+    finally:
+        await pool.close()

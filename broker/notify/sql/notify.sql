@@ -48,12 +48,12 @@ WITH due AS (
     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
 ), marked AS (
     UPDATE notification_outbox o SET mail_fanned_out_at = now() FROM due WHERE o.id = due.id
-    RETURNING o.entry_id
+    RETURNING o.entry_id, o.logged_at
 ), queued AS (
     INSERT INTO mail_outbox (subscription_id, kind, entry_id)
     SELECT s.id, 'access', a.id
     FROM marked m
-    JOIN access_log a ON a.id = m.entry_id
+    JOIN access_log a ON a.id = m.entry_id AND a.logged_at = m.logged_at  -- (id, logged_at): migration 0032
     JOIN mail_subscriptions s ON s.subject_key = a.subject_key
     WHERE s.mode = 'each' AND s.confirmed_at IS NOT NULL AND a.logged_at >= s.confirmed_at
       AND NOT (a.purpose = $2 AND a.recipient = $3)

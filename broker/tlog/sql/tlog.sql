@@ -209,8 +209,9 @@ FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::text[], $6::bytea[]
 DELETE FROM exchange_evidence WHERE (entry_id, logged_at) IN (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]));
 
 -- name: tlog_prune_outbox
--- Their notifications, delivered or not (no foreign key since access_log is partitioned, migration 0029).
-DELETE FROM notification_outbox WHERE entry_id = ANY($1::uuid[]);
+-- Their notifications, delivered or not (no foreign key since access_log is partitioned, migration 0029), by
+-- (id, logged_at) (migration 0032): not those of other months' entries that share an id.
+DELETE FROM notification_outbox WHERE (entry_id, logged_at) IN (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]));
 
 -- name: tlog_prune_delete
 DELETE FROM access_log WHERE (id, logged_at) IN (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]));
@@ -223,12 +224,14 @@ FROM (SELECT id FROM notification_outbox
       WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
       ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due
 WHERE o.id = due.id
-RETURNING o.id, o.entry_id, o.attempts, o.created_at;
+RETURNING o.id, o.entry_id, o.logged_at, o.attempts, o.created_at;
 
 -- name: outbox_payload
+-- The entries ($1 ids, $2 logged_at) of claimed notifications: by both, so a row reusing an entry's id in another
+-- month is never sent as that entry's notification.
 SELECT id, logged_at, subject_key, consumer, dataset, dataset_version, fields_released, purpose, recipient,
        habilitation_id, legal_basis_type, legal_basis_title, legal_basis_url
-FROM access_log WHERE id = ANY($1::uuid[]);
+FROM access_log WHERE (id, logged_at) IN (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]));
 
 -- name: outbox_delivered
 UPDATE notification_outbox SET delivered_at = now(), last_error = NULL WHERE id = $1;
@@ -262,7 +265,7 @@ WITH entries AS (
     FROM entries
     RETURNING 1
 ), outbox AS (
-    INSERT INTO notification_outbox (entry_id) SELECT id FROM entries WHERE outcome = 'released'
+    INSERT INTO notification_outbox (entry_id, logged_at) SELECT id, logged_at FROM entries WHERE outcome = 'released'
     RETURNING 1
 ), evidence AS (
     INSERT INTO exchange_evidence (entry_id, logged_at, request_label, request_signature, request_signature_base,
