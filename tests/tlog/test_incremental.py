@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,7 +18,7 @@ import pytest
 
 from broker.storage import db
 from broker.tlog import accesslog, leaves
-from broker.tlog.log import TransparencyLog, entry_document, prune
+from broker.tlog.log import TransparencyLog, _q, entry_document, prune
 from broker.tlog.verify import DatabaseSource, Report, Resume, verify_log
 from tests.tlog.test_tlog import ORIGIN, commit_entries, log_entry, signer
 from tests.tlog.test_tlog_verify import kinds, row_at, tamper
@@ -84,6 +85,33 @@ async def test_a_row_deleted_below_the_verified_size_is_found(database_url: str,
     await tamper(database_url, f"DELETE FROM access_log WHERE {row_at(4)}")
     report = await verify(database_url, tlog, full.resume)
     assert [(f.kind, "1 entries below 30 were deleted" in f.detail) for f in report.findings] == [("missing", True)]
+
+
+async def test_the_indices_held_below_are_counted_without_reading_their_lines(database_url: str, pool: asyncpg.Pool,
+                                                                             tlog: TransparencyLog) -> None:
+    """tlog_held_below (every incremental run) reads tlog_entries only for the indices given since the last run: it
+    counts the rows instead of joining every older index to its row (about 1.5 s a million entries). Pruned and
+    queued entries count as they should, and a row deleted below is one less."""
+    old = datetime.now(UTC) - timedelta(days=730)
+    async with pool.acquire() as conn:
+        await accesslog.write(conn, [(log_entry(n, logged_at=old), None) for n in range(2)])
+        for start in range(0, 3000, 500):
+            await accesslog.write(conn, [(log_entry(n), None) for n in range(start, start + 500)])
+    await tlog.drain()
+    assert len(await prune(pool, now=datetime.now(UTC), default_retention="P1Y")) == 2
+    size = await pool.fetchval("SELECT size FROM tlog_head")
+    await commit_entries(pool, 3)  # queued, not integrated: not counted
+    await pool.execute("ANALYZE")
+    query = _q()["tlog_held_below"]
+    async with pool.acquire() as conn:
+        for _ in range(7):  # past the custom plans: the generic plan is the one a verifier keeps
+            assert await conn.fetchval(query, size - 10) == size - 10
+        plan = [r[0] for r in await (await conn.prepare(f"EXPLAIN (ANALYZE, COSTS OFF) {query}")).fetch(size - 10)]
+    read = [(int(m[1]) * int(m[2]), line) for line in plan if " on tlog_entries " in line
+            for m in [re.search(r"rows=(\d+) loops=(\d+)", line)] if m]
+    assert read and all(n <= 10 for n, _ in read), "\n".join(plan)
+    await tamper(database_url, f"DELETE FROM access_log WHERE {row_at(4)}")
+    assert await pool.fetchval(query, size - 10) == size - 11
 
 
 async def test_tombstones_written_or_removed_since_are_checked(database_url: str, pool: asyncpg.Pool,
