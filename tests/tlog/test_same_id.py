@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from broker.consumer.client import BrokerClient, ExchangeAnswer
 from broker.signing.keys import generate_private_key
 from broker.storage import db
 from broker.tlog import accesslog, leaves, routes, tlogproof
@@ -105,6 +106,22 @@ async def test_an_entrys_proof_is_named_by_its_logged_at(pool: asyncpg.Pool, tlo
         assert "logged_at" in (await resp.json())["detail"]
     resp = await client.get(f"/v1/log/entries/{genuine.id}/proof", params={"logged_at": "2020-01-01T00:00:00Z"})
     assert resp.status == 404
+
+
+async def test_the_sdk_asks_for_the_proof_of_its_receipts_entry(pool: asyncpg.Pool, tlog: TransparencyLog,
+                                                                client: Any) -> None:
+    """`BrokerClient.inclusion_proof` names the entry by the receipt's logged_at too: with a copy of its id logged,
+    it still gets, and checks, its own entry's proof (by id alone the broker would refuse)."""
+    genuine = log_entry(0)
+    await accesslog.commit(pool, genuine)
+    await forge_first(pool, genuine, datetime.now(UTC) - timedelta(days=730))
+    assert await tlog.drain() == 2
+    answer = ExchangeAnswer(request_id="r", log_entry_id=str(genuine.id), dataset="quotient_familial", version=1,
+                            fields_released=(), data_sha256="", data={}, raw={"log": {"entry": document(genuine)}})
+    async with BrokerClient(str(client.make_url("")), key=generate_private_key(),
+                            log_vkeys=[tlog.signer.verifier.vkey()]) as sdk:
+        found, _ = tlogproof.verify(await sdk.inclusion_proof(answer), tlog.signer.verifier, origin=ORIGIN)
+    assert found.index == 1
 
 
 async def test_a_notification_is_its_entrys(pool: asyncpg.Pool, tlog: TransparencyLog, aiohttp_server: Any) -> None:
