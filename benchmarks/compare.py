@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     got: dict[tuple[str, str], list[Stats]] = {}
     es = contextlib.ExitStack()
     try:
+        es.enter_context(procs.sigterm_as_interrupt())  # a killed comparison stops its brokers too
         roots = {"base": es.enter_context(checkout(args.base)), "head": HERE}
         envs = {"base": settings_env(args.base_env), "head": settings_env(args.head_env)}
         workers = {"base": None, "head": args.head_workers}

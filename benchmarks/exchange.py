@@ -33,10 +33,9 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import floor
@@ -214,20 +213,6 @@ def measure(bench: Bench, s: Settings, r: Results) -> None:
         progress(f"  {name:62s} p50 {pr.p50:6.3f} ms  p99 {pr.p99:6.3f} ms  PostgreSQL CPU {pr.pg_cpu_us:5.0f} us")
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM cleans up like Ctrl-C does."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -242,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.noise_before = procs.machine_busy() - busy
     progress(f"machine busy before the run: {results.noise_before:.2f} cores")
     status = 0
-    with sigterm_as_interrupt():
+    with procs.sigterm_as_interrupt():
         es = contextlib.ExitStack()
         try:
             st = stack.build(es, s)

@@ -147,6 +147,20 @@ def wait_http(service: Service, url: str, *, ok: Callable[[int], bool], timeout:
                      f"{service.tail()}")
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM cleans up like Ctrl-C does."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def ignoring_interrupts() -> contextlib.AbstractContextManager[None]:
     """For cleanup: a second Ctrl-C must not leave half the processes running."""
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import procs
 import stack
-from exchange import sigterm_as_interrupt
 from runner import Bench, LoadGenerators, Stats
 from stack import HOST, Settings
 
@@ -198,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     out = Out(args.output)
-    with sigterm_as_interrupt():
+    with procs.sigterm_as_interrupt():
         try:
             return run(args, out)
         except KeyboardInterrupt:
