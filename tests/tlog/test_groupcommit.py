@@ -4,6 +4,7 @@ once its own rows are committed, a bad entry fails alone, a lost database fails 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -168,3 +169,31 @@ async def test_an_idle_writer_gives_its_connection_back(pool: asyncpg.Pool, monk
     await writer.commit(log_entry(2))  # and taken again
     await writer.close()
     assert pool.get_idle_size() == idle
+
+
+async def test_a_writer_busier_than_keep_keeps_its_connection_then_gives_it_back(
+        pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle timer is re-armed from the last statement: statements closer together than KEEP, over longer than
+    KEEP, use one connection throughout; once they stop, it goes back."""
+    monkeypatch.setattr(batch, "KEEP", 0.1)
+
+    class Counting:  # asyncpg's Pool has slots: its acquire cannot be patched
+        acquired = 0
+
+        def acquire(self) -> Any:
+            self.acquired += 1
+            return pool.acquire()
+
+        async def release(self, conn: Any) -> None:
+            await pool.release(conn)
+
+    counting = Counting()
+    writer = GroupCommit(cast(asyncpg.Pool, counting))
+    idle = pool.get_idle_size()
+    for i in range(8):  # 0.4 s of statements 0.04 s apart
+        await writer.commit(log_entry(10 + i))
+        await asyncio.sleep(0.04)
+    assert (counting.acquired, pool.get_idle_size()) == (1, idle - 1)
+    await asyncio.sleep(0.3)
+    assert pool.get_idle_size() == idle
+    await writer.close()
