@@ -108,10 +108,6 @@ class Config:
     signer_plugin: str | None = None
     """`module:function` giving the response key and/or the log key as `Signer`s (an HSM's):
     broker/signing/plugin.py."""
-    log_tasks: bool = True
-    """This process runs the log's background work: the integrator, the witnesses' cosigning, the notification
-    outbox. Not a setting: `serve --workers N` turns it off in the N exchange workers and runs that work in one
-    process of its own (broker/cli/workers.py), so that no exchange waits behind an integration round."""
 
     @property
     def embedded(self) -> bool:

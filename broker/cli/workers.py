@@ -4,12 +4,6 @@ One event loop uses one core; the broker is built for several processes (nonces,
 log are coordinated through PostgreSQL), so the way to use a machine's cores is more processes. The parent prepares
 what must happen once (the embedded PostgreSQL, migrations, the registry file), then starts the workers and stops
 them all when it is told to stop or when one dies.
-
-The log's background work (the integrator's rounds, the witnesses' cosigning, the notification outbox) runs in one
-more process that serves no HTTP: in an exchange worker's event loop, a round's steps (1 to 8 ms) held up the
-exchanges that arrived meanwhile (with the rounds deferred, the p99 at 200 exchanges/s fell by a quarter:
-benchmarks/README.md, seventh round). The parent stops it after the exchange workers, so that its last round
-integrates their last entries.
 """
 
 from __future__ import annotations
@@ -54,18 +48,6 @@ def _worker(config: Config) -> None:
     from broker.service.runner import serve
 
     asyncio.run(serve(create_app(config), host=config.host, port=config.port, reuse_port=True))
-
-
-def _log_worker(config: Config) -> None:
-    # Ctrl-C reaches the whole process group at once: this process must outlive the exchange workers (their last
-    # entries), so only the parent's SIGTERM, sent once they are gone, stops it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure(config.log_format)
-    use_event_loop(config.event_loop)
-    from broker.app import create_app
-    from broker.service.runner import run_headless
-
-    asyncio.run(run_headless(create_app(config)))
 
 
 async def _prepare(config: Config) -> None:
@@ -116,10 +98,8 @@ def _serve_workers(config: Config, workers: int, metrics_dir: Path) -> int:
         # done once here: the workers neither migrate concurrently nor each re-apply the registry file
         config = replace(config, registry_file=None)
         ctx = multiprocessing.get_context("spawn")
-        exchange = replace(config, log_tasks=False)
-        procs = [ctx.Process(target=_worker, args=(exchange,), name=f"dlnuf-worker-{i}") for i in range(workers)]
-        log_process = ctx.Process(target=_log_worker, args=(config,), name="dlnuf-log")
-        for p in [*procs, log_process]:
+        procs = [ctx.Process(target=_worker, args=(config,), name=f"dlnuf-worker-{i}") for i in range(workers)]
+        for p in procs:
             p.start()
         print(f"======== {workers} workers on http://{config.host}:{config.port} ========", file=sys.stderr)
 
@@ -131,23 +111,20 @@ def _serve_workers(config: Config, workers: int, metrics_dir: Path) -> int:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        everyone = [*procs, log_process]
-        while not stopping and all(p.is_alive() for p in everyone):
-            for p in everyone:
-                p.join(timeout=0.2 / len(everyone))
-        dead = [p.name for p in everyone if not p.is_alive()]
+        while not stopping and all(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=0.2)
+        dead = [p.name for p in procs if not p.is_alive()]
         if dead and not stopping:
             log.error("a worker died: stopping the others", workers=dead)
-        # the exchange workers first: they commit what they queued; then the log process integrates it
-        for group in (procs, [log_process]):
-            for p in group:
-                if p.is_alive():
-                    p.terminate()
-            for p in group:
-                p.join(timeout=10)
-                if p.pid is not None:
-                    # its live-only gauges (the pid series) leave the scrape with it; its counters stay summed
-                    mark_process_dead(p.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=10)
+            if p.pid is not None:
+                # its live-only gauges (the pid series) leave the scrape with it; its counters stay summed
+                mark_process_dead(p.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
         return 0 if stopping else 1
     finally:
         if embedded is not None:

@@ -117,15 +117,3 @@ async def serve(app: web.Application, *, host: str, port: int, reuse_port: bool 
         log.info("stopping", signal=received.name)
     finally:
         await runner.cleanup()
-
-
-async def run_headless(app: web.Application, *, until: tuple[signal.Signals, ...] = (signal.SIGTERM,)) -> None:
-    """Run `app`'s cleanup contexts (its pools and background tasks) without serving HTTP, until one of `until`:
-    the log process of `serve --workers N`."""
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        received = await until_signalled(*until)
-        log.info("stopping", signal=received.name)
-    finally:
-        await runner.cleanup()

@@ -389,9 +389,8 @@ NOTE_KEY = web.AppKey("tlog_note_key", NoteSigner)
 
 
 async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The log for this process: its key and group commit, and, where `config.log_tasks`, its integrator, its
-    witnesses' cosigning, and the notification outbox worker if a webhook is set. Runs after the state context (it
-    needs the pool) and stops before it."""
+    """The log for this process: its key, its integrator, its witnesses' cosigning, and the notification outbox
+    worker if a webhook is set. Runs after the state context (it needs the pool) and stops before it."""
     state = app[STATE]
     config = state.config
     witnesses = tuple(witness.Witness(witness.parse_cosigner_key(vkey), url) for vkey, url in config.log_witnesses)
@@ -408,15 +407,13 @@ async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(*db.DB_ERRORS):  # the evidence of answers names this key: keep it in the history
         await evidence.remember_key(state.pool, state.signing_key.public_key(owner=evidence.BROKER_OWNER),
                                     evidence.BROKER_OWNER)
-    tasks: list[asyncio.Task[None]] = []
+    tasks = [asyncio.create_task(tlog.run(config.log_interval))]
     session = None
-    worker = outbox.from_config(config, state.pool, state.signing_key, state.metrics) if config.log_tasks else None
-    if config.log_tasks:
-        tasks.append(asyncio.create_task(tlog.run(config.log_interval)))
-    if config.log_tasks and witnesses:
+    if witnesses:
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         cosigning = witness.Witnessing(state.pool, witnesses, session, PgNodeStore(state.pool))
         tasks.append(asyncio.create_task(cosigning.run(config.log_interval)))
+    worker = outbox.from_config(config, state.pool, state.signing_key, state.metrics)
     if worker is not None:
         tasks.append(asyncio.create_task(worker.run()))
     yield
@@ -428,12 +425,10 @@ async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
         await worker.close()
     if session is not None:
         await session.close()
-    # A last round, so this process's final entries do not wait for another process (or the next start). An
-    # exchange worker of `serve --workers N` leaves it to the log process, which stops after the workers.
-    if config.log_tasks:
-        with contextlib.suppress(TimeoutError, *db.DB_ERRORS):
-            async with asyncio.timeout(5):
-                await tlog.drain()
+    # A last round, so this process's final entries do not wait for another process (or the next start).
+    with contextlib.suppress(TimeoutError, *db.DB_ERRORS):
+        async with asyncio.timeout(5):
+            await tlog.drain()
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -1,6 +1,5 @@
-"""`serve --workers 2`: two broker processes on one port, one database, and a log process serving no HTTP;
-exchanges succeed, the log process integrates them, and the whole set stops cleanly on SIGTERM, the log process
-last."""
+"""`serve --workers 2`: two broker processes on one port, one database; exchanges succeed and the whole set
+stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,31 +12,15 @@ from typing import Any
 
 import aiohttp
 import psutil
-import pytest
 from aiohttp.test_utils import TestServer
 
 from adapters.sandbox.api_particulier import create_app as sandbox_app
 from broker.consumer.client import BrokerClient
-from broker.storage import db
-from tests.broker_harness import broker_config, exchange_body, pivot, start_broker
+from tests.broker_harness import pivot
 from tests.factories import CONSUMER, PURPOSE, SANDBOX_TOKEN, TOKEN_ENV, consumer, registry_toml
 from tests.tlog.test_tlog_processes import _free_port, _ready
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def _children(pid: int, port: int, workers: int = 2) -> tuple[list[psutil.Process], list[psutil.Process]]:
-    """The exchange workers of `serve --workers` (listening on `port`) and its other spawned processes, once all
-    `workers` listen (/readyz answers as soon as the first one does)."""
-    for _ in range(200):
-        spawned = [c for c in psutil.Process(pid).children()
-                   if "spawn_main" in " ".join(c.cmdline()) and "resource_tracker" not in " ".join(c.cmdline())]
-        listening = [c for c in spawned if any(k.status == psutil.CONN_LISTEN and k.laddr.port == port
-                                               for k in c.net_connections("tcp"))]
-        if len(listening) == workers:
-            break
-        await asyncio.sleep(0.05)
-    return listening, [c for c in spawned if c not in listening]
 
 
 async def test_two_workers_share_the_port_and_stop_together(database_url: str, aiohttp_server: Any,
@@ -47,38 +30,29 @@ async def test_two_workers_share_the_port_and_stop_together(database_url: str, a
     registry = tmp_path / "registry.toml"
     registry.write_text(registry_toml([paris], provider_url=str(sandbox.make_url("")).rstrip("/")))
     port = _free_port()
-    # rounds a minute apart: the exchanges below are still queued when the set is told to stop
     env = {**os.environ, "DATABASE_URL": database_url, "DLNUF_STATE_DIR": str(tmp_path / "state"),
            "DLNUF_REGISTRY_FILE": str(registry), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: SANDBOX_TOKEN,
-           "DLNUF_PUBLIC_URL": f"http://127.0.0.1:{port}", "DLNUF_LOG_INTERVAL": "60", "DLNUF_LOG_MMD": "300"}
+           "DLNUF_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     log = (tmp_path / "broker.log").open("w")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker", "serve", "--workers", "2",
                                                 "--port", str(port), env=env, stdout=log, stderr=log, cwd=ROOT)
-    conn = await db.connect(database_url)
     try:
         base = f"http://127.0.0.1:{port}"
         await _ready(base, proc)
-        workers, others = await _children(proc.pid, port)
-        assert len(workers) == 2 and len(others) == 1, [c.cmdline() for c in psutil.Process(proc.pid).children()]
+        workers = [c for c in psutil.Process(proc.pid).children()
+                   if "spawn_main" in " ".join(c.cmdline()) and "resource_tracker" not in " ".join(c.cmdline())]
+        assert len(workers) == 2, [c.cmdline() for c in psutil.Process(proc.pid).children()]
         async with BrokerClient(base, key=paris.key) as client:
             for _ in range(10):
                 answer = await client.exchange(dataset="quotient_familial", purpose=PURPOSE, recipient=CONSUMER,
                                                fields=["quotient_familial"], subject=pivot("dupont-marie-claire"))
                 assert answer.data["quotient_familial"]["valeur"] == 582
-        assert await conn.fetchval("SELECT count(*) FROM tlog_queue") > 0
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
         log.close()
-    try:
-        _, alive = psutil.wait_procs(workers + others, timeout=5)
-        assert not alive, [w.pid for w in alive]
-        # the log process stopped after the exchange workers, with a last round over their entries
-        assert await conn.fetchval("SELECT count(*) FROM tlog_queue") == 0
-        assert await conn.fetchval("SELECT count(*) FROM tlog_entries") == await conn.fetchval(
-            "SELECT count(*) FROM access_log")
-    finally:
-        await conn.close()
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, [w.pid for w in alive]
     text = (tmp_path / "broker.log").read_text()
     assert "Traceback" not in text, text[-3000:]
 
@@ -95,8 +69,8 @@ def _samples(text: str, name: str) -> list[tuple[str, float]]:
 
 async def test_metrics_count_every_worker_whichever_answers_the_scrape(database_url: str, tmp_path: Path) -> None:
     """Unsigned requests are refused and counted (dlnuf_unauthenticated_refusals) by whichever worker the kernel
-    gives each new connection; every scrape, answered by either worker, shows them all, and each live process (the
-    exchange workers and the log process) figures under its pid."""
+    gives each new connection; every scrape, answered by either worker, shows them all, and each live worker's
+    process figures under its pid."""
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "DLNUF_STATE_DIR": str(tmp_path / "state"),
            "DLNUF_LOG_FORMAT": "json", "DLNUF_PUBLIC_URL": f"http://127.0.0.1:{port}"}
@@ -108,9 +82,9 @@ async def test_metrics_count_every_worker_whichever_answers_the_scrape(database_
     try:
         base = f"http://127.0.0.1:{port}"
         await _ready(base, proc)
-        listening, others = await _children(proc.pid, port)
-        assert len(listening) == 2 and len(others) == 1
-        workers = {c.pid for c in listening + others}  # the log process is one of the node's processes too
+        workers = {c.pid for c in psutil.Process(proc.pid).children()
+                   if "spawn_main" in " ".join(c.cmdline()) and "resource_tracker" not in " ".join(c.cmdline())}
+        assert len(workers) == 2
         # a new connection per request, so that SO_REUSEPORT spreads them over both workers
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
             for _ in range(sent):
@@ -136,6 +110,8 @@ async def test_metrics_count_every_worker_whichever_answers_the_scrape(database_
 def test_event_loop_setting_fails_loudly() -> None:
     import importlib.util
 
+    import pytest
+
     from broker.cli.workers import use_event_loop
     from broker.config import ConfigError, load_config
 
@@ -145,31 +121,3 @@ def test_event_loop_setting_fails_loudly() -> None:
     if importlib.util.find_spec("uvloop") is None:
         with pytest.raises(SystemExit, match="uvloop is not installed"):
             use_event_loop("uvloop")
-
-
-async def test_an_exchange_worker_leaves_the_rounds_to_the_log_process(database_url: str, aiohttp_client: Any,
-                                                                        aiohttp_server: Any, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """With `log_tasks` off (the exchange workers of `serve --workers`), an app answers and logs but never
-    integrates, however many of its rounds' intervals go by; an app with it on (the log process) does."""
-    monkeypatch.setenv(TOKEN_ENV, SANDBOX_TOKEN)
-    sandbox: TestServer = await aiohttp_server(sandbox_app(SANDBOX_TOKEN))
-    paris = consumer()
-    registry = registry_toml([paris], provider_url=str(sandbox.make_url("")).rstrip("/"))
-    exchange = await start_broker(aiohttp_client, broker_config(tmp_path, database_url, registry, log_interval=0.05,
-                                                                log_tasks=False), paris)
-    answer = await exchange.exchange(exchange_body(fields=["quotient_familial"]))
-    assert answer.status == 200, answer.body
-    conn = await db.connect(database_url)
-    try:
-        await asyncio.sleep(1.0)  # twenty rounds' intervals
-        assert (await conn.fetchval("SELECT count(*) FROM tlog_queue"),
-                await conn.fetchval("SELECT count(*) FROM tlog_entries")) == (1, 0)
-        await start_broker(aiohttp_client, broker_config(tmp_path, database_url, registry, log_interval=0.05), paris)
-        for _ in range(100):
-            if await conn.fetchval("SELECT count(*) FROM tlog_entries") == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert await conn.fetchval("SELECT count(*) FROM tlog_queue") == 0
-    finally:
-        await conn.close()
