@@ -3,7 +3,9 @@
 One event loop uses one core; the broker is built for several processes (nonces, consents, the registry and the
 log are coordinated through PostgreSQL), so the way to use a machine's cores is more processes. The parent prepares
 what must happen once (the embedded PostgreSQL, migrations, the registry file), then starts the workers and stops
-them all when it is told to stop or when one dies.
+them all when it is told to stop or when one dies. A stopping worker finishes the requests in flight and its last
+log round, and ignores the same signal sent again (broker/service/runner.py): the whole process group may get it,
+then the parent passes it on. The parent exits 0 only when every worker did.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -29,6 +32,10 @@ from broker.observability.metrics import MULTIPROCESS_DIR
 from broker.storage import db, roles
 
 log = structlog.get_logger(__name__)
+
+# How long a stopping worker may take: aiohttp's default shutdown_timeout for the requests in flight (60 s), then
+# the cleanup contexts, the last log round's 5 s included. Under systemd's default TimeoutStopSec (90 s).
+STOP_GRACE = 75.0
 
 
 def use_event_loop(name: str) -> None:
@@ -120,12 +127,21 @@ def _serve_workers(config: Config, workers: int, metrics_dir: Path) -> int:
         for p in procs:
             if p.is_alive():
                 p.terminate()
+        deadline = time.monotonic() + STOP_GRACE
         for p in procs:
-            p.join(timeout=10)
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                log.error("a worker did not stop in time: killed", worker=p.name, grace=STOP_GRACE)
+                p.kill()
+                p.join(timeout=5)
             if p.pid is not None:
                 # its live-only gauges (the pid series) leave the scrape with it; its counters stay summed
                 mark_process_dead(p.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
-        return 0 if stopping else 1
+        unclean = {p.name: p.exitcode for p in procs if p.exitcode != 0}
+        if unclean and stopping:
+            log.error("workers did not stop cleanly", exit_codes=unclean)
+        return 0 if stopping and not unclean else 1
     finally:
         if embedded is not None:
             embedded.stop()

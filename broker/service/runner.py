@@ -103,6 +103,16 @@ async def until_signalled(*signals: signal.Signals) -> signal.Signals:
             loop.remove_signal_handler(sig)
 
 
+def _ignore_while_stopping(first: signal.Signals) -> None:
+    loop = asyncio.get_running_loop()
+
+    def again(sig: signal.Signals) -> None:
+        log.info("already stopping", signal=sig.name, first=first.name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, again, sig)
+
+
 async def serve(app: web.Application, *, host: str, port: int, reuse_port: bool = False,
                 announce: Callable[[str], Any] | None = None) -> None:
     """Serve `app` until SIGINT or SIGTERM, then close it (its cleanup contexts run, in reverse order)."""
@@ -115,5 +125,9 @@ async def serve(app: web.Application, *, host: str, port: int, reuse_port: bool 
             announce(f"======== Running on {site.name} ========")
         received = await until_signalled()
         log.info("stopping", signal=received.name)
+        # The same signal may come again while the requests in flight finish and the cleanup contexts run (the
+        # last log round): from `serve --workers`' parent after the whole process group got it (systemd's default
+        # KillMode), or a second Ctrl-C. Its default action would kill the process in the middle of that.
+        _ignore_while_stopping(received)
     finally:
         await runner.cleanup()

@@ -340,12 +340,12 @@ class TransparencyLog:
 
     # Sequencing ------------------------------------------------------------------------------------------------
 
-    async def integrate(self) -> int:
+    async def integrate(self, *, wait: bool = False) -> int:
         """One round: integrate up to `batch` committed rows; 0 when there are none or another process holds the
-        round."""
+        round (with `wait`, once that process's round is over, this one is done)."""
         q = _q()
         async with self.pool.acquire() as conn, conn.transaction():
-            size = await conn.fetchval(q["tlog_head_lock"])
+            size = await conn.fetchval(q["tlog_head_lock_wait" if wait else "tlog_head_lock"])
             if size is None:
                 return 0
             rows = await conn.fetch(q["tlog_pending"], self.batch)
@@ -380,10 +380,11 @@ class TransparencyLog:
             self.metrics.tlog_size.set(result.size)
         return len(rows)
 
-    async def drain(self) -> int:
-        """Integrate until nothing is pending (or another process holds the round)."""
+    async def drain(self, *, wait: bool = False) -> int:
+        """Integrate until nothing is pending (or another process holds the round; with `wait`, until nothing is
+        pending once it is over: a stopping process's last round)."""
         total = 0
-        while (n := await self.integrate()) == self.batch:
+        while (n := await self.integrate(wait=wait)) == self.batch:
             total += n
         return total + n
 

@@ -425,10 +425,11 @@ async def tlog_ctx(app: web.Application) -> AsyncIterator[None]:
         await worker.close()
     if session is not None:
         await session.close()
-    # A last round, so this process's final entries do not wait for another process (or the next start).
+    # A last round, so this process's final entries do not wait for another process (or the next start): it waits
+    # for a round another process holds, which may have missed them (processes of `serve --workers` stop together).
     with contextlib.suppress(TimeoutError, *db.DB_ERRORS):
         async with asyncio.timeout(5):
-            await tlog.drain()
+            await tlog.drain(wait=True)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -12,10 +12,13 @@ from typing import Any
 
 import aiohttp
 import psutil
+import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from adapters.sandbox.api_particulier import create_app as sandbox_app
 from broker.consumer.client import BrokerClient
+from broker.storage import db
 from tests.broker_harness import pivot
 from tests.factories import CONSUMER, PURPOSE, SANDBOX_TOKEN, TOKEN_ENV, consumer, registry_toml
 from tests.tlog.test_tlog_processes import _free_port, _ready
@@ -121,3 +124,64 @@ def test_event_loop_setting_fails_loudly() -> None:
     if importlib.util.find_spec("uvloop") is None:
         with pytest.raises(SystemExit, match="uvloop is not installed"):
             use_event_loop("uvloop")
+
+
+@pytest.mark.parametrize("how", ["parent", "group", "ctrl-c"])
+async def test_stopped_with_exchanges_in_flight_answers_and_integrates_them(how: str, database_url: str,
+                                                                             aiohttp_server: Any,
+                                                                             tmp_path: Path) -> None:
+    """SIGTERM to the parent, to the whole process group (systemd's default KillMode=control-group, supervisord's
+    stopasgroup, `kill -TERM -- -PGID`), or Ctrl-C (SIGINT to the group), while exchanges wait on a slow provider:
+    each is answered, the set exits 0, and the workers' last rounds integrate every entry. (From helper-29's
+    review: a worker that got the group's SIGTERM and then the parent's died in the middle of its cleanup.)"""
+    provider = sandbox_app(SANDBOX_TOKEN)
+
+    @web.middleware
+    async def slow(request: web.Request, handler: Any) -> web.StreamResponse:
+        await asyncio.sleep(0.5)
+        return await handler(request)
+
+    provider.middlewares.append(slow)
+    sandbox: TestServer = await aiohttp_server(provider)
+    paris = consumer()
+    registry = tmp_path / "registry.toml"
+    registry.write_text(registry_toml([paris], provider_url=str(sandbox.make_url("")).rstrip("/")))
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "DLNUF_STATE_DIR": str(tmp_path / "state"),
+           "DLNUF_REGISTRY_FILE": str(registry), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: SANDBOX_TOKEN,
+           "DLNUF_PUBLIC_URL": f"http://127.0.0.1:{port}", "DLNUF_LOG_INTERVAL": "60", "DLNUF_LOG_MMD": "300"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = (tmp_path / "broker.log").open("w")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker", "serve", "--workers", "2",
+                                                "--port", str(port), env=env, stdout=log, stderr=log, cwd=ROOT,
+                                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await _ready(base, proc)
+        await asyncio.sleep(1.5)  # every worker listening
+
+        async def one() -> None:
+            async with BrokerClient(base, key=paris.key) as client:
+                await client.exchange(dataset="quotient_familial", purpose=PURPOSE, recipient=CONSUMER,
+                                      fields=["quotient_familial"], subject=pivot("dupont-marie-claire"))
+
+        inflight = [asyncio.create_task(one()) for _ in range(6)]
+        await asyncio.sleep(0.25)  # at the provider
+        if how == "parent":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM if how == "group" else signal.SIGINT)
+        done = await asyncio.gather(*inflight, return_exceptions=True)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        log.close()
+    conn = await db.connect(database_url)
+    try:
+        counts = [await conn.fetchval(f"SELECT count(*) FROM {t}")
+                  for t in ("tlog_queue", "tlog_entries", "access_log")]
+    finally:
+        await conn.close()
+    assert all(not isinstance(d, BaseException) for d in done), done  # the exchanges in flight were answered
+    assert counts[0] == 0 and counts[1] == counts[2] >= 6, counts  # and integrated by the last rounds

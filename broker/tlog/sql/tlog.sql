@@ -4,6 +4,11 @@
 -- NULL (no row) when another process is integrating: it will take our rows too, so we skip this round.
 SELECT size FROM tlog_head FOR UPDATE SKIP LOCKED;
 
+-- name: tlog_head_lock_wait
+-- A stopping process's last round waits for the round another process holds: that round may have read the pending
+-- rows before this process's last entries were committed.
+SELECT size FROM tlog_head FOR UPDATE;
+
 -- name: tlog_head_size
 SELECT size FROM tlog_head;
 
