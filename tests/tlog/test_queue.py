@@ -115,6 +115,10 @@ async def test_a_v1_entry_is_marked_and_bundles_start_after_it(pool: asyncpg.Poo
     assert await tlog.drain() == 4
     assert [r["log_index"] for r in await pool.fetch("SELECT log_index FROM tlog_entries WHERE v1")] == [2]
     assert await tiles.public_from(pool) == tiles.WIDTH
+    # a v2 entry still queued, its leaf stored at the next index: marked v1, it is refused
+    queued = log_entry(8)
+    await accesslog.commit(pool, queued)
+    await pool.execute("INSERT INTO tlog_nodes (level, idx, hash) VALUES (0, 4, $1)", queued.leaf())
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="names no access-log entry"):
         await pool.execute("INSERT INTO tlog_entries (log_index, entry_id, logged_at, v1) "
-                           "SELECT 3, id, logged_at, true FROM access_log WHERE leaf_version = 2 LIMIT 1")
+                           "SELECT 4, id, logged_at, true FROM access_log WHERE id = $1", queued.id)

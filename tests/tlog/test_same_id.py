@@ -192,7 +192,7 @@ async def test_migration_0032_ties_each_notification_to_the_entry_written_with_i
             await forge_first(pool, genuine, datetime.now(UTC) - timedelta(days=730))
             assert await tlog.drain() == 2
         async with pool.acquire() as conn:
-            assert [m.version for m in await db.migrate(conn)] == [32]
+            assert [m.version for m in await db.migrate(conn)] == [32, 33]
         assert [r["logged_at"] for r in await pool.fetch(
             "SELECT logged_at FROM notification_outbox WHERE entry_id = $1", genuine.id)] == [genuine.logged_at]
     finally:

@@ -249,12 +249,25 @@ async def test_integrated_rows_are_immutable(pool: asyncpg.Pool, tlog: Transpare
     with pytest.raises(asyncpg.UniqueViolationError):
         await pool.execute("INSERT INTO tlog_entries SELECT 1, id, logged_at FROM access_log WHERE id = $1",
                            entry.id)
-    # ...and only for a leaf the integrator stored, to an entry that is in the log.
+    # ...and only for a leaf the integrator stored, to an entry that is in the log (an entry still queued: for one
+    # already indexed, the unique constraint refuses first).
+    queued = log_entry(6)
+    await accesslog.commit(pool, queued)
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="not a stored leaf"):
         await pool.execute("INSERT INTO tlog_entries SELECT 99, id, logged_at FROM access_log WHERE id = $1",
-                           entry.id)
+                           queued.id)
+    size = await pool.fetchval("SELECT size FROM tlog_head")
+    await pool.execute("INSERT INTO tlog_nodes (level, idx, hash) VALUES (0, $1, $2)", size, queued.leaf())
     with pytest.raises(asyncpg.ForeignKeyViolationError, match="names no access-log entry"):
-        await pool.execute("INSERT INTO tlog_entries VALUES (1, $1, now())", uuid.uuid4())
+        await pool.execute("INSERT INTO tlog_entries VALUES ($1, $2, now())", size, uuid.uuid4())
+    # a good line beside a bad one: the statement is refused whole
+    other = log_entry(7)
+    await accesslog.commit(pool, other)
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="not a stored leaf"):
+        await pool.execute("INSERT INTO tlog_entries SELECT CASE WHEN id = $1 THEN $3 ELSE $3 + 1 END, id, logged_at "
+                           "FROM access_log WHERE id IN ($1, $2)", queued.id, other.id, size)
+    assert await pool.fetchval("SELECT count(*) FROM tlog_entries WHERE entry_id IN ($1, $2)", queued.id,
+                               other.id) == 0
     with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="log prune"):
         await pool.execute("DELETE FROM access_log WHERE id = $1", entry.id)
     with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="truncated"):
