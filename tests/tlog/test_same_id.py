@@ -197,3 +197,27 @@ async def test_migration_0032_ties_each_notification_to_the_entry_written_with_i
             "SELECT logged_at FROM notification_outbox WHERE entry_id = $1", genuine.id)] == [genuine.logged_at]
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize("touch", ["UPDATE notification_outbox SET mail_fanned_out_at = now()",
+                                   "UPDATE notification_outbox SET attempts = 1, next_attempt_at = now()"],
+                         ids=["fanned-out", "claimed"])
+async def test_migration_0032_after_the_outbox_line_was_updated(at_0031: str, touch: str) -> None:
+    """As above, but the line was updated before the migration, as the mail fan-out (every line, within a second)
+    and the webhook's claim do: its xmin is no longer its entry's, and the copy holds the first index."""
+    pool = await db.create_pool(at_0031, min_size=1, max_size=2)
+    try:
+        tlog = TransparencyLog(pool, signer(), max_merge_delay=60, batch=7)
+        await tlog.ensure_checkpoint()
+        genuine = log_entry(0)
+        with log_insert_before_0032():
+            await accesslog.commit(pool, genuine)
+            await forge_first(pool, genuine, datetime.now(UTC) - timedelta(days=730))
+            assert await tlog.drain() == 2
+        await pool.execute(touch)
+        async with pool.acquire() as conn:
+            assert [m.version for m in await db.migrate(conn)] == [32, 33]
+        assert [r["logged_at"] for r in await pool.fetch(
+            "SELECT logged_at FROM notification_outbox WHERE entry_id = $1", genuine.id)] == [genuine.logged_at]
+    finally:
+        await pool.close()

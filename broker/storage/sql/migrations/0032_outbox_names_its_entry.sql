@@ -8,15 +8,19 @@
 ALTER TABLE notification_outbox ADD COLUMN logged_at timestamptz;
 
 -- The rows there already. Each was written by the transaction that wrote its entry's row: a row of that id with
--- the same xmin is the entry (unless migration 0029's copy rewrote the rows before); else the one of that id
--- indexed first, else the first inserted. A row whose entry is gone keeps NULL: no entry is delivered or pruned
--- for it (the worker gives it up as before).
+-- the same xmin is the entry. That key holds only for a line never updated since (the mail fan-out marks every
+-- line within a second, the webhook's claim counts its attempts, and migration 0029's copy rewrote the rows), so
+-- after it: a released row (only those have a line), then the row logged nearest the line's created_at (the
+-- now() of the transaction that wrote both; a copy lives in another month), and only then the one indexed first,
+-- which a copy inserted with a lower seq can be. A row whose entry is gone keeps NULL: no entry is delivered or
+-- pruned for it (the worker gives it up as before).
 UPDATE notification_outbox o SET logged_at = f.logged_at
 FROM (SELECT DISTINCT ON (n.id) n.id, a.logged_at
       FROM notification_outbox n
       JOIN access_log a ON a.id = n.entry_id
       LEFT JOIN tlog_entries x ON x.entry_id = a.id AND x.logged_at = a.logged_at
-      ORDER BY n.id, a.xmin = n.xmin DESC, x.log_index NULLS LAST, a.seq) f
+      ORDER BY n.id, a.xmin = n.xmin DESC, a.outcome = 'released' DESC,
+               abs(extract(epoch FROM n.created_at - a.logged_at)), x.log_index NULLS LAST, a.seq) f
 WHERE o.id = f.id;
 
 -- Two entries of one id may each have their notification.
