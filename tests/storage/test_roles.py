@@ -324,3 +324,38 @@ async def test_the_owner_moves_rows_out_of_the_default_and_prunes_a_month_whole(
         assert await owner.fetchval("SELECT count(*) FROM tlog_pruned") == 3
     finally:
         await owner.close()
+
+
+async def test_no_temporary_table_stands_in_for_the_tables_a_guard_checks(granted: Roles) -> None:
+    """The broker role may create temporary tables, and pg_temp comes first in a search_path that does not name it:
+    the guards look their tables up in public first, whatever the caller's search_path (helper-31's review)."""
+    broker = await asyncpg.connect(granted.broker)
+    try:
+        entry = log_entry(1)
+        await accesslog.write(broker, [(entry, None)])  # queued by access_log's trigger, not yet indexed
+        await broker.execute("SET search_path = pg_temp, public")
+        forged, at = uuid.uuid4(), datetime(2020, 1, 1, tzinfo=UTC)
+        await broker.execute("CREATE TEMP TABLE access_log (id uuid, logged_at timestamptz, leaf_version smallint)")
+        await broker.execute("INSERT INTO pg_temp.access_log VALUES ($1, $2, 2)", forged, at)
+        await broker.execute("CREATE TEMP TABLE tlog_nodes (level smallint, idx bigint, hash bytea)")
+        await broker.execute("INSERT INTO pg_temp.tlog_nodes VALUES (0, 0, '\\x00')")
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="not a stored leaf"):
+            await broker.execute("INSERT INTO public.tlog_entries VALUES (0, $1, $2)", forged, at)
+        await broker.execute("CREATE TEMP TABLE tlog_entries (entry_id uuid, logged_at timestamptz)")
+        await broker.execute("INSERT INTO pg_temp.tlog_entries VALUES ($1, $2)", entry.id, entry.logged_at)
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="stays in the queue"):
+            await broker.execute("DELETE FROM public.tlog_queue WHERE entry_id = $1", entry.id)
+    finally:
+        await broker.close()
+
+
+async def test_every_trigger_function_looks_its_tables_up_in_public_first(granted: Roles) -> None:
+    conn = await asyncpg.connect(granted.superuser)
+    try:
+        unpinned = await conn.fetch(
+            "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace "
+            "AND p.prorettype = 'trigger'::regtype "
+            "AND NOT ('search_path=public, pg_temp' = ANY(coalesce(p.proconfig, '{}')))")
+    finally:
+        await conn.close()
+    assert [r["proname"] for r in unpinned] == []
