@@ -94,7 +94,7 @@ class Mailer:
             dataset_title=labels.dataset_title(row["dataset"], row["dataset_version"]) or "vos données")
 
     async def _compose(self, claim: asyncpg.Record, registry: Registry,
-                       entries: dict[uuid.UUID, asyncpg.Record], now: datetime) -> EmailMessage | None:
+                       entries: dict[tuple[uuid.UUID, datetime], asyncpg.Record], now: datetime) -> EmailMessage | None:
         """The mail a claimed row stands for, or None when there is nothing (any more) to send."""
         sub = await subscriptions.get(self.pool, self.sealer, claim["subscription_id"])
         if sub is None:
@@ -108,7 +108,7 @@ class Mailer:
                 sender=sender, to=sub.address, before=sub.confirm_before, links=self._links(None), now=now,
                 confirm_url=self.config.public_url + links.CONFIRM_PATH + token)
         if kind == "access":
-            entry = entries.get(claim["entry_id"])
+            entry = entries.get((claim["entry_id"], claim["logged_at"]))
             if entry is None:
                 return None
             return mails.access_mail(sender=sender, to=sub.address, access=self._access(entry, registry),
@@ -128,8 +128,10 @@ class Mailer:
             return 0
         now = now or datetime.now(UTC)
         registry = self.registry()
-        entry_ids = [c["entry_id"] for c in claimed if c["entry_id"] is not None]
-        entries = {r["id"]: r for r in await self.pool.fetch(_q()["mail_entries"], entry_ids)} if entry_ids else {}
+        # by (id, logged_at): a row reusing the entry's id in another month must not lend the mail its day and data
+        named = [(c["entry_id"], c["logged_at"]) for c in claimed if c["entry_id"] is not None]
+        entries = {(r["id"], r["logged_at"]): r for r in await self.pool.fetch(
+            _q()["mail_entries"], [i for i, _ in named], [t for _, t in named])} if named else {}
         composed: list[tuple[asyncpg.Record, EmailMessage]] = []
         for claim in claimed:
             message = await self._compose(claim, registry, entries, now)

@@ -6,19 +6,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp import web
 
+from broker.config import MailConfig
 from broker.consumer.client import BrokerClient, ExchangeAnswer
+from broker.notify import subscriptions
+from broker.notify.smtp import Outcome
+from broker.notify.worker import Mailer
 from broker.signing.keys import generate_private_key
 from broker.storage import db
 from broker.tlog import accesslog, leaves, routes, tlogproof
 from broker.tlog.accesslog import LogEntry
 from broker.tlog.log import TLOG, TransparencyLog, prune
 from broker.tlog.outbox import Outbox
+from consent.sealing import Sealer
 from tests.tlog.before_0031 import log_insert_before_0032
 from tests.tlog.test_partitions import migrated_up_to
 from tests.tlog.test_tlog import ORIGIN, log_entry, signer
@@ -192,7 +198,7 @@ async def test_migration_0032_ties_each_notification_to_the_entry_written_with_i
             await forge_first(pool, genuine, datetime.now(UTC) - timedelta(days=730))
             assert await tlog.drain() == 2
         async with pool.acquire() as conn:
-            assert [m.version for m in await db.migrate(conn)] == [32, 33]
+            assert [m.version for m in await db.migrate(conn)] == [32, 33, 34]
         assert [r["logged_at"] for r in await pool.fetch(
             "SELECT logged_at FROM notification_outbox WHERE entry_id = $1", genuine.id)] == [genuine.logged_at]
     finally:
@@ -216,8 +222,94 @@ async def test_migration_0032_after_the_outbox_line_was_updated(at_0031: str, to
             assert await tlog.drain() == 2
         await pool.execute(touch)
         async with pool.acquire() as conn:
-            assert [m.version for m in await db.migrate(conn)] == [32, 33]
+            assert [m.version for m in await db.migrate(conn)] == [32, 33, 34]
         assert [r["logged_at"] for r in await pool.fetch(
             "SELECT logged_at FROM notification_outbox WHERE entry_id = $1", genuine.id)] == [genuine.logged_at]
+    finally:
+        await pool.close()
+
+
+class SentMails:
+    """A relay that accepts every mail and keeps it."""
+
+    def __init__(self) -> None:
+        self.sent: list[EmailMessage] = []
+
+    async def send(self, messages: list[EmailMessage]) -> list[Outcome]:
+        self.sent.extend(messages)
+        return [Outcome() for _ in messages]
+
+
+class NoOrganisations:
+    def organisation(self, siret: str) -> None:
+        return None
+
+
+def mailer(pool: asyncpg.Pool, sealer: Sealer) -> tuple[Mailer, SentMails]:
+    relay = SentMails()
+    config = MailConfig(host="127.0.0.1", port=1, security="none", username=None, password_env="UNUSED",
+                        sender="Mes données <ne-pas-repondre@example.invalid>", public_url="https://b.example",
+                        timeout=2.0)
+    return Mailer(pool, config, sealer=sealer, link_key=b"l" * 32, registry=lambda: NoOrganisations(),  # type: ignore[arg-type, return-value]
+                  max_attempts=3, backoff=0.1, max_backoff=0.2, relay=relay), relay  # type: ignore[arg-type]
+
+
+async def subscribe(pool: asyncpg.Pool, sealer: Sealer, subject: str, since: datetime) -> None:
+    await subscriptions.choose(pool, sealer, subject_key=subject, mode="each", address=f"{subject[0]}@fictif.invalid",
+                               verified_address=f"{subject[0]}@fictif.invalid", now=since)
+
+
+async def test_the_access_mail_describes_its_own_entry(pool: asyncpg.Pool) -> None:
+    """The mail was composed from the rows of the entry's id: a copy two years back, of another dataset, that came
+    last in the answer gave the citizen its day and its dataset."""
+    now, sealer, subject = datetime.now(UTC), Sealer(b"k" * 32), "a" * 64
+    await subscribe(pool, sealer, subject, now - timedelta(days=1))
+    genuine = log_entry(0, subject_key=subject)
+    await accesslog.commit(pool, genuine)
+    forged = log_entry(1, released=False, subject_key="f" * 64, dataset="avis_imposition")
+    forged.id, forged.logged_at = genuine.id, now - timedelta(days=730)
+    await accesslog.commit(pool, forged)
+    mail, relay = mailer(pool, sealer)
+    await mail.run_once(now)
+    [sent] = relay.sent
+    text = sent["Subject"] + str(sent.get_body(preferencelist=("plain",)).get_content())  # type: ignore[union-attr]
+    assert str(forged.logged_at.year) not in text and "avis" not in text.lower(), text
+
+
+
+
+@pytest.fixture
+async def at_0033(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    async with migrated_up_to(pg_server, 33, monkeypatch) as dsn:
+        yield dsn
+
+
+async def test_migration_0034_ties_each_access_mail_to_its_entry(at_0033: str) -> None:
+    """The access mails queued before 0034 (by id) get the logged_at of the entry fanned out to them, not that of a
+    later released copy of the same subject; one whose entry is gone is dropped."""
+    pool = await db.create_pool(at_0033, min_size=1, max_size=2)
+    try:
+        now, sealer, subject = datetime.now(UTC), Sealer(b"k" * 32), "a" * 64
+        await subscribe(pool, sealer, subject, now - timedelta(days=1))
+        genuine, gone = log_entry(0, subject_key=subject), log_entry(2, subject_key=subject)
+        await accesslog.commit(pool, genuine)
+        await accesslog.commit(pool, gone)
+        # the fan-out of the release before, into mail_outbox by id alone, in the statement marking the lines
+        await pool.execute("""
+            WITH marked AS (UPDATE notification_outbox SET mail_fanned_out_at = now()
+                            WHERE mail_fanned_out_at IS NULL RETURNING entry_id)
+            INSERT INTO mail_outbox (subscription_id, kind, entry_id)
+            SELECT s.id, 'access', m.entry_id FROM marked m, mail_subscriptions s""")
+        await pool.execute("ALTER TABLE access_log DISABLE TRIGGER USER")
+        await pool.execute("DELETE FROM access_log WHERE id = $1", gone.id)
+        await pool.execute("ALTER TABLE access_log ENABLE TRIGGER USER")
+        await pool.execute("SELECT access_log_create_partition($1::date)", (now - timedelta(days=400)).date())
+        copy = log_entry(1, subject_key=subject)
+        copy.id, copy.logged_at = genuine.id, now - timedelta(days=400)
+        await accesslog.commit(pool, copy)
+        async with pool.acquire() as conn:
+            assert [m.version for m in await db.migrate(conn)] == [34]
+        assert [(r["entry_id"], r["logged_at"]) for r in await pool.fetch(
+            "SELECT entry_id, logged_at FROM mail_outbox")] == [(genuine.id, genuine.logged_at)]
     finally:
         await pool.close()

@@ -50,14 +50,14 @@ WITH due AS (
     UPDATE notification_outbox o SET mail_fanned_out_at = now() FROM due WHERE o.id = due.id
     RETURNING o.entry_id, o.logged_at
 ), queued AS (
-    INSERT INTO mail_outbox (subscription_id, kind, entry_id)
-    SELECT s.id, 'access', a.id
+    INSERT INTO mail_outbox (subscription_id, kind, entry_id, logged_at)
+    SELECT s.id, 'access', a.id, a.logged_at
     FROM marked m
     JOIN access_log a ON a.id = m.entry_id AND a.logged_at = m.logged_at  -- (id, logged_at): migration 0032
     JOIN mail_subscriptions s ON s.subject_key = a.subject_key
     WHERE s.mode = 'each' AND s.confirmed_at IS NOT NULL AND a.logged_at >= s.confirmed_at
       AND NOT (a.purpose = $2 AND a.recipient = $3)
-    ON CONFLICT (subscription_id, entry_id) DO NOTHING
+    ON CONFLICT (subscription_id, entry_id, logged_at) DO NOTHING
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM marked) AS fanned_out, (SELECT count(*) FROM queued) AS queued;
@@ -83,11 +83,13 @@ FROM (SELECT id FROM mail_outbox
       WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
       ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due
 WHERE o.id = due.id
-RETURNING o.id, o.subscription_id, o.kind, o.entry_id, o.period_start, o.period_end, o.attempts;
+RETURNING o.id, o.subscription_id, o.kind, o.entry_id, o.logged_at, o.period_start, o.period_end, o.attempts;
 
 -- name: mail_entries
--- What an access mail names: when, which administration, which data. Never the values, never the fields.
-SELECT id, logged_at, consumer, dataset, dataset_version, habilitation_id FROM access_log WHERE id = ANY($1::uuid[]);
+-- What an access mail names: when, which administration, which data. Never the values, never the fields. By
+-- (id, logged_at): a row reusing the id in another month is not the mail's entry (migration 0034).
+SELECT id, logged_at, consumer, dataset, dataset_version, habilitation_id FROM access_log
+WHERE (id, logged_at) IN (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]));
 
 -- name: mail_digest_entries
 -- The released accesses of one citizen in a digest's period, previews excepted.
