@@ -276,6 +276,37 @@ async def test_the_access_mail_describes_its_own_entry(pool: asyncpg.Pool) -> No
     assert str(forged.logged_at.year) not in text and "avis" not in text.lower(), text
 
 
+async def test_the_fan_out_tells_only_the_entrys_subject(pool: asyncpg.Pool) -> None:
+    """A copy of another subject (who subscribed before it) is not the entry: its subject is not told of it."""
+    now, sealer = datetime.now(UTC), Sealer(b"k" * 32)
+    for subject in ("a" * 64, "b" * 64):
+        await subscribe(pool, sealer, subject, now - timedelta(days=1))
+    genuine = log_entry(0, subject_key="a" * 64)
+    await accesslog.commit(pool, genuine)
+    copy = log_entry(1, released=False, subject_key="b" * 64)
+    copy.id, copy.logged_at = genuine.id, now - timedelta(hours=1)
+    await accesslog.commit(pool, copy)
+    mail, _ = mailer(pool, sealer)
+    await mail.fan_out()
+    assert [r["logged_at"] for r in await pool.fetch(
+        "SELECT logged_at FROM mail_outbox WHERE kind = 'access'")] == [genuine.logged_at]
+
+
+async def test_dropping_a_month_keeps_other_months_notifications(pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
+    """Pruning a month whole deletes its entries' notification lines, not those of another month's entry that
+    shares an id with one of them."""
+    old = datetime.now(UTC) - timedelta(days=400)
+    await pool.execute("SELECT access_log_create_partition($1::date)", old.date())
+    genuine = log_entry(0)
+    await accesslog.commit(pool, genuine)
+    copy = log_entry(1)
+    copy.id, copy.logged_at = genuine.id, old
+    await accesslog.commit(pool, copy)
+    await tlog.drain()
+    pruned = await prune(pool, now=datetime.now(UTC), default_retention="P1Y")
+    assert [p.partition is not None for p in pruned] == [True], pruned
+    assert [r["logged_at"] for r in await pool.fetch(
+        "SELECT logged_at FROM notification_outbox WHERE entry_id = $1", genuine.id)] == [genuine.logged_at]
 
 
 @pytest.fixture
