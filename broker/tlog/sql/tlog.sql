@@ -70,8 +70,8 @@ INSERT INTO tlog_entries (entry_id, logged_at, log_index, v1)
 SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::boolean[]);
 
 -- name: tlog_dequeue
--- ...then leave the queue, in a statement of their own: the queue's guard lets a line go only once tlog_entries
--- holds its entry, which a second part of the same statement would not see.
+-- ...then leave the queue: the queue's guard lets a line go only once tlog_entries holds its entry (checked at the
+-- end of the statement, migration 0033).
 DELETE FROM tlog_queue WHERE seq = ANY($1::bigint[]);
 
 -- name: tlog_nodes_get

@@ -3,8 +3,12 @@
 -- once its entry has its index) were row triggers: a plpgsql call and one or two lookups per row, 1.34 ms of a
 -- 100-entry round's 4 ms of PostgreSQL time (EXPLAIN ANALYZE: tlog_entries_guard 0.93 ms, tlog_queue_guard 0.41).
 -- Now each is one query over the statement's transition table, raised from an AFTER statement trigger (the statement
--- and its transaction are undone, as before). Same rules, same messages and error codes; UPDATE, DELETE and
--- TRUNCATE are refused by statement triggers, whatever rows they would touch.
+-- and its transaction are undone, as before). Same rules, messages and error codes, but for what checking a
+-- statement's end state changes (helper-31's review): a unique constraint refuses a duplicate line before the guard
+-- sees it; the bad line named is the lowest index (the lowest seq for the queue), not the first inserted; COPY's
+-- line number is not in the error; a writable CTE that both indexes an entry and dequeues it is accepted (its end
+-- state is valid). UPDATE, DELETE and TRUNCATE are refused by statement triggers, whatever rows they would touch
+-- (none included).
 
 CREATE OR REPLACE FUNCTION tlog_entries_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -47,6 +51,7 @@ BEGIN
         SELECT o.entry_id INTO bare
         FROM removed o
         WHERE NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = o.entry_id AND x.logged_at = o.logged_at)
+        ORDER BY o.seq
         LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'entry % has no index yet: it stays in the queue', bare
