@@ -1,7 +1,8 @@
 -- The integrator's round checks its rows once per statement rather than once per row. tlog_entries' guard (an index
 -- only for a stored leaf and an entry of the log, with the entry's v1 mark) and tlog_queue's (a line leaves only
--- once its entry has its index) were row triggers: a plpgsql call and one or two lookups per row, 1.34 ms of a
--- 100-entry round's 4 ms of PostgreSQL time (EXPLAIN ANALYZE: tlog_entries_guard 0.93 ms, tlog_queue_guard 0.41).
+-- once its entry has its index) were row triggers: a plpgsql call and one or two lookups per row (a 100-entry round:
+-- 4.3 -> 4.1 ms of PostgreSQL CPU, 66 -> 58 kB of WAL, benchmarks/integrator_round.py; EXPLAIN ANALYZE's 1.34 ms for
+-- the two triggers was inflated by its per-row instrumentation).
 -- Now each is one query over the statement's transition table, raised from an AFTER statement trigger (the statement
 -- and its transaction are undone, as before). Same rules, messages and error codes, but for what checking a
 -- statement's end state changes (helper-31's review): a unique constraint refuses a duplicate line before the guard
