@@ -294,6 +294,12 @@ def _moment(raw: object, name: str) -> datetime | None:
         raise InvalidRequest(f"{name} must be a date (YYYY-MM-DD) or an RFC 3339 date-time") from None
     if moment.tzinfo is None:
         raise InvalidRequest(f"{name} must give its UTC offset (e.g. 2026-01-31T00:00:00Z)")
+    try:
+        # the driver sends it in UTC: 0001-01-01T00:00:00+01:00 is then before year 1, which it fails to encode,
+        # and that failure read as the database's (503). Within years 1 to 9999 in UTC, timestamptz holds it.
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(f"{name} is out of range: in UTC it must fall within years 1 to 9999") from None
     return moment
 
 

@@ -10,14 +10,17 @@ from email.message import EmailMessage
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp import web
 
 from broker.config import MailConfig
 from broker.consumer.client import BrokerClient, ExchangeAnswer
+from broker.errors import InvalidRequest
 from broker.notify import subscriptions
 from broker.notify.smtp import Outcome
 from broker.notify.worker import Mailer
+from broker.service.problems import problem_middleware
 from broker.signing.keys import generate_private_key
 from broker.storage import db
 from broker.tlog import accesslog, leaves, routes, tlogproof
@@ -25,6 +28,7 @@ from broker.tlog.accesslog import LogEntry
 from broker.tlog.log import TLOG, TransparencyLog, prune
 from broker.tlog.outbox import Outbox
 from consent.sealing import Sealer
+from tests.service.test_contract import BASE
 from tests.tlog.before_0031 import log_insert_before_0032
 from tests.tlog.test_partitions import migrated_up_to
 from tests.tlog.test_tlog import ORIGIN, log_entry, signer
@@ -39,7 +43,7 @@ async def tlog(pool: asyncpg.Pool) -> TransparencyLog:
 
 @pytest.fixture
 async def client(tlog: TransparencyLog, aiohttp_client: Any) -> Any:
-    app = web.Application()
+    app = web.Application(middlewares=[problem_middleware])  # the broker's errors, as the service answers them
     app[TLOG] = tlog
     app.router.add_get("/v1/log/entries/{entry_id}/proof", routes.entry_proof)
     app.router.add_get("/v1/log/entries/{entry_id}/tlog-proof", routes.entry_tlog_proof)
@@ -112,6 +116,25 @@ async def test_an_entrys_proof_is_named_by_its_logged_at(pool: asyncpg.Pool, tlo
         assert "logged_at" in (await resp.json())["detail"]
     resp = await client.get(f"/v1/log/entries/{genuine.id}/proof", params={"logged_at": "2020-01-01T00:00:00Z"})
     assert resp.status == 404
+
+
+OUT_OF_RANGE = ("0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00")
+
+
+async def test_a_moment_out_of_range_is_a_bad_request(pool: asyncpg.Pool, tlog: TransparencyLog, client: Any) -> None:
+    """A date-time whose UTC falls outside years 1 to 9999 is the request's fault (400), not the database's: the
+    driver failed to encode it, and that was answered 503."""
+    genuine = log_entry(0)
+    await accesslog.commit(pool, genuine)
+    await tlog.drain()
+    for value in OUT_OF_RANGE:
+        for route in ("proof", "tlog-proof"):
+            resp = await client.get(f"/v1/log/entries/{genuine.id}/{route}", params={"logged_at": value})
+            assert resp.status == 400, (value, route, await resp.text())
+            assert (await resp.json())["type"].endswith("/invalid-request")
+        for member in ("since", "until"):
+            with pytest.raises(InvalidRequest, match=f"^{member} is out of range"):
+                routes._journal_request(orjson.dumps({"subject": BASE["subject"], member: value}))
 
 
 async def test_the_sdk_asks_for_the_proof_of_its_receipts_entry(pool: asyncpg.Pool, tlog: TransparencyLog,
