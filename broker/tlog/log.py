@@ -491,19 +491,18 @@ class TransparencyLog:
 
     async def entry_index(self, entry_id: uuid.UUID, logged_at: datetime | None = None) -> int:
         """The leaf index of the entry `entry_id` logged at `logged_at`, pruned or not; without `logged_at`, of the
-        only entry with that id (`AmbiguousEntry` when there are several). `UnknownEntry` or `NotYetIntegrated`
-        otherwise."""
-        q = _q()
-        found = await self.pool.fetch(q["tlog_entry_index"], entry_id, logged_at)
+        only entry with that id, integrated or not (`AmbiguousEntry` when there are several). `UnknownEntry` or
+        `NotYetIntegrated` otherwise."""
+        found = await self.pool.fetch(_q()["tlog_entry_index"], entry_id, logged_at)
         if len(found) > 1:
             raise AmbiguousEntry(f"several entries have id {entry_id}: name the one you mean by its logged_at "
                                  "(as in its receipt or journal)")
-        if found:
-            return int(found[0]["log_index"])
-        if await self.pool.fetchval(q["tlog_entry_known"], entry_id, logged_at):
+        if not found:
+            raise UnknownEntry(f"no entry {entry_id}" if logged_at is None
+                               else f"no entry {entry_id} logged at {timestamp(logged_at)}")
+        if found[0]["log_index"] is None:
             raise NotYetIntegrated(f"entry {entry_id} is not integrated yet")
-        raise UnknownEntry(f"no entry {entry_id}" if logged_at is None
-                           else f"no entry {entry_id} logged at {timestamp(logged_at)}")
+        return int(found[0]["log_index"])
 
     async def entry_proof(self, entry_id: uuid.UUID, tree_size: int | None = None, *,
                           logged_at: datetime | None = None) -> EntryProof:

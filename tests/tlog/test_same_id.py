@@ -118,6 +118,24 @@ async def test_an_entrys_proof_is_named_by_its_logged_at(pool: asyncpg.Pool, tlo
     assert resp.status == 404
 
 
+async def test_by_id_alone_while_the_genuine_entry_is_queued(pool: asyncpg.Pool, tlog: TransparencyLog,
+                                                             client: Any) -> None:
+    """A copy integrated, the genuine entry still queued: by id alone only the copy had an index, and the route
+    answered its proof as the entry's. Both are entries of that id: it refuses, and asks for logged_at."""
+    genuine = log_entry(0)
+    copy = log_entry(1, released=False)
+    copy.id, copy.logged_at = genuine.id, datetime.now(UTC) - timedelta(days=730)
+    await accesslog.commit(pool, copy)
+    await tlog.drain()
+    await accesslog.commit(pool, genuine)  # not integrated yet
+    for route in ("proof", "tlog-proof"):
+        resp = await client.get(f"/v1/log/entries/{genuine.id}/{route}")
+        assert resp.status == 400, await resp.text()
+        assert "logged_at" in (await resp.json())["detail"]
+        resp = await client.get(f"/v1/log/entries/{genuine.id}/{route}", params={"logged_at": at(genuine)})
+        assert resp.status == 404 and "not integrated" in (await resp.json())["detail"], await resp.text()
+
+
 OUT_OF_RANGE = ("0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00")
 
 

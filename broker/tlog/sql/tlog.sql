@@ -125,13 +125,23 @@ INSERT INTO tlog_cosignatures (size, witness, line, signed_at) VALUES ($1, $2, $
 ON CONFLICT (size, witness) DO NOTHING;
 
 -- name: tlog_entry_index
--- The leaf index of an entry, whether its body is still there or was pruned (tlog_entries keeps both): the entry
--- $1 logged at $2 (its receipt and its journal line give both), or, with $2 NULL, the entries of that id. Two
--- lines mean a row reused the id in another month; which one is genuine is not for the log to guess: the first
--- index is not it when the copy was inserted while the genuine entry waited, with a lower `seq`
--- (OVERRIDING SYSTEM VALUE). The caller refuses, and asks for logged_at.
-SELECT log_index FROM tlog_entries WHERE entry_id = $1 AND ($2::timestamptz IS NULL OR logged_at = $2)
-ORDER BY log_index LIMIT 2;
+-- The entries $1 names, each with its leaf index (NULL while it waits for one), whether its body is still there or
+-- was pruned: the one logged at $2 (its receipt and its journal line give both), or, with $2 NULL, every entry of
+-- that id, integrated or not. Two lines mean a row reused the id in another month; which one is genuine is not for
+-- the log to guess: not the first index (a copy inserted while the genuine entry waited, with a lower `seq`
+-- (OVERRIDING SYSTEM VALUE), holds it), nor the only integrated one (the copy may be integrated while the genuine
+-- entry is still queued). The caller refuses, and asks for logged_at. The entries are those queued (every row of
+-- access_log waits there for its index: the statement trigger writes the line), integrated, or pruned: not
+-- access_log itself, whose empty partitions (next months', the default) are read by seq scans with $2 NULL. The
+-- queue has no index on entry_id (one more per insert); it holds only the lines of the next rounds.
+SELECT n.logged_at, x.log_index
+FROM (SELECT logged_at FROM tlog_queue WHERE entry_id = $1 AND ($2::timestamptz IS NULL OR logged_at = $2)
+      UNION
+      SELECT logged_at FROM tlog_pruned WHERE entry_id = $1 AND ($2::timestamptz IS NULL OR logged_at = $2)
+      UNION
+      SELECT logged_at FROM tlog_entries WHERE entry_id = $1 AND ($2::timestamptz IS NULL OR logged_at = $2)) n
+LEFT JOIN tlog_entries x ON x.entry_id = $1 AND x.logged_at = n.logged_at
+LIMIT 2;
 
 -- name: tlog_entry_known
 SELECT EXISTS (SELECT 1 FROM access_log WHERE id = $1 AND ($2::timestamptz IS NULL OR logged_at = $2))
