@@ -220,6 +220,21 @@ async def test_a_previous_release_notification_gets_its_own_entrys_logged_at(poo
         "SELECT logged_at FROM notification_outbox WHERE entry_id = $1", genuine.id)] == [genuine.logged_at]
 
 
+async def test_a_previous_release_line_with_the_copy_in_an_older_month(pool: asyncpg.Pool) -> None:
+    """As above, the copy in a monthly partition (listed before the current month's, so read first by id alone)
+    rather than the default one: only the trigger's xmin condition tells the rows apart."""
+    old = datetime.now(UTC) - timedelta(days=400)
+    await pool.execute("SELECT access_log_create_partition($1::date)", old.date())
+    genuine = log_entry(0)
+    forged = log_entry(1, released=False)
+    forged.id, forged.logged_at = genuine.id, old
+    await accesslog.commit(pool, forged)
+    with log_insert_before_0032():
+        await accesslog.commit(pool, genuine)
+    assert [r["logged_at"] for r in await pool.fetch(
+        "SELECT logged_at FROM notification_outbox WHERE entry_id = $1", genuine.id)] == [genuine.logged_at]
+
+
 @pytest.fixture
 async def at_0031(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
     async with migrated_up_to(pg_server, 31, monkeypatch) as dsn:
