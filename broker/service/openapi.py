@@ -268,8 +268,10 @@ def _query(name: str, description: str, *, required: bool = True, minimum: int =
 
 
 _LOGGED_AT = {"name": "logged_at", "in": "query", "required": False,
-              "description": "the entry's logged_at, as in its receipt or journal; needed when several entries share "
-                             "the id (400 otherwise)",
+              "description": "the entry's logged_at, verbatim as in its receipt or journal (compared to the "
+                             "microsecond: a millisecond spelling such as JavaScript's toISOString() matches nothing, "
+                             "404); needed when several entries share the id, queued or pruned ones included (400 "
+                             "otherwise)",
               "schema": {"type": "string", "format": "date-time"}}
 
 
