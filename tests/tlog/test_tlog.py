@@ -449,7 +449,6 @@ async def test_the_per_round_and_per_request_queries_never_scan_the_log(pool: as
     async with pool.acquire() as conn:
         for name, args in (("tlog_entry_index", (some["entry_id"], None)),
                            ("tlog_entry_index", (some["entry_id"], some["logged_at"])),
-                           ("tlog_entry_known", (some["entry_id"], some["logged_at"])),
                            ("tlog_pending", (1000,)), ("tlog_status", ()), ("tlog_range", (100, 356)),
                            ("tile_entries", (100, 356)), ("tlog_public_leaf", (100,)),
                            ("tlog_journal", (SUBJECT_KEY, None, None, None, None, 50)),

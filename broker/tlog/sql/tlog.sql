@@ -143,10 +143,6 @@ FROM (SELECT logged_at FROM tlog_queue WHERE entry_id = $1 AND ($2::timestamptz 
 LEFT JOIN tlog_entries x ON x.entry_id = $1 AND x.logged_at = n.logged_at
 LIMIT 2;
 
--- name: tlog_entry_known
-SELECT EXISTS (SELECT 1 FROM access_log WHERE id = $1 AND ($2::timestamptz IS NULL OR logged_at = $2))
-    OR EXISTS (SELECT 1 FROM tlog_pruned WHERE entry_id = $1 AND ($2::timestamptz IS NULL OR logged_at = $2));
-
 -- name: tlog_range
 -- Everything the log holds for leaf indices [$1, $2): the stored leaf, the row its index names, or the tombstone
 -- of a pruned entry. An index with neither row nor tombstone is a deleted entry. The row is looked up in the
