@@ -26,21 +26,29 @@ from tests.tlog.test_tlog_processes import _free_port, _ready
 ROOT = Path(__file__).resolve().parents[2]
 
 
+async def _serve_two_workers(database_url: str, provider_url: str, tmp_path: Path, paris: Any,
+                             **more: str) -> tuple[asyncio.subprocess.Process, str, Any]:
+    """`serve --workers 2` in its own session (so a test can signal its whole process group) with a registry naming
+    `paris` and the provider at `provider_url`; its output in tmp_path/broker.log (the handle is returned)."""
+    registry = tmp_path / "registry.toml"
+    registry.write_text(registry_toml([paris], provider_url=provider_url))
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "DLNUF_STATE_DIR": str(tmp_path / "state"),
+           "DLNUF_REGISTRY_FILE": str(registry), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: SANDBOX_TOKEN,
+           "DLNUF_PUBLIC_URL": f"http://127.0.0.1:{port}", **more}
+    log = (tmp_path / "broker.log").open("w")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker", "serve", "--workers", "2",
+                                                "--port", str(port), env=env, stdout=log, stderr=log, cwd=ROOT,
+                                                start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}", log
+
+
 async def test_two_workers_share_the_port_and_stop_together(database_url: str, aiohttp_server: Any,
                                                            tmp_path: Path) -> None:
     sandbox: TestServer = await aiohttp_server(sandbox_app(SANDBOX_TOKEN))
     paris = consumer()
-    registry = tmp_path / "registry.toml"
-    registry.write_text(registry_toml([paris], provider_url=str(sandbox.make_url("")).rstrip("/")))
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "DLNUF_STATE_DIR": str(tmp_path / "state"),
-           "DLNUF_REGISTRY_FILE": str(registry), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: SANDBOX_TOKEN,
-           "DLNUF_PUBLIC_URL": f"http://127.0.0.1:{port}"}
-    log = (tmp_path / "broker.log").open("w")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker", "serve", "--workers", "2",
-                                                "--port", str(port), env=env, stdout=log, stderr=log, cwd=ROOT)
+    proc, base, log = await _serve_two_workers(database_url, str(sandbox.make_url("")).rstrip("/"), tmp_path, paris)
     try:
-        base = f"http://127.0.0.1:{port}"
         await _ready(base, proc)
         workers = [c for c in psutil.Process(proc.pid).children()
                    if "spawn_main" in " ".join(c.cmdline()) and "resource_tracker" not in " ".join(c.cmdline())]
@@ -144,18 +152,9 @@ async def test_stopped_with_exchanges_in_flight_answers_and_integrates_them(how:
     provider.middlewares.append(slow)
     sandbox: TestServer = await aiohttp_server(provider)
     paris = consumer()
-    registry = tmp_path / "registry.toml"
-    registry.write_text(registry_toml([paris], provider_url=str(sandbox.make_url("")).rstrip("/")))
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "DLNUF_STATE_DIR": str(tmp_path / "state"),
-           "DLNUF_REGISTRY_FILE": str(registry), "DLNUF_LOG_FORMAT": "json", TOKEN_ENV: SANDBOX_TOKEN,
-           "DLNUF_PUBLIC_URL": f"http://127.0.0.1:{port}", "DLNUF_LOG_INTERVAL": "60", "DLNUF_LOG_MMD": "300"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = (tmp_path / "broker.log").open("w")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "broker", "serve", "--workers", "2",
-                                                "--port", str(port), env=env, stdout=log, stderr=log, cwd=ROOT,
-                                                start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    # rounds a minute apart: only the workers' last rounds can integrate the exchanges in flight
+    proc, base, log = await _serve_two_workers(database_url, str(sandbox.make_url("")).rstrip("/"), tmp_path, paris,
+                                               DLNUF_LOG_INTERVAL="60", DLNUF_LOG_MMD="300")
     try:
         await _ready(base, proc)
         await asyncio.sleep(1.5)  # every worker listening
