@@ -226,6 +226,25 @@ async def test_concurrent_integrators_leave_no_hole_and_no_duplicate(database_ur
             await p.close()
 
 
+async def test_a_round_plans_its_statements_once_and_leaves_the_connection_as_it_was(database_url: str) -> None:
+    """The round's lock sets plan_cache_mode for its transaction only: the queue's statement is planned once per
+    connection instead of every round (a custom plan over every partition of the access log), and the connection
+    goes back to the pool with the server's setting."""
+    pool = await db.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        t = TransparencyLog(pool, signer(), max_merge_delay=60, batch=5)
+        for n in range(8):
+            await accesslog.commit(pool, log_entry(n))
+            await t.integrate()
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+            plans = await conn.fetchrow("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                                        "WHERE statement = $1", db.queries("broker.tlog", "tlog.sql")["tlog_pending"])
+        assert plans is not None and (plans["generic_plans"], plans["custom_plans"]) == (8, 0)
+    finally:
+        await pool.close()
+
+
 async def test_integrated_rows_are_immutable(pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
     [entry] = await commit_entries(pool, 1)
     pending = log_entry(5)
