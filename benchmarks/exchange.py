@@ -89,6 +89,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="a DLNUF_* setting for the broker processes, e.g. DLNUF_EVENT_LOOP=uvloop (repeatable)")
     p.add_argument("--no-profile", action="store_true", help="leave out the py-spy profile")
     p.add_argument("--profile-seconds", type=float, default=8.0, help="py-spy sampling time (default: 8)")
+    p.add_argument("--profile-rate", type=float, default=None, metavar="R",
+                   help="profile under the open loop at R requests/s instead of the closed loop at c=16: where the "
+                        "CPU goes at low load, where an exchange's steps run colder (take --profile-seconds 20 or "
+                        "more: the broker is busy a fraction of the time)")
     p.add_argument("--keep-workdir", action="store_true",
                    help="keep the temporary directory: process logs, registry, nginx.conf, py-spy output")
     p.add_argument("--output", type=Path, help="also write the report to this file")
@@ -137,7 +141,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         loadgen_procs=args.loadgen_procs, brokers=args.brokers, basis=args.basis,
         embedded=args.embedded or args.tmpfs, tmpfs=args.tmpfs,
         admin_url=args.admin_url, nginx=nginx, pyspy=pyspy,
-        profile_seconds=4.0 if quick else clamp(args.profile_seconds, 2.0, 30.0), keep_workdir=args.keep_workdir,
+        profile_seconds=4.0 if quick else clamp(args.profile_seconds, 2.0, 60.0), keep_workdir=args.keep_workdir,
+        profile_rate=args.profile_rate,
         workers=args.workers, upstream=args.upstream, database_url=args.database_url,
         broker_env=tuple(tuple(kv.split("=", 1)) for kv in args.broker_env if kv.startswith("DLNUF_") and "=" in kv),
     )
@@ -194,11 +199,17 @@ def measure(bench: Bench, s: Settings, r: Results) -> None:
 
     if s.pyspy is not None:
         broker = bench.stack.brokers[0]
-        progress(f"\n== profile: py-spy on broker #1 (pid {broker.pid}), closed loop c=16, {s.profile_seconds:g} s")
+        load = "closed loop c=16" if s.profile_rate is None else f"open loop at {s.profile_rate:g}/s"
+        progress(f"\n== profile: py-spy on broker #1 (pid {broker.pid}), {load}, {s.profile_seconds:g} s")
         recorder = profiling.PySpy(s.pyspy, broker.pid, bench.stack.workdir / "pyspy.txt",
                                    seconds=s.profile_seconds, subprocesses=s.workers > 1)
         try:
-            r.profile_stats = st = bench.closed("broker", 16, duration=s.profile_seconds, on_ready=recorder.start)
+            if s.profile_rate is None:
+                r.profile_stats = st = bench.closed("broker", 16, duration=s.profile_seconds,
+                                                    on_ready=recorder.start)
+            else:
+                r.profile_stats = st = bench.open("broker", s.profile_rate, duration=s.profile_seconds,
+                                                  on_ready=recorder.start)
         finally:
             raw = recorder.finish()
         progress(f"  under py-spy: {describe(st)}")

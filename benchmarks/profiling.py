@@ -193,11 +193,11 @@ def costs(p: Profile, cpu: BrokerCpu) -> list[tuple[str, float, float]]:
     return sorted(((name, share, us) for name, (share, us) in rows.items()), key=lambda r: -r[2])
 
 
-def render(p: Profile, cpu: BrokerCpu) -> str:
+def render(p: Profile, cpu: BrokerCpu, load: str = "closed-loop load") -> str:
     rows = costs(p, cpu)
     grouped = families(rows)
     width = max([len(name) for name, _, _ in rows] + [len(name) for name, _ in grouped] + [32])
-    lines = [f"Broker profile: py-spy, {p.samples} samples over {cpu.exchanges:,} exchanges under closed-loop load. "
+    lines = [f"Broker profile: py-spy, {p.samples} samples over {cpu.exchanges:,} exchanges under {load}. "
              f"Per exchange the broker used {cpu.user_us + cpu.kernel_us:,.0f} us of CPU",
              f"({cpu.user_us:,.0f} user + {cpu.kernel_us:,.0f} kernel, from /proc), waited {cpu.waited_us:,.0f} us "
              f"for a CPU (runnable, preempted), and PostgreSQL's backends used {cpu.pg_us:,.0f} us.",

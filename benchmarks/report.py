@@ -73,7 +73,8 @@ def report(stack: Stack, s: Settings, r: Results) -> str:
         _open(s, r, groups),
     ]
     if r.profile is not None and r.profile_stats is not None:
-        out += ["", profiling.render(r.profile, broker_cpu(r.profile_stats))]
+        load = "closed-loop load" if s.profile_rate is None else f"an open loop at {s.profile_rate:g}/s"
+        out += ["", profiling.render(r.profile, broker_cpu(r.profile_stats), load)]
     if r.db:
         out += ["", f"Database statements on an exchange's path, {PROBES} of each, interleaved, from the benchmark "
                 "once the load stopped; 'PG CPU' = the backend's CPU per statement",

@@ -214,7 +214,8 @@ class Bench:
             self.last_rate[target] = max(self.last_rate.get(target, 0.0) * 0.5, stats.rate)
         return stats
 
-    def open(self, target: str, rate: float, duration: float | None = None) -> Stats:
+    def open(self, target: str, rate: float, duration: float | None = None,
+             on_ready: Callable[[], None] | None = None) -> Stats:
         s = self.s
         duration = duration or s.open_duration
         makers, endpoints = self.stack.makers(target)
@@ -223,7 +224,8 @@ class Bench:
                      connections=max(1, s.open_connections // n), request_timeout=s.request_timeout,
                      phase=i / rate) for i in range(n)]
         meter = self.meter(with_trivial=target == "trivial")
-        results = self.gens.run("open", jobs, meter, timeout=s.warmup + duration + 2 * s.request_timeout + 60)
+        results = self.gens.run("open", jobs, meter, timeout=s.warmup + duration + 2 * s.request_timeout + 60,
+                                on_ready=on_ready)
         return self._stats(target, results, meter.stop())
 
     def log_counters(self) -> tuple[float, float] | None:

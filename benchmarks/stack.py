@@ -68,6 +68,8 @@ class Settings:
     pyspy: str | None
     profile_seconds: float
     keep_workdir: bool
+    profile_rate: float | None = None
+    """Profile under the open loop at this rate rather than the closed loop at c=16."""
     request_timeout: float = 10.0
     broker_env: tuple[tuple[str, str], ...] = ()
     """Extra DLNUF_* settings for the broker processes (e.g. DLNUF_EVENT_LOOP=uvloop), for A/B runs."""
