@@ -61,6 +61,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="a broker setting for the base only (repeatable); with BASE = ., compares a setting")
     p.add_argument("--head-env", action="append", default=[], metavar="DLNUF_X=V",
                    help="a broker setting for the head only (repeatable), e.g. DLNUF_EVENT_LOOP=uvloop")
+    p.add_argument("--head-python", type=Path, metavar="PYTHON",
+                   help="the interpreter that runs the head's broker and sandbox (a virtualenv's bin/python with the "
+                        "runtime requirements), e.g. another Python version; default: this one, for both")
     return p.parse_args(argv)
 
 
@@ -92,17 +95,19 @@ def settings_env(pairs: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 
 def build(es: contextlib.ExitStack, s: stack.Settings, root: Path, env: tuple[tuple[str, str], ...] = (),
-          workers: int | None = None) -> stack.Stack:
-    """`stack.build` with the broker and the sandbox run from `root` (PYTHONPATH and working directory), the
-    broker settings `env` on top of the run's, and `workers` in place of the run's if given."""
-    saved = stack.ROOT
+          workers: int | None = None, python: Path | None = None) -> stack.Stack:
+    """`stack.build` with the broker and the sandbox run from `root` (PYTHONPATH and working directory) by `python`
+    if given, the broker settings `env` on top of the run's, and `workers` in place of the run's if given."""
+    saved = stack.ROOT, stack.PYTHON
     stack.ROOT = root
+    if python is not None:
+        stack.PYTHON = str(python)
     try:
         built = stack.build(es, dataclasses.replace(s, broker_env=s.broker_env + env, workers=workers or s.workers))
         print(f"{root}: {stack.smoke_test(built)}", file=sys.stderr)
         return built
     finally:
-        stack.ROOT = saved
+        stack.ROOT, stack.PYTHON = saved
 
 
 def revision(root: Path) -> str:
@@ -110,6 +115,13 @@ def revision(root: Path) -> str:
     dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "broker", "adapters", "consent",
                             "schemas"], capture_output=True, text=True).stdout.strip()
     return (out.stdout.strip() or "?") + ("+changes" if dirty else "")
+
+
+def interpreter(python: Path) -> str:
+    """`python`'s version, as the report names the side it runs."""
+    out = subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                         text=True)
+    return f"Python {out.stdout.strip() or '?'}"
 
 
 def figures(st: Stats) -> dict[str, float]:
@@ -141,15 +153,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         roots = {"base": es.enter_context(checkout(args.base)), "head": HERE}
         envs = {"base": settings_env(args.base_env), "head": settings_env(args.head_env)}
         workers = {"base": None, "head": args.head_workers}
+        pythons = {"base": None, "head": args.head_python}
         names = {which: revision(root) + "".join(f" {k}={v}" for k, v in envs[which])
-                 + (f" --workers {workers[which]}" if workers[which] else "") for which, root in roots.items()}
+                 + (f" --workers {workers[which]}" if workers[which] else "")
+                 + (f" {interpreter(pythons[which])}" if pythons[which] else "") for which, root in roots.items()}
         gens = LoadGenerators(es, 1)
         # The stack built second came out slower in an A/A run (HEAD against itself: c=1 p50 +11 %, ahead in 1 of
         # 8), whatever the cause: each half of the repetitions builds the two stacks anew, in the other order.
         for half, first in enumerate(("base", "head")):
             with contextlib.ExitStack() as stacks:
                 order = (first, "head" if first == "base" else "base")
-                benches = {which: Bench(build(stacks, s, roots[which], envs[which], workers[which]), s, gens)
+                benches = {which: Bench(build(stacks, s, roots[which], envs[which], workers[which],
+                                              pythons[which]), s, gens)
                            for which in order}
                 for rep in range(half * args.reps // 2, (half + 1) * args.reps // 2 if half == 0 else args.reps):
                     for cell, run in cells:
