@@ -153,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         roots = {"base": es.enter_context(checkout(args.base)), "head": HERE}
         envs = {"base": settings_env(args.base_env), "head": settings_env(args.head_env)}
         workers = {"base": None, "head": args.head_workers}
-        pythons = {"base": None, "head": args.head_python}
+        # absolute, not resolved: the broker starts in ROOT, and resolving a venv's python leaves the venv
+        pythons = {"base": None, "head": None if args.head_python is None else args.head_python.absolute()}
         names = {which: revision(root) + "".join(f" {k}={v}" for k, v in envs[which])
                  + (f" --workers {workers[which]}" if workers[which] else "")
                  + (f" {interpreter(pythons[which])}" if pythons[which] else "") for which, root in roots.items()}

@@ -127,6 +127,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                         "leaves out (with --no-nginx use --upstream python; without nginx, install it)")
     if not 10 <= args.rate <= 20_000:
         problems.append("--rate: between 10 and 20,000")
+    if args.profile_rate is not None and not 10 <= args.profile_rate <= 20_000:
+        problems.append("--profile-rate: between 10 and 20,000")
     if problems:
         raise procs.SetupError("\n".join(f"  - {p}" for p in problems))
 

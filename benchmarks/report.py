@@ -73,8 +73,7 @@ def report(stack: Stack, s: Settings, r: Results) -> str:
         _open(s, r, groups),
     ]
     if r.profile is not None and r.profile_stats is not None:
-        load = "closed-loop load" if s.profile_rate is None else f"an open loop at {s.profile_rate:g}/s"
-        out += ["", profiling.render(r.profile, broker_cpu(r.profile_stats), load)]
+        out += ["", profiling.render(r.profile, broker_cpu(r.profile_stats), _profile_load(s))]
     if r.db:
         out += ["", f"Database statements on an exchange's path, {PROBES} of each, interleaved, from the benchmark "
                 "once the load stopped; 'PG CPU' = the backend's CPU per statement",
@@ -258,7 +257,7 @@ def obstacles(stack: Stack, s: Settings, r: Results) -> str:
                          f"{'within' if median(floor[1]) <= TARGET_ADDED_P99_MS else 'over'} the target by themselves; "
                          f"the broker adds {median(beyond):+.2f} ms of p99 beyond it, its own work.")
     if r.profile is not None and r.profile_stats is not None:
-        lines.append("* Profile: " + profiling.headline(r.profile, broker_cpu(r.profile_stats)))
+        lines.append(f"* Profile ({_profile_load(s)}): " + profiling.headline(r.profile, broker_cpu(r.profile_stats)))
     return "\n".join(lines)
 
 
@@ -274,6 +273,10 @@ def _cell(stats: Sequence[Stats], groups: Sequence[str]) -> dict[str, object]:
 def _ratio(a: Sequence[Stats], b: Sequence[Stats]) -> float | None:
     pairs = [(x, y) for x, y in zip(a, b, strict=False) if y.rate]
     return median([x.rate / y.rate for x, y in pairs]) if pairs else None
+
+
+def _profile_load(s: Settings) -> str:
+    return "closed-loop load at c=16" if s.profile_rate is None else f"an open loop at {s.profile_rate:g}/s"
 
 
 def figures(stack: Stack, s: Settings, r: Results) -> dict[str, object]:
@@ -300,6 +303,7 @@ def figures(stack: Stack, s: Settings, r: Results) -> dict[str, object]:
     }
     if r.profile is not None and r.profile_stats is not None:
         cpu = broker_cpu(r.profile_stats)
+        out["profile_load"] = _profile_load(s)
         out["profile_us_per_exchange"] = {name: us for name, _, us in profiling.costs(r.profile, cpu)}
         out["profile_families_us"] = dict(profiling.families(profiling.costs(r.profile, cpu)))
     if r.db:

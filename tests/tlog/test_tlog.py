@@ -232,12 +232,13 @@ async def test_a_round_plans_its_statements_once_and_leaves_the_connection_as_it
     goes back to the pool with the server's setting."""
     pool = await db.create_pool(database_url, min_size=1, max_size=1)
     try:
+        server_setting = await pool.fetchval("SHOW plan_cache_mode")
         t = TransparencyLog(pool, signer(), max_merge_delay=60, batch=5)
         for n in range(8):
             await accesslog.commit(pool, log_entry(n))
             await t.integrate()
         async with pool.acquire() as conn:
-            assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+            assert await conn.fetchval("SHOW plan_cache_mode") == server_setting
             plans = await conn.fetchrow("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
                                         "WHERE statement = $1", db.queries("broker.tlog", "tlog.sql")["tlog_pending"])
         assert plans is not None and (plans["generic_plans"], plans["custom_plans"]) == (8, 0)
