@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -119,9 +120,12 @@ def revision(root: Path) -> str:
 
 def interpreter(python: Path) -> str:
     """`python`'s version, as the report names the side it runs."""
-    out = subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
-                         text=True)
-    return f"Python {out.stdout.strip() or '?'}"
+    try:
+        out = subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                             text=True).stdout.strip()
+    except OSError:
+        out = ""
+    return f"Python {out or '?'}"
 
 
 def figures(st: Stats) -> dict[str, float]:
@@ -131,6 +135,9 @@ def figures(st: Stats) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.head_python is not None and not os.access(args.head_python, os.X_OK):
+        print(f"--head-python: {args.head_python} is not an executable interpreter", file=sys.stderr)
+        return 2
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if nginx is None:
         print("compare.py needs nginx for the fast upstream (Debian package nginx)", file=sys.stderr)

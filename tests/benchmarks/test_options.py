@@ -1,0 +1,45 @@
+"""The benchmarks' options: exchange.py refuses bad settings before a run starts, rather than failing at its end;
+compare.py names the interpreter a side runs."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import compare
+import exchange
+import procs
+import report
+
+# nothing here needs nginx or py-spy: the Python sandbox upstream, no profile
+BASE = ["--no-nginx", "--upstream", "python", "--no-profile"]
+
+
+@pytest.mark.parametrize("rate", ["0", "5", "25000"])
+def test_a_profile_rate_out_of_range_is_refused_before_the_run(rate: str) -> None:
+    # 0 used to pass, and divided by zero at the profile step, after every other measurement
+    with pytest.raises(procs.SetupError, match="--profile-rate: between 10 and 20,000"):
+        exchange.settings_from(exchange.parse_args([*BASE, "--profile-rate", rate]))
+
+
+def test_the_profile_runs_under_the_load_it_names() -> None:
+    closed = exchange.settings_from(exchange.parse_args(BASE))
+    opened = exchange.settings_from(exchange.parse_args([*BASE, "--profile-rate", "200"]))
+    assert (closed.profile_rate, opened.profile_rate) == (None, 200.0)
+    assert report._profile_load(closed) == "closed-loop load at c=16"
+    assert report._profile_load(opened) == "an open loop at 200/s"
+
+
+def test_compare_names_the_interpreter_of_a_side() -> None:
+    assert compare.interpreter(Path(sys.executable)) == f"Python {platform.python_version()}"
+    assert compare.interpreter(Path("/nonexistent/bin/python")) == "Python ?"
+
+
+def test_compare_refuses_an_interpreter_that_is_not_there_before_building_anything(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert compare.main(["HEAD", "--head-python", "/nonexistent/bin/python"]) == 2
+    assert "--head-python: /nonexistent/bin/python is not an executable interpreter" in capsys.readouterr().err
