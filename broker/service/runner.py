@@ -14,10 +14,12 @@ not production.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -104,13 +106,25 @@ async def until_signalled(*signals: signal.Signals) -> signal.Signals:
 
 
 def _ignore_while_stopping(first: signal.Signals) -> None:
+    """From the first signal on, SIGINT and SIGTERM are only logged while the loop runs. The handlers are the
+    process's, not the loop's: a loop puts the default actions back when it closes. They log through the loop:
+    writing from a signal handler could re-enter the log stream's write."""
     loop = asyncio.get_running_loop()
 
-    def again(sig: signal.Signals) -> None:
-        log.info("already stopping", signal=sig.name, first=first.name)
+    def again(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to log to
+            loop.call_soon_threadsafe(lambda: log.info("already stopping", signal=signal.Signals(signum).name,
+                                                       first=first.name))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, again, sig)
+        signal.signal(sig, again)
+
+
+def _ignore_until_exit() -> None:
+    # SIG_IGN, not a Python handler: the interpreter's finalization puts Python handlers back to the default
+    # actions (CPython's _PySignal_Fini), and leaves ignored signals ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 async def serve(app: web.Application, *, host: str, port: int, reuse_port: bool = False,
@@ -124,10 +138,15 @@ async def serve(app: web.Application, *, host: str, port: int, reuse_port: bool 
         if announce is not None:
             announce(f"======== Running on {site.name} ========")
         received = await until_signalled()
-        log.info("stopping", signal=received.name)
-        # The same signal may come again while the requests in flight finish and the cleanup contexts run (the
-        # last log round): from `serve --workers`' parent after the whole process group got it (systemd's default
-        # KillMode), or a second Ctrl-C. Its default action would kill the process in the middle of that.
+        # The same signal may come again while the requests in flight finish, the cleanup contexts run (the last
+        # log round) and the process exits: from `serve --workers`' parent after the whole process group got it
+        # (systemd's default KillMode), or a second Ctrl-C. Its default action would kill the process in the
+        # middle of that, or after the loop closed: a worker that had stopped quickly died of the parent's SIGTERM
+        # (exit -15, 4 of 14 runs of the test under load). At once, before anything else: the defaults are back.
         _ignore_while_stopping(received)
-    finally:
+        log.info("stopping", signal=received.name)
+    except BaseException:
         await runner.cleanup()
+        raise
+    await runner.cleanup()
+    _ignore_until_exit()

@@ -171,11 +171,12 @@ async def test_stopped_with_exchanges_in_flight_answers_and_integrates_them(how:
         else:
             os.killpg(proc.pid, signal.SIGTERM if how == "group" else signal.SIGINT)
         done = await asyncio.gather(*inflight, return_exceptions=True)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        status = await asyncio.wait_for(proc.wait(), 30)
     finally:
         if proc.returncode is None:
             proc.kill()
         log.close()
+    assert status == 0, (tmp_path / "broker.log").read_text()[-3000:]
     conn = await db.connect(database_url)
     try:
         counts = [await conn.fetchval(f"SELECT count(*) FROM {t}")
