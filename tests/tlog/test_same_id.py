@@ -50,11 +50,24 @@ async def client(tlog: TransparencyLog, aiohttp_client: Any) -> Any:
     return await aiohttp_client(app)
 
 
+def same_id(genuine: LogEntry, logged_at: datetime, *, released: bool = False, **kwargs: Any) -> LogEntry:
+    """Another entry with the genuine entry's id, logged at `logged_at` (in another month, or the same one)."""
+    entry = log_entry(1, released=released, **kwargs)
+    entry.id, entry.logged_at = genuine.id, logged_at
+    return entry
+
+
+async def older_month(pool: asyncpg.Pool, now: datetime, days: int = 400) -> datetime:
+    """`days` before `now`, in a monthly partition of its own (created), not in the default partition."""
+    then = now - timedelta(days=days)
+    await pool.execute("SELECT access_log_create_partition($1::date)", then.date())
+    return then
+
+
 async def forge_first(pool: asyncpg.Pool, genuine: LogEntry, logged_at: datetime) -> LogEntry:
     """A row with the genuine entry's id, in another month, inserted while the genuine one waits for its index,
     with a `seq` below it: the integrator takes it first, so it holds the lower index."""
-    forged = log_entry(1, released=False)
-    forged.id, forged.logged_at = genuine.id, logged_at
+    forged = same_id(genuine, logged_at)
     columns = (*accesslog.COLUMNS, "leaf_hash", "seq")
     values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     await pool.execute(f"INSERT INTO access_log ({', '.join(columns)}) OVERRIDING SYSTEM VALUE VALUES ({values})",
@@ -75,12 +88,11 @@ async def test_a_tlog_proofs_public_leaf_is_its_indexs(pool: asyncpg.Pool, tlog:
     """The proof's `extra` (the public leaf) is read at the index the proof is for: before, it was read by id, and
     the row of the same id that the partitions listed first (an older month's) lent its leaf to the genuine
     entry's proof, which then verified for nothing."""
-    await pool.execute("SELECT access_log_create_partition($1::date)", (datetime.now(UTC) - timedelta(days=400)).date())
+    old = await older_month(pool, datetime.now(UTC))
     genuine = log_entry(0)
     await accesslog.commit(pool, genuine)
     await tlog.drain()
-    forged = log_entry(1, released=False)
-    forged.id, forged.logged_at = genuine.id, datetime.now(UTC) - timedelta(days=400)
+    forged = same_id(genuine, old)
     await accesslog.commit(pool, forged)  # integrated after it, at index 1
     await tlog.drain()
     resp = await client.get(f"/v1/log/entries/{genuine.id}/tlog-proof", params={"logged_at": at(genuine)})
@@ -123,8 +135,7 @@ async def test_by_id_alone_while_the_genuine_entry_is_queued(pool: asyncpg.Pool,
     """A copy integrated, the genuine entry still queued: by id alone only the copy had an index, and the route
     answered its proof as the entry's. Both are entries of that id: it refuses, and asks for logged_at."""
     genuine = log_entry(0)
-    copy = log_entry(1, released=False)
-    copy.id, copy.logged_at = genuine.id, datetime.now(UTC) - timedelta(days=730)
+    copy = same_id(genuine, datetime.now(UTC) - timedelta(days=730))
     await accesslog.commit(pool, copy)
     await tlog.drain()
     await accesslog.commit(pool, genuine)  # not integrated yet
@@ -178,8 +189,7 @@ async def test_a_notification_is_its_entrys(pool: asyncpg.Pool, tlog: Transparen
     genuine entry's notification."""
     genuine = log_entry(0)
     await accesslog.commit(pool, genuine)
-    forged = log_entry(1, released=False, subject_key="f" * 64)
-    forged.id, forged.logged_at = genuine.id, datetime.now(UTC) - timedelta(days=730)
+    forged = same_id(genuine, datetime.now(UTC) - timedelta(days=730), subject_key="f" * 64)
     await accesslog.commit(pool, forged)
 
     received: list[dict[str, Any]] = []
@@ -211,8 +221,7 @@ async def test_a_previous_release_notification_gets_its_own_entrys_logged_at(poo
     logged_at: the table's trigger gives it that of the row its own statement logged, not of an older row with the
     same id."""
     genuine = log_entry(0)
-    forged = log_entry(1, released=False)
-    forged.id, forged.logged_at = genuine.id, datetime.now(UTC) - timedelta(days=730)
+    forged = same_id(genuine, datetime.now(UTC) - timedelta(days=730))
     await accesslog.commit(pool, forged)
     with log_insert_before_0032():
         await accesslog.commit(pool, genuine)
@@ -223,11 +232,9 @@ async def test_a_previous_release_notification_gets_its_own_entrys_logged_at(poo
 async def test_a_previous_release_line_with_the_copy_in_an_older_month(pool: asyncpg.Pool) -> None:
     """As above, the copy in a monthly partition (listed before the current month's, so read first by id alone)
     rather than the default one: only the trigger's xmin condition tells the rows apart."""
-    old = datetime.now(UTC) - timedelta(days=400)
-    await pool.execute("SELECT access_log_create_partition($1::date)", old.date())
+    old = await older_month(pool, datetime.now(UTC))
     genuine = log_entry(0)
-    forged = log_entry(1, released=False)
-    forged.id, forged.logged_at = genuine.id, old
+    forged = same_id(genuine, old)
     await accesslog.commit(pool, forged)
     with log_insert_before_0032():
         await accesslog.commit(pool, genuine)
@@ -322,8 +329,7 @@ async def test_the_access_mail_describes_its_own_entry(pool: asyncpg.Pool) -> No
     await subscribe(pool, sealer, subject, now - timedelta(days=1))
     genuine = log_entry(0, subject_key=subject)
     await accesslog.commit(pool, genuine)
-    forged = log_entry(1, released=False, subject_key="f" * 64, dataset="avis_imposition")
-    forged.id, forged.logged_at = genuine.id, now - timedelta(days=730)
+    forged = same_id(genuine, now - timedelta(days=730), subject_key="f" * 64, dataset="avis_imposition")
     await accesslog.commit(pool, forged)
     mail, relay = mailer(pool, sealer)
     await mail.run_once(now)
@@ -339,8 +345,7 @@ async def test_the_fan_out_tells_only_the_entrys_subject(pool: asyncpg.Pool) -> 
         await subscribe(pool, sealer, subject, now - timedelta(days=1))
     genuine = log_entry(0, subject_key="a" * 64)
     await accesslog.commit(pool, genuine)
-    copy = log_entry(1, released=False, subject_key="b" * 64)
-    copy.id, copy.logged_at = genuine.id, now - timedelta(hours=1)
+    copy = same_id(genuine, now - timedelta(hours=1), subject_key="b" * 64)
     await accesslog.commit(pool, copy)
     mail, _ = mailer(pool, sealer)
     await mail.fan_out()
@@ -351,12 +356,10 @@ async def test_the_fan_out_tells_only_the_entrys_subject(pool: asyncpg.Pool) -> 
 async def test_dropping_a_month_keeps_other_months_notifications(pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
     """Pruning a month whole deletes its entries' notification lines, not those of another month's entry that
     shares an id with one of them."""
-    old = datetime.now(UTC) - timedelta(days=400)
-    await pool.execute("SELECT access_log_create_partition($1::date)", old.date())
+    old = await older_month(pool, datetime.now(UTC))
     genuine = log_entry(0)
     await accesslog.commit(pool, genuine)
-    copy = log_entry(1)
-    copy.id, copy.logged_at = genuine.id, old
+    copy = same_id(genuine, old, released=True)
     await accesslog.commit(pool, copy)
     await tlog.drain()
     pruned = await prune(pool, now=datetime.now(UTC), default_retention="P1Y")
@@ -390,9 +393,7 @@ async def test_migration_0034_ties_each_access_mail_to_its_entry(at_0033: str) -
         await pool.execute("ALTER TABLE access_log DISABLE TRIGGER USER")
         await pool.execute("DELETE FROM access_log WHERE id = $1", gone.id)
         await pool.execute("ALTER TABLE access_log ENABLE TRIGGER USER")
-        await pool.execute("SELECT access_log_create_partition($1::date)", (now - timedelta(days=400)).date())
-        copy = log_entry(1, subject_key=subject)
-        copy.id, copy.logged_at = genuine.id, now - timedelta(days=400)
+        copy = same_id(genuine, await older_month(pool, now), released=True, subject_key=subject)
         await accesslog.commit(pool, copy)
         async with pool.acquire() as conn:
             assert [m.version for m in await db.migrate(conn)] == [34]
