@@ -154,8 +154,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+# Every session of the broker's, pooled or not, runs without PostgreSQL's JIT compiler. Its statements are short
+# lookups and inserts; JIT pays only for queries that scan millions of rows for seconds. What it did here: once a
+# backlog of pending entries builds up (the integrating processes stopped for a while, a slow disk), the round's
+# queue statement passes jit_above_cost and was compiled every round. On PostgreSQL 15, rounds of 1,000 entries
+# draining a backlog of 30,000 cost 327 ms of PostgreSQL CPU with JIT, growing round after round on one connection,
+# and 33 ms without (benchmarks/round_backlog.py). The longest query, `log verify`'s anti-join of the whole access
+# log, took 327 ms with JIT forced (171 of them compiling) against 220 without, on 330,000 entries.
+SESSION_SETTINGS = {"jit": "off"}
+
+
 async def connect(dsn: str) -> asyncpg.Connection:
-    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    conn: asyncpg.Connection = await asyncpg.connect(dsn, server_settings=SESSION_SETTINGS)
     await _init_connection(conn)
     return conn
 
@@ -171,11 +181,11 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10,
                       settings: dict[str, str] | None = None) -> asyncpg.Pool:
     """The pool; `settings` are PostgreSQL settings for its connections (e.g. the claims pool's
-    `synchronous_commit = off`, broker/service/quotas.py)."""
+    `synchronous_commit = off`, broker/service/quotas.py), over SESSION_SETTINGS."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset,
         # a statement stuck on a dead server must fail fast into a 503, not hang a request
-        command_timeout=10, server_settings=settings,
+        command_timeout=10, server_settings={**SESSION_SETTINGS, **(settings or {})},
     )
     return pool
 
