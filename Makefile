@@ -47,13 +47,15 @@ $(NODE_DEV): package.json package-lock.json
 assets:
 	-@$(MAKE) --no-print-directory $(NODE_RUNTIME)
 
-# The browser tests need Debian's Chromium and axe-core, the TLS test Debian's nginx (tests/deploy/test_nginx.py);
+# The browser tests need Debian's Chromium and axe-core, the TLS test Debian's nginx (tests/deploy/test_nginx.py),
+# the pooler test Debian's PgBouncer (tests/deploy/test_pgbouncer.py);
 # CI runs as root on a fresh clone, so install what is missing.
 browser: $(DEV)
 	@command -v npm >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq npm; }
 	@$(MAKE) --no-print-directory $(NODE_DEV)
 	@test -x $(CHROMIUM) || { $(APT) update -qq && $(APT) install -y -qq chromium chromium-l10n; }
 	@test -x /usr/sbin/nginx || { $(APT) update -qq && $(APT) install -y -qq nginx; }
+	@test -x /usr/sbin/pgbouncer || { $(APT) update -qq && $(APT) install -y -qq pgbouncer; }
 
 demo: $(RUNTIME) assets
 	$(BIN)/python -m broker demo

@@ -13,7 +13,7 @@ import contextlib
 import json
 import re
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -161,31 +161,50 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 # draining a backlog of 30,000 cost 327 ms of PostgreSQL CPU with JIT, growing round after round on one connection,
 # and 33 ms without (benchmarks/round_backlog.py). The longest query, `log verify`'s anti-join of the whole access
 # log, took 327 ms with JIT forced (171 of them compiling) against 220 without, on 330,000 entries.
-SESSION_SETTINGS = {"jit": "off"}
+SESSION_SETTINGS: Mapping[str, str] = {"jit": "off"}
+
+
+def _session(settings: Mapping[str, str]) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+    """What a new session of the broker's runs first: its settings, then the JSON codecs.
+
+    The settings are set in the open session (one round trip per connection, which the pool keeps), not sent as
+    startup parameters: PgBouncer refuses a startup parameter it does not track ("unsupported startup parameter:
+    jit"), so the broker could not connect through it. Behind PgBouncer's session pooling they hold for the client's
+    whole session; its transaction pooling is not supported (docs/operations.md).
+    """
+    names, values = list(settings), list(settings.values())
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await conn.execute(queries()["session_settings"], names, values)
+        await _init_connection(conn)
+
+    return init
 
 
 async def connect(dsn: str) -> asyncpg.Connection:
-    conn: asyncpg.Connection = await asyncpg.connect(dsn, server_settings=SESSION_SETTINGS)
-    await _init_connection(conn)
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    await _session(SESSION_SETTINGS)(conn)
     return conn
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
-    """Pool connections carry no session state in this code base (no SET, no session advisory lock, no cursor
-    outside a transaction; the one LISTEN is removed before release), so asyncpg's default reset query
-    (unlock all, CLOSE ALL, UNLISTEN *, RESET ALL) on every release is a round trip for nothing: measured here it
-    tripled the cost of a pooled `SELECT 1` (338 vs 111 us, median of 3 x 5 x 1000 queries, same run), and the
-    exchange pipeline releases twice per exchange. asyncpg still rolls back an open transaction on release."""
+    """Pool connections carry no session state in this code base but the settings each gets when it opens (no SET
+    after that, no session advisory lock, no cursor outside a transaction; the one LISTEN is removed before
+    release), so asyncpg's default reset query (unlock all, CLOSE ALL, UNLISTEN *, RESET ALL) on every release is a
+    round trip for nothing, and its RESET ALL would undo those settings: measured here it tripled the cost of a
+    pooled `SELECT 1` (338 vs 111 us, median of 3 x 5 x 1000 queries, same run), and the exchange pipeline
+    releases twice per exchange. asyncpg still rolls back an open transaction on release."""
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10,
-                      settings: dict[str, str] | None = None) -> asyncpg.Pool:
+                      settings: Mapping[str, str] | None = None) -> asyncpg.Pool:
     """The pool; `settings` are PostgreSQL settings for its connections (e.g. the claims pool's
     `synchronous_commit = off`, broker/service/quotas.py), over SESSION_SETTINGS."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset,
+        dsn, min_size=min_size, max_size=max_size, init=_session({**SESSION_SETTINGS, **(settings or {})}),
+        reset=_no_reset,
         # a statement stuck on a dead server must fail fast into a 503, not hang a request
-        command_timeout=10, server_settings={**SESSION_SETTINGS, **(settings or {})},
+        command_timeout=10,
     )
     return pool
 

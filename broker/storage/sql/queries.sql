@@ -167,3 +167,7 @@ INSERT INTO purposes (id, label) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET 
 
 -- name: purpose_delete
 DELETE FROM purposes WHERE id = $1;
+
+-- name: session_settings
+-- A new session's settings (broker/storage/db.py), for the session: set_config(..., false) is SET.
+SELECT set_config(name, value, false) FROM unnest($1::text[], $2::text[]) AS s(name, value);
