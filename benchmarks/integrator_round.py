@@ -1,16 +1,13 @@
-"""What one integration round costs the database: as the broker does it, against as it did before migration 0031,
-and against the same round with the server's default plan choice.
+"""What one integration round costs the database: as the broker does it, against as it did before migration 0031.
 
     .venv/bin/python benchmarks/integrator_round.py [--admin-url URL] [--rows 200] [--reps 7]
 
 A round (broker/tlog/log.py `TransparencyLog.integrate`) gives each pending entry its leaf index. Since migration
 0031 it inserts one narrow line per entry into tlog_entries and takes the entry off the queue (tlog_queue, written
 with the entry); before, it updated the access-log row itself (`UPDATE access_log SET log_index`: a new version of
-the whole row, an entry in five of its indexes, a dead version for autovacuum). Three fresh databases (created,
-migrated, dropped at the end): one at the latest migration with the broker's statements, one migrated up to 0030
-with the statements of that time (tests/tlog/before_0031.py), and one at the latest migration whose round does not
-ask for generic plans (as before the round's lock did: PostgreSQL then plans the queue's statement afresh every
-round). Each repetition commits `--rows` entries one by one
+the whole row, an entry in five of its indexes, a dead version for autovacuum). Two fresh databases (created,
+migrated, dropped at the end): one at the latest migration with the broker's statements, and one migrated up to
+0030 with the statements of that time (tests/tlog/before_0031.py). Each repetition commits `--rows` entries one by one
 (one exchange each, as at low load), then integrates them in one round, in each database, the order alternating:
 the round's wall time, its PostgreSQL backend's CPU (from /proc), and the WAL the round wrote, and the WAL the
 entries' own commits wrote (pg_current_wal_insert_lsn, which is the whole server's: run it on a quiet server).
@@ -27,7 +24,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,24 +70,11 @@ async def _wal(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"))
 
 
-@contextlib.contextmanager
-def custom_plans() -> Iterator[None]:
-    """Within: the round's lock as before it chose generic plans for the round (the server's default)."""
-    q = db.queries("broker.tlog", "tlog.sql")
-    saved = q["tlog_head_lock"]
-    q["tlog_head_lock"] = "SELECT size FROM tlog_head FOR UPDATE SKIP LOCKED;"
-    try:
-        yield
-    finally:
-        q["tlog_head_lock"] = saved
-
-
 @dataclass
 class Variant:
     name: str
     dsn: str
     old: bool
-    custom: bool = False
     pool: asyncpg.Pool | None = None
     tlog: TransparencyLog | None = None
     pid: int = 0
@@ -98,8 +82,7 @@ class Variant:
     """(wall s, PostgreSQL CPU s, WAL bytes of the round, WAL bytes of the entries' commits)"""
 
     def statements(self) -> contextlib.AbstractContextManager[None]:
-        return (before_0031.old_statements() if self.old else custom_plans() if self.custom
-                else contextlib.nullcontext())
+        return before_0031.old_statements() if self.old else contextlib.nullcontext()
 
 
 async def run(variants: list[Variant], rows: int, reps: int) -> None:
@@ -162,12 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     variants = []
     with contextlib.ExitStack() as es:
-        for name, upto, custom in (("before 0031: UPDATE access_log SET log_index", 30, False),
-                                   ("now: INSERT INTO tlog_entries, queue", None, False),
-                                   ("now, with custom plans (before generic plans)", None, True)):
+        for name, upto in (("before 0031: UPDATE access_log SET log_index", 30),
+                           ("now: INSERT INTO tlog_entries, queue", None)):
             dsn = procs.create_database(es, args.admin_url, f"dlnuf_round_{secrets.token_hex(3)}")
             asyncio.run(migrate(dsn, upto))
-            variants.append(Variant(name, dsn, old=upto is not None, custom=custom))
+            variants.append(Variant(name, dsn, old=upto is not None))
         asyncio.run(run(variants, args.rows, args.reps))
     print(f"integration rounds of {args.rows} entries, {args.reps} per variant, alternated; medians per round "
           "(PostgreSQL CPU: the round's backend, from /proc/<pid>/schedstat; WAL: pg_current_wal_insert_lsn)")
@@ -177,11 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         wall, cpu, wal, entries = (statistics.median(r[i] for r in v.rounds) for i in range(4))
         print(f"{v.name:46s} {wall * 1000:8.1f} {cpu * 1000:10.1f} {cpu * 1e6 / args.rows:11.1f} {wal / 1000:8.1f}"
               f" {wal / args.rows:10.0f} {entries / args.rows:18.0f}")
-    for before, label in ((0, "before 0031"), (2, "custom plans")):
-        pairs = list(zip(variants[before].rounds, variants[1].rounds, strict=True))
-        print(f"ratios now / {label}, per repetition then median: "
-              + ", ".join(f"{name} {statistics.median(n[i] / o[i] for o, n in pairs):.2f}"
-                          for i, name in ((1, "PG CPU"), (2, "round WAL"), (3, "entries WAL"))))
+    pairs = list(zip(variants[0].rounds, variants[1].rounds, strict=True))
+    print("ratios now / before 0031, per repetition then median: "
+          + ", ".join(f"{name} {statistics.median(n[i] / o[i] for o, n in pairs):.2f}"
+                      for i, name in ((1, "PG CPU"), (2, "round WAL"), (3, "entries WAL"))))
     return 0
 
 

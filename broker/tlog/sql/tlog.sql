@@ -2,18 +2,17 @@
 
 -- name: tlog_head_lock
 -- NULL (no row) when another process is integrating: it will take our rows too, so we skip this round.
--- set_config(..., true) is SET LOCAL without a round trip of its own: the round's statements use generic plans.
--- Left to its default, PostgreSQL plans a prepared statement afresh on its first five executions on each pooled
--- connection, then for as long as the generic plan's estimate looks dearer than the custom plans': for
--- tlog_pending, whose LIMIT the generic plan guesses at a tenth of the queue, for good when the batch
--- (DLNUF_LOG_BATCH) is small against the queue's statistics. Planning it, over every monthly partition the
--- lateral lookup may reach, cost more than running it (40 entries: 0.97 against 0.30 ms of backend CPU).
-SELECT size, set_config('plan_cache_mode', 'force_generic_plan', true) AS plans FROM tlog_head FOR UPDATE SKIP LOCKED;
+-- PostgreSQL plans the round's statements as it would by default. Forcing generic plans for the round
+-- (plan_cache_mode, 00578e1) saved a little planning, but a generic plan is kept for the connection's life, and one
+-- made while the tables were small (a new log) read tlog_entries whole for every entry of every later round: round
+-- after round on one connection 28, 58, 95 ... 364 ms of PostgreSQL CPU against a flat 17 to 20 ms (10 rounds of
+-- 1,000, a fresh database; helper-34's review found it).
+SELECT size FROM tlog_head FOR UPDATE SKIP LOCKED;
 
 -- name: tlog_head_lock_wait
 -- A stopping process's last round waits for the round another process holds: that round may have read the pending
--- rows before this process's last entries were committed. Generic plans, as above.
-SELECT size, set_config('plan_cache_mode', 'force_generic_plan', true) AS plans FROM tlog_head FOR UPDATE;
+-- rows before this process's last entries were committed.
+SELECT size FROM tlog_head FOR UPDATE;
 
 -- name: tlog_head_size
 SELECT size FROM tlog_head;
@@ -31,12 +30,15 @@ UPDATE tlog_head SET size = $1;
 -- A line whose row is gone (only someone who can bypass the guards can do that) is skipped, not counted against
 -- the batch: it cannot stall the queue.
 -- So is a line whose entry already has its index (access_log's trigger refuses to write one; only someone who can
--- bypass it could): integrating it again would fail every round.
+-- bypass it could): integrating it again would fail every round. That check is one index probe per line, kept so
+-- by OFFSET 0 as above: as an anti-join, with fresh statistics the planner expected it to keep a single line, so the
+-- LIMIT no longer bounded it and it hashed the whole of tlog_entries every round (helper-35's audit, a 330,000-entry
+-- log with 18,000 pending: 119 to 160 ms a round, 3.6 to 5 ms with the probe).
 SELECT q.seq, a.id, a.leaf_hash, a.logged_at, a.latency_us, a.latency_ms, a.leaf_version
 FROM tlog_queue q
 CROSS JOIN LATERAL (SELECT id, leaf_hash, logged_at, latency_us, latency_ms, leaf_version FROM access_log
                     WHERE id = q.entry_id AND logged_at = q.logged_at OFFSET 0) a
-WHERE NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = q.entry_id AND x.logged_at = q.logged_at)
+WHERE NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = q.entry_id AND x.logged_at = q.logged_at OFFSET 0)
 ORDER BY q.seq LIMIT $1;
 
 -- name: tlog_pending_entries
