@@ -154,13 +154,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-# Every session of the broker's, pooled or not, runs without PostgreSQL's JIT compiler. Its statements are short
-# lookups and inserts; JIT pays only for queries that scan millions of rows for seconds. What it did here: once a
-# backlog of pending entries builds up (the integrating processes stopped for a while, a slow disk), the round's
-# queue statement passes jit_above_cost and was compiled every round. On PostgreSQL 15, rounds of 1,000 entries
-# draining a backlog of 30,000 cost 327 ms of PostgreSQL CPU with JIT, growing round after round on one connection,
-# and 33 ms without (benchmarks/round_backlog.py). The longest query, `log verify`'s anti-join of the whole access
-# log, took 327 ms with JIT forced (171 of them compiling) against 220 without, on 330,000 entries.
+# Every session of the broker's, pooled or not, runs without PostgreSQL's JIT compiler (on by default in Debian's and
+# the PGDG's packages). Its statements are short lookups and inserts, and JIT compiles any plan estimated above
+# jit_above_cost, whatever it will really cost: a generic plan over many monthly partitions is. The integrator's
+# queue statement with its generic plan, on a 330,000-entry log of 13 months with 18,000 entries pending: 77 to 111
+# ms with JIT (78 to 85 of them compiling), 4.2 to 4.9 without (EXPLAIN ANALYZE, helper-34). PostgreSQL's default
+# plan choice kept custom plans for it in 8 rounds (benchmarks/round_backlog.py), so this is a guard against a plan
+# switch, not a measured saving today. The longest query, `log verify`'s anti-join of the whole access log, took 327
+# ms with JIT forced against 220 without.
 SESSION_SETTINGS: Mapping[str, str] = {"jit": "off"}
 
 
