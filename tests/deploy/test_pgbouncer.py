@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
 import socket
 from pathlib import Path
@@ -35,6 +36,16 @@ def free_port() -> int:
         return port
 
 
+def as_user(database_url: str) -> list[str]:
+    """PgBouncer will not run as root: it switches to the user who owns the server's socket directory (the
+    embedded server's, when the tests use it), else to the server's own user, which exists wherever it is installed."""
+    if os.geteuid() != 0:
+        return []
+    socket_dir = parse_qs(urlsplit(database_url).query).get("host", [""])[0]
+    owner = pwd.getpwuid(os.stat(socket_dir).st_uid).pw_name if socket_dir.startswith("/") else "postgres"
+    return ["-u", owner]
+
+
 def pgbouncer_ini(directory: Path, database_url: str, port: int) -> tuple[Path, str]:
     """A session-pooling PgBouncer in front of the test database's server, and the URL to reach it."""
     url = urlsplit(database_url)
@@ -61,22 +72,20 @@ async def test_a_signed_exchange_through_pgbouncer_session_pooling(
         database_url: str, aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TOKEN_ENV, SANDBOX_TOKEN)
-    if os.geteuid() == 0 and "host=/" in database_url:
-        pytest.skip("the test server listens on a socket in root's private temporary directory, out of the reach "
-                    "of PgBouncer's user (CI and these machines test on the local server over TCP)")
     ini, bouncer_url = pgbouncer_ini(tmp_path, database_url, port := free_port())
-    # PgBouncer will not run as root: it switches to the server's own user, which exists wherever it is installed
-    as_user = ["-u", "postgres"] if os.geteuid() == 0 else []
-    bouncer = await asyncio.create_subprocess_exec(PGBOUNCER, *as_user, str(ini), stderr=asyncio.subprocess.PIPE)
+    log = tmp_path / "pgbouncer.log"
+    with log.open("wb") as stderr:  # opened here, so PgBouncer's user need not reach tmp_path
+        bouncer = await asyncio.create_subprocess_exec(PGBOUNCER, *as_user(database_url), str(ini), stderr=stderr)
     try:
-        for _ in range(100):
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
+        for _ in range(200):
+            # its own line, not just an open port: another process may have taken the port meanwhile
+            if f"listening on 127.0.0.1:{port}" in log.read_text(errors="replace"):
+                break
             if bouncer.returncode is not None:
-                _, errors = await bouncer.communicate()
-                pytest.fail(f"pgbouncer exited: {errors.decode()}")
+                pytest.fail(f"pgbouncer exited: {log.read_text(errors='replace')}")
             await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"pgbouncer did not listen within 10 s: {log.read_text(errors='replace')}")
         sandbox: TestServer = await aiohttp_server(sandbox_app(SANDBOX_TOKEN))
         paris = consumer()
         config = broker_config(tmp_path, bouncer_url,
@@ -95,7 +104,8 @@ async def test_a_signed_exchange_through_pgbouncer_session_pooling(
         finally:
             await conn.close()
     finally:
-        bouncer.terminate()
+        if bouncer.returncode is None:
+            bouncer.terminate()
         await bouncer.wait()
     # the entry was committed through PgBouncer, read here directly from the server
     direct = await asyncpg.connect(database_url)
