@@ -13,7 +13,7 @@ from broker.storage import db
 from broker.tlog import accesslog, leaves
 from broker.tlog.log import TransparencyLog, _q, _write_tombstones
 from tests.tlog.before_0031 import old_statements
-from tests.tlog.test_partitions import migrated_up_to
+from tests.tlog.test_partitions import migrated_up_to, since
 from tests.tlog.test_tlog import log_entry, signer
 from tests.tlog.test_tlog_verify import verify
 
@@ -55,7 +55,7 @@ async def test_migration_0031_moves_the_indices_and_the_queue_and_the_log_goes_o
             before = [r["row"] for r in await pool.fetch(rows_sql)]
 
         async with pool.acquire() as conn:
-            assert [m.version for m in await db.migrate(conn)] == [31, 32, 33, 34]
+            assert [m.version for m in await db.migrate(conn)] == since(31)
 
         assert [r["row"] for r in await pool.fetch(rows_sql)] == before
         mapped = {r["entry_id"]: r["log_index"] for r in await pool.fetch("SELECT * FROM tlog_entries")}

@@ -211,6 +211,11 @@ async def test_ensure_makes_the_months_ahead_of_a_given_clock(pool: asyncpg.Pool
     assert await where(pool, entry) == name_of(later)
 
 
+def since(version: int) -> list[int]:
+    """The migrations from `version` on: what migrating a database left at `version - 1` applies."""
+    return [m.version for m in db.migrations() if m.version >= version]
+
+
 @contextlib.asynccontextmanager
 async def migrated_up_to(pg_server: str, version: int, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
     """An empty database migrated up to `version` only (the log as an earlier release left it), dropped after."""
