@@ -46,16 +46,19 @@ Round = tuple[float, float, bool]
 VARIANTS = (("the server's JIT (jit = on)", {"jit": "on"}), ("the broker's sessions (jit = off)", {}))
 
 
-async def fill(dsn: str, backlog: int) -> bool:
-    """Commit the backlog and analyse; whether this server can JIT at all."""
+async def fill(dsn: str, backlog: int) -> tuple[int, bool]:
+    """Commit the backlog and analyse; how many entries wait (a copied log may have had some already), and whether
+    this server can JIT at all."""
     writer = await db.create_pool(dsn, min_size=1, max_size=1)
     try:
         async with writer.acquire() as conn:
             for start in range(0, backlog, 500):
                 await accesslog.write(conn, [(entry(n), None) for n in range(start, min(start + 500, backlog))])
             await conn.execute("ANALYZE")
+            waiting = int(await conn.fetchval("SELECT count(*) FROM tlog_queue"))
             # pg_jit_available() is false in a session whose jit is off
-            return bool(await conn.fetchval("SELECT set_config('jit', 'on', false), pg_jit_available()", column=1))
+            return waiting, bool(await conn.fetchval("SELECT set_config('jit', 'on', false), pg_jit_available()",
+                                                     column=1))
     finally:
         await writer.close()
 
@@ -73,8 +76,8 @@ async def generic_plan_jits(dsn: str, batch: int) -> bool:
         await conn.close()
 
 
-async def run(dsn: str, backlog: int, rounds: int, batch: int) -> tuple[bool, bool, dict[str, list[Round]]]:
-    jit_available = await fill(dsn, backlog)
+async def run(dsn: str, backlog: int, rounds: int, batch: int) -> tuple[int, bool, bool, dict[str, list[Round]]]:
+    waiting, jit_available = await fill(dsn, backlog)
     generic_jit = await generic_plan_jits(dsn, batch)
     signer = NoteSigner("bench.dlnuf/log", Ed25519PrivateKey.generate())
     figures: dict[str, list[Round]] = {name: [] for name, _ in VARIANTS}
@@ -101,7 +104,7 @@ async def run(dsn: str, backlog: int, rounds: int, batch: int) -> tuple[bool, bo
     finally:
         for _, pool, _ in sides:
             await pool.close()
-    return jit_available, generic_jit, figures
+    return waiting, jit_available, generic_jit, figures
 
 
 def copy_of(stack: contextlib.ExitStack, admin_url: str, template: str) -> str:
@@ -135,9 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             dsn = procs.create_database(es, args.admin_url, f"dlnuf_backlog_{secrets.token_hex(3)}")
         asyncio.run(migrate(dsn, None))
-        jit_available, generic_jit, figures = asyncio.run(run(dsn, args.backlog, args.rounds, args.batch))
-    print(f"rounds of {args.batch} entries from a backlog of {args.backlog:,} draining to "
-          f"{args.backlog - 2 * args.rounds * args.batch:,}, {args.rounds} per variant, alternated, one connection "
+        waiting, jit_available, generic_jit, figures = asyncio.run(run(dsn, args.backlog, args.rounds, args.batch))
+    print(f"rounds of {args.batch} entries from a backlog of {waiting:,} draining to "
+          f"{waiting - 2 * args.rounds * args.batch:,}, {args.rounds} per variant, alternated, one connection "
           f"each; {'a copy of ' + args.template if args.template else 'a new database'}; "
           f"pg_jit_available() = {jit_available}; the queue statement's generic plan "
           f"{'would be' if generic_jit else 'would not be'} compiled with JIT on")

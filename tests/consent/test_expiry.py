@@ -30,6 +30,11 @@ async def test_due_consents_are_found_by_index_and_only_they_expire(database_url
         await pool.execute("ANALYZE consents")
         plan = "\n".join(r[0] for r in await pool.fetch(f"EXPLAIN {_q()['consent_expire_due']}", datetime.now(UTC)))
         assert "consents_active_expiry" in plan and "Seq Scan on consents" not in plan, plan
+        async with pool.acquire() as conn, conn.transaction():  # and the generic plan a connection may keep
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            generic = "\n".join(r[0] for r in await (await conn.prepare(
+                f"EXPLAIN {_q()['consent_expire_due']}")).fetch(datetime.now(UTC)))
+        assert "consents_active_expiry" in generic and "Seq Scan on consents" not in generic, generic
         await records.expire_due(pool, datetime.now(UTC))
         assert await pool.fetchval("SELECT count(*) FROM consents WHERE state = 'expired'") == 5
         assert await pool.fetchval("SELECT count(*) FROM consent_events WHERE event = 'expired'") == 5

@@ -2,17 +2,19 @@
 
 -- name: tlog_head_lock
 -- NULL (no row) when another process is integrating: it will take our rows too, so we skip this round.
--- PostgreSQL plans the round's statements as it would by default. Forcing generic plans for the round
--- (plan_cache_mode, 00578e1) saved a little planning, but a generic plan is kept for the connection's life, and one
--- made while the tables were small (a new log) read tlog_entries whole for every entry of every later round: round
--- after round on one connection 28, 58, 95 ... 364 ms of PostgreSQL CPU against a flat 17 to 20 ms (10 rounds of
--- 1,000, a fresh database; helper-34's review found it).
-SELECT size FROM tlog_head FOR UPDATE SKIP LOCKED;
+-- set_config(..., true) is SET LOCAL without a round trip of its own: the round's statements are planned afresh every
+-- round, against the tables as they are. A generic plan is kept for the connection's life, and one made while the
+-- log was small read tlog_entries whole for every entry of every later round. Forcing generic plans (00578e1) did
+-- that: 10 rounds of 1,000 on one connection, 28, 58, 95 ... 364 ms of PostgreSQL CPU. So did PostgreSQL's default
+-- choice, which takes a generic plan after five executions: the integrator runs every second, idle rounds
+-- included, so a new log got one made while it was empty (helper-36's review: 72, 142, 218 ... 883 ms). Planning
+-- each round costs about a millisecond, once a second.
+SELECT size, set_config('plan_cache_mode', 'force_custom_plan', true) AS plans FROM tlog_head FOR UPDATE SKIP LOCKED;
 
 -- name: tlog_head_lock_wait
 -- A stopping process's last round waits for the round another process holds: that round may have read the pending
--- rows before this process's last entries were committed.
-SELECT size FROM tlog_head FOR UPDATE;
+-- rows before this process's last entries were committed. Custom plans, as above.
+SELECT size, set_config('plan_cache_mode', 'force_custom_plan', true) AS plans FROM tlog_head FOR UPDATE;
 
 -- name: tlog_head_size
 SELECT size FROM tlog_head;
@@ -32,8 +34,9 @@ UPDATE tlog_head SET size = $1;
 -- So is a line whose entry already has its index (access_log's trigger refuses to write one; only someone who can
 -- bypass it could): integrating it again would fail every round. That check is one index probe per line, kept so
 -- by OFFSET 0 as above: as an anti-join, with fresh statistics the planner expected it to keep a single line, so the
--- LIMIT no longer bounded it and it hashed the whole of tlog_entries every round (helper-35's audit of the generic
--- plan: a 330,000-entry log with 18,000 pending, 119 to 160 ms a round, 3.6 to 5 ms with the probe).
+-- LIMIT no longer bounded it and it hashed the whole of tlog_entries every round, custom plans included (helper-35's
+-- audit and helper-36's review: a 330,000-entry log with 18,000 pending, 97 to 160 ms a round; 3.4 to 5 ms with the
+-- probe).
 SELECT q.seq, a.id, a.leaf_hash, a.logged_at, a.latency_us, a.latency_ms, a.leaf_version
 FROM tlog_queue q
 CROSS JOIN LATERAL (SELECT id, leaf_hash, logged_at, latency_us, latency_ms, leaf_version FROM access_log
