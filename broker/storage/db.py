@@ -160,8 +160,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 # queue statement with its generic plan, on a 330,000-entry log of 13 months with 18,000 entries pending: 77 to 111
 # ms with JIT (78 to 85 of them compiling), 4.2 to 4.9 without (EXPLAIN ANALYZE, helper-34). The round now plans
 # afresh every time (tlog.sql `tlog_head_lock`), and JIT left its custom plans alone (benchmarks/round_backlog.py):
-# this guards the statements whose plans are generic, it is not a measured saving today. The longest query, `log verify`'s anti-join of the whole access log, took 327
-# ms with JIT forced against 220 without.
+# this guards the statements whose plans are generic, it is not a measured saving today. The longest query,
+# `log verify`'s anti-join of the whole access log, took 327 ms with JIT forced against 220 without.
 SESSION_SETTINGS: Mapping[str, str] = {"jit": "off"}
 
 
