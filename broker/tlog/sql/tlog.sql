@@ -101,12 +101,28 @@ LEFT JOIN LATERAL (SELECT string_agg(line || E'\n', '' ORDER BY witness) AS line
                    FROM tlog_cosignatures s WHERE s.size = c.size) w ON true;
 
 -- name: tlog_checkpoint_latest_cosigned
--- The latest checkpoint at least $1 witnesses cosigned (the latest of all when $1 is 0).
+-- The latest checkpoint at least $1 witnesses cosigned (the latest of all when $1 is 0). Walking down from the
+-- latest checkpoint read every one a quorum has not cosigned yet, on every journal page and proof: 61 to 90 ms with
+-- 50,000 of them (a witness down for a day: about 86,000), 580 to 700 ms when the quorum is never met (helper-35's
+-- audit). No checkpoint above the $1-th largest of the witnesses' latest cosigned sizes can have $1 cosignatures, so
+-- the walk starts there: the witnesses are found one index probe each (a recursive skip scan of
+-- tlog_cosignatures_witness), and each one's latest cosigned size by one more.
+WITH RECURSIVE witnesses(witness) AS (
+    (SELECT witness FROM tlog_cosignatures ORDER BY witness LIMIT 1)
+    UNION ALL
+    SELECT (SELECT s.witness FROM tlog_cosignatures s WHERE s.witness > w.witness ORDER BY s.witness LIMIT 1)
+    FROM witnesses w WHERE w.witness IS NOT NULL
+), bound AS (
+    SELECT COALESCE((SELECT latest
+                     FROM (SELECT (SELECT max(s.size) FROM tlog_cosignatures s WHERE s.witness = w.witness) AS latest
+                           FROM witnesses w WHERE w.witness IS NOT NULL) k
+                     ORDER BY latest DESC OFFSET greatest($1 - 1, 0) LIMIT 1), -1) AS size
+)
 SELECT c.size, c.note || COALESCE(w.lines, '') AS note, c.created_at
 FROM tlog_checkpoints c
 LEFT JOIN LATERAL (SELECT string_agg(line || E'\n', '' ORDER BY witness) AS lines, count(*) AS n
                    FROM tlog_cosignatures s WHERE s.size = c.size) w ON true
-WHERE $1 = 0 OR w.n >= $1
+WHERE $1 = 0 OR (w.n >= $1 AND c.size <= (SELECT size FROM bound))
 ORDER BY c.size DESC LIMIT 1;
 
 -- name: tlog_checkpoint_bare_latest
