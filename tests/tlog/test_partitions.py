@@ -121,6 +121,41 @@ async def test_an_index_is_given_once_across_months(pool: asyncpg.Pool, tlog: Tr
     assert await pool.fetchval("SELECT log_index FROM tlog_entries WHERE entry_id = $1", other.id) == 1
 
 
+def rows_read(plan: dict[str, object]) -> int:
+    """Rows the plan's scans of access_log's partitions read (returned or filtered out), all loops."""
+    own = ((int(plan["Actual Rows"]) + int(plan.get("Rows Removed by Filter", 0))) * int(plan["Actual Loops"])
+           if str(plan.get("Relation Name", "")).startswith("access_log") else 0)
+    children = plan.get("Plans", [])
+    assert isinstance(children, list)
+    return own + sum(rows_read(child) for child in children)
+
+
+async def test_a_late_page_of_a_dropped_month_reads_one_page_even_with_a_generic_plan(
+        pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
+    """`log prune` walks a month it drops page by page. PostgreSQL takes a generic plan after five pages; with the
+    page's start under `$3 IS NULL OR ...`, that plan re-read the month from its start on every page (quadratic)."""
+    async with pool.acquire() as conn:
+        for start in range(0, 3000, 500):
+            await accesslog.write(conn, [(log_entry(n), None) for n in range(start, start + 500)])
+    await tlog.drain()
+    await pool.execute("ANALYZE access_log")
+    month = await pool.fetchrow("SELECT min(logged_at) AS lower, max(logged_at) + interval '1 s' AS upper "
+                                "FROM access_log")
+    after = await pool.fetchrow("SELECT logged_at, id FROM access_log ORDER BY logged_at, id OFFSET 2499 LIMIT 1")
+    statement = db.queries("broker.tlog", "tlog.sql")["partition_rows"].strip().rstrip(";")
+    async with pool.acquire() as conn, conn.transaction():
+        # PREPARE and EXECUTE by name: an EXPLAIN sent with its parameters bound is planned for their values
+        await conn.execute(f"PREPARE page(timestamptz, timestamptz, timestamptz, uuid, int) AS {statement}")
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        args = ", ".join(f"'{v.isoformat()}'" for v in (month["lower"], month["upper"], after["logged_at"]))
+        plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE page({args}, '{after['id']}', 100)")
+    read = rows_read(plan[0]["Plan"])
+    assert read <= 200, read
+    first = await pool.fetch(db.queries("broker.tlog", "tlog.sql")["partition_rows"], month["lower"], month["upper"],
+                             None, None, 3)
+    assert len(first) == 3  # a first page, with no entry before it
+
+
 async def test_prune_drops_a_wholly_expired_month_and_deletes_the_rest_row_by_row(
         database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
     # month A, 14 months ago: everything past the default retention (P1Y) -> dropped whole
