@@ -9,7 +9,6 @@ import asyncio
 import os
 import pwd
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,19 +20,13 @@ from aiohttp.test_utils import TestServer
 from adapters.sandbox.api_particulier import create_app as sandbox_app
 from broker.storage import db
 from tests.broker_harness import broker_config, exchange_body, start_broker
+from tests.deploy.test_nginx import free_port
 from tests.factories import SANDBOX_TOKEN, TOKEN_ENV, consumer, registry_toml
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 pytestmark = pytest.mark.skipif(not Path(PGBOUNCER).exists(),
                                 reason="PgBouncer is not installed (`make test` installs Debian's pgbouncer)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def as_user(database_url: str) -> list[str]:

@@ -9,6 +9,7 @@ import random
 import asyncpg
 
 from broker.storage import db
+from tests.tlog.test_partitions import rows_read
 
 # The statement before it started below the quorum's bound: the reference the new one must agree with.
 WALK_DOWN = """
@@ -52,14 +53,6 @@ async def test_it_agrees_with_the_walk_down_on_random_cosignatures(database_url:
                 await tx.rollback()
     finally:
         await conn.close()
-
-
-def rows_read(plan: dict[str, object], relation: str) -> int:
-    """Rows the plan's scans of `relation` returned, all loops."""
-    own = int(plan["Actual Rows"]) * int(plan["Actual Loops"]) if plan.get("Relation Name") == relation else 0
-    children = plan.get("Plans", [])
-    assert isinstance(children, list)
-    return own + sum(rows_read(child, relation) for child in children)
 
 
 async def test_a_lagging_witness_does_not_make_it_read_every_checkpoint_since(database_url: str) -> None:
