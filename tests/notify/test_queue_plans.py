@@ -1,0 +1,105 @@
+"""The mail queue's statements, which every broker process runs every pass, read the rows they take, not the tables
+they take them from, whichever plan PostgreSQL keeps. asyncpg prepares every statement, and after five executions
+PostgreSQL may keep a generic plan, made without the parameters' values: with a backlog in the statistics, the
+fan-out's hashed the whole access log and every subscription for each 500 lines (a broker that ran without a mail
+relay leaves every released entry's line to fan out once one is configured)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from broker.storage import db
+from broker.tlog import accesslog
+from broker.tlog.accesslog import CITIZEN_RECIPIENT, PREVIEW_PURPOSE, LogEntry
+from tests.tlog.test_partitions import executed_plan, months_ago, rows_read
+from tests.tlog.test_tlog import log_entry
+
+MODES = ("force_custom_plan", "force_generic_plan")
+FAN_OUT_ARGS = f"500, '{PREVIEW_PURPOSE}', '{CITIZEN_RECIPIENT}'"
+
+SUBSCRIBERS = """
+INSERT INTO mail_subscriptions (id, subject_key, address_sealed, mode, created_at, confirmed_at, confirm_before,
+                                digest_from)
+SELECT gen_random_uuid(), 'subject-' || n, '\\x00', $3, now() - interval '1 year', $4, $5, $6
+FROM generate_series($1::int, $2::int - 1) AS n
+"""
+
+
+def _q() -> dict[str, str]:
+    return db.queries("broker.notify", "notify.sql")
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(database_url, min_size=1, max_size=2)
+    yield p
+    await p.close()
+
+
+async def subscribers(pool: asyncpg.Pool, first: int, end: int, mode: str, *, confirmed_at: datetime | None,
+                      confirm_before: datetime | None = None, digest_from: datetime | None = None) -> None:
+    """Subscriptions of the citizens `subject-<first>` to `subject-<end - 1>` (the address is never read here)."""
+    await pool.execute(SUBSCRIBERS, first, end, mode, confirmed_at, confirm_before,
+                       digest_from or confirmed_at or datetime.now(UTC))
+
+
+async def released(pool: asyncpg.Pool, count: int, subjects: int) -> None:
+    """`count` released entries of `subjects` citizens, each with its notification line, none fanned out yet."""
+    async with pool.acquire() as conn:
+        for start in range(0, count, 1000):
+            await accesslog.write(conn, [(log_entry(n, subject_key=f"subject-{n % subjects}"), None)
+                                         for n in range(start, min(count, start + 1000))])
+
+
+async def test_fan_out_mails_each_confirmed_subscriber_of_each_access_once(pool: asyncpg.Pool) -> None:
+    now = datetime.now(UTC)
+    await subscribers(pool, 0, 1, "each", confirmed_at=now - timedelta(days=400))
+    await subscribers(pool, 1, 2, "weekly", confirmed_at=now - timedelta(days=400))
+    await subscribers(pool, 2, 3, "each", confirmed_at=None, confirm_before=now + timedelta(days=1))
+    await subscribers(pool, 3, 4, "each", confirmed_at=now + timedelta(hours=1))  # after the access
+
+    def entry(n: int, **kwargs: object) -> LogEntry:
+        return log_entry(n, subject_key=f"subject-{n}", **kwargs)  # type: ignore[arg-type]
+
+    told = [entry(0), entry(0, logged_at=months_ago(1))]  # this month's and last month's partition
+    preview = entry(0)
+    preview.purpose, preview.recipient = PREVIEW_PURPOSE, CITIZEN_RECIPIENT
+    untold = [preview, entry(0, released=False), entry(1), entry(2), entry(3), entry(4)]
+    async with pool.acquire() as conn:
+        await accesslog.write(conn, [(e, None) for e in told + untold])
+    # the same id in another month is another entry (migration 0034): not the one to tell
+    twin = entry(0, logged_at=months_ago(2))
+    twin.id = told[0].id
+    await accesslog.commit(pool, twin)
+    await pool.execute("UPDATE notification_outbox SET mail_fanned_out_at = now() WHERE logged_at = $1",
+                       twin.logged_at)
+
+    row = await pool.fetchrow(_q()["mail_fan_out"], 500, PREVIEW_PURPOSE, CITIZEN_RECIPIENT)
+    assert (row["fanned_out"], row["queued"]) == (7, 2)  # every released entry's line, 2 mails
+    mails = await pool.fetch("SELECT s.subject_key, m.kind, m.entry_id, m.logged_at FROM mail_outbox m "
+                             "JOIN mail_subscriptions s ON s.id = m.subscription_id")
+    assert {tuple(m) for m in mails} == {("subject-0", "access", e.id, e.logged_at) for e in told}
+    row = await pool.fetchrow(_q()["mail_fan_out"], 500, PREVIEW_PURPOSE, CITIZEN_RECIPIENT)
+    assert (row["fanned_out"], row["queued"]) == (0, 0)  # each line once
+
+
+async def test_fan_out_reads_the_lines_it_takes_and_their_entries_only(pool: asyncpg.Pool) -> None:
+    """With 20,000 lines to fan out in the statistics, the former statement read the whole access log (20,000 rows)
+    and the whole outbox (21,000 with the lines taken) for 500 lines, in a custom or a generic plan (checked)."""
+    await released(pool, 20_000, 20_000)
+    await subscribers(pool, 0, 5_000, "each", confirmed_at=datetime.now(UTC) - timedelta(days=1))
+    await subscribers(pool, 5_000, 10_000, "weekly", confirmed_at=datetime.now(UTC) - timedelta(days=1))
+    await pool.execute("ANALYZE")
+    async with pool.acquire() as conn:
+        for mode in MODES:
+            plan = await executed_plan(conn, _q()["mail_fan_out"], FAN_OUT_ARGS, mode)
+            # one probe per line taken: its entry, then its subject's subscription
+            assert rows_read(plan, "access_log") <= 500, (mode, plan)
+            assert rows_read(plan, "mail_subscriptions") <= 500, (mode, plan)
+            # the lines taken, then marked (each is read once more where it is updated)
+            assert rows_read(plan, "notification_outbox") <= 3 * 500, (mode, plan)
+
