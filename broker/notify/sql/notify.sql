@@ -120,4 +120,5 @@ UPDATE mail_outbox SET next_attempt_at = now() + make_interval(secs => $2), last
 WHERE id = $1;
 
 -- name: mail_purge_delivered
+-- Every minute in every process: found by mail_outbox_done (migration 0037), not by reading 30 days of mails.
 DELETE FROM mail_outbox WHERE (delivered_at IS NOT NULL OR gave_up_at IS NOT NULL) AND created_at < $1;

@@ -12,3 +12,10 @@ SET LOCAL lock_timeout = '5s';
 CREATE INDEX mail_subscriptions_weekly_due ON mail_subscriptions (digest_from)
     WHERE mode = 'weekly' AND confirmed_at IS NOT NULL;
 CREATE INDEX mail_subscriptions_unconfirmed ON mail_subscriptions (confirm_before) WHERE confirmed_at IS NULL;
+
+-- The same every minute for the mails sent or given up over 30 days ago (`mail_purge_delivered`): it read the whole
+-- mail outbox, which keeps 30 days of mails (90,725 rows: 20 to 27 ms), to delete the minute's worth. Indexed where
+-- they are done, by age: 26 rows read for 26 (0.1 ms). A mail enters the index when it is sent or given up; that
+-- update already writes to every index of the table (delivered_at is in mail_outbox_due's predicate). 180 ms to
+-- build on 90,725 mails, blocking the mail queue's writes meanwhile, under the same lock timeout.
+CREATE INDEX mail_outbox_done ON mail_outbox (created_at) WHERE delivered_at IS NOT NULL OR gave_up_at IS NOT NULL;
