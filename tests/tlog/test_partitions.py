@@ -131,6 +131,24 @@ def rows_read(plan: dict[str, object], relation: str) -> int:
     return own + sum(rows_read(child, relation) for child in children)
 
 
+async def executed_plan(conn: asyncpg.Connection, statement: str, args: str, mode: str) -> dict[str, object]:
+    """The EXPLAIN ANALYZE plan of `statement` run with `args` (SQL literals) under plan_cache_mode `mode`, its
+    changes rolled back. PREPAREd and EXECUTEd by name: an EXPLAIN sent with its parameters bound is always planned
+    for their values, so a generic plan is seen only this way."""
+    await conn.execute(f"PREPARE explained AS {statement.strip().rstrip(';')}")
+    try:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+            plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE explained({args})")
+        finally:
+            await transaction.rollback()
+    finally:
+        await conn.execute("DEALLOCATE explained")
+    return dict(plan[0]["Plan"])
+
+
 async def test_a_late_page_of_a_dropped_month_reads_one_page_even_with_a_generic_plan(
         pool: asyncpg.Pool, tlog: TransparencyLog) -> None:
     """`log prune` walks a month it drops page by page. PostgreSQL takes a generic plan after five pages; with the

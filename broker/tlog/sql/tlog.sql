@@ -261,11 +261,14 @@ DELETE FROM access_log WHERE (id, logged_at) IN (SELECT * FROM unnest($1::uuid[]
 -- name: outbox_claim
 -- Lease due notifications: pushing next_attempt_at past the lease makes another worker skip them, and a worker that
 -- dies mid-delivery only delays them by the lease.
+-- The lines taken are updated by id from an array, not joined back: with a backlog in the statistics (a webhook down
+-- for hours, or configured on a broker that ran without one) the generic plan PostgreSQL keeps after five passes
+-- hashed the whole outbox for the 50 lines (a 300,000-entry log, 100,000 lines due: 270,000 rows read, 100 ms, every
+-- pass; 1 ms now).
 UPDATE notification_outbox o SET next_attempt_at = now() + make_interval(secs => $2), attempts = o.attempts + 1
-FROM (SELECT id FROM notification_outbox
-      WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
-      ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due
-WHERE o.id = due.id
+WHERE o.id = ANY(ARRAY(SELECT id FROM notification_outbox
+                       WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
+                       ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED))
 RETURNING o.id, o.entry_id, o.logged_at, o.attempts, o.created_at;
 
 -- name: outbox_payload
