@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -146,6 +147,8 @@ async def executed_plan(conn: asyncpg.Connection, statement: str, args: str, mod
             await transaction.rollback()
     finally:
         await conn.execute("DEALLOCATE explained")
+    if isinstance(plan, str):  # a connection without the broker's json codec
+        plan = json.loads(plan)
     return dict(plan[0]["Plan"])
 
 
