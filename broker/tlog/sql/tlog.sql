@@ -80,7 +80,7 @@ ORDER BY a.seq LIMIT $2;
 -- The same, of the entries logged since $3 only (`log verify --state`): what that pass reads must grow with what
 -- was logged since its last run, not with the log. So $3 is a condition of its own, where it was under an OR with
 -- `$3 IS NULL`, which a generic plan can only filter with: on a 300,000-entry log, 20 entries added, it read every
--- row and hashed all of tlog_entries (300 to 480 ms, as helper-35's audit found). Each row's index is one probe, kept
+-- row and hashed all of tlog_entries (300 to 480 ms; helper-35's audit found it). Each row's index is one probe, kept
 -- so by OFFSET 0 as in tlog_pending: as an anti-join, custom plans too hashed the whole of tlog_entries once the
 -- range held about 25,000 rows (a month of that log, a day of a log of 10 million entries a year).
 SELECT a.id, a.logged_at FROM access_log a
