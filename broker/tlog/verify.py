@@ -638,7 +638,10 @@ class DatabaseSource:
         return [(r["log_index"], str(r["id"])) for r in await self.conn.fetch(_q()["tlog_rows_outside"], size, limit)]
 
     async def late(self, max_merge_delay: float, since: datetime | None) -> list[tuple[str, datetime]]:
-        rows = await self.conn.fetch(_q()["tlog_pending_late"], max_merge_delay, 1000, since)
+        if since is None:
+            rows = await self.conn.fetch(_q()["tlog_pending_late"], max_merge_delay, 1000)
+        else:
+            rows = await self.conn.fetch(_q()["tlog_pending_late_since"], max_merge_delay, 1000, since)
         return [(str(r["id"]), r["logged_at"]) for r in rows]
 
     async def stored_root(self, size: int) -> bytes | None:

@@ -20,6 +20,7 @@ from broker.storage import db
 from broker.tlog import accesslog, leaves
 from broker.tlog.log import TransparencyLog, _q, entry_document, prune
 from broker.tlog.verify import DatabaseSource, Report, Resume, verify_log
+from tests.tlog.test_partitions import rows_read
 from tests.tlog.test_tlog import ORIGIN, commit_entries, log_entry, signer
 from tests.tlog.test_tlog_verify import kinds, row_at, tamper
 from tests.tlog.test_tombstones import delete_with_tombstone
@@ -181,3 +182,56 @@ async def test_an_entry_late_since_the_last_verification_is_named(database_url: 
     await accesslog.commit(pool, stuck)  # and no round integrates it
     report = await verify(database_url, tlog, full.resume, max_merge_delay=60)
     assert kinds(report) == [("late", None, str(stuck.id))]
+
+
+async def executed(conn: asyncpg.Connection, name: str, types: str, args: str, mode: str) -> dict[str, object]:
+    """The EXPLAIN ANALYZE plan of statement `name` run with `args` (SQL literals) under `mode`: PREPARE and EXECUTE
+    by name, as an EXPLAIN sent with its parameters bound would always be planned for their values."""
+    statement = _q()[name].strip().rstrip(";")
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+        await conn.execute(f"PREPARE incremental({types}) AS {statement}")
+        try:
+            plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE incremental({args})")
+        finally:
+            await conn.execute("DEALLOCATE incremental")
+    found: dict[str, object] = plan[0]["Plan"]
+    return found
+
+
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+async def test_an_incremental_pass_reads_what_came_since_not_the_log(pool: asyncpg.Pool, tlog: TransparencyLog,
+                                                                     mode: str) -> None:
+    """`log verify --state` looks for late entries among those logged since its last run, and counts the queue's
+    lines without an index: both read what came since, not the 3,000 older entries of the log, whether PostgreSQL
+    plans them for the values given or generic (as it does for a verifier that keeps its connection, after five runs,
+    or in sessions that force generic plans). Before, the late entries' range sat under an OR with `IS NULL`, which a
+    generic plan only filters with: it read the whole access log and hashed all of tlog_entries; and the queue's index
+    check, an anti-join, hashed all of tlog_entries in either plan."""
+    spread = datetime.now(UTC) - timedelta(days=65)
+    async with pool.acquire() as conn:
+        for start in range(0, 3000, 500):  # one every 14 minutes, the last 35 days ago: in earlier months than this
+            await accesslog.write(conn, [(log_entry(n, logged_at=spread + timedelta(minutes=14 * n)), None)
+                                         for n in range(start, start + 500)])
+    integrator = TransparencyLog(pool, tlog.signer, max_merge_delay=60, batch=1000)
+    await integrator.drain()
+    size = await pool.fetchval("SELECT size FROM tlog_head")
+    verified_at = datetime.now(UTC)
+    await commit_entries(pool, 5)
+    await integrator.drain()
+    async with pool.acquire() as conn:
+        await accesslog.write(conn, [(log_entry(n), None) for n in range(300)])  # queued, not integrated
+    await pool.execute("ANALYZE")
+    # logged since: the fixture's 30 (within the hour of margin before the last run), the 5 and the 300
+    recent, total = 30 + 5 + 300, await pool.fetchval("SELECT count(*) FROM access_log")
+    since = verified_at - timedelta(hours=1)  # as verify_log takes it, with no merge delay: all of them looked at
+    async with pool.acquire() as conn:
+        late = await executed(conn, "tlog_pending_late_since", "float8, int, timestamptz",
+                              f"0, 1000, '{since.isoformat()}'", mode)
+        held = await executed(conn, "tlog_held_below", "bigint", str(size), mode)
+    # each recent row read once, and its index probed (found for 35 of them; EXPLAIN rounds a probe's rows per loop)
+    assert rows_read(late, "access_log") == recent and rows_read(late, "tlog_entries") <= 35
+    # tlog_held_below counts every row, by design (index only, one read each); beyond that it reads the 5 lines given
+    # since, the queue's 300, and the row of each
+    assert (rows_read(held, "tlog_entries"), rows_read(held, "tlog_queue")) == (5, 300)
+    assert rows_read(held, "access_log") == total + 5 + 300

@@ -67,12 +67,25 @@ SELECT (SELECT size FROM tlog_head) AS size,
        (SELECT count(*) FROM (SELECT 1 FROM access_log_default LIMIT 1000) d) AS default_rows;
 
 -- name: tlog_pending_late
--- Entries older than the merge delay ($1 s) without an index, whatever the queue says, logged since $3 (NULL: all,
--- an anti-join of the whole access log with tlog_entries, about a second per million entries; `log verify` only).
+-- Entries older than the merge delay ($1 s) without an index, whatever the queue says (`log verify`, a full pass):
+-- an anti-join of the whole access log with tlog_entries, about a second per million entries. Hashing tlog_entries
+-- is right here, where every row is read: one index probe per row took 3.8 to 5.4 s at 300,000 entries, the hash
+-- 0.6 to 0.7 s.
 SELECT a.id, a.logged_at FROM access_log a
 WHERE a.logged_at < now() - make_interval(secs => $1)
-  AND ($3::timestamptz IS NULL OR a.logged_at >= $3)
   AND NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = a.id AND x.logged_at = a.logged_at)
+ORDER BY a.seq LIMIT $2;
+
+-- name: tlog_pending_late_since
+-- The same, of the entries logged since $3 only (`log verify --state`): what that pass reads must grow with what
+-- was logged since its last run, not with the log. So $3 is a condition of its own, where it was under an OR with
+-- `$3 IS NULL`, which a generic plan can only filter with: on a 300,000-entry log, 20 entries added, it read every
+-- row and hashed all of tlog_entries (300 to 480 ms; helper-35's audit found it). Each row's index is one probe, kept
+-- so by OFFSET 0 as in tlog_pending: as an anti-join, custom plans too hashed the whole of tlog_entries once the
+-- range held about 25,000 rows (a month of that log, a day of a log of 10 million entries a year).
+SELECT a.id, a.logged_at FROM access_log a
+WHERE a.logged_at < now() - make_interval(secs => $1) AND a.logged_at >= $3
+  AND NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = a.id AND x.logged_at = a.logged_at OFFSET 0)
 ORDER BY a.seq LIMIT $2;
 
 -- name: tlog_assign
@@ -393,13 +406,20 @@ WHERE x.log_index = $1 AND (a.id IS NOT NULL OR p.leaf_data IS NOT NULL);
 -- the two differ (a row written behind the queue's back, a row moved to another logged_at, a row left beside its
 -- tombstone): someone who could as well edit an old row, which an incremental run does not look for either; a full
 -- pass finds all of them (`missing`, `late`, `deleted`).
+-- The two counts read every row and every tombstone, the one part that grows with the log: a deletion can be
+-- anywhere below. Index only, 50 to 135 ms at 300,000 entries, where the pass spends about 140 us on each new entry.
+-- A count kept up to date by a trigger would not do: the deletions this count sees are those made with triggers
+-- disabled (the guard refuses any other). The rest reads what came since: the lines given since and the queue's,
+-- each line's index probed (OFFSET 0, as in tlog_pending: as an anti-join it hashed all of tlog_entries, 300,040
+-- lines read with 18,000 queued on a 300,000-entry log).
 SELECT (SELECT count(*) FROM access_log)
      - (SELECT count(*) FROM tlog_entries x
         CROSS JOIN LATERAL (SELECT 1 FROM access_log WHERE id = x.entry_id AND logged_at = x.logged_at OFFSET 0) a
         WHERE x.log_index >= $1)
      - (SELECT count(*) FROM tlog_queue q
         CROSS JOIN LATERAL (SELECT 1 FROM access_log WHERE id = q.entry_id AND logged_at = q.logged_at OFFSET 0) a
-        WHERE NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = q.entry_id AND x.logged_at = q.logged_at))
+        WHERE NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = q.entry_id AND x.logged_at = q.logged_at
+                          OFFSET 0))
      + (SELECT count(*) FROM tlog_pruned WHERE log_index < $1) AS held;
 
 -- name: tlog_tombstone_count
