@@ -5,7 +5,8 @@ throughput within 10 % of an empty one").
     .venv/bin/python benchmarks/large_log.py compare --rows 10000000     # exchange.py runs, interleaved
     .venv/bin/python benchmarks/large_log.py drop --rows 10000000
 
-`generate` makes a database `dlnuf_large_<rows>` on the server at --admin-url (as its superuser, so as the owner):
+`generate` makes a database `dlnuf_large_<rows>` (or `--database`; an existing one only with `--replace`) on the
+server at --admin-url (as its superuser, so as the owner):
 migrated, with `rows` access-log entries spread evenly over the last twelve months (one partition a month), each a
 v2 entry as the pipeline writes them (a consumer among twenty, a subject among a million, 92 % released, 8 %
 refused, 2 % failed), already integrated (indices 0..rows-1 in tlog_entries), and the transparency log's state for
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -105,11 +107,16 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def generate(admin_url: str, rows: int, workdir: Path) -> None:
-    name = database_name(rows)
+async def generate(admin_url: str, rows: int, workdir: Path, name: str, *, replace: bool) -> None:
     admin = await asyncpg.connect(admin_url)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        # Two people measuring on one server asked for the same size, and the second one's generate dropped the
+        # first one's database under their connections: replacing one is asked for, not done by default.
+        if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            if not replace:
+                raise SystemExit(f"database {name} exists: --replace to drop and generate it again, or --database "
+                                 "to name another")
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
@@ -181,8 +188,8 @@ def run_exchange(extra: list[str], exchange_args: list[str], out: Path) -> dict[
     return {level: float(cell["rate"]) for level, cell in figures["closed"]["broker"].items()}
 
 
-def compare(admin_url: str, rows: int, workdir: Path, reps: int, exchange_args: list[str]) -> None:
-    dsn = with_database(admin_url, database_name(rows))
+def compare(admin_url: str, rows: int, workdir: Path, reps: int, exchange_args: list[str], name: str) -> None:
+    dsn = with_database(admin_url, name)
     large_args = ["--database-url", dsn, "--broker-env", f"DLNUF_LOG_KEY={workdir / 'log-note-key'}"]
     rates: dict[str, list[dict[str, float]]] = {"empty": [], "large": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -211,22 +218,27 @@ def main() -> int:
     p.add_argument("command", choices=["generate", "compare", "drop"])
     p.add_argument("--rows", type=int, default=10_000_000)
     p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--database", help="the database's name (default: dlnuf_large_<rows>)")
+    p.add_argument("--replace", action="store_true", help="generate: drop the database first if it exists")
     p.add_argument("--workdir", type=Path,
-                   help="where the note key is kept (default: ~/.cache/dlnuf-large-<rows>)")
+                   help="where the note key is kept (default: ~/.cache/<the database's name>)")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--exchange-args", default="--quick --workers 2 --levels 1,32 --no-profile",
                    help="exchange.py's options for every run (default: %(default)s)")
     args = p.parse_args()
-    workdir = args.workdir or Path.home() / ".cache" / f"dlnuf-large-{args.rows}"
+    name = args.database or database_name(args.rows)
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        p.error("--database: lower-case letters, digits and _ only")
+    workdir = args.workdir or Path.home() / ".cache" / name
     workdir.mkdir(parents=True, exist_ok=True)
     if args.command == "generate":
-        asyncio.run(generate(args.admin_url, args.rows, workdir))
+        asyncio.run(generate(args.admin_url, args.rows, workdir, name, replace=args.replace))
     elif args.command == "compare":
-        compare(args.admin_url, args.rows, workdir, args.reps, args.exchange_args.split())
+        compare(args.admin_url, args.rows, workdir, args.reps, args.exchange_args.split(), name)
     else:
         async def drop() -> None:
             conn = await asyncpg.connect(args.admin_url)
-            await conn.execute(f'DROP DATABASE IF EXISTS "{database_name(args.rows)}" WITH (FORCE)')
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await conn.close()
         asyncio.run(drop())
     return 0
