@@ -63,9 +63,9 @@ async def test_the_migration_made_the_coming_months_and_each_is_guarded_like_the
             "SELECT tgname FROM pg_trigger WHERE tgrelid = $1::regclass", name)}
         assert triggers == {"access_log_guard", "access_log_no_truncate"}, name
         indexes = await pool.fetchval("SELECT count(*) FROM pg_index WHERE indrelid = $1::regclass", name)
-        # the primary key (id, logged_at), subject, consumer and logged_at: the leaf indices, and which are v1,
-        # are in tlog_entries since migration 0031
-        assert indexes == 4, name
+        # the primary key (id, logged_at), subject, consumer, logged_at and (retention, logged_at) (migration 0036,
+        # `log prune`'s candidates): the leaf indices, and which are v1, are in tlog_entries since migration 0031
+        assert indexes == 5, name
         with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="truncated"):
             await pool.execute(f"TRUNCATE {name}")
 

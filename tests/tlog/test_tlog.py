@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.config import ConfigError, load_config
 from broker.registry import Habilitation, LegalBasis
 from broker.storage import db
-from broker.tlog import accesslog, checkpoint, leaves, merkle
+from broker.tlog import accesslog, checkpoint, leaves, merkle, partitions
 from broker.tlog.accesslog import LogEntry
 from broker.tlog.log import (
     BeyondTree,
@@ -553,6 +553,8 @@ async def test_the_per_round_and_per_request_queries_never_scan_the_log(pool: as
     await pool.execute("ANALYZE")
     q = db.queries("broker.tlog", "tlog.sql")
     some = await pool.fetchrow("SELECT entry_id, logged_at FROM tlog_entries WHERE log_index = 100")
+    empty = [p.name for p in await partitions.listing(pool)
+             if not await pool.fetchval(f"SELECT EXISTS (SELECT FROM {p.name})")]
     async with pool.acquire() as conn:
         for name, args in (("tlog_entry_index", (some["entry_id"], None)),
                            ("tlog_entry_index", (some["entry_id"], some["logged_at"])),
@@ -569,5 +571,9 @@ async def test_the_per_round_and_per_request_queries_never_scan_the_log(pool: as
             scans = [line for line in plan if "Scan" in line and ("on access_log" in line or "on tlog_entries" in line)
                      and "Index" not in line and "never executed" not in line
                      # the status counts the default partition's rows on purpose (at most 1,000; it is meant empty)
-                     and not (name == "tlog_status" and "on access_log_default " in line)]
+                     and not (name == "tlog_status" and "on access_log_default " in line)
+                     # prune's ranges in the months ahead and the default partition, empty here: with no page to
+                     # read, a seq scan is the planner's cheapest (tests/tlog/test_prune_candidates.py counts the rows
+                     # its index ranges read)
+                     and not (name == "tlog_prune_candidates" and any(f"on {e} " in line for e in empty))]
             assert not scans, (name, "\n".join(plan))
