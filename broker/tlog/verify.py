@@ -277,6 +277,9 @@ class LogSource(Protocol):
     async def held_below(self, size: int) -> int | None:
         """How many indices below `size` hold a row or a tombstone (None: the source cannot say)."""
 
+    async def indexed_below(self, size: int) -> int | None:
+        """How many indices below `size` have their line naming their entry (None: the source cannot say)."""
+
     async def tombstones(self, since: datetime, below: int) -> Tombstones | None:
         """The number of tombstones, and those written after `since` for indices below `below`, with the stored leaf
         (None: the source cannot say)."""
@@ -471,9 +474,9 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
 
     With `resume` (a previous run's `report.resume`), only what came since is verified: the tree is extended from
     the verified edge, so every new checkpoint's root, recomputed from the new rows, proves it extends the last
-    verified one (consistency without trusting the broker's proofs); tombstones written since are checked, and a
-    count shows whether older rows were deleted since. Edits to older rows are not seen: run a full pass now and
-    then.
+    verified one (consistency without trusting the broker's proofs); tombstones written since are checked, and
+    counts show whether older rows or their lines in tlog_entries were deleted since. Edits to older rows are not
+    seen: run a full pass now and then.
 
     With `witnesses` and a `quorum`, every checkpoint's cosignatures by them are checked (a bad one is a finding),
     and the largest checkpoint `quorum` of them cosigned is reported: up to it, no split view without them."""
@@ -565,16 +568,24 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
         v.find("extra", f"the row has an index beyond the latest checkpoint (size {size})", index, entry_id)
     if max_merge_delay is not None:
         # Resuming, the last run found every entry logged before its time minus the merge delay integrated (or it
-        # would have left no state), and an index once given stays (tlog_entries only grows; a line removed shows
-        # below as an index held by nothing): only the entries logged since need looking at. An hour of margin
-        # for the clocks of this machine and of the database.
+        # would have left no state), and an index once given stays (tlog_entries only grows; a line removed is
+        # counted missing in step 5): only the entries logged since need looking at. An hour of margin for the
+        # clocks of this machine and of the database.
         since = None if resume is None else resume.verified_at - timedelta(seconds=max_merge_delay, hours=1)
         for entry_id, logged_at in await source.late(max_merge_delay, since):
             v.find("late", f"logged at {logged_at.isoformat()}, still not integrated after {max_merge_delay:g} s",
                    None, entry_id)
-    # 5. Incremental: below the last verified size, nothing deleted, and the tombstones written since are lawful.
+    # 5. Incremental: below the last verified size, every index still has its line and holds a row or a tombstone,
+    #    and the tombstones written since are lawful.
     tombstones = await source.tombstones(resume.verified_at if resume else datetime.min.replace(tzinfo=UTC), first)
     if resume is not None:
+        indexed = await source.indexed_below(first)
+        if indexed is not None and indexed < first:
+            v.find("missing", f"{first - indexed} indices below {first} lost their line in tlog_entries since the last "
+                              "verification: their entries have no index any more (a full verification names them)")
+        elif indexed is not None and indexed > first:
+            v.find("duplicate", f"tlog_entries has {indexed - first} more lines below {first} than indices: an index "
+                                "was given twice (a full verification names it)")
         present = await source.held_below(first)
         if present is not None and present < first:
             v.find("missing", f"{first - present} entries below {first} were deleted since the last verification "
@@ -652,6 +663,9 @@ class DatabaseSource:
 
     async def held_below(self, size: int) -> int | None:
         return int(await self.conn.fetchval(_q()["tlog_held_below"], size))
+
+    async def indexed_below(self, size: int) -> int | None:
+        return int(await self.conn.fetchval(_q()["tlog_indexed_below"], size))
 
     async def tombstones(self, since: datetime, below: int) -> Tombstones:
         total = int(await self.conn.fetchval(_q()["tlog_tombstone_count"]))
@@ -732,6 +746,9 @@ class HttpSource:
 
     async def held_below(self, size: int) -> int | None:
         return None  # the API serves ranges of entries, not counts: a full verification reads them all
+
+    async def indexed_below(self, size: int) -> int | None:
+        return None
 
     async def tombstones(self, since: datetime, below: int) -> None:
         return None

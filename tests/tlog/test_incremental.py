@@ -1,6 +1,6 @@
 """`log verify --state`: an incremental verification starts from the tree a previous run verified, checks only what
-came since, and still sees rows deleted below it, tombstones written or removed since, and a log that no longer
-extends the verified tree."""
+came since, and still sees rows or their lines deleted below it, tombstones written or removed since, and a log that
+no longer extends the verified tree."""
 
 from __future__ import annotations
 
@@ -86,6 +86,21 @@ async def test_a_row_deleted_below_the_verified_size_is_found(database_url: str,
     await tamper(database_url, f"DELETE FROM access_log WHERE {row_at(4)}")
     report = await verify(database_url, tlog, full.resume)
     assert [(f.kind, "1 entries below 30 were deleted" in f.detail) for f in report.findings] == [("missing", True)]
+
+
+async def test_a_line_removed_below_the_verified_size_is_found(database_url: str, pool: asyncpg.Pool,
+                                                              tlog: TransparencyLog) -> None:
+    """tlog_entries keeps the line of every index it gave (pruning keeps it too): one removed below the verified size
+    leaves its entry without an index. Its row is still there and counted among those held below, so only a count
+    of the lines sees it."""
+    full = await verify(database_url, tlog)
+    assert full.resume is not None
+    await tamper(database_url, "DELETE FROM tlog_entries WHERE log_index = 4")
+    report = await verify(database_url, tlog, full.resume)
+    assert [(f.kind, "1 indices below 30 lost their line" in f.detail) for f in report.findings] == [("missing", True)]
+    assert report.resume is None
+    # a full pass names the index
+    assert ("missing", 4) in [(f.kind, f.index) for f in (await verify(database_url, tlog)).findings]
 
 
 async def test_the_indices_held_below_are_counted_without_reading_their_lines(database_url: str, pool: asyncpg.Pool,

@@ -402,10 +402,11 @@ WHERE x.log_index = $1 AND (a.id IS NOT NULL OR p.leaf_data IS NOT NULL);
 -- counted without joining those indices to the log (a join was about 1.5 s a million entries): every row of
 -- access_log, less those whose index is $1 or more (the lines given since, each looked up) and those still
 -- queued, plus the tombstones below $1. Every row is queued by access_log's trigger and leaves the queue only with
--- its index, so the rows counted are those of the indices below $1. Only someone who can disable triggers can make
--- the two differ (a row written behind the queue's back, a row moved to another logged_at, a row left beside its
--- tombstone): someone who could as well edit an old row, which an incremental run does not look for either; a full
--- pass finds all of them (`missing`, `late`, `deleted`).
+-- its index, so the rows counted are those of the indices below $1, if their lines are still there: a row whose
+-- line was removed is counted all the same, which tlog_indexed_below sees. Only someone who can disable triggers can
+-- make the two differ (a row written behind the queue's back, a row moved to another logged_at, a row left beside
+-- its tombstone): someone who could as well edit an old row, which an incremental run does not look for either; a
+-- full pass finds all of them (`missing`, `late`, `deleted`).
 -- The two counts read every row and every tombstone, the one part that grows with the log: a deletion can be
 -- anywhere below. Index only, 50 to 135 ms at 300,000 entries, where the pass spends about 140 us on each new entry.
 -- A count kept up to date by a trigger would not do: the deletions this count sees are those made with triggers
@@ -421,6 +422,13 @@ SELECT (SELECT count(*) FROM access_log)
         WHERE NOT EXISTS (SELECT 1 FROM tlog_entries x WHERE x.entry_id = q.entry_id AND x.logged_at = q.logged_at
                           OFFSET 0))
      + (SELECT count(*) FROM tlog_pruned WHERE log_index < $1) AS held;
+
+-- name: tlog_indexed_below
+-- How many leaf indices below $1 have their line in tlog_entries (`log verify --state`): all of them, $1, as long as
+-- nobody removed one. tlog_entries only grows (pruning keeps an entry's line) and its primary key is the index, so
+-- this is the one check a removed line cannot pass; tlog_held_below does not see it, since the row whose line went
+-- is still counted among those of the indices below. An index-only count of the lines below $1.
+SELECT count(*) FROM tlog_entries WHERE log_index < $1;
 
 -- name: tlog_tombstone_count
 SELECT count(*) FROM tlog_pruned;
