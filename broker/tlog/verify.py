@@ -41,8 +41,6 @@ from broker.tlog.leaves import timestamp
 from broker.tlog.log import PROMISE_FORMAT, LoggedRow, PgNodeStore, Pruned, leaf_of, logged_rows
 
 Verifiers = str | NoteVerifier | Iterable[str | NoteVerifier]
-Tombstones = tuple[int, list[tuple[int, bytes | None, Pruned]]]
-"""The number of tombstones, and some of them: (index, leaf stored at that index, tombstone)."""
 Progress = Callable[[int, int], None]
 
 
@@ -230,26 +228,57 @@ class Report:
 @dataclass(frozen=True, slots=True)
 class Resume:
     """What an incremental verification starts from: the tree a previous run verified, as its right edge (log2(n)
-    hashes, enough to extend it and recompute every later root), the checkpoint it verified, when, and how many
-    tombstones there were. Kept by the auditor (`log verify --state FILE`), never read from the broker."""
+    hashes, enough to extend it and recompute every later root), the checkpoint it verified, when, and where the
+    tombstones it checked end: the database's horizon then (see `TombstoneCount`) and how many tombstones were
+    written below it. Kept by the auditor (`log verify --state FILE`), never read from the broker."""
 
     size: int
     edge: tuple[bytes, ...]
     checkpoint: str
     verified_at: datetime
     tombstones: int
+    """How many tombstones were written below `horizon`."""
     first_v2: int | None
+    database: str
+    """The database cluster's system identifier ("" when unknown): a horizon means something in its cluster only."""
+    horizon: int
+    """The horizon of the verified snapshot (0 when unknown: every tombstone is checked)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"size": self.size, "edge": [base64.b64encode(h).decode() for h in self.edge],
                 "checkpoint": self.checkpoint, "verified_at": self.verified_at.isoformat(),
-                "tombstones": self.tombstones, "first_v2": self.first_v2}
+                "tombstones": self.tombstones, "first_v2": self.first_v2, "database": self.database,
+                "horizon": self.horizon}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Resume:
+        # A state recorded before tombstones had a horizon has neither member: its next run checks every tombstone.
         return cls(int(raw["size"]), tuple(base64.b64decode(h, validate=True) for h in raw["edge"]),
                    str(raw["checkpoint"]), datetime.fromisoformat(str(raw["verified_at"])), int(raw["tombstones"]),
-                   None if raw.get("first_v2") is None else int(raw["first_v2"]))
+                   None if raw.get("first_v2") is None else int(raw["first_v2"]), str(raw.get("database", "")),
+                   int(raw.get("horizon", 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class TombstoneCount:
+    """Which tombstones a verification has checked, told apart by the transaction that wrote each (`written_by`,
+    migration 0039), not by `pruned_at`: that is the clock of the machine that ran `log prune`, read before it
+    writes, and a tombstone dated before the last verification was never checked by it, lawful or backdated.
+    The horizon of a snapshot (its xmin) is the lowest transaction id still running when it was taken: every
+    transaction below it had ended, so every tombstone that will ever be committed with `written_by` below it is in
+    that snapshot, and was checked by the verification that read it (or an earlier one). A prune committed just
+    before that snapshot is in it; one still running when it was taken, or run since on whatever clock, has its
+    transaction at or above the horizon: the next verification checks its tombstones, and counts only the others.
+    So no lawful prune changes the count below a recorded horizon; a tombstone whose `written_by` was set by hand
+    does, as does one removed."""
+
+    before: int
+    """How many tombstones were written below the horizon asked about (the last verification's)."""
+    recorded: int
+    """How many below this snapshot's horizon: what the next verification will hold its `before` to."""
+    fresh: list[tuple[int, bytes | None, Pruned]]
+    """The tombstones written at or above the horizon asked about, for the indices asked about: (index, leaf stored at
+    that index, tombstone)."""
 
 
 class LogSource(Protocol):
@@ -277,9 +306,16 @@ class LogSource(Protocol):
     async def held_below(self, size: int) -> int | None:
         """How many indices below `size` hold a row or a tombstone (None: the source cannot say)."""
 
-    async def tombstones(self, since: datetime, below: int) -> Tombstones | None:
-        """The number of tombstones, and those written after `since` for indices below `below`, with the stored leaf
-        (None: the source cannot say)."""
+    async def indexed_below(self, size: int) -> int | None:
+        """How many indices below `size` have their line naming their entry (None: the source cannot say)."""
+
+    async def horizon(self) -> tuple[str, int] | None:
+        """The database (its cluster's identifier) and the horizon of the snapshot read (None: the source cannot
+        say); see `TombstoneCount`."""
+
+    async def tombstones(self, after: int, horizon: int, below: int) -> TombstoneCount | None:
+        """The tombstones written below the horizon `after` and below `horizon` (counts), and those written at or above
+        `after` for indices below `below` (None: the source cannot say)."""
 
 
 class _Tree:
@@ -471,8 +507,9 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
 
     With `resume` (a previous run's `report.resume`), only what came since is verified: the tree is extended from
     the verified edge, so every new checkpoint's root, recomputed from the new rows, proves it extends the last
-    verified one (consistency without trusting the broker's proofs); tombstones written since are checked, and a
-    count shows whether older rows were deleted since. Edits to older rows are not seen: run a full pass now and
+    verified one (consistency without trusting the broker's proofs); the tombstones the last run did not see are
+    checked, and counts show whether older rows, their lines in tlog_entries or tombstones were deleted since, or a
+    tombstone was slipped among those already checked. Edits to older rows are not seen: run a full pass now and
     then.
 
     With `witnesses` and a `quorum`, every checkpoint's cosignatures by them are checked (a bad one is a finding),
@@ -565,35 +602,54 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
         v.find("extra", f"the row has an index beyond the latest checkpoint (size {size})", index, entry_id)
     if max_merge_delay is not None:
         # Resuming, the last run found every entry logged before its time minus the merge delay integrated (or it
-        # would have left no state), and an index once given stays (tlog_entries only grows; a line removed shows
-        # below as an index held by nothing): only the entries logged since need looking at. An hour of margin
-        # for the clocks of this machine and of the database.
+        # would have left no state), and an index once given stays (tlog_entries only grows; a line removed is
+        # counted missing in step 5): only the entries logged since need looking at. An hour of margin for the
+        # clocks of this machine and of the database.
         since = None if resume is None else resume.verified_at - timedelta(seconds=max_merge_delay, hours=1)
         for entry_id, logged_at in await source.late(max_merge_delay, since):
             v.find("late", f"logged at {logged_at.isoformat()}, still not integrated after {max_merge_delay:g} s",
                    None, entry_id)
-    # 5. Incremental: below the last verified size, nothing deleted, and the tombstones written since are lawful.
-    tombstones = await source.tombstones(resume.verified_at if resume else datetime.min.replace(tzinfo=UTC), first)
+    # 5. Incremental: below the last verified size, every index still has its line and holds a row or a tombstone,
+    #    and every tombstone the last run did not check is lawful. Which those are, the database says, not a clock
+    #    (`TombstoneCount`). A horizon is that of one cluster's transactions: in another (the log moved by logical
+    #    replication or a restored dump) or below the recorded one (a restore to an earlier point, a standby that
+    #    has not replayed as far), every tombstone below is checked again, and the count starts afresh.
+    here = await source.horizon()
+    same = resume is not None and here is not None and here[0] == resume.database and here[1] >= resume.horizon
+    after = resume.horizon if resume is not None and same else 0
+    tombstones = None if here is None else await source.tombstones(after, here[1], first)
     if resume is not None:
+        indexed = await source.indexed_below(first)
+        if indexed is not None and indexed < first:
+            v.find("missing", f"{first - indexed} indices below {first} lost their line in tlog_entries since the last "
+                              "verification: their entries have no index any more (a full verification names them)")
+        elif indexed is not None and indexed > first:
+            v.find("duplicate", f"tlog_entries has {indexed - first} more lines below {first} than indices: an index "
+                                "was given twice (a full verification names it)")
         present = await source.held_below(first)
         if present is not None and present < first:
             v.find("missing", f"{first - present} entries below {first} were deleted since the last verification "
                               "(a full verification names them)")
         if tombstones is not None:
-            total, fresh = tombstones
-            for index, stored_leaf, tombstone in fresh:
+            for index, stored_leaf, tombstone in tombstones.fresh:
                 v.report.pruned.append(PrunedEntry(index, tombstone.entry_id, tombstone.logged_at))
                 v.check_tombstone(index, stored_leaf, tombstone)
-            new_below = len(fresh)
-            if total < resume.tombstones + new_below:
-                v.find("deleted", "tombstones were removed since the last verification")
+            expected = resume.tombstones if same else 0
+            if tombstones.before < expected:
+                v.find("deleted", f"{expected - tombstones.before} tombstones were removed since the last "
+                                  "verification")
+            elif tombstones.before > expected:
+                v.find("deleted", f"{tombstones.before - expected} tombstones appeared among those the last "
+                                  "verification checked, written with a transaction id set by hand (a full "
+                                  "verification checks every tombstone)")
     if quorum and report.witnessed_size is None:
         v.find("witness", f"no checkpoint verified here carries {quorum} of the {len(witnesses)} witnesses' "
                           "cosignatures")
     report.findings.sort(key=lambda f: (f.index is None, f.index or 0, f.kind))
     if report.ok and latest_signed is not None and v.broken_at is None:
         report.resume = Resume(size, v.tree.edge, latest_note, now or datetime.now(UTC),
-                               tombstones[0] if tombstones is not None else 0, v.first_v2)
+                               0 if tombstones is None else tombstones.recorded, v.first_v2,
+                               "" if here is None else here[0], 0 if here is None else here[1])
     return report
 
 
@@ -653,16 +709,23 @@ class DatabaseSource:
     async def held_below(self, size: int) -> int | None:
         return int(await self.conn.fetchval(_q()["tlog_held_below"], size))
 
-    async def tombstones(self, since: datetime, below: int) -> Tombstones:
-        total = int(await self.conn.fetchval(_q()["tlog_tombstone_count"]))
+    async def indexed_below(self, size: int) -> int | None:
+        return int(await self.conn.fetchval(_q()["tlog_indexed_below"], size))
+
+    async def horizon(self) -> tuple[str, int] | None:
+        row = await self.conn.fetchrow(_q()["tlog_horizon"])
+        return str(row["database"]), int(row["horizon"])
+
+    async def tombstones(self, after: int, horizon: int, below: int) -> TombstoneCount:
+        counts = await self.conn.fetchrow(_q()["tlog_tombstone_counts"], after, horizon)
         fresh = []
-        for r in await self.conn.fetch(_q()["tlog_tombstones_since"], since, below):
+        for r in await self.conn.fetch(_q()["tlog_tombstones_after"], after, below):
             data = r["leaf_data"]
             fresh.append((r["log_index"], None if r["stored_leaf"] is None else bytes(r["stored_leaf"]),
                           Pruned(str(r["entry_id"]), r["logged_at"], r["pruned_at"],
                                  None if data is None else bytes(data), r["habilitation_id"],
                                  r["habilitation_retention"])))
-        return total, fresh
+        return TombstoneCount(int(counts["before"]), int(counts["recorded"]), fresh)
 
 
 class HttpSource:
@@ -733,7 +796,13 @@ class HttpSource:
     async def held_below(self, size: int) -> int | None:
         return None  # the API serves ranges of entries, not counts: a full verification reads them all
 
-    async def tombstones(self, since: datetime, below: int) -> None:
+    async def indexed_below(self, size: int) -> int | None:
+        return None
+
+    async def horizon(self) -> tuple[str, int] | None:
+        return None
+
+    async def tombstones(self, after: int, horizon: int, below: int) -> None:
         return None
 
 
