@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from broker.storage import db
 from broker.tlog import accesslog, leaves
 from broker.tlog.log import TransparencyLog, entry_document, prune
 from broker.tlog.verify import add_duration
@@ -156,3 +157,26 @@ async def test_retention_arithmetic_agrees_with_the_database(pool: asyncpg.Pool)
                                            "AT TIME ZONE 'UTC'", moment, duration)
             assert add_duration(moment, duration) == db_value, (start, duration)
 
+
+
+async def test_prune_and_verify_agree_on_a_server_outside_utc(database_url: str, pool: asyncpg.Pool,
+                                                              tlog: TransparencyLog) -> None:
+    """An entry logged at 12:00Z the day before clocks change in Paris, kept one day: due at 12:00Z, for `log prune`
+    (in SQL) as for `log verify` (in Python). In the server's zone, prune took it as due from 11:45Z (one Paris day
+    before is 12:45Z), and verify reported its tombstone as a deletion before its retention."""
+    await pool.execute(f"ALTER DATABASE \"{await pool.fetchval('SELECT current_database()')}\" "
+                       "SET TimeZone = 'Europe/Paris'")
+    logged = datetime(2026, 3, 28, 12, tzinfo=UTC)
+    entry = log_entry(40, logged_at=logged)
+    entry.default_retention = "P1D"
+    await commit_integrated(pool, tlog, entry)
+    paris = await db.create_pool(database_url, min_size=1, max_size=1)  # sessions opened since the server's change
+    try:
+        assert await prune(paris, now=datetime(2026, 3, 29, 11, 45, tzinfo=UTC), default_retention="P1Y") == []
+        assert [p.entry_id for p in await prune(paris, now=datetime(2026, 3, 29, 12, 1, tzinfo=UTC),
+                                                default_retention="P1Y")] == [str(entry.id)]
+    finally:
+        await paris.close()
+    report = await verify(database_url, tlog, now=datetime.now(UTC))
+    assert report.ok, report.findings
+    assert [p.entry_id for p in report.pruned] == [str(entry.id)]
