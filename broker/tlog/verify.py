@@ -240,7 +240,8 @@ class Resume:
     """How many tombstones were written below `horizon`."""
     first_v2: int | None
     database: str
-    """The database cluster's system identifier ("" when unknown): a horizon means something in its cluster only."""
+    """The database cluster's system identifier and timeline ("" when unknown): a horizon means something in that
+    cluster's history only."""
     horizon: int
     """The horizon of the verified snapshot (0 when unknown: every tombstone is checked)."""
 
@@ -611,9 +612,10 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
                    None, entry_id)
     # 5. Incremental: below the last verified size, every index still has its line and holds a row or a tombstone,
     #    and every tombstone the last run did not check is lawful. Which those are, the database says, not a clock
-    #    (`TombstoneCount`). A horizon is that of one cluster's transactions: in another (the log moved by logical
-    #    replication or a restored dump) or below the recorded one (a restore to an earlier point, a standby that
-    #    has not replayed as far), every tombstone below is checked again, and the count starts afresh.
+    #    (`TombstoneCount`). A horizon is that of one cluster's transactions on one timeline: in another cluster (the
+    #    log moved by logical replication or a restored dump), on another timeline (a restore to an earlier point,
+    #    whose transaction ids are handed out again; a failover) or below the recorded one (a standby that has not
+    #    replayed as far), every tombstone below is checked again, and the count starts afresh.
     here = await source.horizon()
     same = resume is not None and here is not None and here[0] == resume.database and here[1] >= resume.horizon
     after = resume.horizon if resume is not None and same else 0

@@ -237,12 +237,13 @@ async def test_a_lawful_prune_racing_the_verification_is_checked_by_the_next(dat
     assert [p.entry_id for p in report.pruned] == [str(old.id)]
 
 
-@pytest.mark.parametrize("moved", ["database", "horizon", "format"])
+@pytest.mark.parametrize("moved", ["database", "timeline", "horizon", "format"])
 async def test_a_state_from_another_cluster_checks_every_tombstone(database_url: str, pool: asyncpg.Pool,
                                                                    tlog: TransparencyLog, moved: str) -> None:
-    """A horizon orders the transactions of one cluster only: with the log moved to another (logical replication, a
-    restored dump), restored to an earlier point (the horizon is lower than the recorded one), or a state recorded
-    before tombstones had one, the next run checks every tombstone below, and holds no count against the state."""
+    """A horizon orders the transactions of one cluster on one timeline only: with the log moved to another cluster
+    (logical replication, a restored dump), restored to an earlier point (a new timeline, whose transaction ids are
+    handed out again), behind the recorded horizon (a standby), or a state recorded before tombstones had one, the
+    next run checks every tombstone below, and holds no count against the state."""
     old = log_entry(50, logged_at=datetime.now(UTC) - timedelta(days=500))
     await accesslog.commit(pool, old)
     await tlog.drain()
@@ -254,7 +255,12 @@ async def test_a_state_from_another_cluster_checks_every_tombstone(database_url:
         del raw["database"], raw["horizon"]
         state = Resume.from_json(raw)
     elif moved == "database":
-        state = replace(full.resume, database="7000000000000000000", tombstones=full.resume.tombstones + 5)
+        state = replace(full.resume, database="7000000000000000000/1", tombstones=full.resume.tombstones + 5)
+    elif moved == "timeline":
+        system, timeline = full.resume.database.split("/")
+        assert (system, int(timeline)) == tuple(await pool.fetchrow(
+            "SELECT (pg_control_system()).system_identifier::text, (pg_control_checkpoint()).timeline_id"))
+        state = replace(full.resume, database=f"{system}/{int(timeline) + 1}", tombstones=full.resume.tombstones + 5)
     else:
         state = replace(full.resume, horizon=2**62, tombstones=full.resume.tombstones + 5)
     report = await verify(database_url, tlog, state)

@@ -472,7 +472,11 @@ SELECT count(*) FROM tlog_entries WHERE log_index < $1;
 -- transaction with a lower id had ended when it was taken, committed (and seen) or not, so no tombstone whose
 -- `written_by` (migration 0039) is below it can appear later but by someone writing that column by hand. Read
 -- inside `log verify`'s REPEATABLE READ transaction, it is the snapshot of the whole verification.
-SELECT (pg_control_system()).system_identifier::text AS database,
+-- The timeline is part of which database: a restore to an earlier point keeps the system identifier but rewinds the
+-- transaction ids, and once they passed the recorded horizon again the run would count against tombstones the
+-- restore took away, and miss those written with reused ids (helper-42's review). Restored, or after a failover, the
+-- timeline differs: every tombstone below the verified size is checked once more, and the count starts afresh.
+SELECT (pg_control_system()).system_identifier::text || '/' || (pg_control_checkpoint()).timeline_id AS database,
        pg_snapshot_xmin(pg_current_snapshot()) AS horizon;
 
 -- name: tlog_tombstone_counts
