@@ -165,8 +165,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 # TimeZone: every computation of a date in SQL (`log prune`'s cutoffs, `now - retention`, a month's bounds) is made
 # in UTC, as `log verify` makes it in Python and as the partitions' months are. Left to the server's default (the
 # host's zone, Europe/Paris on a French server), `log prune` took an entry logged at 12:00Z with a one-day retention
-# as due from 11:30Z the day clocks change, and `log verify` reported its tombstone as a deletion before its
-# retention (helper-42's review).
+# as due an hour early, after 11:00Z the day clocks change, and `log verify` reported its tombstone as a deletion
+# before its retention (helper-42's review).
 SESSION_SETTINGS: Mapping[str, str] = {"jit": "off", "TimeZone": "UTC"}
 
 

@@ -162,8 +162,9 @@ async def test_retention_arithmetic_agrees_with_the_database(pool: asyncpg.Pool)
 async def test_prune_and_verify_agree_on_a_server_outside_utc(database_url: str, pool: asyncpg.Pool,
                                                               tlog: TransparencyLog) -> None:
     """An entry logged at 12:00Z the day before clocks change in Paris, kept one day: due at 12:00Z, for `log prune`
-    (in SQL) as for `log verify` (in Python). In the server's zone, prune took it as due from 11:45Z (one Paris day
-    before is 12:45Z), and verify reported its tombstone as a deletion before its retention."""
+    (in SQL) as for `log verify` (in Python). In the server's zone, prune took it as due an hour early, after 11:00Z
+    (at 11:45Z, one Paris day before is 12:45Z), and verify reported its tombstone as a deletion before its
+    retention."""
     await pool.execute(f"ALTER DATABASE \"{await pool.fetchval('SELECT current_database()')}\" "
                        "SET TimeZone = 'Europe/Paris'")
     logged = datetime(2026, 3, 28, 12, tzinfo=UTC)
