@@ -125,9 +125,6 @@ DELETE FROM quota_usage WHERE window_start + window_seconds < extract(epoch FROM
 -- name: nonce_purge
 DELETE FROM seen_nonces WHERE expires_at < now();
 
--- name: access_log_recent
-SELECT * FROM access_log ORDER BY logged_at DESC, id LIMIT $1;
-
 -- name: objection_exists
 SELECT EXISTS (
     SELECT 1 FROM objections

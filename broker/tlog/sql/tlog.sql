@@ -16,9 +16,6 @@ SELECT size, set_config('plan_cache_mode', 'force_custom_plan', true) AS plans F
 -- rows before this process's last entries were committed. Custom plans, as above.
 SELECT size, set_config('plan_cache_mode', 'force_custom_plan', true) AS plans FROM tlog_head FOR UPDATE;
 
--- name: tlog_head_size
-SELECT size FROM tlog_head;
-
 -- name: tlog_head_update
 UPDATE tlog_head SET size = $1;
 
