@@ -52,6 +52,16 @@ class SourceError(Exception):
     """The log could not be read (transport, database, or an answer that is not the expected shape)."""
 
 
+class UnidentifiedDatabase(Exception):
+    """The source cannot say which database cluster and timeline it reads, so no horizon can be tied to it (see
+    `TombstoneCount`): `reason` says why, `remedy` how to grant what is missing."""
+
+    def __init__(self, reason: str, remedy: str) -> None:
+        super().__init__(f"{reason}; {remedy}")
+        self.reason = reason
+        self.remedy = remedy
+
+
 # -- Promises and proofs (consumers, citizens) -------------------------------------------------------------------
 
 
@@ -207,6 +217,9 @@ class Report:
     """Where the next incremental verification may start, when this one found nothing."""
     witnessed_size: int | None = None
     """The largest checkpoint the witness quorum cosigned (with witnesses given)."""
+    unidentified: str | None = None
+    """Why the database could not be identified, when it could not: every tombstone below the size resumed from was
+    then checked again, and `resume` records no horizon."""
 
     @property
     def ok(self) -> bool:
@@ -215,7 +228,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "origin": self.origin, "tree_size": self.tree_size, "resumed_from": self.resumed_from,
-            "witnessed_size": self.witnessed_size,
+            "witnessed_size": self.witnessed_size, "unidentified": self.unidentified,
             "entries_checked": self.entries,
             "checkpoints_checked": self.checkpoints,
             "pruned": [{"index": p.index, "entry_id": p.entry_id, "logged_at": p.logged_at.isoformat()}
@@ -240,8 +253,9 @@ class Resume:
     """How many tombstones were written below `horizon`."""
     first_v2: int | None
     database: str
-    """The database cluster's system identifier and timeline ("" when unknown): a horizon means something in that
-    cluster's history only."""
+    """The database cluster's system identifier and timeline ("" when unknown: the source could not say, or the role
+    could not read them): a horizon means something in that cluster's history only, and one recorded with "" is
+    taken by no later run."""
     horizon: int
     """The horizon of the verified snapshot (0 when unknown: every tombstone is checked)."""
 
@@ -312,7 +326,7 @@ class LogSource(Protocol):
 
     async def horizon(self) -> tuple[str, int] | None:
         """The database (its cluster's identifier) and the horizon of the snapshot read (None: the source cannot
-        say); see `TombstoneCount`."""
+        say); see `TombstoneCount`. Raises `UnidentifiedDatabase` when it reads a database it cannot identify."""
 
     async def tombstones(self, after: int, horizon: int, below: int) -> TombstoneCount | None:
         """The tombstones written below the horizon `after` and below `horizon` (counts), and those written at or above
@@ -616,8 +630,22 @@ async def verify_log(source: LogSource, verifiers: Verifiers, *, origin: str, ma
     #    log moved by logical replication or a restored dump), on another timeline (a restore to an earlier point,
     #    whose transaction ids are handed out again; a failover) or below the recorded one (a standby that has not
     #    replayed as far), every tombstone below is checked again, and the count starts afresh.
-    here = await source.horizon()
-    same = resume is not None and here is not None and here[0] == resume.database and here[1] >= resume.horizon
+    #    Without the database's identity (a role that may not read it) the pass is still sound, as for another
+    #    database: the edge it extends is bound to signed checkpoints, the counts of lines and of indices held below
+    #    are held to the verified size, not to a horizon; only the tombstone count needs one, and a horizon from an
+    #    unknown cluster or timeline could be another history's (a restore or a failover hands transaction ids out
+    #    again: a tombstone written with a reused id below it would be counted, never checked). So none is used:
+    #    every tombstone below is checked, the count starts afresh, and the state records no horizon ("", 0), which
+    #    no later run takes, identified or not.
+    try:
+        here = await source.horizon()
+    except UnidentifiedDatabase as exc:
+        here = ("", 0)
+        report.unidentified = (f"the database cannot be identified ({exc.reason}): each run checks every tombstone "
+                               "again, instead of counting those an earlier run checked, and the state records no "
+                               f"horizon. To have them counted, {exc.remedy}")
+    same = resume is not None and here is not None and here[0] != "" and here[0] == resume.database \
+        and here[1] >= resume.horizon
     after = resume.horizon if resume is not None and same else 0
     tombstones = None if here is None else await source.tombstones(after, here[1], first)
     if resume is not None:
@@ -715,7 +743,14 @@ class DatabaseSource:
         return int(await self.conn.fetchval(_q()["tlog_indexed_below"], size))
 
     async def horizon(self) -> tuple[str, int] | None:
-        row = await self.conn.fetchrow(_q()["tlog_horizon"])
+        try:
+            # A savepoint: the error would otherwise abort the verification's transaction, and its snapshot with it.
+            async with self.conn.transaction():
+                row = await self.conn.fetchrow(_q()["tlog_horizon"])
+        except asyncpg.InsufficientPrivilegeError as exc:  # pg_control_*() revoked from PUBLIC (managed servers)
+            role = await self.conn.fetchval(_q()["tlog_current_role"])
+            raise UnidentifiedDatabase(str(exc), "grant the role what it lacks (as a superuser): GRANT EXECUTE ON "
+                                       f"FUNCTION pg_control_system(), pg_control_checkpoint() TO {role};") from None
         return str(row["database"]), int(row["horizon"])
 
     async def tombstones(self, after: int, horizon: int, below: int) -> TombstoneCount:

@@ -473,8 +473,15 @@ SELECT count(*) FROM tlog_entries WHERE log_index < $1;
 -- transaction ids, and once they passed the recorded horizon again the run would count against tombstones the
 -- restore took away, and miss those written with reused ids (helper-42's review). Restored, or after a failover, the
 -- timeline differs: every tombstone below the verified size is checked once more, and the count starts afresh.
+-- Both functions are PUBLIC's on a stock server; a managed or hardened one may revoke them. The role then cannot
+-- tell which database this is, nor, with one of them, which timeline: the verification runs without a horizon
+-- (DatabaseSource.horizon, verify_log's step 5), and tlog_current_role names the role to grant them to.
 SELECT (pg_control_system()).system_identifier::text || '/' || (pg_control_checkpoint()).timeline_id AS database,
        pg_snapshot_xmin(pg_current_snapshot()) AS horizon;
+
+-- name: tlog_current_role
+-- The role this session checks privileges as, quoted as GRANT takes it.
+SELECT quote_ident(current_user);
 
 -- name: tlog_tombstone_counts
 -- How many tombstones were written below the horizon $1 (the last verification's, or 0), and how many below $2 (this

@@ -1,0 +1,175 @@
+"""`log verify --state` where the auditor's role may not read the cluster's identity (`pg_control_system()` or
+`pg_control_checkpoint()` revoked from PUBLIC, as managed or hardened servers do): the verification still runs and
+stays sound. It treats the database as another one, checking every tombstone below the verified size again, records
+a state that no later run takes a horizon from, and says once which privilege to grant."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from broker.storage import db, roles
+from broker.tlog import accesslog, leaves
+from broker.tlog.log import TransparencyLog, entry_document, prune
+from broker.tlog.verify import DatabaseSource, Report, Resume, verify_log
+from tests.tlog.test_tlog import ORIGIN, commit_entries, log_entry, signer
+from tests.tlog.test_tlog_verify import tamper
+from tests.tlog.test_tombstones import delete_with_tombstone
+
+ROOT = Path(__file__).resolve().parents[2]
+GRANT = "GRANT EXECUTE ON FUNCTION pg_control_system(), pg_control_checkpoint() TO"
+
+
+@dataclass(frozen=True)
+class Auditor:
+    dsn: str
+    name: str
+
+
+@pytest.fixture
+async def auditor(request: pytest.FixtureRequest, pg_server: str, database_url: str) -> AsyncIterator[Auditor]:
+    """A login role that may read the log's tables, in a database where PUBLIC may no longer execute one of the
+    functions that identify the cluster (`pg_control_system()` unless parametrized). Roles are the server's: a unique
+    name, dropped after. A function's ACL in pg_catalog is the database's own: the server's other databases (the
+    template every test copies among them) keep the grant, which is checked here and restored in this one anyway."""
+    revoked = getattr(request, "param", "pg_control_system()")
+    name = f"dlnuf_Auditor_{uuid.uuid4().hex[:10]}"  # a capital: the GRANT advised must quote it
+    admin = await asyncpg.connect(database_url)
+    elsewhere = await asyncpg.connect(pg_server)
+    try:
+        await admin.execute(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+        await admin.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{name}"')
+        await admin.execute(f"REVOKE EXECUTE ON FUNCTION {revoked} FROM PUBLIC")
+        held = "SELECT has_function_privilege($1, $2, 'EXECUTE')"
+        assert not await admin.fetchval(held, name, revoked)
+        assert await elsewhere.fetchval("SELECT current_database()") != await admin.fetchval(
+            "SELECT current_database()")
+        assert await elsewhere.fetchval(held, name, revoked), "the revoke reached another database"
+        yield Auditor(roles.with_user(database_url, name), name)
+    finally:
+        await admin.execute(f"GRANT EXECUTE ON FUNCTION {revoked} TO PUBLIC")
+        await admin.execute(f'DROP OWNED BY "{name}"')  # its grants here: the role is then held by nothing
+        await admin.close()
+        await elsewhere.execute(f'DROP ROLE IF EXISTS "{name}"')
+        await elsewhere.close()
+
+
+@pytest.fixture
+async def tlog(pool: asyncpg.Pool) -> TransparencyLog:
+    t = TransparencyLog(pool, signer(), max_merge_delay=60, batch=7)
+    await t.ensure_checkpoint()
+    await commit_entries(pool, 30)
+    await t.drain()
+    return t
+
+
+async def pruned_and_young(pool: asyncpg.Pool, tlog: TransparencyLog) -> tuple[accesslog.LogEntry,
+                                                                                accesslog.LogEntry]:
+    """An entry past its retention, lawfully pruned (a tombstone at index 30), and a young one (index 31)."""
+    old = log_entry(50, logged_at=datetime.now(UTC) - timedelta(days=500))
+    young = log_entry(51, logged_at=datetime.now(UTC) - timedelta(days=5))
+    for e in (old, young):
+        await accesslog.commit(pool, e)
+    await tlog.drain()
+    assert [p.entry_id for p in await prune(pool, now=datetime.now(UTC), default_retention="P1Y")] == [str(old.id)]
+    return old, young
+
+
+async def verify(dsn: str, tlog: TransparencyLog, resume: Resume | None = None) -> Report:
+    conn = await db.connect(dsn)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            return await verify_log(DatabaseSource(conn), [tlog.signer.verifier], origin=ORIGIN, page=8,
+                                    now=datetime.now(UTC), resume=resume)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("tampering", ["tombstone", "line"])
+async def test_the_command_verifies_twice_without_the_identity(database_url: str, pool: asyncpg.Pool,
+                                                               tlog: TransparencyLog, auditor: Auditor,
+                                                               tmp_path: Path, tampering: str) -> None:
+    """Run as the auditor's role with a state file: both runs succeed and say once why and what to grant; the second
+    checks the lawful tombstone again (an identified run would count it); and a tombstone backdated below every
+    horizon, or an index's line removed, is still found."""
+    state = tmp_path / "state.json"
+
+    def run() -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DLNUF_STATE_DIR": str(tmp_path), "DLNUF_LOG_FORMAT": "json"}
+        env.pop("DATABASE_URL", None)
+        return subprocess.run([sys.executable, "-m", "broker", "log", "verify", "--database-url", auditor.dsn,
+                               "--vkey", tlog.signer.verifier.vkey(), "--state", str(state), "--json"],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
+
+    def said_once(done: subprocess.CompletedProcess[str]) -> None:
+        assert done.stderr.count(GRANT) == 1, done.stderr
+        assert f'{GRANT} "{auditor.name}";' in done.stderr and "pg_control_system" in done.stderr
+
+    old, young = await pruned_and_young(pool, tlog)
+    first = run()
+    assert first.returncode == 0, first.stdout + first.stderr
+    said_once(first)
+    recorded = json.loads(state.read_text())
+    assert (recorded["size"], recorded["database"], recorded["horizon"], recorded["tombstones"]) == (32, "", 0, 0)
+
+    second = run()
+    assert second.returncode == 0, second.stdout + second.stderr
+    said_once(second)
+    report = json.loads(second.stdout)
+    assert report["resumed_from"] == 32 and [p["entry_id"] for p in report["pruned"]] == [str(old.id)]
+    assert GRANT in report["unidentified"]
+    recorded = json.loads(state.read_text())
+    assert (recorded["size"], recorded["database"], recorded["horizon"], recorded["tombstones"]) == (32, "", 0, 0)
+
+    if tampering == "tombstone":
+        # deleted long before its retention, behind a tombstone dated before the last run and written, by the look
+        # of it, below any horizon: an identified run would see one tombstone too many; this one checks it
+        public = leaves.leaf_data(entry_document(young.row()))
+        verified_at = datetime.fromisoformat(recorded["verified_at"])
+        await delete_with_tombstone(database_url, pool, young, pruned_at=verified_at - timedelta(days=1),
+                                    leaf_data=public)
+        await tamper(database_url, f"UPDATE tlog_pruned SET written_by = '0' WHERE entry_id = '{young.id}'")
+    else:
+        await tamper(database_url, "DELETE FROM tlog_entries WHERE log_index = 4")
+    third = run()
+    assert third.returncode == 1, third.stdout + third.stderr
+    said_once(third)
+    found = [(f["kind"], f["index"], f["entry_id"], f["detail"]) for f in json.loads(third.stdout)["findings"]]
+    if tampering == "tombstone":
+        assert [f[:3] for f in found] == [("deleted", 31, str(young.id))] and "before its retention" in found[0][3]
+    else:
+        assert [(f[0], "1 indices below 32 lost their line" in f[3]) for f in found] == [("missing", True)]
+    assert json.loads(state.read_text()) == recorded  # a run that found something records nothing
+
+
+@pytest.mark.parametrize("auditor", ["pg_control_system()", "pg_control_checkpoint()"], indirect=True)
+async def test_no_run_takes_a_horizon_from_an_unidentified_database(database_url: str, pool: asyncpg.Pool,
+                                                                    tlog: TransparencyLog, auditor: Auditor) -> None:
+    """Without either function, the cluster or its timeline is unknown, and a horizon orders one timeline's
+    transactions only (a restore or a failover hands their ids out again). A run without the identity resumes from a
+    state an identified run recorded as from another database's: every tombstone below checked, nothing counted;
+    it records no horizon; and the next run, identified or not, checks them all again."""
+    old, _ = await pruned_and_young(pool, tlog)
+    identified = await verify(database_url, tlog)
+    assert identified.ok and identified.unidentified is None and identified.resume is not None
+    assert identified.resume.database and identified.resume.horizon
+    unidentified = await verify(auditor.dsn, tlog, identified.resume)
+    assert unidentified.ok, unidentified.findings
+    assert [p.entry_id for p in unidentified.pruned] == [str(old.id)]
+    assert unidentified.unidentified is not None and f'{GRANT} "{auditor.name}";' in unidentified.unidentified
+    state = unidentified.resume
+    assert state is not None and (state.database, state.horizon, state.tombstones) == ("", 0, 0)
+    for dsn in (auditor.dsn, database_url):
+        again = await verify(dsn, tlog, state)
+        assert again.ok, again.findings
+        assert [p.entry_id for p in again.pruned] == [str(old.id)]
