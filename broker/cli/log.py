@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+import asyncpg
 
 from broker.cli import offline
 from broker.config import Config
@@ -184,6 +185,11 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
             report = asyncio.run(_verify_database(args, config, progress, held))
     except (OSError, ValueError, tlog_verify.SourceError, CheckpointError, WitnessError, tlog.NoteKeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except asyncpg.InsufficientPrivilegeError as exc:
+        # An auditor's role, not the owner's: the general advice (run it as the owner role) would be wrong here.
+        print(f"error: the role cannot read what the verification reads: {str(exc).splitlines()[0]}; an auditor's "
+              "role needs SELECT on the log's tables (docs/operations.md, « Database roles »)", file=sys.stderr)
         return 2
     if report.unidentified is not None and args.state is not None:
         # without --state nothing depends on the database's identity: a full pass checks every tombstone anyway

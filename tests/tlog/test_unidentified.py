@@ -5,6 +5,7 @@ a state that no later run takes a horizon from, and says once which privilege to
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -173,3 +174,24 @@ async def test_no_run_takes_a_horizon_from_an_unidentified_database(database_url
         again = await verify(dsn, tlog, state)
         assert again.ok, again.findings
         assert [p.entry_id for p in again.pruned] == [str(old.id)]
+
+
+async def test_a_role_that_cannot_read_a_table_is_told_what_an_auditor_needs(database_url: str, pool: asyncpg.Pool,
+                                                                              tlog: TransparencyLog,
+                                                                              auditor: Auditor) -> None:
+    """Any other privilege the auditor's role lacks stops the verification (it cannot be sound without the table),
+    with advice for an auditor, not the owner-role advice every other command gives."""
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f'REVOKE SELECT ON tlog_pruned FROM "{auditor.name}"')
+    finally:
+        await admin.close()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "broker", "log", "verify", "--database-url", auditor.dsn, "--vkey",
+                         tlog.signer.verifier.vkey()],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "permission denied for table tlog_pruned" in done.stderr
+    assert "an auditor's role needs SELECT on the log's tables" in done.stderr
+    assert "owner role" not in done.stderr and "Traceback" not in done.stderr
