@@ -625,6 +625,7 @@ async def _prune_rows(pool: asyncpg.Pool, *, now: datetime, default_retention: s
     done: list[PrunedEntry] = []
     while True:
         async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(q["tlog_prune_serial"])
             rows = await conn.fetch(q["tlog_prune_candidates"], now, default_retention,
                                     2**62 if dry_run else batch)
             found = [PrunedEntry(r["log_index"], str(r["id"]), r["logged_at"]) for r in rows]

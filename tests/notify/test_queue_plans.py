@@ -141,7 +141,7 @@ async def test_digests_and_the_purge_read_the_subscriptions_due_only(pool: async
 async def test_the_claim_reads_the_mails_it_leases_even_with_a_backlog(pool: asyncpg.Pool) -> None:
     """A relay down for hours leaves a backlog, each mail rescheduled by its own failure. With 20,000 mails due in the
     statistics, the generic plan of the former claim hashed the whole mail outbox to find its 20 by id: 20,053 rows
-    read (checked), 73 now."""
+    read (checked), 73 after, at most 60 on migration 0040's index."""
     await subscribers(pool, 0, 1, "each", confirmed_at=datetime.now(UTC) - timedelta(days=1))
     await pool.execute("INSERT INTO mail_outbox (subscription_id, kind, attempts, last_error, next_attempt_at) "
                        "SELECT id, 'confirmation', 3, 'relay unreachable', now() - n * interval '1 ms' "
@@ -151,9 +151,9 @@ async def test_the_claim_reads_the_mails_it_leases_even_with_a_backlog(pool: asy
     async with pool.acquire() as conn:
         for mode in MODES:
             plan = await executed_plan(conn, claim, "20, 105", mode)
-            # each mail: found in the due index (the sort on (next_attempt_at, id) reads up to 32 ahead) and locked,
-            # found by id, leased
-            assert rows_read(plan, "mail_outbox") <= 3 * 20 + 32, (mode, plan)
+            # each mail: found in the due index (in the claim's order since migration 0040: before, the sort on
+            # (next_attempt_at, id) read up to 32 ahead) and locked, found by id, leased
+            assert rows_read(plan, "mail_outbox") <= 3 * 20, (mode, plan)
     oldest = await pool.fetch("SELECT id FROM mail_outbox ORDER BY next_attempt_at LIMIT 40")
     first, then = await pool.fetch(claim, 20, 105), await pool.fetch(claim, 20, 105)
     assert {r["id"] for r in first} | {r["id"] for r in then} == {r["id"] for r in oldest}  # due first, once
@@ -204,3 +204,89 @@ async def test_migration_0037_indexes_the_subscriptions_already_there(pg_server:
                 assert rows_read(plan, "mail_subscriptions") <= 5, plan
         finally:
             await pool.close()
+
+
+GROUP = 500
+CLAIMS = (("notification_outbox", "broker.tlog", "tlog.sql", "outbox_claim", 50),
+          ("mail_outbox", "broker.notify", "notify.sql", "mail_claim", 20))
+"""Each claim: its table, where the statement is, its name, and a batch (the claim's LIMIT)."""
+
+
+async def test_the_claims_read_their_batch_of_lines_that_share_a_time(pg_server: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines written in one transaction share next_attempt_at (its default, now()): the released entries of a group
+    commit, the mails of a fan-out pass. The claims take them by (next_attempt_at, id). On the due indexes of
+    next_attempt_at alone the plan read the whole group to sort it (the 500 of a fan-out pass, checked below before
+    migrating, custom and generic plans); on migration 0040's, of (next_attempt_at, id), the lines it takes."""
+    async with migrated_up_to(pg_server, 39, monkeypatch) as dsn:
+        pool = await db.create_pool(dsn, min_size=1, max_size=1)
+        try:
+            await subscribers(pool, 0, GROUP, "each", confirmed_at=datetime.now(UTC) - timedelta(days=1))
+            await released(pool, GROUP, GROUP)  # one statement: the webhook's lines
+            row = await pool.fetchrow(_q()["mail_fan_out"], GROUP, PREVIEW_PURPOSE, CITIZEN_RECIPIENT)
+            assert row["queued"] == GROUP  # one statement: the mails
+            # and lines leased or rescheduled, due later: enough that each line taken is found again by its id
+            await pool.execute("INSERT INTO notification_outbox (entry_id, logged_at, next_attempt_at, "
+                               "mail_fanned_out_at) SELECT gen_random_uuid(), now(), now() + interval '1 hour', now() "
+                               "FROM generate_series(1, 10000)")
+            await pool.execute("INSERT INTO mail_outbox (subscription_id, kind, next_attempt_at) "
+                               "SELECT id, 'confirmation', now() + interval '1 hour' "
+                               "FROM mail_subscriptions, generate_series(1, 20)")
+            async with pool.acquire() as conn:
+                for table, *_ in CLAIMS:
+                    assert await conn.fetchval(f"SELECT count(DISTINCT next_attempt_at) FROM {table} "
+                                               "WHERE next_attempt_at <= now()") == 1
+                    await conn.execute(f"ANALYZE {table}")
+
+                async def reads() -> dict[tuple[str, str], int]:
+                    found = {}
+                    for table, package, file, name, batch in CLAIMS:
+                        claim = db.queries(package, file)[name]
+                        for mode in MODES:
+                            plan = await executed_plan(conn, claim, f"{batch}, 60", mode)
+                            found[name, mode] = rows_read(plan, table)
+                    return found
+
+                before = await reads()
+                assert all(n >= GROUP for n in before.values()), before
+                assert [m.version for m in await db.migrate(conn)] == since(40)
+                after = await reads()
+                # each line taken: found in the due index and locked, found by id, leased
+                batches = {name: batch for *_, name, batch in CLAIMS}
+                assert all(n <= 3 * batches[name] for (name, _), n in after.items()), after
+                for table, package, file, name, batch in CLAIMS:
+                    first = await conn.fetch(f"SELECT id FROM {table} WHERE next_attempt_at <= now() ORDER BY id "
+                                             f"LIMIT {batch}")
+                    taken = await conn.fetch(db.queries(package, file)[name], batch, 60)
+                    assert sorted(r["id"] for r in taken) == [r["id"] for r in first]  # in order of id
+        finally:
+            await pool.close()
+
+
+async def test_migration_0040_keeps_an_index_built_beforehand_and_refuses_an_invalid_one(
+        pg_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/operations.md: on a large outbox, build the claim's index concurrently before migrating. One that a
+    failed concurrent build left invalid is never used, and the migration drops the old index: it refuses."""
+    async with migrated_up_to(pg_server, 39, monkeypatch) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            for table in ("notification_outbox", "mail_outbox"):
+                await conn.execute(f"CREATE INDEX CONCURRENTLY {table}_claim ON {table} (next_attempt_at, id) "
+                                   "WHERE delivered_at IS NULL AND gave_up_at IS NULL")
+            built = await conn.fetchval("SELECT 'notification_outbox_claim'::regclass::oid")
+            # what a failed CREATE INDEX CONCURRENTLY leaves
+            await conn.execute("UPDATE pg_index SET indisvalid = false "
+                               "WHERE indexrelid = 'mail_outbox_claim'::regclass")
+            with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="drop it, then migrate again"):
+                await db.migrate(conn)
+            await conn.execute("DROP INDEX mail_outbox_claim")
+            assert [m.version for m in await db.migrate(conn)] == since(40)
+            assert await conn.fetchval("SELECT 'notification_outbox_claim'::regclass::oid") == built
+            indexes = {r["indexname"]: r["indexdef"] for r in await conn.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('notification_outbox', 'mail_outbox') "
+                "AND indexdef LIKE '%next_attempt_at%'")}
+            assert sorted(indexes) == ["mail_outbox_claim", "notification_outbox_claim"]
+            assert all(d.endswith("(next_attempt_at, id) WHERE ((delivered_at IS NULL) AND (gave_up_at IS NULL))")
+                       for d in indexes.values()), indexes
+        finally:
+            await conn.close()

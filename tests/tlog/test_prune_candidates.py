@@ -14,7 +14,7 @@ import pytest
 
 from broker.registry import Habilitation, LegalBasis
 from broker.storage import db
-from broker.tlog import accesslog, leaves, partitions
+from broker.tlog import accesslog, leaves, log, partitions
 from broker.tlog.accesslog import LogEntry
 from broker.tlog.log import TransparencyLog
 from tests.tlog.test_partitions import rows_read
@@ -189,3 +189,30 @@ async def test_the_candidates_are_found_without_reading_the_log(pool: asyncpg.Po
             finally:
                 await without_index.rollback()
     assert sorted(r["id"] for r in await pool.fetch(NEW, now, "P1Y", 1000)) == sorted(e.id for e in due)
+
+
+async def test_prune_takes_its_candidates_without_parallel_workers(
+        database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting parallel workers for the candidates' generic plan cost more than the statement (tlog.sql
+    `tlog_prune_serial`): each of prune's batches takes its candidates with max_parallel_workers_per_gather = 0, on
+    a pool whose sessions allow 4. The statement records the setting it runs under, so whatever plan the test's
+    small log gets, the setting is what is checked."""
+    now = datetime.now(UTC)
+    # due after a day, each beside one kept ten years in its month: pruned row by row, not as a whole partition
+    due = [entry(n, now - timedelta(days=3, minutes=n), retention="P1D") for n in range(5)]
+    kept = [entry(10 + n, now - timedelta(days=3, minutes=n), retention="P10Y") for n in range(5)]
+    await store(pool, tlog, due + kept)
+    await pool.execute("CREATE TABLE seen (workers text NOT NULL)")
+    queries = db.queries("broker.tlog", "tlog.sql")
+    recording = ("WITH seen AS (INSERT INTO seen VALUES (current_setting('max_parallel_workers_per_gather'))) "
+                 f"SELECT * FROM ({NEW.strip().rstrip(';')}) c ORDER BY c.logged_at, c.id")
+    monkeypatch.setattr(log, "_q", lambda: {**queries, "tlog_prune_candidates": recording})
+    parallel = await db.create_pool(database_url, min_size=1, max_size=1,
+                                    settings={"max_parallel_workers_per_gather": "4"})
+    try:
+        assert await parallel.fetchval("SHOW max_parallel_workers_per_gather") == "4"
+        pruned = await log.prune(parallel, now=now, default_retention="P1Y", batch=2)
+    finally:
+        await parallel.close()
+    assert sorted(p.entry_id for p in pruned) == sorted(str(e.id) for e in due)
+    assert [r["workers"] for r in await pool.fetch("SELECT workers FROM seen")] == ["0", "0", "0"]

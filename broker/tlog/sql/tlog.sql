@@ -237,6 +237,17 @@ WHERE a.subject_key = $1
 ORDER BY a.logged_at DESC, a.id
 LIMIT $6;
 
+-- name: tlog_prune_serial
+-- Run first in each transaction of `log prune` that takes candidates (SET LOCAL, for that transaction only): the
+-- generic plan of tlog_prune_candidates, which PostgreSQL may keep after five batches, puts parallel workers on its v1
+-- range, and starting them cost more than the statement. On a 300,000-entry log with 102,000 entries of four other
+-- retentions and 2,000 v1 entries (benchmarks/prune_candidates.py, medians of 5 runs of 9): after a prune, 28 ms
+-- with 2 workers, 5.9 without (custom plans, which get none, 5.2 either way); a batch of 1,000 due, 90 against 63.
+-- A statement of its own, not set_config(..., true) folded into the candidates' as tlog_head_lock does: a setting
+-- changes only the plans made after it, and the candidates' plan is made before that statement runs. The round trip
+-- costs 0.1 ms a batch.
+SELECT set_config('max_parallel_workers_per_gather', '0', true);
+
 -- name: tlog_prune_candidates
 -- Integrated entries older than their retention as of $1: the one a v2 entry carries, else its habilitation's, else
 -- $2 (an ISO 8601 duration) for entries whose habilitation is unknown or gone; the first $3 by (logged_at, id).
