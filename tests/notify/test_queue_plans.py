@@ -266,7 +266,8 @@ async def test_the_claims_read_their_batch_of_lines_that_share_a_time(pg_server:
 async def test_migration_0040_keeps_an_index_built_beforehand_and_refuses_an_invalid_one(
         pg_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/operations.md: on a large outbox, build the claim's index concurrently before migrating. One that a
-    failed concurrent build left invalid is never used, and the migration drops the old index: it refuses."""
+    failed concurrent build left invalid is never used, nor one of that name on other columns, and the migration
+    drops the old index: it refuses both. An old index dropped beforehand is no obstacle."""
     async with migrated_up_to(pg_server, 39, monkeypatch) as dsn:
         conn = await db.connect(dsn)
         try:
@@ -280,6 +281,14 @@ async def test_migration_0040_keeps_an_index_built_beforehand_and_refuses_an_inv
             with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="drop it, then migrate again"):
                 await db.migrate(conn)
             await conn.execute("DROP INDEX mail_outbox_claim")
+            # valid, but not the index the claim needs (IF NOT EXISTS would have kept it, and dropped the old one)
+            await conn.execute("CREATE INDEX mail_outbox_claim ON mail_outbox (created_at)")
+            with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="drop it, then migrate again"):
+                await db.migrate(conn)
+            assert await conn.fetchval("SELECT to_regclass('mail_outbox_due') IS NOT NULL")  # nothing dropped
+            await conn.execute("DROP INDEX mail_outbox_claim")
+            # the old indexes dropped concurrently beforehand, as docs/operations.md allows
+            await conn.execute("DROP INDEX CONCURRENTLY mail_outbox_due")
             assert [m.version for m in await db.migrate(conn)] == since(40)
             assert await conn.fetchval("SELECT 'notification_outbox_claim'::regclass::oid") == built
             indexes = {r["indexname"]: r["indexdef"] for r in await conn.fetch(

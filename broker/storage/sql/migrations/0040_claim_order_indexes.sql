@@ -9,17 +9,23 @@
 -- Building an index reads its whole table and blocks its writes meanwhile: the outbox keeps a line for every
 -- released entry until `log prune` removes the entry, so every exchange's commit waits (docs/operations.md
 -- « Migrations »: for a large outbox, build the index concurrently beforehand; the migration then keeps it). An
--- index left invalid by a failed concurrent build would be kept as well and never used: refused. Behind a long
--- transaction the migration would wait, and every write with it: give up after 5 s instead; `migrate` can be run
--- again.
+-- index left invalid by a failed concurrent build would be kept as well and never used, and so would an index, or
+-- anything else, of the same name built otherwise (IF NOT EXISTS looks at the name only): refused, with the old
+-- indexes still there (helper-45's review). Behind a long transaction the migration would wait, and every statement
+-- on the two tables with it (DROP INDEX locks them whole, reads included): give up after 5 s instead; `migrate` can
+-- be run again. The old indexes may have been dropped concurrently beforehand as well (docs/operations.md).
 SET LOCAL lock_timeout = '5s';
 DO $$
 BEGIN
-    IF EXISTS (SELECT FROM pg_index
-               WHERE indexrelid IN (to_regclass('notification_outbox_claim'), to_regclass('mail_outbox_claim'))
-                 AND NOT indisvalid) THEN
-        RAISE EXCEPTION 'an index notification_outbox_claim or mail_outbox_claim is invalid (a failed concurrent '
-                        'build): drop it, then migrate again' USING ERRCODE = 'object_not_in_prerequisite_state';
+    IF EXISTS (SELECT FROM pg_class c LEFT JOIN pg_index i ON i.indexrelid = c.oid
+               WHERE c.oid IN (to_regclass('notification_outbox_claim'), to_regclass('mail_outbox_claim'))
+                 AND (i.indexrelid IS NULL OR NOT i.indisvalid
+                      OR pg_get_indexdef(c.oid) NOT LIKE
+                         '% USING btree (next_attempt_at, id) WHERE ((delivered_at IS NULL) AND (gave_up_at IS NULL))'))
+    THEN
+        RAISE EXCEPTION 'notification_outbox_claim or mail_outbox_claim exists but is not the valid index this '
+                        'migration builds (a failed concurrent build, or another definition): drop it, then migrate '
+                        'again' USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
 END;
 $$;
@@ -27,4 +33,4 @@ CREATE INDEX IF NOT EXISTS notification_outbox_claim ON notification_outbox (nex
     WHERE delivered_at IS NULL AND gave_up_at IS NULL;
 CREATE INDEX IF NOT EXISTS mail_outbox_claim ON mail_outbox (next_attempt_at, id)
     WHERE delivered_at IS NULL AND gave_up_at IS NULL;
-DROP INDEX notification_outbox_due, mail_outbox_due;
+DROP INDEX IF EXISTS notification_outbox_due, mail_outbox_due;
