@@ -188,8 +188,9 @@ def _verify(args: argparse.Namespace, config: Config) -> int:
         return 2
     except asyncpg.InsufficientPrivilegeError as exc:
         # An auditor's role, not the owner's: the general advice (run it as the owner role) would be wrong here.
-        print(f"error: the role cannot read what the verification reads: {str(exc).splitlines()[0]}; an auditor's "
-              "role needs SELECT on the log's tables (docs/operations.md, « Database roles »)", file=sys.stderr)
+        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        print(f"error: the role cannot read what the verification reads: {first_line}; an auditor's role needs SELECT "
+              "on the log's tables (docs/operations.md, « Database roles »)", file=sys.stderr)
         return 2
     if report.unidentified is not None and args.state is not None:
         # without --state nothing depends on the database's identity: a full pass checks every tombstone anyway

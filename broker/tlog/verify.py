@@ -748,9 +748,10 @@ class DatabaseSource:
             async with self.conn.transaction():
                 row = await self.conn.fetchrow(_q()["tlog_horizon"])
         except asyncpg.InsufficientPrivilegeError as exc:  # pg_control_*() revoked from PUBLIC (managed servers)
-            role = await self.conn.fetchval(_q()["tlog_current_role"])
+            grants = await self.conn.fetchrow(_q()["tlog_horizon_grants"])
+            missing = ", ".join(grants["missing"]) or "pg_control_system(), pg_control_checkpoint()"
             raise UnidentifiedDatabase(str(exc), "grant the role what it lacks (as a superuser): GRANT EXECUTE ON "
-                                       f"FUNCTION pg_control_system(), pg_control_checkpoint() TO {role};") from None
+                                       f"FUNCTION {missing} TO {grants['role']};") from None
         return str(row["database"]), int(row["horizon"])
 
     async def tombstones(self, after: int, horizon: int, below: int) -> TombstoneCount:

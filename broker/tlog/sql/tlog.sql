@@ -486,13 +486,21 @@ SELECT count(*) FROM tlog_entries WHERE log_index < $1;
 -- timeline differs: every tombstone below the verified size is checked once more, and the count starts afresh.
 -- Both functions are PUBLIC's on a stock server; a managed or hardened one may revoke them. The role then cannot
 -- tell which database this is, nor, with one of them, which timeline: the verification runs without a horizon
--- (DatabaseSource.horizon, verify_log's step 5), and tlog_current_role names the role to grant them to.
+-- (DatabaseSource.horizon, verify_log's step 5), and tlog_horizon_grants names the role and what to grant it.
 SELECT (pg_control_system()).system_identifier::text || '/' || (pg_control_checkpoint()).timeline_id AS database,
        pg_snapshot_xmin(pg_current_snapshot()) AS horizon;
 
--- name: tlog_current_role
--- The role this session checks privileges as, quoted as GRANT takes it.
-SELECT quote_ident(current_user);
+-- name: tlog_horizon_grants
+-- The role this session checks privileges as, quoted as GRANT takes it, and which of tlog_horizon's functions it may
+-- not execute (whichever was revoked: the advice names what is missing, helper-45's review).
+SELECT quote_ident(current_user) AS role,
+       array_remove(ARRAY[
+           CASE WHEN NOT has_function_privilege('pg_control_system()', 'EXECUTE') THEN 'pg_control_system()' END,
+           CASE WHEN NOT has_function_privilege('pg_control_checkpoint()', 'EXECUTE')
+                THEN 'pg_control_checkpoint()' END,
+           CASE WHEN NOT has_function_privilege('pg_current_snapshot()', 'EXECUTE') THEN 'pg_current_snapshot()' END,
+           CASE WHEN NOT has_function_privilege('pg_snapshot_xmin(pg_snapshot)', 'EXECUTE')
+                THEN 'pg_snapshot_xmin(pg_snapshot)' END], NULL) AS missing;
 
 -- name: tlog_tombstone_counts
 -- How many tombstones were written below the horizon $1 (the last verification's, or 0), and how many below $2 (this
