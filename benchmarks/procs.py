@@ -255,6 +255,28 @@ async def _fetch_pids(dsn: str, database: str) -> list[int]:
         await conn.close()
 
 
+async def _wal_after_integration(dsn: str, database: str, wait: float) -> int:
+    conn = await asyncpg.connect(dsn, database=database or None, timeout=5)
+    try:
+        for _ in range(int(wait / 0.1)):  # polled: the rounds run in the broker's processes, not here
+            if not await conn.fetchval("SELECT EXISTS (SELECT FROM tlog_queue)"):
+                break
+            await asyncio.sleep(0.1)
+        return int(await conn.fetchval("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"))
+    finally:
+        await conn.close()
+
+
+def wal_position(dsn: str, database: str, *, wait: float = 0.0) -> int | None:
+    """The server's WAL insert position in bytes, once `database`'s transparency-log queue is empty (at most `wait`
+    seconds): what a cell's exchanges wrote, their integration included. The whole server's: exact on the
+    benchmark's own embedded server, inflated by anything else writing on a shared one. None when unreadable."""
+    try:
+        return asyncio.run(_wal_after_integration(dsn, database, wait))
+    except (OSError, asyncpg.PostgresError):
+        return None
+
+
 def backend_pids(dsn: str, database: str) -> list[int]:
     """PostgreSQL server processes serving `database` (the broker's pool), read from pg_stat_activity."""
     try:

@@ -125,6 +125,7 @@ def _closed(s: Settings, r: Results, groups: Sequence[str]) -> str:
                  if (c := [st.log_commits_per_entry for st in r.closed.get(("broker", level), [])
                            if st.log_commits_per_entry is not None])) + "; plus one nonce claim per exchange, "
              "committed without waiting for the WAL flush",
+             _wal_line(r, s),
              "throughput ratios, per repetition then median:"]
     for level in s.levels:
         parts = []
@@ -267,7 +268,19 @@ def _cell(stats: Sequence[Stats], groups: Sequence[str]) -> dict[str, object]:
             "cpu_ms_per_request": {g: median([st.cpu_ms(g) for st in stats]) for g in groups},
             "others_cores": median([st.others for st in stats]), "reps": len(stats),
             "log_commits_per_entry": median(c) if (c := [st.log_commits_per_entry for st in stats
-                                                         if st.log_commits_per_entry is not None]) else None}
+                                                         if st.log_commits_per_entry is not None]) else None,
+            "wal_bytes_per_request": median(w) if (w := [st.wal_bytes for st in stats
+                                                         if st.wal_bytes is not None]) else None}
+
+
+def _wal_line(r: Results, s: Settings) -> str:
+    cells = [(f"c={level}", r.closed.get(("broker", level), [])) for level in s.levels]
+    cells += [(f"{rate:g}/s", stats) for (target, rate), stats in sorted(r.open.items()) if target == "broker"]
+    found = [f"{name} {median(w):,.0f} B" for name, stats in cells
+             if (w := [st.wal_bytes for st in stats if st.wal_bytes is not None])]
+    where = "the benchmark's own server" if s.embedded else "the whole server's: other databases' writes count too"
+    return ("WAL per exchange (claim, log entry, evidence, outbox row, its share of a round; " + where + "): "
+            + (", ".join(found) if found else "not measured"))
 
 
 def _ratio(a: Sequence[Stats], b: Sequence[Stats]) -> float | None:

@@ -45,6 +45,9 @@ class Stats:
     log_commits_per_entry: float | None = None
     """Broker only: access-log transactions per access-log entry during the cell, in the broker process that one
     keep-alive connection reaches (its /metrics: dlnuf_access_log_commits / dlnuf_access_log_entries)."""
+    wal_bytes: float | None = None
+    """Broker only: bytes of WAL the server wrote per request during the cell, the entries' integration into the
+    transparency log included (procs.wal_position); the whole server's, so exact on the embedded one only."""
 
     def cpu_ms(self, group: str) -> float:
         """Milliseconds of CPU that `group` spent per request."""
@@ -204,12 +207,14 @@ class Bench:
                 for c, b in zip(split(concurrency, n), split(budget, n), strict=True)]
         meter = self.meter(with_trivial=target == "trivial")
         before = self.log_counters() if target == "broker" else None
+        wal = self._wal() if target == "broker" else None
         results = self.gens.run("closed", jobs, meter, timeout=s.warmup + duration + s.request_timeout + 60,
                                 on_ready=on_ready)
         stats = self._stats(target, results, meter.stop())
         after = self.log_counters() if before is not None else None
         if before is not None and after is not None and after[1] > before[1]:
             stats.log_commits_per_entry = (after[0] - before[0]) / (after[1] - before[1])
+        self._wal_per_request(stats, wal)
         if not stats.exhausted:
             self.last_rate[target] = max(self.last_rate.get(target, 0.0) * 0.5, stats.rate)
         return stats
@@ -224,9 +229,21 @@ class Bench:
                      connections=max(1, s.open_connections // n), request_timeout=s.request_timeout,
                      phase=i / rate) for i in range(n)]
         meter = self.meter(with_trivial=target == "trivial")
+        wal = self._wal() if target == "broker" else None
         results = self.gens.run("open", jobs, meter, timeout=s.warmup + duration + 2 * s.request_timeout + 60,
                                 on_ready=on_ready)
-        return self._stats(target, results, meter.stop())
+        stats = self._stats(target, results, meter.stop())
+        self._wal_per_request(stats, wal)
+        return stats
+
+    def _wal(self) -> int | None:
+        # once the last cell's entries are integrated (a round a second), so that their rounds count there
+        return procs.wal_position(self.stack.db_dsn, self.stack.db_name, wait=5.0) if self.stack.db_dsn else None
+
+    def _wal_per_request(self, stats: Stats, before: int | None) -> None:
+        after = self._wal() if before is not None else None
+        if before is not None and after is not None and stats.handled:
+            stats.wal_bytes = (after - before) / stats.handled
 
     def log_counters(self) -> tuple[float, float] | None:
         """(access-log commits, entries) so far in the broker process behind one kept-alive connection: with
