@@ -141,10 +141,16 @@ async def _verify_database(args: argparse.Namespace, config: Config, progress: t
         except db.DB_ERRORS as exc:
             raise tlog_verify.SourceError(f"cannot connect to {db.describe(dsn)}: {exc}") from None
         try:
+            source = tlog_verify.DatabaseSource(conn)
+            role, missing = await source.unreadable()
+            if missing:
+                raise tlog_verify.SourceError(
+                    f"the role {role} may not read {', '.join(missing)}: an auditor's role needs SELECT on the log's "
+                    f"tables (as the owner: GRANT SELECT ON {', '.join(missing)} TO {role};)")
             # One snapshot: brokers may keep appending while the auditor reads.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 return await tlog_verify.verify_log(
-                    tlog_verify.DatabaseSource(conn), verifiers, origin=origin,
+                    source, verifiers, origin=origin,
                     max_merge_delay=config.log_max_merge_delay, held_checkpoints=held, progress=progress,
                     default_retention=config.log_retention, now=datetime.now(UTC), resume=_resume(args),
                     **_witness_policy(args))

@@ -707,8 +707,19 @@ class DatabaseSource:
     """The log in its database. Use it inside one REPEATABLE READ transaction: the verdict is then about one
     snapshot, even while brokers keep appending."""
 
+    READS = ("access_log", "habilitations", "tlog_checkpoints", "tlog_cosignatures", "tlog_entries", "tlog_nodes",
+             "tlog_pruned", "tlog_queue")
+    """The tables this source's statements read (tests/tlog/test_unidentified.py holds the list to them)."""
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+
+    async def unreadable(self) -> tuple[str, list[str]]:
+        """The session's role, quoted as GRANT takes it, and the tables of `READS` it may not read: asked before
+        anything is read, so that an auditor's role short of a grant learns all it lacks at once, rather than one
+        table at a time, late in a long pass."""
+        row = await self.conn.fetchrow(_q()["tlog_auditor_grants"], list(self.READS))
+        return str(row["role"]), list(row["missing"] or [])
 
     async def latest(self) -> tuple[int, str] | None:
         row = await self.conn.fetchrow(_q()["tlog_checkpoint_latest"])

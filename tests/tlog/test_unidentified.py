@@ -6,8 +6,10 @@ a state that no later run takes a horizon from, and says once which privilege to
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -21,7 +23,7 @@ import pytest
 
 from broker.storage import db, roles
 from broker.tlog import accesslog, leaves
-from broker.tlog.log import TransparencyLog, entry_document, prune
+from broker.tlog.log import PgNodeStore, TransparencyLog, entry_document, logged_rows, prune
 from broker.tlog.verify import DatabaseSource, Report, Resume, verify_log
 from tests.tlog.test_tlog import ORIGIN, commit_entries, log_entry, signer
 from tests.tlog.test_tlog_verify import tamper
@@ -184,14 +186,14 @@ async def test_no_run_takes_a_horizon_from_an_unidentified_database(database_url
         assert [p.entry_id for p in again.pruned] == [str(old.id)]
 
 
-async def test_a_role_that_cannot_read_a_table_is_told_what_an_auditor_needs(database_url: str, pool: asyncpg.Pool,
-                                                                              tlog: TransparencyLog,
-                                                                              auditor: Auditor) -> None:
-    """Any other privilege the auditor's role lacks stops the verification (it cannot be sound without the table),
-    with advice for an auditor, not the owner-role advice every other command gives."""
+async def test_a_role_that_cannot_read_tables_is_told_all_it_lacks_before_anything_is_read(
+        database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog, auditor: Auditor) -> None:
+    """Any other privilege the auditor's role lacks stops the verification (it cannot be sound without the table):
+    every missing grant named at once, before the pass, with advice for an auditor, not the owner-role advice every
+    other command gives."""
     admin = await asyncpg.connect(database_url)
     try:
-        await admin.execute(f'REVOKE SELECT ON tlog_pruned FROM "{auditor.name}"')
+        await admin.execute(f'REVOKE SELECT ON tlog_pruned, tlog_nodes FROM "{auditor.name}"')
     finally:
         await admin.close()
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -200,6 +202,21 @@ async def test_a_role_that_cannot_read_a_table_is_told_what_an_auditor_needs(dat
                          tlog.signer.verifier.vkey()],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "permission denied for table tlog_pruned" in done.stderr
-    assert "an auditor's role needs SELECT on the log's tables" in done.stderr
-    assert "owner role" not in done.stderr and "Traceback" not in done.stderr
+    assert "may not read tlog_nodes, tlog_pruned: an auditor's role needs SELECT" in done.stderr
+    assert f'GRANT SELECT ON tlog_nodes, tlog_pruned TO "{auditor.name}";' in done.stderr
+    assert "owner role" not in done.stderr and "Traceback" not in done.stderr and not done.stdout
+
+
+def test_the_auditors_grants_cover_every_table_the_source_reads() -> None:
+    """DatabaseSource.READS is what the pre-check asks for: every table named after FROM or JOIN in a statement the
+    source runs (its own, and the rows and nodes it reads through broker/tlog/log.py)."""
+    source = inspect.getsource(DatabaseSource) + inspect.getsource(logged_rows) + inspect.getsource(PgNodeStore)
+    names = set(re.findall(r'_q\(\)\["([a-z_0-9]+)"\]', source))
+    assert {"tlog_range", "tlog_nodes_get", "tlog_tombstones_after"} <= names
+    read = set()
+    for name in names:
+        body = "\n".join(line for line in db.queries("broker.tlog", "tlog.sql")[name].splitlines()
+                         if not line.lstrip().startswith("--"))
+        read |= set(re.findall(r"\b(?:FROM|JOIN)\s+([a-z_]+)\b", body))
+    functions = {"unnest", "generate_series", "pg_control_system", "pg_control_checkpoint"}
+    assert read - functions == set(DatabaseSource.READS), read

@@ -490,6 +490,12 @@ SELECT count(*) FROM tlog_entries WHERE log_index < $1;
 SELECT (pg_control_system()).system_identifier::text || '/' || (pg_control_checkpoint()).timeline_id AS database,
        pg_snapshot_xmin(pg_current_snapshot()) AS horizon;
 
+-- name: tlog_auditor_grants
+-- The role this session checks privileges as, quoted as GRANT takes it, and which of the tables $1 it may not read.
+SELECT quote_ident(current_user) AS role,
+       (SELECT array_agg(t ORDER BY t) FROM unnest($1::text[]) t WHERE NOT has_table_privilege(t, 'SELECT'))
+           AS missing;
+
 -- name: tlog_horizon_grants
 -- The role this session checks privileges as, quoted as GRANT takes it, and which of tlog_horizon's functions it may
 -- not execute (whichever was revoked: the advice names what is missing, helper-45's review).
