@@ -754,6 +754,9 @@ class DatabaseSource:
         return int(await self.conn.fetchval(_q()["tlog_indexed_below"], size))
 
     async def horizon(self) -> tuple[str, int] | None:
+        if not self.conn.is_in_transaction():
+            # outside the verification's transaction the horizon would be another snapshot's than the one read
+            raise RuntimeError("DatabaseSource.horizon must run inside the verification's REPEATABLE READ transaction")
         try:
             # A savepoint: the error would otherwise abort the verification's transaction, and its snapshot with it.
             async with self.conn.transaction():

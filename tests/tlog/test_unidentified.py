@@ -220,3 +220,16 @@ def test_the_auditors_grants_cover_every_table_the_source_reads() -> None:
         read |= set(re.findall(r"\b(?:FROM|JOIN)\s+([a-z_]+)\b", body))
     functions = {"unnest", "generate_series", "pg_control_system", "pg_control_checkpoint"}
     assert read - functions == set(DatabaseSource.READS), read
+
+
+async def test_the_horizon_is_read_only_inside_the_verifications_transaction(database_url: str) -> None:
+    """Outside it, the horizon would be another snapshot's than the one the pass read (helper-45's review)."""
+    conn = await db.connect(database_url)
+    try:
+        with pytest.raises(RuntimeError, match="inside the verification's REPEATABLE READ transaction"):
+            await DatabaseSource(conn).horizon()
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            found = await DatabaseSource(conn).horizon()
+        assert found is not None and found[0] and found[1] > 0
+    finally:
+        await conn.close()
