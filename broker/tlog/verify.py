@@ -714,12 +714,25 @@ class DatabaseSource:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def unreadable(self) -> tuple[str, list[str]]:
-        """The session's role, quoted as GRANT takes it, and the tables of `READS` it may not read: asked before
-        anything is read, so that an auditor's role short of a grant learns all it lacks at once, rather than one
-        table at a time, late in a long pass."""
+    async def check_readable(self) -> None:
+        """Raise `SourceError` naming every table of `READS` the session cannot find, may not read, or reads through
+        row-level security: asked before anything is read, so that an auditor's role short of a grant learns all it
+        lacks at once, rather than one table at a time, late in a long pass."""
         row = await self.conn.fetchrow(_q()["tlog_auditor_grants"], list(self.READS))
-        return str(row["role"]), list(row["missing"] or [])
+        role, problems = row["role"], []
+        if row["absent"]:
+            problems.append(f"finds no table {', '.join(row['absent'])} (a database the broker has not migrated, or "
+                            "a schema not on the role's search_path or without USAGE for it)")
+        if row["missing"]:
+            tables = ", ".join(row["missing"])
+            problems.append(f"may not read {tables}: an auditor's role needs SELECT on the log's tables (as the "
+                            f"owner: GRANT SELECT ON {tables} TO {role};)")
+        if row["filtered"]:
+            problems.append(f"reads {', '.join(row['filtered'])} through row-level security: the pass would see only "
+                            "the rows a policy shows it, and call the others deleted (disable it on the log's tables, "
+                            f"or as a superuser: ALTER ROLE {role} BYPASSRLS;)")
+        if problems:
+            raise SourceError(f"the role {role} " + "; it ".join(problems))
 
     async def latest(self) -> tuple[int, str] | None:
         row = await self.conn.fetchrow(_q()["tlog_checkpoint_latest"])

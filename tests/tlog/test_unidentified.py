@@ -57,7 +57,7 @@ async def auditor(request: pytest.FixtureRequest, pg_server: str, database_url: 
     elsewhere = await asyncpg.connect(pg_server)
     try:
         await admin.execute(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
-        await admin.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{name}"')
+        await admin.execute(f'GRANT SELECT ON {", ".join(DatabaseSource.READS)} TO "{name}"')  # READS, and only those
         await admin.execute(f"REVOKE EXECUTE ON FUNCTION {revoked} FROM PUBLIC")
         held = "SELECT has_function_privilege($1, $2, 'EXECUTE')"
         assert not await admin.fetchval(held, name, revoked)
@@ -186,25 +186,69 @@ async def test_no_run_takes_a_horizon_from_an_unidentified_database(database_url
         assert [p.entry_id for p in again.pruned] == [str(old.id)]
 
 
+async def _verify_as(auditor: Auditor, tlog: TransparencyLog) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "broker", "log", "verify", "--database-url", auditor.dsn, "--vkey",
+                         tlog.signer.verifier.vkey()],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
+
+
+async def _as_owner(database_url: str, *statements: str) -> None:
+    admin = await asyncpg.connect(database_url)
+    try:
+        for statement in statements:
+            await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
 async def test_a_role_that_cannot_read_tables_is_told_all_it_lacks_before_anything_is_read(
         database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog, auditor: Auditor) -> None:
     """Any other privilege the auditor's role lacks stops the verification (it cannot be sound without the table):
     every missing grant named at once, before the pass, with advice for an auditor, not the owner-role advice every
     other command gives."""
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'REVOKE SELECT ON tlog_pruned, tlog_nodes FROM "{auditor.name}"')
-    finally:
-        await admin.close()
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "broker", "log", "verify", "--database-url", auditor.dsn, "--vkey",
-                         tlog.signer.verifier.vkey()],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
+    await _as_owner(database_url, f'REVOKE SELECT ON tlog_pruned, tlog_nodes FROM "{auditor.name}"')
+    done = await _verify_as(auditor, tlog)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "may not read tlog_nodes, tlog_pruned: an auditor's role needs SELECT" in done.stderr
     assert f'GRANT SELECT ON tlog_nodes, tlog_pruned TO "{auditor.name}";' in done.stderr
     assert "owner role" not in done.stderr and "Traceback" not in done.stderr and not done.stdout
+
+
+async def test_column_grants_that_cover_what_is_read_are_enough(database_url: str, pool: asyncpg.Pool,
+                                                                tlog: TransparencyLog, auditor: Auditor) -> None:
+    """An owner may share only the columns of `habilitations` the verification reads (the table says who is
+    authorised for what): the pre-check does not refuse what the pass can do (helper-46's review)."""
+    await _as_owner(database_url, f'REVOKE SELECT ON habilitations FROM "{auditor.name}"',
+                    f'GRANT SELECT (id, retention) ON habilitations TO "{auditor.name}"')
+    done = await _verify_as(auditor, tlog)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_a_table_the_role_cannot_find_is_named_with_exit_2(database_url: str, pool: asyncpg.Pool,
+                                                                 tlog: TransparencyLog, auditor: Auditor) -> None:
+    """Without USAGE on the schema the tables are not found: exit 2 (not verified) and why, not exit 3 and « the
+    database is unreachable »."""
+    await _as_owner(database_url, "REVOKE USAGE ON SCHEMA public FROM PUBLIC")
+    try:
+        done = await _verify_as(auditor, tlog)
+    finally:
+        await _as_owner(database_url, "GRANT USAGE ON SCHEMA public TO PUBLIC")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "finds no table access_log, habilitations" in done.stderr and "without USAGE" in done.stderr
+    assert "unreachable" not in done.stderr and not done.stdout
+
+
+async def test_row_level_security_on_a_log_table_is_refused_not_read_as_deletions(
+        database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog, auditor: Auditor) -> None:
+    """A policy (or none, with row-level security on) would hide rows from the pass, which would then report them
+    deleted: a false finding. The pre-check refuses to read through it, exit 2 (helper-46's review)."""
+    await pruned_and_young(pool, tlog)
+    await _as_owner(database_url, "ALTER TABLE tlog_pruned ENABLE ROW LEVEL SECURITY")
+    done = await _verify_as(auditor, tlog)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "reads tlog_pruned through row-level security" in done.stderr and "deleted" not in done.stdout
 
 
 def test_the_auditors_grants_cover_every_table_the_source_reads() -> None:

@@ -491,10 +491,17 @@ SELECT (pg_control_system()).system_identifier::text || '/' || (pg_control_check
        pg_snapshot_xmin(pg_current_snapshot()) AS horizon;
 
 -- name: tlog_auditor_grants
--- The role this session checks privileges as, quoted as GRANT takes it, and which of the tables $1 it may not read.
+-- The role this session checks privileges as, quoted as GRANT takes it; which of the tables $1 the search path does
+-- not find (not migrated, another schema, or no USAGE on it); which it may not read at all (SELECT on the table or
+-- on some of its columns passes: a column-level grant may be all the statements need, and one that is not fails
+-- at the first read with the auditor's advice); and which apply row-level security to it (the pass would see only
+-- the rows a policy lets through, and name the others deleted).
 SELECT quote_ident(current_user) AS role,
-       (SELECT array_agg(t ORDER BY t) FROM unnest($1::text[]) t WHERE NOT has_table_privilege(t, 'SELECT'))
-           AS missing;
+       (SELECT array_agg(t ORDER BY t) FROM unnest($1::text[]) t WHERE to_regclass(t) IS NULL) AS absent,
+       (SELECT array_agg(t ORDER BY t) FROM unnest($1::text[]) t
+        WHERE to_regclass(t) IS NOT NULL AND NOT has_any_column_privilege(to_regclass(t), 'SELECT')) AS missing,
+       (SELECT array_agg(t ORDER BY t) FROM unnest($1::text[]) t
+        WHERE to_regclass(t) IS NOT NULL AND row_security_active(to_regclass(t))) AS filtered;
 
 -- name: tlog_horizon_grants
 -- The role this session checks privileges as, quoted as GRANT takes it, and which of tlog_horizon's functions it may
