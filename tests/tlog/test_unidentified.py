@@ -216,6 +216,20 @@ async def test_a_role_that_cannot_read_tables_is_told_all_it_lacks_before_anythi
     assert "owner role" not in done.stderr and "Traceback" not in done.stderr and not done.stdout
 
 
+async def test_column_grants_too_narrow_stop_the_pass_with_the_auditors_advice(
+        database_url: str, pool: asyncpg.Pool, tlog: TransparencyLog, auditor: Auditor) -> None:
+    """A role with SELECT on some columns of a table passes the pre-check (column grants may be all the statements
+    need), and one without those the statements read fails at the first read: still exit 2 and advice for an
+    auditor, not the owner-role advice every other command gives."""
+    await _as_owner(database_url, f'REVOKE SELECT ON habilitations FROM "{auditor.name}"',
+                    f'GRANT SELECT (id) ON habilitations TO "{auditor.name}"')
+    done = await _verify_as(auditor, tlog)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "permission denied for table habilitations" in done.stderr
+    assert "an auditor's role needs SELECT on the log's tables" in done.stderr
+    assert "owner role" not in done.stderr and "Traceback" not in done.stderr and not done.stdout
+
+
 async def test_column_grants_that_cover_what_is_read_are_enough(database_url: str, pool: asyncpg.Pool,
                                                                 tlog: TransparencyLog, auditor: Auditor) -> None:
     """An owner may share only the columns of `habilitations` the verification reads (the table says who is
