@@ -20,7 +20,7 @@ import asyncpg
 import structlog
 
 from broker.gateway.errors import RecordUnavailable
-from broker.storage import db
+from broker.storage import db, ids
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +72,7 @@ class Record:
         self.pool = pool
 
     async def sent(self, call: Sent) -> uuid.UUID:
-        record_id = uuid.uuid4()
+        record_id = ids.uuid7()  # time-ordered, as the log's entry ids: the records' key grows at its right edge
         try:
             await self.pool.execute(
                 _q()["call_sent"], record_id, call.kind, call.sent_at, call.caller, call.consumer, call.kid,

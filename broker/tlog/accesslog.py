@@ -21,7 +21,7 @@ import structlog
 
 from broker.errors import LogUnavailable
 from broker.registry import Habilitation
-from broker.storage import db
+from broker.storage import db, ids
 from broker.storage.batch import CONNECTION_ERRORS, RowsRefused
 from broker.tlog import leaves
 from broker.tlog.evidence import COLUMNS as EVIDENCE_COLUMNS
@@ -47,7 +47,7 @@ class LogEntry:
     """Filled in step by step as the pipeline learns more, then committed once."""
 
     request_id: str
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    id: uuid.UUID = field(default_factory=ids.uuid7)  # time-ordered: the log's indexes grow at their right edge
     logged_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     consumer: str | None = None
     kid: str | None = None

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from adapters.sandbox.api_particulier import create_app as sandbox_app
 from broker.signing.keys import generate_private_key
+from broker.storage import ids
 from broker.tlog.jcs import canonicalize
 from tests.broker_harness import EXCHANGES, Harness, broker_config, exchange_body, pivot, start_broker
 from tests.factories import (
@@ -62,6 +63,9 @@ async def test_signed_request_returns_minimised_logged_signed_data(broker: Harne
     [row] = await broker.log_rows()
     assert row["outcome"] == "released" and row["http_status"] == 200
     assert str(row["id"]) == body["log_entry_id"]
+    # time-ordered (UUIDv7), drawn with the entry: the month's index grows at its right edge
+    assert row["id"].version == 7
+    assert abs(ids.unix_ts_ms(row["id"]) - row["logged_at"].timestamp() * 1000) < 1000
     assert row["consumer"] == CONSUMER and row["kid"] == broker.consumer.key.kid
     # v2: a salted commitment, whose salt the consumer got with the data; no plain hash of the payload is kept
     assert row["payload_sha256"] is None

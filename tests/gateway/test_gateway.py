@@ -47,6 +47,7 @@ async def test_a_released_exchange_in_plain_json(broker: Harness, gateway: Gatew
     # the gateway's record holds the evidence, and it verifies again later, by anyone with the broker's keys
     [call] = await gateway.records()
     assert str(call["id"]) == answer.headers["DLNUF-Gateway-Record"]
+    assert call["id"].version == 7  # time-ordered, as the log's entry ids
     assert (call["kind"], call["outcome"], call["status"], call["verification"]) == ("exchange", "released", 200,
                                                                                       "bound")
     assert (call["caller"], call["consumer"], call["kid"]) == ("loopback", CONSUMER, broker.consumer.key.kid)
