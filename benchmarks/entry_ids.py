@@ -1,0 +1,195 @@
+"""What an exchange's commit costs once the log is large: entry ids drawn at random (uuid4) against time-ordered
+(UUIDv7, broker/storage/ids.py).
+
+    .venv/bin/python benchmarks/entry_ids.py                       # 1,000,000 entries prefilled, a few minutes
+    .venv/bin/python benchmarks/entry_ids.py --rows 3000000 --entries 3000 --reps 6
+
+Makes a database (dropped at the end) on the server at --admin-url, as its superuser (CHECKPOINT needs it),
+migrated, with `--rows` entries of the current month already in it as a year-old log has them: their rows (random
+ids, as every broker drew them so far), their evidence and the released ones' outbox rows, so that the indexes keyed
+by entry id are as large as the month's. Then, alternated, order swapped every repetition, for each kind of id:
+a CHECKPOINT, then `--entries` released entries committed one at a time with their evidence through the broker's
+own statement (`accesslog.write`, as the group commit sends an exchange alone, below a few hundred a second).
+Per entry: WAL bytes, records and bytes of full-page images (pg_walinspect over the pass's WAL, the whole server's:
+run it on a quiet server), the writing backend's CPU, and the commit's time (p50, p99). A repetition starts just after a
+checkpoint, when full-page writes are the most frequent: it shows the first `--entries` of a checkpoint cycle,
+not a cycle's average. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import procs  # noqa: E402 - after the path
+from large_log import GENERATE, with_database  # noqa: E402
+
+from broker.storage import db, ids  # noqa: E402
+from broker.tlog import accesslog, evidence, partitions  # noqa: E402
+
+CHUNK = 200_000
+# The prefilled entries' evidence and outbox rows, as the exchange path writes them (sizes as a real exchange's:
+# two signatures of 64 bytes, signature bases of about 400 and 300 bytes).
+EVIDENCE = """
+INSERT INTO exchange_evidence (entry_id, logged_at, request_label, request_signature, request_signature_base,
+                               request_key, response_status, response_signature, response_signature_base,
+                               response_key)
+SELECT id, logged_at, 'sig1', sha512(convert_to(request_id, 'UTF8')), convert_to(repeat('b', 400), 'UTF8'), 'thumb',
+       http_status, sha512(convert_to('r' || request_id, 'UTF8')), convert_to(repeat('r', 300), 'UTF8'), 'broker'
+FROM access_log WHERE logged_at >= $1 AND logged_at < $2
+"""
+OUTBOX = """
+INSERT INTO notification_outbox (entry_id, logged_at, delivered_at)
+SELECT id, logged_at, logged_at FROM access_log WHERE logged_at >= $1 AND logged_at < $2 AND outcome = 'released'
+"""
+KINDS: dict[str, Callable[[], uuid.UUID]] = {"uuid4 (random)": uuid.uuid4, "UUIDv7 (time-ordered)": ids.uuid7}
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def released(make_id: Callable[[], uuid.UUID]) -> tuple[accesslog.LogEntry, evidence.Evidence]:
+    e = accesslog.LogEntry(request_id=str(uuid.uuid4()), id=make_id(), consumer="21750001600019", kid="bench",
+                           dataset="quotient_familial", dataset_version=1,
+                           purpose="tarification-restauration-scolaire", recipient="21750001600019",
+                           fields_requested=("quotient_familial", "enfants"), fields_released=("quotient_familial",),
+                           outcome="released", http_status=200, latency_ms=3.2,
+                           subject_key=secrets.token_hex(32))
+    e.record_payload(b'{"quotient_familial":{"valeur":1234}}')
+    e.bind_request(secrets.token_bytes(64))
+    ev = evidence.Evidence(e.id, e.logged_at, "sig1", secrets.token_bytes(64), b"b" * 400, "thumb", 200,
+                           secrets.token_bytes(64), b"r" * 300, "broker")
+    return e, ev
+
+
+async def prefill(conn: asyncpg.Connection, rows: int) -> None:
+    now = datetime.now(UTC)
+    start = datetime.combine(partitions.month_of(now), datetime.min.time(), tzinfo=UTC)
+    step = (now - start) / (rows + 1)
+    await partitions.ensure(conn, now=now)
+    await conn.execute("ALTER TABLE access_log DISABLE TRIGGER access_log_enqueue")  # no integrator runs here
+    started = time.monotonic()
+    for lo in range(0, rows, CHUNK):
+        hi = min(rows, lo + CHUNK)
+        first, last = start + lo * step, start + hi * step
+        async with conn.transaction():
+            await conn.execute(GENERATE, lo, hi, start, step)
+            await conn.execute(EVIDENCE, first, last)
+            await conn.execute(OUTBOX, first, last)
+        say(f"  {hi:,} entries ({time.monotonic() - started:.0f} s)")
+    await conn.execute("ALTER TABLE access_log ENABLE TRIGGER access_log_enqueue")
+    await conn.execute("VACUUM ANALYZE")
+
+
+async def wal_since(conn: asyncpg.Connection, start: str) -> tuple[int, int, int]:
+    """Bytes, records and bytes of full-page images of the WAL from `start` to now (pg_walinspect: exact, where
+    pg_stat_wal lags by up to the backends' stats interval)."""
+    row = await conn.fetchrow("SELECT pg_current_wal_lsn() - $1::text::pg_lsn AS bytes, sum(count) AS records, "
+                              "sum(fpi_size) AS fpi FROM pg_get_wal_stats($1::text::pg_lsn, pg_current_wal_lsn())",
+                              start)
+    return int(row["bytes"]), int(row["records"]), int(row["fpi"])
+
+
+async def one_pass(admin: asyncpg.Connection, writer: asyncpg.Connection, writer_pid: int, kind: str,
+                   entries: int) -> dict[str, float]:
+    make_id = KINDS[kind]
+    items = [released(make_id) for _ in range(entries)]
+    await admin.execute("CHECKPOINT")
+    start = await admin.fetchval("SELECT pg_current_wal_lsn()::text")
+    cpu = procs.cpu_times(writer_pid)
+    times = []
+    for item in items:
+        t = time.perf_counter()
+        await accesslog.write(writer, [item])
+        times.append(1000 * (time.perf_counter() - t))
+    cpu_after = procs.cpu_times(writer_pid)
+    wal, records, fpi = await wal_since(admin, start)
+    times.sort()
+    return {"wal_bytes": wal / entries, "records": records / entries, "fpi": fpi / entries,
+            "cpu_us": 1e6 * (sum(cpu_after) - sum(cpu)) / entries if cpu and cpu_after else float("nan"),
+            "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)]}
+
+
+async def run(args: argparse.Namespace) -> None:
+    name = f"dlnuf_ids_{secrets.token_hex(3)}"
+    server = await asyncpg.connect(args.admin_url)
+    await server.execute(f'CREATE DATABASE "{name}"')
+    say(f"database {name} created")
+    try:
+        dsn = with_database(args.admin_url, name)
+        admin = await db.connect(dsn)
+        writer = await db.connect(dsn)
+        writer_pid = await writer.fetchval("SELECT pg_backend_pid()")
+        try:
+            await db.migrate(admin)
+            await admin.execute("CREATE EXTENSION pg_walinspect")
+            say(f"prefilling {args.rows:,} entries of this month")
+            await prefill(admin, args.rows)
+            sizes = await admin.fetch(
+                "SELECT c.relname, pg_relation_size(c.oid) AS size FROM pg_class c "
+                "WHERE c.relkind = 'i' AND c.relname ~ '^(access_log_y\\d{4}m\\d{2}_pkey|exchange_evidence_pkey|"
+                "notification_outbox_entry_id_logged_at_key)$' ORDER BY c.relname")
+            say("indexes keyed by entry id: " + ", ".join(f"{r['relname']} {r['size'] / 2**20:.0f} MB"
+                                                          for r in sizes if r["size"] > 0))
+            results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
+            await one_pass(admin, writer, writer_pid, "uuid4 (random)", min(500, args.entries))  # warm-up, not counted
+            for rep in range(args.reps):
+                order = list(KINDS) if rep % 2 == 0 else list(reversed(KINDS))
+                for kind in order:
+                    r = await one_pass(admin, writer, writer_pid, kind, args.entries)
+                    results[kind].append(r)
+                    say(f"  rep {rep + 1} {kind:22} WAL {r['wal_bytes']:7,.0f} B/entry  FPI {r['fpi']:6,.0f} B  "
+                        f"PG CPU {r['cpu_us']:4.0f} us  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms")
+        finally:
+            await writer.close()
+            await admin.close()
+    finally:
+        await server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await server.close()
+        say(f"database {name} dropped")
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[kind])
+
+    def ratio(key: str) -> float:
+        v4, v7 = results["uuid4 (random)"], results["UUIDv7 (time-ordered)"]
+        return statistics.median(b[key] / a[key] if a[key] else float("nan") for a, b in zip(v4, v7, strict=True))
+
+    print(f"\nentries committed one at a time after a CHECKPOINT, {args.rows:,} entries of this month prefilled, "
+          f"{args.entries:,} per pass, {args.reps} repetitions (medians)")
+    print(f"{'entry id':24} {'WAL B/entry':>11} {'FPI B/entry':>11} {'records':>7} {'PG CPU us':>9} {'p50 ms':>7} "
+          f"{'p99 ms':>7}")
+    for kind in KINDS:
+        print(f"{kind:24} {med(kind, 'wal_bytes'):11,.0f} {med(kind, 'fpi'):11,.0f} {med(kind, 'records'):7.1f} "
+              f"{med(kind, 'cpu_us'):9.0f} {med(kind, 'p50'):7.3f} {med(kind, 'p99'):7.3f}")
+    print(f"UUIDv7 / uuid4, per repetition then median: WAL {ratio('wal_bytes'):.3f}, FPI {ratio('fpi'):.3f}, "
+          f"PG CPU {ratio('cpu_us'):.3f}, p50 {ratio('p50'):.3f}, p99 {ratio('p99'):.3f}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--rows", type=int, default=1_000_000, help="entries of this month prefilled")
+    p.add_argument("--entries", type=int, default=2_000, help="entries committed per pass")
+    p.add_argument("--reps", type=int, default=4)
+    asyncio.run(run(p.parse_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
