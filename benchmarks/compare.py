@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tmpfs", action="store_true",
                    help="each side on its own embedded PostgreSQL with its data in /dev/shm: no disk waits, so a "
                         "change to the broker's own tail shows (stack.Settings.tmpfs)")
+    p.add_argument("--template", metavar="DB",
+                   help="each run's database a copy of this one on --admin-url (benchmarks/entry_ids.py "
+                        "--make-template: a large month of entries, as production's indexes are)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every cell's figures as JSON")
     p.add_argument("--base-env", action="append", default=[], metavar="DLNUF_X=V",
                    help="a broker setting for the base only (repeatable); with BASE = ., compares a setting")
@@ -128,9 +131,10 @@ def interpreter(python: Path) -> str:
     return f"Python {out or '?'}"
 
 
-def figures(st: Stats) -> dict[str, float]:
+def figures(st: Stats) -> dict[str, float | None]:
     return {"rate": st.rate, "p50_ms": st.p50, "p99_ms": st.p99, "errors": st.errors,
-            "cpu_broker_ms": st.cpu_ms("broker"), "cpu_postgres_ms": st.cpu_ms("postgres"), "others": st.others}
+            "cpu_broker_ms": st.cpu_ms("broker"), "cpu_postgres_ms": st.cpu_ms("postgres"), "others": st.others,
+            "wal_bytes_per_request": st.wal_bytes}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if nginx is None:
         print("compare.py needs nginx for the fast upstream (Debian package nginx)", file=sys.stderr)
         return 2
+    if args.template and args.tmpfs:
+        print("--template copies a database of --admin-url's server: not with --tmpfs", file=sys.stderr)
+        return 2
     if args.head_workers is not None and args.head_workers < 1:
         print("--head-workers must be at least 1", file=sys.stderr)
         return 2
@@ -149,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = stack.Settings(levels=levels, reps=args.reps, warmup=0.5, duration=args.duration, rate=args.rate,
                        open_duration=args.open_duration, open_connections=64, loadgen_procs=1, brokers=1,
                        basis="information", embedded=args.tmpfs, tmpfs=args.tmpfs, admin_url=args.admin_url,
-                       nginx=nginx, pyspy=None, profile_seconds=0, keep_workdir=False, workers=args.workers)
+                       nginx=nginx, pyspy=None, profile_seconds=0, keep_workdir=False, workers=args.workers,
+                       template=args.template)
     cells: list[tuple[str, Callable[[Bench], Stats]]] = [
         (f"c={lv}", lambda b, lv=lv: b.closed("broker", lv)) for lv in levels]
     cells.append((f"{args.rate:g}/s", lambda b: b.open("broker", args.rate)))
@@ -210,10 +218,14 @@ def report(names: dict[str, str], cells: Sequence[tuple[str, object]], got: dict
     measures: list[tuple[str, Callable[[Stats], float], bool]] = [
         ("req/s", lambda st: st.rate, True), ("p50 ms", lambda st: st.p50, False),
         ("p99 ms", lambda st: st.p99, False), ("CPU broker ms/req", lambda st: st.cpu_ms("broker"), False),
-        ("CPU PG ms/req", lambda st: st.cpu_ms("postgres"), False)]
+        ("CPU PG ms/req", lambda st: st.cpu_ms("postgres"), False),
+        # the whole server's WAL over the cell (the other side is idle meanwhile), its entries' rounds included
+        ("WAL bytes/req", lambda st: st.wal_bytes if st.wal_bytes is not None else float("nan"), False)]
     for cell, _ in cells:
         base, head = got[(cell, "base")], got[(cell, "head")]
         for label, value, higher_is_better in measures:
+            if label.startswith("WAL") and any(st.wal_bytes is None for st in base + head):
+                continue
             pairs = [(value(b), value(h)) for b, h in zip(base, head, strict=True)]
             ahead = sum((h > b) if higher_is_better else (h < b) for b, h in pairs)
             ratio = med([h / b for b, h in pairs if b > 0]) if any(b > 0 for b, _ in pairs) else float("nan")

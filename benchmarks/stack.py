@@ -80,6 +80,9 @@ class Settings:
     broker's own cost shows); "python": the Python sandbox itself, as before."""
     database_url: str | None = None
     """An existing database to serve from, neither created nor dropped (benchmarks/large_log.py's prefilled log)."""
+    template: str | None = None
+    """Each run's database a copy of this one (benchmarks/entry_ids.py --make-template: a month's entries already
+    there, so that the indexes keyed by entry id are as large as in production)."""
     tmpfs: bool = False
     """With `embedded`: the embedded server's data directory in /dev/shm (memory). Its WAL flushes then cost no
     disk wait, so what remains of the latency is the broker's own and its round trips': a measurement setting that
@@ -371,8 +374,8 @@ def build(es: contextlib.ExitStack, s: Settings) -> Stack:
         db_name = "postgres"
         es.callback(procs.stop_embedded, state_dir / "pgdata")  # runs after the brokers stop
     else:
-        broker_env["DATABASE_URL"] = procs.create_database(es, s.admin_url, db_name)
-        print(f"database {db_name} created", file=sys.stderr)
+        broker_env["DATABASE_URL"] = procs.create_database(es, s.admin_url, db_name, s.template)
+        print(f"database {db_name} created" + (f" from {s.template}" if s.template else ""), file=sys.stderr)
     broker_env.update(dict(s.broker_env))
     registry_file = workdir / "registry.toml"
     registry_file.write_text(registry_toml(key, f"http://{HOST}:{stub_port}", s.basis))
