@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/entry_ids.py                       # 1,000,000 entries prefilled, a few minutes
     .venv/bin/python benchmarks/entry_ids.py --rows 3000000 --entries 3000 --reps 6
+    .venv/bin/python benchmarks/entry_ids.py --make-template dlnuf_month_1m     # then compare.py --template
 
 Makes a database (dropped at the end) on the server at --admin-url, as its superuser (CHECKPOINT needs it),
 migrated, with `--rows` entries of the current month already in it as a year-old log has them: their rows (random
@@ -125,7 +126,31 @@ async def one_pass(admin: asyncpg.Connection, writer: asyncpg.Connection, writer
             "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)]}
 
 
+async def make_template(args: argparse.Namespace) -> None:
+    """A migrated database with `--rows` entries of this month, kept for `compare.py --template`."""
+    name = args.make_template
+    server = await asyncpg.connect(args.admin_url)
+    try:
+        await server.execute(f'CREATE DATABASE "{name}"')
+        conn = await db.connect(with_database(args.admin_url, name))
+        try:
+            await db.migrate(conn)
+            say(f"prefilling {args.rows:,} entries of this month into {name}")
+            await prefill(conn, args.rows)
+        except BaseException:
+            await conn.close()
+            await server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            raise
+        await conn.close()
+    finally:
+        await server.close()
+    say(f"kept {name}: compare.py --template {name}; drop it with DROP DATABASE \"{name}\"")
+
+
 async def run(args: argparse.Namespace) -> None:
+    if args.make_template:
+        await make_template(args)
+        return
     name = f"dlnuf_ids_{secrets.token_hex(3)}"
     server = await asyncpg.connect(args.admin_url)
     await server.execute(f'CREATE DATABASE "{name}"')
@@ -135,6 +160,8 @@ async def run(args: argparse.Namespace) -> None:
         admin = await db.connect(dsn)
         writer = await db.connect(dsn)
         writer_pid = await writer.fetchval("SELECT pg_backend_pid()")
+        # a superuser setting of the session: the full-page images the writer's inserts cause are compressed
+        await writer.execute(f"SET wal_compression = '{args.wal_compression}'")
         try:
             await db.migrate(admin)
             await admin.execute("CREATE EXTENSION pg_walinspect")
@@ -171,7 +198,7 @@ async def run(args: argparse.Namespace) -> None:
         return statistics.median(b[key] / a[key] if a[key] else float("nan") for a, b in zip(v4, v7, strict=True))
 
     print(f"\nentries committed one at a time after a CHECKPOINT, {args.rows:,} entries of this month prefilled, "
-          f"{args.entries:,} per pass, {args.reps} repetitions (medians)")
+          f"{args.entries:,} per pass, {args.reps} repetitions (medians), wal_compression = {args.wal_compression}")
     print(f"{'entry id':24} {'WAL B/entry':>11} {'FPI B/entry':>11} {'records':>7} {'PG CPU us':>9} {'p50 ms':>7} "
           f"{'p99 ms':>7}")
     for kind in KINDS:
@@ -187,6 +214,12 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=1_000_000, help="entries of this month prefilled")
     p.add_argument("--entries", type=int, default=2_000, help="entries committed per pass")
     p.add_argument("--reps", type=int, default=4)
+    p.add_argument("--wal-compression", default="off", choices=("off", "pglz", "lz4", "zstd"),
+                   help="the writer's wal_compression (full-page images compressed; lz4 and zstd if the server was "
+                        "built with them)")
+    p.add_argument("--make-template", metavar="DB",
+                   help="only make database DB, migrated, with --rows entries of this month, and keep it (for "
+                        "compare.py --template DB)")
     asyncio.run(run(p.parse_args()))
     return 0
 
