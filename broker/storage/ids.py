@@ -11,6 +11,10 @@ What is kept: 74 random bits after the time. Two ids collide only when drawn in 
 74 bits: at 3,000 ids a second for a year, about 10^-11 (each millisecond's 3 ids collide with odds 3^2 / 2^75, and a
 year holds 3.2 * 10^10 milliseconds). What is given away: the millisecond the id was drawn, which is the entry's
 `logged_at` to within a millisecond, and the leaf and the entry bundles publish that already.
+
+Not monotonic within a millisecond (no counter, unlike Python 3.14's `uuid.uuid7`): the ids of one millisecond
+still go to the same few pages, which is all the indexes need. Replace with the standard library's once the
+project's Python floor is 3.14.
 """
 
 from __future__ import annotations
