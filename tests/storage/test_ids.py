@@ -35,11 +35,20 @@ def test_ids_drawn_in_later_milliseconds_sort_after_earlier_ones() -> None:
     assert first < second
 
 
-def test_the_random_bits_differ_within_one_millisecond() -> None:
+RAND_A = [64 + i for i in range(12)]
+RAND_B = list(range(62))
+
+
+def test_every_one_of_the_74_random_bits_is_drawn() -> None:
+    # each random bit position is set in some draw and clear in another: a generator that drew fewer bits, or
+    # shifted them onto the version or the variant, fails (odds of a false failure: 74 * 2 * 2^-2000)
     drawn = [ids.uuid7() for _ in range(2000)]
     assert len(set(drawn)) == len(drawn)
-    # 74 random bits: the bits below the timestamp and the version are not all equal across draws
-    assert len({v.int & ((1 << 76) - 1) for v in drawn}) == len(drawn)
+    for bit in RAND_A + RAND_B:
+        values = {v.int >> bit & 1 for v in drawn}
+        assert values == {0, 1}, f"bit {bit} never varies"
+    for v in drawn:
+        assert v.int >> 76 & 0xF == 7 and v.int >> 62 & 0b11 == 0b10
 
 
 @pytest.mark.parametrize(("ms", "rand_a", "rand_b"), [(1 << 48, 0, 0), (-1, 0, 0), (0, 1 << 12, 0), (0, 0, 1 << 62),
