@@ -22,6 +22,7 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A fresh id per request (a well-formed client X-Request-Id is kept alongside for correlation)."""
+    # uuid4, never time-ordered: its 122 random bits keep the public leaf's hash of the entry unguessable
     request_id = str(uuid.uuid4())
     request[REQUEST_ID] = request_id
     client_id = request.headers.get("X-Request-Id", "")

@@ -7,6 +7,13 @@ the buffer cache, every insert reads a page first, and the first change to each 
 whole page to the WAL (full-page writes). A version 7 id starts with the millisecond it was drawn, so the inserts of
 one moment go to the same few pages at the index's right edge. benchmarks/entry_ids.py measures the difference.
 
+Where an index still holds uuid4 keys, the right edge is not the index's: uuid4 keys spread over the whole key
+space, so the new ids' few pages sit in the middle, with older keys after them. The WAL saving holds (still a few
+pages), but PostgreSQL splits a page that is not the rightmost in halves, where it fills the rightmost to 90 %: that
+part of the index stays about half full (20,000 ids inserted after 100,000 uuid4 keys took 138 leaf pages, 77
+alone). It lasts as long as the uuid4 keys: the month of the switch in `access_log`, a retention in
+`exchange_evidence` and the outbox, for good in `tlog_entries` and `tlog_pruned`, which are never pruned.
+
 What is kept: 74 random bits after the time. Two ids collide only when drawn in the same millisecond with the same
 74 bits: at 3,000 ids a second for a year, about 10^-11 (each millisecond's 3 ids collide with odds 3^2 / 2^75, and a
 year holds 3.2 * 10^10 milliseconds). What is given away: the millisecond the id was drawn, which is the entry's

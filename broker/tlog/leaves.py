@@ -9,13 +9,14 @@ v2: the tree hashes a small *public leaf*, not the entry:
     public leaf = JCS({"entry": hex SHA-256(JCS(entry)), "id", "legal_basis_type", "logged_at", "retention", "v": 2})
     leaf hash   = SHA-256(0x00 || public leaf)
 
-The public leaf is what the tlog-tiles entry bundles serve: a random entry id, when, under which kind of legal
-basis, how long the body may be kept, and a hash of the entry. It names no administration and no citizen (a small
-commune asking about a rare dataset at a given minute could point at a person), and the entry cannot be guessed from
-its hash: the entry holds the broker-drawn `request_id` (122 random bits) and the keyed `subject_key`. Retention and
-time being in the tree, `log verify` can check a pruning even after the body is gone. The entry's payload is a salted
-commitment, `payload_commitment` = hex HMAC-SHA-256(salt, JCS(released data)); the 32-byte salt goes to the consumer
-(with the data) and to the citizen (in the journal), never into the leaf, so the log no longer reveals a small value.
+The public leaf is what the tlog-tiles entry bundles serve: the entry id (time-ordered since December 2026), when,
+under which kind of legal basis, how long the body may be kept, and a hash of the entry. It names no administration
+and no citizen (a small commune asking about a rare dataset at a given minute could point at a person), and the
+entry cannot be guessed from its hash: the entry holds the broker-drawn `request_id` (122 random bits) and the keyed
+`subject_key`. Retention and time being in the tree, `log verify` can check a pruning even after the body is gone.
+The entry's payload is a salted commitment, `payload_commitment` = hex HMAC-SHA-256(salt, JCS(released data)); the
+32-byte salt goes to the consumer (with the data) and to the citizen (in the journal), never into the leaf, so the
+log no longer reveals a small value.
 
 The v2 entry has a fixed shape (`V2_FIELDS`): strings, nulls, integers below 2**53 and lists of strings, no float.
 Its JCS is then exactly `json.dumps(sort_keys, compact, ensure_ascii=False)` (`fast_canonical`), which C-accelerated
