@@ -20,6 +20,7 @@ of another checkout. HEAD is this checkout, as it is on disk.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -31,8 +32,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import procs
 import stack
 from runner import Bench, LoadGenerators, Stats
@@ -131,6 +134,29 @@ def interpreter(python: Path) -> str:
     return f"Python {out or '?'}"
 
 
+def template_month(admin_url: str, template: str) -> str | None:
+    """Why `template` would not show a large month's indexes (its entries are of another month, or it has none),
+    or None."""
+
+    async def latest() -> datetime | None:
+        conn = await asyncpg.connect(admin_url.rsplit("/", 1)[0] + "/" + template, timeout=10)
+        try:
+            value: datetime | None = await conn.fetchval("SELECT max(logged_at) FROM access_log")
+            return value
+        finally:
+            await conn.close()
+
+    try:
+        last = asyncio.run(latest())
+    except (OSError, asyncpg.PostgresError) as exc:
+        return f"cannot read the template {template}: {exc}"
+    now = datetime.now(UTC)
+    if last is None or (last.year, last.month) != (now.year, now.month):
+        return (f"the template {template} holds no entry of this month (latest: {last}): the exchanges' month "
+                f"starts empty; make it again (entry_ids.py --make-template)")
+    return None
+
+
 def figures(st: Stats) -> dict[str, float | None]:
     return {"rate": st.rate, "p50_ms": st.p50, "p99_ms": st.p99, "errors": st.errors,
             "cpu_broker_ms": st.cpu_ms("broker"), "cpu_postgres_ms": st.cpu_ms("postgres"), "others": st.others,
@@ -149,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.template and args.tmpfs:
         print("--template copies a database of --admin-url's server: not with --tmpfs", file=sys.stderr)
         return 2
+    if args.template and (why := template_month(args.admin_url, args.template)):
+        print(f"--template: {why}", file=sys.stderr)  # measured anyway: the other indexes are still large
     if args.head_workers is not None and args.head_workers < 1:
         print("--head-workers must be at least 1", file=sys.stderr)
         return 2

@@ -7,26 +7,30 @@
 
 Makes a database (dropped at the end) on the server at --admin-url, as its superuser (CHECKPOINT needs it),
 migrated, with `--rows` entries of the current month already in it as a year-old log has them: their rows (random
-ids, as every broker drew them so far), their evidence and the released ones' outbox rows, so that the indexes keyed
-by entry id are as large as the month's. Then, alternated, order swapped every repetition, for each kind of id:
-a CHECKPOINT, then `--entries` released entries committed one at a time with their evidence through the broker's
-own statement (`accesslog.write`, as the group commit sends an exchange alone, below a few hundred a second).
-Per entry: WAL bytes, records and bytes of full-page images (pg_walinspect over the pass's WAL, the whole server's:
-run it on a quiet server), the writing backend's CPU, and the commit's time (p50, p99). A repetition starts just after a
-checkpoint, when full-page writes are the most frequent: it shows the first `--entries` of a checkpoint cycle,
-not a cycle's average. Prints figures; asserts nothing.
+ids, as every broker drew them so far), their evidence and the released ones' outbox rows, so that the month's
+indexes keyed by entry id are as large as a busy month's. Then, alternated, order swapped every repetition, for each
+kind of id: a CHECKPOINT, then `--entries` released entries committed one at a time with their evidence through the
+broker's own statement (`accesslog.write`, as the group commit sends an exchange alone, below a few hundred a
+second). The prefilled entries are not integrated: `tlog_entries` (the round's, keyed by entry id too, never pruned)
+stays empty, so neither its cost with random ids nor the half-full pages new ids make after random ones
+(broker/storage/ids.py) show here: the figures understate uuid4's cost. Per entry: WAL bytes, records and bytes of
+full-page images (pg_walinspect over the pass's WAL, the whole server's: run it on a quiet server), the writing
+backend's CPU, and the commit's time (p50, p99). A repetition starts just after a checkpoint, when full-page writes
+are the most frequent: it shows the first `--entries` of a checkpoint cycle, not a cycle's average. Prints figures;
+asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -98,11 +102,13 @@ async def prefill(conn: asyncpg.Connection, rows: int) -> None:
 
 
 async def wal_since(conn: asyncpg.Connection, start: str) -> tuple[int, int, int]:
-    """Bytes, records and bytes of full-page images of the WAL from `start` to now (pg_walinspect: exact, where
-    pg_stat_wal lags by up to the backends' stats interval)."""
-    row = await conn.fetchrow("SELECT pg_current_wal_lsn() - $1::text::pg_lsn AS bytes, sum(count) AS records, "
-                              "sum(fpi_size) AS fpi FROM pg_get_wal_stats($1::text::pg_lsn, pg_current_wal_lsn())",
-                              start)
+    """Bytes, records and bytes of full-page images of the WAL from `start` to what is flushed now (pg_walinspect:
+    exact, where pg_stat_wal lags by up to the backends' stats interval; PostgreSQL 15's refuses an end past the
+    flushed position, which the write position can be)."""
+    row = await conn.fetchrow(
+        "SELECT end_lsn - $1::text::pg_lsn AS bytes, sum(count) AS records, sum(fpi_size) AS fpi "
+        "FROM pg_current_wal_flush_lsn() AS end_lsn, pg_get_wal_stats($1::text::pg_lsn, end_lsn) GROUP BY end_lsn",
+        start)
     return int(row["bytes"]), int(row["records"]), int(row["fpi"])
 
 
@@ -111,7 +117,7 @@ async def one_pass(admin: asyncpg.Connection, writer: asyncpg.Connection, writer
     make_id = KINDS[kind]
     items = [released(make_id) for _ in range(entries)]
     await admin.execute("CHECKPOINT")
-    start = await admin.fetchval("SELECT pg_current_wal_lsn()::text")
+    start = await admin.fetchval("SELECT pg_current_wal_flush_lsn()::text")
     cpu = procs.cpu_times(writer_pid)
     times = []
     for item in items:
@@ -126,69 +132,79 @@ async def one_pass(admin: asyncpg.Connection, writer: asyncpg.Connection, writer
             "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)]}
 
 
+def quoted(name: str) -> str:
+    """A database name for the statements below, which cannot take it as a parameter."""
+    if not name or '"' in name or "\x00" in name:
+        raise SystemExit(f"not a usable database name: {name!r}")
+    return f'"{name}"'
+
+
+@contextlib.asynccontextmanager
+async def new_database(admin_url: str, name: str, keep: bool = False) -> AsyncIterator[str]:
+    """Database `name`, created on the server at `admin_url` and dropped on the way out (on error only if `keep`);
+    yields its URL."""
+    server = await asyncpg.connect(admin_url)
+    try:
+        await server.execute(f"CREATE DATABASE {quoted(name)}")
+        say(f"database {name} created")
+        ok = False
+        try:
+            yield with_database(admin_url, name)
+            ok = True
+        finally:
+            if not (keep and ok):
+                await server.execute(f"DROP DATABASE IF EXISTS {quoted(name)} WITH (FORCE)")
+                say(f"database {name} dropped")
+    finally:
+        await server.close()
+
+
 async def make_template(args: argparse.Namespace) -> None:
     """A migrated database with `--rows` entries of this month, kept for `compare.py --template`."""
     name = args.make_template
-    server = await asyncpg.connect(args.admin_url)
-    try:
-        await server.execute(f'CREATE DATABASE "{name}"')
-        conn = await db.connect(with_database(args.admin_url, name))
+    async with new_database(args.admin_url, name, keep=True) as dsn:
+        conn = await db.connect(dsn)
         try:
             await db.migrate(conn)
             say(f"prefilling {args.rows:,} entries of this month into {name}")
             await prefill(conn, args.rows)
-        except BaseException:
+        finally:
             await conn.close()
-            await server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            raise
-        await conn.close()
-    finally:
-        await server.close()
-    say(f"kept {name}: compare.py --template {name}; drop it with DROP DATABASE \"{name}\"")
+    say(f"kept {name}: compare.py --template {name} (this month's only); drop it with DROP DATABASE \"{name}\"")
 
 
 async def run(args: argparse.Namespace) -> None:
     if args.make_template:
         await make_template(args)
         return
-    name = f"dlnuf_ids_{secrets.token_hex(3)}"
-    server = await asyncpg.connect(args.admin_url)
-    await server.execute(f'CREATE DATABASE "{name}"')
-    say(f"database {name} created")
-    try:
-        dsn = with_database(args.admin_url, name)
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
+    async with new_database(args.admin_url, f"dlnuf_ids_{secrets.token_hex(3)}") as dsn, \
+            contextlib.AsyncExitStack() as connections:
         admin = await db.connect(dsn)
+        connections.push_async_callback(admin.close)
         writer = await db.connect(dsn)
+        connections.push_async_callback(writer.close)
         writer_pid = await writer.fetchval("SELECT pg_backend_pid()")
         # a superuser setting of the session: the full-page images the writer's inserts cause are compressed
         await writer.execute(f"SET wal_compression = '{args.wal_compression}'")
-        try:
-            await db.migrate(admin)
-            await admin.execute("CREATE EXTENSION pg_walinspect")
-            say(f"prefilling {args.rows:,} entries of this month")
-            await prefill(admin, args.rows)
-            sizes = await admin.fetch(
-                "SELECT c.relname, pg_relation_size(c.oid) AS size FROM pg_class c "
-                "WHERE c.relkind = 'i' AND c.relname ~ '^(access_log_y\\d{4}m\\d{2}_pkey|exchange_evidence_pkey|"
-                "notification_outbox_entry_id_logged_at_key)$' ORDER BY c.relname")
-            say("indexes keyed by entry id: " + ", ".join(f"{r['relname']} {r['size'] / 2**20:.0f} MB"
-                                                          for r in sizes if r["size"] > 0))
-            results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
-            await one_pass(admin, writer, writer_pid, "uuid4 (random)", min(500, args.entries))  # warm-up, not counted
-            for rep in range(args.reps):
-                order = list(KINDS) if rep % 2 == 0 else list(reversed(KINDS))
-                for kind in order:
-                    r = await one_pass(admin, writer, writer_pid, kind, args.entries)
-                    results[kind].append(r)
-                    say(f"  rep {rep + 1} {kind:22} WAL {r['wal_bytes']:7,.0f} B/entry  FPI {r['fpi']:6,.0f} B  "
-                        f"PG CPU {r['cpu_us']:4.0f} us  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms")
-        finally:
-            await writer.close()
-            await admin.close()
-    finally:
-        await server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await server.close()
-        say(f"database {name} dropped")
+        await db.migrate(admin)
+        await admin.execute("CREATE EXTENSION pg_walinspect")
+        say(f"prefilling {args.rows:,} entries of this month")
+        await prefill(admin, args.rows)
+        sizes = await admin.fetch(
+            "SELECT c.relname, pg_relation_size(c.oid) AS size FROM pg_class c "
+            "WHERE c.relkind = 'i' AND c.relname ~ '^(access_log_y\\d{4}m\\d{2}_pkey|exchange_evidence_pkey|"
+            "notification_outbox_entry_id_logged_at_key)$' ORDER BY c.relname")
+        say("indexes keyed by entry id: " + ", ".join(f"{r['relname']} {r['size'] / 2**20:.0f} MB"
+                                                      for r in sizes if r["size"] > 0))
+        await one_pass(admin, writer, writer_pid, "uuid4 (random)", min(500, args.entries))  # warm-up, not counted
+        for rep in range(args.reps):
+            order = list(KINDS) if rep % 2 == 0 else list(reversed(KINDS))
+            for kind in order:
+                r = await one_pass(admin, writer, writer_pid, kind, args.entries)
+                results[kind].append(r)
+                say(f"  rep {rep + 1} {kind:22} WAL {r['wal_bytes']:7,.0f} B/entry  FPI {r['fpi']:6,.0f} B  "
+                    f"PG CPU {r['cpu_us']:4.0f} us  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms")
 
     def med(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in results[kind])

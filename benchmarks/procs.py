@@ -207,8 +207,9 @@ def create_database(stack: contextlib.ExitStack, admin_url: str, name: str, temp
     try:
         asyncio.run(create())
     except (OSError, asyncpg.PostgresError) as exc:
-        raise SetupError(f"cannot create a database on {admin_url}: {exc} (start PostgreSQL, or pass "
-                         f"--admin-url, or use --embedded)") from exc
+        hint = (f"is the template {template} there, and nobody connected to it?" if template else
+                "start PostgreSQL, or pass --admin-url, or use --embedded")
+        raise SetupError(f"cannot create a database on {admin_url}: {exc} ({hint})") from exc
 
     def drop_now() -> None:
         try:
