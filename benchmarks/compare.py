@@ -60,6 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tmpfs", action="store_true",
                    help="each side on its own embedded PostgreSQL with its data in /dev/shm: no disk waits, so a "
                         "change to the broker's own tail shows (stack.Settings.tmpfs)")
+    p.add_argument("--subjects", type=int, default=1, metavar="N",
+                   help="citizens asked about, one at random per exchange (default: %(default)s; see exchange.py)")
     p.add_argument("--template", metavar="DB",
                    help="each run's database a copy of this one on --admin-url (benchmarks/entry_ids.py "
                         "--make-template: a large month of entries, as production's indexes are)")
@@ -185,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        open_duration=args.open_duration, open_connections=64, loadgen_procs=1, brokers=1,
                        basis="information", embedded=args.tmpfs, tmpfs=args.tmpfs, admin_url=args.admin_url,
                        nginx=nginx, pyspy=None, profile_seconds=0, keep_workdir=False, workers=args.workers,
-                       template=args.template)
+                       template=args.template, subjects=args.subjects)
     cells: list[tuple[str, Callable[[Bench], Stats]]] = [
         (f"c={lv}", lambda b, lv=lv: b.closed("broker", lv)) for lv in levels]
     cells.append((f"{args.rate:g}/s", lambda b: b.open("broker", args.rate)))

@@ -65,6 +65,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--upstream", choices=["fast", "python"], default="fast",
                    help="the provider the broker calls: 'fast' = nginx serving the Python stub's recorded answer "
                         "(the broker's own cost shows), 'python' = the Python sandbox (default: %(default)s)")
+    p.add_argument("--subjects", type=int, default=1, metavar="N",
+                   help="citizens asked about, one at random per exchange (fast upstream only; default: 1, the "
+                        "sandbox's own, every entry on one page of the journal's index)")
     p.add_argument("--json", type=Path, metavar="FILE",
                    help="also write the figures as JSON: per target and level req/s, p50, p99, CPU ms per request "
                         "per process group, ratio broker/nginx")
@@ -145,7 +148,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         admin_url=args.admin_url, nginx=nginx, pyspy=pyspy,
         profile_seconds=4.0 if quick else clamp(args.profile_seconds, 2.0, 60.0), keep_workdir=args.keep_workdir,
         profile_rate=args.profile_rate,
-        workers=args.workers, upstream=args.upstream, database_url=args.database_url,
+        workers=args.workers, upstream=args.upstream, database_url=args.database_url, subjects=args.subjects,
         broker_env=tuple(tuple(kv.split("=", 1)) for kv in args.broker_env if kv.startswith("DLNUF_") and "=" in kv),
     )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import time
 from array import array
@@ -62,11 +63,13 @@ _KEYS: dict[str, Any] = {}  # kid -> PrivateKey, per process: key objects do not
 
 @dataclass(frozen=True, slots=True)
 class SignedExchange:
-    """`POST /v1/exchanges` to one broker, each copy signed anew (own `created`, own nonce)."""
+    """`POST /v1/exchanges` to one broker, each copy signed anew (own `created`, own nonce), about a subject drawn
+    at random from `others` and `body` when `others` is given (stack.Settings.subjects)."""
 
     endpoint: Endpoint
     body: bytes
     private_jwk: dict[str, Any]
+    others: tuple[bytes, ...] = ()
 
     @property
     def url(self) -> str:
@@ -80,12 +83,16 @@ class SignedExchange:
         if key is None:
             key = _KEYS[self.private_jwk["kid"]] = private_key_from_jwk(self.private_jwk)
         headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
-        signed = sign_request(method="POST", url=self.url, headers=headers, body=self.body, private_key=key)
+        body = self.body
+        if self.others:
+            i = secrets.randbelow(len(self.others) + 1)  # not random: forked generators would draw alike
+            body = self.others[i - 1] if i else body
+        signed = sign_request(method="POST", url=self.url, headers=headers, body=body, private_key=key)
         lines = [f"POST /v1/exchanges HTTP/1.1\r\nHost: {self.endpoint.host}:{self.endpoint.port}\r\n"
-                 f"Content-Type: application/json\r\nContent-Length: {len(self.body)}\r\n"]
+                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in signed.items()]
         lines.append("\r\n")
-        return "".join(lines).encode("ascii") + self.body
+        return "".join(lines).encode("ascii") + body
 
     def make(self, n: int) -> list[bytes]:
         return [self.make_one() for _ in range(n)]

@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 import loadgen
@@ -80,6 +81,11 @@ class Settings:
     broker's own cost shows); "python": the Python sandbox itself, as before."""
     database_url: str | None = None
     """An existing database to serve from, neither created nor dropped (benchmarks/large_log.py's prefilled log)."""
+    subjects: int = 1
+    """How many citizens the exchanges ask about, one drawn at random per request: 1 (the sandbox's own, as
+    before), or more, which only the fast upstream answers (its recorded answer, whatever the subject). With one,
+    every entry goes to the same page of the journal's index (`subject_key, logged_at`); a broker serves many
+    citizens, whose keys land anywhere in it."""
     template: str | None = None
     """Each run's database a copy of this one (benchmarks/entry_ids.py --make-template: a month's entries already
     there, so that the indexes keyed by entry id are as large as in production)."""
@@ -225,9 +231,18 @@ def subject() -> dict[str, object]:
     return {"pivot_identity": directory().citizen(CITIZEN).pivot.to_json()}
 
 
-def exchange_body() -> bytes:
+def exchange_body(n: int = 0) -> bytes:
+    """The exchange asked about citizen `n`: 0 is the sandbox's own; others differ by birth date and family name
+    (27,000 days of birth dates per name), which only the fast upstream answers."""
+    about = subject()
+    if n:
+        identity = dict(about["pivot_identity"])  # type: ignore[call-overload]
+        name, day = divmod(n - 1, 27_000)
+        identity["birthdate"] = (date(1940, 1, 1) + timedelta(days=day)).isoformat()
+        identity["family_name"] = "Dupont" + "".join(chr(ord("a") + int(d)) for d in str(name)) if name else "Martin"
+        about = {"pivot_identity": identity}
     return orjson.dumps({"dataset": "quotient_familial", "purpose": PURPOSE, "recipient": CONSUMER_SIRET,
-                         "fields": FIELDS, "subject": subject()})
+                         "fields": FIELDS, "subject": about})
 
 
 def stub_path_query() -> str:
@@ -272,6 +287,7 @@ class Stack:
     nginx_port: int = 0
     trivial_port: int = 0
     trivial_pid: int = 0
+    subjects: int = 1
     extra_targets: dict[str, tuple[list[RequestMaker], list[Endpoint]]] = field(default_factory=dict)
     """Targets a script adds (benchmarks/floor.py's reference servers): what to send them, where."""
     extra_pids: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
@@ -284,7 +300,8 @@ class Stack:
             return self.extra_targets[target]
         if target == "broker":
             endpoints = [Endpoint(HOST, p) for p in self.broker_ports]
-            return [SignedExchange(e, exchange_body(), self.key.to_jwk()) for e in endpoints], endpoints
+            others = tuple(exchange_body(n) for n in range(1, self.subjects))
+            return [SignedExchange(e, exchange_body(), self.key.to_jwk(), others) for e in endpoints], endpoints
         if target == "trivial":
             endpoint = Endpoint(HOST, self.trivial_port)
             return [SignedExchange(endpoint, exchange_body(), self.key.to_jwk())], [endpoint]
@@ -328,6 +345,8 @@ def build(es: contextlib.ExitStack, s: Settings) -> Stack:
                           env={**env, "DLNUF_SANDBOX_TOKEN": token}, log=workdir / "stub.log", cwd=ROOT)
     procs.wait_http(sandbox, f"http://{HOST}:{sandbox_port}/", ok=lambda st: st == 404)
     stub, stub_port = sandbox, sandbox_port
+    if s.subjects > 1 and s.upstream != "fast":
+        raise procs.SetupError("--subjects above 1 needs the fast upstream: the sandbox knows one citizen")
     if s.upstream == "fast":
         if s.nginx is None:
             raise procs.SetupError("the fast upstream is nginx: install it, or use --upstream python")
@@ -394,7 +413,7 @@ def build(es: contextlib.ExitStack, s: Settings) -> Stack:
         ports.append(port)
     dsn = broker_env.get("DATABASE_URL") or procs.embedded_dsn(state_dir / "pgdata") or ""
     stack = Stack(workdir, key, token, stub, stub_port, brokers, ports, dsn, db_name, s.embedded, state_dir, nginx,
-                  nginx_port)
+                  nginx_port, subjects=s.subjects)
 
     # 5. The trivial server, for the load generator's ceiling.
     stack.trivial_port = procs.free_port()
