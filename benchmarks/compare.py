@@ -174,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if nginx is None:
         print("compare.py needs nginx for the fast upstream (Debian package nginx)", file=sys.stderr)
         return 2
+    if not 1 <= args.subjects <= 1_000_000:
+        print("--subjects: between 1 and 1,000,000", file=sys.stderr)
+        return 2
     if args.template and args.tmpfs:
         print("--template copies a database of --admin-url's server: not with --tmpfs", file=sys.stderr)
         return 2
@@ -229,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps({
             "base": names["base"], "head": names["head"], "reps": args.reps, "workers": args.workers,
-            "head_workers": args.head_workers or args.workers,
+            "head_workers": args.head_workers or args.workers, "subjects": args.subjects, "template": args.template,
             "cells": {cell: {which: [figures(st) for st in got[(cell, which)]] for which in ("base", "head")}
                       for cell, _ in cells}}, indent=2) + "\n")
     return 0
@@ -239,7 +242,8 @@ def report(names: dict[str, str], cells: Sequence[tuple[str, object]], got: dict
            args: argparse.Namespace) -> str:
     med = statistics.median
     lines = [f"DLNUF compare, {time.strftime('%Y-%m-%d %H:%M:%S')}: base {names['base']} vs head {names['head']}, "
-             f"{args.reps} repetitions alternated, --workers {args.workers}",
+             f"{args.reps} repetitions alternated, --workers {args.workers}, --subjects {args.subjects}"
+             + (f", databases copied from {args.template}" if args.template else ""),
              "Medians over repetitions; 'head/base' and 'head-base' are taken within each repetition, then their "
              "median; 'ahead' = repetitions in which the head did better.", ""]
     header = (f"{'cell':8s} {'figure':18s} {'base':>9s} {'head':>9s} {'head/base':>10s} {'head-base':>10s}"

@@ -68,6 +68,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--subjects", type=int, default=1, metavar="N",
                    help="citizens asked about, one at random per exchange (fast upstream only; default: 1, the "
                         "sandbox's own, every entry on one page of the journal's index)")
+    p.add_argument("--template", metavar="DB",
+                   help="the run's database a copy of DB on --admin-url's server (entry_ids.py --make-template: a "
+                        "large month of entries)")
     p.add_argument("--json", type=Path, metavar="FILE",
                    help="also write the figures as JSON: per target and level req/s, p50, p99, CPU ms per request "
                         "per process group, ratio broker/nginx")
@@ -130,6 +133,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
                         "leaves out (with --no-nginx use --upstream python; without nginx, install it)")
     if not 10 <= args.rate <= 20_000:
         problems.append("--rate: between 10 and 20,000")
+    if not 1 <= args.subjects <= 1_000_000:
+        problems.append("--subjects: between 1 and 1,000,000")
+    if args.subjects > 1 and args.upstream != "fast":
+        problems.append("--subjects above 1 needs --upstream fast: the Python sandbox knows one citizen")
+    if args.template and (args.embedded or args.tmpfs or args.database_url):
+        problems.append("--template copies a database of --admin-url's server: not with --embedded, --tmpfs or "
+                        "--database-url")
     if args.profile_rate is not None and not 10 <= args.profile_rate <= 20_000:
         problems.append("--profile-rate: between 10 and 20,000")
     if problems:
@@ -149,6 +159,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         profile_seconds=4.0 if quick else clamp(args.profile_seconds, 2.0, 60.0), keep_workdir=args.keep_workdir,
         profile_rate=args.profile_rate,
         workers=args.workers, upstream=args.upstream, database_url=args.database_url, subjects=args.subjects,
+        template=args.template,
         broker_env=tuple(tuple(kv.split("=", 1)) for kv in args.broker_env if kv.startswith("DLNUF_") and "=" in kv),
     )
 

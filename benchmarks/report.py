@@ -58,7 +58,8 @@ def report(stack: Stack, s: Settings, r: Results) -> str:
         f"brokers: {s.brokers} process(es); load generator: {s.loadgen_procs} process(es); database: "
         f"{_database(s)}; "
         f"legal basis: {s.basis}; broker workers: {s.workers}; upstream: "
-        f"{'nginx serving the stub recorded answer' if s.upstream == 'fast' else 'the Python sandbox'}",
+        f"{'nginx serving the stub recorded answer' if s.upstream == 'fast' else 'the Python sandbox'}; "
+        f"citizens asked about: {s.subjects:,}" + (f"; database copied from {s.template}" if s.template else ""),
         f"smoke test: {r.smoke}",
         f"machine before the run: {r.noise_before:.2f} of {os.cpu_count()} cores busy with other people's work, "
         f"load average {os.getloadavg()[0]:.2f} at the end",
@@ -312,7 +313,8 @@ def figures(stack: Stack, s: Settings, r: Results) -> dict[str, object]:
     out: dict[str, object] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": source_state(),
         "cpus": os.cpu_count(), "brokers": s.brokers, "workers": s.workers, "upstream": s.upstream,
-        "reps": s.reps, "machine_busy_before": r.noise_before, "closed": closed, "open": opened,
+        "subjects": s.subjects, "template": s.template, "reps": s.reps, "machine_busy_before": r.noise_before,
+        "closed": closed, "open": opened,
     }
     if r.profile is not None and r.profile_stats is not None:
         cpu = broker_cpu(r.profile_stats)
