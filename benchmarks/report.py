@@ -24,6 +24,10 @@ LABELS = {"broker": "broker (full pipeline)", "stub": "upstream direct", "nginx"
 
 
 def _database(s: Settings) -> str:
+    if s.database_url is not None:
+        return "existing database " + s.database_url.rsplit("@", 1)[-1] + " (kept)"
+    if s.template is not None:
+        return f"a copy of {s.template} on " + s.admin_url.rsplit("@", 1)[-1]
     if not s.embedded:
         return "fresh database on " + s.admin_url.rsplit("@", 1)[-1]
     return "embedded PostgreSQL" + (", its data in memory (--tmpfs: no disk waits)" if s.tmpfs else "")
@@ -59,7 +63,7 @@ def report(stack: Stack, s: Settings, r: Results) -> str:
         f"{_database(s)}; "
         f"legal basis: {s.basis}; broker workers: {s.workers}; upstream: "
         f"{'nginx serving the stub recorded answer' if s.upstream == 'fast' else 'the Python sandbox'}; "
-        f"citizens asked about: {s.subjects:,}" + (f"; database copied from {s.template}" if s.template else ""),
+        f"citizens asked about: {s.subjects:,}",
         f"smoke test: {r.smoke}",
         f"machine before the run: {r.noise_before:.2f} of {os.cpu_count()} cores busy with other people's work, "
         f"load average {os.getloadavg()[0]:.2f} at the end",

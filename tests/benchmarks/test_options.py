@@ -67,3 +67,12 @@ def test_the_subjects_are_distinct_citizens_and_each_request_names_one_of_them()
                            tuple(bodies[1:50]))
     sent = {raw.split(b"\r\n\r\n", 1)[1] for raw in maker.make(400)}
     assert sent <= set(bodies[:50]) and len(sent) > 30  # drawn among all 50, not always the same
+
+
+def test_the_report_names_the_database_a_run_used() -> None:
+    fresh = exchange.settings_from(exchange.parse_args(BASE))
+    copied = exchange.settings_from(exchange.parse_args([*BASE, "--template", "month"]))
+    kept = exchange.settings_from(exchange.parse_args([*BASE, "--database-url", "postgresql://u@h:5432/large"]))
+    assert report._database(fresh).startswith("fresh database on ")
+    assert report._database(copied).startswith("a copy of month on ")
+    assert report._database(kept) == "existing database h:5432/large (kept)"
