@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import secrets
 import statistics
 import sys
@@ -112,6 +113,24 @@ async def wal_since(conn: asyncpg.Connection, start: str) -> tuple[int, int, int
     return int(row["bytes"]), int(row["records"]), int(row["fpi"])
 
 
+# PostgreSQL 15's block references: each block a record changes, "(FPW)" when written whole, less its hole
+_BLOCK = re.compile(r"rel \d+/\d+/(\d+) fork (\w+) blk \d+ \(FPW\); hole: offset: \d+, length: (\d+)")
+
+
+async def fpi_by_relation(conn: asyncpg.Connection, start: str) -> dict[str, int]:
+    """Bytes of full-page images per relation of this database from `start` to what is flushed (8 kB less each
+    page's hole; other databases' and shared catalogs' under "other")."""
+    names = {int(r["relfilenode"]): r["relname"]
+             for r in await conn.fetch("SELECT relfilenode, relname FROM pg_class WHERE relfilenode <> 0")}
+    out: dict[str, int] = {}
+    for r in await conn.fetch("SELECT block_ref FROM pg_get_wal_records_info($1::text::pg_lsn, "
+                              "pg_current_wal_flush_lsn()) WHERE fpi_length > 0", start):
+        for node, fork, hole in _BLOCK.findall(r["block_ref"]):
+            name = names.get(int(node), "other") + ("" if fork == "main" else f" ({fork})")
+            out[name] = out.get(name, 0) + 8192 - int(hole)
+    return out
+
+
 async def one_pass(admin: asyncpg.Connection, writer: asyncpg.Connection, writer_pid: int, kind: str,
                    entries: int) -> dict[str, float]:
     make_id = KINDS[kind]
@@ -129,7 +148,8 @@ async def one_pass(admin: asyncpg.Connection, writer: asyncpg.Connection, writer
     times.sort()
     return {"wal_bytes": wal / entries, "records": records / entries, "fpi": fpi / entries,
             "cpu_us": 1e6 * (sum(cpu_after) - sum(cpu)) / entries if cpu and cpu_after else float("nan"),
-            "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)]}
+            "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)],
+            **{f"fpi:{name}": size / entries for name, size in (await fpi_by_relation(admin, start)).items()}}
 
 
 def quoted(name: str) -> str:
@@ -207,7 +227,7 @@ async def run(args: argparse.Namespace) -> None:
                     f"PG CPU {r['cpu_us']:4.0f} us  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms")
 
     def med(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[kind])
+        return statistics.median(r.get(key, 0.0) for r in results[kind])
 
     def ratio(key: str) -> float:
         v4, v7 = results["uuid4 (random)"], results["UUIDv7 (time-ordered)"]
@@ -222,6 +242,12 @@ async def run(args: argparse.Namespace) -> None:
               f"{med(kind, 'cpu_us'):9.0f} {med(kind, 'p50'):7.3f} {med(kind, 'p99'):7.3f}")
     print(f"UUIDv7 / uuid4, per repetition then median: WAL {ratio('wal_bytes'):.3f}, FPI {ratio('fpi'):.3f}, "
           f"PG CPU {ratio('cpu_us'):.3f}, p50 {ratio('p50'):.3f}, p99 {ratio('p99'):.3f}")
+    relations = sorted({key for kind in KINDS for r in results[kind] for key in r if key.startswith("fpi:")},
+                       key=lambda key: -max(med(kind, key) for kind in KINDS))
+    print("\nfull-page images per entry by relation (bytes, medians; relations above 50 B)")
+    for key in relations:
+        if max(med(kind, key) for kind in KINDS) >= 50:
+            print(f"  {key[4:]:48} " + "  ".join(f"{kind.split()[0]} {med(kind, key):6,.0f}" for kind in KINDS))
 
 
 def main() -> int:
