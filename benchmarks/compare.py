@@ -174,8 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if nginx is None:
         print("compare.py needs nginx for the fast upstream (Debian package nginx)", file=sys.stderr)
         return 2
-    if not 1 <= args.subjects <= 1_000_000:
-        print("--subjects: between 1 and 1,000,000", file=sys.stderr)
+    if not 1 <= args.subjects <= 200_000:
+        print("--subjects: between 1 and 200,000", file=sys.stderr)
         return 2
     if args.template and args.tmpfs:
         print("--template copies a database of --admin-url's server: not with --tmpfs", file=sys.stderr)

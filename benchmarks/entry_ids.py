@@ -114,20 +114,37 @@ async def wal_since(conn: asyncpg.Connection, start: str) -> tuple[int, int, int
 
 
 # PostgreSQL 15's block references: each block a record changes, "(FPW)" when written whole, less its hole
-_BLOCK = re.compile(r"rel \d+/\d+/(\d+) fork (\w+) blk \d+ \(FPW\); hole: offset: \d+, length: (\d+)")
+# PostgreSQL 15's block references (XLogRecGetBlockRefInfo): "(FPW)", "(FPW for WAL verification)", and for a
+# compressed image ", compression saved: N, method: M" after the hole
+_BLOCK = re.compile(r"rel \d+/(\d+)/(\d+) fork (\w+) blk \d+ \(FPW[^)]*\); hole: offset: \d+, length: (\d+)"
+                    r"(?:, compression saved: (\d+))?")
+
+
+def full_pages(block_ref: str, database: int, names: dict[int, str]) -> list[tuple[str, int]]:
+    """(relation, bytes) of each full-page image in one record's `block_ref`: 8 kB less the page's hole and what
+    compression saved; relations of this database (`database`, its OID) by name, the others as "shared" (OID 0)
+    or "other database"."""
+    out = []
+    for db_oid, node, fork, hole, saved in _BLOCK.findall(block_ref):
+        if int(db_oid) == database:
+            name = names.get(int(node), f"relfilenode {node}")
+        else:
+            name = "shared" if int(db_oid) == 0 else "other database"
+        out.append((name + ("" if fork == "main" else f" ({fork})"), 8192 - int(hole) - int(saved or 0)))
+    return out
 
 
 async def fpi_by_relation(conn: asyncpg.Connection, start: str) -> dict[str, int]:
-    """Bytes of full-page images per relation of this database from `start` to what is flushed (8 kB less each
-    page's hole; other databases' and shared catalogs' under "other")."""
-    names = {int(r["relfilenode"]): r["relname"]
-             for r in await conn.fetch("SELECT relfilenode, relname FROM pg_class WHERE relfilenode <> 0")}
+    """Bytes of full-page images per relation from `start` to what is flushed."""
+    database = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = current_database()")
+    # pg_relation_filenode: mapped catalogs' too (their relfilenode column is 0); partitioned parents have none
+    names = {int(r["node"]): r["relname"] for r in await conn.fetch(
+        "SELECT pg_relation_filenode(oid) AS node, relname FROM pg_class WHERE pg_relation_filenode(oid) IS NOT NULL")}
     out: dict[str, int] = {}
     for r in await conn.fetch("SELECT block_ref FROM pg_get_wal_records_info($1::text::pg_lsn, "
                               "pg_current_wal_flush_lsn()) WHERE fpi_length > 0", start):
-        for node, fork, hole in _BLOCK.findall(r["block_ref"]):
-            name = names.get(int(node), "other") + ("" if fork == "main" else f" ({fork})")
-            out[name] = out.get(name, 0) + 8192 - int(hole)
+        for name, size in full_pages(r["block_ref"], database, names):
+            out[name] = out.get(name, 0) + size
     return out
 
 

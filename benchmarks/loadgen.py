@@ -85,7 +85,7 @@ class SignedExchange:
         headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
         body = self.body
         if self.others:
-            i = secrets.randbelow(len(self.others) + 1)  # not random: forked generators would draw alike
+            i = secrets.randbelow(len(self.others) + 1)
             body = self.others[i - 1] if i else body
         signed = sign_request(method="POST", url=self.url, headers=headers, body=body, private_key=key)
         lines = [f"POST /v1/exchanges HTTP/1.1\r\nHost: {self.endpoint.host}:{self.endpoint.port}\r\n"

@@ -288,6 +288,7 @@ class Stack:
     trivial_port: int = 0
     trivial_pid: int = 0
     subjects: int = 1
+    _others: tuple[bytes, ...] = ()
     extra_targets: dict[str, tuple[list[RequestMaker], list[Endpoint]]] = field(default_factory=dict)
     """Targets a script adds (benchmarks/floor.py's reference servers): what to send them, where."""
     extra_pids: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
@@ -300,7 +301,9 @@ class Stack:
             return self.extra_targets[target]
         if target == "broker":
             endpoints = [Endpoint(HOST, p) for p in self.broker_ports]
-            others = tuple(exchange_body(n) for n in range(1, self.subjects))
+            if len(self._others) != self.subjects - 1:  # built once: 100,000 bodies take about a second
+                self._others = tuple(exchange_body(n) for n in range(1, self.subjects))
+            others = self._others
             return [SignedExchange(e, exchange_body(), self.key.to_jwk(), others) for e in endpoints], endpoints
         if target == "trivial":
             endpoint = Endpoint(HOST, self.trivial_port)
