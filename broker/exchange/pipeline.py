@@ -14,17 +14,17 @@ import asyncio
 import functools
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import orjson
 import structlog
 from aiohttp import web
 
 import schemas
-from adapters.base import AdapterError, AdapterQuery
+from adapters.base import AdapterError, AdapterQuery, ProviderCircuitOpen
 from adapters.identity import SubjectError
 from adapters.subjects import (
     FRANCE_CONNECT,
@@ -70,6 +70,7 @@ from consent.tokens import InvalidToken
 from schemas.validation import InvalidDocument, InvalidParameters
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # Everything a step may raise on purpose; each maps to a problem type in broker/service/problems.py.
 REFUSALS = (BrokerError, AdapterError, BasisRefused, InvalidToken, InvalidDocument, InvalidParameters,
@@ -155,6 +156,33 @@ class ExchangeRequest:
                                          f"{self.subject_kind} subject (accepted: {', '.join(sorted(accepted))})")
 
 
+@dataclass(slots=True)
+class Waits:
+    """What one exchange waited for on its path, in seconds (None: the step did not run): its nonce claim, its
+    provider call, its access-log commit. They go to the metrics and to the exchange's log line, so that a slow
+    exchange says where its time went (docs/operations.md, "Where an exchange's time goes")."""
+
+    claim: float | None = None
+    provider: float | None = None
+    log: float | None = None
+    adapter: str | None = None
+
+    async def timed(self, step: Literal["provider", "log"], call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            setattr(self, step, time.perf_counter() - started)
+
+    def log_fields(self) -> dict[str, float]:
+        return {f"{step}_ms": round(seconds * 1000, 3)
+                for step, seconds in (("claim", self.claim), ("provider", self.provider), ("log", self.log))
+                if seconds is not None}
+
+    def observe(self, state: BrokerState) -> None:
+        state.metrics.exchange_waits(adapter=self.adapter, provider=self.provider, claim=self.claim, log=self.log)
+
+
 def _text(raw: Mapping[str, Any], name: str) -> str:
     """An optional free-text member (its length checked by the schema): printable, surrounding spaces dropped."""
     value = raw.get(name, "")
@@ -178,6 +206,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     entry = accesslog.LogEntry(request_id=request[REQUEST_ID], default_retention=state.config.log_retention)
     usage = Usage()
+    waits = Waits()
     try:
         # 0. An address that caused too many refusals before any signature verified is turned away at once.
         state.attempts.verify_source(source_of(request))
@@ -198,6 +227,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
             max_skew=state.config.max_skew,
         )
         request[VERIFIED] = verified
+        waits.claim = meter.waited
         entry.consumer, entry.kid = verified.key.owner, verified.key.kid
         usage = meter.usage
         entry.bind_request(verified.signature)
@@ -249,11 +279,12 @@ async def handle_exchange(request: web.Request) -> web.Response:
 
         # 5. Call the provider through its adapter (only AdapterError escapes).
         adapter = state.adapters.for_dataset(ask.dataset)
-        document = await adapter.fetch(AdapterQuery(
+        waits.adapter = adapter.name
+        document = await waits.timed("provider", adapter.fetch(AdapterQuery(
             dataset=ask.dataset, version=ask.version, subject=subject, fields=frozenset(ask.fields),
             request_id=entry.request_id, recipient=ask.recipient, call_context=ask.context, call_object=ask.object,
             parameters=ask.parameters,
-        ))
+        )))
 
         # 6. Validate the whole answer against the dataset schema: an invalid answer is never released.
         state.validators.verify(ask.dataset, ask.version, document)
@@ -291,7 +322,8 @@ async def handle_exchange(request: web.Request) -> web.Response:
         answer["log"] = request.app[TLOG].receipt(entry)
         response = web.Response(status=200, body=orjson.dumps(answer), content_type="application/json",
                                 headers=usage.headers())
-        await request.app[LOG_WRITER].commit(entry, _sign_with_evidence(request, state, response, entry))
+        await waits.timed("log", request.app[LOG_WRITER].commit(entry, _sign_with_evidence(request, state, response,
+                                                                                          entry)))
     except REFUSALS as exc:
         if VERIFIED not in request:
             state.metrics.exchange("-", problem_for(exc).slug, time.perf_counter() - started)
@@ -299,20 +331,24 @@ async def handle_exchange(request: web.Request) -> web.Response:
         if isinstance(exc, QuotaExceeded):
             for policy in usage.exceeded_policies():
                 state.metrics.quota_refusals.labels(policy).inc()
-        return await _refuse(request, state, entry, exc, started, headers={**usage.headers(), **retry_after(exc)})
+        return await _refuse(request, state, entry, exc, started, waits,
+                             headers={**usage.headers(), **retry_after(exc)})
 
     # 10. The response was signed above, covering this request's signature; the signing middleware leaves it as is.
     #     The log line and the metrics wait for the next turn of the event loop, after aiohttp has handed the answer
     #     to the transport in this task's step: latency, not CPU, saved on every exchange's path (the call keeps
     #     this context, and so the request id).
     asyncio.get_running_loop().call_soon(_released, state, ask.dataset, entry.consumer, released,
-                                         time.perf_counter() - started)
+                                         time.perf_counter() - started, waits)
     return response
 
 
-def _released(state: BrokerState, dataset: str, consumer: str | None, fields: Sequence[str], seconds: float) -> None:
+def _released(state: BrokerState, dataset: str, consumer: str | None, fields: Sequence[str], seconds: float,
+              waits: Waits) -> None:
     state.metrics.exchange(dataset, "released", seconds)
-    log.info("exchange released", dataset=dataset, consumer=consumer, fields=fields)
+    waits.observe(state)
+    log.info("exchange released", dataset=dataset, consumer=consumer, fields=fields, ms=round(seconds * 1000, 3),
+             **waits.log_fields())
 
 
 def _dataset_of(body: bytes) -> str | None:
@@ -326,11 +362,13 @@ def _dataset_of(body: bytes) -> str | None:
 
 
 async def _refuse(request: web.Request, state: BrokerState, entry: accesslog.LogEntry, exc: Exception,
-                  started: float, *, headers: dict[str, str]) -> web.Response:
+                  started: float, waits: Waits, *, headers: dict[str, str]) -> web.Response:
     problem = problem_for(exc)
     reason = getattr(exc, "reason", None) or str(exc)
+    if isinstance(exc, ProviderCircuitOpen):
+        waits.provider = None  # no call was made: not a provider latency
     log.warning("exchange refused", problem=problem.slug, reason=reason, consumer=entry.consumer,
-                dataset=entry.dataset)
+                dataset=entry.dataset, **waits.log_fields())
     entry.outcome = "failed" if problem.status >= 500 else "refused"
     entry.problem_type, entry.http_status = problem.uri, problem.status
     entry.fields_released = ()
@@ -341,12 +379,14 @@ async def _refuse(request: web.Request, state: BrokerState, entry: accesslog.Log
     if not isinstance(exc, LogUnavailable):
         try:
             # The refusal is signed now, so that its signature is in the evidence committed with the entry.
-            await request.app[LOG_WRITER].commit(entry, _sign_with_evidence(request, state, response, entry))
+            await waits.timed("log", request.app[LOG_WRITER].commit(entry, _sign_with_evidence(request, state,
+                                                                                              response, entry)))
         except LogUnavailable as log_exc:
             # a refusal carries no data, but an unlogged one must say so: 503, as any unlogged exchange
             problem, exc = problem_for(log_exc), log_exc
             response = problem_response(problem, detail=detail_for(exc), request_id=entry.request_id)
     state.metrics.exchange(entry.dataset or "-", problem.slug, time.perf_counter() - started)
+    waits.observe(state)
     if isinstance(exc, AdapterError):
         adapter = state.registry.current.adapter_for(entry.dataset or "")
         state.metrics.provider_errors.labels(adapter.id if adapter else "-", exc.slug).inc()

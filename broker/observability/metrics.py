@@ -22,6 +22,9 @@ from prometheus_client.registry import Collector
 from adapters.base import Health
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# An exchange's waits on its path: sub-millisecond when all is well (a loopback provider, a claim, a commit), so
+# finer at the bottom; the top is the adapters' timeout range.
+STEP_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Integration lag is bounded by the integration interval (1 s by default) plus one round; the promise is 60 s.
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -44,6 +47,16 @@ class Metrics:
                                  "problem type slug).", ["dataset", "outcome"], registry=self.registry)
         self.latency = Histogram("dlnuf_exchange_seconds", "Time from request to answer, whole pipeline.",
                                  ["outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.provider_latency = Histogram("dlnuf_provider_seconds", "Time of an exchange's provider call through "
+                                          "its adapter (retries included, breaker refusals not), by adapter.",
+                                          ["adapter"], buckets=STEP_BUCKETS, registry=self.registry)
+        self.database_wait = Histogram("dlnuf_exchange_database_wait_seconds", "Time an exchange waited for a "
+                                       "statement on its path, queueing behind the previous batch included: its "
+                                       "nonce claim (`nonce_claim`), its access-log commit with the WAL flush "
+                                       "(`access_log`).", ["statement"], buckets=STEP_BUCKETS,
+                                       registry=self.registry)
+        self._claim_wait = self.database_wait.labels("nonce_claim")
+        self._log_wait = self.database_wait.labels("access_log")
         self.provider_errors = Counter("dlnuf_provider_errors", "Adapter failures by adapter and kind.",
                                        ["adapter", "kind"], registry=self.registry)
         self.registry_version = Gauge("dlnuf_registry_version", "Registry version this process serves (with "
@@ -110,6 +123,16 @@ class Metrics:
     def exchange(self, dataset: str, outcome: str, seconds: float) -> None:
         self.exchanges.labels(dataset, outcome).inc()
         self.latency.labels("released" if outcome == "released" else "refused").observe(seconds)
+
+    def exchange_waits(self, *, adapter: str | None, provider: float | None, claim: float | None,
+                       log: float | None) -> None:
+        """What one exchange waited for on its path (None: that step did not run)."""
+        if adapter is not None and provider is not None:
+            self.provider_latency.labels(adapter).observe(provider)
+        if claim is not None:
+            self._claim_wait.observe(claim)
+        if log is not None:
+            self._log_wait.observe(log)
 
     def access_log_commit(self, entries: int) -> None:
         self.log_commits.inc()

@@ -28,6 +28,7 @@ The answers carry the IETF RateLimit fields (draft-ietf-httpapi-ratelimit-header
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -130,13 +131,20 @@ class QuotaMeter:
         self._default = default
         self._dataset = dataset
         self.usage = Usage()
+        self.waited: float | None = None
+        """Seconds the claim's statement took, from this exchange's view (queued behind the previous batch, then
+        its own); None until the claim ran."""
 
     async def claim(self, kid: str, nonce: str, expires_at: datetime) -> bool:
         key = self._lookup_key(kid)
         counted = [] if key is None else scopes(self._registry(), key.owner, self._dataset, self._default)
         # batched with the claims of concurrent exchanges: one statement for all (broker/service/claims.py)
-        result = await self._claims.claim(Claim(kid, nonce, expires_at, tuple((s.key, s.quota.window)
-                                                                              for s in counted)))
+        started = time.perf_counter()
+        try:
+            result = await self._claims.claim(Claim(kid, nonce, expires_at, tuple((s.key, s.quota.window)
+                                                                                  for s in counted)))
+        finally:
+            self.waited = time.perf_counter() - started
         by_key = {s.key: s for s in counted}
         self.usage = Usage(tuple(Count(by_key[c.scope], c.used, c.reset) for c in result.counts))
         return result.claimed

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp.test_utils import TestServer
 
 from adapters.sandbox.api_particulier import create_app as sandbox_app
@@ -426,3 +427,62 @@ async def test_registry_changes_are_seen_without_restart(broker: Harness, databa
         await asyncio.sleep(0.05)
     answer = await broker.send(raw, broker.signed_headers(raw, consumer=lyon))
     assert answer.status == 200, answer.body
+
+
+# ------------------------------------------------------------------------------------- what an exchange waited for
+
+
+def _sample(metrics: str, name: str) -> float | None:
+    """The value of one sample of the Prometheus text (`name` with its labels), None when it is absent."""
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def _metrics(broker: Harness) -> str:
+    async with broker.client.get("/metrics") as resp:
+        return await resp.text()
+
+
+PROVIDER = 'dlnuf_provider_seconds_{}{{adapter="api-particulier"}}'
+WAIT = 'dlnuf_exchange_database_wait_seconds_{}{{statement="{}"}}'
+
+
+async def test_a_released_exchange_says_what_it_waited_for(broker: Harness) -> None:
+    with structlog.testing.capture_logs() as lines:
+        answer = await broker.exchange()
+    assert answer.status == 200, answer.body
+    [line] = [line for line in lines if line["event"] == "exchange released"]
+    waits = {step: line[f"{step}_ms"] for step in ("claim", "provider", "log")}
+    assert all(ms > 0 for ms in waits.values()), line
+    # the three run one after the other inside the exchange, whose own time holds them all
+    assert line["ms"] >= sum(waits.values()), line
+    metrics = await _metrics(broker)
+    assert _sample(metrics, PROVIDER.format("count")) == 1.0
+    assert _sample(metrics, WAIT.format("count", "nonce_claim")) == 1.0
+    assert _sample(metrics, WAIT.format("count", "access_log")) == 1.0
+    # the metrics and the log line measured the same waits
+    assert _sample(metrics, PROVIDER.format("sum")) == pytest.approx(waits["provider"] / 1000, abs=1e-6)
+    assert _sample(metrics, WAIT.format("sum", "nonce_claim")) == pytest.approx(waits["claim"] / 1000, abs=1e-6)
+    assert _sample(metrics, WAIT.format("sum", "access_log")) == pytest.approx(waits["log"] / 1000, abs=1e-6)
+
+
+async def test_a_slow_provider_shows_in_its_latency(broker: Harness) -> None:
+    with structlog.testing.capture_logs() as lines:
+        await assert_refused(broker, await broker.exchange(exchange_body(pivot("panne-lenteur"))), "provider-timeout",
+                             504)
+    [line] = [line for line in lines if line["event"] == "exchange refused"]
+    assert line["provider_ms"] >= 1000, line  # the adapter's timeout (the broker fixture's: 1 s), waited in full
+    metrics = await _metrics(broker)
+    assert _sample(metrics, PROVIDER.format("count")) == 1.0
+    assert _sample(metrics, 'dlnuf_provider_seconds_bucket{adapter="api-particulier",le="0.5"}') == 0.0
+    assert _sample(metrics, WAIT.format("count", "access_log")) == 1.0  # the refusal is logged, and waited for
+
+
+async def test_a_refusal_before_the_provider_waits_for_no_provider(broker: Harness) -> None:
+    await assert_refused(broker, await broker.exchange(exchange_body(purpose="curiosite")), "not-authorized", 403)
+    metrics = await _metrics(broker)
+    assert _sample(metrics, PROVIDER.format("count")) is None
+    assert _sample(metrics, WAIT.format("count", "nonce_claim")) == 1.0
+    assert _sample(metrics, WAIT.format("count", "access_log")) == 1.0
