@@ -60,8 +60,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tmpfs", action="store_true",
                    help="each side on its own embedded PostgreSQL with its data in /dev/shm: no disk waits, so a "
                         "change to the broker's own tail shows (stack.Settings.tmpfs)")
-    p.add_argument("--subjects", type=int, default=1, metavar="N",
-                   help="citizens asked about, one at random per exchange (default: %(default)s; see exchange.py)")
+    p.add_argument("--subjects", type=int, default=stack.POPULATION, metavar="N",
+                   help="citizens asked about, one at random per exchange (default: %(default)s; 1 as before "
+                        "December 2026; see exchange.py)")
     p.add_argument("--template", metavar="DB",
                    help="each run's database a copy of this one on --admin-url (benchmarks/entry_ids.py "
                         "--make-template: a large month of entries, as production's indexes are)")

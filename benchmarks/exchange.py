@@ -48,6 +48,13 @@ from runner import Bench, LoadGenerators, Results, Stats, median
 from stack import PYTHON, Settings
 
 
+def subjects_of(args: argparse.Namespace) -> int:
+    """--subjects, or its default: a population with the fast upstream, the sandbox's one citizen without it."""
+    if args.subjects is not None:
+        return int(args.subjects)
+    return stack.POPULATION if args.upstream == "fast" else 1
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmarks/exchange.py", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one repetition, 2 s windows (about a minute)")
@@ -65,9 +72,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--upstream", choices=["fast", "python"], default="fast",
                    help="the provider the broker calls: 'fast' = nginx serving the Python stub's recorded answer "
                         "(the broker's own cost shows), 'python' = the Python sandbox (default: %(default)s)")
-    p.add_argument("--subjects", type=int, default=1, metavar="N",
-                   help="citizens asked about, one at random per exchange (fast upstream only; default: 1, the "
-                        "sandbox's own, every entry on one page of the journal's index)")
+    p.add_argument("--subjects", type=int, metavar="N",
+                   help="citizens asked about, one at random per exchange, as a broker serving a population is "
+                        f"(default: {stack.POPULATION:,} with the fast upstream; 1, the sandbox's own, with --upstream "
+                        "python, every entry then on one page of the journal's index)")
     p.add_argument("--template", metavar="DB",
                    help="the run's database a copy of DB on --admin-url's server (entry_ids.py --make-template: a "
                         "large month of entries)")
@@ -133,9 +141,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
                         "leaves out (with --no-nginx use --upstream python; without nginx, install it)")
     if not 10 <= args.rate <= 20_000:
         problems.append("--rate: between 10 and 20,000")
-    if not 1 <= args.subjects <= 200_000:  # every cell sends the load generator the bodies: 65 MB at the top
+    subjects = subjects_of(args)
+    if not 1 <= subjects <= 200_000:  # every cell sends the load generator the bodies: 65 MB at the top
         problems.append("--subjects: between 1 and 200,000")
-    if args.subjects > 1 and args.upstream != "fast":
+    if subjects > 1 and args.upstream != "fast":
         problems.append("--subjects above 1 needs --upstream fast: the Python sandbox knows one citizen")
     if args.template and (args.embedded or args.tmpfs or args.database_url):
         problems.append("--template copies a database of --admin-url's server: not with --embedded, --tmpfs or "
@@ -158,7 +167,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         admin_url=args.admin_url, nginx=nginx, pyspy=pyspy,
         profile_seconds=4.0 if quick else clamp(args.profile_seconds, 2.0, 60.0), keep_workdir=args.keep_workdir,
         profile_rate=args.profile_rate,
-        workers=args.workers, upstream=args.upstream, database_url=args.database_url, subjects=args.subjects,
+        workers=args.workers, upstream=args.upstream, database_url=args.database_url, subjects=subjects,
         template=args.template,
         broker_env=tuple(tuple(kv.split("=", 1)) for kv in args.broker_env if kv.startswith("DLNUF_") and "=" in kv),
     )

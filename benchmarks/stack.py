@@ -226,6 +226,11 @@ def record_answer(port: int, token: str) -> bytes:
         return body
 
 
+# Citizens a run asks about by default (exchange.py, compare.py): enough that the journal's index takes entries
+# anywhere, as in production (benchmarks/README.md, twelfth round: with one citizen every entry lands on one page).
+POPULATION = 100_000
+
+
 def subject() -> dict[str, object]:
     """The citizen every exchange asks about, as the consumer sends it: the sandbox's own pivot identity."""
     return {"pivot_identity": directory().citizen(CITIZEN).pivot.to_json()}

@@ -13,7 +13,12 @@ meanwhile samples, from two other processes, every --interval seconds:
 The requests at or above the run's p99 are grouped into episodes (overlapping in time). For each of the longest,
 and for all of them together against the whole run, it prints the share of samples in which each wait was seen,
 and the cores busy. Samplers cost CPU too (about 5 % of a core at 10 ms): the figures describe a slightly busier
-machine than exchange.py's. It prints figures and never fails on them.
+machine than exchange.py's.
+
+Last, the exchanges' own account: each released exchange's log line says how long it took in the broker (`ms`) and
+what it waited for on the way (`claim_ms`, `provider_ms`, `log_ms`: docs/operations.md, "Where an exchange's time
+goes"); for the slowest 1 % by `ms`, against all, it prints those medians and the rest (the broker's own work and its
+waits for a CPU). It prints figures and never fails on them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +178,42 @@ def report(trace: list[tuple[float, float]], samples: Samples, show: int) -> Non
             print(f"   {k / max(1, n_total):5.0%} against {run_share:5.0%}  {wait:24s} {who}")
 
 
+STEPS = ("claim_ms", "provider_ms", "log_ms")
+
+
+def own_account(lines: list[dict[str, Any]]) -> list[str]:
+    """The slowest 1 % of released exchanges by their own time against all of them: medians of each wait and of the
+    rest, from the exchanges' log lines."""
+    done = [x for x in lines if x.get("event") == "exchange released" and all(k in x for k in ("ms", *STEPS))]
+    if len(done) < 100:
+        return [f"the exchanges' own account: {len(done)} log lines with their waits, too few"]
+    done.sort(key=lambda x: x["ms"])
+    slow = done[int(len(done) * 0.99):]
+    out = [f"the exchanges' own account (their log lines, {len(done):,} released): time in the broker p50 "
+           f"{statistics.median(x['ms'] for x in done):.2f} ms, p99 {slow[0]['ms']:.2f} ms; medians, ms:",
+           f"   {'':28s} {'claim':>7s} {'provider':>9s} {'log':>7s} {'rest':>7s} {'whole':>7s}"]
+    for label, group in (("all", done), (f"slowest 1 % ({len(slow)})", slow)):
+        rest = [x["ms"] - sum(x[k] for k in STEPS) for x in group]
+        figures = [statistics.median(x[k] for x in group) for k in STEPS]
+        out.append(f"   {label:28s} {figures[0]:7.2f} {figures[1]:9.2f} {figures[2]:7.2f} "
+                   f"{statistics.median(rest):7.2f} {statistics.median(x['ms'] for x in group):7.2f}")
+    out.append("   'rest' = the broker's own work on the exchange and its waits for a CPU (and a consent's statements, "
+               "under that basis)")
+    return out
+
+
+def broker_lines(logs: Sequence[Path], since: datetime, until: datetime) -> list[dict[str, Any]]:
+    """The brokers' JSON log lines written between `since` and `until` (the run, not its warm-up)."""
+    lines: list[dict[str, Any]] = []
+    for path in logs:
+        for text in path.read_text("utf-8", "replace").splitlines():
+            with contextlib.suppress(ValueError):
+                line = json.loads(text)
+                if isinstance(line, dict) and since <= datetime.fromisoformat(line.get("timestamp", "")) <= until:
+                    lines.append(line)
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/stalls.py", description=__doc__.splitlines()[0])
     p.add_argument("--rate", type=float, default=200.0)
@@ -182,13 +224,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL",
                                                          "postgresql://postgres@127.0.0.1:5432/postgres"))
     p.add_argument("--broker-env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--subjects", type=int, default=stack.POPULATION, metavar="N",
+                   help="citizens asked about, one at random per exchange (default: %(default)s)")
     p.add_argument("--tmpfs", action="store_true",
                    help="the broker's embedded PostgreSQL with its data in /dev/shm (no disk waits; stack.py)")
     args = p.parse_args(argv)
     s = Settings(levels=(1,), reps=1, warmup=1.0, duration=args.seconds, rate=args.rate, open_duration=args.seconds,
                  open_connections=64, loadgen_procs=1, brokers=1, basis="information", embedded=args.tmpfs,
                  tmpfs=args.tmpfs, admin_url=args.admin_url, nginx=shutil.which("nginx"), pyspy=None, profile_seconds=0,
-                 keep_workdir=False, workers=args.workers,
+                 keep_workdir=False, workers=args.workers, subjects=args.subjects,
                  broker_env=tuple((e.partition("=")[0], e.partition("=")[2]) for e in args.broker_env))
     with contextlib.ExitStack() as es, tempfile.TemporaryDirectory() as tmp:
         st = stack.build(es, s)
@@ -207,13 +251,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         trace: list[tuple[float, float]] = []
         asyncio.run(loadgen.open_loop(makers, endpoints, rate=args.rate, warmup=0.5, duration=args.seconds,
                                       connections=64, request_timeout=10, trace=trace))
+        # the trace's clock (loadgen.now, monotonic) to the log lines' (UTC): the window's exchanges only
+        wall = time.time() - loadgen.now()
+        since, until = (datetime.fromtimestamp(min(t for t, _ in trace) + wall, UTC),
+                        datetime.fromtimestamp(max(d for _, d in trace) + wall + 0.05, UTC))
+        account = own_account(broker_lines(sorted(st.workdir.glob("broker-*.log")), since, until))
         for sampler in samplers:
             sampler.join()
         activity: Any = json.loads(Path(f"{tmp}/activity.json").read_text())
         cpu: Any = json.loads(Path(f"{tmp}/cpu.json").read_text())
-    print(f"stalls at {args.rate:.0f}/s for {args.seconds:.0f} s, broker --workers {args.workers}, sampling every "
+    print(f"stalls at {args.rate:.0f}/s for {args.seconds:.0f} s, broker --workers {args.workers}, "
+          f"{args.subjects:,} citizens, sampling every "
           f"{args.interval * 1000:.0f} ms")
     report(sorted(trace), Samples(activity, cpu), args.show)
+    print("\n" + "\n".join(account))
     return 0
 
 
