@@ -48,7 +48,9 @@ assets:
 	-@$(MAKE) --no-print-directory $(NODE_RUNTIME)
 
 # The browser tests need Debian's Chromium and axe-core, the TLS test Debian's nginx (tests/deploy/test_nginx.py),
-# the pooler test Debian's PgBouncer (tests/deploy/test_pgbouncer.py);
+# the pooler test Debian's PgBouncer (tests/deploy/test_pgbouncer.py), the alerting rules' test promtool (Debian's
+# prometheus, whose server the test does not need: stopped and disabled where systemd started it;
+# tests/deploy/test_prometheus.py);
 # CI runs as root on a fresh clone, so install what is missing.
 browser: $(DEV)
 	@command -v npm >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq npm; }
@@ -56,6 +58,8 @@ browser: $(DEV)
 	@test -x $(CHROMIUM) || { $(APT) update -qq && $(APT) install -y -qq chromium chromium-l10n; }
 	@test -x /usr/sbin/nginx || { $(APT) update -qq && $(APT) install -y -qq nginx; }
 	@test -x /usr/sbin/pgbouncer || { $(APT) update -qq && $(APT) install -y -qq pgbouncer; }
+	@test -x /usr/bin/promtool || { $(APT) update -qq && $(APT) install -y -qq --no-install-recommends prometheus && \
+		{ ! test -d /run/systemd/system || systemctl disable --now prometheus; }; }
 
 demo: $(RUNTIME) assets
 	$(BIN)/python -m broker demo
