@@ -38,7 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,7 @@ def own_account(lines: list[dict[str, Any]]) -> list[str]:
         return [f"the exchanges' own account: {len(done)} log lines with their waits, too few"]
     done.sort(key=lambda x: x["ms"])
     slow = done[int(len(done) * 0.99):]
-    out = [f"the exchanges' own account (their log lines, {len(done):,} released): time in the broker p50 "
+    out = [f"the exchanges' own account (their log lines, {len(done):,} released): time in the broker's handler p50 "
            f"{statistics.median(x['ms'] for x in done):.2f} ms, p99 {slow[0]['ms']:.2f} ms; medians, ms:",
            f"   {'':28s} {'claim':>7s} {'provider':>9s} {'log':>7s} {'rest':>7s} {'whole':>7s}"]
     for label, group in (("all", done), (f"slowest 1 % ({len(slow)})", slow)):
@@ -203,13 +203,18 @@ def own_account(lines: list[dict[str, Any]]) -> list[str]:
 
 
 def broker_lines(logs: Sequence[Path], since: datetime, until: datetime) -> list[dict[str, Any]]:
-    """The brokers' JSON log lines written between `since` and `until` (the run, not its warm-up)."""
+    """The brokers' JSON log lines of exchanges that started at or after `since` (the line is written when the
+    exchange ends, `ms` after it started: a warm-up exchange still running at `since` is left out) and ended by
+    `until`."""
     lines: list[dict[str, Any]] = []
     for path in logs:
         for text in path.read_text("utf-8", "replace").splitlines():
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, TypeError):
                 line = json.loads(text)
-                if isinstance(line, dict) and since <= datetime.fromisoformat(line.get("timestamp", "")) <= until:
+                if not isinstance(line, dict):
+                    continue
+                ended = datetime.fromisoformat(line.get("timestamp", ""))
+                if since <= ended - timedelta(milliseconds=line.get("ms", 0)) and ended <= until:
                     lines.append(line)
     return lines
 
@@ -229,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tmpfs", action="store_true",
                    help="the broker's embedded PostgreSQL with its data in /dev/shm (no disk waits; stack.py)")
     args = p.parse_args(argv)
+    if not 1 <= args.subjects <= 200_000:
+        p.error("--subjects: between 1 and 200,000")
     s = Settings(levels=(1,), reps=1, warmup=1.0, duration=args.seconds, rate=args.rate, open_duration=args.seconds,
                  open_connections=64, loadgen_procs=1, brokers=1, basis="information", embedded=args.tmpfs,
                  tmpfs=args.tmpfs, admin_url=args.admin_url, nginx=shutil.which("nginx"), pyspy=None, profile_seconds=0,

@@ -207,6 +207,7 @@ async def handle_exchange(request: web.Request) -> web.Response:
     entry = accesslog.LogEntry(request_id=request[REQUEST_ID], default_retention=state.config.log_retention)
     usage = Usage()
     waits = Waits()
+    meter = None
     try:
         # 0. An address that caused too many refusals before any signature verified is turned away at once.
         state.attempts.verify_source(source_of(request))
@@ -327,6 +328,8 @@ async def handle_exchange(request: web.Request) -> web.Response:
     except REFUSALS as exc:
         if VERIFIED not in request:
             state.metrics.exchange("-", problem_for(exc).slug, time.perf_counter() - started)
+            if meter is not None and meter.waited is not None:  # a replay, or a claim the database failed
+                state.metrics.exchange_waits(adapter=None, provider=None, claim=meter.waited, log=None)
             return state.attempts.refuse(request, exc, request_id=entry.request_id)
         if isinstance(exc, QuotaExceeded):
             for policy in usage.exceeded_policies():
@@ -367,8 +370,7 @@ async def _refuse(request: web.Request, state: BrokerState, entry: accesslog.Log
     reason = getattr(exc, "reason", None) or str(exc)
     if isinstance(exc, ProviderCircuitOpen):
         waits.provider = None  # no call was made: not a provider latency
-    log.warning("exchange refused", problem=problem.slug, reason=reason, consumer=entry.consumer,
-                dataset=entry.dataset, **waits.log_fields())
+    refused = problem.slug
     entry.outcome = "failed" if problem.status >= 500 else "refused"
     entry.problem_type, entry.http_status = problem.uri, problem.status
     entry.fields_released = ()
@@ -385,7 +387,11 @@ async def _refuse(request: web.Request, state: BrokerState, entry: accesslog.Log
             # a refusal carries no data, but an unlogged one must say so: 503, as any unlogged exchange
             problem, exc = problem_for(log_exc), log_exc
             response = problem_response(problem, detail=detail_for(exc), request_id=entry.request_id)
-    state.metrics.exchange(entry.dataset or "-", problem.slug, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    # after the commit, so that the line has the whole time and the commit's, as a released exchange's has
+    log.warning("exchange refused", problem=refused, reason=reason, consumer=entry.consumer, dataset=entry.dataset,
+                ms=round(seconds * 1000, 3), **waits.log_fields())
+    state.metrics.exchange(entry.dataset or "-", problem.slug, seconds)
     waits.observe(state)
     if isinstance(exc, AdapterError):
         adapter = state.registry.current.adapter_for(entry.dataset or "")

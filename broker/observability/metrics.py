@@ -23,8 +23,9 @@ from adapters.base import Health
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # An exchange's waits on its path: sub-millisecond when all is well (a loopback provider, a claim, a commit), so
-# finer at the bottom; the top is the adapters' timeout range.
-STEP_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# finer at the bottom; the top is the adapters' longest timeout (60 s).
+STEP_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0)
 # Integration lag is bounded by the integration interval (1 s by default) plus one round; the promise is 60 s.
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 

@@ -23,7 +23,6 @@ import exchange
 import procs
 import report
 import stack
-import stalls
 from loadgen import Endpoint, SignedExchange
 
 # nothing here needs nginx or py-spy: the Python sandbox upstream, no profile
@@ -128,20 +127,3 @@ def test_the_report_names_the_database_a_run_used() -> None:
     assert report._database(copied).startswith("a copy of month on ")
     assert report._database(kept) == "existing database h:5432/large (kept)"
 
-
-def test_the_exchanges_own_account_splits_the_slowest_by_what_they_waited_for(tmp_path: Path) -> None:
-    # 990 exchanges of 2 ms (0.3 claim, 0.5 provider, 0.9 log) and 10 of 12 ms whose log commit took 10
-    fast = {"event": "exchange released", "ms": 2.0, "claim_ms": 0.3, "provider_ms": 0.5, "log_ms": 0.9}
-    slow = {**fast, "ms": 12.0, "log_ms": 10.9}
-    lines = [fast] * 990 + [slow] * 10 + [{"event": "exchange refused", "ms": 50.0}]
-    out = stalls.own_account(lines)
-    assert "1,000 released" in out[0] and "p50 2.00 ms, p99 12.00 ms" in out[0]
-    assert out[2].split()[1:] == ["0.30", "0.50", "0.90", "0.30", "2.00"]       # all: the rest is 0.3
-    assert out[3].split()[-5:] == ["0.30", "0.50", "10.90", "0.30", "12.00"]    # slowest: the log's
-    assert "too few" in stalls.own_account(lines[:50])[0]
-
-    t0 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
-    log = tmp_path / "broker-1.log"
-    log.write_text("\n".join([orjson.dumps({**fast, "timestamp": "2026-12-04T09:59:59.000Z"}).decode(),
-                              "not json", orjson.dumps({**slow, "timestamp": "2026-12-04T10:00:01.5Z"}).decode()]))
-    assert stalls.broker_lines([log], t0, t0.replace(second=2)) == [{**slow, "timestamp": "2026-12-04T10:00:01.5Z"}]

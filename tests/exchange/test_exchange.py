@@ -486,3 +486,19 @@ async def test_a_refusal_before_the_provider_waits_for_no_provider(broker: Harne
     assert _sample(metrics, PROVIDER.format("count")) is None
     assert _sample(metrics, WAIT.format("count", "nonce_claim")) == 1.0
     assert _sample(metrics, WAIT.format("count", "access_log")) == 1.0
+
+
+async def test_a_refusal_says_its_whole_time_and_a_replay_its_claim(broker: Harness) -> None:
+    raw = _body(purpose="curiosite")
+    headers = broker.signed_headers(raw)
+    with structlog.testing.capture_logs() as lines:
+        assert (await broker.send(raw, headers)).status == 403
+    [line] = [line for line in lines if line["event"] == "exchange refused"]
+    assert line["claim_ms"] > 0 and line["log_ms"] > 0, line  # written after the refusal's commit
+    assert line["ms"] >= line["claim_ms"] + line["log_ms"], line
+    assert "provider_ms" not in line
+    # the same request again: its claim runs (and finds the nonce used) before the refusal, unauthenticated
+    assert (await broker.send(raw, headers)).status == 401
+    metrics = await _metrics(broker)
+    assert _sample(metrics, WAIT.format("count", "nonce_claim")) == 2.0
+    assert _sample(metrics, WAIT.format("count", "access_log")) == 1.0  # a replay is not an access-log entry
