@@ -1,21 +1,26 @@
 """OpenTelemetry traces of the broker, exported when OTEL_EXPORTER_OTLP_ENDPOINT is set.
 
 One trace per request: the server span (aiohttp), with the provider calls (aiohttp client) and the PostgreSQL
-statements (asyncpg) under it; the standard OTEL_* variables configure the exporter (endpoint, headers, service
-name). The span carries the broker's request id (`dlnuf.request_id`) and every log line written inside it carries
-the trace and span ids (`logs.configure`), so a log line, a trace and an X-Request-Id lead to one another. Span
-attributes never carry a person: asyncpg spans hold the statement text, never its parameters.
+statements (asyncpg) under it. The statements one writer batches for many requests (nonce claims, access-log
+entries: broker/storage/batch.py) belong to no single request: each batch is a trace of its own, linked to a wait
+span in each request it served, and the wait links back to it (the OpenTelemetry pattern for batch processing). The
+standard OTEL_* variables configure the exporter (endpoint, headers, service name). The span carries the broker's
+request id (`dlnuf.request_id`) and every log line written inside it carries the trace and span ids
+(`logs.configure`), so a log line, a trace and an X-Request-Id lead to one another. Span attributes never carry a
+person: asyncpg spans hold the statement text, never its parameters.
 
-The SDK is the `otel` extra (`pip install 'dlnuf[otel]'`): without it and without the variable, nothing here
-loads; with the variable but without the extra, the broker refuses to start rather than silently not tracing.
+The SDK is the `otel` extra (`pip install 'dlnuf[otel]'`): without it and without the variable, nothing here loads;
+with the variable but without the extra, the broker refuses to start rather than silently not tracing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Iterator, MutableMapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, cast
 
 ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 _provider: Any = None
@@ -98,6 +103,40 @@ def annotate(request_id: str) -> None:
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attribute("dlnuf.request_id", request_id)
+
+
+# What `waiting` and `batch` give when no trace is recorded: nothing to enter, no generator made per call.
+_UNTRACED = contextlib.nullcontext()
+
+
+def waiting(name: str) -> AbstractContextManager[Any]:
+    """A span for the current request's wait on a batch `name`, entered as the span (None when not tracing), for
+    `batch` to link. Given to batchers as their `Spans` (broker/storage/batch.py)."""
+    if _provider is None:
+        return _UNTRACED
+    return cast(AbstractContextManager[Any],
+                _provider.get_tracer(__name__).start_as_current_span(f"wait: {name}"))
+
+
+def batch(name: str, waits: Sequence[Any]) -> AbstractContextManager[None]:
+    """The span of one batched statement, the root of its own trace, linked to the `waiting` spans it serves and
+    they to it. Its caller runs in a context of its own (no request's), so the statements are its children."""
+    if _provider is None or not any(waits):
+        return _UNTRACED
+    return _batch(name, waits)
+
+
+@contextlib.contextmanager
+def _batch(name: str, waits: Sequence[Any]) -> Iterator[None]:
+    from opentelemetry import trace
+
+    links = [trace.Link(w.get_span_context()) for w in waits if w is not None]
+    with _provider.get_tracer(__name__).start_as_current_span(name, links=links,
+                                                              attributes={"dlnuf.batch.items": len(waits)}) as span:
+        for w in waits:
+            if w is not None:
+                w.add_link(span.get_span_context())
+        yield
 
 
 def log_ids(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -17,11 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import ClassVar
 
 import asyncpg
 
+from broker.observability import tracing
 from broker.storage import db
-from broker.storage.batch import Batcher
+from broker.storage.batch import Batcher, Spans
 from broker.storage.db import DatabaseUnavailable
 
 
@@ -51,6 +53,7 @@ class ClaimResult:
 
 class ClaimBatcher(Batcher[Claim, ClaimResult]):
     name = "nonce claims"
+    spans: ClassVar[Spans] = tracing
 
     async def claim(self, claim: Claim) -> ClaimResult:
         """The claim's result once its batch committed; else `DatabaseUnavailable`."""

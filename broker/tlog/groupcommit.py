@@ -15,13 +15,15 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import asyncpg
 import structlog
 from aiohttp import web
 
 from broker.errors import LogUnavailable
-from broker.storage.batch import MAX_BATCH, Batcher
+from broker.observability import tracing
+from broker.storage.batch import MAX_BATCH, Batcher, Spans
 from broker.tlog import accesslog
 from broker.tlog.accesslog import LogEntry
 from broker.tlog.evidence import Evidence
@@ -35,6 +37,7 @@ class GroupCommit(Batcher[_Item, None]):
     """The access-log writer of one event loop. `on_commit(entries)` is told of each committed transaction."""
 
     name = "access-log group commit"
+    spans: ClassVar[Spans] = tracing
 
     def __init__(self, pool: asyncpg.Pool, *, on_commit: Callable[[int], None] | None = None,
                  max_batch: int = MAX_BATCH) -> None:

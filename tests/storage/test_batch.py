@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
+import structlog
 
 from broker.storage import db
 from broker.storage.batch import Batcher
@@ -30,9 +31,11 @@ class Echo(Batcher[str, str]):
         self.release = asyncio.Event()
         self.held = asyncio.Event()  # set once a "slow" batch is in flight
         self.statements: list[list[str]] = []  # the items of each statement, in order
+        self.bound: list[dict[str, object]] = []  # the structlog context each statement ran in
 
     async def _write(self, conn: asyncpg.Connection, items: Sequence[str]) -> list[str]:
         self.statements.append(list(items))
+        self.bound.append(structlog.contextvars.get_contextvars())
         if "slow" in items:
             self.held.set()
             await self.release.wait()
@@ -89,3 +92,14 @@ async def test_a_caller_cancelled_while_queued_leaves_the_others_their_results(e
     assert (await slow, await stays) == ("slow", "stays")
     assert gone.cancelled()
     assert echo.statements == [["slow"], ["gone", "stays"]]  # written all the same
+
+
+async def test_the_writer_runs_in_no_caller_s_context(echo: Echo) -> None:
+    """The writer's task is started by whichever caller comes first and then serves everyone: it must not go on
+    carrying that caller's request id into the log lines (and trace) of later batches."""
+    with structlog.contextvars.bound_contextvars(request_id="first"):
+        assert await echo.submit("one") == "one"
+    with structlog.contextvars.bound_contextvars(request_id="second"):
+        assert await echo.submit("two") == "two"
+    assert echo.statements == [["one"], ["two"]]
+    assert echo.bound == [{}, {}]
