@@ -166,11 +166,18 @@ class Waits:
     provider: float | None = None
     log: float | None = None
     adapter: str | None = None
+    provider_outcome: str = "answered"
+    """How the provider call ended: "answered", or the slug of the adapter's failure (a subject the provider does
+    not know is answered fast, a timeout after the adapter's whole delay: neither is the provider's usual pace)."""
 
     async def timed(self, step: Literal["provider", "log"], call: Awaitable[T]) -> T:
         started = time.perf_counter()
         try:
             return await call
+        except AdapterError as exc:
+            if step == "provider":
+                self.provider_outcome = exc.slug
+            raise
         finally:
             setattr(self, step, time.perf_counter() - started)
 
@@ -180,7 +187,8 @@ class Waits:
                 if seconds is not None}
 
     def observe(self, state: BrokerState) -> None:
-        state.metrics.exchange_waits(adapter=self.adapter, provider=self.provider, claim=self.claim, log=self.log)
+        state.metrics.exchange_waits(adapter=self.adapter, provider=self.provider, claim=self.claim, log=self.log,
+                                     provider_outcome=self.provider_outcome)
 
 
 def _text(raw: Mapping[str, Any], name: str) -> str:

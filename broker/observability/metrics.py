@@ -49,8 +49,9 @@ class Metrics:
         self.latency = Histogram("dlnuf_exchange_seconds", "Time from request to answer, whole pipeline.",
                                  ["outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.provider_latency = Histogram("dlnuf_provider_seconds", "Time of an exchange's provider call through "
-                                          "its adapter (retries included, breaker refusals not), by adapter.",
-                                          ["adapter"], buckets=STEP_BUCKETS, registry=self.registry)
+                                          "its adapter (retries included, breaker refusals not), by adapter and "
+                                          "outcome (answered, or the adapter's problem type slug).",
+                                          ["adapter", "outcome"], buckets=STEP_BUCKETS, registry=self.registry)
         self.database_wait = Histogram("dlnuf_exchange_database_wait_seconds", "Time an exchange waited for a "
                                        "statement on its path, queueing behind the previous batch included: its "
                                        "nonce claim (`nonce_claim`), its access-log commit with the WAL flush "
@@ -126,10 +127,10 @@ class Metrics:
         self.latency.labels("released" if outcome == "released" else "refused").observe(seconds)
 
     def exchange_waits(self, *, adapter: str | None, provider: float | None, claim: float | None,
-                       log: float | None) -> None:
+                       log: float | None, provider_outcome: str = "answered") -> None:
         """What one exchange waited for on its path (None: that step did not run)."""
         if adapter is not None and provider is not None:
-            self.provider_latency.labels(adapter).observe(provider)
+            self.provider_latency.labels(adapter, provider_outcome).observe(provider)
         if claim is not None:
             self._claim_wait.observe(claim)
         if log is not None:

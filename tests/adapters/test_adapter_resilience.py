@@ -405,7 +405,7 @@ async def test_open_breaker_shows_in_metrics_and_readyz(failing_broker: Harness)
         text = await resp.text()
     assert 'dlnuf_provider_short_circuited_total{adapter="api-particulier"} 1.0' in text
     # two calls reached the provider; the refusal the breaker made without calling it is not a provider latency
-    assert 'dlnuf_provider_seconds_count{adapter="api-particulier"} 2.0' in text
+    assert 'dlnuf_provider_seconds_count{adapter="api-particulier",outcome="provider-unavailable"} 2.0' in text
     assert 'dlnuf_provider_last_fault{adapter="api-particulier",kind="provider-unavailable"} 1.0' in text
     # a healthy citizen is refused too while the breaker is open: the provider is not called; the problem says
     # why and until when (issue 13: a 502 with no hint)

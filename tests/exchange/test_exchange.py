@@ -445,7 +445,8 @@ async def _metrics(broker: Harness) -> str:
         return await resp.text()
 
 
-PROVIDER = 'dlnuf_provider_seconds_{}{{adapter="api-particulier"}}'
+PROVIDER = 'dlnuf_provider_seconds_{}{{adapter="api-particulier",outcome="answered"}}'
+TIMED_OUT = 'dlnuf_provider_seconds_{}{{adapter="api-particulier",outcome="provider-timeout"}}'
 WAIT = 'dlnuf_exchange_database_wait_seconds_{}{{statement="{}"}}'
 
 
@@ -475,8 +476,11 @@ async def test_a_slow_provider_shows_in_its_latency(broker: Harness) -> None:
     [line] = [line for line in lines if line["event"] == "exchange refused"]
     assert line["provider_ms"] >= 1000, line  # the adapter's timeout (the broker fixture's: 1 s), waited in full
     metrics = await _metrics(broker)
-    assert _sample(metrics, PROVIDER.format("count")) == 1.0
-    assert _sample(metrics, 'dlnuf_provider_seconds_bucket{adapter="api-particulier",le="0.5"}') == 0.0
+    # under its outcome: a timeout is not the provider's usual pace, nor is a fast "not found"
+    assert _sample(metrics, TIMED_OUT.format("count")) == 1.0
+    assert _sample(metrics, PROVIDER.format("count")) is None
+    assert _sample(metrics, 'dlnuf_provider_seconds_bucket{adapter="api-particulier",le="0.5",'
+                            'outcome="provider-timeout"}') == 0.0
     assert _sample(metrics, WAIT.format("count", "access_log")) == 1.0  # the refusal is logged, and waited for
 
 
