@@ -2,8 +2,9 @@
 
 One trace per request: the server span (aiohttp), with the provider calls (aiohttp client) and the PostgreSQL
 statements (asyncpg) under it. The statements one writer batches for many requests (nonce claims, access-log
-entries: broker/storage/batch.py) belong to no single request: each batch is a trace of its own, linked to a wait
-span in each request it served, and the wait links back to it (the OpenTelemetry pattern for batch processing). The
+entries: broker/storage/batch.py) serve many requests at once: each request's trace holds a span for its wait,
+and the batch's span, with the statement under it, sits in the trace of the first sampled request it served,
+linked to the others' waits and they to it (the OpenTelemetry pattern for batch processing). The
 standard OTEL_* variables configure the exporter (endpoint, headers, service name). The span carries the broker's
 request id (`dlnuf.request_id`) and every log line written inside it carries the trace and span ids
 (`logs.configure`), so a log line, a trace and an X-Request-Id lead to one another. Span attributes never carry a
@@ -119,8 +120,10 @@ def waiting(name: str) -> AbstractContextManager[Any]:
 
 
 def batch(name: str, waits: Sequence[Any]) -> AbstractContextManager[None]:
-    """The span of one batched statement, the root of its own trace, linked to the `waiting` spans it serves and
-    they to it. Its caller runs in a context of its own (no request's), so the statements are its children."""
+    """The span of one batched statement, its statements under it. It sits in the trace of the first sampled
+    request it serves, and links to the other requests' waits, which link back to it: with a ratio sampler too,
+    every sampled request leads to the statement it waited for. The caller runs in a context of its own (no
+    request's), so nothing else lands in that trace. A batch that no sampled request waits for is not traced."""
     if _provider is None or not any(waits):
         return _UNTRACED
     return _batch(name, waits)
@@ -129,13 +132,20 @@ def batch(name: str, waits: Sequence[Any]) -> AbstractContextManager[None]:
 @contextlib.contextmanager
 def _batch(name: str, waits: Sequence[Any]) -> Iterator[None]:
     from opentelemetry import trace
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-    links = [trace.Link(w.get_span_context()) for w in waits if w is not None]
-    with _provider.get_tracer(__name__).start_as_current_span(name, links=links,
-                                                              attributes={"dlnuf.batch.items": len(waits)}) as span:
-        for w in waits:
-            if w is not None:
-                w.add_link(span.get_span_context())
+    # an ended wait (its caller gone) takes no link: the SDK drops it with a warning
+    sampled = [w for w in waits if w is not None and w.is_recording() and w.get_span_context().trace_flags.sampled]
+    if not sampled:
+        with suppress_instrumentation():
+            yield
+        return
+    parent, others = sampled[0], sampled[1:]
+    with _provider.get_tracer(__name__).start_as_current_span(
+            name, context=trace.set_span_in_context(parent), links=[trace.Link(w.get_span_context()) for w in others],
+            attributes={"dlnuf.batch.items": len(waits)}) as span:
+        for w in others:
+            w.add_link(span.get_span_context())
         yield
 
 

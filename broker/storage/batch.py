@@ -176,26 +176,32 @@ class Batcher(ABC, Generic[In, Out]):
     async def _send(self, batch: list[_Pending[In, Out]]) -> None:
         try:
             with self.spans.batch(self.name, [p.wait for p in batch]):
-                results = await self._statement([p.item for p in batch])
-        except CONNECTION_ERRORS as exc:
-            self._fail(batch, exc)
+                try:
+                    results = await self._statement([p.item for p in batch])
+                except Exception as exc:
+                    self._settle(batch, exc)  # inside the batch's span: its log lines carry the batch's trace
+                    raise
+        except CONNECTION_ERRORS:
             return
-        except (asyncpg.PostgresError, RowsRefused) as exc:
-            if len(batch) == 1:
-                self._fail(batch, exc)
-                return
-            log.warning(f"{self.name}: batch refused, writing its items one by one", items=len(batch),
-                        error=type(exc).__name__)
-            for one in batch:
-                await self._send([one])
+        except (asyncpg.PostgresError, RowsRefused):
+            if len(batch) > 1:
+                for one in batch:
+                    await self._send([one])
             return
-        except Exception as exc:  # never leave a caller waiting forever on a writer that died
-            self._fail(batch, exc)
-            raise
+        # anything else: the writer dies, its callers failed by `_settle` rather than left waiting forever
         self._written(len(batch))
         for p, result in zip(batch, results, strict=True):
             if not p.done.done():
                 p.done.set_result(result)
+
+    def _settle(self, batch: list[_Pending[In, Out]], exc: Exception) -> None:
+        """A failed statement: its callers fail, but for a batch refused for its rows, retried item by item."""
+        if isinstance(exc, (asyncpg.PostgresError, RowsRefused)) and not isinstance(exc, CONNECTION_ERRORS) \
+                and len(batch) > 1:
+            log.warning(f"{self.name}: batch refused, writing its items one by one", items=len(batch),
+                        error=type(exc).__name__)
+        else:
+            self._fail(batch, exc)
 
     async def _statement(self, items: list[In]) -> Sequence[Out]:
         if self._conn is not None and not _open(self._conn):  # dropped while idle: noticed, as the pool notices it
