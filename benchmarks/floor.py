@@ -254,14 +254,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every cell's figures as JSON")
     p.add_argument("--fsync-dir", type=Path, default=Path(tempfile.gettempdir()),
                    help="where the disk probe writes (put it on the disk of PostgreSQL's WAL; default: %(default)s)")
-    return p.parse_args(argv)
+    p.add_argument("--subjects", type=int, default=stack.POPULATION, metavar="N",
+                   help="citizens the broker is asked about, one at random per exchange, as exchange.py's "
+                        "(default: %(default)s; the floor's own log row holds no subject)")
+    args = p.parse_args(argv)
+    if not 1 <= args.subjects <= 200_000:
+        p.error("--subjects: between 1 and 200,000")
+    return args
 
 
 def report(got: dict[str, list[Stats]], disk: list[list[float]], args: argparse.Namespace) -> str:
     med = statistics.median
     lines = [f"DLNUF latency floor, {time.strftime('%Y-%m-%d %H:%M:%S')}, {stack.source_state()}: open loop at "
              f"{args.rate:g}/s, {args.reps} repetitions of {args.open_duration:g} s, targets alternated; broker "
-             f"--workers {args.workers}",
+             f"--workers {args.workers}, {args.subjects:,} citizens asked about",
              "Medians over repetitions; 'p99 added' = target p99 - direct p99 within each repetition, then the "
              "median (and its range).", ""]
     header = (f"{'target':40s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} {'p99 added':>10s} {'range':>16s} "
@@ -309,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = stack.Settings(levels=(), reps=args.reps, warmup=0.5, duration=2.0, rate=args.rate,
                        open_duration=args.open_duration, open_connections=64, loadgen_procs=1, brokers=1,
                        basis="information", embedded=False, admin_url=args.admin_url, nginx=nginx, pyspy=None,
-                       profile_seconds=0, keep_workdir=False, workers=args.workers)
+                       profile_seconds=0, keep_workdir=False, workers=args.workers, subjects=args.subjects)
     got: dict[str, list[Stats]] = {t: [] for t in TARGETS}
     disk: list[list[float]] = []
     es = contextlib.ExitStack()

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import compare
 import entry_ids
 import exchange
+import floor
 import procs
 import report
 import stack
@@ -68,6 +69,9 @@ def test_a_run_asks_about_a_population_unless_told_otherwise() -> None:
     assert exchange.subjects_of(exchange.parse_args(["--subjects", "7"])) == 7
     assert exchange.subjects_of(exchange.parse_args(["--upstream", "python"])) == 1  # the sandbox knows one
     assert compare.parse_args(["HEAD"]).subjects == stack.POPULATION
+    assert floor.parse_args([]).subjects == stack.POPULATION
+    with pytest.raises(SystemExit):
+        floor.parse_args(["--subjects", "0"])
 
 
 async def test_the_subjects_are_distinct_citizens_and_each_request_names_one_of_them() -> None:
