@@ -121,9 +121,10 @@ def waiting(name: str) -> AbstractContextManager[Any]:
 
 def batch(name: str, waits: Sequence[Any]) -> AbstractContextManager[None]:
     """The span of one batched statement, its statements under it. It sits in the trace of the first sampled
-    request it serves, and links to the other requests' waits, which link back to it: with a ratio sampler too,
-    every sampled request leads to the statement it waited for. The caller runs in a context of its own (no
-    request's), so nothing else lands in that trace. A batch that no sampled request waits for is not traced."""
+    request still waiting for it, and links to the other requests' waits, which link back to it: with a ratio
+    sampler too, every sampled request leads to the statement it waited for. The caller runs in a context of its
+    own (no request's), so nothing else lands in that trace. A batch that no sampled request waits for is not
+    traced."""
     if _provider is None or not any(waits):
         return _UNTRACED
     return _batch(name, waits)
@@ -134,7 +135,8 @@ def _batch(name: str, waits: Sequence[Any]) -> Iterator[None]:
     from opentelemetry import trace
     from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-    # an ended wait (its caller gone) takes no link: the SDK drops it with a warning
+    # an ended wait (its caller gone) takes no link: the SDK drops it with a warning. A wait recorded but not
+    # sampled (a record-only sampler's decision) is not exported: the batch must not hang under it.
     sampled = [w for w in waits if w is not None and w.is_recording() and w.get_span_context().trace_flags.sampled]
     if not sampled:
         with suppress_instrumentation():

@@ -10,7 +10,10 @@ Invariants:
   the server fails all its items;
 - a cancelled caller (client gone) does not cancel the batch it shares with others;
 - the writer's task runs in a context of its own, never in that of the caller that happened to start it: its
-  log lines carry no request's id, and with tracing each batch is its own trace, linked to every caller's wait;
+  log lines carry no request's id, and with tracing each caller's trace holds its wait, linked to its batch's span
+  (broker/observability/tracing.py `batch`);
+- whatever fails while a batch is written (the statement, the connection, the writer cancelled, even its tracing),
+  every caller of the batch gets a result or an exception: none is left waiting;
 - the writer keeps its pool connection while items keep coming, and gives it back after `KEEP` seconds without
   any: acquiring and releasing it for every statement cost about 25 us per statement (benchmarks/
   batch_connection.py: 146.5 against 121.6 us), and an exchange writes twice (its nonce claim, its log entry),
@@ -148,6 +151,12 @@ class Batcher(ABC, Generic[In, Out]):
                 while self._queue:
                     batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
                     await self._send(batch)
+        except BaseException as exc:
+            # the writer dies or is cancelled: what queued behind the batch in flight is answered too (the next
+            # submission starts a new writer)
+            stranded, self._queue = self._queue, []
+            self._fail(stranded, exc)
+            raise
         finally:
             await self._give_back()
 
@@ -181,18 +190,32 @@ class Batcher(ABC, Generic[In, Out]):
                 except Exception as exc:
                     self._settle(batch, exc)  # inside the batch's span: its log lines carry the batch's trace
                     raise
-        except CONNECTION_ERRORS:
+        # Each branch fails what `_settle` did not (`_fail` skips a settled caller): an error may also come from
+        # the span itself, or from `_settle`'s own log line, and no caller may be left waiting.
+        except CONNECTION_ERRORS as exc:
+            self._fail(batch, exc)
             return
-        except (asyncpg.PostgresError, RowsRefused):
+        except (asyncpg.PostgresError, RowsRefused) as exc:
             if len(batch) > 1:
-                for one in batch:
-                    await self._send([one])
+                await self._retry(batch)
+            else:
+                self._fail(batch, exc)
             return
-        # anything else: the writer dies, its callers failed by `_settle` rather than left waiting forever
+        except BaseException as exc:  # the writer dies, or is cancelled
+            self._fail(batch, exc)
+            raise
         self._written(len(batch))
         for p, result in zip(batch, results, strict=True):
             if not p.done.done():
                 p.done.set_result(result)
+
+    async def _retry(self, batch: list[_Pending[In, Out]]) -> None:
+        for i, one in enumerate(batch):
+            try:
+                await self._send([one])
+            except BaseException as exc:
+                self._fail(batch[i + 1:], exc)
+                raise
 
     def _settle(self, batch: list[_Pending[In, Out]], exc: Exception) -> None:
         """A failed statement: its callers fail, but for a batch refused for its rows, retried item by item."""

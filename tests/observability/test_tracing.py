@@ -1,7 +1,7 @@
 """OpenTelemetry (broker/observability/tracing.py), with the SDK's in-memory exporter: one exchange is one trace,
 its server span with the provider call (aiohttp client) and its waits on the batched statements under it, each
-linked to its batch's own trace (asyncpg statements), the request id on the span, and the trace id and request id
-on the log lines written during the request."""
+leading to its batch's span (asyncpg statements), the request id on the span, and the trace id and request id on
+the log lines written during the request."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ cancelled caller costs nobody else their result, and its item is written all the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -103,3 +104,51 @@ async def test_the_writer_runs_in_no_caller_s_context(echo: Echo) -> None:
         assert await echo.submit("two") == "two"
     assert echo.statements == [["one"], ["two"]]
     assert echo.bound == [{}, {}]
+
+
+async def test_a_writer_cancelled_mid_statement_fails_its_callers_rather_than_leaving_them_waiting(
+        echo: Echo) -> None:
+    """At shutdown the loop cancels what is left: the batch in flight must still answer its callers."""
+    slow = asyncio.create_task(echo.submit("slow"))
+    await held(echo)
+    queued = asyncio.create_task(echo.submit("queued"))
+    await asyncio.sleep(0)
+    assert echo._task is not None
+    echo._task.cancel()
+    with pytest.raises(RuntimeError, match="slow: CancelledError"):
+        await asyncio.wait_for(slow, 5)
+    # the one queued behind it, never sent, is answered too
+    with pytest.raises(RuntimeError, match="queued: CancelledError"):
+        await asyncio.wait_for(queued, 5)
+    assert await echo.submit("after") == "after"  # a new writer serves the next ones
+
+
+class _BrokenSpan:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        raise RuntimeError("span exporter broke")
+
+
+class _BrokenSpans:
+    def waiting(self, name: str) -> contextlib.AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+    def batch(self, name: str, waits: Sequence[object]) -> contextlib.AbstractContextManager[None]:
+        return _BrokenSpan()
+
+
+async def test_a_failure_in_the_writer_s_tracing_fails_the_callers_rather_than_leaving_them_waiting(
+        pool: asyncpg.Pool) -> None:
+    class Traced(Echo):
+        spans = _BrokenSpans()
+
+    writer = Traced(pool)
+    writer.release.set()
+    try:
+        with pytest.raises(RuntimeError, match="span exporter broke"):
+            await asyncio.wait_for(writer.submit("one"), 5)
+    finally:
+        with contextlib.suppress(RuntimeError):
+            await asyncio.wait_for(writer.close(), 5)
